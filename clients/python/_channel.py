@@ -1,0 +1,65 @@
+"""Channel setup and call execution shared by every client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from nachbar.client.errors import from_rpc_error
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class SyncCaller:
+    def __init__(
+        self, address: str, stub_cls: Callable[[grpc.Channel], Any], timeout: float
+    ) -> None:
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = stub_cls(self.channel)
+        self.timeout = timeout
+
+    def call(
+        self, method: str, request: Any, parse: Callable[[Any], T], timeout: float | None
+    ) -> T:
+        try:
+            response = getattr(self.stub, method)(
+                request, timeout=self.timeout if timeout is None else timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return parse(response)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class AsyncCaller:
+    def __init__(self, address: str, stub_cls: Callable[[Any], Any], timeout: float) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = stub_cls(self.channel)
+        self.timeout = timeout
+
+    async def call(
+        self, method: str, request: Any, parse: Callable[[Any], T], timeout: float | None
+    ) -> T:
+        try:
+            response = await getattr(self.stub, method)(
+                request, timeout=self.timeout if timeout is None else timeout
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return parse(response)
+
+    async def close(self) -> None:
+        await self.channel.close(None)

@@ -1,0 +1,242 @@
+"""Request builders and response parsers for DBService, shared by the sync and async clients.
+
+Each builder returns (rpc method name, request message, response parser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import numpy as np
+from nachbar.client.types import (
+    DBInfo,
+    Entry,
+    Exact,
+    GetKeyResult,
+    Hnsw,
+    Index,
+    Match,
+    Metric,
+    Page,
+    SearchMode,
+    SearchResult,
+    StoreInfo,
+    UpsertResult,
+)
+from nachbar.client.values import (
+    FilterLike,
+    Metadata,
+    filter_to_proto,
+    metadata_from_proto,
+    metadata_to_proto,
+)
+from nachbar.v1 import common_pb2, db_pb2
+
+T = TypeVar("T")
+Call: TypeAlias = tuple[str, Any, Callable[[Any], T]]
+VectorLike: TypeAlias = Sequence[float] | np.ndarray
+
+METRICS = {
+    Metric.COSINE: common_pb2.METRIC_COSINE,
+    Metric.L2: common_pb2.METRIC_L2,
+    Metric.INNER_PRODUCT: common_pb2.METRIC_INNER_PRODUCT,
+}
+METRICS_BACK = {v: k for k, v in METRICS.items()}
+MODES = {
+    SearchMode.AUTO: common_pb2.SEARCH_MODE_AUTO,
+    SearchMode.EXACT: common_pb2.SEARCH_MODE_EXACT,
+    SearchMode.HNSW: common_pb2.SEARCH_MODE_HNSW,
+}
+
+
+def index_to_proto(index: Index | None) -> common_pb2.IndexConfig:
+    if index is None:
+        return common_pb2.IndexConfig()
+    if isinstance(index, Exact):
+        return common_pb2.IndexConfig(exact=common_pb2.ExactParams())
+    return common_pb2.IndexConfig(
+        hnsw=common_pb2.HnswParams(
+            m=index.m, ef_construction=index.ef_construction, ef_search=index.ef_search
+        )
+    )
+
+
+def index_from_proto(index: common_pb2.IndexConfig) -> Index:
+    if index.WhichOneof("kind") == "exact":
+        return Exact()
+    return Hnsw(index.hnsw.m, index.hnsw.ef_construction, index.hnsw.ef_search)
+
+
+def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
+    return StoreInfo(
+        name=proto.name,
+        dimension=proto.dimension,
+        metric=METRICS_BACK.get(proto.metric, Metric.COSINE),
+        index=index_from_proto(proto.index),
+        predicate_indexes=tuple(proto.predicate_indexes),
+        count=proto.count,
+        bytes_used=proto.bytes_used,
+        store_metadata=dict(proto.store_metadata),
+    )
+
+
+def entry(proto: db_pb2.Entry) -> Entry:
+    return Entry(
+        id=proto.id,
+        metadata=metadata_from_proto(proto.metadata),
+        vector=list(proto.vector) if len(proto.vector) else None,
+    )
+
+
+def _vector(values: VectorLike) -> list[float]:
+    result: list[float] = np.asarray(values, dtype=np.float32).ravel().tolist()
+    return result
+
+
+def create_store(
+    store: str,
+    dimension: int,
+    metric: Metric | str,
+    index: Index | None,
+    predicate_indexes: Iterable[str],
+    store_metadata: Mapping[str, str] | None,
+    if_not_exists: bool,
+) -> Call[tuple[StoreInfo, bool]]:
+    request = db_pb2.CreateStoreRequest(
+        store=store,
+        dimension=dimension,
+        metric=METRICS[Metric(metric)],
+        index=index_to_proto(index),
+        predicate_indexes=list(predicate_indexes),
+        store_metadata=dict(store_metadata or {}),
+        if_not_exists=if_not_exists,
+    )
+    return "CreateStore", request, lambda r: (store_info(r.store), r.created)
+
+
+def drop_store(store: str, missing_ok: bool) -> Call[bool]:
+    request = db_pb2.DropStoreRequest(store=store, missing_ok=missing_ok)
+    return "DropStore", request, lambda r: bool(r.dropped)
+
+
+def list_stores() -> Call[list[StoreInfo]]:
+    return "ListStores", db_pb2.ListStoresRequest(), lambda r: [store_info(s) for s in r.stores]
+
+
+def get_store(store: str) -> Call[StoreInfo]:
+    return "GetStore", db_pb2.GetStoreRequest(store=store), lambda r: store_info(r.store)
+
+
+def upsert(
+    store: str,
+    entries: Iterable[tuple[str, VectorLike] | tuple[str, VectorLike, Metadata | None]],
+) -> Call[UpsertResult]:
+    request = db_pb2.UpsertRequest(store=store)
+    for item in entries:
+        entry_id, vector = item[0], item[1]
+        metadata = item[2] if len(item) > 2 else None
+        request.entries.append(
+            db_pb2.Entry(id=entry_id, vector=_vector(vector), metadata=metadata_to_proto(metadata))
+        )
+    return "Upsert", request, lambda r: UpsertResult(r.inserted, r.updated)
+
+
+def get_key(store: str, ids: Iterable[str], include_vectors: bool) -> Call[GetKeyResult]:
+    request = db_pb2.GetKeyRequest(store=store, ids=list(ids), include_vectors=include_vectors)
+    return (
+        "GetKey",
+        request,
+        lambda r: GetKeyResult([entry(e) for e in r.entries], list(r.missing_ids)),
+    )
+
+
+def get_by_predicate(
+    store: str, filter: FilterLike | None, limit: int, page_token: str, include_vectors: bool
+) -> Call[Page]:
+    request = db_pb2.GetByPredicateRequest(
+        store=store, limit=limit, page_token=page_token, include_vectors=include_vectors
+    )
+    proto = filter_to_proto(filter)
+    if proto is not None:
+        request.filter.CopyFrom(proto)
+    return (
+        "GetByPredicate",
+        request,
+        lambda r: Page([entry(e) for e in r.entries], r.next_page_token),
+    )
+
+
+def get_sim_n(
+    store: str,
+    query: VectorLike,
+    k: int,
+    filter: FilterLike | None,
+    mode: SearchMode | str,
+    ef: int,
+    include_vectors: bool,
+) -> Call[SearchResult]:
+    request = db_pb2.GetSimNRequest(
+        store=store,
+        query=_vector(query),
+        k=k,
+        mode=MODES[SearchMode(mode)],
+        ef=ef,
+        include_vectors=include_vectors,
+    )
+    proto = filter_to_proto(filter)
+    if proto is not None:
+        request.filter.CopyFrom(proto)
+
+    def parse(r: db_pb2.GetSimNResponse) -> SearchResult:
+        return SearchResult(
+            [
+                Match(
+                    m.id,
+                    m.score,
+                    metadata_from_proto(m.metadata),
+                    list(m.vector) if len(m.vector) else None,
+                )
+                for m in r.matches
+            ],
+            r.plan,
+        )
+
+    return "GetSimN", request, parse
+
+
+def delete_keys(store: str, ids: Iterable[str]) -> Call[int]:
+    request = db_pb2.DeleteKeysRequest(store=store, ids=list(ids))
+    return "DeleteKeys", request, lambda r: int(r.deleted)
+
+
+def delete_by_predicate(store: str, filter: FilterLike) -> Call[int]:
+    request = db_pb2.DeleteByPredicateRequest(store=store)
+    proto = filter_to_proto(filter)
+    if proto is not None:
+        request.filter.CopyFrom(proto)
+    return "DeleteByPredicate", request, lambda r: int(r.deleted)
+
+
+def create_pred_index(store: str, fields: Iterable[str]) -> Call[int]:
+    request = db_pb2.CreatePredIndexRequest(store=store, fields=list(fields))
+    return "CreatePredIndex", request, lambda r: int(r.created)
+
+
+def drop_pred_index(store: str, fields: Iterable[str], missing_ok: bool) -> Call[int]:
+    request = db_pb2.DropPredIndexRequest(store=store, fields=list(fields), missing_ok=missing_ok)
+    return "DropPredIndex", request, lambda r: int(r.dropped)
+
+
+def info() -> Call[DBInfo]:
+    return (
+        "Info",
+        db_pb2.InfoRequest(),
+        lambda r: DBInfo(
+            r.version, r.store_count, r.fsync_policy, r.max_message_bytes, r.uptime_seconds
+        ),
+    )
+
+
+def ping() -> Call[None]:
+    return "Ping", db_pb2.PingRequest(), lambda r: None

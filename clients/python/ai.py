@@ -1,0 +1,397 @@
+"""Clients for nachbar-ai (AIService): `AIClient` (blocking) and `AsyncAIClient` (asyncio).
+
+Example::
+
+    from pathlib import Path
+    from nachbar.client import AIClient
+
+    with AIClient("127.0.0.1:1370") as ai:
+        ai.create_store("photos", query_model="all-minilm-l6-v2",
+                        index_model="imagenet-conse-minilm-l6", store_original=False)
+        ai.upsert("photos", [Path("dog.jpg"), Path("cat.jpg")])       # paths are images
+        for hit in ai.get_sim_n("photos", "a photo of a dog", k=1).matches:
+            print(hit.id, hit.similarity)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from nachbar.client import _ai_calls as calls
+from nachbar.client._ai_calls import InputLike, Item
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncCaller, SyncCaller
+from nachbar.client.types import (
+    AIGetKeyResult,
+    AIInfo,
+    AIPage,
+    AISearchResult,
+    AIStoreInfo,
+    Index,
+    Metric,
+    ModelInfo,
+    RerankResult,
+    SearchMode,
+    UpsertResult,
+)
+from nachbar.client.values import FilterLike
+from nachbar.v1 import ai_pb2_grpc
+
+DEFAULT_AI_ADDRESS = "127.0.0.1:1370"
+UPSERT_BATCH = 64
+ItemLike = Item | InputLike | tuple[Any, ...]
+
+
+class AIClient:
+    """Blocking client. Inputs: `str` is text; `bytes`, `pathlib.Path`, a PIL image or
+    `Image(...)` is an image. Every method takes `timeout` (seconds); errors raise
+    NachbarError subclasses."""
+
+    def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
+        self._caller = SyncCaller(address, ai_pb2_grpc.AIServiceStub, timeout)
+        self.address = address
+
+    def __enter__(self) -> AIClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._caller.close()
+
+    def create_store(
+        self,
+        store: str,
+        *,
+        query_model: str,
+        index_model: str = "",
+        store_original: bool = True,
+        predicate_indexes: Iterable[str] = (),
+        index: Index | None = None,
+        metric: Metric | str | None = None,
+        if_not_exists: bool = False,
+        timeout: float | None = None,
+    ) -> AIStoreInfo:
+        """index_model defaults to query_model."""
+        return self._caller.call(
+            *calls.create_store(
+                store,
+                query_model,
+                index_model or query_model,
+                store_original,
+                predicate_indexes,
+                index,
+                metric,
+                if_not_exists,
+            ),
+            timeout,
+        )
+
+    def drop_store(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_store(store, missing_ok), timeout)
+
+    def list_stores(self, *, timeout: float | None = None) -> list[AIStoreInfo]:
+        return self._caller.call(*calls.list_stores(), timeout)
+
+    def get_store(self, store: str, *, timeout: float | None = None) -> AIStoreInfo:
+        return self._caller.call(*calls.get_store(store), timeout)
+
+    def upsert(
+        self,
+        store: str,
+        items: Iterable[ItemLike],
+        *,
+        truncation: str = "error",
+        batch_size: int = UPSERT_BATCH,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        """Embed and store inputs. Items are inputs, `Item(input, id, metadata)` or
+        `(input, id, metadata)` tuples; large iterables go in batches of `batch_size`."""
+        inserted = updated = 0
+        ids: list[str] = []
+        for batch in calls.chunk_items(items, batch_size):
+            result = self._caller.call(*calls.upsert(store, batch, truncation), timeout)
+            inserted += result.inserted
+            updated += result.updated
+            ids.extend(result.ids)
+        return UpsertResult(inserted, updated, ids)
+
+    def get_sim_n(
+        self,
+        store: str,
+        query: InputLike,
+        k: int = 10,
+        *,
+        filter: FilterLike | None = None,
+        truncation: str = "error",
+        rerank: str | None = None,
+        rerank_candidates: int = 0,
+        rerank_field: str | None = None,
+        sigmoid: bool = False,
+        mode: SearchMode | str = SearchMode.AUTO,
+        ef: int = 0,
+        query_model: str = "",
+        timeout: float | None = None,
+    ) -> AISearchResult:
+        """k most similar entries. `rerank="<cross-encoder>"` reorders the top
+        `rerank_candidates` by the cross-encoder, reading the stored original text or
+        `rerank_field` from metadata."""
+        return self._caller.call(
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                truncation,
+                rerank,
+                rerank_candidates,
+                rerank_field,
+                sigmoid,
+                mode,
+                ef,
+                query_model,
+            ),
+            timeout,
+        )
+
+    def get_key(
+        self, store: str, ids: Iterable[str], *, timeout: float | None = None
+    ) -> AIGetKeyResult:
+        return self._caller.call(*calls.get_key(store, ids), timeout)
+
+    def get_by_predicate(
+        self,
+        store: str,
+        filter: FilterLike | None = None,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AIPage:
+        return self._caller.call(*calls.get_by_predicate(store, filter, limit, page_token), timeout)
+
+    def delete_keys(self, store: str, ids: Iterable[str], *, timeout: float | None = None) -> int:
+        return self._caller.call(*calls.delete_keys(store, ids), timeout)
+
+    def delete_by_predicate(
+        self, store: str, filter: FilterLike, *, timeout: float | None = None
+    ) -> int:
+        return self._caller.call(*calls.delete_by_predicate(store, filter), timeout)
+
+    def embed(
+        self,
+        model: str,
+        inputs: Iterable[InputLike],
+        *,
+        truncation: str = "error",
+        timeout: float | None = None,
+    ) -> list[list[float]]:
+        return self._caller.call(*calls.embed(model, inputs, truncation), timeout)
+
+    def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int = 0,
+        truncation: str = "error",
+        sigmoid: bool = False,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        return self._caller.call(
+            *calls.rerank(model, query, documents, top_k, truncation, sigmoid), timeout
+        )
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        return self._caller.call(*calls.list_models(), timeout)
+
+    def info(self, *, timeout: float | None = None) -> AIInfo:
+        return self._caller.call(*calls.info(), timeout)
+
+    def ping(self, *, timeout: float | None = None) -> None:
+        self._caller.call(*calls.ping(), timeout)
+
+
+class AsyncAIClient:
+    """asyncio client with the same methods as AIClient, as coroutines."""
+
+    def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
+        self._caller = AsyncCaller(address, ai_pb2_grpc.AIServiceStub, timeout)
+        self.address = address
+
+    async def __aenter__(self) -> AsyncAIClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._caller.close()
+
+    async def create_store(
+        self,
+        store: str,
+        *,
+        query_model: str,
+        index_model: str = "",
+        store_original: bool = True,
+        predicate_indexes: Iterable[str] = (),
+        index: Index | None = None,
+        metric: Metric | str | None = None,
+        if_not_exists: bool = False,
+        timeout: float | None = None,
+    ) -> AIStoreInfo:
+        return await self._caller.call(
+            *calls.create_store(
+                store,
+                query_model,
+                index_model or query_model,
+                store_original,
+                predicate_indexes,
+                index,
+                metric,
+                if_not_exists,
+            ),
+            timeout,
+        )
+
+    async def drop_store(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(*calls.drop_store(store, missing_ok), timeout)
+
+    async def list_stores(self, *, timeout: float | None = None) -> list[AIStoreInfo]:
+        return await self._caller.call(*calls.list_stores(), timeout)
+
+    async def get_store(self, store: str, *, timeout: float | None = None) -> AIStoreInfo:
+        return await self._caller.call(*calls.get_store(store), timeout)
+
+    async def upsert(
+        self,
+        store: str,
+        items: Iterable[ItemLike],
+        *,
+        truncation: str = "error",
+        batch_size: int = UPSERT_BATCH,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        inserted = updated = 0
+        ids: list[str] = []
+        for batch in calls.chunk_items(items, batch_size):
+            result = await self._caller.call(*calls.upsert(store, batch, truncation), timeout)
+            inserted += result.inserted
+            updated += result.updated
+            ids.extend(result.ids)
+        return UpsertResult(inserted, updated, ids)
+
+    async def get_sim_n(
+        self,
+        store: str,
+        query: InputLike,
+        k: int = 10,
+        *,
+        filter: FilterLike | None = None,
+        truncation: str = "error",
+        rerank: str | None = None,
+        rerank_candidates: int = 0,
+        rerank_field: str | None = None,
+        sigmoid: bool = False,
+        mode: SearchMode | str = SearchMode.AUTO,
+        ef: int = 0,
+        query_model: str = "",
+        timeout: float | None = None,
+    ) -> AISearchResult:
+        return await self._caller.call(
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                truncation,
+                rerank,
+                rerank_candidates,
+                rerank_field,
+                sigmoid,
+                mode,
+                ef,
+                query_model,
+            ),
+            timeout,
+        )
+
+    async def get_key(
+        self, store: str, ids: Iterable[str], *, timeout: float | None = None
+    ) -> AIGetKeyResult:
+        return await self._caller.call(*calls.get_key(store, ids), timeout)
+
+    async def get_by_predicate(
+        self,
+        store: str,
+        filter: FilterLike | None = None,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> AIPage:
+        return await self._caller.call(
+            *calls.get_by_predicate(store, filter, limit, page_token), timeout
+        )
+
+    async def delete_keys(
+        self, store: str, ids: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        return await self._caller.call(*calls.delete_keys(store, ids), timeout)
+
+    async def delete_by_predicate(
+        self, store: str, filter: FilterLike, *, timeout: float | None = None
+    ) -> int:
+        return await self._caller.call(*calls.delete_by_predicate(store, filter), timeout)
+
+    async def embed(
+        self,
+        model: str,
+        inputs: Iterable[InputLike],
+        *,
+        truncation: str = "error",
+        timeout: float | None = None,
+    ) -> list[list[float]]:
+        return await self._caller.call(*calls.embed(model, inputs, truncation), timeout)
+
+    async def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int = 0,
+        truncation: str = "error",
+        sigmoid: bool = False,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        return await self._caller.call(
+            *calls.rerank(model, query, documents, top_k, truncation, sigmoid), timeout
+        )
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        return await self._caller.call(*calls.list_models(), timeout)
+
+    async def info(self, *, timeout: float | None = None) -> AIInfo:
+        return await self._caller.call(*calls.info(), timeout)
+
+    async def ping(self, *, timeout: float | None = None) -> None:
+        await self._caller.call(*calls.ping(), timeout)

@@ -1,0 +1,328 @@
+"""Clients for nachbar-db (DBService): `DBClient` (blocking) and `AsyncDBClient` (asyncio).
+
+Example::
+
+    from nachbar.client import DBClient, Field
+
+    with DBClient("127.0.0.1:1369") as db:
+        db.create_store("docs", dimension=3)
+        db.upsert("docs", [("a", [1, 0, 0], {"lang": "en"}), ("b", [0, 1, 0], {"lang": "de"})])
+        hits = db.get_sim_n("docs", [1, 0.1, 0], k=1, filter=Field("lang") == "en")
+        print(hits.matches[0].id)  # "a"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from types import TracebackType
+from typing import Any
+
+from nachbar.client import _db_calls as calls
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncCaller, SyncCaller
+from nachbar.client.types import (
+    DBInfo,
+    GetKeyResult,
+    Index,
+    Metric,
+    Page,
+    SearchMode,
+    SearchResult,
+    StoreInfo,
+    UpsertResult,
+)
+from nachbar.client.values import FilterLike
+from nachbar.v1 import db_pb2_grpc
+
+DEFAULT_DB_ADDRESS = "127.0.0.1:1369"
+UPSERT_BATCH = 1000
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class DBClient:
+    """Blocking client. Every method takes `timeout` (seconds); errors raise NachbarError
+    subclasses (NotFound, InvalidArgument, ...)."""
+
+    def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
+        self._caller = SyncCaller(address, db_pb2_grpc.DBServiceStub, timeout)
+        self.address = address
+
+    def __enter__(self) -> DBClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._caller.close()
+
+    def execute(self, call: calls.Call[calls.T], timeout: float | None = None) -> calls.T:
+        """Run a prepared (method, request, parser) call; for callers that already hold
+        protobuf requests, such as nachbar-ai forwarding to the db."""
+        return self._caller.call(*call, timeout)
+
+    def create_store(
+        self,
+        store: str,
+        dimension: int,
+        *,
+        metric: Metric | str = Metric.COSINE,
+        index: Index | None = None,
+        predicate_indexes: Iterable[str] = (),
+        store_metadata: Mapping[str, str] | None = None,
+        if_not_exists: bool = False,
+        timeout: float | None = None,
+    ) -> StoreInfo:
+        info, _ = self._caller.call(
+            *calls.create_store(
+                store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
+            ),
+            timeout,
+        )
+        return info
+
+    def drop_store(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_store(store, missing_ok), timeout)
+
+    def list_stores(self, *, timeout: float | None = None) -> list[StoreInfo]:
+        return self._caller.call(*calls.list_stores(), timeout)
+
+    def get_store(self, store: str, *, timeout: float | None = None) -> StoreInfo:
+        return self._caller.call(*calls.get_store(store), timeout)
+
+    def upsert(
+        self,
+        store: str,
+        entries: Iterable[tuple[Any, ...]],
+        *,
+        batch_size: int = UPSERT_BATCH,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        """Upsert (id, vector) or (id, vector, metadata) tuples. Each batch of `batch_size`
+        is atomic on the server; a long iterable is sent as several batches."""
+        inserted = updated = 0
+        for chunk in _chunks(entries, batch_size):
+            result = self._caller.call(*calls.upsert(store, chunk), timeout)
+            inserted += result.inserted
+            updated += result.updated
+        return UpsertResult(inserted, updated)
+
+    def get_key(
+        self,
+        store: str,
+        ids: Iterable[str],
+        *,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> GetKeyResult:
+        return self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+
+    def get_by_predicate(
+        self,
+        store: str,
+        filter: FilterLike | None = None,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> Page:
+        return self._caller.call(
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+        )
+
+    def get_sim_n(
+        self,
+        store: str,
+        query: calls.VectorLike,
+        k: int = 10,
+        *,
+        filter: FilterLike | None = None,
+        mode: SearchMode | str = SearchMode.AUTO,
+        ef: int = 0,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        return self._caller.call(
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+        )
+
+    def delete_keys(self, store: str, ids: Iterable[str], *, timeout: float | None = None) -> int:
+        return self._caller.call(*calls.delete_keys(store, ids), timeout)
+
+    def delete_by_predicate(
+        self, store: str, filter: FilterLike, *, timeout: float | None = None
+    ) -> int:
+        return self._caller.call(*calls.delete_by_predicate(store, filter), timeout)
+
+    def create_pred_index(
+        self, store: str, fields: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        return self._caller.call(*calls.create_pred_index(store, fields), timeout)
+
+    def drop_pred_index(
+        self,
+        store: str,
+        fields: Iterable[str],
+        *,
+        missing_ok: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        return self._caller.call(*calls.drop_pred_index(store, fields, missing_ok), timeout)
+
+    def info(self, *, timeout: float | None = None) -> DBInfo:
+        return self._caller.call(*calls.info(), timeout)
+
+    def ping(self, *, timeout: float | None = None) -> None:
+        self._caller.call(*calls.ping(), timeout)
+
+
+class AsyncDBClient:
+    """asyncio client with the same methods as DBClient, as coroutines."""
+
+    def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
+        self._caller = AsyncCaller(address, db_pb2_grpc.DBServiceStub, timeout)
+        self.address = address
+
+    async def __aenter__(self) -> AsyncDBClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._caller.close()
+
+    async def create_store(
+        self,
+        store: str,
+        dimension: int,
+        *,
+        metric: Metric | str = Metric.COSINE,
+        index: Index | None = None,
+        predicate_indexes: Iterable[str] = (),
+        store_metadata: Mapping[str, str] | None = None,
+        if_not_exists: bool = False,
+        timeout: float | None = None,
+    ) -> StoreInfo:
+        info, _ = await self._caller.call(
+            *calls.create_store(
+                store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
+            ),
+            timeout,
+        )
+        return info
+
+    async def drop_store(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(*calls.drop_store(store, missing_ok), timeout)
+
+    async def list_stores(self, *, timeout: float | None = None) -> list[StoreInfo]:
+        return await self._caller.call(*calls.list_stores(), timeout)
+
+    async def get_store(self, store: str, *, timeout: float | None = None) -> StoreInfo:
+        return await self._caller.call(*calls.get_store(store), timeout)
+
+    async def upsert(
+        self,
+        store: str,
+        entries: Iterable[tuple[Any, ...]],
+        *,
+        batch_size: int = UPSERT_BATCH,
+        timeout: float | None = None,
+    ) -> UpsertResult:
+        inserted = updated = 0
+        for chunk in _chunks(entries, batch_size):
+            result = await self._caller.call(*calls.upsert(store, chunk), timeout)
+            inserted += result.inserted
+            updated += result.updated
+        return UpsertResult(inserted, updated)
+
+    async def get_key(
+        self,
+        store: str,
+        ids: Iterable[str],
+        *,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> GetKeyResult:
+        return await self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+
+    async def get_by_predicate(
+        self,
+        store: str,
+        filter: FilterLike | None = None,
+        *,
+        limit: int = 100,
+        page_token: str = "",
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> Page:
+        return await self._caller.call(
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+        )
+
+    async def get_sim_n(
+        self,
+        store: str,
+        query: calls.VectorLike,
+        k: int = 10,
+        *,
+        filter: FilterLike | None = None,
+        mode: SearchMode | str = SearchMode.AUTO,
+        ef: int = 0,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        return await self._caller.call(
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+        )
+
+    async def delete_keys(
+        self, store: str, ids: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        return await self._caller.call(*calls.delete_keys(store, ids), timeout)
+
+    async def delete_by_predicate(
+        self, store: str, filter: FilterLike, *, timeout: float | None = None
+    ) -> int:
+        return await self._caller.call(*calls.delete_by_predicate(store, filter), timeout)
+
+    async def create_pred_index(
+        self, store: str, fields: Iterable[str], *, timeout: float | None = None
+    ) -> int:
+        return await self._caller.call(*calls.create_pred_index(store, fields), timeout)
+
+    async def drop_pred_index(
+        self,
+        store: str,
+        fields: Iterable[str],
+        *,
+        missing_ok: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        return await self._caller.call(*calls.drop_pred_index(store, fields, missing_ok), timeout)
+
+    async def info(self, *, timeout: float | None = None) -> DBInfo:
+        return await self._caller.call(*calls.info(), timeout)
+
+    async def ping(self, *, timeout: float | None = None) -> None:
+        await self._caller.call(*calls.ping(), timeout)

@@ -1,0 +1,172 @@
+"""Plain result dataclasses returned by the clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from nachbar.client.values import Metadata
+
+
+class Metric(StrEnum):
+    COSINE = "cosine"
+    L2 = "l2"
+    INNER_PRODUCT = "ip"
+
+
+class SearchMode(StrEnum):
+    AUTO = "auto"
+    EXACT = "exact"
+    HNSW = "hnsw"
+
+
+@dataclass(frozen=True)
+class Hnsw:
+    """HNSW index parameters; 0 takes the server default."""
+
+    m: int = 0
+    ef_construction: int = 0
+    ef_search: int = 0
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Brute-force search: exact results, no index."""
+
+
+Index = Hnsw | Exact
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    name: str
+    dimension: int
+    metric: Metric
+    index: Index
+    predicate_indexes: tuple[str, ...]
+    count: int
+    bytes_used: int
+    store_metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    metadata: Metadata
+    vector: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    score: float
+    metadata: Metadata
+    vector: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    matches: list[Match]
+    plan: str
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int
+    updated: int
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GetKeyResult:
+    entries: list[Entry]
+    missing_ids: list[str]
+
+
+@dataclass(frozen=True)
+class DBInfo:
+    version: str
+    store_count: int
+    fsync_policy: str
+    max_message_bytes: int
+    uptime_seconds: float
+
+
+@dataclass(frozen=True)
+class AIStoreInfo:
+    name: str
+    query_model: str
+    index_model: str
+    store_original: bool
+    db_store: StoreInfo
+
+
+@dataclass(frozen=True)
+class AIMatch:
+    id: str
+    similarity: float
+    metadata: Metadata
+    rerank_score: float | None = None
+    original: str | bytes | None = None
+
+
+@dataclass(frozen=True)
+class AISearchResult:
+    matches: list[AIMatch]
+    plan: str
+
+
+@dataclass(frozen=True)
+class AIEntry:
+    id: str
+    metadata: Metadata
+    original: str | bytes | None = None
+
+
+@dataclass(frozen=True)
+class AIPage:
+    entries: list[AIEntry]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class AIGetKeyResult:
+    entries: list[AIEntry]
+    missing_ids: list[str]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    kind: str
+    modality: str
+    dimension: int
+    space: str
+    max_tokens: int
+    image_size: int
+    source: str
+    available: bool
+    loaded: bool
+    precision: str
+    description: str
+
+
+@dataclass(frozen=True)
+class AIInfo:
+    version: str
+    loaded_models: list[str]
+    db_address: str
+    db_reachable: bool
+    max_message_bytes: int

@@ -1,0 +1,81 @@
+"""How nachbar-ai keeps its state inside nachbar-db.
+
+A store's model bindings are db store metadata, and each entry's original input is a reserved
+metadata field, so the two processes can never disagree about what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nachbar.client.values import Metadata, MetadataValue
+from nachbar.server.errors import RequestError
+
+RESERVED_PREFIX = "_nachbar"
+ORIGINAL_TEXT = "_nachbar_text"
+ORIGINAL_IMAGE = "_nachbar_image"
+
+_KEY_QUERY = "nachbar.ai.query_model"
+_KEY_INDEX = "nachbar.ai.index_model"
+_KEY_ORIGINAL = "nachbar.ai.store_original"
+_KEY_SPACE = "nachbar.ai.space"
+
+
+@dataclass(frozen=True)
+class StoreBinding:
+    query_model: str
+    index_model: str
+    store_original: bool
+    space: str
+
+    def to_store_metadata(self) -> dict[str, str]:
+        return {
+            _KEY_QUERY: self.query_model,
+            _KEY_INDEX: self.index_model,
+            _KEY_ORIGINAL: "true" if self.store_original else "false",
+            _KEY_SPACE: self.space,
+        }
+
+    @staticmethod
+    def from_store_metadata(metadata: Mapping[str, str]) -> StoreBinding | None:
+        """None for a db store that nachbar-ai did not create."""
+        if _KEY_QUERY not in metadata or _KEY_INDEX not in metadata:
+            return None
+        return StoreBinding(
+            query_model=metadata[_KEY_QUERY],
+            index_model=metadata[_KEY_INDEX],
+            store_original=metadata.get(_KEY_ORIGINAL) == "true",
+            space=metadata.get(_KEY_SPACE, ""),
+        )
+
+
+def content_id(payload: str | bytes) -> str:
+    """A stable id from the input itself, so re-sending the same input is an update."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    kind = "t" if isinstance(payload, str) else "i"
+    return f"{kind}-{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def check_user_metadata(metadata: Mapping[str, MetadataValue], where: str) -> None:
+    for key in metadata:
+        if key.startswith(RESERVED_PREFIX):
+            raise RequestError(
+                f"{where}: metadata key {key!r} is reserved (keys starting with "
+                f"{RESERVED_PREFIX!r} hold nachbar's own data); rename it"
+            )
+
+
+def split_original(metadata: Metadata) -> tuple[Metadata, str | bytes | None]:
+    """User metadata without the reserved fields, and the stored original if any."""
+    original: str | bytes | None = None
+    user: Metadata = {}
+    for key, value in metadata.items():
+        if (key == ORIGINAL_TEXT and isinstance(value, str)) or (
+            key == ORIGINAL_IMAGE and isinstance(value, bytes)
+        ):
+            original = value
+        elif not key.startswith(RESERVED_PREFIX):
+            user[key] = value
+    return user, original

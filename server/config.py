@@ -1,0 +1,275 @@
+"""Command-line configuration: every flag has a NACHBAR_* environment twin.
+
+Precedence is flag > environment > default. The parsed result is a frozen dataclass so the rest
+of the server never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB_PORT = 1369
+DEFAULT_AI_PORT = 1370
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nachbar" / "data"
+
+
+def default_model_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nachbar" / "models"
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    host: str
+    port: int
+    max_message_bytes: int
+    workers: int
+    log_level: str
+    log_format: str
+    port_file: Path | None
+    exit_with_parent: bool
+    grace_seconds: float
+
+
+@dataclass(frozen=True)
+class DBConfig(CommonConfig):
+    data_dir: Path = field(default_factory=default_data_dir)
+    fsync: str = "full"
+
+
+@dataclass(frozen=True)
+class AIConfig(CommonConfig):
+    db_host: str = "127.0.0.1"
+    db_port: int = DEFAULT_DB_PORT
+    model_dir: Path = field(default_factory=default_model_dir)
+    models: tuple[str, ...] = ()
+    local_models: tuple[tuple[str, Path], ...] = ()
+    hub_offline: bool = False
+    batching: bool = True
+    max_batch_size: int = 32
+    max_batch_wait_ms: float = 2.0
+    db_timeout_seconds: float = 30.0
+
+    @property
+    def db_address(self) -> str:
+        return f"{self.db_host}:{self.db_port}"
+
+
+class _EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(f"NACHBAR_{name}", default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(f"NACHBAR_{name}")
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str) -> None:
+    parser.add_argument(
+        "--host",
+        default=_env(f"{prefix}_HOST", "127.0.0.1"),
+        help=f"interface to listen on [env NACHBAR_{prefix}_HOST]",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(_env(f"{prefix}_PORT", default_port)),
+        help=f"port to listen on; 0 picks a free one [env NACHBAR_{prefix}_PORT]",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        help="largest request or response; bigger ones get RESOURCE_EXHAUSTED "
+        "[env NACHBAR_MAX_MESSAGE_BYTES]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", 16)),
+        help="request handler threads [env NACHBAR_WORKERS]",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="[env NACHBAR_LOG_LEVEL]",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="[env NACHBAR_LOG_FORMAT]",
+    )
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        default=_env("PORT_FILE", None),
+        help="write the bound port here once serving (useful with --port 0) "
+        "[env NACHBAR_PORT_FILE]",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("EXIT_WITH_PARENT", False),
+        help="shut down gracefully when the parent process exits [env NACHBAR_EXIT_WITH_PARENT]",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=float(_env("GRACE_SECONDS", 10.0)),
+        help="how long shutdown waits for in-flight requests [env NACHBAR_GRACE_SECONDS]",
+    )
+
+
+def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
+    if ns.max_message_bytes <= 0:
+        raise SystemExit("--max-message-bytes must be positive")
+    if ns.workers <= 0:
+        raise SystemExit("--workers must be positive")
+    return {
+        "host": ns.host,
+        "port": ns.port,
+        "max_message_bytes": ns.max_message_bytes,
+        "workers": ns.workers,
+        "log_level": ns.log_level,
+        "log_format": ns.log_format,
+        "port_file": Path(ns.port_file) if ns.port_file else None,
+        "exit_with_parent": ns.exit_with_parent,
+        "grace_seconds": ns.grace_seconds,
+    }
+
+
+def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="nachbar-db: durable vector stores over gRPC.",
+        formatter_class=_EnvDefaultsFormatter,
+    )
+    _add_common(parser, DEFAULT_DB_PORT, "DB")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("DATA_DIR", default_data_dir())),
+        help="where stores live [env NACHBAR_DATA_DIR]",
+    )
+    parser.add_argument(
+        "--fsync",
+        default=_env("FSYNC", "full"),
+        choices=["full", "normal", "off"],
+        help="full: every acknowledged write survives a crash or power loss; normal: survives a "
+        "process crash, not power loss; off: fastest, may lose recent writes [env NACHBAR_FSYNC]",
+    )
+    return parser
+
+
+def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
+    ns = db_parser().parse_args(argv)
+    return DBConfig(**_common_kwargs(ns), data_dir=ns.data_dir, fsync=ns.fsync)
+
+
+def _parse_local_model(raw: str) -> tuple[str, Path]:
+    name, sep, path = raw.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {raw!r}")
+    return name, Path(path)
+
+
+def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="nachbar-ai: embeds text and images, searches and reranks.",
+        formatter_class=_EnvDefaultsFormatter,
+    )
+    _add_common(parser, DEFAULT_AI_PORT, "AI")
+    parser.add_argument(
+        "--db-host",
+        default=_env("DB_HOST", "127.0.0.1"),
+        help="nachbar-db host [env NACHBAR_DB_HOST]",
+    )
+    parser.add_argument(
+        "--db-port",
+        type=int,
+        default=int(_env("DB_PORT", DEFAULT_DB_PORT)),
+        help="nachbar-db port [env NACHBAR_DB_PORT]",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(_env("MODEL_DIR", default_model_dir())),
+        help="model cache: built models and hub downloads [env NACHBAR_MODEL_DIR]",
+    )
+    parser.add_argument(
+        "--models",
+        default=_env("MODELS", "all-minilm-l6-v2,imagenet-conse-minilm-l6"),
+        help="comma-separated models to load at start; others load on first use "
+        "[env NACHBAR_MODELS]",
+    )
+    parser.add_argument(
+        "--local-model",
+        action="append",
+        type=_parse_local_model,
+        default=[_parse_local_model(x) for x in _env("LOCAL_MODELS", "").split(",") if x],
+        metavar="NAME=DIR",
+        help="serve a hub model from a local directory laid out like its hub repo; repeatable "
+        "[env NACHBAR_LOCAL_MODELS, comma-separated]",
+    )
+    parser.add_argument(
+        "--hub-offline",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE") == "1"),
+        help="never download from the model hub; use only cached or local files "
+        "[env NACHBAR_HUB_OFFLINE]",
+    )
+    parser.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("BATCHING", True),
+        help="merge concurrent requests to one model into batches [env NACHBAR_BATCHING]",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=int(_env("MAX_BATCH_SIZE", 32)),
+        help="largest merged batch [env NACHBAR_MAX_BATCH_SIZE]",
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=float(_env("MAX_BATCH_WAIT_MS", 2.0)),
+        help="how long a request may wait for others to join its batch "
+        "[env NACHBAR_MAX_BATCH_WAIT_MS]",
+    )
+    return parser
+
+
+def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
+    ns = ai_parser().parse_args(argv)
+    return AIConfig(
+        **_common_kwargs(ns),
+        db_host=ns.db_host,
+        db_port=ns.db_port,
+        model_dir=ns.model_dir,
+        models=tuple(m.strip() for m in ns.models.split(",") if m.strip()),
+        local_models=tuple(ns.local_model),
+        hub_offline=ns.hub_offline,
+        batching=ns.batching,
+        max_batch_size=ns.max_batch_size,
+        max_batch_wait_ms=ns.max_batch_wait_ms,
+    )

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from nachbar.db.engine import Database
+from nachbar.db.errors import DataCorruptionError
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
@@ -38,7 +39,11 @@ def start_db_server(config: DBConfig) -> RunningServer:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_db_config(argv)
     configure_logging(config.log_level, config.log_format)
-    running = start_db_server(config)
+    try:
+        running = start_db_server(config)
+    except DataCorruptionError as error:
+        # Refuse to start rather than serve a store that silently lost data.
+        raise SystemExit(f"nachbar-db cannot start: {error}") from None
     log.info(
         "nachbar-db listening on %s:%d, data in %s (fsync=%s)",
         config.host,

@@ -347,11 +347,14 @@ def ping() -> Call[None]:
 def chunk_items(
     items: Iterable[Item | InputLike | tuple[Any, ...]], size: int
 ) -> Iterable[list[Item]]:
+    """Batches of `size`; an empty input yields one empty batch for the server to refuse."""
     batch: list[Item] = []
+    sent = False
     for value in items:
         batch.append(to_item(value))
         if len(batch) >= size:
             yield batch
+            sent = True
             batch = []
-    if batch:
+    if batch or not sent:
         yield batch

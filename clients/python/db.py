@@ -39,7 +39,11 @@ UPSERT_BATCH = 1000
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Batches of `size`; an empty input still yields one empty batch, so the server (not the
+    client) answers an empty upsert, with INVALID_ARGUMENT."""
     iterator = iter(items)
+    chunk = list(islice(iterator, size))
+    yield chunk
     while chunk := list(islice(iterator, size)):
         yield chunk
 

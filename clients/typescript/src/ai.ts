@@ -1,0 +1,395 @@
+// AIClient: every RPC of nachbar.ai.v1.AIService as a promise-returning method.
+
+import { readFile } from 'node:fs/promises';
+import { Caller, type ClientOptions } from './call';
+import { storeInfoFromProto } from './db';
+import { InternalError, InvalidArgumentError } from './errors';
+import type { AIEntry__Output } from './generated/nachbar/ai/v1/AIEntry';
+import type { AIServiceDefinition } from './generated/nachbar/ai/v1/AIService';
+import type { AIStoreInfo__Output } from './generated/nachbar/ai/v1/AIStoreInfo';
+import type { Input, Input__Output } from './generated/nachbar/ai/v1/Input';
+import type { ModelInfo__Output } from './generated/nachbar/ai/v1/ModelInfo';
+import type { RerankOptions as RerankOptionsMessage } from './generated/nachbar/ai/v1/RerankOptions';
+import { aiService } from './protos';
+import type {
+  AIEntry,
+  AIInfo,
+  AIMatch,
+  AIStoreInfo,
+  AIUpsertEntry,
+  AIUpsertResult,
+  CallOptions,
+  CreateStoreResult,
+  EmbedResult,
+  FilterSpec,
+  GetKeyResult,
+  IndexConfig,
+  InputLike,
+  Metric,
+  Modality,
+  ModelInfo,
+  ModelKind,
+  Original,
+  Page,
+  RerankOptions,
+  RerankResult,
+  SearchMode,
+  SearchResult,
+  TruncationPolicy,
+} from './types';
+import {
+  filterToProto,
+  indexToProto,
+  metadataFromProto,
+  metadataToProto,
+  metricToProto,
+  optionalFilter,
+  searchModeToProto,
+  truncationToProto,
+  uint32,
+  uint64,
+} from './values';
+
+export const DEFAULT_AI_ADDRESS = '127.0.0.1:1370';
+/** Inputs per Upsert request: the server embeds each request as one batch. */
+export const AI_UPSERT_BATCH = 64;
+
+export interface AICreateStoreOptions extends CallOptions {
+  /** Embeds search queries. */
+  queryModel: string;
+  /** Embeds upserted inputs; must share the query model's embedding space. */
+  indexModel: string;
+  /** Keep each input so it can be returned and reranked. */
+  storeOriginal?: boolean;
+  predicateIndexes?: string[];
+  index?: IndexConfig;
+  /** Unset takes the models' recommended metric. */
+  metric?: Metric;
+  ifNotExists?: boolean;
+}
+
+export interface TruncationOptions extends CallOptions {
+  /** Text over the model's token limit: 'error' (default) or 'truncate'. */
+  truncation?: TruncationPolicy;
+}
+
+export interface AIUpsertOptions extends TruncationOptions {
+  /** Entries per request (default 64); each request is atomic, the whole call is not. */
+  batchSize?: number;
+}
+
+export interface AISearchOptions extends TruncationOptions {
+  filter?: FilterSpec;
+  /** Unset: no reranking. */
+  rerank?: RerankOptions;
+  mode?: SearchMode;
+  ef?: number;
+  /** Embed the query with this model (of the store's space) instead of the store's. */
+  queryModelOverride?: string;
+}
+
+export interface AIGetByPredicateOptions extends CallOptions {
+  filter?: FilterSpec;
+  limit?: number;
+  pageToken?: string;
+}
+
+export interface RerankCallOptions extends TruncationOptions {
+  /** How many results; 0 or unset returns all. */
+  topK?: number;
+  sigmoid?: boolean;
+}
+
+/** Reads an image file for use as an input: `ai.embed(model, [await imageFile('cat.jpg')])`. */
+export async function imageFile(path: string): Promise<{ image: Buffer }> {
+  return { image: await readFile(path) };
+}
+
+export function inputToProto(input: InputLike, what = 'input'): Input {
+  if (typeof input === 'string') return { text: input };
+  if (input instanceof Uint8Array) return { image: input };
+  if (typeof input === 'object' && input !== null) {
+    if ('text' in input && typeof input.text === 'string') return { text: input.text };
+    if ('image' in input && input.image instanceof Uint8Array) return { image: input.image };
+  }
+  throw new InvalidArgumentError(
+    `${what} must be a string (text), a Uint8Array/Buffer (image file bytes), {text} or {image}; ` +
+      'use imageFile(path) to read an image from disk',
+  );
+}
+
+function originalFromProto(input: Input__Output | null | undefined): Original | undefined {
+  if (input?.kind === 'text') return input.text ?? '';
+  if (input?.kind === 'image') return input.image ?? Buffer.alloc(0);
+  return undefined;
+}
+
+function aiStoreFromProto(info: AIStoreInfo__Output | null): AIStoreInfo {
+  if (info === null) {
+    throw new InternalError('the server sent no store info; is it a nachbar server of a compatible version?');
+  }
+  return {
+    name: info.name,
+    queryModel: info.query_model,
+    indexModel: info.index_model,
+    storeOriginal: info.store_original,
+    dbStore: storeInfoFromProto(info.db_store),
+  };
+}
+
+function aiEntryFromProto(entry: AIEntry__Output): AIEntry {
+  const result: AIEntry = { id: entry.id, metadata: metadataFromProto(entry.metadata) };
+  const original = originalFromProto(entry.original);
+  if (original !== undefined) result.original = original;
+  return result;
+}
+
+function rerankToProto(rerank: RerankOptions | undefined): RerankOptionsMessage | null {
+  if (rerank === undefined) return null;
+  const message: RerankOptionsMessage = {
+    model: rerank.model,
+    candidates: uint32(rerank.candidates ?? 0, 'rerank.candidates'),
+    sigmoid: rerank.sigmoid ?? false,
+  };
+  if (rerank.originalText && rerank.metadataField !== undefined) {
+    throw new InvalidArgumentError('rerank takes originalText or metadataField, not both');
+  }
+  if (rerank.metadataField !== undefined) {
+    message.metadata_field = rerank.metadataField;
+  } else if (rerank.originalText) {
+    message.original_text = true;
+  } else {
+    throw new InvalidArgumentError(
+      'rerank needs the documents\' text: set originalText: true (the store keeps originals) or metadataField',
+    );
+  }
+  return message;
+}
+
+function modelFromProto(model: ModelInfo__Output): ModelInfo {
+  const kind = model.kind.replace(/^MODEL_KIND_/, '').toLowerCase() as ModelKind;
+  const modality = model.modality.replace(/^MODALITY_/, '').toLowerCase() as Modality;
+  return {
+    name: model.name,
+    kind,
+    modality,
+    dimension: model.dimension,
+    space: model.space,
+    maxTokens: model.max_tokens,
+    imageSize: model.image_size,
+    source: model.source,
+    available: model.available,
+    loaded: model.loaded,
+    precision: model.precision,
+    description: model.description,
+  };
+}
+
+/**
+ * A client for nachbar-ai: stores of text and images, embedding and reranking.
+ *
+ * Inputs are strings (text) or bytes (encoded image files; see `imageFile`). Every method takes
+ * `{timeoutMs, signal}` last and rejects with a `NachbarError` subclass. Call `close()` when done.
+ */
+export class AIClient {
+  private readonly caller: Caller;
+  private readonly service: AIServiceDefinition;
+
+  constructor(address: string = DEFAULT_AI_ADDRESS, options: ClientOptions = {}) {
+    this.caller = new Caller(address, options);
+    this.service = aiService();
+  }
+
+  get address(): string {
+    return this.caller.address;
+  }
+
+  close(): void {
+    this.caller.close();
+  }
+
+  /** Resolves once connected; rejects with `UnavailableError` when the deadline passes. */
+  waitForReady(timeoutMs?: number): Promise<void> {
+    return this.caller.waitForReady(timeoutMs);
+  }
+
+  async createStore(store: string, options: AICreateStoreOptions): Promise<CreateStoreResult<AIStoreInfo>> {
+    const response = await this.caller.unary(
+      this.service.CreateStore,
+      {
+        store,
+        query_model: options.queryModel,
+        index_model: options.indexModel,
+        store_original: options.storeOriginal ?? false,
+        predicate_indexes: options.predicateIndexes ?? [],
+        index: indexToProto(options.index),
+        metric: metricToProto(options.metric),
+        if_not_exists: options.ifNotExists ?? false,
+      },
+      options,
+    );
+    return { store: aiStoreFromProto(response.store), created: response.created };
+  }
+
+  async dropStore(store: string, options: CallOptions & { missingOk?: boolean } = {}): Promise<boolean> {
+    const response = await this.caller.unary(this.service.DropStore, { store, missing_ok: options.missingOk ?? false }, options);
+    return response.dropped;
+  }
+
+  /** Stores created through nachbar-ai (plain db stores are left out). */
+  async listStores(options: CallOptions = {}): Promise<AIStoreInfo[]> {
+    const response = await this.caller.unary(this.service.ListStores, {}, options);
+    return response.stores.map(aiStoreFromProto);
+  }
+
+  async getStore(store: string, options: CallOptions = {}): Promise<AIStoreInfo> {
+    const response = await this.caller.unary(this.service.GetStore, { store }, options);
+    return aiStoreFromProto(response.store);
+  }
+
+  /** Embed inputs with the store's index model and upsert them, `batchSize` per request. */
+  async upsert(store: string, entries: Iterable<AIUpsertEntry>, options: AIUpsertOptions = {}): Promise<AIUpsertResult> {
+    const batchSize = options.batchSize ?? AI_UPSERT_BATCH;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new InvalidArgumentError(`batchSize must be a positive integer, got ${String(batchSize)}`);
+    }
+    const truncation = truncationToProto(options.truncation);
+    const total: AIUpsertResult = { inserted: 0, updated: 0, ids: [] };
+    let batch: AIUpsertEntry[] = [];
+    const send = async (): Promise<void> => {
+      const offset = total.ids.length;
+      const response = await this.caller.unary(
+        this.service.Upsert,
+        {
+          store,
+          entries: batch.map((entry, i) => ({
+            id: entry.id ?? '',
+            input: inputToProto(entry.input, `entries[${offset + i}].input`),
+            metadata: metadataToProto(entry.metadata),
+          })),
+          truncation,
+        },
+        options,
+      );
+      total.inserted += uint64(response.inserted);
+      total.updated += uint64(response.updated);
+      total.ids.push(...response.ids);
+      batch = [];
+    };
+    for (const entry of entries) {
+      batch.push(entry);
+      if (batch.length >= batchSize) await send();
+    }
+    if (batch.length > 0) await send();
+    return total;
+  }
+
+  /** Embed `query` with the store's query model and return the `k` best matches. */
+  async getSimN(store: string, query: InputLike, k: number, options: AISearchOptions = {}): Promise<SearchResult<AIMatch>> {
+    const response = await this.caller.unary(
+      this.service.GetSimN,
+      {
+        store,
+        query: inputToProto(query, 'query'),
+        k: uint32(k, 'k'),
+        filter: optionalFilter(options.filter),
+        truncation: truncationToProto(options.truncation),
+        rerank: rerankToProto(options.rerank),
+        mode: searchModeToProto(options.mode),
+        ef: uint32(options.ef ?? 0, 'ef'),
+        query_model_override: options.queryModelOverride ?? '',
+      },
+      options,
+    );
+    return {
+      matches: response.matches.map((match) => {
+        const result: AIMatch = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
+        if (match._rerank_score === 'rerank_score' && match.rerank_score !== undefined) result.rerankScore = match.rerank_score;
+        const original = originalFromProto(match.original);
+        if (original !== undefined) result.original = original;
+        return result;
+      }),
+      plan: response.plan,
+    };
+  }
+
+  async getKey(store: string, ids: string[], options: CallOptions = {}): Promise<GetKeyResult<AIEntry>> {
+    const response = await this.caller.unary(this.service.GetKey, { store, ids }, options);
+    return { entries: response.entries.map(aiEntryFromProto), missingIds: [...response.missing_ids] };
+  }
+
+  async getByPredicate(store: string, options: AIGetByPredicateOptions = {}): Promise<Page<AIEntry>> {
+    const response = await this.caller.unary(
+      this.service.GetByPredicate,
+      {
+        store,
+        filter: optionalFilter(options.filter),
+        limit: uint32(options.limit ?? 0, 'limit'),
+        page_token: options.pageToken ?? '',
+      },
+      options,
+    );
+    return { entries: response.entries.map(aiEntryFromProto), nextPageToken: response.next_page_token };
+  }
+
+  async deleteKeys(store: string, ids: string[], options: CallOptions = {}): Promise<number> {
+    const response = await this.caller.unary(this.service.DeleteKeys, { store, ids }, options);
+    return uint64(response.deleted);
+  }
+
+  async deleteByPredicate(store: string, filter: FilterSpec, options: CallOptions = {}): Promise<number> {
+    const response = await this.caller.unary(this.service.DeleteByPredicate, { store, filter: filterToProto(filter) }, options);
+    return uint64(response.deleted);
+  }
+
+  /** Vectors for `inputs` from `model`, in order; no store involved. */
+  async embed(model: string, inputs: InputLike[], options: TruncationOptions = {}): Promise<EmbedResult> {
+    const response = await this.caller.unary(
+      this.service.Embed,
+      {
+        model,
+        inputs: inputs.map((input, i) => inputToProto(input, `inputs[${i}]`)),
+        truncation: truncationToProto(options.truncation),
+      },
+      options,
+    );
+    return { embeddings: response.embeddings.map((embedding) => [...embedding.values]), dimension: response.dimension };
+  }
+
+  /** Score each document against `query` with a cross-encoder; best first. */
+  async rerank(model: string, query: string, documents: string[], options: RerankCallOptions = {}): Promise<RerankResult[]> {
+    const response = await this.caller.unary(
+      this.service.Rerank,
+      {
+        model,
+        query,
+        documents,
+        top_k: uint32(options.topK ?? 0, 'topK'),
+        truncation: truncationToProto(options.truncation),
+        sigmoid: options.sigmoid ?? false,
+      },
+      options,
+    );
+    return response.results.map((result) => ({ index: result.index, score: result.score }));
+  }
+
+  async listModels(options: CallOptions = {}): Promise<ModelInfo[]> {
+    const response = await this.caller.unary(this.service.ListModels, {}, options);
+    return response.models.map(modelFromProto);
+  }
+
+  async info(options: CallOptions = {}): Promise<AIInfo> {
+    const response = await this.caller.unary(this.service.Info, {}, options);
+    return {
+      version: response.version,
+      loadedModels: [...response.loaded_models],
+      dbAddress: response.db_address,
+      dbReachable: response.db_reachable,
+      maxMessageBytes: uint64(response.max_message_bytes),
+    };
+  }
+
+  async ping(options: CallOptions = {}): Promise<void> {
+    await this.caller.unary(this.service.Ping, {}, options);
+  }
+}

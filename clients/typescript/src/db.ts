@@ -1,0 +1,298 @@
+// DBClient: every RPC of nachbar.db.v1.DBService as a promise-returning method.
+
+import { Caller, type ClientOptions } from './call';
+import { InternalError, InvalidArgumentError } from './errors';
+import type { Entry__Output } from './generated/nachbar/db/v1/Entry';
+import type { StoreInfo__Output } from './generated/nachbar/db/v1/StoreInfo';
+import type { DBServiceDefinition } from './generated/nachbar/db/v1/DBService';
+import { dbService } from './protos';
+import type {
+  CallOptions,
+  CreateStoreResult,
+  DBInfo,
+  Entry,
+  EntryInput,
+  FilterSpec,
+  GetKeyResult,
+  IndexConfig,
+  Match,
+  Metric,
+  Page,
+  SearchMode,
+  SearchResult,
+  StoreInfo,
+  UpsertResult,
+} from './types';
+import {
+  filterToProto,
+  indexFromProto,
+  indexToProto,
+  metadataFromProto,
+  metadataToProto,
+  metricFromProto,
+  metricToProto,
+  optionalFilter,
+  searchModeToProto,
+  uint32,
+  uint64,
+  vectorToProto,
+} from './values';
+
+export const DEFAULT_DB_ADDRESS = '127.0.0.1:1369';
+/** Entries per Upsert request; each request is atomic on the server. */
+export const UPSERT_BATCH = 1000;
+
+export interface CreateStoreOptions extends CallOptions {
+  /** Default cosine. */
+  metric?: Metric;
+  /** Default HNSW with the server's parameters. */
+  index?: IndexConfig;
+  predicateIndexes?: string[];
+  storeMetadata?: Record<string, string>;
+  /** Succeed without change when a store of that name, dimension and metric exists. */
+  ifNotExists?: boolean;
+}
+
+export interface MissingOkOptions extends CallOptions {
+  /** Succeed (returning false or 0) when there is nothing to drop. */
+  missingOk?: boolean;
+}
+
+export interface UpsertOptions extends CallOptions {
+  /** Entries per request (default 1000); each request is atomic, the whole call is not. */
+  batchSize?: number;
+}
+
+export interface IncludeVectorsOptions extends CallOptions {
+  includeVectors?: boolean;
+}
+
+export interface GetByPredicateOptions extends IncludeVectorsOptions {
+  /** Unset matches every entry. */
+  filter?: FilterSpec;
+  /** Page size: default 100, at most 10000. */
+  limit?: number;
+  /** A previous page's `nextPageToken`. */
+  pageToken?: string;
+}
+
+export interface DBSearchOptions extends IncludeVectorsOptions {
+  filter?: FilterSpec;
+  mode?: SearchMode;
+  /** HNSW ef for this query; 0 or unset uses the store's ef_search. */
+  ef?: number;
+}
+
+export function storeInfoFromProto(info: StoreInfo__Output | null): StoreInfo {
+  if (info === null) {
+    throw new InternalError('the server sent no store info; is it a nachbar server of a compatible version?');
+  }
+  return {
+    name: info.name,
+    dimension: info.dimension,
+    metric: metricFromProto(info.metric),
+    index: indexFromProto(info.index),
+    predicateIndexes: [...info.predicate_indexes],
+    count: uint64(info.count),
+    bytesUsed: uint64(info.bytes_used),
+    storeMetadata: { ...info.store_metadata },
+  };
+}
+
+function entryFromProto(entry: Entry__Output, withVector: boolean): Entry {
+  const result: Entry = { id: entry.id, metadata: metadataFromProto(entry.metadata) };
+  if (withVector) result.vector = [...entry.vector];
+  return result;
+}
+
+/**
+ * A client for nachbar-db, for callers that bring their own vectors.
+ *
+ * Every method takes `{timeoutMs, signal}` last and rejects with a `NachbarError` subclass
+ * (`NotFoundError`, `InvalidArgumentError`, ...). Call `close()` when done.
+ */
+export class DBClient {
+  private readonly caller: Caller;
+  private readonly service: DBServiceDefinition;
+
+  constructor(address: string = DEFAULT_DB_ADDRESS, options: ClientOptions = {}) {
+    this.caller = new Caller(address, options);
+    this.service = dbService();
+  }
+
+  get address(): string {
+    return this.caller.address;
+  }
+
+  close(): void {
+    this.caller.close();
+  }
+
+  /** Resolves once connected; rejects with `UnavailableError` when the deadline passes. */
+  waitForReady(timeoutMs?: number): Promise<void> {
+    return this.caller.waitForReady(timeoutMs);
+  }
+
+  async createStore(store: string, dimension: number, options: CreateStoreOptions = {}): Promise<CreateStoreResult<StoreInfo>> {
+    const response = await this.caller.unary(
+      this.service.CreateStore,
+      {
+        store,
+        dimension: uint32(dimension, 'dimension'),
+        metric: metricToProto(options.metric),
+        index: indexToProto(options.index),
+        predicate_indexes: options.predicateIndexes ?? [],
+        store_metadata: options.storeMetadata ?? {},
+        if_not_exists: options.ifNotExists ?? false,
+      },
+      options,
+    );
+    return { store: storeInfoFromProto(response.store), created: response.created };
+  }
+
+  /** True when a store was dropped; false only with `missingOk` and no such store. */
+  async dropStore(store: string, options: MissingOkOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(this.service.DropStore, { store, missing_ok: options.missingOk ?? false }, options);
+    return response.dropped;
+  }
+
+  async listStores(options: CallOptions = {}): Promise<StoreInfo[]> {
+    const response = await this.caller.unary(this.service.ListStores, {}, options);
+    return response.stores.map(storeInfoFromProto);
+  }
+
+  async getStore(store: string, options: CallOptions = {}): Promise<StoreInfo> {
+    const response = await this.caller.unary(this.service.GetStore, { store }, options);
+    return storeInfoFromProto(response.store);
+  }
+
+  /** Insert or replace entries by id, `batchSize` entries per atomic request. */
+  async upsert(store: string, entries: Iterable<EntryInput>, options: UpsertOptions = {}): Promise<UpsertResult> {
+    const batchSize = options.batchSize ?? UPSERT_BATCH;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new InvalidArgumentError(`batchSize must be a positive integer, got ${String(batchSize)}`);
+    }
+    const total: UpsertResult = { inserted: 0, updated: 0 };
+    let batch: EntryInput[] = [];
+    const send = async (): Promise<void> => {
+      const response = await this.caller.unary(
+        this.service.Upsert,
+        {
+          store,
+          entries: batch.map((entry, i) => ({
+            id: entry.id,
+            vector: vectorToProto(entry.vector, `entries[${i}].vector`),
+            metadata: metadataToProto(entry.metadata),
+          })),
+        },
+        options,
+      );
+      total.inserted += uint64(response.inserted);
+      total.updated += uint64(response.updated);
+      batch = [];
+    };
+    for (const entry of entries) {
+      batch.push(entry);
+      if (batch.length >= batchSize) await send();
+    }
+    if (batch.length > 0) await send();
+    return total;
+  }
+
+  async getKey(store: string, ids: string[], options: IncludeVectorsOptions = {}): Promise<GetKeyResult<Entry>> {
+    const includeVectors = options.includeVectors ?? false;
+    const response = await this.caller.unary(this.service.GetKey, { store, ids, include_vectors: includeVectors }, options);
+    return {
+      entries: response.entries.map((entry) => entryFromProto(entry, includeVectors)),
+      missingIds: [...response.missing_ids],
+    };
+  }
+
+  /** One page of the entries matching `filter`, in id order. */
+  async getByPredicate(store: string, options: GetByPredicateOptions = {}): Promise<Page<Entry>> {
+    const includeVectors = options.includeVectors ?? false;
+    const response = await this.caller.unary(
+      this.service.GetByPredicate,
+      {
+        store,
+        filter: optionalFilter(options.filter),
+        limit: uint32(options.limit ?? 0, 'limit'),
+        page_token: options.pageToken ?? '',
+        include_vectors: includeVectors,
+      },
+      options,
+    );
+    return {
+      entries: response.entries.map((entry) => entryFromProto(entry, includeVectors)),
+      nextPageToken: response.next_page_token,
+    };
+  }
+
+  /** The `k` entries most similar to `query`, best first, optionally among those matching a filter. */
+  async getSimN(store: string, query: ArrayLike<number>, k: number, options: DBSearchOptions = {}): Promise<SearchResult<Match>> {
+    const includeVectors = options.includeVectors ?? false;
+    const response = await this.caller.unary(
+      this.service.GetSimN,
+      {
+        store,
+        query: vectorToProto(query, 'query'),
+        k: uint32(k, 'k'),
+        filter: optionalFilter(options.filter),
+        mode: searchModeToProto(options.mode),
+        ef: uint32(options.ef ?? 0, 'ef'),
+        include_vectors: includeVectors,
+      },
+      options,
+    );
+    return {
+      matches: response.matches.map((match) => {
+        const result: Match = { id: match.id, score: match.score, metadata: metadataFromProto(match.metadata) };
+        if (includeVectors) result.vector = [...match.vector];
+        return result;
+      }),
+      plan: response.plan,
+    };
+  }
+
+  /** How many of `ids` existed and were deleted. */
+  async deleteKeys(store: string, ids: string[], options: CallOptions = {}): Promise<number> {
+    const response = await this.caller.unary(this.service.DeleteKeys, { store, ids }, options);
+    return uint64(response.deleted);
+  }
+
+  /** Delete every entry matching `filter` (required: dropping everything is `dropStore`). */
+  async deleteByPredicate(store: string, filter: FilterSpec, options: CallOptions = {}): Promise<number> {
+    const response = await this.caller.unary(this.service.DeleteByPredicate, { store, filter: filterToProto(filter) }, options);
+    return uint64(response.deleted);
+  }
+
+  /** Index metadata fields for faster filters; returns how many were not indexed before. */
+  async createPredIndex(store: string, fields: string[], options: CallOptions = {}): Promise<number> {
+    const response = await this.caller.unary(this.service.CreatePredIndex, { store, fields }, options);
+    return response.created;
+  }
+
+  async dropPredIndex(store: string, fields: string[], options: MissingOkOptions = {}): Promise<number> {
+    const response = await this.caller.unary(
+      this.service.DropPredIndex,
+      { store, fields, missing_ok: options.missingOk ?? false },
+      options,
+    );
+    return response.dropped;
+  }
+
+  async info(options: CallOptions = {}): Promise<DBInfo> {
+    const response = await this.caller.unary(this.service.Info, {}, options);
+    return {
+      version: response.version,
+      storeCount: response.store_count,
+      fsyncPolicy: response.fsync_policy,
+      maxMessageBytes: uint64(response.max_message_bytes),
+      uptimeSeconds: response.uptime_seconds,
+    };
+  }
+
+  async ping(options: CallOptions = {}): Promise<void> {
+    await this.caller.unary(this.service.Ping, {}, options);
+  }
+}

@@ -1,0 +1,260 @@
+// The plain shapes the clients take and return. Counts and sizes (uint64 on the wire) are
+// numbers: they stay far below 2^53.
+
+/**
+ * A metadata value as you write it.
+ *
+ * - `string`, `boolean`, `string[]`, `Uint8Array`/`Buffer` (bytes) map one to one.
+ * - A `number` that is a safe integer is sent as an int, any other number as a float.
+ * - A `bigint` is sent as an int (64-bit range).
+ * - `{ int: n }` and `{ float: n }` force the type, e.g. `{ float: 2 }` stores the float 2.0.
+ */
+export type MetadataValueInput =
+  | string
+  | number
+  | bigint
+  | boolean
+  | Uint8Array
+  | string[]
+  | { int: number | bigint | string }
+  | { float: number };
+
+export type MetadataInput = Record<string, MetadataValueInput>;
+
+/**
+ * A metadata value as the server returns it. Ints come back as `number` when they are safe
+ * integers and as `bigint` beyond 2^53; floats as `number` (so a float 2.0 reads as `2`); bytes
+ * as `Buffer`.
+ */
+export type MetadataValue = string | number | bigint | boolean | Buffer | string[];
+
+export type Metadata = Record<string, MetadataValue>;
+
+/** One operator on one field; the operand is a metadata value (a list for `in`/`not_in`). */
+export interface ConditionSpec {
+  eq?: MetadataValueInput;
+  ne?: MetadataValueInput;
+  lt?: MetadataValueInput;
+  lte?: MetadataValueInput;
+  gt?: MetadataValueInput;
+  gte?: MetadataValueInput;
+  in?: MetadataValueInput[];
+  not_in?: MetadataValueInput[];
+  /** The operand is ignored: `{ exists: true }`. */
+  exists?: unknown;
+}
+
+/**
+ * A filter in the JSON shape the Python client's `filter_from_dict` takes:
+ * `{ field: { op: operand } }` with op one of eq, ne, lt, lte, gt, gte, in, not_in, exists;
+ * `{ all_of: [...] }`, `{ any_of: [...] }`, `{ not: {...} }`. An object with several keys is
+ * their AND, so `{ kind: { eq: 'photo' }, year: { gte: 2020 } }` needs both.
+ */
+export type FilterSpec = {
+  all_of?: FilterSpec[];
+  any_of?: FilterSpec[];
+  not?: FilterSpec;
+} & { [field: string]: ConditionSpec | FilterSpec | FilterSpec[] | undefined };
+
+/** Similarity metric; see common.proto for what each score means. */
+export type Metric = 'cosine' | 'l2' | 'ip';
+
+/** How a search runs; `auto` lets the server's planner choose, which is always safe. */
+export type SearchMode = 'auto' | 'exact' | 'hnsw';
+
+/** What the server does with text over the model's token limit: fail, or cut it. */
+export type TruncationPolicy = 'error' | 'truncate';
+
+/** HNSW index parameters; an unset or zero field takes the server default. */
+export interface HnswIndex {
+  kind: 'hnsw';
+  m?: number;
+  efConstruction?: number;
+  efSearch?: number;
+}
+
+/** Brute-force search over every vector: exact, no index to build. */
+export interface ExactIndex {
+  kind: 'exact';
+}
+
+export type IndexConfig = HnswIndex | ExactIndex;
+
+/** Options every call takes. */
+export interface CallOptions {
+  /** Deadline for this call in milliseconds; defaults to the client's `timeoutMs`. */
+  timeoutMs?: number;
+  /** Cancels the call; it then rejects with `CancelledError`. */
+  signal?: AbortSignal;
+}
+
+export interface StoreInfo {
+  name: string;
+  dimension: number;
+  metric: Metric;
+  /** The index with every default resolved. */
+  index: IndexConfig;
+  predicateIndexes: string[];
+  count: number;
+  bytesUsed: number;
+  storeMetadata: Record<string, string>;
+}
+
+export interface CreateStoreResult<S> {
+  store: S;
+  /** False when `ifNotExists` found the store already there. */
+  created: boolean;
+}
+
+export interface EntryInput {
+  id: string;
+  vector: ArrayLike<number>;
+  metadata?: MetadataInput;
+}
+
+export interface Entry {
+  id: string;
+  metadata: Metadata;
+  /** Present when the call asked for vectors. */
+  vector?: number[];
+}
+
+export interface Match {
+  id: string;
+  /** Higher is more similar; its meaning per metric is documented on Metric. */
+  score: number;
+  metadata: Metadata;
+  vector?: number[];
+}
+
+export interface SearchResult<M> {
+  /** Exactly min(k, number of matching entries), best first. */
+  matches: M[];
+  /** Which plan ran: "exact" or "hnsw". */
+  plan: string;
+}
+
+export interface Page<E> {
+  entries: E[];
+  /** Pass as `pageToken` for the next page; empty on the last page. */
+  nextPageToken: string;
+}
+
+export interface GetKeyResult<E> {
+  /** In request order, without the missing ones. */
+  entries: E[];
+  missingIds: string[];
+}
+
+export interface UpsertResult {
+  inserted: number;
+  updated: number;
+}
+
+export interface DBInfo {
+  version: string;
+  storeCount: number;
+  fsyncPolicy: string;
+  maxMessageBytes: number;
+  uptimeSeconds: number;
+}
+
+/** Something to embed: a string is text, bytes are an encoded image file. */
+export type InputLike = string | Uint8Array | { text: string } | { image: Uint8Array };
+
+/** A stored original as returned: text as a string, an image as its file bytes. */
+export type Original = string | Buffer;
+
+export interface AIStoreInfo {
+  name: string;
+  queryModel: string;
+  indexModel: string;
+  storeOriginal: boolean;
+  /** The underlying db store: dimension, metric, index, count, predicate indexes, bytes. */
+  dbStore: StoreInfo;
+}
+
+export interface AIUpsertEntry {
+  /** Unset: derived from the input's content, so re-sending is idempotent. */
+  id?: string;
+  input: InputLike;
+  /** Keys starting with "_nachbar" are reserved. */
+  metadata?: MetadataInput;
+}
+
+export interface AIUpsertResult extends UpsertResult {
+  /** The id of each entry, in request order. */
+  ids: string[];
+}
+
+/** Rerank the vector hits with a cross-encoder; give `originalText` or `metadataField`. */
+export interface RerankOptions {
+  model: string;
+  /** How many vector candidates to rerank; 0 or unset means max(k, 20). */
+  candidates?: number;
+  /** Read each candidate's text from its stored original (the store must keep originals). */
+  originalText?: boolean;
+  /** Read each candidate's text from this string metadata field. */
+  metadataField?: string;
+  /** Map logits to [0, 1]. */
+  sigmoid?: boolean;
+}
+
+export interface AIMatch {
+  id: string;
+  /** Vector similarity (see Metric). */
+  similarity: number;
+  /** The cross-encoder score; set only when the search reranked. */
+  rerankScore?: number;
+  metadata: Metadata;
+  /** The stored original, when the store keeps originals. */
+  original?: Original;
+}
+
+export interface AIEntry {
+  id: string;
+  metadata: Metadata;
+  original?: Original;
+}
+
+export interface EmbedResult {
+  embeddings: number[][];
+  dimension: number;
+}
+
+export interface RerankResult {
+  /** Index into the request's documents. */
+  index: number;
+  score: number;
+}
+
+export type ModelKind = 'embedding' | 'cross_encoder' | 'unspecified';
+export type Modality = 'text' | 'image' | 'unspecified';
+
+export interface ModelInfo {
+  name: string;
+  kind: ModelKind;
+  modality: Modality;
+  /** 0 for cross-encoders. */
+  dimension: number;
+  /** Models of one space may index and query the same store. */
+  space: string;
+  maxTokens: number;
+  imageSize: number;
+  /** A hub repo ("org/name@revision") or "built offline". */
+  source: string;
+  /** The files are present and can load without a download. */
+  available: boolean;
+  loaded: boolean;
+  /** "fp32" or "int8". */
+  precision: string;
+  description: string;
+}
+
+export interface AIInfo {
+  version: string;
+  loadedModels: string[];
+  dbAddress: string;
+  dbReachable: boolean;
+  maxMessageBytes: number;
+}

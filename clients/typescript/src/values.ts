@@ -1,0 +1,294 @@
+// Plain JS values <-> protobuf messages for metadata, filters, indexes and enums.
+
+import { InvalidArgumentError } from './errors';
+import type { Condition } from './generated/nachbar/common/v1/Condition';
+import type { Filter } from './generated/nachbar/common/v1/Filter';
+import type { IndexConfig as IndexConfigMessage, IndexConfig__Output } from './generated/nachbar/common/v1/IndexConfig';
+import type { MetadataValue as MetadataValueMessage, MetadataValue__Output } from './generated/nachbar/common/v1/MetadataValue';
+import type { Metric__Output } from './generated/nachbar/common/v1/Metric';
+import type { SearchMode__Output } from './generated/nachbar/common/v1/SearchMode';
+import type { TruncationPolicy__Output } from './generated/nachbar/ai/v1/TruncationPolicy';
+import type {
+  FilterSpec,
+  IndexConfig,
+  Metadata,
+  MetadataInput,
+  MetadataValue,
+  MetadataValueInput,
+  Metric,
+  SearchMode,
+  TruncationPolicy,
+} from './types';
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+const FILTER_OPS = {
+  eq: 'OP_EQ',
+  ne: 'OP_NE',
+  lt: 'OP_LT',
+  lte: 'OP_LTE',
+  gt: 'OP_GT',
+  gte: 'OP_GTE',
+  in: 'OP_IN',
+  not_in: 'OP_NOT_IN',
+  exists: 'OP_EXISTS',
+} as const;
+
+type FilterOp = keyof typeof FILTER_OPS;
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'bigint') return `${value}n`;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+function int64String(value: number | bigint | string, what: string): string {
+  let big: bigint;
+  if (typeof value === 'bigint') {
+    big = value;
+  } else if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) {
+      throw new InvalidArgumentError(`${what}: ${value} is not a safe integer; pass a bigint for large ints`);
+    }
+    big = BigInt(value);
+  } else {
+    if (!/^-?\d+$/.test(value)) {
+      throw new InvalidArgumentError(`${what}: ${describe(value)} is not a decimal integer`);
+    }
+    big = BigInt(value);
+  }
+  if (big < INT64_MIN || big > INT64_MAX) {
+    throw new InvalidArgumentError(`${what}: ${big} is outside the 64-bit integer range`);
+  }
+  return big.toString();
+}
+
+/** The protobuf MetadataValue for a plain value (see `MetadataValueInput` for the rules). */
+export function valueToProto(value: MetadataValueInput, what = 'metadata value'): MetadataValueMessage {
+  switch (typeof value) {
+    case 'string':
+      return { string_value: value };
+    case 'boolean':
+      return { bool_value: value };
+    case 'bigint':
+      return { int_value: int64String(value, what) };
+    case 'number':
+      return Number.isSafeInteger(value) ? { int_value: value } : { float_value: value };
+    default:
+      break;
+  }
+  if (value instanceof Uint8Array) return { bytes_value: value };
+  if (Array.isArray(value)) {
+    if (value.every((item) => typeof item === 'string')) {
+      return { string_list_value: { values: value } };
+    }
+    throw new InvalidArgumentError(`${what}: a list may hold only strings, got ${describe(value)}`);
+  }
+  if (isPlainObject(value)) {
+    const keys = Object.keys(value);
+    if (keys.length === 1 && keys[0] === 'int') {
+      return { int_value: int64String((value as { int: number | bigint | string }).int, what) };
+    }
+    if (keys.length === 1 && keys[0] === 'float' && typeof (value as { float: unknown }).float === 'number') {
+      return { float_value: (value as { float: number }).float };
+    }
+  }
+  throw new InvalidArgumentError(
+    `${what}: unsupported value ${describe(value)}; use a string, number, bigint, boolean, ` +
+      'Uint8Array, string[], {int: n} or {float: n}',
+  );
+}
+
+/** The plain value of a protobuf MetadataValue. */
+export function valueFromProto(value: MetadataValue__Output): MetadataValue {
+  switch (value.kind) {
+    case 'string_value':
+      return value.string_value ?? '';
+    case 'int_value': {
+      const big = BigInt(value.int_value ?? '0');
+      return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+    }
+    case 'float_value':
+      return value.float_value ?? 0;
+    case 'bool_value':
+      return value.bool_value ?? false;
+    case 'bytes_value':
+      return value.bytes_value ?? Buffer.alloc(0);
+    case 'string_list_value':
+      return [...(value.string_list_value?.values ?? [])];
+    default:
+      throw new InvalidArgumentError('the server sent a metadata value with no kind set');
+  }
+}
+
+export function metadataToProto(metadata: MetadataInput | undefined): Record<string, MetadataValueMessage> {
+  const result: Record<string, MetadataValueMessage> = {};
+  for (const [key, value] of Object.entries(metadata ?? {})) {
+    result[key] = valueToProto(value, `metadata field ${JSON.stringify(key)}`);
+  }
+  return result;
+}
+
+export function metadataFromProto(metadata: Record<string, MetadataValue__Output> | undefined): Metadata {
+  const result: Metadata = {};
+  for (const [key, value] of Object.entries(metadata ?? {})) result[key] = valueFromProto(value);
+  return result;
+}
+
+function conditionFilter(field: string, op: FilterOp, operand: unknown): Filter {
+  const what = `filter on ${JSON.stringify(field)}`;
+  const condition: Condition = { field, op: FILTER_OPS[op] };
+  if (op === 'in' || op === 'not_in') {
+    if (!Array.isArray(operand) || operand.length === 0) {
+      throw new InvalidArgumentError(`${JSON.stringify(op)} on ${JSON.stringify(field)} takes a non-empty list`);
+    }
+    condition.values = operand.map((item) => valueToProto(item as MetadataValueInput, what));
+  } else if (op !== 'exists') {
+    condition.value = valueToProto(operand as MetadataValueInput, what);
+  }
+  return { condition };
+}
+
+/**
+ * The protobuf Filter for a JSON-shaped filter, with the same forms and checks as the Python
+ * client's `filter_from_dict`.
+ */
+export function filterToProto(spec: FilterSpec): Filter {
+  if (!isPlainObject(spec) || Object.keys(spec).length === 0) {
+    throw new InvalidArgumentError(`a filter must be a non-empty object, got ${describe(spec)}`);
+  }
+  const parts: Filter[] = [];
+  for (const [key, body] of Object.entries(spec)) {
+    if (key === 'all_of' || key === 'any_of') {
+      if (!Array.isArray(body) || body.length === 0) {
+        throw new InvalidArgumentError(`${JSON.stringify(key)} takes a non-empty list of filters`);
+      }
+      const list = { filters: body.map((item) => filterToProto(item as FilterSpec)) };
+      parts.push(key === 'all_of' ? { all_of: list } : { any_of: list });
+    } else if (key === 'not') {
+      parts.push({ negate: filterToProto(body as FilterSpec) });
+    } else {
+      if (!isPlainObject(body) || Object.keys(body).length === 0) {
+        throw new InvalidArgumentError(
+          `field ${JSON.stringify(key)} needs an object of operators, e.g. {"eq": "red"}`,
+        );
+      }
+      for (const [op, operand] of Object.entries(body)) {
+        if (!Object.hasOwn(FILTER_OPS, op)) {
+          throw new InvalidArgumentError(
+            `unknown filter operator ${JSON.stringify(op)}; use one of ${Object.keys(FILTER_OPS).sort().join(', ')}`,
+          );
+        }
+        parts.push(conditionFilter(key, op as FilterOp, operand));
+      }
+    }
+  }
+  return parts.length === 1 ? parts[0]! : { all_of: { filters: parts } };
+}
+
+export function optionalFilter(spec: FilterSpec | undefined | null): Filter | null {
+  return spec === undefined || spec === null ? null : filterToProto(spec);
+}
+
+const METRICS: Record<Metric, Metric__Output> = {
+  cosine: 'METRIC_COSINE',
+  l2: 'METRIC_L2',
+  ip: 'METRIC_INNER_PRODUCT',
+};
+
+export function metricToProto(metric: Metric | undefined): Metric__Output {
+  if (metric === undefined) return 'METRIC_UNSPECIFIED';
+  const name = METRICS[metric];
+  if (name === undefined) {
+    throw new InvalidArgumentError(`unknown metric ${describe(metric)}; use one of ${Object.keys(METRICS).join(', ')}`);
+  }
+  return name;
+}
+
+export function metricFromProto(name: string): Metric {
+  for (const [metric, protoName] of Object.entries(METRICS)) {
+    if (protoName === name) return metric as Metric;
+  }
+  // METRIC_UNSPECIFIED is served as the documented default.
+  return 'cosine';
+}
+
+const SEARCH_MODES: Record<SearchMode, SearchMode__Output> = {
+  auto: 'SEARCH_MODE_AUTO',
+  exact: 'SEARCH_MODE_EXACT',
+  hnsw: 'SEARCH_MODE_HNSW',
+};
+
+export function searchModeToProto(mode: SearchMode | undefined): SearchMode__Output {
+  const name = SEARCH_MODES[mode ?? 'auto'];
+  if (name === undefined) {
+    throw new InvalidArgumentError(`unknown search mode ${describe(mode)}; use one of auto, exact, hnsw`);
+  }
+  return name;
+}
+
+const TRUNCATION: Record<TruncationPolicy, TruncationPolicy__Output> = {
+  error: 'TRUNCATION_POLICY_ERROR',
+  truncate: 'TRUNCATION_POLICY_TRUNCATE',
+};
+
+export function truncationToProto(policy: TruncationPolicy | undefined): TruncationPolicy__Output {
+  const name = TRUNCATION[policy ?? 'error'];
+  if (name === undefined) {
+    throw new InvalidArgumentError(`unknown truncation policy ${describe(policy)}; use error or truncate`);
+  }
+  return name;
+}
+
+export function indexToProto(index: IndexConfig | undefined): IndexConfigMessage | null {
+  if (index === undefined) return null;
+  if (index.kind === 'exact') return { exact: {} };
+  if (index.kind === 'hnsw') {
+    return {
+      hnsw: {
+        m: uint32(index.m ?? 0, 'index.m'),
+        ef_construction: uint32(index.efConstruction ?? 0, 'index.efConstruction'),
+        ef_search: uint32(index.efSearch ?? 0, 'index.efSearch'),
+      },
+    };
+  }
+  throw new InvalidArgumentError(`unknown index ${describe(index)}; use {kind: 'hnsw', ...} or {kind: 'exact'}`);
+}
+
+export function indexFromProto(index: IndexConfig__Output | null): IndexConfig {
+  if (index?.kind === 'exact') return { kind: 'exact' };
+  const hnsw = index?.hnsw;
+  return { kind: 'hnsw', m: hnsw?.m ?? 0, efConstruction: hnsw?.ef_construction ?? 0, efSearch: hnsw?.ef_search ?? 0 };
+}
+
+/** Checks a count, size or limit before it reaches a uint32 field. */
+export function uint32(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+    throw new InvalidArgumentError(`${what} must be an integer from 0 to 4294967295, got ${describe(value)}`);
+  }
+  return value;
+}
+
+/** A uint64 the loader decoded as a decimal string. */
+export function uint64(value: string | number | undefined): number {
+  return Number(value ?? 0);
+}
+
+export function vectorToProto(vector: ArrayLike<number>, what: string): number[] {
+  if (vector === null || typeof vector !== 'object' || typeof vector.length !== 'number') {
+    throw new InvalidArgumentError(`${what} must be an array of numbers or a Float32Array`);
+  }
+  const values = Array.from(vector);
+  if (!values.every((item) => typeof item === 'number')) {
+    throw new InvalidArgumentError(`${what} must hold only numbers`);
+  }
+  return values;
+}

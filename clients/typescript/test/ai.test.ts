@@ -1,0 +1,146 @@
+// AIClient against real nachbar-ai and nachbar-db processes with the built offline models.
+
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AIClient, NachbarError, NotFoundError } from '../src/index';
+import { ServerProcess, startServer, tempDir } from './servers';
+
+const MODEL_DIR = process.env['NACHBAR_TEST_MODEL_DIR'];
+const TEXT_MODEL = 'all-minilm-l6-v2';
+const CROSS_ENCODER = 'stsb-minilm-l6-cross-encoder';
+const SKIP = MODEL_DIR
+  ? false
+  : 'NACHBAR_TEST_MODEL_DIR is unset: build the models with `nachbar models build --model-dir DIR` and set it to DIR';
+
+function cosine(a: number[], b: number[]): number {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  a.forEach((x, i) => {
+    dot += x * b[i]!;
+    na += x * x;
+    nb += b[i]! * b[i]!;
+  });
+  return dot / Math.sqrt(na * nb);
+}
+
+async function rejection(promise: Promise<unknown>): Promise<NachbarError> {
+  const error = await promise.then(
+    () => assert.fail('the call succeeded'),
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof NachbarError, `not a NachbarError: ${String(error)}`);
+  return error;
+}
+
+describe('AIClient against nachbar-ai', { skip: SKIP }, () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let db: ServerProcess | undefined;
+  let server: ServerProcess | undefined;
+  let ai: AIClient;
+
+  before(async () => {
+    tmp = tempDir('nachbar-ts-ai-');
+    db = await startServer('nachbar-db', ['--data-dir', path.join(tmp.dir, 'data')], tmp.dir);
+    server = await startServer(
+      'nachbar-ai',
+      ['--db-port', String(db.port), '--model-dir', MODEL_DIR!, '--models', TEXT_MODEL],
+      tmp.dir,
+    );
+    ai = new AIClient(server.address, { timeoutMs: 60_000 });
+  });
+
+  after(async () => {
+    ai?.close();
+    await server?.stop();
+    await db?.stop();
+    tmp?.remove();
+  });
+
+  it('lists the built text model and reports the db reachable', async () => {
+    const model = (await ai.listModels()).find((m) => m.name === TEXT_MODEL);
+    assert.ok(model, `${TEXT_MODEL} is not listed`);
+    assert.equal(model.kind, 'embedding');
+    assert.equal(model.modality, 'text');
+    assert.equal(model.dimension, 384);
+    assert.equal(model.available, true);
+    const info = await ai.info();
+    assert.equal(info.dbReachable, true);
+    assert.ok(info.loadedModels.includes(TEXT_MODEL));
+    await ai.ping();
+  });
+
+  it('embeds text into normalized vectors that put paraphrases close', async () => {
+    const result = await ai.embed(TEXT_MODEL, ['a dog runs in the park', 'a puppy plays outside', 'the quarterly tax report is due']);
+    assert.equal(result.dimension, 384);
+    assert.equal(result.embeddings.length, 3);
+    const [dog, puppy, tax] = result.embeddings as [number[], number[], number[]];
+    assert.ok(Math.abs(Math.hypot(...dog) - 1) < 1e-3, 'unit length');
+    assert.ok(cosine(dog, puppy) > cosine(dog, tax) + 0.2, 'paraphrases are closer than unrelated text');
+    assert.ok((await rejection(ai.embed('no-such-model', ['x']))) instanceof NotFoundError);
+  });
+
+  it('keeps a text store: upsert, search with a filter, read and delete', async () => {
+    const { store, created } = await ai.createStore('notes', { queryModel: TEXT_MODEL, indexModel: TEXT_MODEL, storeOriginal: true });
+    assert.equal(created, true);
+    assert.equal(store.queryModel, TEXT_MODEL);
+    assert.equal(store.dbStore.dimension, 384);
+    assert.equal(store.dbStore.metric, 'cosine');
+    assert.ok((await ai.listStores()).some((s) => s.name === 'notes'));
+
+    const docs = [
+      { id: 'dog', input: 'My dog loves chasing balls in the garden.', metadata: { lang: 'en' } },
+      { input: 'The stock market fell sharply on Monday.', metadata: { lang: 'en' } },
+      { input: 'Der Hund schläft auf dem Sofa.', metadata: { lang: 'de' } },
+      { input: 'Pasta needs plenty of salted boiling water.', metadata: { lang: 'en' } },
+    ];
+    const upserted = await ai.upsert('notes', docs);
+    assert.equal(upserted.inserted, 4);
+    assert.equal(upserted.ids.length, 4);
+    assert.equal(upserted.ids[0], 'dog');
+    assert.equal(new Set(upserted.ids).size, 4);
+    const again = await ai.upsert('notes', [docs[1]!]);
+    assert.deepEqual(again, { inserted: 0, updated: 1, ids: [upserted.ids[1]!] }, 'a derived id is stable');
+
+    const found = await ai.getSimN('notes', 'a puppy playing fetch', 2);
+    assert.equal(found.matches.length, 2);
+    assert.equal(found.matches[0]!.id, 'dog');
+    assert.equal(found.matches[0]!.original, docs[0]!.input);
+    assert.ok(found.matches[0]!.similarity > found.matches[1]!.similarity);
+    assert.equal(found.matches[0]!.rerankScore, undefined);
+
+    const german = await ai.getSimN('notes', 'a puppy playing fetch', 5, { filter: { lang: { eq: 'de' } } });
+    assert.deepEqual(german.matches.map((m) => m.id), [upserted.ids[2]]);
+
+    const got = await ai.getKey('notes', ['dog', 'nope']);
+    assert.deepEqual(got.entries, [{ id: 'dog', metadata: { lang: 'en' }, original: docs[0]!.input }]);
+    assert.deepEqual(got.missingIds, ['nope']);
+    const english = await ai.getByPredicate('notes', { filter: { lang: { eq: 'en' } } });
+    assert.equal(english.entries.length, 3);
+
+    assert.equal(await ai.deleteKeys('notes', ['dog']), 1);
+    assert.equal(await ai.deleteByPredicate('notes', { lang: { eq: 'de' } }), 1);
+    assert.equal((await ai.getStore('notes')).dbStore.count, 2);
+    assert.equal(await ai.dropStore('notes'), true);
+    assert.equal((await rejection(ai.getSimN('notes', 'x', 1))).code, 'NOT_FOUND');
+  });
+
+  it('reranks with the cross-encoder when it is built', async (t) => {
+    const model = (await ai.listModels()).find((m) => m.name === CROSS_ENCODER);
+    if (!model?.available) {
+      t.skip(`${CROSS_ENCODER} is not built in ${MODEL_DIR}`);
+      return;
+    }
+    const ranked = await ai.rerank(CROSS_ENCODER, 'a dog in the park', ['quarterly tax report', 'a puppy on the grass'], { sigmoid: true });
+    assert.equal(ranked[0]!.index, 1);
+    assert.ok(ranked.every((r) => r.score >= 0 && r.score <= 1));
+
+    await ai.createStore('reranked', { queryModel: TEXT_MODEL, indexModel: TEXT_MODEL, storeOriginal: true });
+    await ai.upsert('reranked', [{ input: 'A cat sleeps on the sofa.' }, { input: 'Interest rates went up again.' }]);
+    const found = await ai.getSimN('reranked', 'a sleeping kitten', 2, { rerank: { model: CROSS_ENCODER, originalText: true } });
+    assert.equal(found.matches[0]!.original, 'A cat sleeps on the sofa.');
+    assert.ok(found.matches.every((m) => typeof m.rerankScore === 'number'));
+    await ai.dropStore('reranked');
+  });
+});

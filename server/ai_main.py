@@ -23,8 +23,8 @@ HEALTH_POLL_SECONDS = 1.0
 
 def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
     statuses = {s.spec.name: s for s in models.list_models()}
-    for name in names:
-        models.spec(name)  # unknown names fail here with the list of known ones
+    for requested in names:
+        name = models.spec(requested).name  # unknown names fail here, listing close matches
         if not statuses[name].available:
             models.load(name)  # raises ModelUnavailableError saying how to get the files
 

@@ -28,7 +28,7 @@ KIND = {"embedding": ai_pb2.MODEL_KIND_EMBEDDING, "cross_encoder": ai_pb2.MODEL_
 DEFAULT_RERANK_CANDIDATES = 20
 
 
-def _truncation(value: int) -> Truncation:
+def _truncation(value: ai_pb2.TruncationPolicy.ValueType) -> Truncation:
     try:
         return TRUNCATION[value]
     except KeyError:

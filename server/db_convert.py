@@ -39,14 +39,14 @@ OP_FROM_PROTO = {
 }
 
 
-def metric(value: int) -> types.Metric:
+def metric(value: common_pb2.Metric.ValueType) -> types.Metric:
     try:
         return METRIC_FROM_PROTO[value]
     except KeyError:
         raise RequestError(f"unknown metric {value}; use cosine, l2 or inner product") from None
 
 
-def mode(value: int) -> types.SearchMode:
+def mode(value: common_pb2.SearchMode.ValueType) -> types.SearchMode:
     try:
         return MODE_FROM_PROTO[value]
     except KeyError:

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 from nachbar.db.engine import Database
 from nachbar.server import db_convert as conv
-from nachbar.server.errors import servicer
+from nachbar.server.errors import RequestError, servicer
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
 
@@ -105,7 +105,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     ) -> db_pb2.DeleteResponse:
         flt = conv.optional_filter(request)
         if flt is None:
-            raise conv.RequestError(
+            raise RequestError(
                 f"DeleteByPredicate on {request.store!r} needs a filter; "
                 "to delete everything, use DropStore"
             )

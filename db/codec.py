@@ -1,0 +1,161 @@
+"""How entries are written into SQLite: vectors as float32 blobs, metadata as typed JSON.
+
+Metadata is a JSON object whose values are `[tag, value]` pairs, so every type survives the round
+trip exactly (bool stays apart from int, bytes are base64, floats keep every bit):
+
+    {"title": ["s", "Harbour"], "year": ["i", 2021], "score": ["f", 0.5],
+     "public": ["b", true], "thumb": ["y", "iVBORw0K"], "tags": ["l", ["sea", "boat"]]}
+
+Each row also stores a CRC-32 over its id, vector and metadata so that damaged rows are found
+when the database opens, not returned to users.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from nachbar.db.errors import InvalidArgumentError
+from nachbar.db.types import Metadata, MetadataValue
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_FIELD_NAME_CHARS = 256
+
+
+def check_metadata(metadata: object, where: str) -> Metadata:
+    """A private copy of `metadata` after checking every key and value type."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgumentError(
+            f"{where}: metadata is a {type(metadata).__name__}; give a mapping of field to value"
+        )
+    out: Metadata = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"{where}: metadata field names must be non-empty strings")
+        if len(key) > MAX_FIELD_NAME_CHARS:
+            raise InvalidArgumentError(
+                f"{where}: metadata field name {key[:40]!r}... is longer than "
+                f"{MAX_FIELD_NAME_CHARS} characters; shorten it"
+            )
+        _check_text(key, f"{where}: metadata field name")
+        out[key] = _check_value(value, f"{where}: metadata field {key!r}")
+    return out
+
+
+def _check_value(value: object, where: str) -> MetadataValue:
+    # bool first: it is a subclass of int.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidArgumentError(
+                f"{where} holds {value}, outside the 64-bit integer range; store it as a string"
+            )
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(
+                f"{where} holds {value}, which filters cannot compare; store a finite number"
+            )
+        return value
+    if isinstance(value, str):
+        _check_text(value, where)
+        return value
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str):
+                raise InvalidArgumentError(
+                    f"{where} is a list holding a {type(item).__name__}; lists may hold only "
+                    "strings"
+                )
+            _check_text(item, where)
+        return list(value)
+    raise InvalidArgumentError(
+        f"{where} has type {type(value).__name__}; use str, int, float, bool, bytes or a list "
+        "of str"
+    )
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{where} is not valid Unicode text (it holds a lone surrogate); fix its encoding"
+        ) from None
+
+
+def encode_metadata(metadata: Metadata) -> str:
+    tagged: dict[str, list[Any]] = {}
+    for key, value in metadata.items():
+        if isinstance(value, bool):
+            tagged[key] = ["b", value]
+        elif isinstance(value, int):
+            tagged[key] = ["i", value]
+        elif isinstance(value, float):
+            tagged[key] = ["f", value]
+        elif isinstance(value, str):
+            tagged[key] = ["s", value]
+        elif isinstance(value, bytes):
+            tagged[key] = ["y", base64.b64encode(value).decode("ascii")]
+        else:
+            tagged[key] = ["l", value]
+    return json.dumps(tagged, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def decode_metadata(text: str) -> Metadata:
+    """Inverse of `encode_metadata`; ValueError if `text` is not what it wrote."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("metadata is not a JSON object")
+    out: Metadata = {}
+    for key, pair in raw.items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"metadata field {key!r} is not a [tag, value] pair")
+        tag, value = pair
+        out[key] = _decode_value(tag, value, key)
+    return out
+
+
+def _decode_value(tag: object, value: object, key: str) -> MetadataValue:
+    if tag == "b" and isinstance(value, bool):
+        return value
+    if tag == "i" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tag == "f" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tag == "s" and isinstance(value, str):
+        return value
+    if tag == "y" and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError(f"metadata field {key!r} holds invalid base64") from None
+    if tag == "l" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"metadata field {key!r} has an unknown tag {tag!r} or a mismatched value")
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    # Little-endian float32 whatever the machine, so data directories can move between hosts.
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vector(blob: bytes) -> np.ndarray:
+    """A read-only float32 view of one vector blob."""
+    return np.frombuffer(blob, dtype="<f4")
+
+
+def row_checksum(entry_id: str, vector_blob: bytes, metadata_json: str) -> int:
+    crc = zlib.crc32(entry_id.encode("utf-8"))
+    crc = zlib.crc32(vector_blob, crc)
+    return zlib.crc32(metadata_json.encode("utf-8"), crc)

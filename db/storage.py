@@ -1,0 +1,332 @@
+"""The SQLite file that is the durable source of truth of every store.
+
+Schema (format 1):
+
+    meta(key, value)                     format version
+    stores(store_id, name, dimension, metric, index_kind, m, ef_construction, ef_search,
+           store_metadata, seq)          one row per store; seq = its last change sequence
+    pred_indexes(store_id, field)        fields with a predicate index
+    entries(store_id, id, slot, seq, vector, metadata, checksum)
+
+`store_id` is never reused (AUTOINCREMENT), so files named after it cannot be mistaken for those
+of a dropped store with the same name. Every write request is one `BEGIN IMMEDIATE` transaction
+that also bumps the store's `seq`; an entry row records the `seq` that last wrote it, which is how
+a saved HNSW graph finds the entries written after it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nachbar.db.errors import DataCorruptionError, DBError, ResourceExhaustedError
+from nachbar.db.types import ExactConfig, FsyncPolicy, HnswConfig, Metric, StoreSpec
+
+FORMAT = 1
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+_SCHEMA = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE stores (
+    store_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    dimension INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    index_kind TEXT NOT NULL,
+    m INTEGER NOT NULL,
+    ef_construction INTEGER NOT NULL,
+    ef_search INTEGER NOT NULL,
+    store_metadata TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE pred_indexes (
+    store_id INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    PRIMARY KEY (store_id, field)
+);
+CREATE TABLE entries (
+    store_id INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    checksum INTEGER NOT NULL,
+    UNIQUE (store_id, id)
+);
+"""
+
+_UPSERT = """
+INSERT INTO entries (store_id, id, slot, seq, vector, metadata, checksum)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (store_id, id) DO UPDATE SET
+    slot = excluded.slot, seq = excluded.seq, vector = excluded.vector,
+    metadata = excluded.metadata, checksum = excluded.checksum
+"""
+
+
+@dataclass(frozen=True)
+class StoreRow:
+    store_id: int
+    spec: StoreSpec
+    seq: int
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    id: str
+    slot: int
+    seq: int
+    vector: bytes
+    metadata: str
+    checksum: int
+
+
+class Storage:
+    """One SQLite connection, shared by all threads and serialized by a lock.
+
+    SQLite allows one writer at a time anyway, and reads are served from memory, so a single
+    connection loses nothing.
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, path: Path, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool
+    ) -> Storage:
+        """Open (or create) the database file; DataCorruptionError if it is damaged.
+
+        `marker` exists once a database was created in this directory: from then on a missing or
+        empty database file is an error, never a fresh start.
+        """
+        if marker.exists() and (not path.exists() or path.stat().st_size == 0):
+            raise _lost(path, marker)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as error:
+            raise _translate(error, path) from error
+        storage = cls(path, conn)
+        try:
+            storage._setup(fsync=fsync, marker=marker, integrity_check=integrity_check)
+        except BaseException:
+            conn.close()
+            raise
+        return storage
+
+    def _setup(self, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool) -> None:
+        with self._errors():
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DBError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[fsync]}")
+            tables = {
+                row[0]
+                for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if not tables:
+                if marker.exists():
+                    raise _lost(self.path, marker)
+                self._create_schema()
+                return
+            if integrity_check:
+                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    summary = "; ".join(" ".join(str(p).split()) for p in problems[:3])[:300]
+                    raise DataCorruptionError(
+                        f"database file {self.path} is corrupt ({summary}); "
+                        "restore it from a backup"
+                    )
+            row = None
+            if "meta" in tables:
+                row = self._conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if row is None:
+                raise DataCorruptionError(
+                    f"{self.path} is an SQLite file but not a nachbar database (no format "
+                    "record); point the server at another data directory"
+                )
+            if row[0] != str(FORMAT):
+                raise DBError(
+                    f"{self.path} has storage format {row[0]}, this version reads format "
+                    f"{FORMAT}; run a matching nachbar version"
+                )
+
+    def _create_schema(self) -> None:
+        with self.transaction() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (str(FORMAT),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise _translate(error, self.path) from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed when the block ends, rolled back if it raises."""
+        with self._lock, self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # Reads (only at open: afterwards everything is served from memory).
+
+    def stores(self) -> list[StoreRow]:
+        with self._lock, self._errors():
+            rows = self._conn.execute(
+                "SELECT store_id, name, dimension, metric, index_kind, m, ef_construction, "
+                "ef_search, store_metadata, seq FROM stores ORDER BY name"
+            ).fetchall()
+            indexed: dict[int, list[str]] = {}
+            for store_id, field_name in self._conn.execute(
+                "SELECT store_id, field FROM pred_indexes ORDER BY field"
+            ):
+                indexed.setdefault(store_id, []).append(field_name)
+        out = []
+        for store_id, name, dim, metric, kind, m, efc, efs, meta_json, seq in rows:
+            try:
+                index: HnswConfig | ExactConfig = (
+                    ExactConfig() if kind == "exact" else HnswConfig(m, efc, efs)
+                )
+                spec = StoreSpec(
+                    name=name,
+                    dimension=dim,
+                    metric=Metric(metric),
+                    index=index,
+                    predicate_indexes=tuple(indexed.get(store_id, ())),
+                    store_metadata=json.loads(meta_json),
+                )
+            except ValueError as error:
+                raise DataCorruptionError(
+                    f"database file {self.path}: the record of store {name!r} is damaged "
+                    f"({error}); restore the file from a backup"
+                ) from None
+            out.append(StoreRow(store_id=store_id, spec=spec, seq=seq))
+        return out
+
+    def entries(self, store_id: int) -> list[EntryRow]:
+        with self._lock, self._errors():
+            rows = self._conn.execute(
+                "SELECT id, slot, seq, vector, metadata, checksum FROM entries WHERE store_id = ?",
+                (store_id,),
+            ).fetchall()
+        return [EntryRow(*row) for row in rows]
+
+    # Writes: each takes the connection inside `transaction()`.
+
+    @staticmethod
+    def insert_store(conn: sqlite3.Connection, spec: StoreSpec) -> int:
+        index = spec.index
+        hnsw = index if isinstance(index, HnswConfig) else HnswConfig()
+        cursor = conn.execute(
+            "INSERT INTO stores (name, dimension, metric, index_kind, m, ef_construction, "
+            "ef_search, store_metadata, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (
+                spec.name,
+                spec.dimension,
+                spec.metric.value,
+                "exact" if isinstance(index, ExactConfig) else "hnsw",
+                hnsw.m,
+                hnsw.ef_construction,
+                hnsw.ef_search,
+                json.dumps(dict(spec.store_metadata), sort_keys=True),
+            ),
+        )
+        store_id = cursor.lastrowid
+        assert store_id is not None
+        conn.executemany(
+            "INSERT INTO pred_indexes (store_id, field) VALUES (?, ?)",
+            [(store_id, f) for f in spec.predicate_indexes],
+        )
+        return store_id
+
+    @staticmethod
+    def delete_store(conn: sqlite3.Connection, store_id: int) -> None:
+        conn.execute("DELETE FROM entries WHERE store_id = ?", (store_id,))
+        conn.execute("DELETE FROM pred_indexes WHERE store_id = ?", (store_id,))
+        conn.execute("DELETE FROM stores WHERE store_id = ?", (store_id,))
+
+    @staticmethod
+    def set_seq(conn: sqlite3.Connection, store_id: int, seq: int) -> None:
+        conn.execute("UPDATE stores SET seq = ? WHERE store_id = ?", (seq, store_id))
+
+    @staticmethod
+    def upsert_entries(
+        conn: sqlite3.Connection,
+        store_id: int,
+        seq: int,
+        rows: Sequence[tuple[str, int, bytes, str, int]],
+    ) -> None:
+        """rows: (id, slot, vector blob, metadata json, checksum)."""
+        conn.executemany(
+            _UPSERT, [(store_id, i, slot, seq, vec, meta, crc) for i, slot, vec, meta, crc in rows]
+        )
+
+    @staticmethod
+    def delete_entries(conn: sqlite3.Connection, store_id: int, ids: Sequence[str]) -> None:
+        conn.executemany(
+            "DELETE FROM entries WHERE store_id = ? AND id = ?", [(store_id, i) for i in ids]
+        )
+
+    @staticmethod
+    def add_pred_indexes(conn: sqlite3.Connection, store_id: int, fields: Sequence[str]) -> None:
+        conn.executemany(
+            "INSERT INTO pred_indexes (store_id, field) VALUES (?, ?)",
+            [(store_id, f) for f in fields],
+        )
+
+    @staticmethod
+    def drop_pred_indexes(conn: sqlite3.Connection, store_id: int, fields: Sequence[str]) -> None:
+        conn.executemany(
+            "DELETE FROM pred_indexes WHERE store_id = ? AND field = ?",
+            [(store_id, f) for f in fields],
+        )
+
+
+def _lost(path: Path, marker: Path) -> DataCorruptionError:
+    return DataCorruptionError(
+        f"database file {path} is missing or empty, but {marker} shows this data directory "
+        "held data; restore the file from a backup, or move the directory away to start with "
+        "an empty database"
+    )
+
+
+def _translate(error: sqlite3.Error, path: Path) -> DBError:
+    text = str(error)
+    lowered = text.lower()
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return DataCorruptionError(
+            f"database file {path} is corrupt or truncated ({text}); restore it from a backup"
+        )
+    if "disk is full" in lowered or "out of memory" in lowered:
+        return ResourceExhaustedError(
+            f"cannot write {path}: {text}; free disk space and retry the request"
+        )
+    if "readonly" in lowered or "unable to open" in lowered:
+        return DBError(
+            f"cannot open or write {path}: {text}; check the data directory's permissions"
+        )
+    return DBError(f"database file {path}: {text}")

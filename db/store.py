@@ -1,0 +1,553 @@
+"""One store in memory: vectors, metadata cache, id <-> slot map, HNSW graph, predicate indexes.
+
+Every entry lives in a *slot*: its row in the store's contiguous float32 vector matrix, its place
+in the metadata cache and its label in the HNSW graph. Slots of deleted entries are reused (lowest
+first), so the matrix stays dense under churn. The slot is persisted with the entry so that a
+saved graph's labels still mean the same entries after a restart.
+
+Locking is the caller's job (nachbar.db.engine): methods that change state need the store's
+write lock, the others its read lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from nachbar.db import codec
+from nachbar.db.errors import DataCorruptionError
+from nachbar.db.filters import Filter
+from nachbar.db.hnsw import GraphFiles, GraphUnusableError, HnswGraph, graph_settings
+from nachbar.db.predicates import FieldIndex, FilterEvaluator
+from nachbar.db.rwlock import ReadWriteLock
+from nachbar.db.storage import EntryRow
+from nachbar.db.types import (
+    Entry,
+    HnswConfig,
+    IndexLoadReport,
+    Match,
+    Metadata,
+    Metric,
+    SearchMode,
+    SearchResult,
+    StoreSpec,
+)
+
+log = logging.getLogger("nachbar.db")
+
+INITIAL_CAPACITY = 1024
+# The planner scans exactly when (matching entries x dimension) is at most this many floats:
+# a few milliseconds of numpy at worst, and exact results.
+EXACT_SCAN_BUDGET = 2_000_000
+# Filtered HNSW widens its beam for selective filters: by sqrt(0.1 / selectivity) below 10%
+# selectivity, at most 4x. With few allowed nodes near the query, more of the graph must be
+# walked to collect k of them; at 10% and above the store's ef is enough.
+FILTER_EF_SELECTIVITY = 0.1
+MAX_FILTER_EF_FACTOR = 4.0
+# A saved graph more than this far behind SQLite is rebuilt instead of patched.
+REPLAY_MIN = 1000
+ROW_OVERHEAD_BYTES = 32  # slot, seq, checksum and store id of an entries row
+
+
+def _dots(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+    # einsum instead of `@`: a multi-threaded BLAS matrix-vector product competing with the
+    # server's own threads for a few cores is slower and far less predictable than one core.
+    dots: np.ndarray = np.einsum("ij,j->i", matrix, query)
+    return dots
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norms of float32 rows, summed in float64 a block at a time."""
+    out = np.empty(len(vectors), dtype=np.float64)
+    for start in range(0, len(vectors), 4096):
+        block = vectors[start : start + 4096].astype(np.float64)
+        out[start : start + 4096] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return out
+
+
+def copy_metadata(meta: Metadata) -> Metadata:
+    return {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+
+
+class StoreState:
+    def __init__(self, store_id: int, spec: StoreSpec, seq: int, files: GraphFiles) -> None:
+        self.store_id = store_id
+        self.spec = spec
+        self.seq = seq  # last committed change sequence
+        self.files = files
+        self.lock = ReadWriteLock()
+        self.dropped = False
+
+        dim = spec.dimension
+        self._vectors = np.zeros((INITIAL_CAPACITY, dim), dtype=np.float32)
+        self._norms = np.zeros(INITIAL_CAPACITY, dtype=np.float64)
+        self._row_bytes = np.zeros(INITIAL_CAPACITY, dtype=np.int64)
+        self._alive = np.zeros(INITIAL_CAPACITY, dtype=bool)
+        self.ids: list[str | None] = []  # by slot; None for a free slot
+        self.metas: list[Metadata | None] = []  # by slot; None for a free slot
+        self.slot_of: dict[str, int] = {}
+        self._free: list[int] = []  # min-heap of free slots below len(self.ids)
+        self.payload_bytes = 0
+
+        self.graph: HnswGraph | None = None
+        self.graph_broken = False  # set if an update failed half-way; searches then scan
+        self.saved_seq = -1  # change sequence of the graph on disk; -1 when none
+        self.graph_file_bytes = 0
+        self.load_report = IndexLoadReport(store=spec.name, action="none")
+        self.field_indexes: dict[str, FieldIndex] = {
+            f: FieldIndex(f) for f in spec.predicate_indexes
+        }
+        self._id_order: tuple[list[str], np.ndarray] | None = None
+
+    # ---- sizes -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """One past the highest slot ever used (free slots included)."""
+        return len(self.ids)
+
+    @property
+    def count(self) -> int:
+        return len(self.slot_of)
+
+    @property
+    def bytes_used(self) -> int:
+        return self.payload_bytes + self.graph_file_bytes
+
+    @property
+    def hnsw_config(self) -> HnswConfig | None:
+        index = self.spec.index
+        return index if isinstance(index, HnswConfig) else None
+
+    def reserve(self, size: int) -> None:
+        """Grow the arrays (and graph) so that slots below `size` fit. Call before committing a
+        write, so that a failure to allocate leaves nothing half-done."""
+        capacity = len(self._alive)
+        if size > capacity:
+            new_capacity = max(size, capacity * 2)
+            grow = new_capacity - capacity
+            self._vectors = np.concatenate(
+                [self._vectors, np.zeros((grow, self.spec.dimension), dtype=np.float32)]
+            )
+            self._norms = np.concatenate([self._norms, np.zeros(grow)])
+            self._row_bytes = np.concatenate([self._row_bytes, np.zeros(grow, dtype=np.int64)])
+            self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
+        if self.graph is not None:
+            self.graph.reserve(size)
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def load_rows(self, rows: Sequence[EntryRow], db_path: Path) -> np.ndarray:
+        """Fill the store from its SQLite rows; returns each slot's change sequence."""
+        name = self.spec.name
+        dim = self.spec.dimension
+        size = max((row.slot for row in rows), default=-1) + 1
+        self.reserve(size)
+        seqs = np.full(size, -1, dtype=np.int64)
+        self.ids = [None] * size
+        self.metas = [None] * size
+        slots: list[int] = []
+        for row in rows:
+            damaged = (
+                row.slot < 0
+                or self.ids[row.slot] is not None
+                or len(row.vector) != dim * 4
+                or codec.row_checksum(row.id, row.vector, row.metadata) != row.checksum
+            )
+            try:
+                meta = None if damaged else codec.decode_metadata(row.metadata)
+            except ValueError:
+                meta = None
+            if meta is None:
+                raise DataCorruptionError(
+                    f"database file {db_path}: entry {row.id!r} of store {name!r} is damaged "
+                    "(checksum or format mismatch); restore the file from a backup"
+                )
+            self.ids[row.slot] = row.id
+            self.metas[row.slot] = meta
+            self.slot_of[row.id] = row.slot
+            self._row_bytes[row.slot] = row_bytes(row.id, row.vector, row.metadata)
+            seqs[row.slot] = row.seq
+            slots.append(row.slot)
+            self._vectors[row.slot] = codec.decode_vector(row.vector)
+        if slots:
+            index = np.asarray(slots, dtype=np.int64)
+            self._norms[index] = row_norms(self._vectors[index])
+            self._alive[index] = True
+        self._free = [slot for slot in range(size) if self.ids[slot] is None]
+        heapq.heapify(self._free)
+        self.payload_bytes = int(self._row_bytes[:size].sum())
+        return seqs
+
+    def restore_graph(self, slot_seqs: np.ndarray) -> IndexLoadReport:
+        """Load the saved graph and replay what changed after it, or rebuild it."""
+        config = self.hnsw_config
+        if config is None:
+            self.load_report = IndexLoadReport(store=self.spec.name, action="none")
+            return self.load_report
+        try:
+            graph, saved_seq = HnswGraph.load(
+                self.files,
+                dimension=self.spec.dimension,
+                metric=self.spec.metric,
+                settings=graph_settings(self.spec.dimension, self.spec.metric, config),
+                capacity=len(self._alive),
+            )
+            if saved_seq > self.seq:
+                raise GraphUnusableError(
+                    f"saved graph reflects change {saved_seq} but the database only reaches "
+                    f"{self.seq}"
+                )
+            live = np.flatnonzero(self._alive[: self.size])
+            changed = live[slot_seqs[live] > saved_seq]
+            if len(changed) > max(REPLAY_MIN, self.count // 2):
+                raise GraphUnusableError(
+                    f"{len(changed)} entries changed after the graph was saved; rebuilding is "
+                    "faster than replaying them"
+                )
+            graph.reserve(self.size)
+            graph.add(self._vectors[changed], changed)
+            gone = np.setdiff1d(graph.labels(), live, assume_unique=True)
+            graph.mark_deleted(gone)
+        except (GraphUnusableError, RuntimeError, MemoryError) as why:
+            log.warning("store %r: rebuilding its HNSW graph: %s", self.spec.name, why)
+            self.graph = self._build_graph(config)
+            self.saved_seq = -1
+            self.graph_file_bytes = self.files.size()
+            self.load_report = IndexLoadReport(
+                store=self.spec.name, action="rebuilt", reason=str(why)
+            )
+            return self.load_report
+        self.graph = graph
+        self.saved_seq = saved_seq
+        self.graph_file_bytes = self.files.size()
+        self.load_report = IndexLoadReport(
+            store=self.spec.name, action="loaded", replayed=len(changed)
+        )
+        log.info(
+            "store %r: loaded its HNSW graph and replayed %d later changes",
+            self.spec.name,
+            len(changed),
+        )
+        return self.load_report
+
+    def create_graph(self) -> None:
+        """The empty graph of a new store."""
+        config = self.hnsw_config
+        if config is not None:
+            self.graph = self._build_graph(config)
+
+    def _build_graph(self, config: HnswConfig) -> HnswGraph:
+        graph = HnswGraph.create(
+            self.spec.dimension, self.spec.metric, config, max(len(self._alive), self.size)
+        )
+        live = np.flatnonzero(self._alive[: self.size])
+        graph.add(self._vectors[live], live)
+        return graph
+
+    def graph_needs_save(self) -> bool:
+        return self.graph is not None and not self.graph_broken and self.saved_seq != self.seq
+
+    def save_graph(self, *, fsync: bool) -> None:
+        config = self.hnsw_config
+        if self.graph is None or config is None:
+            return
+        self.graph_file_bytes = self.graph.save(
+            self.files,
+            seq=self.seq,
+            fsync=fsync,
+            settings=graph_settings(self.spec.dimension, self.spec.metric, config),
+        )
+        self.saved_seq = self.seq
+
+    def release(self) -> None:
+        """Drop the memory of a dropped store."""
+        self.graph = None
+        self._vectors = np.zeros((0, self.spec.dimension), dtype=np.float32)
+        self.ids, self.metas, self.slot_of = [], [], {}
+        self.field_indexes = {}
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def assign_slots(self, ids: Sequence[str]) -> tuple[list[int], list[bool]]:
+        """Slots for a batch of ids (existing slot, else a free one, else a new one) and which
+        ids are new. Changes nothing; `apply_upsert` takes the slots."""
+        new_count = sum(1 for i in ids if i not in self.slot_of)
+        reused = iter(heapq.nsmallest(new_count, self._free))
+        next_new = self.size
+        slots: list[int] = []
+        is_new: list[bool] = []
+        for entry_id in ids:
+            slot = self.slot_of.get(entry_id)
+            if slot is not None:
+                slots.append(slot)
+                is_new.append(False)
+                continue
+            slot = next(reused, None)
+            if slot is None:
+                slot = next_new
+                next_new += 1
+            slots.append(slot)
+            is_new.append(True)
+        return slots, is_new
+
+    def apply_upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metas: Sequence[Metadata],
+        slots: Sequence[int],
+        is_new: Sequence[bool],
+        row_bytes: Sequence[int],
+        seq: int,
+    ) -> None:
+        """Make a committed upsert visible. `reserve` must have made room already."""
+        slot_array = np.asarray(slots, dtype=np.int64)
+        old_size = self.size
+        # assign_slots handed out the smallest free slots first: pop exactly those.
+        reused = sum(1 for s, new in zip(slots, is_new, strict=True) if new and s < old_size)
+        for _ in range(reused):
+            heapq.heappop(self._free)
+        size = max(old_size, int(slot_array.max()) + 1)
+        if size > old_size:
+            self.ids.extend([None] * (size - old_size))
+            self.metas.extend([None] * (size - old_size))
+        # The graph only needs the new entries and those whose vector changed.
+        changed = np.array(is_new, dtype=bool) | ~np.all(
+            self._vectors[slot_array] == vectors, axis=1
+        )
+        for entry_id, slot, meta in zip(ids, slots, metas, strict=True):
+            self.ids[slot] = entry_id
+            self.metas[slot] = meta
+            self.slot_of[entry_id] = slot
+        self.payload_bytes += int(np.sum(row_bytes) - self._row_bytes[slot_array].sum())
+        self._row_bytes[slot_array] = row_bytes
+        self._vectors[slot_array] = vectors
+        self._norms[slot_array] = row_norms(vectors)
+        self._alive[slot_array] = True
+        for index in self.field_indexes.values():
+            index.touch(slots)
+        if any(is_new):
+            self._id_order = None
+        self.seq = seq
+        self._update_graph(slot_array[changed], np.empty(0, dtype=np.int64))
+
+    def apply_delete(self, slots: Sequence[int], seq: int) -> None:
+        slot_array = np.asarray(slots, dtype=np.int64)
+        for slot in slots:
+            entry_id = self.ids[slot]
+            assert entry_id is not None
+            del self.slot_of[entry_id]
+            self.ids[slot] = None
+            self.metas[slot] = None
+            heapq.heappush(self._free, slot)
+        self.payload_bytes -= int(self._row_bytes[slot_array].sum())
+        self._row_bytes[slot_array] = 0
+        self._alive[slot_array] = False
+        for index in self.field_indexes.values():
+            index.touch(slots)
+        self.seq = seq
+        self._update_graph(np.empty(0, dtype=np.int64), slot_array)
+
+    def _update_graph(self, added: np.ndarray, deleted: np.ndarray) -> None:
+        if self.graph is None or self.graph_broken:
+            return
+        try:
+            self.graph.add(self._vectors[added], added)
+            self.graph.mark_deleted(deleted)
+        except Exception:  # SQLite has the data; searches fall back to scans
+            log.exception(
+                "store %r: updating the HNSW graph failed; searches scan exactly until restart "
+                "rebuilds it",
+                self.spec.name,
+            )
+            self.graph_broken = True
+
+    def add_field_indexes(self, fields: Sequence[str]) -> list[FieldIndex]:
+        created = [FieldIndex(f) for f in fields]
+        self.field_indexes.update((index.field, index) for index in created)
+        self.spec = replace(self.spec, predicate_indexes=tuple(sorted(self.field_indexes)))
+        return created
+
+    def drop_field_indexes(self, fields: Sequence[str]) -> None:
+        for field_name in fields:
+            del self.field_indexes[field_name]
+        self.spec = replace(self.spec, predicate_indexes=tuple(sorted(self.field_indexes)))
+
+    def warm(self, indexes: Sequence[FieldIndex]) -> None:
+        """Build predicate index snapshots now rather than on the first filtered request."""
+        for index in indexes:
+            index.warm(self.metas, self.size)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def entry(self, slot: int, include_vectors: bool) -> Entry:
+        entry_id = self.ids[slot]
+        meta = self.metas[slot]
+        assert entry_id is not None and meta is not None
+        vector = self._vectors[slot].copy() if include_vectors else None
+        return Entry(id=entry_id, vector=vector, metadata=copy_metadata(meta))
+
+    def matching(self, flt: Filter | None) -> np.ndarray:
+        """Boolean mask over slots [0, size) of live entries that match `flt`."""
+        live = self._alive[: self.size].copy()
+        if flt is None:
+            return live
+        return FilterEvaluator(self.metas, self.size, self.field_indexes).evaluate(flt, live)
+
+    def page(
+        self, flt: Filter | None, limit: int, after: str | None, include_vectors: bool
+    ) -> tuple[list[Entry], bool]:
+        """Up to `limit` matching entries with ids after `after`, in id order, and whether more
+        follow."""
+        ids, slots = self._ordered_ids()
+        position = bisect_right(ids, after) if after is not None else 0
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        found: list[int] = []
+        chunk = max(1024, 4 * (limit + 1))
+        # Walk the id order in growing chunks, so an unindexed filter only tests the entries
+        # near the page instead of the whole store.
+        while position < len(ids) and len(found) <= limit:
+            part = slots[position : position + chunk]
+            part = part[self._alive[part]]
+            if flt is not None and len(part):
+                candidates = np.zeros(self.size, dtype=bool)
+                candidates[part] = True
+                part = part[evaluator.evaluate(flt, candidates)[part]]
+            found.extend(part[: limit + 1 - len(found)].tolist())
+            position += chunk
+            chunk *= 2
+        more = len(found) > limit
+        return [self.entry(slot, include_vectors) for slot in found[:limit]], more
+
+    def _ordered_ids(self) -> tuple[list[str], np.ndarray]:
+        # Inserts reset this cache; deletes leave it (dead slots are skipped via the live mask,
+        # and a reused slot is an insert).
+        order = self._id_order
+        if order is None:
+            pairs = sorted(self.slot_of.items())
+            order = (
+                [i for i, _ in pairs],
+                np.fromiter((s for _, s in pairs), np.int64, len(pairs)),
+            )
+            self._id_order = order
+        return order
+
+    # ---- search ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        flt: Filter | None,
+        mode: SearchMode,
+        ef: int,
+        include_vectors: bool,
+    ) -> SearchResult:
+        mask: np.ndarray | None = None
+        matching = self.count
+        if flt is not None and matching:
+            mask = self.matching(flt)
+            matching = int(np.count_nonzero(mask))
+        if matching == 0:
+            return SearchResult(matches=[], plan="exact")
+        want = min(k, matching)
+        plan = self._plan(mode, matching)
+        found = None
+        if plan == "hnsw":
+            found = self._search_graph(query, want, mask, matching, ef)
+        if found is None:
+            plan = "exact"
+            found = self._search_exact(query, want, mask)
+        matches = [
+            Match(
+                id=self.ids[slot],  # type: ignore[arg-type]
+                score=score,
+                metadata=copy_metadata(self.metas[slot]),  # type: ignore[arg-type]
+                vector=self._vectors[slot].copy() if include_vectors else None,
+            )
+            for slot, score in found
+        ]
+        return SearchResult(matches=matches, plan=plan)
+
+    def _plan(self, mode: SearchMode, matching: int) -> str:
+        if self.graph is None or self.graph_broken or mode == SearchMode.EXACT:
+            return "exact"
+        if mode == SearchMode.HNSW:
+            return "hnsw"
+        return "exact" if matching * self.spec.dimension <= EXACT_SCAN_BUDGET else "hnsw"
+
+    def _search_graph(
+        self, query: np.ndarray, want: int, mask: np.ndarray | None, matching: int, ef: int
+    ) -> list[tuple[int, float]] | None:
+        assert self.graph is not None and self.hnsw_config is not None
+        beam = max(ef or self.hnsw_config.ef_search, want)
+        allowed = None
+        if mask is not None and matching < self.count:
+            selectivity = matching / self.count
+            factor = math.sqrt(FILTER_EF_SELECTIVITY / selectivity)
+            beam = math.ceil(beam * min(MAX_FILTER_EF_FACTOR, max(1.0, factor)))
+            # bytes indexing returns 0/1 and is the cheapest callable hnswlib can call back.
+            allowed = mask.tobytes().__getitem__
+        beam = min(beam, matching)
+        result = self.graph.search(query, beam, allowed)
+        if result is None or len(result[0]) < want:
+            return None
+        labels = result[0]
+        if not self._alive[labels].all() or (mask is not None and not mask[labels].all()):
+            log.error("store %r: HNSW returned entries outside the filter", self.spec.name)
+            return None
+        return self._ranked(labels, query, want)
+
+    def _search_exact(
+        self, query: np.ndarray, want: int, mask: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        if mask is None and self.count == self.size:
+            slots = np.arange(self.size)
+            scores = self._approximate_scores(self._vectors[: self.size], slots, query)
+        else:
+            slots = np.flatnonzero(mask if mask is not None else self._alive[: self.size])
+            scores = self._approximate_scores(self._vectors[slots], slots, query)
+        if want < len(slots):
+            slots = slots[np.argpartition(-scores, want - 1)[:want]]
+        return self._ranked(slots, query, want)
+
+    def _approximate_scores(
+        self, vectors: np.ndarray, slots: np.ndarray, query: np.ndarray
+    ) -> np.ndarray:
+        """Scores good for ranking (float32 products, terms constant in the query dropped)."""
+        scores = _dots(vectors, query)
+        metric = self.spec.metric
+        if metric == Metric.COSINE:
+            scores = scores / self._norms[slots]
+        elif metric == Metric.L2:
+            scores = 2.0 * scores - self._norms[slots] ** 2
+        return scores
+
+    def _ranked(self, slots: np.ndarray, query: np.ndarray, want: int) -> list[tuple[int, float]]:
+        """The best `want` of `slots` with exact float64 scores, best first (ties by id)."""
+        vectors = self._vectors[slots].astype(np.float64)
+        q = query.astype(np.float64)
+        metric = self.spec.metric
+        if metric == Metric.L2:
+            diff = vectors - q
+            scores = -np.einsum("ij,ij->i", diff, diff)
+        else:
+            scores = np.einsum("ij,j->i", vectors, q)
+            if metric == Metric.COSINE:
+                scores = scores / (self._norms[slots] * float(np.linalg.norm(q)))
+        ids = self.ids
+        order = sorted(range(len(slots)), key=lambda i: (-scores[i], ids[slots[i]]))
+        return [(int(slots[i]), float(scores[i])) for i in order[:want]]
+
+
+def row_bytes(entry_id: str, vector: bytes, metadata_json: str) -> int:
+    """Approximate bytes an entry's row takes in the database file."""
+    id_bytes = len(entry_id.encode("utf-8"))
+    return id_bytes + len(vector) + len(metadata_json.encode("utf-8")) + ROW_OVERHEAD_BYTES

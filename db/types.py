@@ -1,0 +1,154 @@
+"""Value types of the nachbar.db API: store specs, entries, search results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, TypeAlias
+
+import numpy as np
+
+# bool is listed apart from int on purpose: `True` is an int to Python but its own type here.
+MetadataValue: TypeAlias = str | int | float | bool | bytes | list[str]
+Metadata: TypeAlias = dict[str, MetadataValue]
+
+# How hard a commit pushes data to disk: "full" survives power loss, "normal" survives a killed
+# process, "off" leaves it to the operating system.
+FsyncPolicy: TypeAlias = Literal["full", "normal", "off"]
+
+
+class Metric(StrEnum):
+    """Similarity of two vectors. Every score is "higher is more similar"."""
+
+    COSINE = "cosine"  # score = cosine similarity
+    L2 = "l2"  # score = -(squared Euclidean distance)
+    IP = "ip"  # score = dot product
+
+
+class SearchMode(StrEnum):
+    AUTO = "auto"  # the planner picks exact or HNSW
+    EXACT = "exact"
+    HNSW = "hnsw"
+
+
+@dataclass(frozen=True)
+class HnswConfig:
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    """Brute-force search over every vector; nothing to build."""
+
+
+IndexConfig: TypeAlias = HnswConfig | ExactConfig
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    name: str
+    dimension: int
+    metric: Metric = Metric.COSINE
+    index: IndexConfig = field(default_factory=HnswConfig)
+    predicate_indexes: tuple[str, ...] = ()
+    store_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    name: str
+    dimension: int
+    metric: Metric
+    index: IndexConfig
+    predicate_indexes: tuple[str, ...]
+    store_metadata: Mapping[str, str]
+    count: int
+    bytes_used: int
+
+    @property
+    def spec(self) -> StoreSpec:
+        return StoreSpec(
+            name=self.name,
+            dimension=self.dimension,
+            metric=self.metric,
+            index=self.index,
+            predicate_indexes=self.predicate_indexes,
+            store_metadata=self.store_metadata,
+        )
+
+
+def _same_vector(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a, b))
+
+
+# Entries and matches hold numpy arrays, whose `==` is elementwise, so they define equality
+# themselves instead of taking the dataclass one.
+@dataclass(frozen=True, eq=False)
+class Entry:
+    id: str
+    vector: np.ndarray | None
+    metadata: Metadata = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.metadata == other.metadata
+            and _same_vector(self.vector, other.vector)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    id: str
+    score: float
+    metadata: Metadata
+    vector: np.ndarray | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Match):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.score == other.score
+            and self.metadata == other.metadata
+            and _same_vector(self.vector, other.vector)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    matches: list[Match]
+    plan: str  # "exact" or "hnsw": the plan that produced the matches
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int
+    updated: int
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]
+    next_page_token: str  # empty on the last page
+
+
+@dataclass(frozen=True)
+class IndexLoadReport:
+    """How a store's HNSW graph came back when the database opened."""
+
+    store: str
+    action: Literal["loaded", "rebuilt", "none"]  # "none": exact stores have no graph
+    replayed: int = 0  # entries written after the saved graph and applied on top of it
+    reason: str = ""  # why the graph was rebuilt

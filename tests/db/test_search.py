@@ -1,0 +1,163 @@
+"""Filtered similarity search: exact result counts and recall at every selectivity, the planner.
+
+One store of 20,000 clustered 64-d vectors is shared by the module. Its "bucket" metadata is a
+permutation of 0..19999 taken mod 10,000, so `bucket < 10000 * s` selects a fraction s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nachbar.db import store as store_module
+from nachbar.db.engine import Database
+from nachbar.db.filters import AllOf, Condition, Filter, Op
+from nachbar.db.hnsw import HnswGraph
+from nachbar.db.types import Entry, SearchMode, StoreSpec
+
+from tests.db.data import embedding_like
+
+N, DIM, K, QUERIES = 20_000, 64, 10, 20
+SELECTIVITIES = (0.0001, 0.001, 0.01, 0.1, 0.5, 1.0)
+
+
+class Corpus:
+    def __init__(self, db: Database, vectors: np.ndarray, buckets: np.ndarray, queries: np.ndarray):
+        self.db = db
+        self.vectors = vectors
+        self.buckets = buckets
+        self.queries = queries
+
+    def truth(self, query: np.ndarray, allowed: np.ndarray) -> list[int]:
+        scores = self.vectors.astype(np.float64) @ query.astype(np.float64)
+        scores[~allowed] = -np.inf
+        want = min(K, int(allowed.sum()))
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:want]]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
+    rng = np.random.default_rng(7)
+    everything = embedding_like(N + QUERIES, DIM, rng)
+    vectors, queries = everything[:N], everything[N:]
+    buckets = rng.permutation(N) % 10_000
+    path: Path = tmp_path_factory.mktemp("search")
+    db = Database.open(path, fsync="off", checkpoint_seconds=0)
+    db.create_store(StoreSpec("c", DIM, predicate_indexes=("bucket",)))
+    for start in range(0, N, 5000):
+        db.upsert(
+            "c",
+            [
+                Entry(f"e{n}", vectors[n], {"bucket": int(buckets[n]), "copy": int(buckets[n])})
+                for n in range(start, start + 5000)
+            ],
+        )
+    yield Corpus(db, vectors, buckets, queries)
+    db.close()
+
+
+def selection(corpus: Corpus, fraction: float, field: str = "bucket") -> tuple[Filter, np.ndarray]:
+    cut = int(10_000 * fraction)
+    return Condition(field, Op.LT, cut), corpus.buckets < cut
+
+
+def recall_and_counts(
+    corpus: Corpus, flt: Filter | None, allowed: np.ndarray, mode: SearchMode
+) -> tuple[float, set[str]]:
+    recalls = []
+    plans = set()
+    for query in corpus.queries:
+        result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=mode)
+        truth = corpus.truth(query, allowed)
+        got = [int(m.id[1:]) for m in result.matches]
+        assert len(got) == len(truth), f"{mode}: {len(got)} results, expected {len(truth)}"
+        assert allowed[got].all(), "a result outside the filter"
+        assert len(set(got)) == len(got), "a result twice"
+        scores = [m.score for m in result.matches]
+        assert scores == sorted(scores, reverse=True)
+        recalls.append(len(set(got) & set(truth)) / len(truth))
+        plans.add(result.plan)
+    return float(np.mean(recalls)), plans
+
+
+@pytest.mark.parametrize("fraction", SELECTIVITIES)
+@pytest.mark.parametrize("mode", [SearchMode.AUTO, SearchMode.HNSW, SearchMode.EXACT])
+def test_filtered_search_count_and_recall(
+    corpus: Corpus, fraction: float, mode: SearchMode
+) -> None:
+    flt, allowed = selection(corpus, fraction)
+    assert allowed.sum() == round(N * fraction)
+    recall, plans = recall_and_counts(corpus, flt, allowed, mode)
+    if mode == SearchMode.EXACT:
+        assert recall == 1.0 and plans == {"exact"}
+    if mode == SearchMode.HNSW:
+        assert plans == {"hnsw"}  # the graph found them all, no fallback was needed
+    assert recall >= 0.95, f"recall@{K} {recall:.3f} at selectivity {fraction}"
+
+
+def test_unfiltered_search(corpus: Corpus) -> None:
+    allowed = np.ones(N, dtype=bool)
+    for mode in SearchMode:
+        recall, _ = recall_and_counts(corpus, None, allowed, mode)
+        assert recall >= 0.95
+
+
+def test_unindexed_filter_gives_the_same_results(corpus: Corpus) -> None:
+    # "copy" holds the same values as "bucket" but has no predicate index.
+    for fraction in (0.001, 0.1):
+        indexed, _ = selection(corpus, fraction)
+        plain, _ = selection(corpus, fraction, field="copy")
+        for query in corpus.queries[:3]:
+            a = corpus.db.get_sim_n("c", query, K, filter=indexed, mode=SearchMode.EXACT)
+            b = corpus.db.get_sim_n("c", query, K, filter=plain, mode=SearchMode.EXACT)
+            assert [m.id for m in a.matches] == [m.id for m in b.matches]
+
+
+def test_planner_scans_small_subsets_and_walks_the_graph_for_large_ones(
+    corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With this budget the planner scans up to 1,000 matching entries exactly.
+    monkeypatch.setattr(store_module, "EXACT_SCAN_BUDGET", 1000 * DIM)
+    query = corpus.queries[0]
+    for fraction, plan in ((0.0001, "exact"), (0.01, "exact"), (0.1, "hnsw"), (1.0, "hnsw")):
+        flt, _ = selection(corpus, fraction)
+        assert corpus.db.get_sim_n("c", query, K, filter=flt).plan == plan
+    assert corpus.db.get_sim_n("c", query, K).plan == "hnsw"
+    # An explicit mode overrides the planner.
+    flt, _ = selection(corpus, 0.001)
+    assert corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW).plan == "hnsw"
+    flt, _ = selection(corpus, 1.0)
+    assert corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.EXACT).plan == "exact"
+
+
+def test_graph_shortfall_falls_back_to_an_exact_scan(
+    corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = HnswGraph.search
+
+    def short(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
+        found = original(self, query, count, allowed)  # type: ignore[arg-type]
+        assert found is not None
+        return found[0][:2], found[1][:2]  # as if the graph had found only two
+
+    monkeypatch.setattr(HnswGraph, "search", short)
+    flt, allowed = selection(corpus, 0.5)
+    query = corpus.queries[1]
+    result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW)
+    assert result.plan == "exact"
+    assert [int(m.id[1:]) for m in result.matches] == corpus.truth(query, allowed)
+
+
+def test_small_ef_is_raised_to_k(corpus: Corpus) -> None:
+    result = corpus.db.get_sim_n("c", corpus.queries[2], 50, ef=1, mode=SearchMode.HNSW)
+    assert result.plan == "hnsw" and len(result.matches) == 50
+
+
+def test_filter_combining_indexed_and_unindexed_fields(corpus: Corpus) -> None:
+    flt = AllOf((Condition("bucket", Op.LT, 3000), Condition("copy", Op.GTE, 2990)))
+    allowed = (corpus.buckets < 3000) & (corpus.buckets >= 2990)
+    for mode in SearchMode:
+        result = corpus.db.get_sim_n("c", corpus.queries[3], K, filter=flt, mode=mode)
+        assert [int(m.id[1:]) for m in result.matches] == corpus.truth(corpus.queries[3], allowed)

@@ -1,0 +1,341 @@
+"""Image decoding with safety caps, and preprocessing built from preprocessor_config.json.
+
+Decoding refuses oversized inputs from the header, before any pixel is decompressed, then
+applies the EXIF orientation and converts every colour mode to RGB. Preprocessing is a chain of
+small transforms (resize -> center crop -> rescale -> normalize) configured exactly as the
+model's Hugging Face image-processor config says, ending in a CHW float32 array.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
+
+# Importing a plugin registers its format; Image.open(formats=...) only knows registered ones.
+from PIL import (  # noqa: F401
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
+
+FloatArray = npt.NDArray[np.float32]
+
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# What the API documents. Pillow opens multi-picture JPEGs (MPO, from phones) as JPEG.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255, 255)
+
+# Processor families for which an int "size" means the shortest edge, not a square
+# (Hugging Face's `default_to_square=False`); their default resample is bicubic.
+_SHORTEST_EDGE_FAMILIES = ("CLIP", "ChineseCLIP", "ConvNext", "Bit")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps applied to every image before decoding."""
+
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def decode_image(
+    data: bytes, limits: ImageLimits = ImageLimits(), *, what: str = "The image"
+) -> Image.Image:
+    """Decode encoded image bytes to an upright RGB image (first frame of an animation)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidInputError(f"{what} must be encoded image bytes, got {type(data).__name__}.")
+    if len(data) == 0:
+        raise InvalidInputError(f"{what} is empty (0 bytes); send an encoded image file.")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"{what} is {len(data)} bytes, over the {limits.max_bytes}-byte limit; "
+            "send a smaller or more compressed image."
+        )
+    try:
+        # Image.open reads the header only; pixels are decoded by load() below.
+        image = Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(
+            f"{what} declares too many pixels ({error}); send an image of at most "
+            f"{limits.max_pixels} pixels."
+        ) from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise InvalidInputError(
+            f"{what} is not a readable image; send {', '.join(ALLOWED_FORMATS)} bytes."
+        ) from error
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} = {width * height} pixels, over the "
+            f"{limits.max_pixels}-pixel limit; downscale it before sending."
+        )
+    if width == 0 or height == 0:
+        raise InvalidInputError(f"{what} has no pixels ({width}x{height}).")
+    try:
+        image.seek(0)  # animations: the first frame represents the file
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{what} is too large to decode safely ({error}).") from error
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidInputError(
+            f"{what} is corrupt or truncated and cannot be decoded ({error})."
+        ) from error
+    upright = _upright(image)
+    try:
+        return _to_rgb(upright)
+    except ValueError as error:
+        raise InvalidInputError(
+            f"{what} uses colour mode {upright.mode!r}, which cannot be converted to RGB."
+        ) from error
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        transposed = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
+        # A malformed EXIF block must not cost the user the image: use it as stored.
+        return image
+    return transposed if transposed is not None else image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        image = _to_8bit_gray(image)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        # Transparent pixels become white, as Hugging Face's convert_to_rgb does.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        # Float images have no fixed range: [0, 1] if they fit, else clip to [0, 255].
+        scaled = pixels * 255.0 if pixels.size and pixels.max() <= 1.0 else pixels
+    else:
+        scaled = pixels / 257.0  # 16-bit to 8-bit
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+# --- preprocessing transforms -----------------------------------------------------------------
+
+
+class ArrayTransform(Protocol):
+    def __call__(self, pixels: FloatArray) -> FloatArray: ...
+
+
+class ImageTransform(Protocol):
+    def __call__(self, image: Image.Image) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class ResizeShortestEdge:
+    """Scale so the shorter side is `size`; the longer side is floored, as Hugging Face does."""
+
+    size: int
+    resample: Image.Resampling
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if width <= height:
+            new_width, new_height = self.size, int(self.size * height / width)
+        else:
+            new_width, new_height = int(self.size * width / height), self.size
+        return image.resize((new_width, new_height), resample=self.resample)
+
+
+@dataclass(frozen=True)
+class ResizeExact:
+    height: int
+    width: int
+    resample: Image.Resampling
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.resize((self.width, self.height), resample=self.resample)
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    """Crop the centre [height, width] of an HWC array, zero-padding a smaller image."""
+
+    height: int
+    width: int
+
+    def __call__(self, pixels: FloatArray) -> FloatArray:
+        rows, cols = pixels.shape[0], pixels.shape[1]
+        if rows < self.height or cols < self.width:
+            padded_rows, padded_cols = max(rows, self.height), max(cols, self.width)
+            padded = np.zeros((padded_rows, padded_cols, pixels.shape[2]), dtype=pixels.dtype)
+            top, left = (padded_rows - rows) // 2, (padded_cols - cols) // 2
+            padded[top : top + rows, left : left + cols] = pixels
+            pixels, rows, cols = padded, padded_rows, padded_cols
+        top, left = (rows - self.height) // 2, (cols - self.width) // 2
+        return pixels[top : top + self.height, left : left + self.width]
+
+
+@dataclass(frozen=True)
+class Rescale:
+    factor: float
+
+    def __call__(self, pixels: FloatArray) -> FloatArray:
+        return pixels * np.float32(self.factor)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, pixels: FloatArray) -> FloatArray:
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return (pixels - mean) / std
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """RGB image -> CHW float32 array of a fixed size."""
+
+    image_steps: tuple[ImageTransform, ...]
+    array_steps: tuple[ArrayTransform, ...]
+    output_size: tuple[int, int]  # (height, width)
+
+    def __call__(self, image: Image.Image) -> FloatArray:
+        for image_step in self.image_steps:
+            image = image_step(image)
+        pixels: FloatArray = np.asarray(image, dtype=np.float32)
+        for array_step in self.array_steps:
+            pixels = array_step(pixels)
+        if pixels.shape[:2] != self.output_size:
+            # Only possible when the config resizes without cropping to a fixed size.
+            raise InvalidInputError(
+                f"preprocessing produced {pixels.shape[0]}x{pixels.shape[1]} pixels, "
+                f"expected {self.output_size[0]}x{self.output_size[1]}"
+            )
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+    @staticmethod
+    def from_config(config: Mapping[str, Any]) -> ImagePreprocessor:
+        """Build the chain from a Hugging Face image-processor config (preprocessor_config.json).
+
+        Raises ValueError for a config this runtime cannot follow exactly.
+        """
+        family = str(
+            config.get("image_processor_type") or config.get("feature_extractor_type") or ""
+        )
+        shortest_edge_family = family.startswith(_SHORTEST_EDGE_FAMILIES)
+        default_resample = (
+            Image.Resampling.BICUBIC if shortest_edge_family else Image.Resampling.BILINEAR
+        )
+        resample = _resample(config.get("resample", default_resample))
+
+        image_steps: list[ImageTransform] = []
+        array_steps: list[ArrayTransform] = []
+        output_size: tuple[int, int] | None = None
+
+        if config.get("do_resize", "size" in config):
+            size = _size(config.get("size"), square=not shortest_edge_family)
+            crop_pct = config.get("crop_pct")
+            if family.startswith("ConvNext") and isinstance(size, int):
+                if size < 384:
+                    # ConvNeXt evaluation: resize to size / crop_pct, then crop to size.
+                    image_steps.append(
+                        ResizeShortestEdge(int(size / float(crop_pct or 0.875)), resample)
+                    )
+                    array_steps.append(CenterCrop(size, size))
+                else:
+                    image_steps.append(ResizeExact(size, size, resample))
+                output_size = (size, size)
+            elif isinstance(size, int):
+                image_steps.append(ResizeShortestEdge(size, resample))
+            else:
+                image_steps.append(ResizeExact(size[0], size[1], resample))
+                output_size = size
+
+        if config.get("do_center_crop", False) and not family.startswith("ConvNext"):
+            crop = _size(config.get("crop_size"), square=True)
+            if isinstance(crop, int):
+                crop = (crop, crop)
+            array_steps.append(CenterCrop(crop[0], crop[1]))
+            output_size = crop
+
+        if config.get("do_rescale", True):
+            array_steps.append(Rescale(float(config.get("rescale_factor", 1 / 255))))
+
+        if config.get("do_normalize", "image_mean" in config):
+            array_steps.append(
+                Normalize(
+                    _triple(config.get("image_mean"), "image_mean"),
+                    _triple(config.get("image_std"), "image_std"),
+                )
+            )
+
+        if output_size is None:
+            raise ValueError(
+                "it does not produce a fixed image size (it needs a center crop or a "
+                "resize to an exact height and width)"
+            )
+        return ImagePreprocessor(tuple(image_steps), tuple(array_steps), output_size)
+
+
+def _size(raw: object, *, square: bool) -> int | tuple[int, int]:
+    """An HF size entry: a shortest edge (int) or an exact (height, width).
+
+    A bare int means a square when `square`, else a shortest edge; the dict forms say which.
+    """
+    if isinstance(raw, int):
+        return (raw, raw) if square else raw
+    if isinstance(raw, Mapping):
+        if "height" in raw and "width" in raw:
+            return (int(raw["height"]), int(raw["width"]))
+        if "shortest_edge" in raw and "longest_edge" not in raw:
+            return int(raw["shortest_edge"])
+    raise ValueError(f"unsupported size entry {raw!r}")
+
+
+def _triple(raw: object, name: str) -> tuple[float, float, float]:
+    if isinstance(raw, int | float):
+        return (float(raw), float(raw), float(raw))
+    if isinstance(raw, Sequence) and len(raw) == 3:
+        return (float(raw[0]), float(raw[1]), float(raw[2]))
+    raise ValueError(f"{name} must be one number or three, got {raw!r}")
+
+
+_RESAMPLE_NAMES = {
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def _resample(raw: object) -> Image.Resampling:
+    # Hugging Face stores PIL's own integer codes (2 = bilinear, 3 = bicubic, ...).
+    if isinstance(raw, int):
+        return Image.Resampling(raw)
+    if isinstance(raw, str) and raw.lower() in _RESAMPLE_NAMES:
+        return _RESAMPLE_NAMES[raw.lower()]
+    raise ValueError(f"unsupported resample {raw!r}")

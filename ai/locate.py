@@ -1,0 +1,126 @@
+"""Find a model's files on disk, downloading hub models into the cache when allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from nachbar.ai.errors import ModelUnavailableError
+from nachbar.ai.registry import BuiltSource, HubSource, ModelSpec
+
+
+def resolve_model_dir(
+    spec: ModelSpec,
+    model_dir: Path,
+    *,
+    offline: bool,
+    local_dirs: Mapping[str, Path] | None = None,
+) -> Path:
+    """Return the directory that holds every file of `spec` (paths as in `spec.files`).
+
+    Built models live in `<model_dir>/built/<name>/`. A hub model is read from a local directory
+    when `local_dirs` maps its name or repo id to one (same relative layout as the repository);
+    otherwise from the hub cache `<model_dir>/hub`, downloading the pinned revision first unless
+    `offline`. Raises ModelUnavailableError saying what to run when files are missing.
+    """
+    source = spec.source
+    if isinstance(source, BuiltSource):
+        return _require_files(
+            spec,
+            model_dir / "built" / spec.name,
+            fix=(
+                f"Build the offline models with `nachbar models build` (it writes "
+                f"{source.builder_name!r} there)."
+            ),
+        )
+    local = _local_dir_for(spec, source, local_dirs or {})
+    if local is not None:
+        return _require_files(
+            spec,
+            local,
+            fix=(
+                f"The local directory given for {spec.name!r} must be laid out like the hub "
+                f"repository {source.repo_id}: copy the missing files there."
+            ),
+        )
+    snapshot = _snapshot(spec, source, model_dir / "hub", offline=offline)
+    return _require_files(spec, snapshot, fix=_download_hint(spec, source, model_dir / "hub"))
+
+
+def missing_files(spec: ModelSpec, directory: Path) -> list[str]:
+    """Files of `spec` absent (or empty) under `directory`."""
+    missing = []
+    for relative in spec.files.all():
+        path = directory / relative
+        if not path.is_file() or path.stat().st_size == 0:
+            missing.append(relative)
+    return missing
+
+
+def _require_files(spec: ModelSpec, directory: Path, *, fix: str) -> Path:
+    missing = missing_files(spec, directory)
+    if missing:
+        raise ModelUnavailableError(
+            f"Model {spec.name!r} is not available: {', '.join(missing)} missing in "
+            f"{directory}. {fix}"
+        )
+    return directory
+
+
+def _local_dir_for(
+    spec: ModelSpec, source: HubSource, local_dirs: Mapping[str, Path]
+) -> Path | None:
+    folded = {name.casefold(): Path(path) for name, path in local_dirs.items()}
+    return folded.get(spec.name.casefold()) or folded.get(source.repo_id.casefold())
+
+
+def _download_hint(spec: ModelSpec, source: HubSource, cache_dir: Path) -> str:
+    files = " ".join(spec.files.all())
+    return (
+        "Allow downloads (start nachbar-ai without --hub-offline) to fetch it from the hub, "
+        f"or fetch it beforehand with `hf download {source.repo_id} {files} "
+        f"--revision {source.revision} --cache-dir {cache_dir}`, or serve it from a directory "
+        f"laid out like the repository with `--local-model {spec.name}=DIR`."
+    )
+
+
+def _snapshot(spec: ModelSpec, source: HubSource, cache_dir: Path, *, offline: bool) -> Path:
+    # Imported here: huggingface_hub is slow to import and only hub models need it.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        path = snapshot_download(
+            source.repo_id,
+            revision=source.revision,
+            allow_patterns=list(spec.files.all()),
+            cache_dir=cache_dir,
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError as error:
+        raise ModelUnavailableError(
+            f"Model {spec.name!r} ({source.describe()}) is not in the hub cache {cache_dir} and "
+            f"{'downloads are off' if offline else 'the hub could not be reached'}. "
+            f"{_download_hint(spec, source, cache_dir)}"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise ModelUnavailableError(
+            f"Revision {source.revision!r} of {source.repo_id} does not exist on the hub; the "
+            "registry pin is stale. Upgrade nachbar or use a local directory for this model."
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelUnavailableError(
+            f"Hub repository {source.repo_id} was not found (deleted, renamed or gated). "
+            f"Use a local directory for {spec.name!r}."
+        ) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelUnavailableError(
+            f"Downloading {spec.name!r} ({source.describe()}) failed: {error}. "
+            f"{_download_hint(spec, source, cache_dir)}"
+        ) from error
+    return Path(path)

@@ -1,0 +1,109 @@
+"""One onnxruntime session per model, fed only the inputs its graph declares."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from nachbar.ai.errors import ModelUnavailableError
+
+# ONNX element types this runtime can feed, by their onnxruntime names.
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """onnxruntime threading. `intra_op_threads` 0: one thread per CPU this process may use."""
+
+    intra_op_threads: int = 0
+    # Models here are single chains of ops, so parallel branches gain nothing.
+    inter_op_threads: int = 1
+
+
+class OnnxModel:
+    """An inference session plus the graph's input/output contract.
+
+    `run` is safe to call from several threads at once (onnxruntime sessions are).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        model_name: str,
+        output: str,
+        options: SessionOptions = SessionOptions(),
+    ) -> None:
+        self.path = path
+        self.model_name = model_name
+        self.output = output
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.intra_op_num_threads = options.intra_op_threads or _default_threads()
+        session_options.inter_op_num_threads = options.inter_op_threads
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own untyped exception classes
+            raise ModelUnavailableError(
+                f"The ONNX file of model {model_name!r} at {path} cannot be loaded ({error}). "
+                "Delete the model's files and fetch or build them again."
+            ) from error
+        self.input_types: dict[str, type[np.generic]] = {}
+        for graph_input in self._session.get_inputs():
+            numpy_type = _NUMPY_TYPES.get(graph_input.type)
+            if numpy_type is None:
+                raise ModelUnavailableError(
+                    f"Model {model_name!r} takes input {graph_input.name!r} of type "
+                    f"{graph_input.type}, which nachbar cannot feed."
+                )
+            self.input_types[graph_input.name] = numpy_type
+        outputs = [o.name for o in self._session.get_outputs()]
+        if output not in outputs:
+            raise ModelUnavailableError(
+                f"The ONNX file of model {model_name!r} at {path} has outputs {outputs}, not "
+                f"{output!r}: the file is not the registered model. Fetch or build it again."
+            )
+
+    @property
+    def input_names(self) -> frozenset[str]:
+        return frozenset(self.input_types)
+
+    def require_inputs(self, available: frozenset[str]) -> None:
+        """Fail at load time if the graph needs an input the caller can never supply."""
+        unknown = self.input_names - available
+        if unknown:
+            raise ModelUnavailableError(
+                f"Model {self.model_name!r} ({self.path}) needs inputs {sorted(unknown)}, which "
+                f"nachbar does not produce (it feeds {sorted(available)})."
+            )
+
+    def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        """Run the graph on the declared subset of `feeds`; return the registered output."""
+        inputs = {
+            name: np.ascontiguousarray(feeds[name], dtype=numpy_type)
+            for name, numpy_type in self.input_types.items()
+        }
+        result: npt.NDArray[Any] = self._session.run([self.output], inputs)[0]
+        return result
+
+
+def _default_threads() -> int:
+    # Honours CPU affinity (containers, taskset), unlike os.cpu_count().
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)

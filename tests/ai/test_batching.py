@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from nachbar.ai.batching import BatchingConfig, DynamicBatcher, bucket_of
+from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
+from nachbar.ai.models import ModelManager
+from nachbar.ai.onnx_model import OnnxModel
+
+MODEL = "all-minilm-l6-v2"
+# Waits are long so merging never depends on timing: a batch runs as soon as it is full.
+NEVER = 60_000.0
+
+
+class RunSpy:
+    """Records the input_ids shape of every ONNX run."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self._lock = threading.Lock()
+
+    def wrap(self, run: Callable[..., Any]) -> Callable[..., Any]:
+        def spied(model: OnnxModel, feeds: Mapping[str, Any]) -> Any:
+            with self._lock:
+                self.shapes.append(tuple(next(iter(feeds.values())).shape))
+            return run(model, feeds)
+
+        return spied
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> RunSpy:
+    recorder = RunSpy()
+    monkeypatch.setattr(OnnxModel, "run", recorder.wrap(OnnxModel.run))
+    return recorder
+
+
+@pytest.fixture
+def unbatched(tiny_model_dir: Path) -> Iterator[ModelManager]:
+    with ModelManager(tiny_model_dir, batching=BatchingConfig(enabled=False)) as manager:
+        yield manager
+
+
+def embed_call(manager: ModelManager, texts: list[str]) -> Callable[[], Any]:
+    return lambda: manager.embed(MODEL, texts)
+
+
+def rerank_call(manager: ModelManager, name: str, documents: list[str]) -> Callable[[], Any]:
+    return lambda: manager.rerank(name, "cat", documents)
+
+
+def run_concurrently(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Start every call at once (a barrier) and return each result or raised exception."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = calls[index]()
+        except Exception as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+TEXTS = [
+    "hello world",
+    "a cat",
+    "the big red car",
+    "a photo of a dog",
+    "music at night",
+    "the quick brown fox",
+    "blue sky",
+    "a house on the river",
+]
+
+
+def test_concurrent_requests_share_one_run_and_get_their_own_rows(
+    tiny_model_dir: Path, spy: RunSpy, unbatched: ModelManager
+) -> None:
+    expected = [unbatched.embed(MODEL, [text])[0] for text in TEXTS]
+    spy.shapes.clear()
+    config = BatchingConfig(max_batch_size=len(TEXTS), max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        manager.load(MODEL)
+        results = run_concurrently([embed_call(manager, [t]) for t in TEXTS])
+    assert len(spy.shapes) == 1
+    assert spy.shapes[0][0] == len(TEXTS)
+    for result, want in zip(results, expected, strict=True):
+        assert isinstance(result, np.ndarray) and result.shape == (1, 384)
+        np.testing.assert_allclose(result[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_request_does_not_affect_the_others(
+    tiny_model_dir: Path, spy: RunSpy, unbatched: ModelManager
+) -> None:
+    good = TEXTS[:6]
+    expected = [unbatched.embed(MODEL, [text])[0] for text in good]
+    spy.shapes.clear()
+    config = BatchingConfig(max_batch_size=len(good), max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        manager.load(MODEL)
+        calls: list[Callable[[], Any]] = [embed_call(manager, [t]) for t in good]
+        calls.insert(2, embed_call(manager, ["   "]))
+        calls.insert(5, embed_call(manager, [" ".join(["cat"] * 300)]))
+        results = run_concurrently(calls)
+    assert isinstance(results.pop(5), InputTooLongError)
+    assert isinstance(results.pop(2), InvalidInputError)
+    assert len(spy.shapes) == 1 and spy.shapes[0][0] == len(good)
+    for result, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(result[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_multi_item_requests_are_merged_too(
+    tiny_model_dir: Path, spy: RunSpy, unbatched: ModelManager
+) -> None:
+    expected = unbatched.embed(MODEL, TEXTS[:6])
+    spy.shapes.clear()
+    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        manager.load(MODEL)
+        results = run_concurrently(
+            [embed_call(manager, TEXTS[:2]), embed_call(manager, TEXTS[2:6])]
+        )
+    assert len(spy.shapes) == 1 and spy.shapes[0][0] == 6
+    np.testing.assert_allclose(results[0], expected[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1], expected[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_batches_never_mix_length_buckets(tiny_model_dir: Path, spy: RunSpy) -> None:
+    short = ["a cat", "a dog"]  # 4 tokens
+    long = [" ".join(["cat"] * 40), " ".join(["dog"] * 45)]  # 42 and 47 tokens
+    config = BatchingConfig(max_batch_size=2, max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        manager.load(MODEL)
+        run_concurrently([embed_call(manager, [t]) for t in [*short, *long]])
+    widths = sorted(shape[1] for shape in spy.shapes)
+    assert len(spy.shapes) == 2
+    assert widths == [4, 47]  # short texts are not padded to the long ones
+
+
+def test_large_requests_are_split_and_run_directly(
+    tiny_model_dir: Path, spy: RunSpy, unbatched: ModelManager
+) -> None:
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'cat ' * (i % 5)}" for i in range(70)]
+    expected = unbatched.embed(MODEL, texts)
+    spy.shapes.clear()
+    config = BatchingConfig(max_batch_size=32, max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        result = manager.embed(MODEL, texts)
+    assert sorted(shape[0] for shape in spy.shapes) == [6, 32, 32]
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_disabled_batching_runs_each_request_alone(tiny_model_dir: Path, spy: RunSpy) -> None:
+    with ModelManager(tiny_model_dir, batching=BatchingConfig(enabled=False)) as manager:
+        manager.load(MODEL)
+        run_concurrently([embed_call(manager, [t]) for t in TEXTS[:4]])
+    assert len(spy.shapes) == 4
+
+
+def test_cross_encoder_requests_are_batched(tiny_model_dir: Path, spy: RunSpy) -> None:
+    name = "Xenova/ms-marco-MiniLM-L-6-v2"
+    with ModelManager(tiny_model_dir, batching=BatchingConfig(enabled=False)) as manager:
+        expected = [manager.rerank(name, "cat", ["dog", t]) for t in TEXTS[:3]]
+    spy.shapes.clear()
+    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER)
+    with ModelManager(tiny_model_dir, batching=config) as manager:
+        manager.load(name)
+        results = run_concurrently([rerank_call(manager, name, ["dog", t]) for t in TEXTS[:3]])
+    assert len(spy.shapes) == 1 and spy.shapes[0][0] == 6
+    for result, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(result, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bucket_of() -> None:
+    assert [bucket_of(n) for n in (0, 1, 16, 17, 32, 33, 512, 513)] == [
+        16,
+        16,
+        16,
+        32,
+        32,
+        64,
+        512,
+        1024,
+    ]
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchingConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        BatchingConfig(max_wait_ms=-1)
+
+
+# --- the batcher on its own ------------------------------------------------------------------
+
+
+class FlakyEngine:
+    """Doubles each item; a batch containing -1 fails, like a crashing model run."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+
+    def run(self, items: Sequence[float]) -> np.ndarray:
+        self.batches.append(list(items))
+        if -1 in items:
+            raise RuntimeError("model run failed")
+        return np.array([[2 * x] for x in items], dtype=np.float32)
+
+    def length(self, item: float) -> int:
+        return 1
+
+
+def test_a_failed_run_fails_its_requests_and_the_worker_carries_on() -> None:
+    engine = FlakyEngine()
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="flaky"
+    )
+    try:
+        results = run_concurrently([lambda: batcher.submit([-1.0]), lambda: batcher.submit([3.0])])
+        assert all(isinstance(r, RuntimeError) for r in results)
+        results = run_concurrently([lambda: batcher.submit([1.0]), lambda: batcher.submit([3.0])])
+        assert [r.tolist() for r in results] == [[[2.0]], [[6.0]]]
+    finally:
+        batcher.close()
+
+
+def test_close_fails_waiting_requests() -> None:
+    engine = FlakyEngine()
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="m"
+    )
+    outcome: list[BaseException] = []
+    queued = threading.Event()
+
+    def wait_alone() -> None:
+        try:
+            queued.set()
+            batcher.submit([1.0])
+        except ModelUnavailableError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=wait_alone)
+    thread.start()
+    queued.wait()
+    while not batcher._buckets:  # until the item is queued; it then waits for a partner
+        time.sleep(0.001)
+    batcher.close()
+    thread.join(timeout=30)
+    assert len(outcome) == 1 and "retry" in str(outcome[0])
+    assert engine.batches == []
+    with pytest.raises(ModelUnavailableError):
+        batcher.submit([1.0])

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from nachbar.db.engine import Database
-from nachbar.db.errors import DataCorruptionError
+from nachbar.db.errors import DBError
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_format)
     try:
         running = start_db_server(config)
-    except DataCorruptionError as error:
-        # Refuse to start rather than serve a store that silently lost data.
+    except DBError as error:
+        # Corrupt files, a data dir held by another process: refuse to start, saying why.
         raise SystemExit(f"nachbar-db cannot start: {error}") from None
     log.info(
         "nachbar-db listening on %s:%d, data in %s (fsync=%s)",

@@ -81,8 +81,9 @@ def map_errors(method: F) -> F:
 
 
 def servicer(cls: type) -> type:
-    """Wrap every public method of a servicer class with `map_errors`."""
+    """Wrap every RPC method (CamelCase, as gRPC names them) of a servicer class with
+    `map_errors`; helpers the server itself calls, such as `db_reachable`, stay plain."""
     for name, value in list(vars(cls).items()):
-        if callable(value) and not name.startswith("_"):
+        if callable(value) and name[:1].isupper():
             setattr(cls, name, map_errors(value))
     return cls

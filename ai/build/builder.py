@@ -58,7 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump when a change to the build code changes any built file: old builds are then redone.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 MANIFEST = "manifest.json"
 BUILT_FOLDER = "built"
 
@@ -145,14 +145,21 @@ class _Inputs:
     @cached_property
     def class_embeddings(self) -> npt.NDArray[np.float32]:
         from nachbar.ai.build.conse import DEFAULT_TEMPLATE_SET, class_text_embeddings
-        from nachbar.ai.build.imagenet import imagenet_class_names, imagenet_templates
+        from nachbar.ai.build.imagenet import (
+            imagenet_class_names,
+            imagenet_superclasses,
+            imagenet_templates,
+        )
         from nachbar.ai.build.sentence_embedder import SentenceEmbedder
 
         embedder = SentenceEmbedder(
             self.minilm_model, locate(MINILM, f"{MINILM_FOLDER}/tokenizer.json")
         )
         return class_text_embeddings(
-            embedder, imagenet_class_names(), imagenet_templates(DEFAULT_TEMPLATE_SET)
+            embedder,
+            imagenet_class_names(),
+            imagenet_templates(DEFAULT_TEMPLATE_SET),
+            imagenet_superclasses(),
         )
 
 

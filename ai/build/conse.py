@@ -50,14 +50,20 @@ DEFAULT_TOP_K = 10
 DEFAULT_TEMPLATE_SET = "SIMPLE_IMAGENET_TEMPLATES"
 
 
+#: Prompts for classes with a superclass, so generic queries ("a photo of a dog") find them.
+SUPERCLASS_TEMPLATES = ("a photo of a {}, a type of {}.", "a photo of a {1}.")
+
+
 def class_text_embeddings(
     embedder: SentenceEmbedder,
     class_names: Sequence[str],
     templates: Sequence[str],
+    superclasses: Mapping[int, str] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """[len(class_names), dim] unit vectors: per class, the normalized mean over templates.
+    """[len(class_names), dim] unit vectors: per class, the normalized mean over its prompts.
 
-    Each template holds one `{}` for the class name, e.g. "a photo of the small {}.".
+    Each template holds one `{}` for the class name, e.g. "a photo of the small {}.". A class
+    with a superclass (index -> generic name) also gets the SUPERCLASS_TEMPLATES prompts.
     """
     if not templates:
         raise ValueError("class_text_embeddings needs at least one prompt template")
@@ -66,7 +72,14 @@ def class_text_embeddings(
         vectors = embedder.embed([template.format(name) for name in class_names], batch_size=256)
         total = vectors if total is None else total + vectors
     assert total is not None
-    return l2_normalize((total / np.float32(len(templates))).astype(np.float32))
+    counts = np.full((len(class_names), 1), len(templates), dtype=np.float32)
+    if superclasses:
+        indexes = sorted(i for i in superclasses if 0 <= i < len(class_names))
+        for template in SUPERCLASS_TEMPLATES:
+            prompts = [template.format(class_names[i], superclasses[i]) for i in indexes]
+            total[indexes] += embedder.embed(prompts, batch_size=256)
+            counts[indexes] += 1
+    return l2_normalize((total / counts).astype(np.float32))
 
 
 def build_conse(

@@ -68,6 +68,33 @@ def _metadata_tuple(name: str) -> list[ast.expr]:
     raise MetadataFormatError(f"{ZERO_SHOT_METADATA} has no literal tuple {name}")
 
 
+# A few ImageNet-1k superclasses (WordNet hypernyms) by class index. Prompts naming them let a
+# generic query ("a photo of a dog") reach photos of specific classes ("bull mastiff").
+_SUPERCLASS_INDEXES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("fish", (*range(0, 7), *range(389, 398))),
+    ("bird", (*range(7, 25), *range(80, 101), *range(127, 147))),
+    ("turtle", tuple(range(33, 38))),
+    ("lizard", tuple(range(38, 49))),
+    ("snake", tuple(range(52, 69))),
+    ("dog", tuple(range(151, 269))),
+    ("cat", tuple(range(281, 286))),
+    ("wild cat", tuple(range(286, 294))),
+    ("bear", tuple(range(294, 298))),
+    ("insect", tuple(range(300, 321))),
+    ("butterfly", tuple(range(321, 327))),
+    ("ape", tuple(range(365, 370))),
+    ("monkey", tuple(range(370, 383))),
+    ("car", (436, 468, 511, 609, 627, 656, 661, 717, 751, 817)),
+    ("truck", (555, 569, 675, 867)),
+    ("bus", (654, 779, 874)),
+)
+
+
+def imagenet_superclasses() -> dict[int, str]:
+    """Class index -> the generic name of its superclass, for the classes that have one here."""
+    return {index: name for name, indexes in _SUPERCLASS_INDEXES for index in indexes}
+
+
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in index order (CLIP's cleaned-up wording)."""
     names = []

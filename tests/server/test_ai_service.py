@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
-from importlib.metadata import distribution
 from io import BytesIO
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nachbar.ai.build.imagenet import imagenet_class_names, sample_photos
 from nachbar.client import (
     AIClient,
     FailedPrecondition,
@@ -34,13 +33,12 @@ IMAGE_MODEL = "imagenet-conse-minilm-l6"
 CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
 
 
+def model_dir() -> Path:
+    return built_model_dir(["all-minilm-l6-v2", "imagenet-conse-minilm-l6", "efficientnet-lite0"])
+
+
 def foolbox_photos() -> list[tuple[Path, int]]:
-    folder = Path(str(distribution("foolbox").locate_file("foolbox/data")))
-    photos = []
-    for path in sorted(folder.glob("imagenet_*.jpg")):
-        match = re.fullmatch(r"imagenet_\d+_(\d+)\.jpg", path.name)
-        assert match, path
-        photos.append((path, int(match.group(1))))
+    photos = [(photo.path, photo.class_index) for photo in sample_photos()]
     assert len(photos) == 20
     return photos
 
@@ -58,7 +56,7 @@ def start_ai(db_port: int, *models: str) -> RunningServer:
                 "--db-port",
                 str(db_port),
                 "--model-dir",
-                str(built_model_dir()),
+                str(model_dir()),
                 "--models",
                 ",".join(models or (TEXT_MODEL, IMAGE_MODEL)),
                 "--hub-offline",
@@ -103,8 +101,6 @@ def photo_store(client: AIClient) -> str:
 
 
 def test_text_finds_the_right_photo(client: AIClient, photo_store: str) -> None:
-    from nachbar.ai.build.sources import imagenet_class_names
-
     names = imagenet_class_names()
     classes = sorted({cls for _, cls in foolbox_photos()})
     hits = 0

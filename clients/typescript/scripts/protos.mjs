@@ -37,17 +37,18 @@ const result = spawnSync(
     join(loaderDir, 'build', 'bin', 'proto-loader-gen-types.js'),
     ...protoFiles,
     '--grpcLib=@grpc/grpc-js',
-    `--outDir=${generatedDir}`,
+    '--outDir=src/generated',
     '--keepCase',
     '--longs=String',
     '--enums=String',
     '--defaults',
     '--oneofs',
-    // Last: yargs reads every following word as another include dir.
+    // Last: yargs reads every following word as another include dir. Relative paths keep the
+    // build machine's folders out of the generated files.
     '-I',
-    protoRoot,
+    'proto',
   ],
-  { stdio: 'inherit' },
+  { cwd: packageDir, stdio: 'inherit' },
 );
 if (result.status !== 0) {
   console.error('proto-loader-gen-types failed');

@@ -41,7 +41,7 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
 }
 
-function describe(value: unknown): string {
+function repr(value: unknown): string {
   if (typeof value === 'bigint') return `${value}n`;
   try {
     return JSON.stringify(value) ?? String(value);
@@ -61,7 +61,7 @@ function int64String(value: number | bigint | string, what: string): string {
     big = BigInt(value);
   } else {
     if (!/^-?\d+$/.test(value)) {
-      throw new InvalidArgumentError(`${what}: ${describe(value)} is not a decimal integer`);
+      throw new InvalidArgumentError(`${what}: ${repr(value)} is not a decimal integer`);
     }
     big = BigInt(value);
   }
@@ -90,7 +90,7 @@ export function valueToProto(value: MetadataValueInput, what = 'metadata value')
     if (value.every((item) => typeof item === 'string')) {
       return { string_list_value: { values: value } };
     }
-    throw new InvalidArgumentError(`${what}: a list may hold only strings, got ${describe(value)}`);
+    throw new InvalidArgumentError(`${what}: a list may hold only strings, got ${repr(value)}`);
   }
   if (isPlainObject(value)) {
     const keys = Object.keys(value);
@@ -102,7 +102,7 @@ export function valueToProto(value: MetadataValueInput, what = 'metadata value')
     }
   }
   throw new InvalidArgumentError(
-    `${what}: unsupported value ${describe(value)}; use a string, number, bigint, boolean, ` +
+    `${what}: unsupported value ${repr(value)}; use a string, number, bigint, boolean, ` +
       'Uint8Array, string[], {int: n} or {float: n}',
   );
 }
@@ -163,7 +163,7 @@ function conditionFilter(field: string, op: FilterOp, operand: unknown): Filter 
  */
 export function filterToProto(spec: FilterSpec): Filter {
   if (!isPlainObject(spec) || Object.keys(spec).length === 0) {
-    throw new InvalidArgumentError(`a filter must be a non-empty object, got ${describe(spec)}`);
+    throw new InvalidArgumentError(`a filter must be a non-empty object, got ${repr(spec)}`);
   }
   const parts: Filter[] = [];
   for (const [key, body] of Object.entries(spec)) {
@@ -208,7 +208,7 @@ export function metricToProto(metric: Metric | undefined): Metric__Output {
   if (metric === undefined) return 'METRIC_UNSPECIFIED';
   const name = METRICS[metric];
   if (name === undefined) {
-    throw new InvalidArgumentError(`unknown metric ${describe(metric)}; use one of ${Object.keys(METRICS).join(', ')}`);
+    throw new InvalidArgumentError(`unknown metric ${repr(metric)}; use one of ${Object.keys(METRICS).join(', ')}`);
   }
   return name;
 }
@@ -230,7 +230,7 @@ const SEARCH_MODES: Record<SearchMode, SearchMode__Output> = {
 export function searchModeToProto(mode: SearchMode | undefined): SearchMode__Output {
   const name = SEARCH_MODES[mode ?? 'auto'];
   if (name === undefined) {
-    throw new InvalidArgumentError(`unknown search mode ${describe(mode)}; use one of auto, exact, hnsw`);
+    throw new InvalidArgumentError(`unknown search mode ${repr(mode)}; use one of auto, exact, hnsw`);
   }
   return name;
 }
@@ -243,7 +243,7 @@ const TRUNCATION: Record<TruncationPolicy, TruncationPolicy__Output> = {
 export function truncationToProto(policy: TruncationPolicy | undefined): TruncationPolicy__Output {
   const name = TRUNCATION[policy ?? 'error'];
   if (name === undefined) {
-    throw new InvalidArgumentError(`unknown truncation policy ${describe(policy)}; use error or truncate`);
+    throw new InvalidArgumentError(`unknown truncation policy ${repr(policy)}; use error or truncate`);
   }
   return name;
 }
@@ -260,7 +260,7 @@ export function indexToProto(index: IndexConfig | undefined): IndexConfigMessage
       },
     };
   }
-  throw new InvalidArgumentError(`unknown index ${describe(index)}; use {kind: 'hnsw', ...} or {kind: 'exact'}`);
+  throw new InvalidArgumentError(`unknown index ${repr(index)}; use {kind: 'hnsw', ...} or {kind: 'exact'}`);
 }
 
 export function indexFromProto(index: IndexConfig__Output | null): IndexConfig {
@@ -272,7 +272,7 @@ export function indexFromProto(index: IndexConfig__Output | null): IndexConfig {
 /** Checks a count, size or limit before it reaches a uint32 field. */
 export function uint32(value: number, what: string): number {
   if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    throw new InvalidArgumentError(`${what} must be an integer from 0 to 4294967295, got ${describe(value)}`);
+    throw new InvalidArgumentError(`${what} must be an integer from 0 to 4294967295, got ${repr(value)}`);
   }
   return value;
 }

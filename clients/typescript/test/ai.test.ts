@@ -1,17 +1,34 @@
 // AIClient against real nachbar-ai and nachbar-db processes with the built offline models.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AIClient, NachbarError, NotFoundError } from '../src/index';
-import { ServerProcess, startServer, tempDir } from './servers';
+import { AIClient, NachbarError, NotFoundError, imageFile } from '../src/index';
+import { BIN_DIR, ServerProcess, startServer, tempDir } from './servers';
 
 const MODEL_DIR = process.env['NACHBAR_TEST_MODEL_DIR'];
 const TEXT_MODEL = 'all-minilm-l6-v2';
 const CROSS_ENCODER = 'stsb-minilm-l6-cross-encoder';
+const IMAGE_MODEL = 'imagenet-conse-minilm-l6';
 const SKIP = MODEL_DIR
   ? false
   : 'NACHBAR_TEST_MODEL_DIR is unset: build the models with `nachbar models build --model-dir DIR` and set it to DIR';
+
+/** Real photos that ship in the foolbox wheel, named by ImageNet class index; [] without it. */
+function foolboxPhotos(): string[] {
+  const script = [
+    'import importlib.metadata as m',
+    'd = m.distribution("foolbox")',
+    'print("\\n".join(str(d.locate_file(f)) for f in d.files or [] if "data/imagenet_" in str(f)))',
+  ].join('\n');
+  try {
+    return execFileSync(path.join(BIN_DIR, 'python'), ['-c', script], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
 
 function cosine(a: number[], b: number[]): number {
   let dot = 0;
@@ -124,6 +141,35 @@ describe('AIClient against nachbar-ai', { skip: SKIP }, () => {
     assert.equal((await ai.getStore('notes')).dbStore.count, 2);
     assert.equal(await ai.dropStore('notes'), true);
     assert.equal((await rejection(ai.getSimN('notes', 'x', 1))).code, 'NOT_FOUND');
+  });
+
+  it('indexes image files and finds them with text queries', async (t) => {
+    const model = (await ai.listModels()).find((m) => m.name === IMAGE_MODEL);
+    const photos = foolboxPhotos();
+    const pick = (imagenetClass: number): string | undefined => photos.find((p) => p.endsWith(`_${imagenetClass}.jpg`));
+    const [dog, strawberry, jeep] = [pick(243), pick(949), pick(609)];
+    if (!model?.available || !dog || !strawberry || !jeep) {
+      t.skip(`needs ${IMAGE_MODEL} built in ${MODEL_DIR} and the foolbox wheel's photos`);
+      return;
+    }
+    await ai.createStore('photos', { queryModel: TEXT_MODEL, indexModel: IMAGE_MODEL, storeOriginal: true });
+    const upserted = await ai.upsert('photos', [
+      { id: 'dog', input: await imageFile(dog) },
+      { id: 'strawberry', input: await imageFile(strawberry) },
+      { id: 'jeep', input: readFileSync(jeep) },
+    ]);
+    assert.equal(upserted.inserted, 3);
+    for (const [query, expected] of [
+      ['a photo of a dog', 'dog'],
+      ['a ripe strawberry', 'strawberry'],
+      ['an off-road car', 'jeep'],
+    ] as const) {
+      const found = await ai.getSimN('photos', query, 1);
+      assert.equal(found.matches[0]!.id, expected, query);
+    }
+    const [stored] = (await ai.getKey('photos', ['dog'])).entries;
+    assert.deepEqual(stored!.original, readFileSync(dog), 'the original image bytes come back');
+    await ai.dropStore('photos');
   });
 
   it('reranks with the cross-encoder when it is built', async (t) => {

@@ -14,6 +14,7 @@ export const REPO_DIR = process.env['NACHBAR_REPO_DIR'] ?? path.resolve(__dirnam
 export const BIN_DIR = process.env['NACHBAR_BIN_DIR'] ?? path.join(REPO_DIR, '.venv', 'bin');
 const HEALTH_PROTO = path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'health.proto');
 const START_TIMEOUT_MS = 120_000;
+let starts = 0;
 
 interface HealthReply {
   status: string;
@@ -78,8 +79,10 @@ export async function startServer(binary: 'nachbar-db' | 'nachbar-ai', args: str
   if (!existsSync(executable)) {
     throw new Error(`${executable} not found: run scripts/install.sh at the repo root (or set NACHBAR_BIN_DIR)`);
   }
-  const portFile = path.join(workDir, `${binary}.port`);
-  const logPath = path.join(workDir, `${binary}.log`);
+  // A fresh name per start: a restarted server must not be mistaken for the one before.
+  const stem = path.join(workDir, `${binary}-${++starts}`);
+  const portFile = `${stem}.port`;
+  const logPath = `${stem}.log`;
   const logFd = openSync(logPath, 'w');
   const child = spawn(
     executable,

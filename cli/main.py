@@ -1,0 +1,117 @@
+"""`nachbar`: start the stack, search, ingest, manage stores and models, or open a shell.
+
+Exit codes: 0 success, 1 a failed operation (the server's message goes to stderr), 2 a usage
+error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from nachbar.cli import commands, ingest, models_cmd, serve, shell, stack
+from nachbar.cli.context import (
+    CliContext,
+    CliError,
+    describe_error,
+    env_address,
+    env_timeout,
+    make_console,
+)
+from nachbar.client import NachbarError
+from rich.console import Console
+from rich.markup import escape
+
+Handler = Callable[[CliContext, argparse.Namespace], int]
+
+
+def _version() -> str:
+    try:
+        return version("nachbar")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {raw!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the timeout must be positive")
+    return value
+
+
+def _global_options() -> argparse.ArgumentParser:
+    # SUPPRESS defaults let these flags go before or after the subcommand (compose health checks
+    # write `nachbar ping --service db --db ADDR`); real defaults are filled in after parsing.
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("connection")
+    group.add_argument("--db", metavar="ADDR", default=argparse.SUPPRESS,
+                       help="nachbar-db address (env NACHBAR_DB_ADDRESS, default 127.0.0.1:1369)")
+    group.add_argument("--ai", metavar="ADDR", default=argparse.SUPPRESS,
+                       help="nachbar-ai address (env NACHBAR_AI_ADDRESS, default 127.0.0.1:1370)")
+    group.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
+                       default=argparse.SUPPRESS,
+                       help="deadline of each call (env NACHBAR_TIMEOUT, default 30)")
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser = argparse.ArgumentParser(
+        prog="nachbar", parents=[common],
+        description="nachbar: similarity search for text and images. Start with `nachbar up`.",
+    )
+    parser.add_argument("--version", action="version", version=f"nachbar {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    stack.register(sub, [common])
+    serve.register(sub)
+    commands.register(sub, [common], json_flag)
+    ingest.register(sub, [common], json_flag)
+    models_cmd.register(sub, [common], json_flag)
+    shell.register(sub, [common])
+    return parser
+
+
+def make_context(args: argparse.Namespace, out: Console | None = None,
+                 err: Console | None = None) -> CliContext:
+    return CliContext(
+        db_address=getattr(args, "db", None) or env_address("db"),
+        ai_address=getattr(args, "ai", None) or env_address("ai"),
+        timeout=getattr(args, "timeout", None) or env_timeout(),
+        out=out or make_console(),
+        err=err or make_console(stderr=True),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `nachbar db serve ...` / `nachbar ai serve ...` hand every flag to the server's own parser,
+    # so flags and NACHBAR_* environment twins are exactly those of nachbar-db / nachbar-ai.
+    served = serve.dispatch(arguments)
+    if served is not None:
+        return served
+    args = build_parser().parse_args(arguments)
+    err = make_console(stderr=True)
+    try:
+        ctx = make_context(args, err=err)
+        handler: Handler = args.func
+        return handler(ctx, args)
+    except NachbarError as error:
+        err.print(f"error: {escape(describe_error(error))}", highlight=False)
+        return 1
+    except CliError as error:
+        err.print(f"error: {escape(error.message)}", highlight=False)
+        return error.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

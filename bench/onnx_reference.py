@@ -1,0 +1,161 @@
+"""The references the ai benchmarks compare with: the same model files run directly with
+onnxruntime and tokenizers, no nachbar code on the inference path, same session options.
+
+Also where the benchmarks get their inputs: STS-B sentences and foolbox's ImageNet photos.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from benchlib import BenchSetupError, log
+from tokenizers import Tokenizer
+
+FloatArray = npt.NDArray[np.float32]
+
+TEXT_MODEL = "all-minilm-l6-v2"
+TEXT_MODEL_INT8 = "all-minilm-l6-v2-int8"
+CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
+CROSS_ENCODER_INT8 = "stsb-minilm-l6-cross-encoder-int8"
+IMAGE_MODELS = ("efficientnet-lite0", "imagenet-conse-minilm-l6")
+# Token limits as registered in nachbar.ai.registry.
+MAX_TOKENS = {TEXT_MODEL: 256, TEXT_MODEL_INT8: 256, CROSS_ENCODER: 512, CROSS_ENCODER_INT8: 512}
+
+
+def cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def built_dir(model_dir: Path, name: str) -> Path:
+    return model_dir / "built" / name
+
+
+def ensure_built(model_dir: Path, names: Sequence[str]) -> None:
+    """Build the named offline models into `model_dir`, or keep them when their manifests
+    verify (the builder checks checksums and versions, so a stale build is redone)."""
+    try:
+        from nachbar.ai.build.builder import build_all
+    except ImportError as error:
+        raise BenchSetupError(
+            f"nachbar.ai.build.builder cannot be imported to build {list(names)} ({error})"
+        ) from None
+    log(f"checking offline models in {model_dir}: {', '.join(names)}")
+    try:
+        built = build_all(model_dir, only=list(names))
+    except Exception as error:  # the builder reports which models failed and why
+        raise BenchSetupError(f"building {list(names)} into {model_dir} failed: {error}") from error
+    rebuilt = [model.name for model in built if model.rebuilt]
+    if rebuilt:
+        log(f"built {', '.join(rebuilt)}")
+
+
+def make_session(path: Path, threads: int) -> Any:
+    """The session options nachbar's runtime uses (nachbar.ai.onnx_model)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class RawTextModel:
+    """tokenizer.json + model.onnx: mean-pooled, normalised embeddings or pair logits."""
+
+    def __init__(self, directory: Path, *, max_tokens: int, threads: int) -> None:
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        pad_token = "[PAD]"
+        pad_id = self.tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise BenchSetupError(f"{directory}/tokenizer.json has no {pad_token} token")
+        # Pad to the longest input of each batch, as nachbar does.
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        self.session = make_session(directory / "model.onnx", threads)
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.output = self.session.get_outputs()[0].name
+
+    def _feeds(self, encodings: Sequence[Any]) -> dict[str, npt.NDArray[np.int64]]:
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return {name: value for name, value in feeds.items() if name in self.inputs}
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feeds = self._feeds(encodings)
+        hidden: FloatArray = self.session.run([self.output], feeds)[0]
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)[:, :, None]
+        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        normalized: FloatArray = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return normalized
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> FloatArray:
+        encodings = self.tokenizer.encode_batch(list(pairs))
+        logits: FloatArray = self.session.run([self.output], self._feeds(encodings))[0]
+        return logits.reshape(len(pairs))
+
+
+class RawImageModel:
+    """model.onnx fed with the builder's reference preprocessing (nachbar.ai.build.imagenet)."""
+
+    def __init__(self, directory: Path, *, threads: int) -> None:
+        self.session = make_session(directory / "model.onnx", threads)
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+
+    @staticmethod
+    def preprocess(images: Sequence[bytes]) -> FloatArray:
+        import io
+
+        from nachbar.ai.build.imagenet import preprocess
+        from PIL import Image
+
+        return np.stack([preprocess(Image.open(io.BytesIO(data))) for data in images])
+
+    def run(self, pixels: FloatArray) -> FloatArray:
+        output: FloatArray = self.session.run([self.output], {self.input: pixels})[0]
+        vectors = output.reshape(pixels.shape[0], -1)
+        normalized: FloatArray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return normalized
+
+    def embed(self, images: Sequence[bytes]) -> FloatArray:
+        return self.run(self.preprocess(images))
+
+
+def sts_sentences(limit: int | None = None, splits: Sequence[str] = ("train",)) -> list[str]:
+    """Distinct STS-B sentences in file order: real, varied English of typical query length."""
+    from nachbar.ai.build.stsb import load_split
+
+    seen: dict[str, None] = {}
+    for split in splits:
+        for pair in load_split(split):  # type: ignore[arg-type]
+            seen.setdefault(pair.sentence1.strip())
+            seen.setdefault(pair.sentence2.strip())
+    sentences = [s for s in seen if s]
+    return sentences[:limit] if limit is not None else sentences
+
+
+def sample_photo_bytes(count: int) -> list[bytes]:
+    """foolbox's ImageNet photos (JPEG bytes), repeated to `count`."""
+    from nachbar.ai.build.imagenet import sample_photos
+
+    photos = [photo.path.read_bytes() for photo in sample_photos()]
+    return [photos[i % len(photos)] for i in range(count)]
+
+
+def min_cosine(a: FloatArray, b: FloatArray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))

@@ -29,18 +29,17 @@ import math
 import platform
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nachbar.ai.build import stsb
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
-
-from nachbar.ai.build import stsb
 
 log = logging.getLogger("train_cross_encoder")
 
@@ -127,7 +126,8 @@ class Embeddings(nn.Module):
             + self.position_embeddings(positions)[None]
             + self.token_type_embeddings(token_type_ids)
         )
-        return self.dropout(self.LayerNorm(summed))
+        normalized: torch.Tensor = self.dropout(self.LayerNorm(summed))
+        return normalized
 
 
 class SelfAttention(nn.Module):
@@ -165,7 +165,8 @@ class DenseNorm(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        normalized: torch.Tensor = self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return normalized
 
 
 class Attention(nn.Module):
@@ -175,7 +176,8 @@ class Attention(nn.Module):
         self.output = DenseNorm(config, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden, keep), hidden)
+        attended: torch.Tensor = self.output(self.self(hidden, keep), hidden)
+        return attended
 
 
 class Intermediate(nn.Module):
@@ -196,7 +198,8 @@ class Layer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         attended = self.attention(hidden, keep)
-        return self.output(self.intermediate(attended), attended)
+        out: torch.Tensor = self.output(self.intermediate(attended), attended)
+        return out
 
 
 class Encoder(nn.Module):
@@ -231,7 +234,8 @@ class Bert(nn.Module):
     ) -> torch.Tensor:
         keep = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, key]
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
-        return self.pooler(hidden)
+        pooled: torch.Tensor = self.pooler(hidden)
+        return pooled
 
 
 class BertForSequenceClassification(nn.Module):
@@ -247,7 +251,8 @@ class BertForSequenceClassification(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
         pooled = self.bert(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(pooled))  # [batch, 1]
+        logits: torch.Tensor = self.classifier(self.dropout(pooled))  # [batch, 1]
+        return logits
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -347,7 +352,8 @@ def build_model(config: BertConfig, base_weights: dict[str, torch.Tensor]) -> nn
 
 
 def make_optimizer(model: nn.Module, params: HyperParameters) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -361,7 +367,9 @@ def make_optimizer(model: nn.Module, params: HyperParameters) -> torch.optim.Opt
     )
 
 
-def linear_warmup(total_steps: int, warmup_steps: int) -> object:
+def linear_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear rise over the warmup, then linear decay to zero."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -399,7 +407,7 @@ def train(
         total_steps = min(total_steps, params.max_steps)
     optimizer = make_optimizer(model, params)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_warmup(total_steps, int(total_steps * params.warmup_ratio))  # type: ignore[arg-type]
+        optimizer, linear_warmup(total_steps, int(total_steps * params.warmup_ratio))
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info(
@@ -422,7 +430,7 @@ def train(
             logits = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             loss = loss_fn(logits, target, params.loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
             optimizer.step()
             schedule.step()
@@ -478,17 +486,23 @@ def fixture_logits(
     ]
 
 
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = HyperParameters()
     for field in dataclasses.fields(HyperParameters):
         value = getattr(defaults, field.name)
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        kind = _parse_bool if isinstance(value, bool) else type(value)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=value)
     parser.add_argument("--artifact-dir", type=Path, default=DEFAULT_ARTIFACT_DIR)
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
     args = parser.parse_args()
-    params = HyperParameters(**{f.name: getattr(args, f.name) for f in dataclasses.fields(HyperParameters)})
+    params = HyperParameters(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(HyperParameters)}
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(params.threads)

@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
 from nachbar.ai.embedder import Engine
 from nachbar.ai.errors import ModelUnavailableError
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.image import ImageLimits, ImagePreprocessor, decode_image
 from nachbar.ai.onnx_model import OnnxModel

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
 
 # Importing a plugin registers its format; Image.open(formats=...) only knows registered ones.
 from PIL import (  # noqa: F401
@@ -29,6 +28,8 @@ from PIL import (  # noqa: F401
     UnidentifiedImageError,
     WebPImagePlugin,
 )
+
+from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher
 from nachbar.ai.embedder import CrossEncoderScorer, ImageEmbedder, TextEmbedder
 from nachbar.ai.embedder import sigmoid as logistic

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
 from nachbar.ai.errors import ModelUnavailableError
 
 # ONNX element types this runtime can feed, by their onnxruntime names.

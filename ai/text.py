@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
 from tokenizers import Encoding, Tokenizer
+
+from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
 
 IntArray = npt.NDArray[np.int64]
 

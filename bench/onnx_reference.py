@@ -119,8 +119,9 @@ class RawImageModel:
     def preprocess(images: Sequence[bytes]) -> FloatArray:
         import io
 
-        from nachbar.ai.build.imagenet import preprocess
         from PIL import Image
+
+        from nachbar.ai.build.imagenet import preprocess
 
         return np.stack([preprocess(Image.open(io.BytesIO(data))) for data in images])
 

@@ -7,13 +7,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from nachbar.cli import render
 from nachbar.cli.context import CliContext, CliError
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
 from nachbar.cli.health import check_health
 from nachbar.client import Exact, Image, NachbarError
 from nachbar.client.values import Filter
-from rich.markup import escape
 
 SERVICE_NAMES = {"db": "nachbar-db", "ai": "nachbar-ai"}
 EMBED_PREVIEW_VALUES = 8

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from nachbar.client import AIClient, DBClient, NachbarError, Unavailable
 from rich.console import Console
+
+from nachbar.client import AIClient, DBClient, NachbarError, Unavailable
 
 DEFAULT_ADDRESS = {"db": "127.0.0.1:1369", "ai": "127.0.0.1:1370"}
 ADDRESS_ENV = {"db": "NACHBAR_DB_ADDRESS", "ai": "NACHBAR_AI_ADDRESS"}

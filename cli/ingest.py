@@ -19,10 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
-from nachbar.cli import render
-from nachbar.cli.context import CliContext, CliError, describe_error
-from nachbar.client import AIClient, Image, Item, NachbarError, NotFound, UpsertResult
-from nachbar.client.values import Metadata, MetadataValue, metadata_to_proto
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -36,6 +32,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from nachbar.cli import render
+from nachbar.cli.context import CliContext, CliError, describe_error
+from nachbar.client import AIClient, Image, Item, NachbarError, NotFound, UpsertResult
+from nachbar.client.values import Metadata, MetadataValue, metadata_to_proto
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_BATCH_SIZE = 32

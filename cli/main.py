@@ -11,6 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from rich.console import Console
+from rich.markup import escape
+
 from nachbar.cli import commands, ingest, models_cmd, serve, shell, stack
 from nachbar.cli.context import (
     CliContext,
@@ -21,8 +24,6 @@ from nachbar.cli.context import (
     make_console,
 )
 from nachbar.client import NachbarError
-from rich.console import Console
-from rich.markup import escape
 
 Handler = Callable[[CliContext, argparse.Namespace], int]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from nachbar.cli.context import CliContext
-from nachbar.cli.shell_commands import Shell
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
+
+from nachbar.cli.context import CliContext
+from nachbar.cli.shell_commands import Shell
 
 
 class ShellCompleter(Completer):

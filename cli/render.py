@@ -9,6 +9,11 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
 
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
+from rich.table import Table
+
 from nachbar.client.types import (
     AIEntry,
     AIMatch,
@@ -21,10 +26,6 @@ from nachbar.client.types import (
     StoreInfo,
 )
 from nachbar.client.values import MetadataValue
-from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderResult
-from rich.markup import escape
-from rich.table import Table
 
 TEXT_PREVIEW_CHARS = 60
 VALUE_PREVIEW_CHARS = 40

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from rich.console import Console
+from rich.markup import escape
+
 from nachbar.cli import render
 from nachbar.cli.context import CliContext, explain_unavailable
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
 from nachbar.client import AIClient, DBClient, Exact, Hnsw, Image, Item, NachbarError
 from nachbar.client.values import Filter, Metadata, metadata_to_proto
-from rich.console import Console
-from rich.markup import escape
 
 SERVICES = ("ai", "db")
 MODEL_OPTIONS = frozenset({"--model", "--query-model", "--index-model", "--rerank"})

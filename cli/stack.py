@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from rich.markup import escape
+
 from nachbar.cli.context import CliContext, CliError
 from nachbar.cli.health import Health, check_health
-from rich.markup import escape
 
 LOG_TAIL_LINES = 25
 DEFAULT_START_TIMEOUT = 180.0

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from nachbar.db.errors import InvalidArgumentError
 from nachbar.db.types import Metadata, MetadataValue
 

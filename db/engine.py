@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
 from nachbar.db import codec, filters, validation
 from nachbar.db.errors import (
     DBError,

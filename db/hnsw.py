@@ -28,6 +28,7 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+
 from nachbar.db.types import HnswConfig, Metric
 
 log = logging.getLogger("nachbar.db")

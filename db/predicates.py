@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from nachbar.db.filters import (
     NEGATED_OPS,
     AllOf,

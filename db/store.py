@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from nachbar.db import codec
 from nachbar.db.errors import DataCorruptionError
 from nachbar.db.filters import Filter

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from nachbar.db import codec
 from nachbar.db.errors import InvalidArgumentError
 from nachbar.db.types import (

@@ -88,7 +88,11 @@ def _render(text: str) -> str:
         )
         if not pattern.search(text):
             raise SystemExit(f"README.md lacks the markers for the {name!r} section")
-        text = pattern.sub(lambda m, body=make(): m.group(1) + body + "\n" + m.group(2), text)
+        match = pattern.search(text)
+        assert match is not None
+        text = text[: match.start()] + match.group(1) + make() + "\n" + match.group(2) + text[
+            match.end() :
+        ]
     return text
 
 

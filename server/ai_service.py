@@ -7,6 +7,7 @@ from importlib.metadata import version
 
 import grpc
 import numpy as np
+
 from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError
 from nachbar.ai.models import ModelManager
 from nachbar.ai.registry import ModelSpec

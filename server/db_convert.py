@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+
 from nachbar.client.values import metadata_from_proto, metadata_to_proto
 from nachbar.db import filters, types
 from nachbar.server.errors import RequestError

@@ -7,6 +7,7 @@ from importlib.metadata import version
 
 import grpc
 import numpy as np
+
 from nachbar.db.engine import Database
 from nachbar.server import db_convert as conv
 from nachbar.server.errors import RequestError, servicer

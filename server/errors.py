@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from nachbar.ai import errors as ai_errors
 from nachbar.client import errors as client_errors
 from nachbar.db import errors as db_errors

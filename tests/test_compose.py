@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from nachbar.cli.main import build_parser
 from nachbar.server.config import ai_parser, db_parser
-
 from tests.servers import ServerProcess, spawn
 
 REPO = Path(__file__).resolve().parent.parent

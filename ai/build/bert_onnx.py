@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import onnx
+
 from nachbar.ai.build.onnx_graph import FLOAT, INT64, GraphBuilder
 
 __all__ = [

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import onnx
+
 from nachbar.ai.build.sources import (
     EFFICIENTNET_LITE0,
     MINILM,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+
 from nachbar.ai.build.efficientnet_onnx import (
     IMAGE_SIZE,
     NUM_CLASSES,

@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+from tokenizers import Tokenizer
+
 from nachbar.ai.build.bert_onnx import BertConfig, build_bert_encoder
 from nachbar.ai.build.sentence_embedder import make_session
 from nachbar.ai.build.sources import MINILM, locate
 from nachbar.ai.build.torch_free import CheckpointFormatError, load_safetensors
 from nachbar.ai.errors import ModelUnavailableError
-from tokenizers import Tokenizer
 
 __all__ = [
     "ARTIFACT_DIR",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+
 from nachbar.ai.build.onnx_graph import FLOAT, GraphBuilder
 
 __all__ = [

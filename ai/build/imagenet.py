@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from nachbar.ai.build.sources import FOOLBOX, OPEN_CLIP, locate, package_files
 from PIL import Image
+
+from nachbar.ai.build.sources import FOOLBOX, OPEN_CLIP, locate, package_files
 
 __all__ = [
     "CROP_SIZE",

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+
 from nachbar.client.errors import from_rpc_error
 
 T = TypeVar("T")

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from PIL import Image
+
 from nachbar.ai.build.builder import build_all
 from nachbar.ai.build.imagenet import preprocess, sample_photos
 from nachbar.ai.build.quantize import quantize_int8
 from nachbar.ai.build.sentence_embedder import SentenceEmbedder, make_session
-from PIL import Image
 
 ORDINARY = [
     "The quick brown fox jumps over the lazy dog.",

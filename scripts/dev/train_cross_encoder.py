@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nachbar.ai.build import stsb
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
+
+from nachbar.ai.build import stsb
 
 log = logging.getLogger("train_cross_encoder")
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nachbar.ai.models import ModelManager
 
+from nachbar.ai.models import ModelManager
 from tests.ai.tiny_models import built_specs, hub_specs, populate_hub_cache, write_model_files
 
 

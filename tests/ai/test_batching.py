@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher, bucket_of
 from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
 from nachbar.ai.models import ModelManager

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nachbar.ai.models import ModelManager
 
 MINILM = "all-minilm-l6-v2"

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
+
 from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
 from nachbar.ai.image import (
     CenterCrop,
@@ -15,8 +17,6 @@ from nachbar.ai.image import (
     ResizeShortestEdge,
     decode_image,
 )
-from PIL import Image, ImageFile
-
 from tests.ai.tiny_models import BUILT_PREPROCESSOR, CLIP_PREPROCESSOR, RESNET_PREPROCESSOR
 
 

@@ -4,10 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
+
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.registry import HubSource, ModelSpec, get_spec
-
 from tests.ai.tiny_models import (
     built_specs,
     hub_snapshot_dir,

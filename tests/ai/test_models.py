@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
+
 from nachbar.ai.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -20,8 +22,6 @@ from nachbar.ai.image import ImagePreprocessor, decode_image
 from nachbar.ai.models import ModelManager
 from nachbar.ai.registry import Kind, Modality, ModelSpec, Pooling, all_specs, get_spec
 from nachbar.ai.text import Truncation
-from PIL import Image
-
 from tests.ai.tiny_models import (
     BUILT_PREPROCESSOR,
     CLIP_PREPROCESSOR,

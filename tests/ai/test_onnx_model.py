@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from nachbar.ai.errors import ModelUnavailableError
-from nachbar.ai.onnx_model import OnnxModel, SessionOptions
 from onnx import TensorProto, helper
 
+from nachbar.ai.errors import ModelUnavailableError
+from nachbar.ai.onnx_model import OnnxModel, SessionOptions
 from tests.ai.tiny_models import IR_VERSION, OPSET, TinyClipText, TinyCrossEncoder
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
 from nachbar.ai.registry import (
     REGISTRY,

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nachbar.ai.errors import InputTooLongError, InvalidInputError
 from nachbar.ai.text import TextTokenizer, Truncation
-
 from tests.ai.tiny_models import (
     BERT_STYLE,
     CLIP_STYLE,

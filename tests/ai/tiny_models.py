@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-from nachbar.ai.registry import HubSource, Kind, Modality, ModelSpec, all_specs
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
+
+from nachbar.ai.registry import HubSource, Kind, Modality, ModelSpec, all_specs
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from nachbar.cli.main import main
 from nachbar.server.app import RunningServer
 from nachbar.server.config import parse_ai_config, parse_db_config
 from nachbar.server.db_main import start_db_server
-
 from tests.models_fixture import built_model_dir
 from tests.servers import wait_serving
 

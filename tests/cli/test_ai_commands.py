@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from nachbar.client import AIClient, Item
-
 from tests.cli.conftest import IMAGE_MODEL, TEXT_MODEL, Cli
 
 DOCS = [

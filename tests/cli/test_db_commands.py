@@ -6,8 +6,8 @@ import json
 import socket
 
 import pytest
-from nachbar.client import DBClient
 
+from nachbar.client import DBClient
 from tests.cli.conftest import Cli
 
 

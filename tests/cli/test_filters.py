@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
 from nachbar.client.values import filter_to_dict
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nachbar.client import AIClient
 from PIL import Image
 
+from nachbar.client import AIClient
 from tests.cli.conftest import IMAGE_MODEL, TEXT_MODEL, Cli
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from nachbar.cli.context import CliError
 from nachbar.cli.ingest import Failure, Ingester, Record, find_source
 from nachbar.client import Image, InvalidArgument, Item, NotFound, UpsertResult

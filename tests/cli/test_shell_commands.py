@@ -7,11 +7,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from rich.console import Console
+
 from nachbar.cli.context import CliContext
 from nachbar.cli.shell_commands import COMMANDS, Shell
 from nachbar.client import DBClient
-from rich.console import Console
-
 from tests.cli.conftest import CROSS_ENCODER, TEXT_MODEL
 
 

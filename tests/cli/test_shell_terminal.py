@@ -11,8 +11,9 @@ import sys
 import termios
 from pathlib import Path
 
-from nachbar.client import DBClient
 from pexpect import fdpexpect
+
+from nachbar.client import DBClient
 
 NACHBAR = str(Path(sys.executable).parent / "nachbar")
 PROMPT = "nachbar(db)>"  # the trailing space is drawn as a cursor move

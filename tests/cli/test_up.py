@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from nachbar.cli.health import check_health
 from nachbar.client import DBClient
 from nachbar.server.config import parse_db_config
 from nachbar.server.db_main import start_db_server
-
 from tests.cli.conftest import TEXT_MODEL
 
 NACHBAR = str(Path(sys.executable).parent / "nachbar")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from nachbar.client import AsyncDBClient, Field, NotFound, filter_from_dict
 from nachbar.client.errors import NachbarError, from_rpc_error
 from nachbar.client.values import (

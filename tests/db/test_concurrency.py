@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from nachbar.db.engine import Database
 from nachbar.db.errors import StoreNotFoundError
 from nachbar.db.filters import AllOf, Condition, Op

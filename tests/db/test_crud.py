@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nachbar.db.engine import Database
 from nachbar.db.errors import StoreNotFoundError
 from nachbar.db.filters import AnyOf, Condition, Op

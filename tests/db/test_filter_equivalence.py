@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+
 from nachbar.db.engine import Database
 from nachbar.db.filters import AllOf, AnyOf, Condition, Filter, Not, Op, matches, validate
 from nachbar.db.types import Entry, Metadata, MetadataValue, StoreSpec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nachbar.db.errors import InvalidArgumentError
 from nachbar.db.filters import AllOf, AnyOf, Condition, Filter, Not, Op, matches, validate
 from nachbar.db.types import Metadata

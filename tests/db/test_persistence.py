@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nachbar.db import engine
 from nachbar.db.engine import Database
 from nachbar.db.errors import DataCorruptionError, DBError

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nachbar.db import store as store_module
 from nachbar.db.engine import Database
 from nachbar.db.filters import AllOf, Condition, Filter, Op
 from nachbar.db.hnsw import HnswGraph
 from nachbar.db.types import Entry, SearchMode, StoreSpec
-
 from tests.db.data import embedding_like
 
 N, DIM, K, QUERIES = 20_000, 64, 10, 20

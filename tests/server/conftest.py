@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from nachbar.client import DBClient
 from nachbar.server.app import RunningServer
 from nachbar.server.config import parse_db_config

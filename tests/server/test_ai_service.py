@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
 from nachbar.ai.build.imagenet import imagenet_class_names, sample_photos
 from nachbar.client import (
     AIClient,
@@ -23,8 +25,6 @@ from nachbar.server.ai_main import start_ai_server
 from nachbar.server.app import RunningServer
 from nachbar.server.config import parse_ai_config, parse_db_config
 from nachbar.server.db_main import start_db_server
-from PIL import Image
-
 from tests.models_fixture import built_model_dir
 from tests.servers import wait_serving
 
@@ -34,14 +34,7 @@ CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
 
 
 def model_dir() -> Path:
-    return built_model_dir(
-        [
-            "all-minilm-l6-v2",
-            "all-minilm-l6-v2-int8",
-            "imagenet-conse-minilm-l6",
-            "efficientnet-lite0",
-        ]
-    )
+    return built_model_dir()
 
 
 def foolbox_photos() -> list[tuple[Path, int]]:

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from nachbar.client import DBClient, NachbarError
 
+from nachbar.client import DBClient, NachbarError
 from tests.servers import spawn
 
 DIM = 16

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
+
 from nachbar.ai.build.bert_onnx import BertConfig, BertWeightsError, build_bert_encoder
 from nachbar.ai.build.sentence_embedder import make_session
-
 from tests.ai.build.tiny_bert import TINY, tiny_weights
 
 Array = npt.NDArray[Any]

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from nachbar.ai.build import builder
 from nachbar.ai.build.builder import (
     BUILDER_VERSION,
@@ -19,7 +20,6 @@ from nachbar.ai.build.builder import (
     verify,
 )
 from nachbar.ai.build.sources import EFFICIENTNET_LITE0, MINILM, WeightsNotInstalledError, locate
-
 from tests.models_fixture import built_model_dir
 
 OWN_MODELS = [
@@ -264,8 +264,8 @@ def test_the_cross_encoder_gets_an_int8_twin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import onnx
-    from nachbar.ai.build.bert_onnx import build_bert_encoder
 
+    from nachbar.ai.build.bert_onnx import build_bert_encoder
     from tests.ai.build.tiny_bert import TINY, tiny_weights
 
     def tiny_cross_encoder(inputs: object, out: Path) -> None:

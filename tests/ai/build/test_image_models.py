@@ -8,14 +8,14 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
+from PIL import Image
+
 from nachbar.ai.build.builder import EFFICIENTNET_CHECKPOINT
 from nachbar.ai.build.conse import DEFAULT_TOP_K
 from nachbar.ai.build.imagenet import LabeledPhoto, imagenet_class_names, preprocess, sample_photos
 from nachbar.ai.build.sentence_embedder import SentenceEmbedder, make_session
 from nachbar.ai.build.sources import EFFICIENTNET_LITE0, locate
 from nachbar.ai.build.torch_free import load_torch_state_dict
-from PIL import Image
-
 from tests.models_fixture import built_model_dir
 
 EFFICIENTNET = "efficientnet-lite0"

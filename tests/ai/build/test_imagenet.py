@@ -6,13 +6,14 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from nachbar.ai.build.imagenet import (
     imagenet_class_names,
     imagenet_templates,
     preprocess,
     sample_photos,
 )
-from PIL import Image
 
 
 def test_class_names_are_read_without_importing_open_clip() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from nachbar.ai.build.sentence_embedder import SentenceEmbedder
 from nachbar.ai.build.sources import MINILM_INT8_REFERENCE, locate
-
 from tests.models_fixture import built_model_dir
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"

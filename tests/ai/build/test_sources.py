@@ -6,6 +6,7 @@ import importlib.metadata
 from pathlib import Path
 
 import pytest
+
 from nachbar.ai.build.sources import (
     ALL_SOURCES,
     EFFICIENTNET_LITE0,

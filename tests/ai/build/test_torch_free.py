@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nachbar.ai.build.torch_free import (
     CheckpointFormatError,
     UnsafeCheckpointError,

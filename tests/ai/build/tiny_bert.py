@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from nachbar.ai.build.bert_onnx import BertConfig
 
 Array = npt.NDArray[Any]

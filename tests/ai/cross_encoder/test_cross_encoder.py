@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto
+from tokenizers import Tokenizer
+
 from nachbar.ai.build import stsb
 from nachbar.ai.build.bert_onnx import BertConfig
 from nachbar.ai.build.cross_encoder import (
@@ -22,8 +25,6 @@ from nachbar.ai.build.cross_encoder import (
 )
 from nachbar.ai.build.torch_free import load_safetensors
 from nachbar.ai.errors import ModelUnavailableError
-from onnx import TensorProto
-from tokenizers import Tokenizer
 
 # Logits of the torch training code (scripts/dev/train_cross_encoder.py) on the committed fp16
 # weights, one pair per forward pass.

@@ -130,14 +130,16 @@ def _build_log(console: Console) -> Iterator[None]:
     logger = logging.getLogger("nachbar.ai.build")
     handler = RichHandler(console=console, show_time=False, show_path=False)
     handler.addFilter(_WithoutTraceback())
-    previous_level = logger.level
+    previous_level, previous_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # shown once, here, not again by a root handler
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
+        logger.propagate = previous_propagate
 
 
 def build_with_progress(

@@ -43,7 +43,7 @@ def main() -> None:
     jeep = sorted(PHOTOS.glob("*jeep*.jpg"))[0]
     run("search", "--image", str(jeep), "--store", "demo-texts", "-k", "3",
         "--query-model", "imagenet-conse-minilm-l6")
-    run("search", "a man plays music", "--store", "demo-texts", "-k", "3",
+    run("search", "A man is playing a guitar.", "--store", "demo-texts", "-k", "3",
         "--rerank", "stsb-minilm-l6-cross-encoder")
     run("search", "animals in the water", "--store", "demo-texts", "-k", "3",
         "--filter", 'topic = "animals"')

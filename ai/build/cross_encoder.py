@@ -60,7 +60,7 @@ ARTIFACT_CONFIG = "config.json"
 # update these together with the files (`sha256sum` prints them).
 ARTIFACT_SHA256: Mapping[str, str] = MappingProxyType(
     {
-        ARTIFACT_WEIGHTS: "63ee375398c25612a740baef84d923161669e28e77805a1ba7cb4b186a12a5d5",
+        ARTIFACT_WEIGHTS: "837908e5d06cc2e7bb285719379aeee75f5f1280baf826f8669497cbe0e335e3",
         ARTIFACT_CONFIG: "e0d42a6426653aa48d858e819140ae29c3f0759d11ef99878824343bcbd9d35f",
     }
 )

@@ -70,9 +70,9 @@ FIXTURE_EXTRA_PAIRS = (
 @dataclass(frozen=True)
 class HyperParameters:
     seed: int = 20240611
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 16
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0

@@ -31,6 +31,9 @@ class SessionOptions:
     intra_op_threads: int = 0
     # Models here are single chains of ops, so parallel branches gain nothing.
     inter_op_threads: int = 1
+    # Idle intra-op threads busy-wait for the next parallel op by default; that CPU time is
+    # taken from the Python threads (tokenization, gRPC, the batcher) and other runs.
+    allow_spinning: bool = False
 
 
 class OnnxModel:
@@ -55,6 +58,9 @@ class OnnxModel:
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.intra_op_num_threads = options.intra_op_threads or _default_threads()
         session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+        )
         try:
             self._session: Any = ort.InferenceSession(
                 str(path), sess_options=session_options, providers=["CPUExecutionProvider"]

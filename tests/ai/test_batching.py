@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nachbar.ai.batching import BatchingConfig, DynamicBatcher, bucket_of
+from nachbar.ai.batching import BatchingConfig, DynamicBatcher, split_by_length
 from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
 from nachbar.ai.models import ModelManager
 from nachbar.ai.onnx_model import OnnxModel
@@ -140,16 +140,14 @@ def test_multi_item_requests_are_merged_too(
     np.testing.assert_allclose(results[1], expected[2:], rtol=1e-5, atol=1e-6)
 
 
-def test_batches_never_mix_length_buckets(tiny_model_dir: Path, spy: RunSpy) -> None:
+def test_short_texts_are_not_padded_to_long_ones(tiny_model_dir: Path, spy: RunSpy) -> None:
     short = ["a cat", "a dog"]  # 4 tokens
     long = [" ".join(["cat"] * 40), " ".join(["dog"] * 45)]  # 42 and 47 tokens
-    config = BatchingConfig(max_batch_size=2, max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=4, max_wait_ms=NEVER)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(MODEL)
         run_concurrently([embed_call(manager, [t]) for t in [*short, *long]])
-    widths = sorted(shape[1] for shape in spy.shapes)
-    assert len(spy.shapes) == 2
-    assert widths == [4, 47]  # short texts are not padded to the long ones
+    assert sorted(spy.shapes) == [(2, 4), (2, 47)]
 
 
 def test_large_requests_are_split_and_run_directly(
@@ -161,7 +159,8 @@ def test_large_requests_are_split_and_run_directly(
     config = BatchingConfig(max_batch_size=32, max_wait_ms=NEVER)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         result = manager.embed(MODEL, texts)
-    assert sorted(shape[0] for shape in spy.shapes) == [6, 32, 32]
+    assert sum(shape[0] for shape in spy.shapes) == len(texts)
+    assert max(shape[0] for shape in spy.shapes) <= 32
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -186,17 +185,26 @@ def test_cross_encoder_requests_are_batched(tiny_model_dir: Path, spy: RunSpy) -
         np.testing.assert_allclose(result, want, rtol=1e-5, atol=1e-6)
 
 
-def test_bucket_of() -> None:
-    assert [bucket_of(n) for n in (0, 1, 16, 17, 32, 33, 512, 513)] == [
-        16,
-        16,
-        16,
-        32,
-        32,
-        64,
-        512,
-        1024,
+def test_split_by_length_keeps_similar_lengths_together() -> None:
+    lengths = [40, 5, 6, 41, 5, 42]
+    runs = split_by_length(lengths, max_size=32, run_cost=10)
+    assert sorted(sorted(run) for run in runs) == [[0, 3, 5], [1, 2, 4]]
+
+
+def test_split_by_length_merges_when_padding_is_cheaper_than_a_run() -> None:
+    lengths = [10, 12, 11, 9]
+    assert [sorted(run) for run in split_by_length(lengths, max_size=32, run_cost=40)] == [
+        [0, 1, 2, 3]
     ]
+    # Free runs: every distinct length gets its own, so nothing is padded.
+    assert len(split_by_length(lengths, max_size=32, run_cost=0)) == 4
+
+
+def test_split_by_length_respects_max_size_and_keeps_every_index() -> None:
+    lengths = [7] * 70
+    runs = split_by_length(lengths, max_size=32, run_cost=40)
+    assert sorted(len(run) for run in runs) == [6, 32, 32]
+    assert sorted(i for run in runs for i in run) == list(range(70))
 
 
 def test_config_is_validated() -> None:
@@ -204,6 +212,8 @@ def test_config_is_validated() -> None:
         BatchingConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         BatchingConfig(max_wait_ms=-1)
+    with pytest.raises(ValueError, match="run_cost_tokens"):
+        BatchingConfig(run_cost_tokens=-1)
 
 
 # --- the batcher on its own ------------------------------------------------------------------
@@ -257,7 +267,7 @@ def test_close_fails_waiting_requests() -> None:
     thread = threading.Thread(target=wait_alone)
     thread.start()
     queued.wait()
-    while not batcher._buckets:  # until the item is queued; it then waits for a partner
+    while not batcher._queue:  # until the item is queued; it then waits for a partner
         time.sleep(0.001)
     batcher.close()
     thread.join(timeout=30)
@@ -265,3 +275,49 @@ def test_close_fails_waiting_requests() -> None:
     assert engine.batches == []
     with pytest.raises(ModelUnavailableError):
         batcher.submit([1.0])
+
+
+class GatedEngine(FlakyEngine):
+    """Its first run blocks until `release` is set, like a long batch keeping the worker busy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, items: Sequence[float]) -> np.ndarray:
+        if not self.batches:
+            self.running.set()
+            self.release.wait(timeout=60)
+        return super().run(items)
+
+
+def test_a_busy_worker_takes_what_queued_during_its_run_without_waiting() -> None:
+    engine = GatedEngine()
+    # An idle worker would wait a minute for a partner; one back from a run must not.
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="gated"
+    )
+    try:
+        first = threading.Thread(
+            target=run_concurrently, args=([lambda: batcher.submit([1.0])] * 2,)
+        )
+        first.start()
+        assert engine.running.wait(timeout=60)
+        later: list[Any] = []
+        queued = [
+            threading.Thread(target=lambda x=x: later.append(batcher.submit([x])))
+            for x in (3.0, 4.0, 5.0)
+        ]
+        for thread in queued:
+            thread.start()
+        while len(batcher._queue) < 3:  # all three wait behind the running batch
+            time.sleep(0.001)
+        engine.release.set()
+        for thread in [first, *queued]:
+            thread.join(timeout=60)
+        assert sorted(r.tolist() for r in later) == [[[6.0]], [[8.0]], [[10.0]]]
+        assert engine.batches[0] == [1.0, 1.0]
+        assert sorted(len(batch) for batch in engine.batches[1:]) == [1, 2]
+    finally:
+        batcher.close()

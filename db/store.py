@@ -542,10 +542,22 @@ class StoreState:
         else:
             scores = np.einsum("ij,j->i", vectors, q)
             if metric == Metric.COSINE:
-                scores = scores / (self._norms[slots] * float(np.linalg.norm(q)))
-        ids = self.ids
-        order = sorted(range(len(slots)), key=lambda i: (-scores[i], ids[slots[i]]))
-        return [(int(slots[i]), float(scores[i])) for i in order[:want]]
+                # The same float64 value np.linalg.norm computes for a vector, without its
+                # Python-level overhead (this runs once per query).
+                scores = scores / (self._norms[slots] * math.sqrt(q.dot(q)))
+        # Array methods rather than np.* wrappers: this runs on a few dozen rows per query,
+        # where the wrappers' Python overhead is a measurable share.
+        order = (-scores).argsort(kind="stable")
+        ordered = scores[order]
+        if len(ordered) > 1 and (ordered[1:] == ordered[:-1]).any():
+            # Equal scores rank by id, which numpy cannot sort by; ties need bit-identical
+            # float64 scores, so this slower path is rare.
+            ids = self.ids
+            order = np.array(
+                sorted(range(len(slots)), key=lambda i: (-scores[i], ids[slots[i]])), dtype=np.intp
+            )
+        best = order[:want]
+        return list(zip(slots[best].tolist(), scores[best].tolist(), strict=True))
 
 
 def row_bytes(entry_id: str, vector: bytes, metadata_json: str) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from nachbar.client.values import metadata_from_proto, metadata_to_proto
+from nachbar.client.values import metadata_from_proto, value_to_proto
 from nachbar.db import filters, types
 from nachbar.server.errors import RequestError
 from nachbar.v1 import common_pb2, db_pb2
@@ -116,17 +116,45 @@ def entry(proto: db_pb2.Entry) -> types.Entry:
     return types.Entry(id=proto.id, vector=vector(proto.vector), metadata=metadata(proto.metadata))
 
 
+def fill_metadata(
+    target: MutableMapping[str, common_pb2.MetadataValue],
+    metadata: Mapping[str, types.MetadataValue],
+) -> None:
+    """Write metadata into a message's map field in place. Every match of every search passes
+    here: setting the scalar fields in place is about 3x faster than building a MetadataValue
+    per value and copying it into the map, and gives the same message."""
+    for key, value in metadata.items():
+        # Exact type checks: bool is a subclass of int, and subclasses take the general path.
+        if type(value) is str:
+            target[key].string_value = value
+        elif type(value) is int:
+            target[key].int_value = value
+        elif type(value) is float:
+            target[key].float_value = value
+        elif type(value) is bool:
+            target[key].bool_value = value
+        else:
+            target[key].CopyFrom(value_to_proto(value))
+
+
 def entry_to_proto(value: types.Entry) -> db_pb2.Entry:
-    out = db_pb2.Entry(id=value.id, metadata=metadata_to_proto(value.metadata))
+    out = db_pb2.Entry(id=value.id)
+    fill_metadata(out.metadata, value.metadata)
     if value.vector is not None:
         out.vector.extend(value.vector.tolist())
     return out
 
 
-def match_to_proto(value: types.Match) -> db_pb2.Match:
-    out = db_pb2.Match(id=value.id, score=value.score, metadata=metadata_to_proto(value.metadata))
-    if value.vector is not None:
-        out.vector.extend(value.vector.tolist())
+def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
+    out = db_pb2.GetSimNResponse(plan=result.plan)
+    # Matches are added in place: building each Match on its own and passing the list would
+    # copy every message once more.
+    add = out.matches.add
+    for value in result.matches:
+        match = add(id=value.id, score=value.score)
+        fill_metadata(match.metadata, value.metadata)
+        if value.vector is not None:
+            match.vector.extend(value.vector.tolist())
     return out
 
 

@@ -92,9 +92,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             ef=request.ef,
             include_vectors=request.include_vectors,
         )
-        return db_pb2.GetSimNResponse(
-            matches=[conv.match_to_proto(m) for m in result.matches], plan=result.plan
-        )
+        return conv.search_response(result)
 
     def DeleteKeys(
         self, request: db_pb2.DeleteKeysRequest, context: grpc.ServicerContext

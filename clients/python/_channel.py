@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -64,3 +65,47 @@ class AsyncCaller:
 
     async def close(self) -> None:
         await self.channel.close(None)
+
+
+class SyncClient:
+    """Connection and context-manager plumbing shared by the blocking clients."""
+
+    def __init__(self, address: str, stub_cls: Callable[[grpc.Channel], Any], timeout: float):
+        self._caller = SyncCaller(address, stub_cls, timeout)
+        self.address = address
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._caller.close()
+
+
+class AsyncClient:
+    """Connection and context-manager plumbing shared by the asyncio clients."""
+
+    def __init__(self, address: str, stub_cls: Callable[[Any], Any], timeout: float):
+        self._caller = AsyncCaller(address, stub_cls, timeout)
+        self.address = address
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._caller.close()

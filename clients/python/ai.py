@@ -16,12 +16,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
 from nachbar.client import _ai_calls as calls
 from nachbar.client._ai_calls import InputLike, Item
-from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncCaller, SyncCaller
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
 from nachbar.client.types import (
     AIGetKeyResult,
     AIInfo,
@@ -43,28 +42,13 @@ UPSERT_BATCH = 64
 ItemLike = Item | InputLike | tuple[Any, ...]
 
 
-class AIClient:
+class AIClient(SyncClient):
     """Blocking client. Inputs: `str` is text; `bytes`, `pathlib.Path`, a PIL image or
     `Image(...)` is an image. Every method takes `timeout` (seconds); errors raise
     NachbarError subclasses."""
 
     def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        self._caller = SyncCaller(address, ai_pb2_grpc.AIServiceStub, timeout)
-        self.address = address
-
-    def __enter__(self) -> AIClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._caller.close()
+        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout)
 
     def create_store(
         self,
@@ -222,26 +206,11 @@ class AIClient:
         self._caller.call(*calls.ping(), timeout)
 
 
-class AsyncAIClient:
+class AsyncAIClient(AsyncClient):
     """asyncio client with the same methods as AIClient, as coroutines."""
 
     def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        self._caller = AsyncCaller(address, ai_pb2_grpc.AIServiceStub, timeout)
-        self.address = address
-
-    async def __aenter__(self) -> AsyncAIClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._caller.close()
+        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout)
 
     async def create_store(
         self,

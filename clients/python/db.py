@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from types import TracebackType
 from typing import Any
 
 from nachbar.client import _db_calls as calls
-from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncCaller, SyncCaller
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
 from nachbar.client.types import (
     DBInfo,
     GetKeyResult,
@@ -48,27 +47,12 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
         yield chunk
 
 
-class DBClient:
+class DBClient(SyncClient):
     """Blocking client. Every method takes `timeout` (seconds); errors raise NachbarError
     subclasses (NotFound, InvalidArgument, ...)."""
 
     def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        self._caller = SyncCaller(address, db_pb2_grpc.DBServiceStub, timeout)
-        self.address = address
-
-    def __enter__(self) -> DBClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._caller.close()
+        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
 
     def execute(self, call: calls.Call[calls.T], timeout: float | None = None) -> calls.T:
         """Run a prepared (method, request, parser) call; for callers that already hold
@@ -193,26 +177,11 @@ class DBClient:
         self._caller.call(*calls.ping(), timeout)
 
 
-class AsyncDBClient:
+class AsyncDBClient(AsyncClient):
     """asyncio client with the same methods as DBClient, as coroutines."""
 
     def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        self._caller = AsyncCaller(address, db_pb2_grpc.DBServiceStub, timeout)
-        self.address = address
-
-    async def __aenter__(self) -> AsyncDBClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._caller.close()
+        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
 
     async def create_store(
         self,

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 
 from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError
-from nachbar.ai.models import ModelManager
+from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import ModelSpec
 from nachbar.ai.text import Truncation
 from nachbar.client import _db_calls as db_calls
@@ -396,19 +396,19 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         return True
 
 
-def model_info(status: object) -> ai_pb2.ModelInfo:
-    spec: ModelSpec = status.spec  # type: ignore[attr-defined]
+def model_info(status: ModelStatus) -> ai_pb2.ModelInfo:
+    spec = status.spec
     return ai_pb2.ModelInfo(
         name=spec.name,
-        kind=KIND.get(str(spec.kind), ai_pb2.MODEL_KIND_UNSPECIFIED),
-        modality=MODALITY.get(str(spec.modality), ai_pb2.MODALITY_UNSPECIFIED),
-        dimension=spec.dimension or 0,
-        space=spec.space or "",
-        max_tokens=spec.max_tokens or 0,
-        image_size=spec.image_size or 0,
-        source=spec.source_label if hasattr(spec, "source_label") else str(spec.source),
-        available=bool(status.available),  # type: ignore[attr-defined]
-        loaded=bool(status.loaded),  # type: ignore[attr-defined]
+        kind=KIND[spec.kind],
+        modality=MODALITY[spec.modality],
+        dimension=spec.dimension,
+        space=spec.space,
+        max_tokens=spec.max_tokens,
+        image_size=spec.image_size,
+        source=spec.source_label,
+        available=status.available,
+        loaded=status.loaded,
         precision=str(spec.precision),
         description=spec.description,
     )

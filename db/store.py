@@ -44,13 +44,19 @@ log = logging.getLogger("nachbar.db")
 
 INITIAL_CAPACITY = 1024
 # The planner scans exactly when (matching entries x dimension) is at most this many floats:
-# a few milliseconds of numpy at worst, and exact results.
-EXACT_SCAN_BUDGET = 2_000_000
+# under a millisecond of numpy (gathering scattered rows is memory-bound), and exact results.
+EXACT_SCAN_BUDGET = 1_000_000
 # Filtered HNSW widens its beam for selective filters: by sqrt(0.1 / selectivity) below 10%
 # selectivity, at most 4x. With few allowed nodes near the query, more of the graph must be
 # walked to collect k of them; at 10% and above the store's ef is enough.
 FILTER_EF_SELECTIVITY = 0.1
 MAX_FILTER_EF_FACTOR = 4.0
+# Broad filters skip the filtered traversal: hnswlib calls back into Python for every node it
+# visits (~0.5 us each), so for a filter matching >= ~5% of a store it is cheaper to take the
+# OVERSAMPLE x k / selectivity nearest entries unfiltered and keep the matching ones. That is
+# exact for the graph's candidates: any matching entry outside them is farther than all of them.
+POSTFILTER_OVERSAMPLE = 2.0
+POSTFILTER_MAX_CANDIDATES = 400
 # A saved graph more than this far behind SQLite is rebuilt instead of patched.
 REPLAY_MIN = 1000
 ROW_OVERHEAD_BYTES = 32  # slot, seq, checksum and store id of an entries row
@@ -70,6 +76,11 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
         block = vectors[start : start + 4096].astype(np.float64)
         out[start : start + 4096] = np.sqrt(np.einsum("ij,ij->i", block, block))
     return out
+
+
+def _postfilter_candidates(want: int, matching: int, count: int) -> int:
+    """Unfiltered graph candidates that hold `want` matching entries with room to spare."""
+    return math.ceil(want * POSTFILTER_OVERSAMPLE * count / max(matching, 1))
 
 
 def copy_metadata(meta: Metadata) -> Metadata:
@@ -459,7 +470,7 @@ class StoreState:
         if matching == 0:
             return SearchResult(matches=[], plan="exact")
         want = min(k, matching)
-        plan = self._plan(mode, matching)
+        plan = self._plan(mode, matching, want)
         found = None
         if plan == "hnsw":
             found = self._search_graph(query, want, mask, matching, ef)
@@ -477,10 +488,12 @@ class StoreState:
         ]
         return SearchResult(matches=matches, plan=plan)
 
-    def _plan(self, mode: SearchMode, matching: int) -> str:
+    def _plan(self, mode: SearchMode, matching: int, want: int) -> str:
         if self.graph is None or self.graph_broken or mode == SearchMode.EXACT:
             return "exact"
-        if mode == SearchMode.HNSW:
+        if mode == SearchMode.HNSW or _postfilter_candidates(want, matching, self.count) <= (
+            POSTFILTER_MAX_CANDIDATES
+        ):
             return "hnsw"
         return "exact" if matching * self.spec.dimension <= EXACT_SCAN_BUDGET else "hnsw"
 
@@ -492,6 +505,11 @@ class StoreState:
         allowed = None
         if mask is not None and matching < self.count:
             selectivity = matching / self.count
+            candidates = _postfilter_candidates(want, matching, self.count)
+            if candidates <= POSTFILTER_MAX_CANDIDATES:
+                found = self._search_graph_postfiltered(query, want, mask, max(beam, candidates))
+                if found is not None:
+                    return found
             factor = math.sqrt(FILTER_EF_SELECTIVITY / selectivity)
             beam = math.ceil(beam * min(MAX_FILTER_EF_FACTOR, max(1.0, factor)))
             # bytes indexing returns 0/1 and is the cheapest callable hnswlib can call back.
@@ -503,6 +521,21 @@ class StoreState:
         labels = result[0]
         if not self._alive[labels].all() or (mask is not None and not mask[labels].all()):
             log.error("store %r: HNSW returned entries outside the filter", self.spec.name)
+            return None
+        return self._ranked(labels, query, want)
+
+    def _search_graph_postfiltered(
+        self, query: np.ndarray, want: int, mask: np.ndarray, candidates: int
+    ) -> list[tuple[int, float]] | None:
+        """The best `want` matching entries among the graph's `candidates` nearest, or None
+        when fewer than `want` of those match (the caller then walks the graph filtered)."""
+        assert self.graph is not None
+        result = self.graph.search(query, min(candidates, self.count), None)
+        if result is None:
+            return None
+        labels = result[0]
+        labels = labels[mask[labels] & self._alive[labels]]
+        if len(labels) < want:
             return None
         return self._ranked(labels, query, want)
 

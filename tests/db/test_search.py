@@ -150,6 +150,52 @@ def test_graph_shortfall_falls_back_to_an_exact_scan(
     assert [int(m.id[1:]) for m in result.matches] == corpus.truth(query, allowed)
 
 
+def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
+    corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broad filter is first answered from the unfiltered nearest candidates; when the
+    # matching entries all lie far from the query, too few candidates match and the search
+    # walks the graph with the filter instead.
+    query = corpus.queries[3]
+    farthest = np.argsort(corpus.vectors @ query)[: N // 10]
+    chosen = sorted({int(b) for b in corpus.buckets[farthest]})
+    allowed = np.isin(corpus.buckets, chosen)
+    flt = Condition("bucket", Op.IN, values=tuple(chosen))
+    calls: list[bool] = []
+    original = HnswGraph.search
+
+    def spy(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
+        calls.append(allowed is not None)
+        return original(self, query, count, allowed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HnswGraph, "search", spy)
+    result = corpus.db.get_sim_n("c", query, K, filter=flt)
+    assert calls == [False, True] and result.plan == "hnsw"
+    got = [int(m.id[1:]) for m in result.matches]
+    truth = corpus.truth(query, allowed)
+    assert allowed[got].all() and len(got) == K
+    assert len(set(got) & set(truth)) / K >= 0.9
+
+
+def test_broad_filter_near_the_query_needs_no_filtered_walk(
+    corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bool] = []
+    original = HnswGraph.search
+
+    def spy(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
+        calls.append(allowed is not None)
+        return original(self, query, count, allowed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HnswGraph, "search", spy)
+    flt, allowed = selection(corpus, 0.5)
+    query = corpus.queries[4]
+    result = corpus.db.get_sim_n("c", query, K, filter=flt)
+    assert calls == [False] and result.plan == "hnsw"
+    got = [int(m.id[1:]) for m in result.matches]
+    assert got == corpus.truth(query, allowed)
+
+
 def test_small_ef_is_raised_to_k(corpus: Corpus) -> None:
     result = corpus.db.get_sim_n("c", corpus.queries[2], 50, ef=1, mode=SearchMode.HNSW)
     assert result.plan == "hnsw" and len(result.matches) == 50

@@ -11,8 +11,11 @@ Measured per system, on the same data with the same HNSW M and ef_construction:
 - filtered search at 1% and 10% selectivity: p50 latency and recall against exact filtered
   ground truth.
 
-Latency passes interleave the systems query by query (rotating who goes first), and throughput
-passes alternate in short rounds, so load from other processes falls on all of them alike.
+Latency passes interleave the systems in blocks of --block queries (rotating who goes first),
+and throughput passes alternate in short rounds, so load from other processes falls on all of
+them alike. Blocks rather than single queries, because a query right after another system's
+lets that system's leftover work (chromadb's filtered queries take 20-35 ms) and cold caches
+land on it; --block 1 measures that query-by-query interleaving.
 
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
 """
@@ -58,6 +61,7 @@ class Config:
     clusters: int
     seed: int
     systems: tuple[str, ...]
+    block: int
 
 
 @dataclass(frozen=True)
@@ -415,24 +419,35 @@ def tune_ef(
         report.notes.append(f"ef={ef} reached only {recall:.3f} on the measured queries")
 
 
+def interleaved_order(queries: int, systems: int, block: int) -> list[tuple[int, int]]:
+    """(system, query) pairs: blocks of `block` queries go to every system in turn, the block
+    after block j starting with system j mod n. block=1 interleaves query by query."""
+    order: list[tuple[int, int]] = []
+    for j, first in enumerate(range(0, queries, block)):
+        indexes = range(first, min(first + block, queries))
+        for turn in range(systems):
+            order.extend(((j + turn) % systems, i) for i in indexes)
+    return order
+
+
 def interleaved_latency(
     searches: Sequence[SearchFn], queries: FloatMatrix, spec: FilterSpec | None, k: int,
-    truth: IdMatrix,
+    truth: IdMatrix, block: int,
 ) -> list[tuple[LatencyStats, float]]:
-    """Query i goes to every system back to back, starting with system i mod n."""
+    """Every query to every system, interleaved in blocks (see `interleaved_order`)."""
     count = len(searches)
     seconds: list[list[float]] = [[] for _ in searches]
-    found: list[list[list[int]]] = [[] for _ in searches]
-    for i in range(queries.shape[0]):
-        query = queries[i : i + 1]
-        for turn in range(count):
-            which = (i + turn) % count
-            start = time.perf_counter()
-            ids = searches[which](query, spec)
-            seconds[which].append(time.perf_counter() - start)
-            found[which].append(ids)
+    found: list[dict[int, list[int]]] = [{} for _ in searches]
+    for which, i in interleaved_order(queries.shape[0], count, block):
+        start = time.perf_counter()
+        ids = searches[which](queries[i : i + 1], spec)
+        seconds[which].append(time.perf_counter() - start)
+        found[which][i] = ids
     return [
-        (LatencyStats.of(seconds[s]), benchlib.recall_at_k(found[s], truth, k))
+        (
+            LatencyStats.of(seconds[s]),
+            benchlib.recall_at_k([found[s][i] for i in range(queries.shape[0])], truth, k),
+        )
         for s in range(count)
     ]
 
@@ -517,7 +532,9 @@ def run(config: Config) -> dict[str, Any]:
 
             log(f"latency, 1 client, {config.queries} queries, systems interleaved")
             for report, (stats, recall) in zip(
-                reports, interleaved_latency(searches, data.queries, None, config.k, truth),
+                reports, interleaved_latency(
+                    searches, data.queries, None, config.k, truth, config.block
+                ),
                 strict=True,
             ):
                 report.latency = stats
@@ -527,14 +544,12 @@ def run(config: Config) -> dict[str, Any]:
             log("transport floor: the cheapest request each server answers, interleaved")
             floors = [(r, s.round_trip()) for r, s in zip(reports, systems, strict=True)]
             timed: dict[int, list[float]] = {}
-            for i in range(config.queries):
-                for turn in range(len(floors)):
-                    which = (i + turn) % len(floors)
-                    call = floors[which][1]
-                    if call is not None:
-                        start = time.perf_counter()
-                        call()
-                        timed.setdefault(which, []).append(time.perf_counter() - start)
+            for which, _ in interleaved_order(config.queries, len(floors), config.block):
+                call = floors[which][1]
+                if call is not None:
+                    start = time.perf_counter()
+                    call()
+                    timed.setdefault(which, []).append(time.perf_counter() - start)
             for which, samples in timed.items():
                 floors[which][0].round_trip = LatencyStats.of(samples)
 
@@ -549,7 +564,8 @@ def run(config: Config) -> dict[str, Any]:
                 for report, result in zip(
                     reports,
                     interleaved_latency(
-                        searches, filtered_queries, spec, config.k, filtered_truth[spec.label]
+                        searches, filtered_queries, spec, config.k,
+                        filtered_truth[spec.label], config.block,
                     ),
                     strict=True,
                 ):
@@ -581,7 +597,8 @@ def render(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [
         f"## db_bench: {config.n:,} x 384 vectors, {config.queries} queries, k={config.k}, "
-        f"M={config.m}, ef_construction={config.ef_construction}",
+        f"M={config.m}, ef_construction={config.ef_construction}, latency interleaved in "
+        f"blocks of {config.block} queries",
         "",
         f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
         f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, "
@@ -694,6 +711,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--batch", type=int, default=1000, help="ingest batch size")
     parser.add_argument("--clusters", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--block", type=int, default=50,
+                        help="latency passes hand each system this many queries in turn "
+                             "(1: query by query)")
     parser.add_argument("--systems", default="hnswlib,nachbar,chroma",
                         help="comma-separated subset of hnswlib,nachbar,chroma")
     ns = parser.parse_args(argv)
@@ -709,6 +729,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         ef_construction=ns.ef_construction, target_recall=ns.target_recall,
         threads=ns.threads, throughput_requests=ns.throughput_requests, rounds=ns.rounds,
         batch=ns.batch, clusters=ns.clusters, seed=ns.seed, systems=systems,
+        block=max(1, ns.block),
     )
 
 

@@ -17,6 +17,10 @@ import onnxruntime as ort
 from benchlib import BenchSetupError, log
 from tokenizers import Tokenizer
 
+from nachbar.ai.onnx_model import SessionOptions
+
+NACHBAR_SESSION = SessionOptions()  # settings only: inference below calls onnxruntime directly
+
 FloatArray = npt.NDArray[np.float32]
 
 TEXT_MODEL = "all-minilm-l6-v2"
@@ -65,7 +69,10 @@ def make_session(path: Path, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(NACHBAR_SESSION.disabled_optimizers),
+    )
 
 
 class RawTextModel:

@@ -1,14 +1,18 @@
 """Dynamic batching: concurrent requests to one model share ONNX runs.
 
 A request's inputs are validated and tokenized (or decoded) in the caller's thread first, so a
-bad request fails alone and never enters a shared batch. Its items then join the model's queue.
-One worker thread per model takes what is queued: when it was idle it first waits, at most
-`max_wait_ms` after the oldest item arrived, until `max_batch_size` items are there; when it was
-busy, whatever queued up during the previous run is past that deadline and goes at once, so a
-loaded worker never sits idle. The items taken are sorted by length and split into runs of at
-most `max_batch_size` where padding short items to long ones would cost more than an extra run
-(`run_cost_tokens`); every caller gets its own rows. A request of `max_batch_size` items or
-more needs no partners: it is split the same way and runs in the caller's thread.
+bad request fails alone and never enters a shared batch. Its items then join the model's queue,
+sorted by length. `workers` threads per model take from the queue, each running its batches on
+its own share of the CPUs (the model manager gives each session CPUs / workers threads): on 2
+cores two single-threaded runs side by side embedded 15-20% more texts/s than one run on both
+cores, whose parallel ops wait for each other and for the server's Python threads.
+
+A worker that was idle first waits, at most `max_wait_ms` after the oldest item arrived, until
+`max_batch_size` items are there; one back from a run takes what queued meanwhile at once, so a
+loaded worker never sits idle. A worker takes at most `max_batch_size` items and no more than
+its share of the queue among the idle workers, so one large request keeps every worker busy.
+The items taken are split into runs where padding short items to long ones would cost more
+than an extra run (`run_cost_tokens`); every caller gets its own rows.
 """
 
 from __future__ import annotations
@@ -27,13 +31,10 @@ import numpy.typing as npt
 
 from nachbar.ai.embedder import Engine
 from nachbar.ai.errors import ModelUnavailableError
+from nachbar.ai.onnx_model import available_cpus
 
 FloatArray = npt.NDArray[np.float32]
 ItemT = TypeVar("ItemT")
-
-# How many times max_batch_size the worker takes at once: enough to group items by length,
-# few enough that sorting and splitting them stays cheap and the oldest item is not delayed.
-_TAKE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class BatchingConfig:
     # The fixed cost of one ONNX run in padded token positions (rows x tokens): about 40 for
     # all-MiniLM-L6-v2 on 2 cores (2.4 ms per run, 60 us per position).
     run_cost_tokens: int = 40
+    # Worker threads per model, each running one batch at a time; 0: one per CPU.
+    workers: int = 0
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or available_cpus()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -52,6 +59,8 @@ class BatchingConfig:
             raise ValueError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
         if self.run_cost_tokens < 0:
             raise ValueError(f"run_cost_tokens must not be negative, got {self.run_cost_tokens}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 (one per CPU) or more, got {self.workers}")
 
 
 def split_by_length(lengths: Sequence[int], *, max_size: int, run_cost: int) -> list[list[int]]:
@@ -124,46 +133,60 @@ class DynamicBatcher(Generic[ItemT]):
         self._name = name
         self._cond = threading.Condition()
         self._queue: deque[_Waiting[ItemT]] = deque()
-        self._worker: threading.Thread | None = None
+        self._idle = 0  # workers inside _take
+        self._flush = False  # the queued items are due: idle workers take them without waiting
         self._closed = False
+        self._workers: list[threading.Thread] = []
+        if config.enabled:
+            self._workers = [
+                threading.Thread(target=self._work, name=f"batcher-{name}-{number}", daemon=True)
+                for number in range(config.worker_count)
+            ]
+            for worker in self._workers:
+                worker.start()
+
+    def idle_workers(self) -> int:
+        """Workers waiting for items (all of them when nothing is queued or running)."""
+        with self._cond:
+            return self._idle
 
     def submit(self, items: Sequence[ItemT]) -> FloatArray:
         """Rows for `items`, in order (one ONNX output row per item)."""
         if not items:
             raise ValueError("submit needs at least one item")
-        if not self._config.enabled or len(items) >= self._config.max_batch_size:
+        if not self._config.enabled:
             return self._run_now(items)
         request = _Request(len(items))
         now = time.monotonic()
-        # Measured outside the lock: the lock is the one thing every caller shares.
-        waiting = [
-            _Waiting(request, index, item, self._engine.length(item), now)
-            for index, item in enumerate(items)
-        ]
+        # Measured outside the lock: the lock is the one thing every caller shares. Sorted so
+        # that the runs a large request is cut into hold items of similar length.
+        waiting = sorted(
+            (
+                _Waiting(request, index, item, self._engine.length(item), now)
+                for index, item in enumerate(items)
+            ),
+            key=lambda entry: entry.length,
+        )
         with self._cond:
             if self._closed:
                 raise self._closed_error()
             self._queue.extend(waiting)
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name=f"batcher-{self._name}", daemon=True
-                )
-                self._worker.start()
             self._cond.notify_all()
         return request.future.result()
 
     def close(self) -> None:
-        """Stop the worker; requests still waiting fail with ModelUnavailableError."""
+        """Stop the workers; requests still waiting fail with ModelUnavailableError."""
         with self._cond:
             self._closed = True
             waiting = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-            worker = self._worker
+            workers = list(self._workers)
         for entry in waiting:
             entry.request.fail(self._closed_error())
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=10)
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout=10)
 
     def _closed_error(self) -> ModelUnavailableError:
         return ModelUnavailableError(
@@ -204,30 +227,45 @@ class DynamicBatcher(Generic[ItemT]):
             for entry in batch:
                 entry.request.fail(error)
             return
-        for position, entry in enumerate(batch):
-            entry.request.fill(entry.index, output[position])
+        # Rows of one request may be filled by several workers.
+        with self._cond:
+            for position, entry in enumerate(batch):
+                entry.request.fill(entry.index, output[position])
 
     def _take(self, back_from_run: bool) -> list[_Waiting[ItemT]] | None:
         """The oldest queued items (so none starves); None once closed.
 
         An idle worker waits for partners, at most `max_wait_ms` after the first item arrived,
         or until `max_batch_size` items are queued. A worker back from a run takes what queued
-        up meanwhile at once: waiting longer would only leave the model idle.
+        up meanwhile at once: waiting longer would only leave the model idle. It takes its
+        share of the queue among the idle workers, at most `max_batch_size` items.
         """
         max_wait = self._config.max_wait_ms / 1000.0
         size = self._config.max_batch_size
         with self._cond:
-            idle = not back_from_run or not self._queue
-            while not self._closed and not self._queue:
-                self._cond.wait()
-            if idle and self._queue:
-                deadline = self._queue[0].arrived + max_wait
-                while not self._closed and len(self._queue) < size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+            self._idle += 1
+            try:
+                idle = not back_from_run or not self._queue
+                while True:
+                    while not self._closed and not self._queue:
+                        self._cond.wait()
+                    if idle and self._queue:
+                        deadline = self._queue[0].arrived + max_wait
+                        while not self._closed and 0 < len(self._queue) < size and not self._flush:
+                            remaining = deadline - time.monotonic()
+                            if remaining <= 0:
+                                break
+                            self._cond.wait(remaining)
+                    if self._closed:
+                        return None
+                    if self._queue:  # another worker may have emptied it meanwhile
                         break
-                    self._cond.wait(remaining)
-            if self._closed:
-                return None
-            take = min(size * _TAKE_BATCHES, len(self._queue))
-            return [self._queue.popleft() for _ in range(take)]
+                share = -(-len(self._queue) // self._idle)
+                take = min(size, share, len(self._queue))
+                # What this worker leaves is ready too: the other idle workers take it at once.
+                self._flush = take < len(self._queue)
+                if self._flush:
+                    self._cond.notify_all()
+                return [self._queue.popleft() for _ in range(take)]
+            finally:
+                self._idle -= 1

@@ -6,6 +6,7 @@ embed and rerank calls through each model's dynamic batcher. Thread-safe.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImageLimits, ImagePreprocessor
 from nachbar.ai.locate import resolve_model_dir
-from nachbar.ai.onnx_model import OnnxModel, SessionOptions
+from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
 from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
 from nachbar.ai.text import TextTokenizer, Truncation
 
@@ -155,7 +156,7 @@ class ModelManager:
             directory / files.model,
             model_name=spec.name,
             output=spec.output,
-            options=self.session_options,
+            options=self._session_options(),
         )
         engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer
         if spec.modality is Modality.TEXT:
@@ -176,6 +177,14 @@ class ModelManager:
             engine = ImageEmbedder(spec, model, preprocessor, self.image_limits)
         batcher: DynamicBatcher[Any] = DynamicBatcher(engine, self.batching, name=spec.name)
         return _Loaded(spec, directory, engine, batcher)
+
+    def _session_options(self) -> SessionOptions:
+        """With batching, each of the batcher's workers runs on its share of the CPUs."""
+        options = self.session_options
+        if options.intra_op_threads or not self.batching.enabled:
+            return options
+        threads = max(1, available_cpus() // self.batching.worker_count)
+        return dataclasses.replace(options, intra_op_threads=threads)
 
     # -- inference ------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ _NUMPY_TYPES: dict[str, type[np.generic]] = {
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """onnxruntime threading. `intra_op_threads` 0: one thread per CPU this process may use."""
+    """onnxruntime threading. `intra_op_threads` 0: one thread per CPU this process may use
+    (the model manager sets it to CPUs / batch workers when it batches)."""
 
     intra_op_threads: int = 0
     # Models here are single chains of ops, so parallel branches gain nothing.
@@ -60,7 +61,7 @@ class OnnxModel:
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session_options.intra_op_num_threads = options.intra_op_threads or _default_threads()
+        session_options.intra_op_num_threads = options.intra_op_threads or available_cpus()
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
@@ -116,7 +117,7 @@ class OnnxModel:
         return result
 
 
-def _default_threads() -> int:
+def available_cpus() -> int:
     # Honours CPU affinity (containers, taskset), unlike os.cpu_count().
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))

@@ -40,6 +40,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
             enabled=config.batching,
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_batch_wait_ms,
+            workers=config.batch_workers,
         ),
     )
     _check_models_present(models, config.models)

@@ -58,6 +58,7 @@ class AIConfig(CommonConfig):
     batching: bool = True
     max_batch_size: int = 32
     max_batch_wait_ms: float = 2.0
+    batch_workers: int = 0
     db_timeout_seconds: float = 30.0
 
     @property
@@ -256,11 +257,26 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         help="how long a request may wait for others to join its batch "
         "[env NACHBAR_MAX_BATCH_WAIT_MS]",
     )
+    parser.add_argument(
+        "--batch-workers",
+        type=int,
+        default=int(_env("BATCH_WORKERS", 0)),
+        help="batches each model runs side by side, each on CPUs / workers threads; "
+        "0: one per CPU (throughput), 1: one batch on every CPU (latency at low load) "
+        "[env NACHBAR_BATCH_WORKERS]",
+    )
     return parser
 
 
 def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
-    ns = ai_parser().parse_args(argv)
+    parser = ai_parser()
+    ns = parser.parse_args(argv)
+    if ns.max_batch_size < 1:
+        parser.error(f"--max-batch-size must be at least 1, got {ns.max_batch_size}")
+    if ns.max_batch_wait_ms < 0:
+        parser.error(f"--max-batch-wait-ms must not be negative, got {ns.max_batch_wait_ms}")
+    if ns.batch_workers < 0:
+        parser.error(f"--batch-workers must be 0 (one per CPU) or more, got {ns.batch_workers}")
     return AIConfig(
         **_common_kwargs(ns),
         db_host=ns.db_host,
@@ -272,4 +288,5 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         batching=ns.batching,
         max_batch_size=ns.max_batch_size,
         max_batch_wait_ms=ns.max_batch_wait_ms,
+        batch_workers=ns.batch_workers,
     )

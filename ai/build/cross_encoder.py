@@ -175,9 +175,7 @@ def build_cross_encoder(out_dir: Path, *, artifact_dir: Path = ARTIFACT_DIR) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(out_dir / "model.onnx", model.SerializeToString())
     _write_atomically(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True).encode())
-    _write_atomically(
-        out_dir / "config.json", (artifact_dir / ARTIFACT_CONFIG).read_bytes()
-    )
+    _write_atomically(out_dir / "config.json", (artifact_dir / ARTIFACT_CONFIG).read_bytes())
 
 
 def _artifact_digest() -> str:

@@ -6,8 +6,10 @@ quantized on the fly, per tensor and per batch, so no calibration data is needed
 
 Measured with scripts/dev/measure_int8.py (2 CPU cores):
 
-- all-MiniLM-L6-v2: 90 MB -> 59 MB (the word-embedding table stays fp32), 1.5-1.7x faster,
-  cosine to fp32 mean 0.994 and lowest 0.990 on ordinary sentences. Inputs of one or two
+- all-MiniLM-L6-v2: 90 MB -> 59 MB (the word-embedding table stays fp32), 1.5-1.7x faster
+  with onnxruntime's default graph fusions and 2.0-2.2x with its SkipLayerNorm fusion off, as
+  nachbar's runtime runs it (scripts/dev/measure_fusions.py; the int8 cross-encoder gains
+  alike), cosine to fp32 mean 0.994 and lowest 0.990 on ordinary sentences. Inputs of one or two
   words fare worse ("thanks": 0.94-0.95) because one outlier-heavy activation tensor then sets
   the whole quantization range. That range is taken over the whole batch, so an int8 vector
   also shifts slightly with its batch mates. Keeping the feed-forward MatMuls in fp32 lifted

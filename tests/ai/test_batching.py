@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nachbar.ai import models as models_module
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher, split_by_length
 from nachbar.ai.errors import InputTooLongError, InvalidInputError, ModelUnavailableError
 from nachbar.ai.models import ModelManager
-from nachbar.ai.onnx_model import OnnxModel
+from nachbar.ai.onnx_model import OnnxModel, SessionOptions
 
 MODEL = "all-minilm-l6-v2"
 # Waits are long so merging never depends on timing: a batch runs as soon as it is full.
@@ -93,7 +94,7 @@ def test_concurrent_requests_share_one_run_and_get_their_own_rows(
 ) -> None:
     expected = [unbatched.embed(MODEL, [text])[0] for text in TEXTS]
     spy.shapes.clear()
-    config = BatchingConfig(max_batch_size=len(TEXTS), max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=len(TEXTS), max_wait_ms=NEVER, workers=1)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(MODEL)
         results = run_concurrently([embed_call(manager, [t]) for t in TEXTS])
@@ -110,7 +111,7 @@ def test_a_failing_request_does_not_affect_the_others(
     good = TEXTS[:6]
     expected = [unbatched.embed(MODEL, [text])[0] for text in good]
     spy.shapes.clear()
-    config = BatchingConfig(max_batch_size=len(good), max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=len(good), max_wait_ms=NEVER, workers=1)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(MODEL)
         calls: list[Callable[[], Any]] = [embed_call(manager, [t]) for t in good]
@@ -129,7 +130,7 @@ def test_multi_item_requests_are_merged_too(
 ) -> None:
     expected = unbatched.embed(MODEL, TEXTS[:6])
     spy.shapes.clear()
-    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER, workers=1)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(MODEL)
         results = run_concurrently(
@@ -143,25 +144,48 @@ def test_multi_item_requests_are_merged_too(
 def test_short_texts_are_not_padded_to_long_ones(tiny_model_dir: Path, spy: RunSpy) -> None:
     short = ["a cat", "a dog"]  # 4 tokens
     long = [" ".join(["cat"] * 40), " ".join(["dog"] * 45)]  # 42 and 47 tokens
-    config = BatchingConfig(max_batch_size=4, max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=4, max_wait_ms=NEVER, workers=1)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(MODEL)
         run_concurrently([embed_call(manager, [t]) for t in [*short, *long]])
     assert sorted(spy.shapes) == [(2, 4), (2, 47)]
 
 
-def test_large_requests_are_split_and_run_directly(
+def test_large_requests_are_split_into_runs_of_similar_length(
     tiny_model_dir: Path, spy: RunSpy, unbatched: ModelManager
 ) -> None:
     texts = [f"{TEXTS[i % len(TEXTS)]} {'cat ' * (i % 5)}" for i in range(70)]
     expected = unbatched.embed(MODEL, texts)
     spy.shapes.clear()
-    config = BatchingConfig(max_batch_size=32, max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=32, max_wait_ms=NEVER, workers=2)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         result = manager.embed(MODEL, texts)
     assert sum(shape[0] for shape in spy.shapes) == len(texts)
     assert max(shape[0] for shape in spy.shapes) <= 32
+    # Sorted by length before it was cut: no run pads everything to the longest text.
+    longest = max(shape[1] for shape in spy.shapes)
+    assert min(shape[1] for shape in spy.shapes) < longest
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_session_threads_are_shared_out_among_the_workers(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models_module, "available_cpus", lambda: 4)
+    cases = {
+        BatchingConfig(workers=2): 2,
+        BatchingConfig(workers=4): 1,
+        BatchingConfig(workers=8): 1,
+        BatchingConfig(workers=1): 4,
+        BatchingConfig(enabled=False, workers=4): 0,  # 0: onnxruntime uses every CPU
+    }
+    for config, threads in cases.items():
+        manager = ModelManager(tiny_model_dir, batching=config)
+        assert manager._session_options().intra_op_threads == threads, config
+    pinned = ModelManager(
+        tiny_model_dir, batching=BatchingConfig(workers=2), session_options=SessionOptions(3)
+    )
+    assert pinned._session_options().intra_op_threads == 3
 
 
 def test_disabled_batching_runs_each_request_alone(tiny_model_dir: Path, spy: RunSpy) -> None:
@@ -176,7 +200,7 @@ def test_cross_encoder_requests_are_batched(tiny_model_dir: Path, spy: RunSpy) -
     with ModelManager(tiny_model_dir, batching=BatchingConfig(enabled=False)) as manager:
         expected = [manager.rerank(name, "cat", ["dog", t]) for t in TEXTS[:3]]
     spy.shapes.clear()
-    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER)
+    config = BatchingConfig(max_batch_size=6, max_wait_ms=NEVER, workers=1)
     with ModelManager(tiny_model_dir, batching=config) as manager:
         manager.load(name)
         results = run_concurrently([rerank_call(manager, name, ["dog", t]) for t in TEXTS[:3]])
@@ -208,6 +232,8 @@ def test_split_by_length_respects_max_size_and_keeps_every_index() -> None:
 
 
 def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        BatchingConfig(workers=-1)
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchingConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
@@ -238,7 +264,7 @@ class FlakyEngine:
 def test_a_failed_run_fails_its_requests_and_the_worker_carries_on() -> None:
     engine = FlakyEngine()
     batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="flaky"
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), name="flaky"
     )
     try:
         results = run_concurrently([lambda: batcher.submit([-1.0]), lambda: batcher.submit([3.0])])
@@ -252,7 +278,7 @@ def test_a_failed_run_fails_its_requests_and_the_worker_carries_on() -> None:
 def test_close_fails_waiting_requests() -> None:
     engine = FlakyEngine()
     batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="m"
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), name="m"
     )
     outcome: list[BaseException] = []
     queued = threading.Event()
@@ -296,7 +322,7 @@ def test_a_busy_worker_takes_what_queued_during_its_run_without_waiting() -> Non
     engine = GatedEngine()
     # An idle worker would wait a minute for a partner; one back from a run must not.
     batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER), name="gated"
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), name="gated"
     )
     try:
         first = threading.Thread(
@@ -319,5 +345,56 @@ def test_a_busy_worker_takes_what_queued_during_its_run_without_waiting() -> Non
         assert sorted(r.tolist() for r in later) == [[[6.0]], [[8.0]], [[10.0]]]
         assert engine.batches[0] == [1.0, 1.0]
         assert sorted(len(batch) for batch in engine.batches[1:]) == [1, 2]
+    finally:
+        batcher.close()
+
+
+def wait_until_idle(batcher: DynamicBatcher[float], workers: int) -> None:
+    deadline = time.monotonic() + 30
+    while batcher.idle_workers() < workers:
+        assert time.monotonic() < deadline, "the batcher's workers did not start"
+        time.sleep(0.001)
+
+
+class RendezvousEngine(FlakyEngine):
+    """Every run waits for a second run to be under way at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.together = threading.Barrier(2, timeout=30)
+        self.threads: set[str] = set()
+
+    def run(self, items: Sequence[float]) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.together.wait()  # raises BrokenBarrierError unless two runs overlap
+        return super().run(items)
+
+
+def test_one_large_request_keeps_every_worker_busy() -> None:
+    engine = RendezvousEngine()
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=2), name="pair"
+    )
+    try:
+        wait_until_idle(batcher, 2)
+        items = [float(x) for x in range(16)]
+        result = batcher.submit(items)
+        assert result[:, 0].tolist() == [2 * x for x in items]
+        assert len(engine.threads) == 2
+        assert sorted(len(batch) for batch in engine.batches) == [8, 8]
+    finally:
+        batcher.close()
+
+
+def test_idle_workers_split_concurrent_requests_between_them() -> None:
+    engine = RendezvousEngine()
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=4, max_wait_ms=NEVER, workers=2), name="pair"
+    )
+    try:
+        wait_until_idle(batcher, 2)
+        results = run_concurrently([lambda x=x: batcher.submit([x]) for x in (1.0, 2.0, 3.0, 4.0)])
+        assert sorted(r[0, 0] for r in results) == [2.0, 4.0, 6.0, 8.0]
+        assert sorted(len(batch) for batch in engine.batches) == [2, 2]
     finally:
         batcher.close()

@@ -36,7 +36,8 @@ def test_splits_have_the_standard_sizes_and_order(
 def test_lines_with_source_columns_keep_only_the_sentences() -> None:
     # The first 2016 headlines line of train carries two extra source columns.
     pair = next(
-        p for p in stsb.load_split("train")
+        p
+        for p in stsb.load_split("train")
         if p.sentence1 == "Driver backs into stroller with child, drives off"
     )
     assert pair == stsb.StsPair(
@@ -134,6 +135,7 @@ def test_evaluate_scores_every_pair_in_order() -> None:
 
     assert stsb.evaluate(gold, pairs) == pytest.approx(1.0)
     assert seen == [[(p.sentence1, p.sentence2) for p in pairs]]
+
     # Word overlap is a weak but real similarity signal; reversed, it anti-correlates.
     def overlap(batch: Sequence[tuple[str, str]]) -> list[float]:
         return [

@@ -62,6 +62,7 @@ class Config:
     seed: int
     systems: tuple[str, ...]
     block: int
+    pauses_ms: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,8 @@ class SystemReport:
     throughput: float = 0.0
     filtered: dict[str, tuple[LatencyStats, float]] = field(default_factory=dict)
     round_trip: LatencyStats | None = None
+    # p50 with a pause of this many ms before each query (a client that does other work).
+    paused: dict[float, LatencyStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -432,13 +435,16 @@ def interleaved_order(queries: int, systems: int, block: int) -> list[tuple[int,
 
 def interleaved_latency(
     searches: Sequence[SearchFn], queries: FloatMatrix, spec: FilterSpec | None, k: int,
-    truth: IdMatrix, block: int,
+    truth: IdMatrix, block: int, pause: float = 0.0,
 ) -> list[tuple[LatencyStats, float]]:
-    """Every query to every system, interleaved in blocks (see `interleaved_order`)."""
+    """Every query to every system, interleaved in blocks (see `interleaved_order`), each
+    after `pause` seconds of sleep when given."""
     count = len(searches)
     seconds: list[list[float]] = [[] for _ in searches]
     found: list[dict[int, list[int]]] = [{} for _ in searches]
     for which, i in interleaved_order(queries.shape[0], count, block):
+        if pause:
+            time.sleep(pause)
         start = time.perf_counter()
         ids = searches[which](queries[i : i + 1], spec)
         seconds[which].append(time.perf_counter() - start)
@@ -552,6 +558,19 @@ def run(config: Config) -> dict[str, Any]:
                     timed.setdefault(which, []).append(time.perf_counter() - start)
             for which, samples in timed.items():
                 floors[which][0].round_trip = LatencyStats.of(samples)
+
+            paused_queries = data.queries[: min(300, config.queries)]
+            for pause_ms in config.pauses_ms:
+                log(f"latency with a {pause_ms:g} ms pause before each query, "
+                    f"{len(paused_queries)} queries")
+                for report, (stats, _) in zip(
+                    reports,
+                    interleaved_latency(searches, paused_queries, None, config.k,
+                                        truth[: len(paused_queries)], config.block,
+                                        pause_ms / 1e3),
+                    strict=True,
+                ):
+                    report.paused[pause_ms] = stats
 
             log(f"throughput, {config.threads} client threads, {config.rounds} rounds")
             for report, qps in zip(
@@ -672,6 +691,24 @@ def render(result: dict[str, Any]) -> str:
     floors = [
         f"{r.name} {r.round_trip.p50_ms:.3f} ms" for r in reports if r.round_trip is not None
     ]
+    pauses = sorted({p for r in reports for p in r.paused})
+    if pauses:
+        lines.append("")
+        lines.append("single-client p50 ms with a pause before each query (idle wake-ups count):")
+        lines.append("")
+        lines.append(benchlib.markdown_table(
+            ["system", "no pause", *(f"{p:g} ms pause" for p in pauses)],
+            [[r.name, f"{r.latency.p50_ms:.3f}" if r.latency else "-",
+              *(f"{r.paused[p].p50_ms:.3f}" if p in r.paused else "-" for p in pauses)]
+             for r in reports],
+        ))
+        nachbar, chroma = _by_name(reports, "nachbar"), _by_name(reports, "chromadb")
+        if nachbar and chroma and nachbar.latency and chroma.latency:
+            ratios = [f"no pause x{chroma.latency.p50_ms / nachbar.latency.p50_ms:.2f}"]
+            ratios += [f"{p:g} ms x{chroma.paused[p].p50_ms / nachbar.paused[p].p50_ms:.2f}"
+                       for p in pauses if p in chroma.paused and p in nachbar.paused]
+            lines.append("")
+            lines.append("p50 ratio chromadb / nachbar: " + ", ".join(ratios))
     if floors:
         lines.append("")
         lines.append(
@@ -714,6 +751,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--block", type=int, default=50,
                         help="latency passes hand each system this many queries in turn "
                              "(1: query by query)")
+    parser.add_argument("--pauses-ms", default="1,3",
+                        help="comma-separated pauses before each query for the single-client "
+                             "latency of a client that does other work between queries")
     parser.add_argument("--systems", default="hnswlib,nachbar,chroma",
                         help="comma-separated subset of hnswlib,nachbar,chroma")
     ns = parser.parse_args(argv)
@@ -730,6 +770,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         threads=ns.threads, throughput_requests=ns.throughput_requests, rounds=ns.rounds,
         batch=ns.batch, clusters=ns.clusters, seed=ns.seed, systems=systems,
         block=max(1, ns.block),
+        pauses_ms=tuple(float(p) for p in ns.pauses_ms.split(",") if p.strip()),
     )
 
 

@@ -138,3 +138,14 @@ def test_rerank_batches_fill_pairs_to_the_requested_length() -> None:
     assert max(lengths) <= 64
     assert min(lengths) >= 60  # words are 1-3 tokens, so the fill stops just short at worst
     assert mean == pytest.approx(np.mean(lengths))
+
+
+def test_interleaved_order_hands_every_query_to_every_system_in_rotating_blocks() -> None:
+    order = db_bench.interleaved_order(queries=5, systems=3, block=2)
+    assert sorted(order) == [(s, q) for s in range(3) for q in range(5)]
+    # Block 0 starts with system 0, block 1 with system 1, block 2 with system 2.
+    assert order[:6] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert order[6:8] == [(1, 2), (1, 3)]
+    assert order[12:14] == [(2, 4), (0, 4)]
+    # Block 1 is the old query-by-query interleaving.
+    assert db_bench.interleaved_order(2, 2, 1) == [(0, 0), (1, 0), (1, 1), (0, 1)]

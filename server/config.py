@@ -58,7 +58,7 @@ class AIConfig(CommonConfig):
     batching: bool = True
     max_batch_size: int = 32
     max_batch_wait_ms: float = 2.0
-    batch_workers: int = 0
+    batch_workers: int = 1
     db_timeout_seconds: float = 30.0
 
     @property
@@ -260,10 +260,10 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-workers",
         type=int,
-        default=int(_env("BATCH_WORKERS", 0)),
+        default=int(_env("BATCH_WORKERS", 1)),
         help="batches each model runs side by side, each on CPUs / workers threads; "
-        "0: one per CPU (throughput), 1: one batch on every CPU (latency at low load) "
-        "[env NACHBAR_BATCH_WORKERS]",
+        "1: one batch on every CPU (fastest single query), 0: one per CPU (~15%% more "
+        "throughput for bulk embedding) [env NACHBAR_BATCH_WORKERS]",
     )
     return parser
 

@@ -6,12 +6,12 @@ from nachbar.server.config import parse_ai_config
 
 
 def test_batch_flags_and_their_environment_twins(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_ai_config([]).batch_workers == 0
+    assert parse_ai_config([]).batch_workers == 1
     monkeypatch.setenv("NACHBAR_BATCH_WORKERS", "3")
     monkeypatch.setenv("NACHBAR_MAX_BATCH_SIZE", "16")
     config = parse_ai_config([])
     assert (config.batch_workers, config.max_batch_size) == (3, 16)
-    assert parse_ai_config(["--batch-workers", "1"]).batch_workers == 1  # the flag wins
+    assert parse_ai_config(["--batch-workers", "0"]).batch_workers == 0  # the flag wins
 
 
 @pytest.mark.parametrize(

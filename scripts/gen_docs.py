@@ -25,7 +25,7 @@ def flag_table(parser: argparse.ArgumentParser) -> str:
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue
-        help_text = action.help or ""
+        help_text = (action.help or "").replace("%%", "%")  # argparse's escape for "%"
         env = ENV.search(help_text)
         meaning = ENV.sub("", help_text).replace("|", "\\|")
         flag = " / ".join(action.option_strings)

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from nachbar.ai import onnx_model as onnx_model_module
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions
 from tests.ai.tiny_models import IR_VERSION, OPSET, TinyClipText, TinyCrossEncoder
@@ -81,3 +82,49 @@ def test_graph_needing_an_unknown_input_fails_at_load(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelUnavailableError, match="position_ids"):
         model.require_inputs(frozenset({"input_ids", "attention_mask"}))
+
+
+def test_skip_layer_norm_fusion_is_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # residual + LayerNormalization: onnxruntime fuses it into SkipLayerNormalization unless
+    # told not to, which made the int8 models slower (see SessionOptions).
+    hidden = 8
+    shape = [1, 4, hidden]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "skip"], ["summed"]),
+            helper.make_node("LayerNormalization", ["summed", "gamma", "beta"], ["y"], axis=-1),
+        ],
+        "residual",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("skip", TensorProto.FLOAT, shape),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        initializer=[
+            helper.make_tensor("gamma", TensorProto.FLOAT, [hidden], [1.0] * hidden),
+            helper.make_tensor("beta", TensorProto.FLOAT, [hidden], [0.0] * hidden),
+        ],
+    )
+    path = save(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+        ),
+        tmp_path,
+    )
+    real_session = onnx_model_module.ort.InferenceSession
+    optimized = tmp_path / "optimized.onnx"
+
+    def session_saving_its_graph(*args: object, **kwargs: object) -> object:
+        kwargs["sess_options"].optimized_model_filepath = str(optimized)  # type: ignore[attr-defined]
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_model_module.ort, "InferenceSession", session_saving_its_graph)
+
+    def fused_ops(options: SessionOptions) -> set[str]:
+        OnnxModel(path, model_name="m", output="y", options=options)
+        return {node.op_type for node in onnx.load(str(optimized)).graph.node}
+
+    assert "SkipLayerNormalization" not in fused_ops(SessionOptions())
+    assert "SkipLayerNormalization" in fused_ops(SessionOptions(disabled_optimizers=()))

@@ -470,7 +470,7 @@ class StoreState:
         if matching == 0:
             return SearchResult(matches=[], plan="exact")
         want = min(k, matching)
-        plan = self._plan(mode, matching, want)
+        plan = self._plan(mode, matching)
         found = None
         if plan == "hnsw":
             found = self._search_graph(query, want, mask, matching, ef)
@@ -488,12 +488,10 @@ class StoreState:
         ]
         return SearchResult(matches=matches, plan=plan)
 
-    def _plan(self, mode: SearchMode, matching: int, want: int) -> str:
+    def _plan(self, mode: SearchMode, matching: int) -> str:
         if self.graph is None or self.graph_broken or mode == SearchMode.EXACT:
             return "exact"
-        if mode == SearchMode.HNSW or _postfilter_candidates(want, matching, self.count) <= (
-            POSTFILTER_MAX_CANDIDATES
-        ):
+        if mode == SearchMode.HNSW:
             return "hnsw"
         return "exact" if matching * self.spec.dimension <= EXACT_SCAN_BUDGET else "hnsw"
 

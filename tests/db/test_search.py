@@ -153,9 +153,9 @@ def test_graph_shortfall_falls_back_to_an_exact_scan(
 def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
     corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A broad filter is first answered from the unfiltered nearest candidates; when the
-    # matching entries all lie far from the query, too few candidates match and the search
-    # walks the graph with the filter instead.
+    # On the graph, a broad filter is first answered from the unfiltered nearest candidates;
+    # when the matching entries all lie far from the query, too few candidates match and the
+    # search walks the graph with the filter instead.
     query = corpus.queries[3]
     farthest = np.argsort(corpus.vectors @ query)[: N // 10]
     chosen = sorted({int(b) for b in corpus.buckets[farthest]})
@@ -169,7 +169,7 @@ def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
         return original(self, query, count, allowed)  # type: ignore[arg-type]
 
     monkeypatch.setattr(HnswGraph, "search", spy)
-    result = corpus.db.get_sim_n("c", query, K, filter=flt)
+    result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW)
     assert calls == [False, True] and result.plan == "hnsw"
     got = [int(m.id[1:]) for m in result.matches]
     truth = corpus.truth(query, allowed)
@@ -190,10 +190,21 @@ def test_broad_filter_near_the_query_needs_no_filtered_walk(
     monkeypatch.setattr(HnswGraph, "search", spy)
     flt, allowed = selection(corpus, 0.5)
     query = corpus.queries[4]
-    result = corpus.db.get_sim_n("c", query, K, filter=flt)
+    result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW)
     assert calls == [False] and result.plan == "hnsw"
     got = [int(m.id[1:]) for m in result.matches]
     assert got == corpus.truth(query, allowed)
+
+
+def test_small_stores_are_scanned_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    vectors = embedding_like(300, DIM, rng)
+    with Database.open(tmp_path, fsync="off", checkpoint_seconds=0) as db:
+        db.create_store(StoreSpec("small", DIM))
+        db.upsert("small", [Entry(f"e{n}", vectors[n], {"half": n % 2}) for n in range(300)])
+        assert db.get_sim_n("small", vectors[0], K).plan == "exact"
+        flt = Condition("half", Op.EQ, 0)
+        assert db.get_sim_n("small", vectors[0], K, filter=flt).plan == "exact"
 
 
 def test_small_ef_is_raised_to_k(corpus: Corpus) -> None:

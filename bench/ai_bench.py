@@ -378,8 +378,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--threads", type=int, default=ref.cpu_count(),
                         help="onnxruntime intra-op threads of the in-process references "
                         "(nachbar-ai uses one per CPU)")
-    parser.add_argument("--max-batch-wait-ms", type=float, default=2.0,
-                        help="nachbar-ai's batching wait (its default is 2)")
+    parser.add_argument("--max-batch-wait-ms", type=float, default=0.0,
+                        help="nachbar-ai's batching wait (its default is 0)")
     ns = parser.parse_args(argv)
     if min(ns.texts, ns.rounds, ns.clients, ns.requests_per_client, ns.images) < 1:
         parser.error("counts must be at least 1")

@@ -57,7 +57,7 @@ class AIConfig(CommonConfig):
     hub_offline: bool = False
     batching: bool = True
     max_batch_size: int = 32
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 0.0
     batch_workers: int = 1
     db_timeout_seconds: float = 30.0
 
@@ -253,8 +253,9 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-wait-ms",
         type=float,
-        default=float(_env("MAX_BATCH_WAIT_MS", 2.0)),
-        help="how long a request may wait for others to join its batch "
+        default=float(_env("MAX_BATCH_WAIT_MS", 0.0)),
+        help="how long a request to an idle model may wait for others to join its batch; "
+        "requests that arrive while a batch runs are merged either way "
         "[env NACHBAR_MAX_BATCH_WAIT_MS]",
     )
     parser.add_argument(

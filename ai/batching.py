@@ -10,7 +10,9 @@ side by side embedded 15-20% more texts/s in large batches, at a slower single q
 A worker that was idle first waits, at most `max_wait_ms` after the oldest item arrived, until
 `max_batch_size` items are there; one back from a run takes what queued meanwhile at once, so a
 loaded worker never sits idle. A worker takes at most `max_batch_size` items and no more than
-its share of the queue among the idle workers, so one large request keeps every worker busy.
+its share of the queue among the idle workers, so one large request keeps every worker busy;
+it deals them out one per request per round, so a query sent during a bulk embedding joins the
+next run instead of waiting for the bulk request to finish.
 The items taken are split into runs where padding short items to long ones would cost more
 than an extra run (`run_cost_tokens`); every caller gets its own rows.
 """
@@ -131,6 +133,40 @@ class _Waiting(Generic[ItemT]):
     arrived: float
 
 
+class _FairQueue(Generic[ItemT]):
+    """Queued items grouped by request, oldest request first. `take` deals items out one per
+    request per round, so a bulk request shares each run with the requests queued behind it
+    instead of making them wait until it is done."""
+
+    def __init__(self) -> None:
+        self._requests: deque[deque[_Waiting[ItemT]]] = deque()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, items: Sequence[_Waiting[ItemT]]) -> None:
+        self._requests.append(deque(items))
+        self._count += len(items)
+
+    def oldest_arrival(self) -> float:
+        return self._requests[0][0].arrived
+
+    def take(self, count: int) -> list[_Waiting[ItemT]]:
+        taken: list[_Waiting[ItemT]] = []
+        while len(taken) < count and self._requests:
+            for pending in self._requests:
+                if len(taken) == count:
+                    break
+                taken.append(pending.popleft())
+            self._requests = deque(pending for pending in self._requests if pending)
+        self._count -= len(taken)
+        return taken
+
+    def clear(self) -> list[_Waiting[ItemT]]:
+        return self.take(self._count)
+
+
 class DynamicBatcher(Generic[ItemT]):
     """Runs an engine's items in merged batches; `submit` blocks until its rows are ready."""
 
@@ -139,7 +175,7 @@ class DynamicBatcher(Generic[ItemT]):
         self._config = config
         self._name = name
         self._cond = threading.Condition()
-        self._queue: deque[_Waiting[ItemT]] = deque()
+        self._queue: _FairQueue[ItemT] = _FairQueue()
         self._idle = 0  # workers inside _take
         self._flush = False  # the queued items are due: idle workers take them without waiting
         self._closed = False
@@ -177,7 +213,7 @@ class DynamicBatcher(Generic[ItemT]):
         with self._cond:
             if self._closed:
                 raise self._closed_error()
-            self._queue.extend(waiting)
+            self._queue.add(waiting)
             self._cond.notify_all()
         return request.future.result()
 
@@ -185,8 +221,7 @@ class DynamicBatcher(Generic[ItemT]):
         """Stop the workers; requests still waiting fail with ModelUnavailableError."""
         with self._cond:
             self._closed = True
-            waiting = list(self._queue)
-            self._queue.clear()
+            waiting = self._queue.clear()
             self._cond.notify_all()
             workers = list(self._workers)
         for entry in waiting:
@@ -240,7 +275,8 @@ class DynamicBatcher(Generic[ItemT]):
                 entry.request.fill(entry.index, output[position])
 
     def _take(self, back_from_run: bool) -> list[_Waiting[ItemT]] | None:
-        """The oldest queued items (so none starves); None once closed.
+        """Queued items, one per request per round, oldest first (so none starves); None once
+        closed.
 
         An idle worker waits for partners, at most `max_wait_ms` after the first item arrived,
         or until `max_batch_size` items are queued. A worker back from a run takes what queued
@@ -257,7 +293,7 @@ class DynamicBatcher(Generic[ItemT]):
                     while not self._closed and not self._queue:
                         self._cond.wait()
                     if idle and self._queue:
-                        deadline = self._queue[0].arrived + max_wait
+                        deadline = self._queue.oldest_arrival() + max_wait
                         while not self._closed and 0 < len(self._queue) < size and not self._flush:
                             remaining = deadline - time.monotonic()
                             if remaining <= 0:
@@ -273,6 +309,6 @@ class DynamicBatcher(Generic[ItemT]):
                 self._flush = take < len(self._queue)
                 if self._flush:
                     self._cond.notify_all()
-                return [self._queue.popleft() for _ in range(take)]
+                return self._queue.take(take)
             finally:
                 self._idle -= 1

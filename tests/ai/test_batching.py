@@ -398,3 +398,31 @@ def test_idle_workers_split_concurrent_requests_between_them() -> None:
         assert sorted(len(batch) for batch in engine.batches) == [2, 2]
     finally:
         batcher.close()
+
+
+def test_a_query_sent_during_a_bulk_request_joins_the_next_run() -> None:
+    engine = GatedEngine()
+    batcher: DynamicBatcher[float] = DynamicBatcher(
+        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=1), name="bulk"
+    )
+    try:
+        bulk = [float(x) for x in range(1, 65)]
+        results: dict[str, Any] = {}
+        bulk_thread = threading.Thread(target=lambda: results.update(bulk=batcher.submit(bulk)))
+        bulk_thread.start()
+        assert engine.running.wait(timeout=60)  # the first 8 bulk items are running
+        query_thread = threading.Thread(
+            target=lambda: results.update(query=batcher.submit([100.0]))
+        )
+        query_thread.start()
+        while len(batcher._queue) < 57:  # 56 bulk items left, and the query
+            time.sleep(0.001)
+        engine.release.set()
+        for thread in (bulk_thread, query_thread):
+            thread.join(timeout=60)
+        assert 100.0 in engine.batches[1]  # not behind the remaining 56 bulk items
+        assert results["query"].tolist() == [[200.0]]
+        assert results["bulk"][:, 0].tolist() == [2 * x for x in bulk]
+        assert all(len(batch) <= 8 for batch in engine.batches)
+    finally:
+        batcher.close()

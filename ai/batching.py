@@ -188,11 +188,6 @@ class DynamicBatcher(Generic[ItemT]):
             for worker in self._workers:
                 worker.start()
 
-    def idle_workers(self) -> int:
-        """Workers waiting for items (all of them when nothing is queued or running)."""
-        with self._cond:
-            return self._idle
-
     def submit(self, items: Sequence[ItemT]) -> FloatArray:
         """Rows for `items`, in order (one ONNX output row per item)."""
         if not items:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -261,18 +262,31 @@ class FlakyEngine:
         return 1
 
 
+@contextlib.contextmanager
+def started(
+    engine: FlakyEngine, config: BatchingConfig, name: str
+) -> Iterator[DynamicBatcher[float]]:
+    """A batcher whose workers are all waiting for items; closed on the way out."""
+    batcher: DynamicBatcher[float] = DynamicBatcher(engine, config, name=name)
+    try:
+        deadline = time.monotonic() + 30
+        while batcher._idle < config.worker_count:
+            assert time.monotonic() < deadline, "the batcher's workers did not start"
+            time.sleep(0.001)
+        yield batcher
+    finally:
+        batcher.close()
+
+
 def test_a_failed_run_fails_its_requests_and_the_worker_carries_on() -> None:
     engine = FlakyEngine()
-    batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), name="flaky"
-    )
-    try:
+    with started(
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), "flaky"
+    ) as batcher:
         results = run_concurrently([lambda: batcher.submit([-1.0]), lambda: batcher.submit([3.0])])
         assert all(isinstance(r, RuntimeError) for r in results)
         results = run_concurrently([lambda: batcher.submit([1.0]), lambda: batcher.submit([3.0])])
         assert [r.tolist() for r in results] == [[[2.0]], [[6.0]]]
-    finally:
-        batcher.close()
 
 
 def test_close_fails_waiting_requests() -> None:
@@ -321,10 +335,9 @@ class GatedEngine(FlakyEngine):
 def test_a_busy_worker_takes_what_queued_during_its_run_without_waiting() -> None:
     engine = GatedEngine()
     # An idle worker would wait a minute for a partner; one back from a run must not.
-    batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), name="gated"
-    )
-    try:
+    with started(
+        engine, BatchingConfig(max_batch_size=2, max_wait_ms=NEVER, workers=1), "gated"
+    ) as batcher:
         first = threading.Thread(
             target=run_concurrently, args=([lambda: batcher.submit([1.0])] * 2,)
         )
@@ -345,15 +358,6 @@ def test_a_busy_worker_takes_what_queued_during_its_run_without_waiting() -> Non
         assert sorted(r.tolist() for r in later) == [[[6.0]], [[8.0]], [[10.0]]]
         assert engine.batches[0] == [1.0, 1.0]
         assert sorted(len(batch) for batch in engine.batches[1:]) == [1, 2]
-    finally:
-        batcher.close()
-
-
-def wait_until_idle(batcher: DynamicBatcher[float], workers: int) -> None:
-    deadline = time.monotonic() + 30
-    while batcher.idle_workers() < workers:
-        assert time.monotonic() < deadline, "the batcher's workers did not start"
-        time.sleep(0.001)
 
 
 class RendezvousEngine(FlakyEngine):
@@ -372,40 +376,31 @@ class RendezvousEngine(FlakyEngine):
 
 def test_one_large_request_keeps_every_worker_busy() -> None:
     engine = RendezvousEngine()
-    batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=2), name="pair"
-    )
-    try:
-        wait_until_idle(batcher, 2)
+    with started(
+        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=2), "pair"
+    ) as batcher:
         items = [float(x) for x in range(16)]
         result = batcher.submit(items)
         assert result[:, 0].tolist() == [2 * x for x in items]
         assert len(engine.threads) == 2
         assert sorted(len(batch) for batch in engine.batches) == [8, 8]
-    finally:
-        batcher.close()
 
 
 def test_idle_workers_split_concurrent_requests_between_them() -> None:
     engine = RendezvousEngine()
-    batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=4, max_wait_ms=NEVER, workers=2), name="pair"
-    )
-    try:
-        wait_until_idle(batcher, 2)
+    with started(
+        engine, BatchingConfig(max_batch_size=4, max_wait_ms=NEVER, workers=2), "pair"
+    ) as batcher:
         results = run_concurrently([lambda x=x: batcher.submit([x]) for x in (1.0, 2.0, 3.0, 4.0)])
         assert sorted(r[0, 0] for r in results) == [2.0, 4.0, 6.0, 8.0]
         assert sorted(len(batch) for batch in engine.batches) == [2, 2]
-    finally:
-        batcher.close()
 
 
 def test_a_query_sent_during_a_bulk_request_joins_the_next_run() -> None:
     engine = GatedEngine()
-    batcher: DynamicBatcher[float] = DynamicBatcher(
-        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=1), name="bulk"
-    )
-    try:
+    with started(
+        engine, BatchingConfig(max_batch_size=8, max_wait_ms=NEVER, workers=1), "bulk"
+    ) as batcher:
         bulk = [float(x) for x in range(1, 65)]
         results: dict[str, Any] = {}
         bulk_thread = threading.Thread(target=lambda: results.update(bulk=batcher.submit(bulk)))
@@ -424,5 +419,3 @@ def test_a_query_sent_during_a_bulk_request_joins_the_next_run() -> None:
         assert results["query"].tolist() == [[200.0]]
         assert results["bulk"][:, 0].tolist() == [2 * x for x in bulk]
         assert all(len(batch) <= 8 for batch in engine.batches)
-    finally:
-        batcher.close()

@@ -150,6 +150,19 @@ def test_graph_shortfall_falls_back_to_an_exact_scan(
     assert [int(m.id[1:]) for m in result.matches] == corpus.truth(query, allowed)
 
 
+def record_graph_searches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Spy on HnswGraph.search: one entry per call, True when it walked with a filter."""
+    calls: list[bool] = []
+    original = HnswGraph.search
+
+    def spy(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
+        calls.append(allowed is not None)
+        return original(self, query, count, allowed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HnswGraph, "search", spy)
+    return calls
+
+
 def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
     corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,14 +174,7 @@ def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
     chosen = sorted({int(b) for b in corpus.buckets[farthest]})
     allowed = np.isin(corpus.buckets, chosen)
     flt = Condition("bucket", Op.IN, values=tuple(chosen))
-    calls: list[bool] = []
-    original = HnswGraph.search
-
-    def spy(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
-        calls.append(allowed is not None)
-        return original(self, query, count, allowed)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(HnswGraph, "search", spy)
+    calls = record_graph_searches(monkeypatch)
     result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW)
     assert calls == [False, True] and result.plan == "hnsw"
     got = [int(m.id[1:]) for m in result.matches]
@@ -180,14 +186,7 @@ def test_broad_filter_far_from_the_query_walks_the_graph_filtered(
 def test_broad_filter_near_the_query_needs_no_filtered_walk(
     corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[bool] = []
-    original = HnswGraph.search
-
-    def spy(self: HnswGraph, query: np.ndarray, count: int, allowed: object) -> object:
-        calls.append(allowed is not None)
-        return original(self, query, count, allowed)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(HnswGraph, "search", spy)
+    calls = record_graph_searches(monkeypatch)
     flt, allowed = selection(corpus, 0.5)
     query = corpus.queries[4]
     result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.HNSW)

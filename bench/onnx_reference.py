@@ -61,8 +61,11 @@ def ensure_built(model_dir: Path, names: Sequence[str]) -> None:
         log(f"built {', '.join(rebuilt)}")
 
 
-def make_session(path: Path, threads: int) -> Any:
-    """The session options nachbar's runtime uses (nachbar.ai.onnx_model)."""
+def make_session(
+    path: Path, threads: int, disabled_optimizers: Sequence[str] | None = None
+) -> Any:
+    """The session options nachbar's runtime uses (nachbar.ai.onnx_model); `disabled_optimizers`
+    overrides the graph fusions it turns off."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -71,7 +74,11 @@ def make_session(path: Path, threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         str(path), sess_options=options, providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(NACHBAR_SESSION.disabled_optimizers),
+        disabled_optimizers=list(
+            NACHBAR_SESSION.disabled_optimizers
+            if disabled_optimizers is None
+            else disabled_optimizers
+        ),
     )
 
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import onnx_reference as ref
@@ -25,17 +24,6 @@ import onnx_reference as ref
 from nachbar.server.config import default_model_dir
 
 FUSION = "SkipLayerNormFusion"
-
-
-def session(path: Path, threads: int, disabled: list[str]) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-    )
 
 
 def main() -> None:
@@ -65,7 +53,7 @@ def main() -> None:
                     max_tokens=ref.MAX_TOKENS[name],
                     threads=args.threads,
                 )
-                model.session = session(
+                model.session = ref.make_session(
                     ref.built_dir(model_dir, name) / "model.onnx", args.threads, disabled
                 )
                 label = f"{name}{' without ' + FUSION if disabled else ''}"

@@ -20,6 +20,7 @@ from nachbar.ai.build.builder import (
     verify,
 )
 from nachbar.ai.build.sources import EFFICIENTNET_LITE0, MINILM, WeightsNotInstalledError, locate
+from tests.ai.tiny_models import BUILT_PREPROCESSOR
 from tests.models_fixture import built_model_dir
 
 OWN_MODELS = [
@@ -32,19 +33,6 @@ TEXT_FILES = {"model.onnx", "tokenizer.json", "config.json", "manifest.json"}
 IMAGE_FILES = {"model.onnx", "preprocessor_config.json", "manifest.json"}
 SMALL = "efficientnet-lite0"  # the quickest model to build, for tests that rebuild
 
-HF_PREPROCESSOR = {
-    "do_convert_rgb": True,
-    "do_resize": True,
-    "size": {"shortest_edge": 256},
-    "resample": 2,
-    "do_center_crop": True,
-    "crop_size": {"height": 224, "width": 224},
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-}
 
 
 def _sha256(path: Path) -> str:
@@ -88,7 +76,7 @@ def test_text_models_ship_the_wheel_tokenizer_and_config(shared_dir: Path) -> No
 def test_image_models_declare_hugging_face_preprocessing(shared_dir: Path) -> None:
     for name in ("efficientnet-lite0", "imagenet-conse-minilm-l6"):
         config = json.loads((shared_dir / "built" / name / "preprocessor_config.json").read_text())
-        assert config == HF_PREPROCESSOR
+        assert config == BUILT_PREPROCESSOR
 
 
 def test_second_build_is_a_no_op(shared_dir: Path) -> None:

@@ -5,7 +5,11 @@ Text (all-minilm-l6-v2, STS-B sentences):
       tokenizer.json run in-process by onnxruntime (same session options and threads) vs
       fastembed's TextEmbedding pointed at the same files;
   (b) 16 concurrent clients sending one text per request, to a nachbar-ai with dynamic
-      batching on and to one with it off (both running side by side, measured in turns).
+      batching on and to one with it off (both running side by side, measured in turns);
+      as context, the same single texts in this process through nachbar's runtime, and what
+      onnxruntime alone gains from batching them (16 threads each running one text vs the
+      texts run 16 at a time by one thread, or 16 / CPUs at a time by one single-threaded run
+      per CPU: the most batching can gain here, before any serving overhead).
 Images (efficientnet-lite0, imagenet-conse-minilm-l6, foolbox photos repeated): batches of 32
   over gRPC vs raw onnxruntime with the builder's reference preprocessing.
 
@@ -53,6 +57,8 @@ class Row:
     items: int = 0
     seconds: float = 0.0
     agreement: float | None = None  # min cosine to the raw reference's vectors
+    server_cpu: float | None = None  # CPU seconds the server process used (gRPC rows)
+    client_cpu: float | None = None  # CPU seconds this process (the clients) used
 
     @property
     def per_second(self) -> float:
@@ -65,6 +71,7 @@ class Results:
     machine: dict[str, Any]
     text_batch: list[Row] = field(default_factory=list)
     concurrent: list[Row] = field(default_factory=list)
+    raw_batching: list[Row] = field(default_factory=list)
     images: dict[str, list[Row]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -184,9 +191,15 @@ def concurrent_pass(
 
     for number in range(config.rounds):
         for key in ("on", "off") if number % 2 == 0 else ("off", "on"):
+            row, pid = rows[key], servers[key].proc.pid
+            server_before, client_before = benchlib.cpu_seconds(pid), time.process_time()
             run = benchlib.run_threads(worker_factory(key), config.clients, requests)
-            rows[key].items += run.requests
-            rows[key].seconds += run.seconds
+            server_after = benchlib.cpu_seconds(pid)
+            row.items += run.requests
+            row.seconds += run.seconds
+            row.client_cpu = (row.client_cpu or 0.0) + time.process_time() - client_before
+            if server_before is not None and server_after is not None:
+                row.server_cpu = (row.server_cpu or 0.0) + server_after - server_before
     for client in clients:
         client.close()
     results.concurrent = [rows["on"], rows["off"]]
@@ -223,6 +236,64 @@ def in_process_concurrent_pass(config: Config, texts: list[str], results: Result
         for manager in managers.values():
             manager.close()
     results.concurrent += [rows["on"], rows["off"]]
+
+
+def raw_batching_pass(config: Config, texts: list[str], results: Results) -> None:
+    """Context for (b): what batching can gain at most on this machine, measured with
+    onnxruntime alone (no Python serving code, no gRPC) on the same single-text stream.
+
+    With `clients` callers each waiting for its answer, no more than `clients` texts are ever
+    queued, so batches hold at most that many: run by one thread on every CPU, or split over
+    single-threaded runs side by side, one per CPU. The side by side runs over the whole
+    stream sorted by length show how much padding costs; no batcher gets there, since it
+    sees only the texts queued at the moment.
+    """
+    directory = ref.built_dir(config.model_dir, ref.TEXT_MODEL)
+    max_tokens = ref.MAX_TOKENS[ref.TEXT_MODEL]
+    shared = ref.RawTextModel(directory, max_tokens=max_tokens, threads=config.threads)
+    single_threaded = ref.RawTextModel(directory, max_tokens=max_tokens, threads=1)
+    count = config.clients * config.requests_per_client
+    stream = [texts[i % len(texts)] for i in range(count)]
+    by_length = sorted(stream, key=lambda text: len(shared.tokenizer.encode(text).ids))
+    cpus = ref.cpu_count()
+    per_cpu = max(1, config.clients // cpus)
+    singles = Row(f"raw onnxruntime, {config.clients} threads x batch 1")
+    one_thread = Row(f"raw onnxruntime, batches of {config.clients} in arrival order")
+    side_by_side = Row(
+        f"raw onnxruntime, batches of {per_cpu} in arrival order, {cpus} single-threaded runs "
+        "side by side"
+    )
+    by_length_row = Row(
+        "the same side by side runs, whole stream sorted by length (out of a batcher's reach)"
+    )
+
+    def run_singles() -> int:
+        def make_worker(_thread: int) -> Callable[[int], object]:
+            return lambda index: shared.embed([stream[index]])
+
+        return benchlib.run_threads(make_worker, config.clients, count).requests
+
+    def run_batches(model: ref.RawTextModel, order: list[str], size: int, threads: int) -> int:
+        batches = in_batches(order, size)
+
+        def make_worker(_thread: int) -> Callable[[int], object]:
+            return lambda index: model.embed(batches[index])
+
+        benchlib.run_threads(make_worker, threads, len(batches))
+        return len(order)
+
+    for model in (shared, single_threaded):
+        model.embed(stream[: config.clients])  # warm-up
+    timed_rounds(
+        [
+            (singles, run_singles),
+            (one_thread, lambda: run_batches(shared, stream, config.clients, 1)),
+            (side_by_side, lambda: run_batches(single_threaded, stream, per_cpu, cpus)),
+            (by_length_row, lambda: run_batches(single_threaded, by_length, per_cpu, cpus)),
+        ],
+        config.rounds,
+    )
+    results.raw_batching = [singles, one_thread, side_by_side, by_length_row]
 
 
 def image_pass(config: Config, ai: ChildServer, results: Results) -> None:
@@ -300,6 +371,7 @@ def run(config: Config) -> Results:
             log(f"text, {config.clients} concurrent single-text clients, batching on vs off")
             concurrent_pass(config, on, off, texts, results)
             in_process_concurrent_pass(config, texts, results)
+            raw_batching_pass(config, texts, results)
             log(f"images: {config.images} photos x {config.rounds} rounds per path")
             image_pass(config, on, results)
         finally:
@@ -336,7 +408,8 @@ def render(results: Results) -> str:
     on, off = results.concurrent[:2]
     lines.append(markdown_table(
         ["path", "texts/s", "requests"],
-        [[r.name, f"{r.per_second:,.1f}", r.items] for r in results.concurrent],
+        [[r.name, f"{r.per_second:,.1f}", r.items]
+         for r in (*results.concurrent, *results.raw_batching)],
     ))
     lines.append("")
     for model, rows in results.images.items():
@@ -354,11 +427,29 @@ def render(results: Results) -> str:
         f"x{batching_ratio:.2f} -> {benchlib.verdict(batching_ratio >= 2.0)}",
         f"- (context) gRPC vs fastembed: x{grpc_row.per_second / fe_row.per_second:.2f}",
     ]
+    cpu_parts = [
+        f"{key} {1000 * r.server_cpu / r.items:.2f} ms server + "
+        f"{1000 * (r.client_cpu or 0.0) / r.items:.2f} ms clients of "
+        f"{1000 * r.seconds * machine['cpus'] / r.items:.2f} ms wall x CPUs"
+        for key, r in (("ON", on), ("OFF", off))
+        if r.server_cpu is not None and r.items
+    ]
+    if cpu_parts:
+        lines.append(f"- (context) CPU per text over gRPC: {'; '.join(cpu_parts)}")
     if len(results.concurrent) == 4:
         local_on, local_off = results.concurrent[2:]
         lines.append(
             f"- (context) the same {config.clients} threads in-process, runtime batching on vs "
             f"off: x{local_on.per_second / local_off.per_second:.2f}"
+        )
+    if results.raw_batching:
+        singles, *batched, by_length = results.raw_batching
+        best = max(row.per_second for row in batched)
+        lines.append(
+            f"- (context) onnxruntime alone, no serving code: batched vs {config.clients} "
+            f"threads x batch 1: x{best / singles.per_second:.2f} at best in arrival order, "
+            f"x{by_length.per_second / singles.per_second:.2f} with the whole stream sorted by "
+            "length (out of a batcher's reach)"
         )
     if results.notes:
         lines += ["", "notes:", *(f"- {n}" for n in results.notes)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,31 @@ def test_run_threads_reraises_a_worker_failure() -> None:
 
     with pytest.raises(RuntimeError, match="request 5 failed"):
         benchlib.run_threads(make_worker, threads=3, requests=20)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_cpu_seconds_counts_a_child_process_busy_time_not_its_sleep() -> None:
+    import subprocess
+
+    code = (
+        "import time\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "print('busy', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "busy"
+        used = benchlib.cpu_seconds(child.pid)
+        assert used is not None and 0.25 <= used < 1.5
+        time.sleep(0.3)  # sleeping uses (almost) no CPU
+        later = benchlib.cpu_seconds(child.pid)
+        assert later is not None and later - used < 0.1
+    finally:
+        child.kill()
+        child.wait()
+    assert benchlib.cpu_seconds(child.pid) is None  # gone
 
 
 def test_markdown_table_layout() -> None:

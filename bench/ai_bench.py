@@ -9,7 +9,7 @@ Text (all-minilm-l6-v2, STS-B sentences):
       as context, the same single texts in this process through nachbar's runtime, and what
       onnxruntime alone gains from batching them (16 threads each running one text vs the
       texts run 16 at a time by one thread, or 16 / CPUs at a time by one single-threaded run
-      per CPU: the most batching can gain here, before any serving overhead).
+      per CPU: what batching can gain here before any serving overhead).
 Images (efficientnet-lite0, imagenet-conse-minilm-l6, foolbox photos repeated): batches of 32
   over gRPC vs raw onnxruntime with the builder's reference preprocessing.
 
@@ -239,8 +239,8 @@ def in_process_concurrent_pass(config: Config, texts: list[str], results: Result
 
 
 def raw_batching_pass(config: Config, texts: list[str], results: Results) -> None:
-    """Context for (b): what batching can gain at most on this machine, measured with
-    onnxruntime alone (no Python serving code, no gRPC) on the same single-text stream.
+    """Context for (b): what batching can gain on this machine, measured with onnxruntime
+    alone (no Python serving code, no gRPC) on the same single-text stream.
 
     With `clients` callers each waiting for its answer, no more than `clients` texts are ever
     queued, so batches hold at most that many: run by one thread on every CPU, or split over

@@ -41,6 +41,7 @@ from nachbar.ai.build.sources import (
     OPEN_CLIP,
     WeightsNotInstalledError,
     WeightSource,
+    file_sha256,
     installed_version,
     locate,
 )
@@ -365,7 +366,7 @@ def _integrity_problem(folder: Path, name: str) -> str | None:
         path = folder / relative
         if not path.is_file():
             return f"{relative} is missing"
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             return f"{relative} fails its checksum (damaged or edited)"
     return None
 
@@ -398,7 +399,7 @@ def _build_one(recipe: _Recipe, inputs: _Inputs, built_root: Path) -> None:
     try:
         recipe.write(inputs, staging)
         files = {
-            path.relative_to(staging).as_posix(): _sha256(path)
+            path.relative_to(staging).as_posix(): file_sha256(path)
             for path in sorted(staging.rglob("*"))
             if path.is_file()
         }
@@ -425,14 +426,6 @@ def _replace_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer
 
 from nachbar.ai.build.bert_onnx import BertConfig, build_bert_encoder
 from nachbar.ai.build.sentence_embedder import make_session
-from nachbar.ai.build.sources import MINILM, locate
+from nachbar.ai.build.sources import MINILM, file_sha256, locate
 from nachbar.ai.build.torch_free import CheckpointFormatError, load_safetensors
 from nachbar.ai.errors import ModelUnavailableError
 
@@ -90,14 +90,6 @@ class ArtifactChecksumError(ArtifactError):
     """A file's SHA-256 differs from the pinned one: it is damaged or was replaced."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_artifact(artifact_dir: Path = ARTIFACT_DIR) -> None:
     """Check every artifact file against `ARTIFACT_SHA256`; raise `ArtifactError` if one fails."""
     for name, expected in ARTIFACT_SHA256.items():
@@ -107,7 +99,7 @@ def verify_artifact(artifact_dir: Path = ARTIFACT_DIR) -> None:
                 f"The {MODEL_NAME} artifact is incomplete: {path} is missing. Reinstall nachbar, "
                 f"or restore the folder from the repository (git checkout -- {artifact_dir})."
             )
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise ArtifactChecksumError(
                 f"The {MODEL_NAME} artifact file {path} has SHA-256 {actual}, expected "
@@ -119,7 +111,7 @@ def verify_artifact(artifact_dir: Path = ARTIFACT_DIR) -> None:
 
 def _verified_base_file(name: str) -> Path:
     path = locate(MINILM, f"{_BASE_FOLDER}/{name}")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != BASE_SHA256[name]:
         raise ArtifactChecksumError(
             f"{path} has SHA-256 {actual}, not that of the {MINILM.requirement} file the "

@@ -8,6 +8,7 @@ these packages is ever imported.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "OPEN_CLIP",
     "WeightSource",
     "WeightsNotInstalledError",
+    "file_sha256",
     "installed_version",
     "locate",
     "package_files",
@@ -127,3 +129,9 @@ def locate(source: WeightSource, relative_path: str) -> Path:
             f"{relative_path} (expected at {path}); reinstall it",
         )
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks (weights and built models are large)."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -32,7 +32,7 @@ from typing import Any
 import benchlib
 import numpy as np
 import onnx_reference as ref
-from benchlib import ChildServer, log, markdown_table
+from benchlib import ChildServer, Tally, log, markdown_table, timed_rounds
 
 BATCH = 32
 
@@ -50,19 +50,10 @@ class Config:
 
 
 @dataclass
-class Row:
-    """One measured path: how many items it processed in how many seconds, over all rounds."""
-
-    name: str
-    items: int = 0
-    seconds: float = 0.0
+class Row(Tally):
     agreement: float | None = None  # min cosine to the raw reference's vectors
     server_cpu: float | None = None  # CPU seconds the server process used (gRPC rows)
     client_cpu: float | None = None  # CPU seconds this process (the clients) used
-
-    @property
-    def per_second(self) -> float:
-        return self.items / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -99,18 +90,6 @@ def fastembed_model_dir(model_dir: Path, workdir: Path) -> Path:
             (target / name).unlink(missing_ok=True)
             (target / name).symlink_to(source)
     return target
-
-
-def timed_rounds(
-    paths: Sequence[tuple[Row, Callable[[], int]]], rounds: int
-) -> None:
-    """Each round runs every path once, in rotating order; a path returns its item count."""
-    for number in range(rounds):
-        for offset in range(len(paths)):
-            row, work = paths[(number + offset) % len(paths)]
-            start = time.perf_counter()
-            row.items += work()
-            row.seconds += time.perf_counter() - start
 
 
 def in_batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -485,10 +464,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_args(argv)
     results = run(config)
-    report = render(results)
-    print(report)
-    path = benchlib.write_results("ai_bench", {"results": results, "report": report})
-    log(f"raw numbers in {path}")
+    benchlib.publish("ai_bench", {"results": results}, render(results))
 
 
 if __name__ == "__main__":

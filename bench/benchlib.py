@@ -97,6 +97,30 @@ class Throughput:
         return self.requests / self.seconds
 
 
+@dataclass
+class Tally:
+    """One measured path: the items it processed and the seconds they took, over all rounds."""
+
+    name: str
+    items: int = 0
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+def timed_rounds(paths: Sequence[tuple[Tally, Callable[[], int]]], rounds: int) -> None:
+    """Each round runs every path once, starting with a different one each round (so no path
+    always runs first or last); a path returns how many items it processed."""
+    for number in range(rounds):
+        for offset in range(len(paths)):
+            tally, work = paths[(number + offset) % len(paths)]
+            start = time.perf_counter()
+            tally.items += work()
+            tally.seconds += time.perf_counter() - start
+
+
 def run_threads(
     make_worker: Callable[[int], Callable[[int], object]], threads: int, requests: int
 ) -> Throughput:
@@ -389,6 +413,13 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
     return path
+
+
+def publish(name: str, payload: dict[str, Any], report: str) -> None:
+    """Print a run's report and keep its raw numbers in bench/results/<name>.json."""
+    print(report)
+    path = write_results(name, {**payload, "report": report})
+    log(f"raw numbers in {path}")
 
 
 def log(message: str) -> None:

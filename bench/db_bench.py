@@ -777,10 +777,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     result = run(config)
-    report = render(result)
-    print(report)
-    path = benchlib.write_results("db_bench", {**result, "report": report})
-    log(f"raw numbers in {path}")
+    benchlib.publish("db_bench", result, render(result))
 
 
 if __name__ == "__main__":

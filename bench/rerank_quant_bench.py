@@ -30,7 +30,7 @@ import benchlib
 import numpy as np
 import numpy.typing as npt
 import onnx_reference as ref
-from benchlib import LatencyStats, log, markdown_table
+from benchlib import LatencyStats, Tally, log, markdown_table, timed_rounds
 
 BATCH = 32
 PAIR_LENGTHS = (32, 64, 128)
@@ -53,15 +53,8 @@ class Config:
 
 
 @dataclass
-class Speed:
-    name: str
-    items: int = 0
-    seconds: float = 0.0
+class Speed(Tally):
     tokens: float = 0.0  # mean tokens per item actually fed
-
-    @property
-    def per_second(self) -> float:
-        return self.items / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -77,16 +70,6 @@ class Results:
     e2e: dict[str, LatencyStats] = field(default_factory=dict)
     e2e_facts: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def alternate(paths: Sequence[tuple[Speed, Callable[[], int]]], rounds: int) -> None:
-    """Every round runs each path once, starting with a different one each round."""
-    for number in range(rounds):
-        for offset in range(len(paths)):
-            speed, work = paths[(number + offset) % len(paths)]
-            start = time.perf_counter()
-            speed.items += work()
-            speed.seconds += time.perf_counter() - start
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -190,7 +173,7 @@ def cross_encoder_speed(config: Config, manager: Any, results: Results) -> None:
             row[runtime_speed.name] = runtime_speed
             row[raw_speed.name] = raw_speed
         log(f"cross-encoder pairs/s at {length} tokens (mean pair {mean_length:.1f} tokens)")
-        alternate(paths, config.rounds)
+        timed_rounds(paths, config.rounds)
         results.cross_speed[length] = row
 
 
@@ -220,7 +203,7 @@ def bi_encoder_speed(config: Config, manager: Any, texts: list[str], results: Re
             results.bi_speed[speed.name] = speed
             paths.append((speed, work))
     log(f"bi-encoder texts/s, {len(texts)} texts per round")
-    alternate(paths, config.rounds)
+    timed_rounds(paths, config.rounds)
 
 
 def embed_all(manager: Any, name: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -487,10 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_args(argv)
     results = run(config)
-    report = render(results)
-    print(report)
-    path = benchlib.write_results("rerank_quant_bench", {"results": results, "report": report})
-    log(f"raw numbers in {path}")
+    benchlib.publish("rerank_quant_bench", {"results": results}, render(results))
 
 
 if __name__ == "__main__":

@@ -157,13 +157,18 @@ def concurrent_pass(
     }
     servers = {"on": batching_on, "off": batching_off}
     requests = config.clients * config.requests_per_client
-    clients: list[AIClient] = []
+    # One client per thread and server, connected once, so that the CPU counted around each
+    # round is the requests' alone.
+    clients = {
+        key: [AIClient(server.address, timeout=300) for _ in range(config.clients)]
+        for key, server in servers.items()
+    }
+    for client in (c for group in clients.values() for c in group):
+        client.ping()
 
     def worker_factory(key: str) -> Callable[[int], Callable[[int], object]]:
-        def make_worker(_thread: int) -> Callable[[int], object]:
-            client = AIClient(servers[key].address, timeout=300)
-            clients.append(client)
-            client.ping()  # connected before the clock starts
+        def make_worker(thread: int) -> Callable[[int], object]:
+            client = clients[key][thread]
             return lambda index: client.embed(ref.TEXT_MODEL, [texts[index % len(texts)]])
 
         return make_worker
@@ -179,7 +184,7 @@ def concurrent_pass(
             row.client_cpu = (row.client_cpu or 0.0) + time.process_time() - client_before
             if server_before is not None and server_after is not None:
                 row.server_cpu = (row.server_cpu or 0.0) + server_after - server_before
-    for client in clients:
+    for client in (c for group in clients.values() for c in group):
         client.close()
     results.concurrent = [rows["on"], rows["off"]]
 

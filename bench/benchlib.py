@@ -230,8 +230,17 @@ def start_nachbar(
     port_file.unlink(missing_ok=True)
     log_path = workdir / f"{script}.log"
     command = [
-        _script(script), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-        "--exit-with-parent", "--log-level", "warning", *args,
+        _script(script),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--exit-with-parent",
+        "--log-level",
+        "warning",
+        *args,
     ]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
@@ -273,8 +282,14 @@ def start_chroma(workdir: Path, *, timeout: float = 60.0) -> ChildServer:
     port = free_port()
     log_path = workdir / "chroma.log"
     command = [
-        _script("chroma"), "run", "--path", str(workdir / "data"), "--host", "127.0.0.1",
-        "--port", str(port),
+        _script("chroma"),
+        "run",
+        "--path",
+        str(workdir / "data"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
     with open(log_path, "wb") as log_file:
@@ -298,7 +313,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def wait_idle(
-    server: ChildServer, *, busy_share: float = 0.05, quiet_seconds: float = 2.0,
+    server: ChildServer,
+    *,
+    busy_share: float = 0.05,
+    quiet_seconds: float = 2.0,
     timeout: float = 120.0,
 ) -> float:
     """Wait until a server stops working in the background (index builds, compaction), so

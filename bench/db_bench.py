@@ -88,9 +88,7 @@ class Dataset:
     tuning: FloatMatrix
 
 
-def embedding_like(
-    count: int, dim: int, clusters: int, rng: np.random.Generator
-) -> FloatMatrix:
+def embedding_like(count: int, dim: int, clusters: int, rng: np.random.Generator) -> FloatMatrix:
     """Vectors shaped like sentence embeddings rather than isotropic noise.
 
     Real embeddings sit in a cone around a common direction, their topics have very unequal
@@ -131,7 +129,9 @@ def make_dataset(config: Config, dim: int = 384) -> Dataset:
 
 
 def exact_top_k(
-    base: FloatMatrix, queries: FloatMatrix, k: int,
+    base: FloatMatrix,
+    queries: FloatMatrix,
+    k: int,
     mask: npt.NDArray[np.bool_] | None = None,
 ) -> IdMatrix:
     """Ids of the k most cosine-similar base rows (rows are unit length, so dot products)."""
@@ -236,7 +236,9 @@ class NachbarSystem:
         )
         self._client = DBClient(self.server.address, timeout=600)
         self._client.create_store(
-            STORE, dim, metric=Metric.COSINE,
+            STORE,
+            dim,
+            metric=Metric.COSINE,
             index=Hnsw(m=config.m, ef_construction=config.ef_construction),
             predicate_indexes=["bucket"],
         )
@@ -272,9 +274,7 @@ class NachbarSystem:
                 condition = field_ == spec.value if spec.op == "eq" else field_ < spec.value
             # Unfiltered: HNSW, whose ef is what is tuned. Filtered: the planner's choice.
             mode = SearchMode.HNSW if spec is None else SearchMode.AUTO
-            result = client.get_sim_n(
-                STORE, query[0], k, filter=condition, ef=self._ef, mode=mode
-            )
+            result = client.get_sim_n(STORE, query[0], k, filter=condition, ef=self._ef, mode=mode)
             self.plans.add(f"{'unfiltered' if spec is None else spec.label}: {result.plan}")
             if len(result.matches) < k:
                 self.short_results += 1
@@ -348,12 +348,14 @@ class ChromaSystem:
         def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
             where = None
             if spec is not None:
-                where = {"bucket": spec.value} if spec.op == "eq" else {
-                    "bucket": {"$lt": spec.value}
-                }
+                where = (
+                    {"bucket": spec.value} if spec.op == "eq" else {"bucket": {"$lt": spec.value}}
+                )
             # Metadata and distances: what nachbar's GetSimN returns with each match.
             result = collection.query(
-                query_embeddings=query, n_results=k, where=where,
+                query_embeddings=query,
+                n_results=k,
+                where=where,
                 include=["metadatas", "distances"],
             )
             return [int(i) for i in result["ids"][0]]
@@ -397,8 +399,12 @@ def search_all(
 
 
 def tune_ef(
-    system: System, data: Dataset, truth_tuning: IdMatrix, truth_measured: IdMatrix,
-    config: Config, report: SystemReport,
+    system: System,
+    data: Dataset,
+    truth_tuning: IdMatrix,
+    truth_measured: IdMatrix,
+    config: Config,
+    report: SystemReport,
 ) -> None:
     """Smallest ladder ef whose recall on the tuning queries reaches the target; if the
     measured queries then fall short, the next rungs are tried (and that is noted)."""
@@ -434,8 +440,13 @@ def interleaved_order(queries: int, systems: int, block: int) -> list[tuple[int,
 
 
 def interleaved_latency(
-    searches: Sequence[SearchFn], queries: FloatMatrix, spec: FilterSpec | None, k: int,
-    truth: IdMatrix, block: int, pause: float = 0.0,
+    searches: Sequence[SearchFn],
+    queries: FloatMatrix,
+    spec: FilterSpec | None,
+    k: int,
+    truth: IdMatrix,
+    block: int,
+    pause: float = 0.0,
 ) -> list[tuple[LatencyStats, float]]:
     """Every query to every system, interleaved in blocks (see `interleaved_order`), each
     after `pause` seconds of sleep when given."""
@@ -538,9 +549,8 @@ def run(config: Config) -> dict[str, Any]:
 
             log(f"latency, 1 client, {config.queries} queries, systems interleaved")
             for report, (stats, recall) in zip(
-                reports, interleaved_latency(
-                    searches, data.queries, None, config.k, truth, config.block
-                ),
+                reports,
+                interleaved_latency(searches, data.queries, None, config.k, truth, config.block),
                 strict=True,
             ):
                 report.latency = stats
@@ -561,13 +571,21 @@ def run(config: Config) -> dict[str, Any]:
 
             paused_queries = data.queries[: min(300, config.queries)]
             for pause_ms in config.pauses_ms:
-                log(f"latency with a {pause_ms:g} ms pause before each query, "
-                    f"{len(paused_queries)} queries")
+                log(
+                    f"latency with a {pause_ms:g} ms pause before each query, "
+                    f"{len(paused_queries)} queries"
+                )
                 for report, (stats, _) in zip(
                     reports,
-                    interleaved_latency(searches, paused_queries, None, config.k,
-                                        truth[: len(paused_queries)], config.block,
-                                        pause_ms / 1e3),
+                    interleaved_latency(
+                        searches,
+                        paused_queries,
+                        None,
+                        config.k,
+                        truth[: len(paused_queries)],
+                        config.block,
+                        pause_ms / 1e3,
+                    ),
                     strict=True,
                 ):
                     report.paused[pause_ms] = stats
@@ -583,8 +601,12 @@ def run(config: Config) -> dict[str, Any]:
                 for report, result in zip(
                     reports,
                     interleaved_latency(
-                        searches, filtered_queries, spec, config.k,
-                        filtered_truth[spec.label], config.block,
+                        searches,
+                        filtered_queries,
+                        spec,
+                        config.k,
+                        filtered_truth[spec.label],
+                        config.block,
                     ),
                     strict=True,
                 ):
@@ -629,16 +651,37 @@ def render(result: dict[str, Any]) -> str:
     rows = []
     for r in reports:
         assert r.latency is not None
-        rows.append([
-            r.name, r.durability, f"{config.n / r.ingest_seconds:,.0f}",
-            f"{r.settle_seconds:.1f}", f"{r.first_query_ms:.1f}", r.ef, f"{r.recall:.4f}",
-            f"{r.latency.p50_ms:.3f}", f"{r.latency.p99_ms:.3f}", f"{r.throughput:,.0f}",
-        ])
-    lines.append(markdown_table(
-        ["system", "durability", "ingest vec/s", "settle s", "1st query ms", "ef", "recall@10",
-         "p50 ms", "p99 ms", f"QPS ({config.threads} threads)"],
-        rows,
-    ))
+        rows.append(
+            [
+                r.name,
+                r.durability,
+                f"{config.n / r.ingest_seconds:,.0f}",
+                f"{r.settle_seconds:.1f}",
+                f"{r.first_query_ms:.1f}",
+                r.ef,
+                f"{r.recall:.4f}",
+                f"{r.latency.p50_ms:.3f}",
+                f"{r.latency.p99_ms:.3f}",
+                f"{r.throughput:,.0f}",
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "system",
+                "durability",
+                "ingest vec/s",
+                "settle s",
+                "1st query ms",
+                "ef",
+                "recall@10",
+                "p50 ms",
+                "p99 ms",
+                f"QPS ({config.threads} threads)",
+            ],
+            rows,
+        )
+    )
     lines.append("")
     frows = []
     for r in reports:
@@ -688,25 +731,33 @@ def render(result: dict[str, Any]) -> str:
             f"- filtered GetSimN at 10% selectivity < 2 ms (p50): {p50_10:.3f} ms -> "
             f"{benchlib.verdict(p50_10 < 2.0)}"
         )
-    floors = [
-        f"{r.name} {r.round_trip.p50_ms:.3f} ms" for r in reports if r.round_trip is not None
-    ]
+    floors = [f"{r.name} {r.round_trip.p50_ms:.3f} ms" for r in reports if r.round_trip is not None]
     pauses = sorted({p for r in reports for p in r.paused})
     if pauses:
         lines.append("")
         lines.append("single-client p50 ms with a pause before each query (idle wake-ups count):")
         lines.append("")
-        lines.append(benchlib.markdown_table(
-            ["system", "no pause", *(f"{p:g} ms pause" for p in pauses)],
-            [[r.name, f"{r.latency.p50_ms:.3f}" if r.latency else "-",
-              *(f"{r.paused[p].p50_ms:.3f}" if p in r.paused else "-" for p in pauses)]
-             for r in reports],
-        ))
+        lines.append(
+            benchlib.markdown_table(
+                ["system", "no pause", *(f"{p:g} ms pause" for p in pauses)],
+                [
+                    [
+                        r.name,
+                        f"{r.latency.p50_ms:.3f}" if r.latency else "-",
+                        *(f"{r.paused[p].p50_ms:.3f}" if p in r.paused else "-" for p in pauses),
+                    ]
+                    for r in reports
+                ],
+            )
+        )
         nachbar, chroma = _by_name(reports, "nachbar"), _by_name(reports, "chromadb")
         if nachbar and chroma and nachbar.latency and chroma.latency:
             ratios = [f"no pause x{chroma.latency.p50_ms / nachbar.latency.p50_ms:.2f}"]
-            ratios += [f"{p:g} ms x{chroma.paused[p].p50_ms / nachbar.paused[p].p50_ms:.2f}"
-                       for p in pauses if p in chroma.paused and p in nachbar.paused]
+            ratios += [
+                f"{p:g} ms x{chroma.paused[p].p50_ms / nachbar.paused[p].p50_ms:.2f}"
+                for p in pauses
+                if p in chroma.paused and p in nachbar.paused
+            ]
             lines.append("")
             lines.append("p50 ratio chromadb / nachbar: " + ", ".join(ratios))
     if floors:
@@ -732,30 +783,46 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors to store")
     parser.add_argument("--queries", type=int, default=1000, help="measured held-out queries")
-    parser.add_argument("--tuning-queries", type=int, default=200,
-                        help="separate held-out queries used to pick ef")
-    parser.add_argument("--filtered-queries", type=int, default=500,
-                        help="queries per filtered measurement (at most --queries)")
+    parser.add_argument(
+        "--tuning-queries", type=int, default=200, help="separate held-out queries used to pick ef"
+    )
+    parser.add_argument(
+        "--filtered-queries",
+        type=int,
+        default=500,
+        help="queries per filtered measurement (at most --queries)",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--m", type=int, default=16, help="HNSW M for every system")
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=8, help="client threads for QPS")
-    parser.add_argument("--throughput-requests", type=int, default=3000,
-                        help="requests per system in the QPS pass")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating rounds the QPS requests are split into")
+    parser.add_argument(
+        "--throughput-requests", type=int, default=3000, help="requests per system in the QPS pass"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds the QPS requests are split into"
+    )
     parser.add_argument("--batch", type=int, default=1000, help="ingest batch size")
     parser.add_argument("--clusters", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--block", type=int, default=50,
-                        help="latency passes hand each system this many queries in turn "
-                             "(1: query by query)")
-    parser.add_argument("--pauses-ms", default="1,3",
-                        help="comma-separated pauses before each query for the single-client "
-                             "latency of a client that does other work between queries")
-    parser.add_argument("--systems", default="hnswlib,nachbar,chroma",
-                        help="comma-separated subset of hnswlib,nachbar,chroma")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=50,
+        help="latency passes hand each system this many queries in turn (1: query by query)",
+    )
+    parser.add_argument(
+        "--pauses-ms",
+        default="1,3",
+        help="comma-separated pauses before each query for the single-client "
+        "latency of a client that does other work between queries",
+    )
+    parser.add_argument(
+        "--systems",
+        default="hnswlib,nachbar,chroma",
+        help="comma-separated subset of hnswlib,nachbar,chroma",
+    )
     ns = parser.parse_args(argv)
     systems = tuple(s.strip() for s in ns.systems.split(",") if s.strip())
     unknown = set(systems) - {"hnswlib", "nachbar", "chroma"}
@@ -764,11 +831,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     if ns.n < ns.k or ns.queries < 1 or ns.tuning_queries < 1:
         parser.error("need --n >= --k, and at least one query and one tuning query")
     return Config(
-        n=ns.n, queries=ns.queries, tuning_queries=ns.tuning_queries,
-        filtered_queries=min(ns.filtered_queries, ns.queries), k=ns.k, m=ns.m,
-        ef_construction=ns.ef_construction, target_recall=ns.target_recall,
-        threads=ns.threads, throughput_requests=ns.throughput_requests, rounds=ns.rounds,
-        batch=ns.batch, clusters=ns.clusters, seed=ns.seed, systems=systems,
+        n=ns.n,
+        queries=ns.queries,
+        tuning_queries=ns.tuning_queries,
+        filtered_queries=min(ns.filtered_queries, ns.queries),
+        k=ns.k,
+        m=ns.m,
+        ef_construction=ns.ef_construction,
+        target_recall=ns.target_recall,
+        threads=ns.threads,
+        throughput_requests=ns.throughput_requests,
+        rounds=ns.rounds,
+        batch=ns.batch,
+        clusters=ns.clusters,
+        seed=ns.seed,
+        systems=systems,
         block=max(1, ns.block),
         pauses_ms=tuple(float(p) for p in ns.pauses_ms.split(",") if p.strip()),
     )

@@ -61,9 +61,7 @@ def ensure_built(model_dir: Path, names: Sequence[str]) -> None:
         log(f"built {', '.join(rebuilt)}")
 
 
-def make_session(
-    path: Path, threads: int, disabled_optimizers: Sequence[str] | None = None
-) -> Any:
+def make_session(path: Path, threads: int, disabled_optimizers: Sequence[str] | None = None) -> Any:
     """The session options nachbar's runtime uses (nachbar.ai.onnx_model); `disabled_optimizers`
     overrides the graph fusions it turns off."""
     options = ort.SessionOptions()
@@ -73,7 +71,9 @@ def make_session(
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"],
+        str(path),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
         disabled_optimizers=list(
             NACHBAR_SESSION.disabled_optimizers
             if disabled_optimizers is None

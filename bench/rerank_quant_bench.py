@@ -76,7 +76,10 @@ class Results:
 
 
 def rerank_batches(
-    tokenizer_json: Path, queries: Sequence[str], words: Sequence[str], length: int,
+    tokenizer_json: Path,
+    queries: Sequence[str],
+    words: Sequence[str],
+    length: int,
     batches: int,
 ) -> tuple[Batches, float]:
     """`batches` x (query, 32 documents) whose pairs tokenize to `length` tokens or just under
@@ -126,16 +129,18 @@ def make_manager(config: Config) -> Any:
     from nachbar.ai.models import ModelManager
 
     # One caller in this process: batching would only add its wait, never merge anything.
-    return ModelManager(config.model_dir, offline=True,
-                        batching=BatchingConfig(enabled=False))
+    return ModelManager(config.model_dir, offline=True, batching=BatchingConfig(enabled=False))
 
 
 def cross_encoder_speed(config: Config, manager: Any, results: Results) -> None:
     queries = ref.sts_sentences(200, splits=("dev",))
     words = " ".join(ref.sts_sentences(3000, splits=("train",))).split()
     raws = {
-        name: ref.RawTextModel(ref.built_dir(config.model_dir, name),
-                               max_tokens=ref.MAX_TOKENS[name], threads=config.threads)
+        name: ref.RawTextModel(
+            ref.built_dir(config.model_dir, name),
+            max_tokens=ref.MAX_TOKENS[name],
+            threads=config.threads,
+        )
         for name in (ref.CROSS_ENCODER, ref.CROSS_ENCODER_INT8)
     }
     tokenizer_json = ref.built_dir(config.model_dir, ref.CROSS_ENCODER) / "tokenizer.json"
@@ -155,7 +160,8 @@ def cross_encoder_speed(config: Config, manager: Any, results: Results) -> None:
             got = np.asarray(manager.rerank(name, query, documents), np.float32)
             results.agreement[f"cross-encoder {label} runtime vs raw, max |logit diff|"] = max(
                 results.agreement.get(
-                    f"cross-encoder {label} runtime vs raw, max |logit diff|", 0.0),
+                    f"cross-encoder {label} runtime vs raw, max |logit diff|", 0.0
+                ),
                 float(np.max(np.abs(got - expected))),
             )
 
@@ -182,8 +188,11 @@ def bi_encoder_speed(config: Config, manager: Any, texts: list[str], results: Re
     paths: list[tuple[Speed, Callable[[], int]]] = []
     for name in (ref.TEXT_MODEL, ref.TEXT_MODEL_INT8):
         label = "int8" if name.endswith("int8") else "fp32"
-        raw = ref.RawTextModel(ref.built_dir(config.model_dir, name),
-                               max_tokens=ref.MAX_TOKENS[name], threads=config.threads)
+        raw = ref.RawTextModel(
+            ref.built_dir(config.model_dir, name),
+            max_tokens=ref.MAX_TOKENS[name],
+            threads=config.threads,
+        )
         results.agreement[f"bi-encoder {label} runtime vs raw, min cosine"] = ref.min_cosine(
             np.asarray(manager.embed(name, texts[:64]), np.float32), raw.embed(texts[:64])
         )
@@ -198,8 +207,10 @@ def bi_encoder_speed(config: Config, manager: Any, texts: list[str], results: Re
                 raw.embed(batch)
             return len(texts)
 
-        for speed, work in ((Speed(f"runtime {label}"), run_runtime),
-                            (Speed(f"raw onnxruntime {label}"), run_raw)):
+        for speed, work in (
+            (Speed(f"runtime {label}"), run_runtime),
+            (Speed(f"raw onnxruntime {label}"), run_raw),
+        ):
             results.bi_speed[speed.name] = speed
             paths.append((speed, work))
     log(f"bi-encoder texts/s, {len(texts)} texts per round")
@@ -212,8 +223,10 @@ def embed_all(manager: Any, name: str, texts: Sequence[str]) -> npt.NDArray[np.f
 
 
 def top_k_excluding_self(
-    queries: npt.NDArray[np.float32], corpus: npt.NDArray[np.float32],
-    query_rows: npt.NDArray[np.int64], k: int,
+    queries: npt.NDArray[np.float32],
+    corpus: npt.NDArray[np.float32],
+    query_rows: npt.NDArray[np.int64],
+    k: int,
 ) -> npt.NDArray[np.int64]:
     scores = queries @ corpus.T
     scores[np.arange(len(query_rows)), query_rows] = -np.inf  # a sentence is not its neighbour
@@ -295,9 +308,15 @@ def end_to_end(config: Config, results: Results) -> None:
         try:
             ai = benchlib.start_nachbar(
                 "nachbar-ai",
-                ["--db-port", str(db.port), "--model-dir", str(config.model_dir),
-                 "--hub-offline", "--models",
-                 ",".join((ref.TEXT_MODEL, ref.CROSS_ENCODER, ref.CROSS_ENCODER_INT8))],
+                [
+                    "--db-port",
+                    str(db.port),
+                    "--model-dir",
+                    str(config.model_dir),
+                    "--hub-offline",
+                    "--models",
+                    ",".join((ref.TEXT_MODEL, ref.CROSS_ENCODER, ref.CROSS_ENCODER_INT8)),
+                ],
                 workdir / "ai",
             )
             client = AIClient(ai.address, timeout=300)
@@ -306,11 +325,17 @@ def end_to_end(config: Config, results: Results) -> None:
             client.upsert("sts", corpus, batch_size=64)
             variants: list[tuple[str, dict[str, Any]]] = [
                 ("GetSimN k=10, no rerank", {}),
-                (f"GetSimN k=10, rerank top {config.rerank_candidates} (fp32)",
-                 {"rerank": ref.CROSS_ENCODER, "rerank_candidates": config.rerank_candidates}),
-                (f"GetSimN k=10, rerank top {config.rerank_candidates} (int8)",
-                 {"rerank": ref.CROSS_ENCODER_INT8,
-                  "rerank_candidates": config.rerank_candidates}),
+                (
+                    f"GetSimN k=10, rerank top {config.rerank_candidates} (fp32)",
+                    {"rerank": ref.CROSS_ENCODER, "rerank_candidates": config.rerank_candidates},
+                ),
+                (
+                    f"GetSimN k=10, rerank top {config.rerank_candidates} (int8)",
+                    {
+                        "rerank": ref.CROSS_ENCODER_INT8,
+                        "rerank_candidates": config.rerank_candidates,
+                    },
+                ),
             ]
             for query in queries[:5]:  # warm every path
                 for _, options in variants:
@@ -342,8 +367,10 @@ def end_to_end(config: Config, results: Results) -> None:
 
 
 def run(config: Config) -> Results:
-    ref.ensure_built(config.model_dir, (ref.TEXT_MODEL, ref.TEXT_MODEL_INT8, ref.CROSS_ENCODER,
-                                        ref.CROSS_ENCODER_INT8))
+    ref.ensure_built(
+        config.model_dir,
+        (ref.TEXT_MODEL, ref.TEXT_MODEL_INT8, ref.CROSS_ENCODER, ref.CROSS_ENCODER_INT8),
+    )
     results = Results(config, benchlib.machine_facts())
     manager = make_manager(config)
     try:
@@ -376,51 +403,92 @@ def render(results: Results) -> str:
         tokens = next(iter(row.values())).tokens
         for path in ("runtime", "raw onnxruntime"):
             fp32, int8 = row[f"{path} fp32"], row[f"{path} int8"]
-            rows.append([f"{length} (mean {tokens:.1f})", path, f"{fp32.per_second:,.1f}",
-                         f"{int8.per_second:,.1f}", f"{int8.per_second / fp32.per_second:.2f}"])
+            rows.append(
+                [
+                    f"{length} (mean {tokens:.1f})",
+                    path,
+                    f"{fp32.per_second:,.1f}",
+                    f"{int8.per_second:,.1f}",
+                    f"{int8.per_second / fp32.per_second:.2f}",
+                ]
+            )
             if path == "runtime":
-                speedups.append((f"cross-encoder at {length} tokens",
-                                 int8.per_second / fp32.per_second))
+                speedups.append(
+                    (f"cross-encoder at {length} tokens", int8.per_second / fp32.per_second)
+                )
         runtime, raw = row["runtime fp32"], row["raw onnxruntime fp32"]
-        rows.append([f"{length}", "runtime / raw (fp32)", "", "",
-                     f"{runtime.per_second / raw.per_second:.2f}"])
-    lines.append(markdown_table(
-        ["pair tokens", "path", "fp32 pairs/s", "int8 pairs/s", "int8 / fp32"], rows
-    ))
+        rows.append(
+            [
+                f"{length}",
+                "runtime / raw (fp32)",
+                "",
+                "",
+                f"{runtime.per_second / raw.per_second:.2f}",
+            ]
+        )
+    lines.append(
+        markdown_table(["pair tokens", "path", "fp32 pairs/s", "int8 pairs/s", "int8 / fp32"], rows)
+    )
     lines += ["", f"### bi-encoder texts/s ({config.texts} STS-B sentences per round)", ""]
     bi = results.bi_speed
     rows = []
     for path in ("runtime", "raw onnxruntime"):
         fp32, int8 = bi[f"{path} fp32"], bi[f"{path} int8"]
-        rows.append([path, f"{fp32.per_second:,.1f}", f"{int8.per_second:,.1f}",
-                     f"{int8.per_second / fp32.per_second:.2f}"])
+        rows.append(
+            [
+                path,
+                f"{fp32.per_second:,.1f}",
+                f"{int8.per_second:,.1f}",
+                f"{int8.per_second / fp32.per_second:.2f}",
+            ]
+        )
         if path == "runtime":
             speedups.append(("bi-encoder", int8.per_second / fp32.per_second))
     lines.append(markdown_table(["path", "fp32 texts/s", "int8 texts/s", "int8 / fp32"], rows))
-    lines += ["", f"### accuracy cost of int8 (corpus: {results.corpus_size} distinct STS-B "
-              f"dev+test sentences, {config.neighbour_queries} neighbour queries)", ""]
-    lines.append(markdown_table(
-        ["measure", "value"], [[k, f"{v:.4f}"] for k, v in results.accuracy.items()]
-    ))
-    bi_loss = (results.accuracy[f"STS-B test Spearman x100, bi-encoder {ref.TEXT_MODEL}"]
-               - results.accuracy[f"STS-B test Spearman x100, bi-encoder {ref.TEXT_MODEL_INT8}"])
+    lines += [
+        "",
+        f"### accuracy cost of int8 (corpus: {results.corpus_size} distinct STS-B "
+        f"dev+test sentences, {config.neighbour_queries} neighbour queries)",
+        "",
+    ]
+    lines.append(
+        markdown_table(["measure", "value"], [[k, f"{v:.4f}"] for k, v in results.accuracy.items()])
+    )
+    bi_loss = (
+        results.accuracy[f"STS-B test Spearman x100, bi-encoder {ref.TEXT_MODEL}"]
+        - results.accuracy[f"STS-B test Spearman x100, bi-encoder {ref.TEXT_MODEL_INT8}"]
+    )
     ce_loss = (
         results.accuracy[f"STS-B test Spearman x100, cross-encoder {ref.CROSS_ENCODER}"]
         - results.accuracy[f"STS-B test Spearman x100, cross-encoder {ref.CROSS_ENCODER_INT8}"]
     )
-    lines += ["", "runtime vs raw onnxruntime on the same inputs (same work check): " + ", ".join(
-        f"{k} {v:.5f}" for k, v in results.agreement.items())]
-    lines += ["", "real all-minilm-l6-v2 vectors of that corpus, for comparison with db_bench's "
-              "synthetic data: " + ", ".join(
-                  f"{k} {v:.3f}" for k, v in results.real_vector_facts.items())]
-    lines += ["", f"### end to end over gRPC (store of {results.e2e_facts['store size']:.0f} "
-              f"STS-B sentences, {results.e2e_facts['queries']:.0f} queries)", ""]
+    lines += [
+        "",
+        "runtime vs raw onnxruntime on the same inputs (same work check): "
+        + ", ".join(f"{k} {v:.5f}" for k, v in results.agreement.items()),
+    ]
+    lines += [
+        "",
+        "real all-minilm-l6-v2 vectors of that corpus, for comparison with db_bench's "
+        "synthetic data: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in results.real_vector_facts.items()),
+    ]
+    lines += [
+        "",
+        f"### end to end over gRPC (store of {results.e2e_facts['store size']:.0f} "
+        f"STS-B sentences, {results.e2e_facts['queries']:.0f} queries)",
+        "",
+    ]
     base = next(iter(results.e2e.values()))
-    lines.append(markdown_table(
-        ["request", "p50 ms", "p99 ms", "p50 x no-rerank"],
-        [[label, f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.p50_ms / base.p50_ms:.2f}"]
-         for label, s in results.e2e.items()],
-    ))
+    lines.append(
+        markdown_table(
+            ["request", "p50 ms", "p99 ms", "p50 x no-rerank"],
+            [
+                [label, f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.p50_ms / base.p50_ms:.2f}"]
+                for label, s in results.e2e.items()
+            ],
+        )
+    )
     changed = results.e2e_facts["share of queries whose top hit changed with fp32 rerank"]
     lines += [
         f"top hit changed by the fp32 rerank in {changed:.0%} of queries",
@@ -428,12 +496,17 @@ def render(results: Results) -> str:
         "targets:",
     ]
     for label, ratio in speedups:
-        lines.append(f"- int8 >= 1.7x faster, {label}: x{ratio:.2f} -> "
-                     f"{benchlib.verdict(ratio >= 1.7)}")
-    lines.append(f"- int8 loses <= 1 Spearman point, bi-encoder: int8 - fp32 = {-bi_loss:+.2f} "
-                 f"points -> {benchlib.verdict(bi_loss <= 1.0)}")
-    lines.append(f"- int8 loses <= 1 Spearman point, cross-encoder: int8 - fp32 = "
-                 f"{-ce_loss:+.2f} points -> {benchlib.verdict(ce_loss <= 1.0)}")
+        lines.append(
+            f"- int8 >= 1.7x faster, {label}: x{ratio:.2f} -> {benchlib.verdict(ratio >= 1.7)}"
+        )
+    lines.append(
+        f"- int8 loses <= 1 Spearman point, bi-encoder: int8 - fp32 = {-bi_loss:+.2f} "
+        f"points -> {benchlib.verdict(bi_loss <= 1.0)}"
+    )
+    lines.append(
+        f"- int8 loses <= 1 Spearman point, cross-encoder: int8 - fp32 = "
+        f"{-ce_loss:+.2f} points -> {benchlib.verdict(ce_loss <= 1.0)}"
+    )
     if results.notes:
         lines += ["", "notes:", *(f"- {n}" for n in results.notes)]
     return "\n".join(lines)
@@ -443,25 +516,50 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=benchlib.DEFAULT_MODEL_DIR)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rerank-batches", type=int, default=8,
-                        help="batches of 32 pairs per length, model and round")
-    parser.add_argument("--texts", type=int, default=1024,
-                        help="bi-encoder texts per model, path and round")
+    parser.add_argument(
+        "--rerank-batches",
+        type=int,
+        default=8,
+        help="batches of 32 pairs per length, model and round",
+    )
+    parser.add_argument(
+        "--texts", type=int, default=1024, help="bi-encoder texts per model, path and round"
+    )
     parser.add_argument("--neighbour-queries", type=int, default=500)
-    parser.add_argument("--store-size", type=int, default=3000,
-                        help="STS-B sentences in the end-to-end store")
+    parser.add_argument(
+        "--store-size", type=int, default=3000, help="STS-B sentences in the end-to-end store"
+    )
     parser.add_argument("--e2e-queries", type=int, default=200)
     parser.add_argument("--rerank-candidates", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=ref.cpu_count(),
-                        help="onnxruntime intra-op threads of the raw references")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=ref.cpu_count(),
+        help="onnxruntime intra-op threads of the raw references",
+    )
     ns = parser.parse_args(argv)
-    if min(ns.rounds, ns.rerank_batches, ns.texts, ns.neighbour_queries, ns.store_size,
-           ns.e2e_queries) < 1 or ns.rerank_candidates < 10:
+    if (
+        min(
+            ns.rounds,
+            ns.rerank_batches,
+            ns.texts,
+            ns.neighbour_queries,
+            ns.store_size,
+            ns.e2e_queries,
+        )
+        < 1
+        or ns.rerank_candidates < 10
+    ):
         parser.error("counts must be at least 1 and --rerank-candidates at least k=10")
     return Config(
-        model_dir=ns.model_dir, rounds=ns.rounds, rerank_batches=ns.rerank_batches,
-        texts=ns.texts, neighbour_queries=ns.neighbour_queries, store_size=ns.store_size,
-        e2e_queries=ns.e2e_queries, rerank_candidates=ns.rerank_candidates,
+        model_dir=ns.model_dir,
+        rounds=ns.rounds,
+        rerank_batches=ns.rerank_batches,
+        texts=ns.texts,
+        neighbour_queries=ns.neighbour_queries,
+        store_size=ns.store_size,
+        e2e_queries=ns.e2e_queries,
+        rerank_candidates=ns.rerank_candidates,
         threads=ns.threads,
     )
 

@@ -20,28 +20,44 @@ SERVICE_NAMES = {"db": "nachbar-db", "ai": "nachbar-ai"}
 EMBED_PREVIEW_VALUES = 8
 
 
-def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser],
-             json_flag: argparse.ArgumentParser) -> None:
+def register(
+    sub: argparse._SubParsersAction[Any],
+    common: list[argparse.ArgumentParser],
+    json_flag: argparse.ArgumentParser,
+) -> None:
     """Add this module's subcommands to the `nachbar` parser."""
     with_json = [*common, json_flag]
 
     p = sub.add_parser(
-        "ping", parents=with_json, help="health-check the services (exit 0 only when SERVING)",
+        "ping",
+        parents=with_json,
+        help="health-check the services (exit 0 only when SERVING)",
         description="Ask grpc.health.v1 whether each service is SERVING. Exit code 0 only when "
         "every service asked is serving; compose health checks run this.",
     )
-    p.add_argument("--service", choices=["db", "ai", "all"], default="all",
-                   help="which service to check")
+    p.add_argument(
+        "--service", choices=["db", "ai", "all"], default="all", help="which service to check"
+    )
     p.set_defaults(func=ping)
 
-    p = sub.add_parser("stores", parents=with_json, help="list stores",
-                       description="A table of stores: name, count, dimension, metric, models.")
-    p.add_argument("--service", choices=["ai", "db"], default="ai",
-                   help="ai lists stores with models; db lists every db store")
+    p = sub.add_parser(
+        "stores",
+        parents=with_json,
+        help="list stores",
+        description="A table of stores: name, count, dimension, metric, models.",
+    )
+    p.add_argument(
+        "--service",
+        choices=["ai", "db"],
+        default="ai",
+        help="ai lists stores with models; db lists every db store",
+    )
     p.set_defaults(func=stores)
 
     p = sub.add_parser(
-        "create-store", parents=with_json, help="create a store bound to embedding models",
+        "create-store",
+        parents=with_json,
+        help="create a store bound to embedding models",
         description="Create a store on nachbar-ai. Queries are embedded with --query-model, "
         "inserted items with --index-model (default: the query model); both must share one "
         "embedding space (see `nachbar models list`).",
@@ -49,66 +65,118 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
     p.add_argument("name", help="store name")
     p.add_argument("--query-model", required=True, metavar="MODEL")
     p.add_argument("--index-model", default="", metavar="MODEL")
-    p.add_argument("--no-store-original", action="store_true",
-                   help="do not keep each input's text or image bytes (saves space; no "
-                   "reranking on original text)")
-    p.add_argument("--pred-index", nargs="+", default=[], metavar="FIELD",
-                   help="metadata fields to index for fast filters")
-    p.add_argument("--metric", choices=["cosine", "l2", "ip"], default=None,
-                   help="default: the models' recommended metric")
+    p.add_argument(
+        "--no-store-original",
+        action="store_true",
+        help="do not keep each input's text or image bytes (saves space; no "
+        "reranking on original text)",
+    )
+    p.add_argument(
+        "--pred-index",
+        nargs="+",
+        default=[],
+        metavar="FIELD",
+        help="metadata fields to index for fast filters",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["cosine", "l2", "ip"],
+        default=None,
+        help="default: the models' recommended metric",
+    )
     p.add_argument("--exact", action="store_true", help="brute-force search instead of HNSW")
-    p.add_argument("--if-not-exists", action="store_true",
-                   help="succeed when the store already exists with these models")
+    p.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="succeed when the store already exists with these models",
+    )
     p.set_defaults(func=create_store)
 
     p = sub.add_parser("drop-store", parents=common, help="delete a store and all its entries")
     p.add_argument("name")
     p.add_argument("--missing-ok", action="store_true", help="succeed when it does not exist")
-    p.add_argument("--service", choices=["ai", "db"], default="ai",
-                   help="db also drops stores created without models")
+    p.add_argument(
+        "--service",
+        choices=["ai", "db"],
+        default="ai",
+        help="db also drops stores created without models",
+    )
     p.set_defaults(func=drop_store)
 
     p = sub.add_parser(
-        "search", parents=with_json, help="search a store with text or an image",
+        "search",
+        parents=with_json,
+        help="search a store with text or an image",
         description="Embed the query with the store's query model and print the k most similar "
-        "entries. Examples: nachbar search \"a photo of a dog\" --store photos -k 3; "
-        "nachbar search --image dog.jpg --store photos; nachbar search \"rust\" --store docs "
+        'entries. Examples: nachbar search "a photo of a dog" --store photos -k 3; '
+        'nachbar search --image dog.jpg --store photos; nachbar search "rust" --store docs '
         "--filter 'year >= 2020 and lang = \"en\"' --rerank stsb-minilm-l6-cross-encoder",
     )
     p.add_argument("query", nargs="?", help="query text (or use --image)")
     p.add_argument("--image", type=Path, metavar="PATH", help="query with an image file")
     p.add_argument("--store", required=True)
     p.add_argument("-k", type=int, default=5, help="how many results")
-    p.add_argument("--filter", metavar="JSON|EXPR",
-                   help='metadata filter: JSON like {"year": {"gte": 2020}} or an expression '
-                   'like year >= 2020 and kind = "photo"')
+    p.add_argument(
+        "--filter",
+        metavar="JSON|EXPR",
+        help='metadata filter: JSON like {"year": {"gte": 2020}} or an expression '
+        'like year >= 2020 and kind = "photo"',
+    )
     p.add_argument("--rerank", metavar="MODEL", help="rerank candidates with this cross-encoder")
-    p.add_argument("--rerank-field", metavar="FIELD",
-                   help="rerank on this metadata field instead of the stored original text")
-    p.add_argument("--candidates", type=int, default=0, metavar="N",
-                   help="how many vector hits to rerank (default max(k, 20))")
-    p.add_argument("--query-model", default="", metavar="MODEL",
-                   help="embed the query with this model instead of the store's query model; "
-                   "it must share the store's embedding space (e.g. an image model of a text "
-                   "store's space, or an int8 twin)")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut a query longer than the model's limit instead of failing")
+    p.add_argument(
+        "--rerank-field",
+        metavar="FIELD",
+        help="rerank on this metadata field instead of the stored original text",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="how many vector hits to rerank (default max(k, 20))",
+    )
+    p.add_argument(
+        "--query-model",
+        default="",
+        metavar="MODEL",
+        help="embed the query with this model instead of the store's query model; "
+        "it must share the store's embedding space (e.g. an image model of a text "
+        "store's space, or an int8 twin)",
+    )
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut a query longer than the model's limit instead of failing",
+    )
     p.set_defaults(func=search)
 
     p = sub.add_parser(
-        "embed", parents=with_json, help="embed texts or images with a model",
+        "embed",
+        parents=with_json,
+        help="embed texts or images with a model",
         description="Print each input's vector dimension and first values (all with --json).",
     )
     p.add_argument("texts", nargs="*", metavar="TEXT")
-    p.add_argument("--image", type=Path, action="append", default=[], metavar="PATH",
-                   help="an image to embed; repeatable")
+    p.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image to embed; repeatable",
+    )
     p.add_argument("--model", required=True)
-    p.add_argument("--truncate", action="store_true",
-                   help="cut texts longer than the model's limit instead of failing")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut texts longer than the model's limit instead of failing",
+    )
     p.set_defaults(func=embed)
 
     p = sub.add_parser(
-        "rerank", parents=with_json, help="score documents against a query with a cross-encoder",
+        "rerank",
+        parents=with_json,
+        help="score documents against a query with a cross-encoder",
     )
     p.add_argument("query")
     p.add_argument("documents", nargs="+", metavar="DOC")
@@ -148,10 +216,13 @@ def ping(ctx: CliContext, args: argparse.Namespace) -> int:
     services = ["db", "ai"] if args.service == "all" else [args.service]
     reports = {s: check_health(ctx.address(s), ctx.timeout) for s in services}
     if args.json:
-        render.print_json(ctx.out, {
-            s: {"address": r.address, "status": r.health.value, "detail": r.detail}
-            for s, r in reports.items()
-        })
+        render.print_json(
+            ctx.out,
+            {
+                s: {"address": r.address, "status": r.health.value, "detail": r.detail}
+                for s, r in reports.items()
+            },
+        )
     else:
         for service, report in reports.items():
             line = f"{SERVICE_NAMES[service]} at {report.address}: {report.health.value}"
@@ -184,9 +255,13 @@ def stores(ctx: CliContext, args: argparse.Namespace) -> int:
 def create_store(ctx: CliContext, args: argparse.Namespace) -> int:
     with ctx.ai() as ai:
         info = ai.create_store(
-            args.name, query_model=args.query_model, index_model=args.index_model,
-            store_original=not args.no_store_original, predicate_indexes=args.pred_index,
-            index=Exact() if args.exact else None, metric=args.metric,
+            args.name,
+            query_model=args.query_model,
+            index_model=args.index_model,
+            store_original=not args.no_store_original,
+            predicate_indexes=args.pred_index,
+            index=Exact() if args.exact else None,
+            metric=args.metric,
             if_not_exists=args.if_not_exists,
         )
     if args.json:
@@ -224,9 +299,14 @@ def search(ctx: CliContext, args: argparse.Namespace) -> int:
     query: str | Image = args.query if args.image is None else _read_image(args.image)
     with ctx.ai() as ai:
         result = ai.get_sim_n(
-            args.store, query, args.k, filter=filter_arg(args.filter),
-            truncation="truncate" if args.truncate else "error", rerank=args.rerank,
-            rerank_candidates=args.candidates, rerank_field=args.rerank_field,
+            args.store,
+            query,
+            args.k,
+            filter=filter_arg(args.filter),
+            truncation="truncate" if args.truncate else "error",
+            rerank=args.rerank,
+            rerank_candidates=args.candidates,
+            rerank_field=args.rerank_field,
             query_model=args.query_model,
         )
     if args.json:
@@ -253,12 +333,16 @@ def embed(ctx: CliContext, args: argparse.Namespace) -> int:
     with ctx.ai() as ai:
         vectors = ai.embed(args.model, inputs, truncation="truncate" if args.truncate else "error")
     if args.json:
-        render.print_json(ctx.out, {
-            "model": args.model,
-            "dimension": len(vectors[0]) if vectors else 0,
-            "embeddings": [{"input": label, "vector": v} for label, v in zip(
-                labels, vectors, strict=True)],
-        })
+        render.print_json(
+            ctx.out,
+            {
+                "model": args.model,
+                "dimension": len(vectors[0]) if vectors else 0,
+                "embeddings": [
+                    {"input": label, "vector": v} for label, v in zip(labels, vectors, strict=True)
+                ],
+            },
+        )
         return 0
     for label, vector in zip(labels, vectors, strict=True):
         ctx.out.print(
@@ -271,18 +355,26 @@ def embed(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def rerank(ctx: CliContext, args: argparse.Namespace) -> int:
     with ctx.ai() as ai:
-        results = ai.rerank(args.model, args.query, args.documents, top_k=args.top_k,
-                            sigmoid=args.sigmoid)
+        results = ai.rerank(
+            args.model, args.query, args.documents, top_k=args.top_k, sigmoid=args.sigmoid
+        )
     if args.json:
-        render.print_json(ctx.out, [
-            {"index": r.index, "score": r.score, "document": args.documents[r.index]}
-            for r in results
-        ])
+        render.print_json(
+            ctx.out,
+            [
+                {"index": r.index, "score": r.score, "document": args.documents[r.index]}
+                for r in results
+            ],
+        )
         return 0
     table = render.new_table("rank", "index", "score", "document")
     for rank, r in enumerate(results, 1):
-        table.add_row(str(rank), str(r.index), f"{r.score:.4f}",
-                      escape(render.shorten(args.documents[r.index])))
+        table.add_row(
+            str(rank),
+            str(r.index),
+            f"{r.score:.4f}",
+            escape(render.shorten(args.documents[r.index])),
+        )
     ctx.out.print(table)
     return 0
 
@@ -317,8 +409,9 @@ def info(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def get(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.vectors and args.service != "db":
-        raise CliError("--vectors needs --service db (nachbar-ai does not return vectors)",
-                       exit_code=2)
+        raise CliError(
+            "--vectors needs --service db (nachbar-ai does not return vectors)", exit_code=2
+        )
     if args.service == "db":
         with ctx.db() as db:
             db_result = db.get_key(args.store, args.ids, include_vectors=args.vectors)
@@ -336,8 +429,9 @@ def get(ctx: CliContext, args: argparse.Namespace) -> int:
     elif count:
         ctx.out.print(table)
     if missing:
-        ctx.err.print(f"not found in {escape(args.store)}: {escape(', '.join(missing))}",
-                      highlight=False)
+        ctx.err.print(
+            f"not found in {escape(args.store)}: {escape(', '.join(missing))}", highlight=False
+        )
         return 1
     return 0
 
@@ -352,6 +446,7 @@ def delete(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.json:
         render.print_json(ctx.out, {"deleted": deleted, "requested": len(args.ids)})
     else:
-        ctx.out.print(f"deleted {deleted} of {len(args.ids)} from {escape(args.store)}",
-                      highlight=False)
+        ctx.out.print(
+            f"deleted {deleted} of {len(args.ids)} from {escape(args.store)}", highlight=False
+        )
     return 0

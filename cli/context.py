@@ -71,15 +71,17 @@ class CliContext:
 
     @contextmanager
     def db(self) -> Iterator[DBClient]:
-        with DBClient(self.db_address, timeout=self.timeout) as client, explain_unavailable(
-            "db", self.db_address
+        with (
+            DBClient(self.db_address, timeout=self.timeout) as client,
+            explain_unavailable("db", self.db_address),
         ):
             yield client
 
     @contextmanager
     def ai(self) -> Iterator[AIClient]:
-        with AIClient(self.ai_address, timeout=self.timeout) as client, explain_unavailable(
-            "ai", self.ai_address
+        with (
+            AIClient(self.ai_address, timeout=self.timeout) as client,
+            explain_unavailable("ai", self.ai_address),
         ):
             yield client
 

@@ -65,7 +65,8 @@ def parse_filter(text: str) -> Filter:
         except json.JSONDecodeError as error:
             raise FilterSyntaxError(
                 f"the filter looks like JSON but is not valid JSON: {error.msg}",
-                stripped, error.pos,
+                stripped,
+                error.pos,
             ) from None
         try:
             return Filter(filter_from_dict(spec))
@@ -208,8 +209,11 @@ class _Parser:
                 raise self._fail("',' or ']'")
         self.index += 1
         if not values:
-            raise FilterSyntaxError("a list after 'in' needs at least one value", self.text,
-                                    self.tokens[self.index - 1].position)
+            raise FilterSyntaxError(
+                "a list after 'in' needs at least one value",
+                self.text,
+                self.tokens[self.index - 1].position,
+            )
         return values
 
     def _literal(self) -> MetadataValue:
@@ -224,6 +228,7 @@ class _Parser:
         if token.kind == "field":
             raise FilterSyntaxError(
                 f'strings need quotes: write "{token.text}" instead of {token.text}',
-                self.text, token.position,
+                self.text,
+                token.position,
             )
         raise self._fail('a value (a "string", a number, true or false)')

@@ -42,11 +42,13 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".
 DEFAULT_BATCH_SIZE = 32
 # Statuses that blame the request's content, so retrying items one by one isolates the bad ones.
 # Anything else (store missing, server down, model missing) would fail every item alike.
-PER_ITEM_CODES = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-})
+PER_ITEM_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 # Leading zeros mark codes, not numbers ("00123" stays a string).
 _CSV_INT = re.compile(r"[+-]?(?:0|[1-9]\d*)")
 _CSV_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
@@ -132,8 +134,7 @@ class Source:
     def _image_records(self) -> Iterator[Record | Failure]:
         for path in self.image_files():
             relative = path.relative_to(self.path).as_posix()
-            yield Record(origin=relative, id=relative, metadata={"path": relative},
-                         image_path=path)
+            yield Record(origin=relative, id=relative, metadata={"path": relative}, image_path=path)
 
     def _jsonl_records(self) -> Iterator[Record | Failure]:
         with self.path.open("rb") as stream:
@@ -150,8 +151,10 @@ class Source:
                     yield Failure(origin, f"invalid JSON: {error.msg} (column {error.colno})")
                     continue
                 if not isinstance(row, dict):
-                    yield Failure(origin, "expected a JSON object per line, e.g. "
-                                          '{"text": "...", "lang": "en"}')
+                    yield Failure(
+                        origin,
+                        'expected a JSON object per line, e.g. {"text": "...", "lang": "en"}',
+                    )
                     continue
                 yield self._row_record(origin, row, _json_metadata_value)
 
@@ -159,8 +162,10 @@ class Source:
         with _open_csv(self.path) as stream:
             reader = csv.DictReader(stream)
             columns = reader.fieldnames or []
-            for needed, flag in ((self.text_column, "--text-column"),
-                                 (self.id_column, "--id-column")):
+            for needed, flag in (
+                (self.text_column, "--text-column"),
+                (self.id_column, "--id-column"),
+            ):
                 if needed is not None and needed not in columns:
                     raise CliError(
                         f"{self.path} has no column {needed!r} (columns: "
@@ -184,7 +189,9 @@ class Source:
                 raise CliError(f"{self.path} line {reader.line_num}: {error}") from None
 
     def _row_record(
-        self, origin: str, row: Mapping[str, Any],
+        self,
+        origin: str,
+        row: Mapping[str, Any],
         convert: Callable[[str, Any], MetadataValue | None],
     ) -> Record | Failure:
         text = row.get(self.text_column)
@@ -222,8 +229,10 @@ def _json_metadata_value(key: str, value: Any) -> MetadataValue | None:
     if value is None:
         return None
     if isinstance(value, bool | int | float | str):
-        if isinstance(value, int) and not isinstance(value, bool) and not (
-            _INT64[0] <= value <= _INT64[1]
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (_INT64[0] <= value <= _INT64[1])
         ):
             raise ValueError(f"column {key!r}: {value} does not fit a 64-bit integer")
         return value
@@ -281,8 +290,9 @@ UpsertBatch = Callable[[list[Item]], UpsertResult]
 class Ingester:
     """Sends records in batches and isolates bad items; independent of terminals and servers."""
 
-    def __init__(self, upsert: UpsertBatch, batch_size: int,
-                 advance: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(
+        self, upsert: UpsertBatch, batch_size: int, advance: Callable[[int], None] = lambda n: None
+    ) -> None:
         if batch_size < 1:
             raise CliError("--batch-size must be at least 1", exit_code=2)
         self._upsert = upsert
@@ -348,10 +358,14 @@ class _RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.1f} items/s", style="progress.data.speed")
 
 
-def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser],
-             json_flag: argparse.ArgumentParser) -> None:
+def register(
+    sub: argparse._SubParsersAction[Any],
+    common: list[argparse.ArgumentParser],
+    json_flag: argparse.ArgumentParser,
+) -> None:
     p = sub.add_parser(
-        "ingest", parents=[*common, json_flag],
+        "ingest",
+        parents=[*common, json_flag],
         help="bulk upsert a folder of images or a .jsonl/.csv of texts",
         description="Upsert a folder of images (recursive; jpg, jpeg, png, webp, gif, bmp, tiff) "
         "or a .jsonl / .csv file of texts into a store through nachbar-ai. Image ids are paths "
@@ -362,38 +376,68 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
     )
     p.add_argument("path", type=Path, metavar="PATH")
     p.add_argument("--store", required=True)
-    p.add_argument("--create", action="store_true",
-                   help="create the store first if it does not exist (needs --query-model)")
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="create the store first if it does not exist (needs --query-model)",
+    )
     p.add_argument("--query-model", metavar="MODEL", help="with --create: the query model")
-    p.add_argument("--index-model", metavar="MODEL",
-                   help="with --create: the model that embeds the items (default: query model)")
-    p.add_argument("--no-store-original", action="store_true",
-                   help="with --create: do not keep original texts or image bytes")
-    p.add_argument("--text-column", default="text", metavar="C",
-                   help="the column holding the text (default: text)")
-    p.add_argument("--id-column", metavar="C",
-                   help="the column holding each row's id (default: a hash of the text)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"items per request (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--truncate", action="store_true",
-                   help="cut texts longer than the model's limit instead of failing them")
+    p.add_argument(
+        "--index-model",
+        metavar="MODEL",
+        help="with --create: the model that embeds the items (default: query model)",
+    )
+    p.add_argument(
+        "--no-store-original",
+        action="store_true",
+        help="with --create: do not keep original texts or image bytes",
+    )
+    p.add_argument(
+        "--text-column",
+        default="text",
+        metavar="C",
+        help="the column holding the text (default: text)",
+    )
+    p.add_argument(
+        "--id-column",
+        metavar="C",
+        help="the column holding each row's id (default: a hash of the text)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"items per request (default {DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut texts longer than the model's limit instead of failing them",
+    )
     p.set_defaults(func=run)
 
 
 def _prepare_store(ai: AIClient, args: argparse.Namespace, source: Source) -> None:
     if (args.query_model or args.index_model or args.no_store_original) and not args.create:
-        raise CliError("--query-model, --index-model and --no-store-original go with --create",
-                       exit_code=2)
+        raise CliError(
+            "--query-model, --index-model and --no-store-original go with --create", exit_code=2
+        )
     if args.create:
         if not args.query_model:
             raise CliError(
                 "--create needs --query-model (and for images an --index-model of the same "
                 "space, e.g. --query-model all-minilm-l6-v2 --index-model "
-                "imagenet-conse-minilm-l6)", exit_code=2,
+                "imagenet-conse-minilm-l6)",
+                exit_code=2,
             )
-        ai.create_store(args.store, query_model=args.query_model,
-                        index_model=args.index_model or "",
-                        store_original=not args.no_store_original, if_not_exists=True)
+        ai.create_store(
+            args.store,
+            query_model=args.query_model,
+            index_model=args.index_model or "",
+            store_original=not args.no_store_original,
+            if_not_exists=True,
+        )
     try:
         store = ai.get_store(args.store)
     except NotFound:
@@ -428,8 +472,7 @@ def run(ctx: CliContext, args: argparse.Namespace) -> int:
 
         with _progress(ctx.err) as progress:
             task = progress.add_task(f"ingest into {escape(args.store)}", total=total)
-            ingester = Ingester(upsert, args.batch_size,
-                                lambda n: progress.advance(task, n))
+            ingester = Ingester(upsert, args.batch_size, lambda n: progress.advance(task, n))
             report = ingester.run(source.records())
     _print_report(ctx, args, report)
     return 1 if report.failures else 0

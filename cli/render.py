@@ -119,12 +119,18 @@ def new_table(*columns: str, title: str | None = None) -> Table:
 def ai_stores_table(stores: Sequence[AIStoreInfo]) -> Table:
     table = new_table("name", "count", "dim", "metric", "models", "originals")
     for s in stores:
-        models = s.query_model if s.query_model == s.index_model else (
-            f"query {s.query_model} / index {s.index_model}"
+        models = (
+            s.query_model
+            if s.query_model == s.index_model
+            else (f"query {s.query_model} / index {s.index_model}")
         )
         table.add_row(
-            escape(s.name), str(s.db_store.count), str(s.db_store.dimension),
-            s.db_store.metric.value, escape(models), "yes" if s.store_original else "no",
+            escape(s.name),
+            str(s.db_store.count),
+            str(s.db_store.dimension),
+            s.db_store.metric.value,
+            escape(models),
+            "yes" if s.store_original else "no",
         )
     return table
 
@@ -133,8 +139,12 @@ def db_stores_table(stores: Sequence[StoreInfo]) -> Table:
     table = new_table("name", "count", "dim", "metric", "index", "predicate indexes", "size")
     for s in stores:
         table.add_row(
-            escape(s.name), str(s.count), str(s.dimension), s.metric.value,
-            format_index(s.index), escape(", ".join(s.predicate_indexes)),
+            escape(s.name),
+            str(s.count),
+            str(s.dimension),
+            s.metric.value,
+            format_index(s.index),
+            escape(", ".join(s.predicate_indexes)),
             format_bytes(s.bytes_used),
         )
     return table
@@ -199,9 +209,14 @@ def models_table(models: Sequence[ModelInfo]) -> Table:
     )
     for m in models:
         table.add_row(
-            escape(m.name), m.kind.replace("_", "-"), m.modality,
-            str(m.dimension) if m.dimension else "-", escape(m.space or "-"), m.precision,
-            "yes" if m.available else "no", "yes" if m.loaded else "no",
+            escape(m.name),
+            m.kind.replace("_", "-"),
+            m.modality,
+            str(m.dimension) if m.dimension else "-",
+            escape(m.space or "-"),
+            m.precision,
+            "yes" if m.available else "no",
+            "yes" if m.loaded else "no",
         )
     return table
 

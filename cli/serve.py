@@ -18,8 +18,11 @@ _CLIENT_OPTIONS = ("--db", "--ai", "--timeout")
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Show `db serve` / `ai serve` in `nachbar --help`; `dispatch` runs them."""
     for service in SERVICES:
-        parser = sub.add_parser(service, help=f"run nachbar-{service} in the foreground "
-                                f"(`nachbar {service} serve --help` lists its flags)")
+        parser = sub.add_parser(
+            service,
+            help=f"run nachbar-{service} in the foreground "
+            f"(`nachbar {service} serve --help` lists its flags)",
+        )
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
         actions.add_parser("serve", add_help=False, help=f"serve nachbar-{service}")
 

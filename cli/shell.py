@@ -19,12 +19,18 @@ from nachbar.cli.shell_commands import SERVICES, open_shell
 
 def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "shell", parents=common, help="interactive shell for every RPC of both services",
+        "shell",
+        parents=common,
+        help="interactive shell for every RPC of both services",
         description="An interactive shell with history and tab completion of commands, store "
         "and model names. `help` lists the commands; `use db` / `use ai` switches the service.",
     )
-    p.add_argument("--service", choices=SERVICES, default="ai",
-                   help="the service commands go to at first (default ai)")
+    p.add_argument(
+        "--service",
+        choices=SERVICES,
+        default="ai",
+        help="the service commands go to at first (default ai)",
+    )
     p.set_defaults(func=run)
 
 

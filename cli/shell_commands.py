@@ -83,8 +83,10 @@ def _json_arg(raw: str, what: str) -> Any:
 
 def _vector(raw: str) -> list[float]:
     value = _json_arg(raw, "the vector")
-    if not isinstance(value, list) or not value or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     ):
         raise ShellUsageError(f"a vector is a JSON list of numbers, e.g. [0.1, 0.2], not {raw}")
     return [float(v) for v in value]
@@ -141,11 +143,18 @@ def _get_store(s: Shell, a: argparse.Namespace) -> None:
     else:
         ai_info = s.ai.get_store(a.store)
         db_info = ai_info.db_store
-        extra = {"query model": ai_info.query_model, "index model": ai_info.index_model,
-                 "originals kept": ai_info.store_original}
+        extra = {
+            "query model": ai_info.query_model,
+            "index model": ai_info.index_model,
+            "originals kept": ai_info.store_original,
+        }
     rows = {
-        "name": db_info.name, **extra, "count": db_info.count, "dimension": db_info.dimension,
-        "metric": db_info.metric.value, "index": render.format_index(db_info.index),
+        "name": db_info.name,
+        **extra,
+        "count": db_info.count,
+        "dimension": db_info.dimension,
+        "metric": db_info.metric.value,
+        "index": render.format_index(db_info.index),
         "predicate indexes": ", ".join(db_info.predicate_indexes) or "-",
         "size": render.format_bytes(db_info.bytes_used),
     }
@@ -172,13 +181,19 @@ def _get_key(s: Shell, a: argparse.Namespace) -> None:
 
 def _get_by_predicate(s: Shell, a: argparse.Namespace) -> None:
     if s.service_of_call == "db":
-        db_page = s.db.get_by_predicate(a.store, _filter(a.filter), limit=a.limit,
-                                        page_token=a.page_token, include_vectors=a.vectors)
+        db_page = s.db.get_by_predicate(
+            a.store,
+            _filter(a.filter),
+            limit=a.limit,
+            page_token=a.page_token,
+            include_vectors=a.vectors,
+        )
         s.console.print(render.db_entries_table(db_page.entries))
         token = db_page.next_page_token
     else:
-        ai_page = s.ai.get_by_predicate(a.store, _filter(a.filter), limit=a.limit,
-                                        page_token=a.page_token)
+        ai_page = s.ai.get_by_predicate(
+            a.store, _filter(a.filter), limit=a.limit, page_token=a.page_token
+        )
         s.console.print(render.ai_entries_table(ai_page.entries))
         token = ai_page.next_page_token
     if token:
@@ -210,8 +225,9 @@ def _ping(s: Shell, a: argparse.Namespace) -> None:
     else:
         s.ai.ping()
     elapsed_ms = (time.perf_counter() - started) * 1000
-    s.say(f"nachbar-{s.service_of_call} at {s.address(s.service_of_call)}: pong "
-          f"({elapsed_ms:.1f} ms)")
+    s.say(
+        f"nachbar-{s.service_of_call} at {s.address(s.service_of_call)}: pong ({elapsed_ms:.1f} ms)"
+    )
 
 
 # -- db handlers --------------------------------------------------------------------------------
@@ -219,10 +235,18 @@ def _ping(s: Shell, a: argparse.Namespace) -> None:
 
 def _db_create_store(s: Shell, a: argparse.Namespace) -> None:
     index = Exact() if a.exact else Hnsw(a.m, a.ef_construction, a.ef_search)
-    info = s.db.create_store(a.store, a.dim, metric=a.metric, index=index,
-                             predicate_indexes=a.pred_index, if_not_exists=a.if_not_exists)
-    s.say(f"store {info.name}: {info.dimension}-d, {info.metric.value}, "
-          f"{render.format_index(info.index)}")
+    info = s.db.create_store(
+        a.store,
+        a.dim,
+        metric=a.metric,
+        index=index,
+        predicate_indexes=a.pred_index,
+        if_not_exists=a.if_not_exists,
+    )
+    s.say(
+        f"store {info.name}: {info.dimension}-d, {info.metric.value}, "
+        f"{render.format_index(info.index)}"
+    )
 
 
 def _db_upsert(s: Shell, a: argparse.Namespace) -> None:
@@ -231,8 +255,15 @@ def _db_upsert(s: Shell, a: argparse.Namespace) -> None:
 
 
 def _db_get_sim_n(s: Shell, a: argparse.Namespace) -> None:
-    result = s.db.get_sim_n(a.store, _vector(a.vector), a.k, filter=_filter(a.filter),
-                            mode=a.mode, ef=a.ef, include_vectors=a.vectors)
+    result = s.db.get_sim_n(
+        a.store,
+        _vector(a.vector),
+        a.k,
+        filter=_filter(a.filter),
+        mode=a.mode,
+        ef=a.ef,
+        include_vectors=a.vectors,
+    )
     s.console.print(render.db_matches_table(result.matches))
     s.say(f"plan: {result.plan}" if result.plan else "")
 
@@ -251,20 +282,30 @@ def _db_drop_pred_index(s: Shell, a: argparse.Namespace) -> None:
 
 def _ai_create_store(s: Shell, a: argparse.Namespace) -> None:
     info = s.ai.create_store(
-        a.store, query_model=a.query_model, index_model=a.index_model or "",
-        store_original=not a.no_store_original, predicate_indexes=a.pred_index,
-        index=Exact() if a.exact else None, metric=a.metric, if_not_exists=a.if_not_exists,
+        a.store,
+        query_model=a.query_model,
+        index_model=a.index_model or "",
+        store_original=not a.no_store_original,
+        predicate_indexes=a.pred_index,
+        index=Exact() if a.exact else None,
+        metric=a.metric,
+        if_not_exists=a.if_not_exists,
     )
-    s.say(f"store {info.name}: {info.db_store.dimension}-d, query model {info.query_model}, "
-          f"index model {info.index_model}")
+    s.say(
+        f"store {info.name}: {info.db_store.dimension}-d, query model {info.query_model}, "
+        f"index model {info.index_model}"
+    )
 
 
 def _ai_upsert(s: Shell, a: argparse.Namespace) -> None:
     if (a.text is None) == (a.image is None):
         raise ShellUsageError("give TEXT or --image PATH (one of them)")
     value: str | Image = a.text if a.image is None else _image(a.image)
-    result = s.ai.upsert(a.store, [Item(value, a.id or "", _metadata(a.metadata))],
-                         truncation="truncate" if a.truncate else "error")
+    result = s.ai.upsert(
+        a.store,
+        [Item(value, a.id or "", _metadata(a.metadata))],
+        truncation="truncate" if a.truncate else "error",
+    )
     s.say(f"inserted {result.inserted}, updated {result.updated}: {', '.join(result.ids)}")
 
 
@@ -273,9 +314,15 @@ def _ai_get_sim_n(s: Shell, a: argparse.Namespace) -> None:
         raise ShellUsageError("give QUERY text or --image PATH (one of them)")
     query: str | Image = a.query if a.image is None else _image(a.image)
     result = s.ai.get_sim_n(
-        a.store, query, a.k, filter=_filter(a.filter), rerank=a.rerank,
-        rerank_candidates=a.candidates, rerank_field=a.rerank_field,
-        truncation="truncate" if a.truncate else "error", query_model=a.query_model,
+        a.store,
+        query,
+        a.k,
+        filter=_filter(a.filter),
+        rerank=a.rerank,
+        rerank_candidates=a.candidates,
+        rerank_field=a.rerank_field,
+        truncation="truncate" if a.truncate else "error",
+        query_model=a.query_model,
     )
     if result.matches:
         s.console.print(render.ai_matches_table(result.matches))
@@ -296,8 +343,9 @@ def _ai_rerank(s: Shell, a: argparse.Namespace) -> None:
     results = s.ai.rerank(a.model, a.query, a.documents, top_k=a.top_k)
     table = render.new_table("rank", "index", "score", "document")
     for rank, r in enumerate(results, 1):
-        table.add_row(str(rank), str(r.index), f"{r.score:.4f}",
-                      escape(render.shorten(a.documents[r.index])))
+        table.add_row(
+            str(rank), str(r.index), f"{r.score:.4f}", escape(render.shorten(a.documents[r.index]))
+        )
     s.console.print(table)
 
 
@@ -327,6 +375,7 @@ def _get_key_args(vectors: bool) -> Callable[[argparse.ArgumentParser], None]:
         _store_and_ids(parser)
         if vectors:
             parser.add_argument("--vectors", action="store_true", help="include vectors")
+
     return configure
 
 
@@ -338,6 +387,7 @@ def _by_predicate_args(vectors: bool) -> Callable[[argparse.ArgumentParser], Non
         parser.add_argument("--page-token", default="")
         if vectors:
             parser.add_argument("--vectors", action="store_true", help="include vectors")
+
     return configure
 
 
@@ -381,6 +431,7 @@ def _fields_args(missing_ok: bool) -> Callable[[argparse.ArgumentParser], None]:
         parser.add_argument("fields", nargs="+", metavar="FIELD")
         if missing_ok:
             parser.add_argument("--missing-ok", action="store_true")
+
     return configure
 
 
@@ -414,8 +465,12 @@ def _ai_get_sim_n_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank-field", metavar="FIELD")
     parser.add_argument("--candidates", type=int, default=0)
     parser.add_argument("--truncate", action="store_true")
-    parser.add_argument("--query-model", default="", metavar="MODEL",
-                        help="embed the query with this model of the store's space instead")
+    parser.add_argument(
+        "--query-model",
+        default="",
+        metavar="MODEL",
+        help="embed the query with this model of the store's space instead",
+    )
 
 
 def _ai_embed_args(parser: argparse.ArgumentParser) -> None:
@@ -431,67 +486,173 @@ def _ai_rerank_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
 
 
-def _both(name: str, summary: str, example: str,
-          configure: Callable[[argparse.ArgumentParser], None], handler: Handler,
-          takes_store: bool = True) -> list[ShellCommand]:
-    return [ShellCommand(name, service, summary, example, configure, handler, takes_store)
-            for service in SERVICES]
+def _both(
+    name: str,
+    summary: str,
+    example: str,
+    configure: Callable[[argparse.ArgumentParser], None],
+    handler: Handler,
+    takes_store: bool = True,
+) -> list[ShellCommand]:
+    return [
+        ShellCommand(name, service, summary, example, configure, handler, takes_store)
+        for service in SERVICES
+    ]
 
 
 COMMANDS: tuple[ShellCommand, ...] = (
-    ShellCommand("create_store", "ai", "create a store bound to embedding models",
-                 "create_store docs --query-model all-minilm-l6-v2", _ai_create_store_args,
-                 _ai_create_store),
-    ShellCommand("create_store", "db", "create a store for your own vectors",
-                 "create_store vecs --dim 3 --metric cosine --pred-index lang",
-                 _db_create_store_args, _db_create_store),
-    *_both("drop_store", "delete a store and its entries", "drop_store docs",
-           _drop_store_args, _drop_store),
-    *_both("list_stores", "table of stores", "list_stores", _nothing, _list_stores,
-           takes_store=False),
+    ShellCommand(
+        "create_store",
+        "ai",
+        "create a store bound to embedding models",
+        "create_store docs --query-model all-minilm-l6-v2",
+        _ai_create_store_args,
+        _ai_create_store,
+    ),
+    ShellCommand(
+        "create_store",
+        "db",
+        "create a store for your own vectors",
+        "create_store vecs --dim 3 --metric cosine --pred-index lang",
+        _db_create_store_args,
+        _db_create_store,
+    ),
+    *_both(
+        "drop_store",
+        "delete a store and its entries",
+        "drop_store docs",
+        _drop_store_args,
+        _drop_store,
+    ),
+    *_both(
+        "list_stores", "table of stores", "list_stores", _nothing, _list_stores, takes_store=False
+    ),
     *_both("get_store", "one store's details", "get_store docs", _store, _get_store),
-    ShellCommand("upsert", "ai", "embed and insert (or update) one text or image",
-                 "upsert docs \"a cat on a mat\" --id cat1 --meta '{\"lang\": \"en\"}'",
-                 _ai_upsert_args, _ai_upsert),
-    ShellCommand("upsert", "db", "insert (or update) one vector with metadata",
-                 "upsert vecs a '[1, 0, 0]' '{\"lang\": \"en\"}'", _db_upsert_args, _db_upsert),
-    ShellCommand("get_key", "ai", "entries by id", "get_key docs cat1 cat2",
-                 _get_key_args(False), _get_key),
-    ShellCommand("get_key", "db", "entries by id", "get_key vecs a b --vectors",
-                 _get_key_args(True), _get_key),
-    ShellCommand("get_by_predicate", "ai", "entries matching a filter, paged",
-                 "get_by_predicate docs 'lang = \"en\"' --limit 10", _by_predicate_args(False),
-                 _get_by_predicate),
-    ShellCommand("get_by_predicate", "db", "entries matching a filter, paged",
-                 "get_by_predicate vecs '{\"lang\": {\"eq\": \"en\"}}'", _by_predicate_args(True),
-                 _get_by_predicate),
-    ShellCommand("get_sim_n", "ai", "the k entries most similar to a text or image",
-                 "get_sim_n docs \"cats\" -k 3 --filter 'lang = \"en\"'", _ai_get_sim_n_args,
-                 _ai_get_sim_n),
-    ShellCommand("search", "ai", "same as get_sim_n", "search photos \"a dog\" -k 3",
-                 _ai_get_sim_n_args, _ai_get_sim_n),
-    ShellCommand("get_sim_n", "db", "the k entries nearest to a vector",
-                 "get_sim_n vecs '[1, 0.1, 0]' -k 2 --mode exact", _db_get_sim_n_args,
-                 _db_get_sim_n),
-    *_both("delete_keys", "delete entries by id", "delete_keys docs cat1 cat2",
-           _store_and_ids, _delete_keys),
-    *_both("delete_by_predicate", "delete entries matching a filter",
-           "delete_by_predicate docs 'year < 2000'", _delete_by_predicate_args,
-           _delete_by_predicate),
-    ShellCommand("create_pred_index", "db", "index metadata fields for fast filters",
-                 "create_pred_index vecs lang year", _fields_args(False), _db_create_pred_index),
-    ShellCommand("drop_pred_index", "db", "drop predicate indexes",
-                 "drop_pred_index vecs year", _fields_args(True), _db_drop_pred_index),
-    ShellCommand("embed", "ai", "vectors of texts or images, no store",
-                 "embed \"hello world\" --model all-minilm-l6-v2", _ai_embed_args, _ai_embed,
-                 takes_store=False),
-    ShellCommand("rerank", "ai", "score documents against a query with a cross-encoder",
-                 "rerank \"a cat\" \"a kitten\" \"a car\" --model stsb-minilm-l6-cross-encoder",
-                 _ai_rerank_args, _ai_rerank, takes_store=False),
-    ShellCommand("list_models", "ai", "models the service can serve", "list_models", _nothing,
-                 _ai_list_models, takes_store=False),
-    *_both("info", "version and state of the service", "info", _nothing, _info,
-           takes_store=False),
+    ShellCommand(
+        "upsert",
+        "ai",
+        "embed and insert (or update) one text or image",
+        'upsert docs "a cat on a mat" --id cat1 --meta \'{"lang": "en"}\'',
+        _ai_upsert_args,
+        _ai_upsert,
+    ),
+    ShellCommand(
+        "upsert",
+        "db",
+        "insert (or update) one vector with metadata",
+        "upsert vecs a '[1, 0, 0]' '{\"lang\": \"en\"}'",
+        _db_upsert_args,
+        _db_upsert,
+    ),
+    ShellCommand(
+        "get_key", "ai", "entries by id", "get_key docs cat1 cat2", _get_key_args(False), _get_key
+    ),
+    ShellCommand(
+        "get_key",
+        "db",
+        "entries by id",
+        "get_key vecs a b --vectors",
+        _get_key_args(True),
+        _get_key,
+    ),
+    ShellCommand(
+        "get_by_predicate",
+        "ai",
+        "entries matching a filter, paged",
+        "get_by_predicate docs 'lang = \"en\"' --limit 10",
+        _by_predicate_args(False),
+        _get_by_predicate,
+    ),
+    ShellCommand(
+        "get_by_predicate",
+        "db",
+        "entries matching a filter, paged",
+        'get_by_predicate vecs \'{"lang": {"eq": "en"}}\'',
+        _by_predicate_args(True),
+        _get_by_predicate,
+    ),
+    ShellCommand(
+        "get_sim_n",
+        "ai",
+        "the k entries most similar to a text or image",
+        'get_sim_n docs "cats" -k 3 --filter \'lang = "en"\'',
+        _ai_get_sim_n_args,
+        _ai_get_sim_n,
+    ),
+    ShellCommand(
+        "search",
+        "ai",
+        "same as get_sim_n",
+        'search photos "a dog" -k 3',
+        _ai_get_sim_n_args,
+        _ai_get_sim_n,
+    ),
+    ShellCommand(
+        "get_sim_n",
+        "db",
+        "the k entries nearest to a vector",
+        "get_sim_n vecs '[1, 0.1, 0]' -k 2 --mode exact",
+        _db_get_sim_n_args,
+        _db_get_sim_n,
+    ),
+    *_both(
+        "delete_keys",
+        "delete entries by id",
+        "delete_keys docs cat1 cat2",
+        _store_and_ids,
+        _delete_keys,
+    ),
+    *_both(
+        "delete_by_predicate",
+        "delete entries matching a filter",
+        "delete_by_predicate docs 'year < 2000'",
+        _delete_by_predicate_args,
+        _delete_by_predicate,
+    ),
+    ShellCommand(
+        "create_pred_index",
+        "db",
+        "index metadata fields for fast filters",
+        "create_pred_index vecs lang year",
+        _fields_args(False),
+        _db_create_pred_index,
+    ),
+    ShellCommand(
+        "drop_pred_index",
+        "db",
+        "drop predicate indexes",
+        "drop_pred_index vecs year",
+        _fields_args(True),
+        _db_drop_pred_index,
+    ),
+    ShellCommand(
+        "embed",
+        "ai",
+        "vectors of texts or images, no store",
+        'embed "hello world" --model all-minilm-l6-v2',
+        _ai_embed_args,
+        _ai_embed,
+        takes_store=False,
+    ),
+    ShellCommand(
+        "rerank",
+        "ai",
+        "score documents against a query with a cross-encoder",
+        'rerank "a cat" "a kitten" "a car" --model stsb-minilm-l6-cross-encoder',
+        _ai_rerank_args,
+        _ai_rerank,
+        takes_store=False,
+    ),
+    ShellCommand(
+        "list_models",
+        "ai",
+        "models the service can serve",
+        "list_models",
+        _nothing,
+        _ai_list_models,
+        takes_store=False,
+    ),
+    *_both("info", "version and state of the service", "info", _nothing, _info, takes_store=False),
     *_both("ping", "check the service answers", "ping", _nothing, _ping, takes_store=False),
 )
 
@@ -574,8 +735,9 @@ class Shell:
             return self._execute(line)
         except NachbarError as error:
             self.errors += 1
-            self.console.print(f"[bold red]{error.code.name}[/]: {escape(error.message)}",
-                               highlight=False)
+            self.console.print(
+                f"[bold red]{error.code.name}[/]: {escape(error.message)}", highlight=False
+            )
         except ShellUsageError as error:
             self.errors += 1
             self.console.print(f"[red]usage error[/]: {escape(str(error))}", highlight=False)
@@ -627,8 +789,10 @@ class Shell:
                 assert shown is not None
                 table.add_row(command_name, "/".join(services), shown.summary)
             self.console.print(table)
-            self.say(f"current service: {self.service}. `help CMD` explains one command; "
-                     "prefix a command with ai or db to send it to that service once.")
+            self.say(
+                f"current service: {self.service}. `help CMD` explains one command; "
+                "prefix a command with ai or db to send it to that service once."
+            )
             return
         if name in BUILTINS:
             self.say(f"{name}: {BUILTINS[name]}")
@@ -638,8 +802,9 @@ class Shell:
             raise ShellUsageError(f"unknown command {name!r}; `help` lists the commands")
         for command in variants:
             usage = command.parser().format_help().rstrip()
-            self.console.print(f"[bold]{command.name}[/] (nachbar-{command.service})",
-                               highlight=False)
+            self.console.print(
+                f"[bold]{command.name}[/] (nachbar-{command.service})", highlight=False
+            )
             self.say(usage)
             self.say(f"example: {command.example}\n")
 
@@ -712,11 +877,11 @@ def _matching(candidates: Iterable[str], prefix: str) -> list[str]:
 
 
 @contextmanager
-def open_shell(ctx: CliContext, service: str = "ai",
-               console: Console | None = None) -> Iterator[Shell]:
+def open_shell(
+    ctx: CliContext, service: str = "ai", console: Console | None = None
+) -> Iterator[Shell]:
     shell = Shell(ctx, service, console)
     try:
         yield shell
     finally:
         shell.close()
-

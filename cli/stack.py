@@ -66,30 +66,62 @@ def join_host_port(host: str, port: int) -> str:
 
 def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "up", parents=common, help="start nachbar-db and nachbar-ai together",
+        "up",
+        parents=common,
+        help="start nachbar-db and nachbar-ai together",
         description="Start nachbar-db and nachbar-ai as two child processes, wait until both "
         "report SERVING, and keep them running until Ctrl-C or SIGTERM, which stops both "
         "gracefully. Missing default models are built first unless --no-build.",
     )
-    p.add_argument("--data-dir", type=Path, metavar="D",
-                   help="where stores live (env NACHBAR_DATA_DIR, default "
-                   "$XDG_DATA_HOME/nachbar/data or ~/.local/share/nachbar/data)")
-    p.add_argument("--model-dir", type=Path, metavar="M",
-                   help="model cache (env NACHBAR_MODEL_DIR, default "
-                   "$XDG_CACHE_HOME/nachbar/models or ~/.cache/nachbar/models)")
-    p.add_argument("--db-port", type=int, metavar="P",
-                   help="nachbar-db port (env NACHBAR_DB_PORT, default 1369; 0 picks a free one)")
-    p.add_argument("--ai-port", type=int, metavar="P",
-                   help="nachbar-ai port (env NACHBAR_AI_PORT, default 1370; 0 picks a free one)")
-    p.add_argument("--host", metavar="H", default=None,
-                   help="interface both listen on (default 127.0.0.1; 0.0.0.0 for every "
-                   "interface)")
-    p.add_argument("--no-build", action="store_true",
-                   help="do not build missing default models; fail and say how to build them")
-    p.add_argument("--models", metavar="NAMES",
-                   help="comma-separated models nachbar-ai loads at start (env NACHBAR_MODELS)")
-    p.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT,
-                   metavar="SECONDS", help="how long to wait for both to be SERVING")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="D",
+        help="where stores live (env NACHBAR_DATA_DIR, default "
+        "$XDG_DATA_HOME/nachbar/data or ~/.local/share/nachbar/data)",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="M",
+        help="model cache (env NACHBAR_MODEL_DIR, default "
+        "$XDG_CACHE_HOME/nachbar/models or ~/.cache/nachbar/models)",
+    )
+    p.add_argument(
+        "--db-port",
+        type=int,
+        metavar="P",
+        help="nachbar-db port (env NACHBAR_DB_PORT, default 1369; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--ai-port",
+        type=int,
+        metavar="P",
+        help="nachbar-ai port (env NACHBAR_AI_PORT, default 1370; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--host",
+        metavar="H",
+        default=None,
+        help="interface both listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not build missing default models; fail and say how to build them",
+    )
+    p.add_argument(
+        "--models",
+        metavar="NAMES",
+        help="comma-separated models nachbar-ai loads at start (env NACHBAR_MODELS)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=DEFAULT_START_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for both to be SERVING",
+    )
     p.set_defaults(func=run)
 
 
@@ -116,7 +148,8 @@ def check_ports(cfg: StackConfig) -> None:
     if cfg.db_port and cfg.db_port == cfg.ai_port:
         raise CliError(
             f"--db-port and --ai-port are both {cfg.db_port}; give the two services different "
-            "ports", exit_code=2,
+            "ports",
+            exit_code=2,
         )
     for service, port, flag, client_flag in (
         ("nachbar-db", cfg.db_port, "--db-port", "--db"),
@@ -234,8 +267,17 @@ class Stopped(Exception):
 
 def spawn(label: str, args: Sequence[str], workdir: Path, sink: IO[str]) -> Child:
     port_file = workdir / f"{label}.port"
-    command = [sys.executable, "-m", "nachbar.cli.main", label, "serve", *args,
-               "--port-file", str(port_file), "--exit-with-parent"]
+    command = [
+        sys.executable,
+        "-m",
+        "nachbar.cli.main",
+        label,
+        "serve",
+        *args,
+        "--port-file",
+        str(port_file),
+        "--exit-with-parent",
+    ]
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -258,8 +300,9 @@ def wait_ready(child: Child, host: str, deadline: float, stop: threading.Event) 
         if stop.is_set():
             raise Stopped
         if not child.alive():
-            raise ChildFailed(child, f"exited with status {child.process.returncode} while "
-                                     "starting")
+            raise ChildFailed(
+                child, f"exited with status {child.process.returncode} while starting"
+            )
         port = child.port()
         if port is not None:
             report = check_health(join_host_port(host, port), timeout=2.0)
@@ -267,8 +310,11 @@ def wait_ready(child: Child, host: str, deadline: float, stop: threading.Event) 
                 return port
             last = report.health
         if time.monotonic() > deadline:
-            raise ChildFailed(child, f"was not SERVING in time (last health: {last.value}); "
-                                     "raise --start-timeout if models load slowly")
+            raise ChildFailed(
+                child,
+                f"was not SERVING in time (last health: {last.value}); "
+                "raise --start-timeout if models load slowly",
+            )
         stop.wait(POLL_SECONDS)
 
 
@@ -317,13 +363,32 @@ class Supervisor:
         cfg, sink = self.cfg, sys.stderr
         deadline = time.monotonic() + cfg.start_timeout
         try:
-            db = spawn("db", ["--host", cfg.host, "--port", str(cfg.db_port),
-                              "--data-dir", str(cfg.data_dir)], workdir, sink)
+            db = spawn(
+                "db",
+                ["--host", cfg.host, "--port", str(cfg.db_port), "--data-dir", str(cfg.data_dir)],
+                workdir,
+                sink,
+            )
             self.children.append(db)
             db_port = wait_ready(db, cfg.connect_host, deadline, self.stop_requested)
-            ai = spawn("ai", ["--host", cfg.host, "--port", str(cfg.ai_port),
-                              "--db-host", cfg.connect_host, "--db-port", str(db_port),
-                              "--model-dir", str(cfg.model_dir), *cfg.ai_args], workdir, sink)
+            ai = spawn(
+                "ai",
+                [
+                    "--host",
+                    cfg.host,
+                    "--port",
+                    str(cfg.ai_port),
+                    "--db-host",
+                    cfg.connect_host,
+                    "--db-port",
+                    str(db_port),
+                    "--model-dir",
+                    str(cfg.model_dir),
+                    *cfg.ai_args,
+                ],
+                workdir,
+                sink,
+            )
             self.children.append(ai)
             ai_port = wait_ready(ai, cfg.connect_host, deadline, self.stop_requested)
         except Stopped:
@@ -334,9 +399,11 @@ class Supervisor:
         while not self.stop_requested.wait(POLL_SECONDS):
             for child in self.children:
                 if not child.alive():
-                    return self._report_failure(ChildFailed(
-                        child, f"exited unexpectedly with status {child.process.returncode}"
-                    ))
+                    return self._report_failure(
+                        ChildFailed(
+                            child, f"exited unexpectedly with status {child.process.returncode}"
+                        )
+                    )
         self.ctx.err.print("stopping nachbar-ai and nachbar-db")
         statuses = self._stop_all()
         if any(status != 0 for status in statuses):
@@ -349,21 +416,27 @@ class Supervisor:
         cfg, out = self.cfg, self.ctx.out
         db_address = join_host_port(cfg.connect_host, db_port)
         ai_address = join_host_port(cfg.connect_host, ai_port)
-        out.print(f"nachbar-db serving on {join_host_port(cfg.host, db_port)} "
-                  f"(data in {escape(str(cfg.data_dir))})", highlight=False)
-        out.print(f"nachbar-ai serving on {join_host_port(cfg.host, ai_port)} "
-                  f"(models in {escape(str(cfg.model_dir))})", highlight=False)
+        out.print(
+            f"nachbar-db serving on {join_host_port(cfg.host, db_port)} "
+            f"(data in {escape(str(cfg.data_dir))})",
+            highlight=False,
+        )
+        out.print(
+            f"nachbar-ai serving on {join_host_port(cfg.host, ai_port)} "
+            f"(models in {escape(str(cfg.model_dir))})",
+            highlight=False,
+        )
         if (db_address, ai_address) != ("127.0.0.1:1369", "127.0.0.1:1370"):
-            out.print(f"clients: nachbar --db {db_address} --ai {ai_address} ...",
-                      highlight=False)
+            out.print(f"clients: nachbar --db {db_address} --ai {ai_address} ...", highlight=False)
         out.print("press Ctrl-C to stop both", highlight=False)
 
     def _report_failure(self, failure: ChildFailed) -> int:
         child = failure.child
         name = f"nachbar-{child.label}"
         self._stop_all()
-        self.ctx.err.print(f"error: {name} {escape(failure.what)}; its last log lines:",
-                           highlight=False)
+        self.ctx.err.print(
+            f"error: {name} {escape(failure.what)}; its last log lines:", highlight=False
+        )
         self.ctx.err.print(escape(child.last_lines()), highlight=False)
         return 1
 

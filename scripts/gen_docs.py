@@ -90,9 +90,14 @@ def _render(text: str) -> str:
             raise SystemExit(f"README.md lacks the markers for the {name!r} section")
         match = pattern.search(text)
         assert match is not None
-        text = text[: match.start()] + match.group(1) + make() + "\n" + match.group(2) + text[
-            match.end() :
-        ]
+        text = (
+            text[: match.start()]
+            + match.group(1)
+            + make()
+            + "\n"
+            + match.group(2)
+            + text[match.end() :]
+        )
     return text
 
 

@@ -34,19 +34,62 @@ def main() -> None:
         label = names[photo.class_index].replace(" ", "_").replace("/", "_")
         shutil.copy(photo.path, PHOTOS / f"{photo.path.stem.split('_')[1]}-{label}.jpg")
 
-    run("ingest", str(PHOTOS), "--store", "demo-photos", "--create",
-        "--query-model", "all-minilm-l6-v2", "--index-model", "imagenet-conse-minilm-l6")
-    run("ingest", str(TEXTS), "--store", "demo-texts", "--create",
-        "--query-model", "all-minilm-l6-v2", "--id-column", "id")
+    run(
+        "ingest",
+        str(PHOTOS),
+        "--store",
+        "demo-photos",
+        "--create",
+        "--query-model",
+        "all-minilm-l6-v2",
+        "--index-model",
+        "imagenet-conse-minilm-l6",
+    )
+    run(
+        "ingest",
+        str(TEXTS),
+        "--store",
+        "demo-texts",
+        "--create",
+        "--query-model",
+        "all-minilm-l6-v2",
+        "--id-column",
+        "id",
+    )
     for sentence in ("a photo of a dog", "an off-road vehicle", "fresh fruit"):
         run("search", sentence, "--store", "demo-photos", "-k", "3")
     jeep = sorted(PHOTOS.glob("*jeep*.jpg"))[0]
-    run("search", "--image", str(jeep), "--store", "demo-texts", "-k", "3",
-        "--query-model", "imagenet-conse-minilm-l6")
-    run("search", "A man is playing a guitar.", "--store", "demo-texts", "-k", "3",
-        "--rerank", "stsb-minilm-l6-cross-encoder")
-    run("search", "animals in the water", "--store", "demo-texts", "-k", "3",
-        "--filter", 'topic = "animals"')
+    run(
+        "search",
+        "--image",
+        str(jeep),
+        "--store",
+        "demo-texts",
+        "-k",
+        "3",
+        "--query-model",
+        "imagenet-conse-minilm-l6",
+    )
+    run(
+        "search",
+        "A man is playing a guitar.",
+        "--store",
+        "demo-texts",
+        "-k",
+        "3",
+        "--rerank",
+        "stsb-minilm-l6-cross-encoder",
+    )
+    run(
+        "search",
+        "animals in the water",
+        "--store",
+        "demo-texts",
+        "-k",
+        "3",
+        "--filter",
+        'topic = "animals"',
+    )
 
 
 if __name__ == "__main__":

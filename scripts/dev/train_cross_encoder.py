@@ -413,7 +413,10 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info(
         "training on %d examples, %d steps/epoch, %d steps, %d trainable parameters",
-        len(examples), steps_per_epoch, total_steps, sum(p.numel() for p in trainable),
+        len(examples),
+        steps_per_epoch,
+        total_steps,
+        sum(p.numel() for p in trainable),
     )
     log.info("dev Spearman before training: %.4f", spearman_of(model, tokenizer, dev_pairs))
 
@@ -534,9 +537,7 @@ def main() -> None:
         raise SystemExit(f"fp16 storage moves test Spearman by more than {FP16_TOLERANCE}")
 
     args.artifact_dir.mkdir(parents=True, exist_ok=True)
-    stored = {
-        k: v.half().contiguous() for k, v in best_state.items() if k != WORD_EMBEDDINGS
-    }
+    stored = {k: v.half().contiguous() for k, v in best_state.items() if k != WORD_EMBEDDINGS}
     weights_path = args.artifact_dir / "model.safetensors"
     save_file(stored, str(weights_path), metadata={"format": "pt"})
     weights_path.chmod(0o644)  # safetensors creates it owner-only

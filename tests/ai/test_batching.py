@@ -4,6 +4,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -391,7 +392,7 @@ def test_idle_workers_split_concurrent_requests_between_them() -> None:
     with started(
         engine, BatchingConfig(max_batch_size=4, max_wait_ms=NEVER, workers=2), "pair"
     ) as batcher:
-        results = run_concurrently([lambda x=x: batcher.submit([x]) for x in (1.0, 2.0, 3.0, 4.0)])
+        results = run_concurrently([partial(batcher.submit, [x]) for x in (1.0, 2.0, 3.0, 4.0)])
         assert sorted(r[0, 0] for r in results) == [2.0, 4.0, 6.0, 8.0]
         assert sorted(len(batch) for batch in engine.batches) == [2, 2]
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from nachbar.ai import onnx_model as onnx_model_module
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions
 from tests.ai.tiny_models import IR_VERSION, OPSET, TinyClipText, TinyCrossEncoder
@@ -113,14 +113,14 @@ def test_skip_layer_norm_fusion_is_off_by_default(
         ),
         tmp_path,
     )
-    real_session = onnx_model_module.ort.InferenceSession
+    real_session = ort.InferenceSession
     optimized = tmp_path / "optimized.onnx"
 
     def session_saving_its_graph(*args: object, **kwargs: object) -> object:
         kwargs["sess_options"].optimized_model_filepath = str(optimized)  # type: ignore[attr-defined]
         return real_session(*args, **kwargs)
 
-    monkeypatch.setattr(onnx_model_module.ort, "InferenceSession", session_saving_its_graph)
+    monkeypatch.setattr(ort, "InferenceSession", session_saving_its_graph)
 
     def fused_ops(options: SessionOptions) -> set[str]:
         OnnxModel(path, model_name="m", output="y", options=options)

@@ -51,10 +51,20 @@ def db_address(db_server: RunningServer) -> str:
 def ai_server(db_server: RunningServer, model_dir: Path) -> Iterator[RunningServer]:
     from nachbar.server.ai_main import start_ai_server
 
-    running = start_ai_server(parse_ai_config([
-        "--port", "0", "--db-port", str(db_server.port), "--model-dir", str(model_dir),
-        "--models", TEXT_MODEL,
-    ]))
+    running = start_ai_server(
+        parse_ai_config(
+            [
+                "--port",
+                "0",
+                "--db-port",
+                str(db_server.port),
+                "--model-dir",
+                str(model_dir),
+                "--models",
+                TEXT_MODEL,
+            ]
+        )
+    )
     wait_serving(f"127.0.0.1:{running.port}", timeout=120)
     yield running
     running.stop(grace=1)

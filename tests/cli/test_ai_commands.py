@@ -33,8 +33,9 @@ def table_ids(out: str) -> list[str]:
 
 
 def test_create_store_and_stores_table(ai_cli: Cli, store_name: str) -> None:
-    created = ai_cli("create-store", store_name, "--query-model", TEXT_MODEL,
-                     "--pred-index", "kind", "year")
+    created = ai_cli(
+        "create-store", store_name, "--query-model", TEXT_MODEL, "--pred-index", "kind", "year"
+    )
     assert created.code == 0, created.err
     assert f"store {store_name}: 384-d, cosine, query model {TEXT_MODEL}" in created.out
     row = next(line for line in ai_cli("stores").out.splitlines() if store_name in line)
@@ -49,8 +50,14 @@ def test_create_store_and_stores_table(ai_cli: Cli, store_name: str) -> None:
 def test_incompatible_models_are_refused_with_the_servers_message(
     ai_cli: Cli, store_name: str
 ) -> None:
-    result = ai_cli("create-store", store_name, "--query-model", TEXT_MODEL,
-                    "--index-model", "efficientnet-lite0")
+    result = ai_cli(
+        "create-store",
+        store_name,
+        "--query-model",
+        TEXT_MODEL,
+        "--index-model",
+        "efficientnet-lite0",
+    )
     assert result.code == 1
     assert result.err.startswith("error: FAILED_PRECONDITION: ")
     assert "space" in result.err
@@ -65,8 +72,9 @@ def test_search_table_and_json(ai_cli: Cli, ai_address: str, store_name: str) ->
     assert "a cat sleeps on the warm sofa" in table.out  # the stored original
     assert "rerank" not in table.out
 
-    found = json.loads(ai_cli("search", "interest rates", "--store", store_name, "-k", "3",
-                              "--json").out)
+    found = json.loads(
+        ai_cli("search", "interest rates", "--store", store_name, "-k", "3", "--json").out
+    )
     matches = found["matches"]
     assert matches[0]["id"] == "bank"
     assert len(matches) == 3
@@ -79,11 +87,29 @@ def test_search_filters_with_expression_and_json(
     ai_cli: Cli, ai_address: str, store_name: str
 ) -> None:
     text_store(ai_address, store_name)
-    expression = ai_cli("search", "a kitten", "--store", store_name, "-k", "4", "--json",
-                        "--filter", 'kind = "finance" and year >= 2020')
+    expression = ai_cli(
+        "search",
+        "a kitten",
+        "--store",
+        store_name,
+        "-k",
+        "4",
+        "--json",
+        "--filter",
+        'kind = "finance" and year >= 2020',
+    )
     assert [m["id"] for m in json.loads(expression.out)["matches"]] == ["bank"]
-    as_json = ai_cli("search", "a kitten", "--store", store_name, "-k", "4", "--json",
-                     "--filter", '{"kind": {"in": ["pet"]}}')
+    as_json = ai_cli(
+        "search",
+        "a kitten",
+        "--store",
+        store_name,
+        "-k",
+        "4",
+        "--json",
+        "--filter",
+        '{"kind": {"in": ["pet"]}}',
+    )
     assert sorted(m["id"] for m in json.loads(as_json.out)["matches"]) == ["cat", "dog"]
 
 
@@ -91,13 +117,34 @@ def test_search_with_rerank_shows_both_scores(
     ai_cli: Cli, ai_address: str, store_name: str, cross_encoder: str
 ) -> None:
     text_store(ai_address, store_name)
-    result = ai_cli("search", "a sleeping cat", "--store", store_name, "-k", "2",
-                    "--rerank", cross_encoder, "--candidates", "4")
+    result = ai_cli(
+        "search",
+        "a sleeping cat",
+        "--store",
+        store_name,
+        "-k",
+        "2",
+        "--rerank",
+        cross_encoder,
+        "--candidates",
+        "4",
+    )
     assert result.code == 0, result.err
     assert "rerank" in result.out
     assert table_ids(result.out)[0] == "cat"
-    found = json.loads(ai_cli("search", "a sleeping cat", "--store", store_name, "-k", "2",
-                              "--rerank", cross_encoder, "--json").out)
+    found = json.loads(
+        ai_cli(
+            "search",
+            "a sleeping cat",
+            "--store",
+            store_name,
+            "-k",
+            "2",
+            "--rerank",
+            cross_encoder,
+            "--json",
+        ).out
+    )
     scores = [m["rerank_score"] for m in found["matches"]]
     assert all(isinstance(s, float) for s in scores) and scores == sorted(scores, reverse=True)
 
@@ -113,8 +160,9 @@ def test_search_by_image_and_text_to_image(
     by_image, by_text = f"{store_name}_img", f"{store_name}_txt"
     with AIClient(ai_address, timeout=60) as ai:
         ai.create_store(by_image, query_model=IMAGE_MODEL, store_original=False)
-        ai.create_store(by_text, query_model=TEXT_MODEL, index_model=IMAGE_MODEL,
-                        store_original=False)
+        ai.create_store(
+            by_text, query_model=TEXT_MODEL, index_model=IMAGE_MODEL, store_original=False
+        )
         for store in (by_image, by_text):
             ai.upsert(store, [Item(red, "red"), Item(blue, "blue")])
     result = ai_cli("search", "--store", by_image, "--image", str(blue), "-k", "2", "--json")
@@ -124,12 +172,23 @@ def test_search_by_image_and_text_to_image(
     text = ai_cli("search", "a red square", "--store", by_text, "-k", "2", "--json")
     assert sorted(m["id"] for m in json.loads(text.out)["matches"]) == ["blue", "red"]
     # An image query on the text-query store, through a query model of the same space.
-    override = ai_cli("search", "--image", str(red), "--store", by_text, "-k", "1", "--json",
-                      "--query-model", IMAGE_MODEL)
+    override = ai_cli(
+        "search",
+        "--image",
+        str(red),
+        "--store",
+        by_text,
+        "-k",
+        "1",
+        "--json",
+        "--query-model",
+        IMAGE_MODEL,
+    )
     assert override.code == 0, override.err
     assert json.loads(override.out)["matches"][0]["id"] == "red"
-    wrong = ai_cli("search", "--image", str(red), "--store", by_text, "--query-model",
-                   "efficientnet-lite0")
+    wrong = ai_cli(
+        "search", "--image", str(red), "--store", by_text, "--query-model", "efficientnet-lite0"
+    )
     assert wrong.code == 1 and "space" in wrong.err
     missing = ai_cli("search", "--store", by_image, "--image", str(tmp_path / "nope.png"))
     assert missing.code == 1 and "cannot read image" in missing.err
@@ -137,15 +196,14 @@ def test_search_by_image_and_text_to_image(
     assert both.code == 2
 
 
-def test_embed_prints_dimension_and_json_has_every_value(
-    ai_cli: Cli, ai_address: str
-) -> None:
+def test_embed_prints_dimension_and_json_has_every_value(ai_cli: Cli, ai_address: str) -> None:
     short = ai_cli("embed", "hello world", "--model", TEXT_MODEL)
     assert short.code == 0
     assert "hello world: dimension 384" in short.out
     assert "384 values" in short.out
-    full = json.loads(ai_cli("embed", "hello world", "good night", "--model", TEXT_MODEL,
-                             "--json").out)
+    full = json.loads(
+        ai_cli("embed", "hello world", "good night", "--model", TEXT_MODEL, "--json").out
+    )
     assert full["dimension"] == 384
     assert [e["input"] for e in full["embeddings"]] == ["hello world", "good night"]
     with AIClient(ai_address) as ai:
@@ -156,8 +214,15 @@ def test_embed_prints_dimension_and_json_has_every_value(
 
 
 def test_rerank_command_orders_documents(ai_cli: Cli, cross_encoder: str) -> None:
-    result = ai_cli("rerank", "a man is eating food", "a man eats a sandwich",
-                    "a plane takes off", "--model", cross_encoder, "--json")
+    result = ai_cli(
+        "rerank",
+        "a man is eating food",
+        "a man eats a sandwich",
+        "a plane takes off",
+        "--model",
+        cross_encoder,
+        "--json",
+    )
     ranked = json.loads(result.out)
     assert [r["document"] for r in ranked] == ["a man eats a sandwich", "a plane takes off"]
     assert ranked[0]["index"] == 0 and ranked[0]["score"] > ranked[1]["score"]
@@ -188,8 +253,11 @@ def test_get_and_delete_through_nachbar_ai(ai_cli: Cli, ai_address: str, store_n
     text_store(ai_address, store_name)
     got = ai_cli("get", store_name, "cat", "--json")
     entry = json.loads(got.out)["entries"][0]
-    assert entry == {"id": "cat", "metadata": {"kind": "pet", "year": 2021},
-                     "original": "a cat sleeps on the warm sofa"}
+    assert entry == {
+        "id": "cat",
+        "metadata": {"kind": "pet", "year": 2021},
+        "original": "a cat sleeps on the warm sofa",
+    }
     assert ai_cli("delete", store_name, "cat", "dog").out.strip() == (
         f"deleted 2 of 2 from {store_name}"
     )

@@ -20,10 +20,13 @@ def closed_port() -> int:
 def make_store(address: str, name: str) -> None:
     with DBClient(address, timeout=10) as db:
         db.create_store(name, 3, predicate_indexes=["lang"])
-        db.upsert(name, [
-            ("a", [1, 0, 0], {"lang": "en", "year": 2020, "tags": ["x", "y"]}),
-            ("b", [0, 1, 0], {"lang": "de", "blob": b"\x00\x01"}),
-        ])
+        db.upsert(
+            name,
+            [
+                ("a", [1, 0, 0], {"lang": "en", "year": 2020, "tags": ["x", "y"]}),
+                ("b", [0, 1, 0], {"lang": "de", "blob": b"\x00\x01"}),
+            ],
+        )
 
 
 def test_ping_exits_0_when_serving_in_the_compose_health_check_form(

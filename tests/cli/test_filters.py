@@ -38,7 +38,7 @@ def test_in_and_not_in_lists() -> None:
 
 
 def test_precedence_not_over_and_over_or() -> None:
-    assert as_dict('a = 1 or b = 2 and not c = 3') == {
+    assert as_dict("a = 1 or b = 2 and not c = 3") == {
         "any_of": [
             {"a": {"eq": 1}},
             {"all_of": [{"b": {"eq": 2}}, {"not": {"c": {"eq": 3}}}]},

@@ -33,8 +33,19 @@ def test_ingest_images_reports_the_corrupt_file_and_reruns_idempotently(
     ai_cli: Cli, ai_address: str, store_name: str, tmp_path: Path
 ) -> None:
     folder = image_folder(tmp_path / "photos")
-    first = ai_cli("ingest", str(folder), "--store", store_name, "--create",
-                   "--query-model", TEXT_MODEL, "--index-model", IMAGE_MODEL, "--batch-size", "2")
+    first = ai_cli(
+        "ingest",
+        str(folder),
+        "--store",
+        store_name,
+        "--create",
+        "--query-model",
+        TEXT_MODEL,
+        "--index-model",
+        IMAGE_MODEL,
+        "--batch-size",
+        "2",
+    )
     assert first.code == 1  # something failed
     assert f"{store_name}: inserted 5, updated 0, failed 1" in first.out
     assert "nested/broken.jpg" in first.err and "INVALID_ARGUMENT" in first.err
@@ -62,23 +73,50 @@ def test_ingest_jsonl_keeps_types_and_skips_bad_rows(
     ai_cli: Cli, ai_address: str, store_name: str, tmp_path: Path
 ) -> None:
     rows = tmp_path / "docs.jsonl"
-    rows.write_text("\n".join([
-        json.dumps({"id": "d1", "text": "a cat sleeps", "year": 2021, "score": 0.5,
-                    "draft": False, "tags": ["pets", "home"]}),
-        json.dumps({"id": "d2", "text": "the bank raised rates", "year": 2023}),
-        "{this is not json",
-        json.dumps({"id": "d3", "body": "no text column"}),
-    ]) + "\n")
-    result = ai_cli("ingest", str(rows), "--store", store_name, "--create", "--query-model",
-                    TEXT_MODEL, "--id-column", "id", "--json")
+    rows.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "id": "d1",
+                        "text": "a cat sleeps",
+                        "year": 2021,
+                        "score": 0.5,
+                        "draft": False,
+                        "tags": ["pets", "home"],
+                    }
+                ),
+                json.dumps({"id": "d2", "text": "the bank raised rates", "year": 2023}),
+                "{this is not json",
+                json.dumps({"id": "d3", "body": "no text column"}),
+            ]
+        )
+        + "\n"
+    )
+    result = ai_cli(
+        "ingest",
+        str(rows),
+        "--store",
+        store_name,
+        "--create",
+        "--query-model",
+        TEXT_MODEL,
+        "--id-column",
+        "id",
+        "--json",
+    )
     assert result.code == 1
     report = json.loads(result.out)
     assert (report["inserted"], report["updated"]) == (2, 0)
     assert {f["item"] for f in report["failures"]} == {"line 3", "line 4"}
     with AIClient(ai_address) as ai:
         entries = {e.id: e for e in ai.get_key(store_name, ["d1", "d2"]).entries}
-    assert entries["d1"].metadata == {"year": 2021, "score": 0.5, "draft": False,
-                                      "tags": ["pets", "home"]}
+    assert entries["d1"].metadata == {
+        "year": 2021,
+        "score": 0.5,
+        "draft": False,
+        "tags": ["pets", "home"],
+    }
     assert entries["d1"].original == "a cat sleeps"
     again = ai_cli("ingest", str(rows), "--store", store_name, "--id-column", "id", "--json")
     assert (json.loads(again.out)["inserted"], json.loads(again.out)["updated"]) == (0, 2)
@@ -100,8 +138,11 @@ def test_ingest_csv_parses_metadata_columns_and_uses_content_ids(
     assert f"{store_name}: inserted 2, updated 0, failed 0" in first.out
     second = ai_cli("ingest", str(rows), "--store", store_name, "--text-column", "body")
     assert f"{store_name}: inserted 0, updated 2, failed 0" in second.out
-    found = json.loads(ai_cli("search", "a dog", "--store", store_name, "-k", "1", "--json",
-                              "--filter", 'lang = "de"').out)["matches"]
+    found = json.loads(
+        ai_cli(
+            "search", "a dog", "--store", store_name, "-k", "1", "--json", "--filter", 'lang = "de"'
+        ).out
+    )["matches"]
     assert found[0]["metadata"] == {"year": 2020, "price": 5, "featured": False, "lang": "de"}
     assert found[0]["original"] == "ein Hund rennt im Park"
     assert found[0]["id"]  # derived from the text by nachbar-ai

@@ -25,15 +25,25 @@ def records_of(path: Path, **kwargs: str) -> list[Record | Failure]:
 def test_image_folder_is_recursive_sorted_and_skips_hidden_and_other_files(
     tmp_path: Path,
 ) -> None:
-    for name in ["b.JPG", "a.png", "nested/deeper/c.webp", "nested/d.tiff", "notes.txt",
-                 ".hidden/e.png", "nested/.f.png"]:
+    for name in [
+        "b.JPG",
+        "a.png",
+        "nested/deeper/c.webp",
+        "nested/d.tiff",
+        "notes.txt",
+        ".hidden/e.png",
+        "nested/.f.png",
+    ]:
         write(tmp_path / name, "x")
     source = find_source(tmp_path)
     assert source.kind == "images"
     assert source.count() == 4
     records = records_of(tmp_path)
     assert [r.id for r in records if isinstance(r, Record)] == [
-        "a.png", "b.JPG", "nested/d.tiff", "nested/deeper/c.webp"
+        "a.png",
+        "b.JPG",
+        "nested/d.tiff",
+        "nested/deeper/c.webp",
     ]
     first = records[3]
     assert isinstance(first, Record)
@@ -43,8 +53,7 @@ def test_image_folder_is_recursive_sorted_and_skips_hidden_and_other_files(
 
 def test_jsonl_keeps_json_types_and_reports_bad_lines(tmp_path: Path) -> None:
     lines = [
-        {"text": "first", "year": 2020, "score": 0.5, "ok": True, "tags": ["a", "b"],
-         "gone": None},
+        {"text": "first", "year": 2020, "score": 0.5, "ok": True, "tags": ["a", "b"], "gone": None},
         "not json",
         {"title": "no text column"},
         {"text": "nested", "meta": {"a": 1}},
@@ -58,8 +67,10 @@ def test_jsonl_keeps_json_types_and_reports_bad_lines(tmp_path: Path) -> None:
     assert source.count() == 7
     records = records_of(path)
     assert records[0] == Record(
-        origin="line 1", id="",
-        metadata={"year": 2020, "score": 0.5, "ok": True, "tags": ["a", "b"]}, text="first",
+        origin="line 1",
+        id="",
+        metadata={"year": 2020, "score": 0.5, "ok": True, "tags": ["a", "b"]},
+        text="first",
     )
     failures = {r.origin: r.reason for r in records if isinstance(r, Failure)}
     assert failures.keys() == {"line 2", "line 3", "line 4", "line 5", "line 6", "line 7"}
@@ -72,10 +83,15 @@ def test_jsonl_keeps_json_types_and_reports_bad_lines(tmp_path: Path) -> None:
 
 
 def test_jsonl_id_and_text_columns(tmp_path: Path) -> None:
-    path = write(tmp_path / "rows.ndjson", "\n".join([
-        json.dumps({"body": "hello", "key": 7, "lang": "en"}),
-        json.dumps({"body": "no key"}),
-    ]))
+    path = write(
+        tmp_path / "rows.ndjson",
+        "\n".join(
+            [
+                json.dumps({"body": "hello", "key": 7, "lang": "en"}),
+                json.dumps({"body": "no key"}),
+            ]
+        ),
+    )
     records = records_of(path, text_column="body", id_column="key")
     assert records[0] == Record(origin="line 1", id="7", metadata={"lang": "en"}, text="hello")
     assert records[1] == Failure("line 2", "no id in column 'key'")
@@ -97,11 +113,15 @@ def test_csv_parses_numbers_and_booleans_keeps_codes_and_skips_empty_cells(
     assert source.count() == 4
     records = records_of(path, id_column="id")
     assert records[0] == Record(
-        origin="line 2", id="r1", text="hello, world",
+        origin="line 2",
+        id="r1",
+        text="hello, world",
         metadata={"year": 2020, "price": 9.5, "flag": True, "zip": "00123"},
     )
     assert records[1] == Record(
-        origin="line 3", id="r2", text="second",
+        origin="line 3",
+        id="r2",
+        text="second",
         metadata={"year": -3, "price": 100.0, "flag": False, "note": "plain words", "zip": "x"},
     )
     assert records[2] == Failure("line 5", "no text in column 'text'")
@@ -140,8 +160,7 @@ class FakeServer:
 
 
 def text_records(*texts: str) -> list[Record | Failure]:
-    return [Record(origin=f"line {i}", id="", metadata={}, text=t) for i, t in
-            enumerate(texts, 1)]
+    return [Record(origin=f"line {i}", id="", metadata={}, text=t) for i, t in enumerate(texts, 1)]
 
 
 def test_a_refused_batch_is_retried_item_by_item() -> None:
@@ -150,21 +169,25 @@ def test_a_refused_batch_is_retried_item_by_item() -> None:
     report = ingester.run(text_records("a", "bad one", "c", "d", "e"))
     assert server.calls == [["a", "bad one", "c"], ["a"], ["bad one"], ["c"], ["d", "e"]]
     assert (report.inserted, report.updated) == (4, 0)
-    assert report.failures == [
-        Failure("line 2", "INVALID_ARGUMENT: entries[0]: cannot embed this")
-    ]
+    assert report.failures == [Failure("line 2", "INVALID_ARGUMENT: entries[0]: cannot embed this")]
     assert sum(advanced) == 5
 
 
 def test_failures_from_reading_are_reported_and_counted() -> None:
     server, advanced = FakeServer(), list[int]()
     ingester = Ingester(server.upsert, batch_size=10, advance=advanced.append)
-    report = ingester.run([
-        Failure("line 1", "invalid JSON"),
-        Record(origin="gone.png", id="gone.png", metadata={},
-               image_path=Path("/nonexistent/gone.png")),
-        *text_records("ok"),
-    ])
+    report = ingester.run(
+        [
+            Failure("line 1", "invalid JSON"),
+            Record(
+                origin="gone.png",
+                id="gone.png",
+                metadata={},
+                image_path=Path("/nonexistent/gone.png"),
+            ),
+            *text_records("ok"),
+        ]
+    )
     assert [f.origin for f in report.failures] == ["line 1", "gone.png"]
     assert "cannot read" in report.failures[1].reason
     assert server.calls == [["ok"]]

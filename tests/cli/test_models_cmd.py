@@ -9,8 +9,7 @@ from tests.cli.conftest import TEXT_MODEL, Cli
 
 
 def test_build_is_idempotent(run_cli: Cli, tmp_path: Path) -> None:
-    first = run_cli("models", "build", "--model-dir", str(tmp_path), "--only", TEXT_MODEL,
-                    "--json")
+    first = run_cli("models", "build", "--model-dir", str(tmp_path), "--only", TEXT_MODEL, "--json")
     assert first.code == 0, first.err
     report = json.loads(first.out)
     assert report["models"] == [
@@ -21,8 +20,9 @@ def test_build_is_idempotent(run_cli: Cli, tmp_path: Path) -> None:
     assert second.code == 0
     assert f"{TEXT_MODEL}: already built, kept" in second.out
 
-    local = json.loads(run_cli("models", "list", "--local", "--model-dir", str(tmp_path),
-                               "--json").out)
+    local = json.loads(
+        run_cli("models", "list", "--local", "--model-dir", str(tmp_path), "--json").out
+    )
     available = {m["name"] for m in local if m["available"]}
     assert available == {TEXT_MODEL}
 

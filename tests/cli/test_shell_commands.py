@@ -49,9 +49,7 @@ def test_every_db_rpc_is_reachable(
     db_shell: CapturedShell, store_name: str, db_address: str
 ) -> None:
     s = store_name
-    assert f"store {s}: 3-d, cosine" in db_shell.run(
-        f"create_store {s} --dim 3 --pred-index lang"
-    )
+    assert f"store {s}: 3-d, cosine" in db_shell.run(f"create_store {s} --dim 3 --pred-index lang")
     assert "inserted 1, updated 0" in db_shell.run(
         f"""upsert {s} a '[1, 0, 0]' '{{"lang": "en", "year": 2020}}'"""
     )

@@ -32,12 +32,19 @@ class Terminal:
     fork cleanly; subprocess starts the child without running fork handlers.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], rows: int = 40,
-                 columns: int = 200) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], rows: int = 40, columns: int = 200
+    ) -> None:
         primary, secondary = os.openpty()
         fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        self.process = subprocess.Popen(argv, stdin=secondary, stdout=secondary,
-                                        stderr=secondary, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            argv,
+            stdin=secondary,
+            stdout=secondary,
+            stderr=secondary,
+            env=env,
+            start_new_session=True,
+        )
         os.close(secondary)
         self.io = fdpexpect.fdspawn(primary, encoding="utf-8", timeout=30)
 
@@ -54,8 +61,13 @@ class Terminal:
 
 
 def spawn_shell(db_address: str, history: Path) -> Terminal:
-    env = {**os.environ, "TERM": "xterm", "NACHBAR_HISTORY": str(history), "NO_COLOR": "1",
-           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    env = {
+        **os.environ,
+        "TERM": "xterm",
+        "NACHBAR_HISTORY": str(history),
+        "NO_COLOR": "1",
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+    }
     terminal = Terminal(
         [NACHBAR, "shell", "--service", "db", "--db", db_address, "--ai", unreachable()], env
     )
@@ -125,8 +137,12 @@ def test_piped_commands_run_as_a_script(db_address: str, store_name: str) -> Non
         "list_stores\n"
     )
     result = subprocess.run(
-        [NACHBAR, "shell", "--service", "db", "--db", db_address], input=script,
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        [NACHBAR, "shell", "--service", "db", "--db", db_address],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 1  # one line failed
     assert f"store {store_name}: 2-d" in result.stdout

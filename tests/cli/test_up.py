@@ -34,8 +34,13 @@ def free_ports(count: int) -> list[int]:
 
 
 def run_up(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([NACHBAR, "up", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [NACHBAR, "up", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def children_of(pid: int) -> list[int]:
@@ -50,7 +55,10 @@ class Up:
         self.log = log
         self._log_file = log.open("w")
         self.process = subprocess.Popen(
-            [NACHBAR, "up", *args], stdout=subprocess.PIPE, stderr=self._log_file, text=True,
+            [NACHBAR, "up", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
         )
 
     def wait_for_line(self, text: str, timeout: float = 120) -> list[str]:
@@ -83,9 +91,22 @@ class Up:
 def stack(tmp_path: Path, model_dir: Path) -> Iterator[tuple[Up, int, int, Path]]:
     db_port, ai_port = free_ports(2)
     data_dir = tmp_path / "data"
-    up = Up(["--db-port", str(db_port), "--ai-port", str(ai_port), "--data-dir", str(data_dir),
-             "--model-dir", str(model_dir), "--no-build", "--models", TEXT_MODEL],
-            tmp_path / "up.log")
+    up = Up(
+        [
+            "--db-port",
+            str(db_port),
+            "--ai-port",
+            str(ai_port),
+            "--data-dir",
+            str(data_dir),
+            "--model-dir",
+            str(model_dir),
+            "--no-build",
+            "--models",
+            TEXT_MODEL,
+        ],
+        tmp_path / "up.log",
+    )
     try:
         up.wait_for_line("press Ctrl-C to stop")
         yield up, db_port, ai_port, data_dir
@@ -98,8 +119,9 @@ def test_up_serves_both_and_sigterm_stops_them_gracefully(
 ) -> None:
     up, db_port, ai_port, data_dir = stack
     db, ai = f"127.0.0.1:{db_port}", f"127.0.0.1:{ai_port}"
-    ping = subprocess.run([NACHBAR, "ping", "--db", db, "--ai", ai], capture_output=True,
-                          text=True, timeout=30)
+    ping = subprocess.run(
+        [NACHBAR, "ping", "--db", db, "--ai", ai], capture_output=True, text=True, timeout=30
+    )
     assert ping.returncode == 0, ping.stderr
     with DBClient(db, timeout=10) as client:
         client.create_store("kept", 2)
@@ -141,8 +163,15 @@ def test_up_refuses_a_taken_port_and_says_how_to_pick_another(tmp_path: Path) ->
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ai_port))
         squatter.listen()
-        result = run_up("--db-port", str(db_port), "--ai-port", str(ai_port),
-                        "--data-dir", str(tmp_path / "data"), "--no-build")
+        result = run_up(
+            "--db-port",
+            str(db_port),
+            "--ai-port",
+            str(ai_port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-build",
+        )
     assert result.returncode == 1
     assert f"port {ai_port} on 127.0.0.1 is already in use" in result.stderr
     assert "nachbar-ai cannot listen there" in result.stderr
@@ -160,8 +189,17 @@ def test_up_refuses_one_port_for_both(tmp_path: Path) -> None:
 def test_up_with_no_build_says_what_to_run(tmp_path: Path) -> None:
     db_port, ai_port = free_ports(2)
     empty = tmp_path / "models"
-    result = run_up("--db-port", str(db_port), "--ai-port", str(ai_port),
-                    "--model-dir", str(empty), "--data-dir", str(tmp_path / "data"), "--no-build")
+    result = run_up(
+        "--db-port",
+        str(db_port),
+        "--ai-port",
+        str(ai_port),
+        "--model-dir",
+        str(empty),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-build",
+    )
     assert result.returncode == 1
     assert "all-minilm-l6-v2" in result.stderr
     assert f"nachbar models build --model-dir {empty}" in result.stderr
@@ -173,9 +211,19 @@ def test_up_surfaces_the_error_of_a_child_that_cannot_start(
     db_port, ai_port = free_ports(2)
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("a file where the data dir should be")
-    result = run_up("--db-port", str(db_port), "--ai-port", str(ai_port),
-                    "--data-dir", str(not_a_dir), "--model-dir", str(model_dir), "--no-build",
-                    "--models", TEXT_MODEL)
+    result = run_up(
+        "--db-port",
+        str(db_port),
+        "--ai-port",
+        str(ai_port),
+        "--data-dir",
+        str(not_a_dir),
+        "--model-dir",
+        str(model_dir),
+        "--no-build",
+        "--models",
+        TEXT_MODEL,
+    )
     assert result.returncode == 1
     assert "nachbar-db exited with status" in result.stderr
     assert "its last log lines" in result.stderr
@@ -185,9 +233,21 @@ def test_up_surfaces_the_error_of_a_child_that_cannot_start(
 def test_up_builds_missing_models_before_starting(tmp_path: Path) -> None:
     db_port, ai_port = free_ports(2)
     fresh = tmp_path / "models"
-    up = Up(["--db-port", str(db_port), "--ai-port", str(ai_port), "--data-dir",
-             str(tmp_path / "data"), "--model-dir", str(fresh), "--models", TEXT_MODEL],
-            tmp_path / "up.log")
+    up = Up(
+        [
+            "--db-port",
+            str(db_port),
+            "--ai-port",
+            str(ai_port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--model-dir",
+            str(fresh),
+            "--models",
+            TEXT_MODEL,
+        ],
+        tmp_path / "up.log",
+    )
     try:
         up.wait_for_line("press Ctrl-C to stop")
         assert (fresh / "built" / TEXT_MODEL / "manifest.json").is_file()

@@ -11,6 +11,7 @@ import pytest
 from nachbar.client import AsyncDBClient, Field, NotFound, filter_from_dict
 from nachbar.client.errors import NachbarError, from_rpc_error
 from nachbar.client.values import (
+    MetadataValue,
     filter_to_dict,
     metadata_from_proto,
     metadata_to_proto,
@@ -21,7 +22,14 @@ from nachbar.server.db_main import start_db_server
 
 
 def test_metadata_round_trip_keeps_types() -> None:
-    metadata = {"s": "x", "i": 3, "f": 2.5, "b": True, "raw": b"\x01", "tags": ["a", "b"]}
+    metadata: dict[str, MetadataValue] = {
+        "s": "x",
+        "i": 3,
+        "f": 2.5,
+        "b": True,
+        "raw": b"\x01",
+        "tags": ["a", "b"],
+    }
     back = metadata_from_proto(metadata_to_proto(metadata))
     assert back == metadata
     assert type(back["b"]) is bool and type(back["i"]) is int

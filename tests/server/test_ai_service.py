@@ -112,7 +112,13 @@ def test_text_finds_the_right_photo(client: AIClient, photo_store: str) -> None:
     assert recall >= 0.9
 
     dog = client.get_sim_n(photo_store, "a photo of a dog", k=1).matches[0]
-    assert 151 <= dog.metadata["class_index"] <= 268  # ImageNet's dog classes
+    class_index = dog.metadata["class_index"]
+    assert isinstance(class_index, int) and 151 <= class_index <= 268  # ImageNet's dog classes
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
 
 
 def test_filtered_cross_modal_search(client: AIClient, photo_store: str) -> None:
@@ -120,7 +126,7 @@ def test_filtered_cross_modal_search(client: AIClient, photo_store: str) -> None
         photo_store, "a photo of a dog", k=5, filter={"class_index": {"gte": 500}}
     )
     assert len(hits.matches) == 5
-    assert all(h.metadata["class_index"] >= 500 for h in hits.matches)
+    assert all(_int(h.metadata["class_index"]) >= 500 for h in hits.matches)
 
 
 def test_image_query_finds_texts(client: AIClient) -> None:

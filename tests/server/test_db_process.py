@@ -63,7 +63,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
                 assert got.missing_ids == []
                 for entry, (eid, vector, metadata) in zip(got.entries, expected, strict=True):
                     assert entry.id == eid and entry.metadata == metadata
-                    assert np.allclose(entry.vector, vector)
+                    assert entry.vector is not None and np.allclose(entry.vector, vector)
             # Search works over the recovered index.
             probe = _batch(acknowledged[-1])[0]
             assert db.get_sim_n("durable", probe[1], k=1).matches[0].id == probe[0]

@@ -34,7 +34,6 @@ IMAGE_FILES = {"model.onnx", "preprocessor_config.json", "manifest.json"}
 SMALL = "efficientnet-lite0"  # the quickest model to build, for tests that rebuild
 
 
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

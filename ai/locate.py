@@ -90,18 +90,27 @@ def _snapshot(spec: ModelSpec, source: HubSource, cache_dir: Path, *, offline: b
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    try:
-        path = snapshot_download(
+    def download(local_files_only: bool) -> str:
+        return snapshot_download(
             source.repo_id,
             revision=source.revision,
             allow_patterns=list(spec.files.all()),
             cache_dir=cache_dir,
-            local_files_only=offline,
+            local_files_only=local_files_only,
         )
+
+    try:
+        try:
+            path = download(offline)
+        except OfflineModeIsEnabled:
+            # HF_HUB_OFFLINE is set: huggingface_hub >= 1 refuses to download instead of
+            # falling back to its cache, so look in the cache ourselves.
+            path = download(True)
     except LocalEntryNotFoundError as error:
         raise ModelUnavailableError(
             f"Model {spec.name!r} ({source.describe()}) is not in the hub cache {cache_dir} and "

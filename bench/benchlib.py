@@ -211,8 +211,8 @@ class ChildServer:
             self.proc.wait(10)
 
 
-def _script(name: str) -> str:
-    path = BIN_DIR / name
+def _script(name: str, bin_dir: Path = BIN_DIR) -> str:
+    path = bin_dir / name
     if not path.exists():
         raise BenchSetupError(
             f"{path} does not exist: run bench/setup.sh and start the benchmark with "
@@ -222,15 +222,22 @@ def _script(name: str) -> str:
 
 
 def start_nachbar(
-    script: str, args: Sequence[str], workdir: Path, *, timeout: float = 120.0
+    script: str,
+    args: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 120.0,
+    bin_dir: Path = BIN_DIR,
 ) -> ChildServer:
-    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING."""
+    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING.
+
+    `bin_dir` picks the installation: another checkout's `.venv/bin` runs that version."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"{script}.port"
     port_file.unlink(missing_ok=True)
     log_path = workdir / f"{script}.log"
     command = [
-        _script(script),
+        _script(script, bin_dir),
         "--host",
         "127.0.0.1",
         "--port",

@@ -24,7 +24,15 @@ from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImageLimits, ImagePreprocessor
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
-from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
+from nachbar.ai.registry import (
+    Kind,
+    Modality,
+    ModelSpec,
+    all_specs,
+    cross_encoder_spec,
+    embedding_spec,
+    get_spec,
+)
 from nachbar.ai.text import TextTokenizer, Truncation
 
 FloatArray = npt.NDArray[np.float32]
@@ -195,13 +203,8 @@ class ModelManager:
         truncation: Truncation | str = Truncation.ERROR,
     ) -> FloatArray:
         """Embed texts (str) or encoded images (bytes): float32 [len(inputs), dimension]."""
-        spec = get_spec(name)
+        spec = embedding_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.EMBEDDING:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is a cross-encoder: it scores (query, document) pairs "
-                "with rerank and does not embed. Pick an embedding model (`nachbar models list`)."
-            )
         if len(inputs) == 0:
             raise InvalidInputError("No inputs to embed; send at least one text or image.")
         _check_modality(spec, inputs)
@@ -229,13 +232,8 @@ class ModelManager:
 
         Raw logits by default; `sigmoid=True` maps them to (0, 1).
         """
-        spec = get_spec(name)
+        spec = cross_encoder_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.CROSS_ENCODER:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is an embedding model; reranking needs a cross-encoder "
-                "(`nachbar models list` shows them)."
-            )
         if len(documents) == 0:
             raise InvalidInputError("No documents to rerank; send at least one.")
         loaded = self._get(spec)

@@ -17,7 +17,7 @@ import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
+from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 
 
 class Kind(StrEnum):
@@ -527,20 +527,40 @@ def same_space(a: ModelSpec, b: ModelSpec) -> bool:
     )
 
 
-def require_same_space(query_model: str, index_model: str) -> tuple[ModelSpec, ModelSpec]:
-    """Resolve a (query, index) model pair for a store, or raise IncompatibleModelsError."""
-    query, index = get_spec(query_model), get_spec(index_model)
-    for spec in (query, index):
-        if spec.kind is not Kind.EMBEDDING:
-            raise IncompatibleModelsError(
-                f"{spec.name!r} is a cross-encoder: it scores (query, document) pairs and has no "
-                "embedding space. Pick embedding models for the store and use the cross-encoder "
-                "for reranking."
-            )
+def embedding_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The embedding model `name`; InvalidInputError for a cross-encoder (`role` names the
+    argument in the message, e.g. "query_model")."""
+    spec = get_spec(name)
+    if spec.kind is not Kind.EMBEDDING:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is a cross-encoder: it scores (query, document) pairs with "
+            "rerank and does not embed. Pick an embedding model (`nachbar models list`)."
+        )
+    return spec
+
+
+def cross_encoder_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The cross-encoder `name`; InvalidInputError for an embedding model."""
+    spec = get_spec(name)
+    if spec.kind is not Kind.CROSS_ENCODER:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is an embedding model; reranking needs a cross-encoder "
+            "(`nachbar models list` shows them)."
+        )
+    return spec
+
+
+def require_same_space(
+    query_model: str, index_model: str, *, roles: tuple[str, str] = ("Query model", "Index model")
+) -> tuple[ModelSpec, ModelSpec]:
+    """Resolve a (query, index) model pair for a store: two embedding models of one space.
+    InvalidInputError for a cross-encoder, IncompatibleModelsError for different spaces."""
+    query = embedding_spec(query_model, roles[0])
+    index = embedding_spec(index_model, roles[1])
     if not same_space(query, index):
         raise IncompatibleModelsError(
-            f"Query model {query.name!r} embeds into space {query.space!r} "
-            f"({query.dimension}-d) but index model {index.name!r} embeds into space "
+            f"{roles[0]} {query.name!r} embeds into space {query.space!r} "
+            f"({query.dimension}-d) but {roles[1].lower()} {index.name!r} embeds into space "
             f"{index.space!r} ({index.dimension}-d); vectors of different spaces cannot be "
             "compared, even when their dimensions match. Pick two models of one space "
             "(see `nachbar models list`)."

@@ -414,7 +414,7 @@ def search_pass(config: Config, workdir: Path, results: Results) -> None:
     if len(queries) < config.queries:
         results.notes.append(f"only {len(queries)} queries: STS-B ran out of sentences")
     servers: list[ChildServer] = []
-    clients: list[Any] = []
+    clients: list[AIClient] = []
     try:
         for number, (_label, bin_dir) in enumerate(installs):
             servers += start_search_stack(config, bin_dir, workdir / f"search-{number}")
@@ -436,14 +436,16 @@ def search_pass(config: Config, workdir: Path, results: Results) -> None:
         samples: list[dict[str, list[float]]] = [
             {"get_sim_n": [], "embed": [], "ping": []} for _ in installs
         ]
-        for which, indexes in interleaved_blocks(len(queries), len(installs), config.block):
-            client = clients[which]
-            calls: dict[str, Callable[[str], object]] = {
-                "get_sim_n": lambda q, c=client: c.get_sim_n(SEARCH_STORE, q, SEARCH_K),
-                "embed": lambda q, c=client: c.embed(ref.TEXT_MODEL, [q]),
-                "ping": lambda q, c=client: c.ping(),
+
+        def calls_of(client: AIClient) -> dict[str, Callable[[str], object]]:
+            return {
+                "get_sim_n": lambda q: client.get_sim_n(SEARCH_STORE, q, SEARCH_K),
+                "embed": lambda q: client.embed(ref.TEXT_MODEL, [q]),
+                "ping": lambda q: client.ping(),
             }
-            for name, call in calls.items():
+
+        for which, indexes in interleaved_blocks(len(queries), len(installs), config.block):
+            for name, call in calls_of(clients[which]).items():
                 for index in indexes:
                     start = time.perf_counter()
                     call(queries[index])

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.models import ModelManager
-from nachbar.client.db import DBClient
+from nachbar.ai.pipeline import AIPipeline
 from nachbar.server.ai_service import AIServicer
+from nachbar.server.ai_store import DBVectorStore
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.logs import configure_logging
@@ -44,8 +45,12 @@ def start_ai_server(config: AIConfig) -> RunningServer:
         ),
     )
     _check_models_present(models, config.models)
-    db = DBClient(config.db_address, timeout=config.db_timeout_seconds)
-    service = AIServicer(models, db, max_message_bytes=config.max_message_bytes)
+    db = DBVectorStore(
+        config.db_address,
+        timeout=config.db_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
+    )
+    service = AIServicer(AIPipeline(models, db), db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
@@ -63,7 +68,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
         log.info("models loaded: %s", ", ".join(config.models) or "(none; load on first use)")
         serving: bool | None = None
         while not stopping.is_set():
-            reachable = service.db_reachable()
+            reachable = db.reachable()
             if reachable != serving:
                 serving = reachable
                 running.set_serving(reachable)

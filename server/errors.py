@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from nachbar.ai import errors as ai_errors
-from nachbar.client import errors as client_errors
+from nachbar.ai import vector_store
 from nachbar.db import errors as db_errors
 
 log = logging.getLogger("nachbar.server")
@@ -30,6 +30,15 @@ class NotReadyError(Exception):
     """The service cannot serve yet (models loading, db unreachable)."""
 
 
+class UpstreamError(Exception):
+    """A status another service answered (nachbar-db, for nachbar-ai), relayed as it came."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 # Most specific first: the first matching class wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -39,6 +48,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (vector_store.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ai_errors.ModelUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.IncompatibleModelsError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.InputTooLongError, grpc.StatusCode.OUT_OF_RANGE),
@@ -49,8 +59,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 
 def status_for(error: BaseException) -> grpc.StatusCode | None:
-    # Errors relayed from the db through the client keep the db's status.
-    if isinstance(error, client_errors.NachbarError):
+    # Errors relayed from the db keep the db's status.
+    if isinstance(error, UpstreamError):
         return error.code
     for cls, code in ERROR_TABLE:
         if isinstance(error, cls):
@@ -83,7 +93,7 @@ def map_errors(method: F) -> F:
 
 def servicer(cls: type) -> type:
     """Wrap every RPC method (CamelCase, as gRPC names them) of a servicer class with
-    `map_errors`; helpers the server itself calls, such as `db_reachable`, stay plain."""
+    `map_errors`; other methods stay plain."""
     for name, value in list(vars(cls).items()):
         if callable(value) and name[:1].isupper():
             setattr(cls, name, map_errors(value))

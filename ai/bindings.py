@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nachbar.client.values import Metadata, MetadataValue
-from nachbar.server.errors import RequestError
+from nachbar.ai.errors import InvalidInputError
+from nachbar.ai.vector_store import Metadata, MetadataValue
 
 RESERVED_PREFIX = "_nachbar"
 ORIGINAL_TEXT = "_nachbar_text"
@@ -61,10 +61,18 @@ def content_id(payload: str | bytes) -> str:
 def check_user_metadata(metadata: Mapping[str, MetadataValue], where: str) -> None:
     for key in metadata:
         if key.startswith(RESERVED_PREFIX):
-            raise RequestError(
+            raise InvalidInputError(
                 f"{where}: metadata key {key!r} is reserved (keys starting with "
                 f"{RESERVED_PREFIX!r} hold nachbar's own data); rename it"
             )
+
+
+def with_original(metadata: Metadata, payload: str | bytes, keep: bool) -> Metadata:
+    """The metadata to store for an input: the user's, plus the input itself when kept."""
+    if not keep:
+        return metadata
+    key = ORIGINAL_TEXT if isinstance(payload, str) else ORIGINAL_IMAGE
+    return {**metadata, key: payload}
 
 
 def split_original(metadata: Metadata) -> tuple[Metadata, str | bytes | None]:

@@ -24,7 +24,8 @@ from nachbar.cli import render
 from nachbar.cli.context import CliContext, explain_unavailable
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
 from nachbar.client import AIClient, DBClient, Exact, Hnsw, Image, Item, NachbarError
-from nachbar.client.values import Filter, Metadata, metadata_to_proto
+from nachbar.client.values import Filter
+from nachbar.v1.codec import Metadata, metadata_to_proto
 
 SERVICES = ("ai", "db")
 MODEL_OPTIONS = frozenset({"--model", "--query-model", "--index-model", "--rerank"})

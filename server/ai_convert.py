@@ -18,21 +18,16 @@ from nachbar.ai.pipeline import (
     UpsertItem,
 )
 from nachbar.ai.vector_store import Metadata
-from nachbar.client.values import metadata_from_proto
 from nachbar.server.ai_store import DBStoreOptions
-from nachbar.server.db_convert import fill_metadata
 from nachbar.server.errors import RequestError
 from nachbar.v1 import ai_pb2, common_pb2, db_pb2
+from nachbar.v1.codec import (
+    SEARCH_MODE_NAMES,
+    TRUNCATION_NAMES,
+    fill_metadata,
+    metadata_from_proto,
+)
 
-TRUNCATION_NAMES = {
-    ai_pb2.TRUNCATION_POLICY_ERROR: "error",
-    ai_pb2.TRUNCATION_POLICY_TRUNCATE: "truncate",
-}
-SEARCH_MODE_NAMES = {
-    common_pb2.SEARCH_MODE_AUTO: "auto",
-    common_pb2.SEARCH_MODE_EXACT: "exact",
-    common_pb2.SEARCH_MODE_HNSW: "hnsw",
-}
 MODALITY = {"text": ai_pb2.MODALITY_TEXT, "image": ai_pb2.MODALITY_IMAGE}
 KIND = {"embedding": ai_pb2.MODEL_KIND_EMBEDDING, "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER}
 

@@ -24,16 +24,10 @@ from nachbar.ai.vector_store import (
     VectorEntry,
     WriteCounts,
 )
-from nachbar.client.values import metadata_from_proto
-from nachbar.server.db_convert import fill_metadata
 from nachbar.server.errors import NotReadyError, UpstreamError
 from nachbar.v1 import common_pb2, db_pb2, db_pb2_grpc
+from nachbar.v1.codec import SEARCH_MODES, fill_metadata, metadata_from_proto
 
-SEARCH_MODES = {
-    "auto": common_pb2.SEARCH_MODE_AUTO,
-    "exact": common_pb2.SEARCH_MODE_EXACT,
-    "hnsw": common_pb2.SEARCH_MODE_HNSW,
-}
 PING_TIMEOUT_SECONDS = 2.0
 
 Request = TypeVar("Request")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from nachbar.client.values import metadata_from_proto, value_to_proto
 from nachbar.db import filters, types
 from nachbar.server.errors import RequestError
 from nachbar.v1 import common_pb2, db_pb2
+from nachbar.v1.codec import fill_metadata, metadata_from_proto
 
 METRIC_FROM_PROTO = {
     common_pb2.METRIC_UNSPECIFIED: types.Metric.COSINE,
@@ -114,27 +114,6 @@ def metadata(proto: Mapping[str, common_pb2.MetadataValue]) -> dict[str, types.M
 
 def entry(proto: db_pb2.Entry) -> types.Entry:
     return types.Entry(id=proto.id, vector=vector(proto.vector), metadata=metadata(proto.metadata))
-
-
-def fill_metadata(
-    target: MutableMapping[str, common_pb2.MetadataValue],
-    metadata: Mapping[str, types.MetadataValue],
-) -> None:
-    """Write metadata into a message's map field in place. Every match of every search passes
-    here: setting the scalar fields in place is about 3x faster than building a MetadataValue
-    per value and copying it into the map, and gives the same message."""
-    for key, value in metadata.items():
-        # Exact type checks: bool is a subclass of int, and subclasses take the general path.
-        if type(value) is str:
-            target[key].string_value = value
-        elif type(value) is int:
-            target[key].int_value = value
-        elif type(value) is float:
-            target[key].float_value = value
-        elif type(value) is bool:
-            target[key].bool_value = value
-        else:
-            target[key].CopyFrom(value_to_proto(value))
 
 
 def entry_to_proto(value: types.Entry) -> db_pb2.Entry:

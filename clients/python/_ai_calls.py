@@ -32,7 +32,7 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import ai_pb2, common_pb2
+from nachbar.v1 import ai_pb2, codec, common_pb2
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,9 @@ def from_input(proto: ai_pb2.Input) -> str | bytes | None:
     return value
 
 
-_TRUNCATION = {
-    "error": ai_pb2.TRUNCATION_POLICY_ERROR,
-    "truncate": ai_pb2.TRUNCATION_POLICY_TRUNCATE,
-}
-
-
 def truncation(value: str) -> ai_pb2.TruncationPolicy.ValueType:
     try:
-        return _TRUNCATION[value]
+        return codec.TRUNCATIONS[value]
     except KeyError:
         raise ValueError(f"truncation must be 'error' or 'truncate', not {value!r}") from None
 

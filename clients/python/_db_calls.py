@@ -32,23 +32,15 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import common_pb2, db_pb2
+from nachbar.v1 import codec, common_pb2, db_pb2
 
 T = TypeVar("T")
 Call: TypeAlias = tuple[str, Any, Callable[[Any], T]]
 VectorLike: TypeAlias = Sequence[float] | np.ndarray
 
-METRICS = {
-    Metric.COSINE: common_pb2.METRIC_COSINE,
-    Metric.L2: common_pb2.METRIC_L2,
-    Metric.INNER_PRODUCT: common_pb2.METRIC_INNER_PRODUCT,
-}
+METRICS = {metric: codec.METRICS[metric.value] for metric in Metric}
 METRICS_BACK = {v: k for k, v in METRICS.items()}
-MODES = {
-    SearchMode.AUTO: common_pb2.SEARCH_MODE_AUTO,
-    SearchMode.EXACT: common_pb2.SEARCH_MODE_EXACT,
-    SearchMode.HNSW: common_pb2.SEARCH_MODE_HNSW,
-}
+MODES = {mode: codec.SEARCH_MODES[mode.value] for mode in SearchMode}
 
 
 def index_to_proto(index: Index | None) -> common_pb2.IndexConfig:

@@ -54,11 +54,6 @@ class DBClient(SyncClient):
     def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
 
-    def execute(self, call: calls.Call[calls.T], timeout: float | None = None) -> calls.T:
-        """Run a prepared (method, request, parser) call; for callers that already hold
-        protobuf requests, such as nachbar-ai forwarding to the db."""
-        return self._caller.call(*call, timeout)
-
     def create_store(
         self,
         store: str,

@@ -8,18 +8,24 @@ picks rerank candidates, keeps or strips original inputs and merges rerank score
 Each rule is checked in one place: model kinds, empty inputs and truncation policies in the
 model layer (nachbar.ai.models, nachbar.ai.registry), embedding spaces in the registry, `k`
 and rerank candidates here.
+
+Bindings are cached by store id (nachbar.ai.bindings.BindingCache), so a request costs no
+extra round trip to read them. Each call on a store carries the id its cached binding belongs
+to; if the store was dropped and created again meanwhile (by another nachbar-ai, say), the
+vector store refuses the call, the binding is read again and the request runs once more with
+it, embedding anew: a stale binding is never used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from nachbar.ai import bindings
-from nachbar.ai.bindings import StoreBinding
+from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import require_same_space
@@ -29,6 +35,7 @@ from nachbar.ai.vector_store import (
     InfoT,
     Metadata,
     OptionsT,
+    StoreChangedError,
     StoredEntry,
     StoredMatch,
     StoreNotFoundError,
@@ -41,6 +48,7 @@ from nachbar.ai.vector_store import (
 DEFAULT_RERANK_CANDIDATES = 20
 
 Payload = str | bytes
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,15 @@ class Ranked:
 class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     """Thread-safe when the models and the vector store are."""
 
-    def __init__(self, models: ModelManager, store: VectorStore[FilterT, OptionsT, InfoT]) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        store: VectorStore[FilterT, OptionsT, InfoT],
+        bindings: BindingCache | None = None,
+    ) -> None:
         self.models = models
         self.store = store
+        self.bindings = bindings if bindings is not None else BindingCache()
 
     # -- stores ---------------------------------------------------------------------------------
 
@@ -177,18 +191,25 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 f"store {name!r} already exists with other models or options ({existing}); "
                 "drop it first or use another name"
             )
+        self.bindings.put(name, Bound(record.store_id, binding))
         return AIStore(record.name, binding, record.info), created
 
     def drop_store(self, name: str, *, missing_ok: bool = False) -> bool:
         """Drop a store nachbar-ai created; stores created on the vector store directly are
         refused, with or without `missing_ok` (which only forgives a store that is gone)."""
         try:
-            self.get_store(name)
+            dropped = self._on_store(
+                name,
+                lambda bound: self.store.drop_store(
+                    name, missing_ok=missing_ok, expected_store_id=bound.store_id
+                ),
+            )
         except StoreNotFoundError:
             if missing_ok:
                 return False
             raise
-        return self.store.drop_store(name, missing_ok=missing_ok)
+        self.bindings.forget(name)
+        return dropped
 
     def list_stores(self) -> list[AIStore[InfoT]]:
         """Stores created through nachbar-ai; other stores of the vector store are left out."""
@@ -196,12 +217,14 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         for record in self.store.list_stores():
             binding = StoreBinding.from_store_metadata(record.store_metadata)
             if binding is not None:
+                self.bindings.put(record.name, Bound(record.store_id, binding))
                 out.append(AIStore(record.name, binding, record.info))
         return out
 
     def get_store(self, name: str) -> AIStore[InfoT]:
-        record = self._record(name)
-        return AIStore(record.name, _binding_of(record), record.info)
+        """Read afresh: the description (count, size...) changes with every write."""
+        record, bound = self._read(name)
+        return AIStore(record.name, bound.binding, record.info)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -210,27 +233,30 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     ) -> UpsertOutcome:
         """Embed each item with the store's index model and store it (with its original input
         when the store keeps originals). All or nothing."""
-        binding = self._binding(store)
         for i, item in enumerate(items):
             bindings.check_user_metadata(item.metadata, f"entries[{i}]")
         payloads = [item.payload for item in items]
-        vectors = self.models.embed(binding.index_model, payloads, truncation=truncation)
         ids = [item.id or bindings.content_id(item.payload) for item in items]
-        entries = [
-            VectorEntry(
-                entry_id,
-                vector,
-                bindings.with_original(item.metadata, item.payload, binding.store_original),
-            )
-            for entry_id, vector, item in zip(ids, vectors, items, strict=True)
-        ]
-        counts = self.store.upsert(store, entries)
-        return UpsertOutcome(counts.inserted, counts.updated, ids)
+
+        def run(bound: Bound) -> UpsertOutcome:
+            binding = bound.binding
+            vectors = self.models.embed(binding.index_model, payloads, truncation=truncation)
+            entries = [
+                VectorEntry(
+                    entry_id,
+                    vector,
+                    bindings.with_original(item.metadata, item.payload, binding.store_original),
+                )
+                for entry_id, vector, item in zip(ids, vectors, items, strict=True)
+            ]
+            counts = self.store.upsert(store, entries, expected_store_id=bound.store_id)
+            return UpsertOutcome(counts.inserted, counts.updated, ids)
+
+        return self._on_store(store, run)
 
     def search(self, store: str, request: SearchRequest[FilterT]) -> SearchOutcome:
         """The k entries most similar to the query, embedded with the store's query model (or
         the request's override of the same space); optionally reranked by a cross-encoder."""
-        binding = self._binding(store)
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
@@ -240,42 +266,63 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 raise InvalidInputError(
                     f"rerank.candidates ({fetch}) must be at least k ({request.k})"
                 )
-        query_model = binding.query_model
-        if request.query_model:
-            override, _ = require_same_space(
-                request.query_model,
-                binding.index_model,
-                roles=("query_model_override", f"store {store!r}'s index model"),
+
+        def run(bound: Bound) -> SearchOutcome:
+            binding = bound.binding
+            query_model = binding.query_model
+            if request.query_model:
+                override, _ = require_same_space(
+                    request.query_model,
+                    binding.index_model,
+                    roles=("query_model_override", f"store {store!r}'s index model"),
+                )
+                query_model = override.name
+            vector = self.models.embed(query_model, [request.query], truncation=request.truncation)
+            found = self.store.search(
+                store,
+                vector[0],
+                fetch,
+                filter=request.filter,
+                mode=request.mode,
+                ef=request.ef,
+                expected_store_id=bound.store_id,
             )
-            query_model = override.name
-        vector = self.models.embed(query_model, [request.query], truncation=request.truncation)[0]
-        found = self.store.search(
-            store, vector, fetch, filter=request.filter, mode=request.mode, ef=request.ef
-        )
-        hits = [_hit(m) for m in found.matches]
-        if request.rerank is not None:
-            hits = self._rerank(store, binding, request, request.rerank, hits)
-        return SearchOutcome(hits[: request.k], found.plan)
+            hits = [_hit(m) for m in found.matches]
+            if request.rerank is not None:
+                hits = self._rerank(store, binding, request, request.rerank, hits)
+            return SearchOutcome(hits[: request.k], found.plan)
+
+        return self._on_store(store, run)
 
     def get(self, store: str, ids: Sequence[str]) -> tuple[list[AIEntry], list[str]]:
-        self._binding(store)
-        found, missing = self.store.get(store, ids)
+        found, missing = self._on_store(
+            store, lambda bound: self.store.get(store, ids, expected_store_id=bound.store_id)
+        )
         return [_entry(e) for e in found], missing
 
     def get_by_filter(
         self, store: str, filter: FilterT | None, *, limit: int = 0, page_token: str = ""
     ) -> AIPage:
-        self._binding(store)
-        page = self.store.get_by_filter(store, filter, limit=limit, page_token=page_token)
+        page = self._on_store(
+            store,
+            lambda bound: self.store.get_by_filter(
+                store, filter, limit=limit, page_token=page_token, expected_store_id=bound.store_id
+            ),
+        )
         return AIPage([_entry(e) for e in page.entries], page.next_page_token)
 
     def delete(self, store: str, ids: Sequence[str]) -> int:
-        self._binding(store)
-        return self.store.delete(store, ids)
+        return self._on_store(
+            store, lambda bound: self.store.delete(store, ids, expected_store_id=bound.store_id)
+        )
 
     def delete_by_filter(self, store: str, filter: FilterT | None) -> int:
-        self._binding(store)
-        return self.store.delete_by_filter(store, filter)
+        return self._on_store(
+            store,
+            lambda bound: self.store.delete_by_filter(
+                store, filter, expected_store_id=bound.store_id
+            ),
+        )
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -307,11 +354,26 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _record(self, name: str) -> StoreRecord[InfoT]:
-        return self.store.get_store(name)
+    def _read(self, name: str) -> tuple[StoreRecord[InfoT], Bound]:
+        """The store as the vector store describes it now; its binding goes into the cache."""
+        self.bindings.forget(name)
+        record = self.store.get_store(name)
+        bound = Bound(record.store_id, _binding_of(record))
+        self.bindings.put(name, bound)
+        return record, bound
 
-    def _binding(self, name: str) -> StoreBinding:
-        return _binding_of(self._record(name))
+    def _on_store(self, name: str, action: Callable[[Bound], T]) -> T:
+        """Run `action` with the store's binding, cached or read; when the store turns out to
+        have been dropped and created again since it was cached, read it and run once more."""
+        try:
+            bound = self.bindings.get(name) or self._read(name)[1]
+            try:
+                return action(bound)
+            except StoreChangedError:
+                return action(self._read(name)[1])
+        except StoreNotFoundError:
+            self.bindings.forget(name)
+            raise
 
     def _rerank(
         self,

@@ -36,11 +36,19 @@ class StoreNotFoundError(AIError):
     """Raised by a vector store for a store name it does not hold."""
 
 
+class StoreChangedError(AIError):
+    """Raised by a vector store when a request's `expected_store_id` is not the id of the store
+    the name holds now: the store was dropped and created again."""
+
+
 @dataclass(frozen=True)
 class StoreRecord(Generic[InfoT]):
     """What nachbar-ai reads of a store, and the store's own description to pass back."""
 
     name: str
+    # Never reused by the vector store: a store dropped and created again gets a new id, so
+    # what nachbar-ai knows about a store is cached under its id.
+    store_id: int
     dimension: int
     # Opaque string attributes set at creation: where nachbar-ai keeps its model bindings.
     store_metadata: Mapping[str, str]
@@ -91,7 +99,11 @@ class WriteCounts:
 
 class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
     """Named stores of (id, vector, metadata) entries. A store name that does not exist raises
-    StoreNotFoundError; other errors are the implementation's own."""
+    StoreNotFoundError; other errors are the implementation's own.
+
+    Every call on an existing store takes `expected_store_id`: when non-zero, the call applies
+    only if the name still denotes the store with that id, and raises StoreChangedError (having
+    changed nothing) otherwise."""
 
     def create_store(
         self,
@@ -109,9 +121,11 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
 
     def list_stores(self) -> list[StoreRecord[InfoT]]: ...
 
-    def drop_store(self, name: str, *, missing_ok: bool) -> bool: ...
+    def drop_store(self, name: str, *, missing_ok: bool, expected_store_id: int) -> bool: ...
 
-    def upsert(self, store: str, entries: Sequence[VectorEntry]) -> WriteCounts:
+    def upsert(
+        self, store: str, entries: Sequence[VectorEntry], *, expected_store_id: int
+    ) -> WriteCounts:
         """Insert or replace by id, all or nothing."""
         ...
 
@@ -124,18 +138,29 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
         filter: FilterT_contra | None,
         mode: str,
         ef: int,
+        expected_store_id: int,
     ) -> Hits:
         """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw"."""
         ...
 
-    def get(self, store: str, ids: Sequence[str]) -> tuple[list[StoredEntry], list[str]]:
+    def get(
+        self, store: str, ids: Sequence[str], *, expected_store_id: int
+    ) -> tuple[list[StoredEntry], list[str]]:
         """The entries found, in request order, and the ids not found."""
         ...
 
     def get_by_filter(
-        self, store: str, filter: FilterT_contra | None, *, limit: int, page_token: str
+        self,
+        store: str,
+        filter: FilterT_contra | None,
+        *,
+        limit: int,
+        page_token: str,
+        expected_store_id: int,
     ) -> StoredPage: ...
 
-    def delete(self, store: str, ids: Sequence[str]) -> int: ...
+    def delete(self, store: str, ids: Sequence[str], *, expected_store_id: int) -> int: ...
 
-    def delete_by_filter(self, store: str, filter: FilterT_contra | None) -> int: ...
+    def delete_by_filter(
+        self, store: str, filter: FilterT_contra | None, *, expected_store_id: int
+    ) -> int: ...

@@ -67,6 +67,8 @@ class StoreInfo:
     store_metadata: Mapping[str, str]
     count: int
     bytes_used: int
+    # Never reused: a store dropped and created again under its name gets a new id.
+    store_id: int = 0
 
     @property
     def spec(self) -> StoreSpec:

@@ -16,6 +16,7 @@ import grpc
 from nachbar.ai.vector_store import (
     FloatArray,
     Hits,
+    StoreChangedError,
     StoredEntry,
     StoredMatch,
     StoredPage,
@@ -44,7 +45,7 @@ class DBStoreOptions:
 
 
 def record(info: db_pb2.StoreInfo) -> StoreRecord[db_pb2.StoreInfo]:
-    return StoreRecord(info.name, info.dimension, info.store_metadata, info)
+    return StoreRecord(info.name, info.store_id, info.dimension, info.store_metadata, info)
 
 
 def _entry(proto: db_pb2.Entry) -> StoredEntry:
@@ -107,12 +108,16 @@ class DBVectorStore:
         response = self._call(self._stub.ListStores, db_pb2.ListStoresRequest())
         return [record(info) for info in response.stores]
 
-    def drop_store(self, name: str, *, missing_ok: bool) -> bool:
-        request = db_pb2.DropStoreRequest(store=name, missing_ok=missing_ok)
+    def drop_store(self, name: str, *, missing_ok: bool, expected_store_id: int) -> bool:
+        request = db_pb2.DropStoreRequest(
+            store=name, missing_ok=missing_ok, expected_store_id=expected_store_id
+        )
         return bool(self._call(self._stub.DropStore, request).dropped)
 
-    def upsert(self, store: str, entries: Sequence[VectorEntry]) -> WriteCounts:
-        request = db_pb2.UpsertRequest(store=store)
+    def upsert(
+        self, store: str, entries: Sequence[VectorEntry], *, expected_store_id: int
+    ) -> WriteCounts:
+        request = db_pb2.UpsertRequest(store=store, expected_store_id=expected_store_id)
         add = request.entries.add
         for entry in entries:
             proto = add(id=entry.id, vector=entry.vector.tolist())
@@ -129,9 +134,15 @@ class DBVectorStore:
         filter: common_pb2.Filter | None,
         mode: str,
         ef: int,
+        expected_store_id: int,
     ) -> Hits:
         request = db_pb2.GetSimNRequest(
-            store=store, query=vector.tolist(), k=k, mode=SEARCH_MODES[mode], ef=ef
+            store=store,
+            query=vector.tolist(),
+            k=k,
+            mode=SEARCH_MODES[mode],
+            ef=ef,
+            expected_store_id=expected_store_id,
         )
         if filter is not None:
             request.filter.CopyFrom(filter)
@@ -141,26 +152,42 @@ class DBVectorStore:
         ]
         return Hits(matches, response.plan)
 
-    def get(self, store: str, ids: Sequence[str]) -> tuple[list[StoredEntry], list[str]]:
-        request = db_pb2.GetKeyRequest(store=store, ids=list(ids))
+    def get(
+        self, store: str, ids: Sequence[str], *, expected_store_id: int
+    ) -> tuple[list[StoredEntry], list[str]]:
+        request = db_pb2.GetKeyRequest(
+            store=store, ids=list(ids), expected_store_id=expected_store_id
+        )
         response = self._call(self._stub.GetKey, request)
         return [_entry(e) for e in response.entries], list(response.missing_ids)
 
     def get_by_filter(
-        self, store: str, filter: common_pb2.Filter | None, *, limit: int, page_token: str
+        self,
+        store: str,
+        filter: common_pb2.Filter | None,
+        *,
+        limit: int,
+        page_token: str,
+        expected_store_id: int,
     ) -> StoredPage:
-        request = db_pb2.GetByPredicateRequest(store=store, limit=limit, page_token=page_token)
+        request = db_pb2.GetByPredicateRequest(
+            store=store, limit=limit, page_token=page_token, expected_store_id=expected_store_id
+        )
         if filter is not None:
             request.filter.CopyFrom(filter)
         response = self._call(self._stub.GetByPredicate, request)
         return StoredPage([_entry(e) for e in response.entries], response.next_page_token)
 
-    def delete(self, store: str, ids: Sequence[str]) -> int:
-        request = db_pb2.DeleteKeysRequest(store=store, ids=list(ids))
+    def delete(self, store: str, ids: Sequence[str], *, expected_store_id: int) -> int:
+        request = db_pb2.DeleteKeysRequest(
+            store=store, ids=list(ids), expected_store_id=expected_store_id
+        )
         return int(self._call(self._stub.DeleteKeys, request).deleted)
 
-    def delete_by_filter(self, store: str, filter: common_pb2.Filter | None) -> int:
-        request = db_pb2.DeleteByPredicateRequest(store=store)
+    def delete_by_filter(
+        self, store: str, filter: common_pb2.Filter | None, *, expected_store_id: int
+    ) -> int:
+        request = db_pb2.DeleteByPredicateRequest(store=store, expected_store_id=expected_store_id)
         if filter is not None:
             request.filter.CopyFrom(filter)
         return int(self._call(self._stub.DeleteByPredicate, request).deleted)
@@ -185,4 +212,6 @@ class DBVectorStore:
             )
         if code is grpc.StatusCode.NOT_FOUND:
             return StoreNotFoundError(details)
+        if code is grpc.StatusCode.ABORTED:
+            return StoreChangedError(details)
         return UpstreamError(code, details)

@@ -98,6 +98,7 @@ def store_info(info: types.StoreInfo) -> db_pb2.StoreInfo:
         count=info.count,
         bytes_used=info.bytes_used,
         store_metadata=dict(info.store_metadata),
+        store_id=info.store_id,
     )
 
 

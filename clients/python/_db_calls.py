@@ -71,6 +71,7 @@ def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
         count=proto.count,
         bytes_used=proto.bytes_used,
         store_metadata=dict(proto.store_metadata),
+        store_id=proto.store_id,
     )
 
 

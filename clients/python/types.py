@@ -47,6 +47,8 @@ class StoreInfo:
     count: int
     bytes_used: int
     store_metadata: dict[str, str] = field(default_factory=dict)
+    # Never reused: a store dropped and created again under its name gets a new id.
+    store_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 from nachbar.ai.vector_store import (
     FloatArray,
     Hits,
+    StoreChangedError,
     StoredEntry,
     StoredMatch,
     StoredPage,
@@ -82,16 +83,22 @@ class EngineStore:
         self.calls.append(("list_stores", ""))
         return [_record(info) for info in self.db.list_stores()]
 
-    def drop_store(self, name: str, *, missing_ok: bool) -> bool:
+    def drop_store(self, name: str, *, missing_ok: bool, expected_store_id: int) -> bool:
         self.calls.append(("drop_store", name))
         with _translated():
-            return self.db.drop_store(name, missing_ok=missing_ok)
+            return self.db.drop_store(
+                name, missing_ok=missing_ok, expected_store_id=expected_store_id
+            )
 
-    def upsert(self, store: str, entries: Sequence[VectorEntry]) -> WriteCounts:
+    def upsert(
+        self, store: str, entries: Sequence[VectorEntry], *, expected_store_id: int
+    ) -> WriteCounts:
         self.calls.append(("upsert", store))
         with _translated():
             result = self.db.upsert(
-                store, [Entry(e.id, np.asarray(e.vector), dict(e.metadata)) for e in entries]
+                store,
+                [Entry(e.id, np.asarray(e.vector), dict(e.metadata)) for e in entries],
+                expected_store_id=expected_store_id,
             )
         return WriteCounts(result.inserted, result.updated)
 
@@ -104,47 +111,66 @@ class EngineStore:
         filter: Filter | None,
         mode: str,
         ef: int,
+        expected_store_id: int,
     ) -> Hits:
         self.calls.append(("search", store))
         self.last_k = k
         with _translated():
             result = self.db.get_sim_n(
-                store, vector, k, filter=filter, mode=SearchMode(mode), ef=ef
+                store,
+                vector,
+                k,
+                filter=filter,
+                mode=SearchMode(mode),
+                ef=ef,
+                expected_store_id=expected_store_id,
             )
         return Hits([StoredMatch(m.id, m.score, m.metadata) for m in result.matches], result.plan)
 
-    def get(self, store: str, ids: Sequence[str]) -> tuple[list[StoredEntry], list[str]]:
+    def get(
+        self, store: str, ids: Sequence[str], *, expected_store_id: int
+    ) -> tuple[list[StoredEntry], list[str]]:
         self.calls.append(("get", store))
         with _translated():
-            found, missing = self.db.get_keys(store, list(ids))
+            found, missing = self.db.get_keys(store, list(ids), expected_store_id=expected_store_id)
         return [StoredEntry(e.id, e.metadata) for e in found], missing
 
     def get_by_filter(
-        self, store: str, filter: Filter | None, *, limit: int, page_token: str
+        self,
+        store: str,
+        filter: Filter | None,
+        *,
+        limit: int,
+        page_token: str,
+        expected_store_id: int,
     ) -> StoredPage:
         self.calls.append(("get_by_filter", store))
         with _translated():
             page = self.db.get_by_predicate(
-                store, filter, limit=limit or 100, page_token=page_token
+                store,
+                filter,
+                limit=limit or 100,
+                page_token=page_token,
+                expected_store_id=expected_store_id,
             )
         return StoredPage(
             [StoredEntry(e.id, e.metadata) for e in page.entries], page.next_page_token
         )
 
-    def delete(self, store: str, ids: Sequence[str]) -> int:
+    def delete(self, store: str, ids: Sequence[str], *, expected_store_id: int) -> int:
         self.calls.append(("delete", store))
         with _translated():
-            return self.db.delete_keys(store, list(ids))
+            return self.db.delete_keys(store, list(ids), expected_store_id=expected_store_id)
 
-    def delete_by_filter(self, store: str, filter: Filter | None) -> int:
+    def delete_by_filter(self, store: str, filter: Filter | None, *, expected_store_id: int) -> int:
         self.calls.append(("delete_by_filter", store))
         assert filter is not None
         with _translated():
-            return self.db.delete_by_predicate(store, filter)
+            return self.db.delete_by_predicate(store, filter, expected_store_id=expected_store_id)
 
 
 def _record(info: StoreInfo) -> StoreRecord[StoreInfo]:
-    return StoreRecord(info.name, info.dimension, info.store_metadata, info)
+    return StoreRecord(info.name, info.store_id, info.dimension, info.store_metadata, info)
 
 
 @contextmanager
@@ -153,3 +179,5 @@ def _translated() -> Iterator[None]:
         yield
     except db_errors.StoreNotFoundError as error:
         raise StoreNotFoundError(str(error)) from None
+    except db_errors.StoreChangedError as error:
+        raise StoreChangedError(str(error)) from None

@@ -313,3 +313,50 @@ def test_embed_and_rerank_without_a_store(pipeline: Pipeline, tiny_manager: Mode
     assert [r.score for r in ranked] == sorted((float(s) for s in scores), reverse=True)[:2]
     with pytest.raises(InvalidInputError, match="No documents"):
         pipeline.rerank(CROSS_ENCODER, "cat", [])
+
+
+# -- bindings cache ---------------------------------------------------------------------------
+
+
+def test_requests_reuse_the_cached_binding_without_reading_the_store(
+    pipeline: Pipeline, store: EngineStore
+) -> None:
+    texts_store(pipeline)
+    store.calls.clear()
+    pipeline.search("docs", SearchRequest("cat", 2))
+    pipeline.upsert("docs", [UpsertItem("a dog", "x")])
+    pipeline.get("docs", ["x"])
+    pipeline.delete("docs", ["x"])
+    assert [call for call, _ in store.calls] == ["search", "upsert", "get", "delete"]
+
+
+def test_a_store_dropped_and_created_again_elsewhere_is_never_served_with_a_stale_binding(
+    pipeline: Pipeline, store: EngineStore, db: Database, tiny_manager: ModelManager
+) -> None:
+    texts_store(pipeline)  # cached here: query and index model TEXT, originals kept
+    other = AIPipeline(tiny_manager, EngineStore(db))  # a second nachbar-ai on the same db
+    other.drop_store("docs")
+    other.create_store("docs", query_model=TEXT_INT8, store_original=False, options=EngineOptions())
+    store.calls.clear()
+    pipeline.upsert("docs", [UpsertItem("a red car", "car", {"n": 1})])
+    # Refused once by the store, read again, then written with the new binding.
+    assert [call for call, _ in store.calls] == ["upsert", "get_store", "upsert"]
+    entry = db.get_keys("docs", ["car"], include_vectors=True)[0][0]
+    assert entry.metadata == {"n": 1}  # the new store keeps no originals
+    assert entry.vector is not None
+    np.testing.assert_allclose(
+        entry.vector, tiny_manager.embed(TEXT_INT8, ["a red car"])[0], atol=1e-6
+    )
+    assert pipeline.get_store("docs").binding.index_model == TEXT_INT8
+    hits = pipeline.search("docs", SearchRequest("a red car", 1)).hits
+    assert hits[0].id == "car" and hits[0].original is None
+
+    other.drop_store("docs")
+    db.create_store(StoreSpec("docs", 384, index=ExactConfig()))  # now a store without models
+    with pytest.raises(InvalidInputError, match="created on nachbar-db directly"):
+        pipeline.upsert("docs", [UpsertItem("a cat", "cat")])
+    assert db.get_store("docs").count == 0
+    db.drop_store("docs")
+    with pytest.raises(StoreNotFoundError):
+        pipeline.search("docs", SearchRequest("cat", 1))
+    assert pipeline.bindings.get("docs") is None

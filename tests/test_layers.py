@@ -43,8 +43,9 @@ def test_folder_imports_stay_inside_its_layer(folder: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_shared_codec_depends_on_the_generated_code_alone() -> None:
-    modules = imported_modules(REPO / "proto" / "nachbar" / "v1" / "codec.py")
+@pytest.mark.parametrize("module", ["codec.py", "defaults.py"])
+def test_the_shared_modules_depend_on_the_generated_code_alone(module: str) -> None:
+    modules = imported_modules(REPO / "proto" / "nachbar" / "v1" / module)
     nachbar = [m for m in modules if m.startswith("nachbar")]
-    assert nachbar and all(m == "nachbar.v1" or m.startswith("nachbar.v1.") for m in nachbar)
+    assert all(m == "nachbar.v1" or m.startswith("nachbar.v1.") for m in nachbar)
     assert not any(m == "grpc" or m.startswith("grpc.") for m in modules)

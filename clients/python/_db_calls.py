@@ -5,12 +5,14 @@ Each builder returns (rpc method name, request message, response parser).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
 from nachbar.client.types import (
+    CreatedStoreInfo,
     DBInfo,
     Entry,
     Exact,
@@ -75,6 +77,11 @@ def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
     )
 
 
+def vars_of(value: object) -> dict[str, Any]:
+    """A dataclass's fields, shallow (dataclasses.asdict would copy nested ones to dicts)."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+
+
 def entry(proto: db_pb2.Entry) -> Entry:
     return Entry(
         id=proto.id,
@@ -91,22 +98,27 @@ def _vector(values: VectorLike) -> list[float]:
 def create_store(
     store: str,
     dimension: int,
-    metric: Metric | str,
+    metric: Metric | str | None,
     index: Index | None,
     predicate_indexes: Iterable[str],
     store_metadata: Mapping[str, str] | None,
     if_not_exists: bool,
-) -> Call[tuple[StoreInfo, bool]]:
+) -> Call[CreatedStoreInfo]:
     request = db_pb2.CreateStoreRequest(
         store=store,
         dimension=dimension,
-        metric=METRICS[Metric(metric)],
-        index=index_to_proto(index),
+        # Unset: the server's documented default (cosine).
+        metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
+        index=index_to_proto(index) if index is not None else None,
         predicate_indexes=list(predicate_indexes),
         store_metadata=dict(store_metadata or {}),
         if_not_exists=if_not_exists,
     )
-    return "CreateStore", request, lambda r: (store_info(r.store), r.created)
+    return (
+        "CreateStore",
+        request,
+        lambda r: CreatedStoreInfo(**vars_of(store_info(r.store)), created=r.created),
+    )
 
 
 def drop_store(store: str, missing_ok: bool) -> Call[bool]:

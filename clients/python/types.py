@@ -52,6 +52,14 @@ class StoreInfo:
 
 
 @dataclass(frozen=True)
+class CreatedStoreInfo(StoreInfo):
+    """What `create_store` returns: the store, and whether this call created it (False when
+    `if_not_exists` found it there already)."""
+
+    created: bool = True
+
+
+@dataclass(frozen=True)
 class Entry:
     id: str
     metadata: Metadata
@@ -107,6 +115,14 @@ class AIStoreInfo:
     index_model: str
     store_original: bool
     db_store: StoreInfo
+
+
+@dataclass(frozen=True)
+class CreatedAIStoreInfo(AIStoreInfo):
+    """What `create_store` returns: the store, and whether this call created it (False when
+    `if_not_exists` found it there already)."""
+
+    created: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -275,7 +277,7 @@ def test_expected_store_id_guards_every_request_against_a_recreated_store(db: Da
     assert second.store_id > first.store_id > 0  # ids are never reused
     assert db.get_store("s").store_id == second.store_id
     stale = first.store_id
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: db.upsert("s", [Entry("b", vec(0, 1, 0))], expected_store_id=stale),
         lambda: db.get_keys("s", ["a"], expected_store_id=stale),
         lambda: db.get_by_predicate("s", None, expected_store_id=stale),

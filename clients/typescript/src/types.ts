@@ -98,6 +98,8 @@ export interface StoreInfo {
   count: number;
   bytesUsed: number;
   storeMetadata: Record<string, string>;
+  /** Never reused: a store dropped and created again under its name gets a new id. */
+  storeId: number;
 }
 
 export interface CreateStoreResult<S> {

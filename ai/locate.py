@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from nachbar.ai.defaults import built_dir, hub_cache_dir
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.registry import BuiltSource, HubSource, ModelSpec
 
@@ -27,7 +28,7 @@ def resolve_model_dir(
     if isinstance(source, BuiltSource):
         return _require_files(
             spec,
-            model_dir / "built" / spec.name,
+            built_dir(model_dir, spec.name),
             fix=(
                 f"Build the offline models with `nachbar models build` (it writes "
                 f"{source.builder_name!r} there)."
@@ -43,8 +44,9 @@ def resolve_model_dir(
                 f"repository {source.repo_id}: copy the missing files there."
             ),
         )
-    snapshot = _snapshot(spec, source, model_dir / "hub", offline=offline)
-    return _require_files(spec, snapshot, fix=_download_hint(spec, source, model_dir / "hub"))
+    cache = hub_cache_dir(model_dir)
+    snapshot = _snapshot(spec, source, cache, offline=offline)
+    return _require_files(spec, snapshot, fix=_download_hint(spec, source, cache))
 
 
 def missing_files(spec: ModelSpec, directory: Path) -> list[str]:

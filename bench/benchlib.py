@@ -265,22 +265,14 @@ def start_nachbar(
 
 
 def wait_serving(server: ChildServer, timeout: float) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from nachbar.cli.health import wait_until_serving
 
-    deadline = time.monotonic() + max(timeout, 1.0)
-    with grpc.insecure_channel(server.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                break
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.1)
-    server.stop()
-    raise BenchSetupError(f"{server.name} never became SERVING:\n{server.log_tail()}")
+    report = wait_until_serving(
+        server.address, max(timeout, 1.0), alive=lambda: server.proc.poll() is None
+    )
+    if not report.serving:
+        server.stop()
+        raise BenchSetupError(f"{server.name} never became SERVING:\n{server.log_tail()}")
 
 
 def start_chroma(workdir: Path, *, timeout: float = 60.0) -> ChildServer:

@@ -29,6 +29,13 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+class UsageError(CliError):
+    """A command line that does not make sense (exit code 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
 # Width of tables written to a pipe or file, where no terminal limits the line length; rich
 # would otherwise assume 80 columns and fold ids and names.
 PIPE_WIDTH = 160

@@ -116,6 +116,21 @@ def new_table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
+def store_table(info: StoreInfo, extra: Mapping[str, Any]) -> Table:
+    """One store's details; `extra` rows (such as nachbar-ai's models) follow its name."""
+    rows = {
+        "name": info.name,
+        **extra,
+        "count": info.count,
+        "dimension": info.dimension,
+        "metric": info.metric.value,
+        "index": format_index(info.index),
+        "predicate indexes": ", ".join(info.predicate_indexes) or "-",
+        "size": format_bytes(info.bytes_used),
+    }
+    return key_value_table(rows, title=f"store {info.name}")
+
+
 def ai_stores_table(stores: Sequence[AIStoreInfo]) -> Table:
     table = new_table("name", "count", "dim", "metric", "models", "originals")
     for s in stores:

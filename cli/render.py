@@ -184,10 +184,10 @@ def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
 
 
 def db_matches_table(matches: Sequence[Match]) -> Table:
-    table = new_table("rank", "id", "score", "metadata")
+    table = new_table("rank", "id", "similarity", "metadata")
     for rank, m in enumerate(matches, 1):
         table.add_row(
-            str(rank), escape(m.id), f"{m.score:.4f}", escape(format_metadata(m.metadata))
+            str(rank), escape(m.id), f"{m.similarity:.4f}", escape(format_metadata(m.metadata))
         )
     return table
 

@@ -148,7 +148,8 @@ class DBVectorStore:
             request.filter.CopyFrom(filter)
         response = self._call(self._stub.GetSimN, request)
         matches = [
-            StoredMatch(m.id, m.score, metadata_from_proto(m.metadata)) for m in response.matches
+            StoredMatch(m.id, m.similarity, metadata_from_proto(m.metadata))
+            for m in response.matches
         ]
         return Hits(matches, response.plan)
 

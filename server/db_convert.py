@@ -131,7 +131,7 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
     # copy every message once more.
     add = out.matches.add
     for value in result.matches:
-        match = add(id=value.id, score=value.score)
+        match = add(id=value.id, similarity=value.score)
         fill_metadata(match.metadata, value.metadata)
         if value.vector is not None:
             match.vector.extend(value.vector.tolist())

@@ -199,7 +199,7 @@ def get_sim_n(
             [
                 Match(
                     m.id,
-                    m.score,
+                    m.similarity,
                     metadata_from_proto(m.metadata),
                     list(m.vector) if len(m.vector) else None,
                 )

@@ -69,9 +69,15 @@ class Entry:
 @dataclass(frozen=True)
 class Match:
     id: str
-    score: float
+    # Higher is more similar (see Metric).
+    similarity: float
     metadata: Metadata
     vector: list[float] | None = None
+
+    @property
+    def score(self) -> float:
+        """The former name of `similarity`, kept for existing callers."""
+        return self.similarity
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def test_search_response_keeps_order_scores_and_vectors() -> None:
     )
     response = conv.search_response(result)
     assert response.plan == "hnsw"
-    assert [(m.id, m.score) for m in response.matches] == [("b", 0.75), ("a", 0.5)]
+    assert [(m.id, m.similarity) for m in response.matches] == [("b", 0.75), ("a", 0.5)]
     assert list(response.matches[0].vector) == [1.0, 2.0]
     assert len(response.matches[1].vector) == 0
     assert response.matches[0].metadata["n"].int_value == 1

@@ -248,7 +248,7 @@ export class DBClient {
     );
     return {
       matches: response.matches.map((match) => {
-        const result: Match = { id: match.id, score: match.score, metadata: metadataFromProto(match.metadata) };
+        const result: Match = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (includeVectors) result.vector = [...match.vector];
         return result;
       }),

@@ -23,7 +23,7 @@ class Metric(StrEnum):
 
     COSINE = "cosine"  # score = cosine similarity
     L2 = "l2"  # score = -(squared Euclidean distance)
-    IP = "ip"  # score = dot product
+    INNER_PRODUCT = "ip"  # score = dot product (common.proto's METRIC_INNER_PRODUCT)
 
 
 class SearchMode(StrEnum):

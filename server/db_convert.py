@@ -15,12 +15,12 @@ METRIC_FROM_PROTO = {
     common_pb2.METRIC_UNSPECIFIED: types.Metric.COSINE,
     common_pb2.METRIC_COSINE: types.Metric.COSINE,
     common_pb2.METRIC_L2: types.Metric.L2,
-    common_pb2.METRIC_INNER_PRODUCT: types.Metric.IP,
+    common_pb2.METRIC_INNER_PRODUCT: types.Metric.INNER_PRODUCT,
 }
 METRIC_TO_PROTO = {
     types.Metric.COSINE: common_pb2.METRIC_COSINE,
     types.Metric.L2: common_pb2.METRIC_L2,
-    types.Metric.IP: common_pb2.METRIC_INNER_PRODUCT,
+    types.Metric.INNER_PRODUCT: common_pb2.METRIC_INNER_PRODUCT,
 }
 MODE_FROM_PROTO = {
     common_pb2.SEARCH_MODE_AUTO: types.SearchMode.AUTO,

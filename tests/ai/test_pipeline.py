@@ -73,18 +73,20 @@ def test_a_store_is_bound_to_its_models_and_sized_by_the_index_model(pipeline: P
         query_model=TEXT,
         index_model=IMAGE,
         store_original=False,
-        options=EngineOptions(metric=Metric.IP),
+        options=EngineOptions(metric=Metric.INNER_PRODUCT),
     )
     assert created
     assert (store.binding.query_model, store.binding.index_model) == (TEXT, IMAGE)
     assert store.binding.space == "minilm-l6-v2" and not store.binding.store_original
-    assert store.info.dimension == 384 and store.info.metric is Metric.IP  # passed through
+    assert (
+        store.info.dimension == 384 and store.info.metric is Metric.INNER_PRODUCT
+    )  # passed through
     again, created = pipeline.create_store(
         "photos",
         query_model=TEXT,
         index_model=IMAGE,
         store_original=False,
-        options=EngineOptions(metric=Metric.IP),
+        options=EngineOptions(metric=Metric.INNER_PRODUCT),
         if_not_exists=True,
     )
     assert not created and again.binding == store.binding
@@ -93,7 +95,7 @@ def test_a_store_is_bound_to_its_models_and_sized_by_the_index_model(pipeline: P
             "photos",
             query_model=TEXT,
             store_original=False,
-            options=EngineOptions(metric=Metric.IP),
+            options=EngineOptions(metric=Metric.INNER_PRODUCT),
             if_not_exists=True,
         )
 

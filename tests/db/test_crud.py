@@ -211,7 +211,7 @@ def test_search_scores_follow_the_metric(db: Database) -> None:
     expected = {
         Metric.COSINE: v64 @ q64 / (np.linalg.norm(v64, axis=1) * np.linalg.norm(q64)),
         Metric.L2: -np.sum((v64 - q64) ** 2, axis=1),
-        Metric.IP: v64 @ q64,
+        Metric.INNER_PRODUCT: v64 @ q64,
     }
     for metric, truth in expected.items():
         name = f"m-{metric.value}"

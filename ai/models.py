@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher
-from nachbar.ai.embedder import CrossEncoderScorer, ImageEmbedder, TextEmbedder
-from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImageLimits, ImagePreprocessor
+from nachbar.ai.inference import CrossEncoderScorer, ImageEmbedder, TextEmbedder
+from nachbar.ai.inference import sigmoid as logistic
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
 from nachbar.ai.registry import (

@@ -113,7 +113,9 @@ class StoreInfo(_message.Message):
         """The index with every default resolved."""
 
     @_builtins.property
-    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metadata fields with a predicate (field) index."""
+
     @_builtins.property
     def store_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Opaque string attributes set at creation (nachbar-ai keeps its model bindings here)."""

@@ -152,11 +152,11 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         self,
         models: ModelManager,
         store: VectorStore[FilterT, OptionsT, InfoT],
-        bindings: BindingCache | None = None,
+        binding_cache: BindingCache | None = None,
     ) -> None:
         self.models = models
         self.store = store
-        self.bindings = bindings if bindings is not None else BindingCache()
+        self.binding_cache = binding_cache if binding_cache is not None else BindingCache()
 
     # -- stores ---------------------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 f"store {name!r} already exists with other models or options ({existing}); "
                 "drop it first or use another name"
             )
-        self.bindings.put(name, Bound(record.store_id, binding))
+        self.binding_cache.put(name, Bound(record.store_id, binding))
         return AIStore(record.name, binding, record.info), created
 
     def drop_store(self, name: str, *, missing_ok: bool = False) -> bool:
@@ -208,7 +208,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
             if missing_ok:
                 return False
             raise
-        self.bindings.forget(name)
+        self.binding_cache.forget(name)
         return dropped
 
     def list_stores(self) -> list[AIStore[InfoT]]:
@@ -217,7 +217,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         for record in self.store.list_stores():
             binding = StoreBinding.from_store_metadata(record.store_metadata)
             if binding is not None:
-                self.bindings.put(record.name, Bound(record.store_id, binding))
+                self.binding_cache.put(record.name, Bound(record.store_id, binding))
                 out.append(AIStore(record.name, binding, record.info))
         return out
 
@@ -356,23 +356,23 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
     def _read(self, name: str) -> tuple[StoreRecord[InfoT], Bound]:
         """The store as the vector store describes it now; its binding goes into the cache."""
-        self.bindings.forget(name)
+        self.binding_cache.forget(name)
         record = self.store.get_store(name)
         bound = Bound(record.store_id, _binding_of(record))
-        self.bindings.put(name, bound)
+        self.binding_cache.put(name, bound)
         return record, bound
 
     def _on_store(self, name: str, action: Callable[[Bound], T]) -> T:
         """Run `action` with the store's binding, cached or read; when the store turns out to
         have been dropped and created again since it was cached, read it and run once more."""
         try:
-            bound = self.bindings.get(name) or self._read(name)[1]
+            bound = self.binding_cache.get(name) or self._read(name)[1]
             try:
                 return action(bound)
             except StoreChangedError:
                 return action(self._read(name)[1])
         except StoreNotFoundError:
-            self.bindings.forget(name)
+            self.binding_cache.forget(name)
             raise
 
     def _rerank(

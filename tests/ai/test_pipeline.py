@@ -361,4 +361,4 @@ def test_a_store_dropped_and_created_again_elsewhere_is_never_served_with_a_stal
     db.drop_store("docs")
     with pytest.raises(StoreNotFoundError):
         pipeline.search("docs", SearchRequest("cat", 1))
-    assert pipeline.bindings.get("docs") is None
+    assert pipeline.binding_cache.get("docs") is None

@@ -537,8 +537,12 @@ def render(results: Results) -> str:
         "",
         f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
         f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, "
-        f"after {machine['load_average_after']}; onnxruntime threads {config.threads}; "
-        f"{config.rounds} alternating rounds per path",
+        f"after {machine['load_average_after']}"
+        + (
+            f"; onnxruntime threads {config.threads}; {config.rounds} alternating rounds per path"
+            if "embed" in config.passes
+            else ""
+        ),
         "",
     ]
     if results.search:

@@ -1,0 +1,323 @@
+"""Admission control: which requests run now, which wait, and which are turned away.
+
+A server has two lanes, each with its own workers and its own bounded FIFO queue:
+
+- **interactive**: cheap reads (searches, key lookups, store info, small Embed / Rerank, Ping).
+- **bulk**: writes, scans and anything large (Upsert, deletes, predicate index changes,
+  GetByPredicate, requests over `interactive_max_bytes` or with many inputs).
+
+A cheap read therefore never waits behind bulk work: when every bulk worker is busy and the bulk
+queue is full, bulk requests are refused while interactive ones still run. A request that finds
+its lane's queue full gets RESOURCE_EXHAUSTED at once instead of waiting without bound.
+
+Request bytes held by requests in progress are bounded by a budget (`max_inflight_bytes`): past
+it a request is refused with RESOURCE_EXHAUSTED. Bulk requests may fill only the budget less
+`interactive_reserve` bytes, so small reads always find room. A request alone on the server is
+always admitted (it passed the message size limit already).
+
+Bulk methods are served as client-streaming handlers (the wire format of a unary call is the
+same), so a queued bulk request's message stays in the transport, under HTTP/2 flow control,
+until a bulk worker takes it: waiting requests hold a thread each but not their bytes.
+
+`Lane` and `ByteBudget` are plain threading; `AdmissionInterceptor` is the gRPC glue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from nachbar.server.errors import Overloaded, RequestError, abort_for
+
+log = logging.getLogger("nachbar.server")
+
+INTERACTIVE = "interactive"
+BULK = "bulk"
+WAIT_POLL_SECONDS = 0.25  # how often a queued request checks that its caller still waits
+EXEMPT_SLOTS = 32  # RPCs beyond the lanes' capacity: health checks, reflection, refusals
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    interactive_workers: int
+    bulk_workers: int
+    max_queued: int  # per lane
+    max_inflight_bytes: int
+    interactive_max_bytes: int
+
+    @property
+    def interactive_reserve(self) -> int:
+        return self.max_inflight_bytes // 4
+
+    @property
+    def max_concurrent_rpcs(self) -> int:
+        """Every RPC the server accepts at once, each with its own thread: both lanes' workers
+        and queues plus EXEMPT_SLOTS. gRPC refuses RPCs beyond it (RESOURCE_EXHAUSTED)."""
+        lanes = self.interactive_workers + self.bulk_workers + 2 * self.max_queued
+        return lanes + EXEMPT_SLOTS
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """How one gRPC service's methods are sorted into lanes."""
+
+    service: str  # full name, e.g. "nachbar.db.v1.DBService"
+    label: str  # the server's name in messages, e.g. "nachbar-db"
+    bulk_methods: frozenset[str]
+    # Methods whose parsed request says whether it is heavy (e.g. many inputs to embed).
+    heavy: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
+
+
+class Lane:
+    """At most `workers` requests run at once; up to `max_queued` more wait, first come first
+    served; beyond that `enter` raises Overloaded."""
+
+    def __init__(self, name: str, workers: int, max_queued: int, label: str = "the server"):
+        if workers < 1 or max_queued < 0:
+            raise ValueError(f"lane {name}: need workers >= 1 and max_queued >= 0")
+        self.name = name
+        self.workers = workers
+        self.max_queued = max_queued
+        self.label = label
+        self._lock = threading.Lock()
+        self._running = 0
+        self._queue: deque[threading.Condition] = deque()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def full(self) -> bool:
+        """No worker free and no room to wait (a hint: the answer may change at once)."""
+        return self._running >= self.workers and len(self._queue) >= self.max_queued
+
+    def enter(self, still_wanted: Callable[[], bool] = lambda: True) -> bool:
+        """Take a worker, waiting in line for one if needed. False when `still_wanted` turned
+        false while waiting (the caller cancelled or its deadline passed)."""
+        with self._lock:
+            if self._running < self.workers and not self._queue:
+                self._running += 1
+                return True
+            if len(self._queue) >= self.max_queued:
+                raise Overloaded(self.refusal())
+            turn = threading.Condition(self._lock)
+            self._queue.append(turn)
+            admitted = False
+            try:
+                while not (self._queue[0] is turn and self._running < self.workers):
+                    if not still_wanted():
+                        return False
+                    turn.wait(WAIT_POLL_SECONDS)
+                self._queue.popleft()
+                self._running += 1
+                admitted = True
+                return True
+            finally:
+                if not admitted:
+                    self._queue.remove(turn)
+                self._wake_next()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        if self._queue and self._running < self.workers:
+            self._queue[0].notify()
+
+    def refusal(self) -> str:
+        advice = "retry with backoff" + (", or send smaller batches" if self.name == BULK else "")
+        return (
+            f"{self.label} is busy: {self._running} {self.name} requests running and "
+            f"{len(self._queue)} waiting, the most it queues (--max-queued); {advice}"
+        )
+
+
+class ByteBudget:
+    """Bytes of request messages held by requests in progress, bounded by `limit`; bulk
+    requests leave `reserve` of it to interactive ones."""
+
+    def __init__(self, limit: int, reserve: int, label: str = "the server") -> None:
+        self.limit = limit
+        self.reserve = reserve
+        self.label = label
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, size: int, *, bulk: bool) -> None:
+        cap = self.limit - self.reserve if bulk else self.limit
+        with self._lock:
+            if self._held and self._held + size > cap:
+                raise Overloaded(
+                    f"{self.label} is holding {self._held / MIB:.1f} MiB of requests in "
+                    f"progress and this one adds {size / MIB:.1f} MiB, over its "
+                    f"{cap / MIB:.0f} MiB budget for {'bulk' if bulk else 'all'} requests "
+                    "(--max-inflight-bytes); retry with backoff, or send smaller batches"
+                )
+            self._held += size
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
+
+    @contextmanager
+    def holding(self, size: int, *, bulk: bool) -> Iterator[None]:
+        self.take(size, bulk=bulk)
+        try:
+            yield
+        finally:
+            self.give_back(size)
+
+
+class Admission:
+    """The lanes and the byte budget of one server."""
+
+    def __init__(self, limits: Limits, label: str) -> None:
+        self.limits = limits
+        self.interactive = Lane(INTERACTIVE, limits.interactive_workers, limits.max_queued, label)
+        self.bulk = Lane(BULK, limits.bulk_workers, limits.max_queued, label)
+        self.budget = ByteBudget(limits.max_inflight_bytes, limits.interactive_reserve, label)
+
+    def describe(self) -> str:
+        limits = self.limits
+        return (
+            f"{limits.interactive_workers} interactive + {limits.bulk_workers} bulk workers, "
+            f"{limits.max_queued} queued per lane, {limits.max_inflight_bytes / MIB:.0f} MiB "
+            "of requests in flight"
+        )
+
+    @contextmanager
+    def running_in(self, lane: Lane, context: grpc.ServicerContext) -> Iterator[bool]:
+        """Hold a worker of `lane` for the block; yields False if the caller gave up waiting."""
+        if not lane.enter(lambda: context.is_active()):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lane.leave()
+
+
+# --- gRPC glue ------------------------------------------------------------------------------
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):
+    """Runs every unary method of the given services through the admission lanes; other
+    services (health, reflection) pass through untouched."""
+
+    def __init__(self, admission: Admission, policies: list[ServicePolicy]) -> None:
+        self._admission = admission
+        self._policies = {p.service: p for p in policies}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        policy = self._policies.get(service)
+        if (
+            handler is None
+            or policy is None
+            or handler.request_streaming
+            or handler.response_streaming
+            or handler.unary_unary is None
+        ):
+            return handler
+        # Runs on gRPC's serving thread: peek only, never block or hold anything here.
+        if method in policy.bulk_methods:
+            if self._admission.bulk.full():
+                return _refusing(self._admission.bulk)
+            return grpc.stream_unary_rpc_method_handler(
+                self._bulk_behavior(handler, method),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        if self._admission.interactive.full():
+            return _refusing(self._admission.interactive)
+        return grpc.unary_unary_rpc_method_handler(
+            self._sized_behavior(handler, method, policy),
+            request_deserializer=None,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _bulk_behavior(
+        self, handler: grpc.RpcMethodHandler, method: str
+    ) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
+        admission = self._admission
+
+        def behavior(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            try:
+                with admission.running_in(admission.bulk, context) as admitted:
+                    if not admitted:
+                        return None
+                    raw = next(messages, None)  # read only now: queued requests hold no bytes
+                    if raw is None:
+                        raise RequestError(f"{method} needs exactly one request message")
+                    with admission.budget.holding(len(raw), bulk=True):
+                        return handler.unary_unary(_parse(handler, method, raw), context)
+            except (Overloaded, RequestError) as error:
+                abort_for(context, error, method)
+
+        return behavior
+
+    def _sized_behavior(
+        self, handler: grpc.RpcMethodHandler, method: str, policy: ServicePolicy
+    ) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        admission = self._admission
+        heavy = policy.heavy.get(method)
+
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
+            large = len(raw) > admission.limits.interactive_max_bytes
+            try:
+                with admission.budget.holding(len(raw), bulk=large):
+                    request = _parse(handler, method, raw)
+                    bulk = large or (heavy is not None and heavy(request))
+                    lane = admission.bulk if bulk else admission.interactive
+                    with admission.running_in(lane, context) as admitted:
+                        if not admitted:
+                            return None
+                        return handler.unary_unary(request, context)
+            except (Overloaded, RequestError) as error:
+                abort_for(context, error, method)
+
+        return behavior
+
+
+def _parse(handler: grpc.RpcMethodHandler, method: str, raw: bytes) -> Message:
+    try:
+        request: Message = handler.request_deserializer(raw)
+    except DecodeError as error:
+        raise RequestError(
+            f"{method}: the request is not a valid protobuf message ({error}); send the message "
+            "type the .proto file declares"
+        ) from None
+    return request
+
+
+def _refusing(lane: Lane) -> grpc.RpcMethodHandler:
+    message = lane.refusal()
+
+    def refuse(_request: object, context: grpc.ServicerContext) -> None:
+        abort_for(context, Overloaded(message), lane.name)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)

@@ -30,10 +30,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from nachbar.server.errors import Overloaded, RequestError, abort_for
 
@@ -205,13 +205,13 @@ class Admission:
         )
 
     @contextmanager
-    def running_in(self, lane: Lane, context: grpc.ServicerContext) -> Iterator[bool]:
-        """Hold a worker of `lane` for the block; yields False if the caller gave up waiting."""
-        if not lane.enter(lambda: context.is_active()):
-            yield False
-            return
+    def running_in(self, lane: Lane, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold a worker of `lane` for the block, waiting in its queue while the caller waits."""
+        if not lane.enter(context.is_active):
+            # The client cancelled or its deadline passed: it has its status already.
+            context.abort(grpc.StatusCode.CANCELLED, "the caller left while the request waited")
         try:
-            yield True
+            yield
         finally:
             lane.leave()
 
@@ -219,7 +219,17 @@ class Admission:
 # --- gRPC glue ------------------------------------------------------------------------------
 
 
-class AdmissionInterceptor(grpc.ServerInterceptor):
+# grpc's classes are generic only in its type stubs.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Call = Callable[[Any, grpc.ServicerContext], Any]
+Parse = Callable[[bytes], Any]
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+
+class AdmissionInterceptor(_Interceptor):
     """Runs every unary method of the given services through the admission lanes; other
     services (health, reflection) pass through untouched."""
 
@@ -229,95 +239,85 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         policy = self._policies.get(service)
-        if (
-            handler is None
-            or policy is None
-            or handler.request_streaming
-            or handler.response_streaming
-            or handler.unary_unary is None
-        ):
+        if handler is None or policy is None or handler.request_streaming:
             return handler
-        # Runs on gRPC's serving thread: peek only, never block or hold anything here.
+        call, parse = handler.unary_unary, handler.request_deserializer
+        if call is None or parse is None:
+            return handler
+        # This runs on gRPC's serving thread: peek only, never block or hold anything here.
         if method in policy.bulk_methods:
             if self._admission.bulk.full():
                 return _refusing(self._admission.bulk)
             return grpc.stream_unary_rpc_method_handler(
-                self._bulk_behavior(handler, method),
-                request_deserializer=None,
+                self._bulk_behavior(call, parse, method),
                 response_serializer=handler.response_serializer,
             )
         if self._admission.interactive.full():
             return _refusing(self._admission.interactive)
         return grpc.unary_unary_rpc_method_handler(
-            self._sized_behavior(handler, method, policy),
-            request_deserializer=None,
+            self._sized_behavior(call, parse, method, policy.heavy.get(method)),
             response_serializer=handler.response_serializer,
         )
 
     def _bulk_behavior(
-        self, handler: grpc.RpcMethodHandler, method: str
+        self, call: Call, parse: Parse, method: str
     ) -> Callable[[Iterator[bytes], grpc.ServicerContext], Any]:
         admission = self._admission
 
         def behavior(messages: Iterator[bytes], context: grpc.ServicerContext) -> Any:
             try:
-                with admission.running_in(admission.bulk, context) as admitted:
-                    if not admitted:
-                        return None
+                with admission.running_in(admission.bulk, context):
                     raw = next(messages, None)  # read only now: queued requests hold no bytes
                     if raw is None:
                         raise RequestError(f"{method} needs exactly one request message")
                     with admission.budget.holding(len(raw), bulk=True):
-                        return handler.unary_unary(_parse(handler, method, raw), context)
+                        return call(_parsed(parse, method, raw), context)
             except (Overloaded, RequestError) as error:
                 abort_for(context, error, method)
 
         return behavior
 
     def _sized_behavior(
-        self, handler: grpc.RpcMethodHandler, method: str, policy: ServicePolicy
+        self, call: Call, parse: Parse, method: str, heavy: Callable[[Any], bool] | None
     ) -> Callable[[bytes, grpc.ServicerContext], Any]:
         admission = self._admission
-        heavy = policy.heavy.get(method)
 
         def behavior(raw: bytes, context: grpc.ServicerContext) -> Any:
             large = len(raw) > admission.limits.interactive_max_bytes
             try:
                 with admission.budget.holding(len(raw), bulk=large):
-                    request = _parse(handler, method, raw)
+                    request = _parsed(parse, method, raw)
                     bulk = large or (heavy is not None and heavy(request))
-                    lane = admission.bulk if bulk else admission.interactive
-                    with admission.running_in(lane, context) as admitted:
-                        if not admitted:
-                            return None
-                        return handler.unary_unary(request, context)
+                    with admission.running_in(
+                        admission.bulk if bulk else admission.interactive, context
+                    ):
+                        return call(request, context)
             except (Overloaded, RequestError) as error:
                 abort_for(context, error, method)
 
         return behavior
 
 
-def _parse(handler: grpc.RpcMethodHandler, method: str, raw: bytes) -> Message:
+def _parsed(parse: Parse, method: str, raw: bytes) -> Any:
     try:
-        request: Message = handler.request_deserializer(raw)
+        return parse(raw)
     except DecodeError as error:
         raise RequestError(
             f"{method}: the request is not a valid protobuf message ({error}); send the message "
             "type the .proto file declares"
         ) from None
-    return request
 
 
-def _refusing(lane: Lane) -> grpc.RpcMethodHandler:
+def _refusing(lane: Lane) -> Handler:
     message = lane.refusal()
 
-    def refuse(_request: object, context: grpc.ServicerContext) -> None:
+    def refuse(_messages: Iterator[bytes], context: grpc.ServicerContext) -> None:
         abort_for(context, Overloaded(message), lane.name)
 
     return grpc.stream_unary_rpc_method_handler(refuse)

@@ -275,6 +275,7 @@ def test_a_large_upsert_lets_searches_in_between_its_graph_pieces(
     # Searches ran while the graph was being filled, none waited for the whole batch.
     assert searches >= 10
     assert slowest < 0.5, f"a search waited {slowest:.3f} s"
+    assert batch[599].vector is not None
     top = db.get_sim_n("s", batch[599].vector, 1, mode=SearchMode.HNSW)
     assert top.matches[0].id == "big0599"
     db.close()
@@ -295,7 +296,11 @@ def test_a_graph_saved_during_a_write_is_replayed_from_before_it(
         index_slots(self, slots)
         if calls == 2:
             # Queued as a reader now, the save runs before the next piece takes the lock.
-            threading.Thread(target=lambda: (db.flush(), saved.set())).start()
+            def save() -> None:
+                db.flush()
+                saved.set()
+
+            threading.Thread(target=save).start()
             time.sleep(0.2)
         if calls == 3:
             assert saved.is_set(), "the save did not get in between two pieces"
@@ -315,6 +320,7 @@ def test_a_graph_saved_during_a_write_is_replayed_from_before_it(
         report = again.index_load_report("s")
         assert (report.action, report.replayed) == ("loaded", 5)
         for entry in batch:
+            assert entry.vector is not None
             top = again.get_sim_n("s", entry.vector, 1, mode=SearchMode.HNSW)
             assert (top.plan, top.matches[0].id) == ("hnsw", entry.id)
 

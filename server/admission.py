@@ -140,10 +140,12 @@ class Lane:
             self._queue[0].notify()
 
     def refusal(self) -> str:
+        flag = "--bulk-workers" if self.name == BULK else "--workers"
         advice = "retry with backoff" + (", or send smaller batches" if self.name == BULK else "")
         return (
-            f"{self.label} is busy: {self._running} {self.name} requests running and "
-            f"{len(self._queue)} waiting, the most it queues (--max-queued); {advice}"
+            f"{self.label} is busy: all {self.workers} {self.name} workers ({flag}) are taken "
+            f"and {self.max_queued} requests wait for them, the most it queues (--max-queued); "
+            f"{advice}"
         )
 
 
@@ -236,31 +238,42 @@ class AdmissionInterceptor(_Interceptor):
     def __init__(self, admission: Admission, policies: list[ServicePolicy]) -> None:
         self._admission = admission
         self._policies = {p.service: p for p in policies}
+        # Per method: the lane it queues in (None: not admission-controlled) and its handler.
+        self._handlers: dict[str, tuple[Lane | None, Handler]] = {}
+        self._refusals = {
+            lane.name: _refusing(lane) for lane in (admission.interactive, admission.bulk)
+        }
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        policy = self._policies.get(service)
-        if handler is None or policy is None or handler.request_streaming:
-            return handler
-        call, parse = handler.unary_unary, handler.request_deserializer
-        if call is None or parse is None:
-            return handler
         # This runs on gRPC's serving thread: peek only, never block or hold anything here.
+        known = self._handlers.get(handler_call_details.method)
+        if known is None:
+            handler = continuation(handler_call_details)
+            if handler is None:
+                return None  # unknown method: not remembered, gRPC answers UNIMPLEMENTED
+            known = self._wrap(handler_call_details.method, handler)
+            self._handlers[handler_call_details.method] = known
+        lane, handler = known
+        if lane is not None and lane.full():
+            return self._refusals[lane.name]
+        return handler
+
+    def _wrap(self, full_method: str, handler: Handler) -> tuple[Lane | None, Handler]:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        policy = self._policies.get(service)
+        call, parse = handler.unary_unary, handler.request_deserializer
+        if policy is None or handler.request_streaming or call is None or parse is None:
+            return None, handler
         if method in policy.bulk_methods:
-            if self._admission.bulk.full():
-                return _refusing(self._admission.bulk)
-            return grpc.stream_unary_rpc_method_handler(
+            return self._admission.bulk, grpc.stream_unary_rpc_method_handler(
                 self._bulk_behavior(call, parse, method),
                 response_serializer=handler.response_serializer,
             )
-        if self._admission.interactive.full():
-            return _refusing(self._admission.interactive)
-        return grpc.unary_unary_rpc_method_handler(
+        return self._admission.interactive, grpc.unary_unary_rpc_method_handler(
             self._sized_behavior(call, parse, method, policy.heavy.get(method)),
             response_serializer=handler.response_serializer,
         )
@@ -315,9 +328,7 @@ def _parsed(parse: Parse, method: str, raw: bytes) -> Any:
 
 
 def _refusing(lane: Lane) -> Handler:
-    message = lane.refusal()
-
     def refuse(_messages: Iterator[bytes], context: grpc.ServicerContext) -> None:
-        abort_for(context, Overloaded(message), lane.name)
+        abort_for(context, Overloaded(lane.refusal()), lane.name)
 
     return grpc.stream_unary_rpc_method_handler(refuse)

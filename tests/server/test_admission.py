@@ -63,7 +63,7 @@ def test_lane_runs_its_workers_queues_in_order_and_refuses_past_the_queue() -> N
     second.start()
     wait_until(lambda: lane.queued == 2)
     assert lane.full()
-    with pytest.raises(Overloaded, match="nachbar-db is busy: 1 bulk requests running and 2 "):
+    with pytest.raises(Overloaded, match=r"nachbar-db is busy: all 1 bulk workers \(--bulk-wo"):
         lane.enter()
     lane.leave()
     first.join(5)

@@ -229,13 +229,14 @@ def start_nachbar(
     timeout: float = 120.0,
     bin_dir: Path = BIN_DIR,
 ) -> ChildServer:
-    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING.
-
-    `bin_dir` picks the installation: another checkout's `.venv/bin` runs that version."""
+    """Start nachbar-db or nachbar-ai (or the executable at an absolute path) on a free port and
+    wait until it reports SERVING. `bin_dir` picks the installation: another checkout's
+    `.venv/bin` runs that version."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / f"{script}.port"
+    name = Path(script).name
+    port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
-    log_path = workdir / f"{script}.log"
+    log_path = workdir / f"{name}.log"
     command = [
         _script(script, bin_dir),
         "--host",
@@ -259,7 +260,7 @@ def start_nachbar(
                 f"{script} did not start: {' '.join(command)}\n{log_path.read_text()}"
             )
         time.sleep(0.05)
-    server = ChildServer(script, proc, int(port_file.read_text().strip()), log_path)
+    server = ChildServer(name, proc, int(port_file.read_text().strip()), log_path)
     wait_serving(server, deadline - time.monotonic())
     return server
 

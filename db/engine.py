@@ -19,7 +19,11 @@ Every write bumps the store's change sequence (`stores.seq`) and stamps the rows
 it.
 
 Reads never touch SQLite: entries, filters and searches are served from memory under a per-store
-readers-writer lock (hnswlib's `add_items` must not run beside `knn_query`).
+readers-writer lock (hnswlib's `add_items` must not run beside `knn_query`). Readers never wait
+for a commit: a write request holds the store's `writer` mutex (one write per store at a time)
+while it prepares and commits, and takes the readers-writer lock only to apply the committed
+change in memory; new vectors enter the HNSW graph a piece of about GRAPH_PIECE_SECONDS at a
+time, with searches let in between pieces.
 
 Recovery on open:
 1. The SQLite file is checked (`PRAGMA quick_check`), and every row's CRC-32 is verified while
@@ -77,6 +81,10 @@ MARKER_FILE = "nachbar-db.json"
 LOCK_FILE = "LOCK"
 INDEX_DIR = "indexes"
 FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("full", "normal", "off")
+# How long a write may hold searches off while inserting into the HNSW graph (one hnswlib insert
+# takes 0.2-5 ms, so a 1000-vector batch applied at once would stall searches for seconds).
+GRAPH_PIECE_SECONDS = 0.002
+MAX_GRAPH_PIECE = 256
 
 
 class Database:
@@ -194,7 +202,7 @@ class Database:
                     return False
                 raise StoreNotFoundError(name)
             _check_id(state, expected_store_id)
-            with state.lock.write():
+            with state.writer, state.lock.write():
                 with self._storage.transaction() as conn:
                     Storage.delete_store(conn, state.store_id)
                 state.dropped = True
@@ -245,13 +253,20 @@ class Database:
         checksums = [codec.row_checksum(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
         with self._writing(state):
             slots, is_new = state.assign_slots(ids)
-            state.reserve(max(slots) + 1)
+            if not state.has_room(max(slots) + 1):
+                with state.lock.write():  # growing the graph must not run beside a search
+                    state.reserve(max(slots) + 1)
             seq = state.seq + 1
             rows = list(zip(ids, slots, blobs, jsons, checksums, strict=True))
-            with self._storage.transaction() as conn:
+            with self._storage.transaction() as conn:  # the fsync: searches go on meanwhile
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
                 Storage.set_seq(conn, state.store_id, seq)
-            state.apply_upsert(ids, vectors, metas, slots, is_new, sizes, seq)
+            with state.lock.write():
+                pending = state.apply_upsert(ids, vectors, metas, slots, is_new, sizes)
+                done = _index_piece(state, pending, 0, seq)
+            while done < len(pending):
+                with state.lock.write():
+                    done = _index_piece(state, pending, done, seq)
         inserted = sum(is_new)
         return UpsertResult(inserted=inserted, updated=len(ids) - inserted)
 
@@ -287,7 +302,8 @@ class Database:
         with self._storage.transaction() as conn:
             Storage.delete_entries(conn, state.store_id, ids)
             Storage.set_seq(conn, state.store_id, seq)
-        state.apply_delete(slots, seq)
+        with state.lock.write():
+            state.apply_delete(slots, seq)
         return len(ids)
 
     def create_pred_index(self, name: str, fields: Sequence[str]) -> int:
@@ -300,7 +316,8 @@ class Database:
                 return 0
             with self._storage.transaction() as conn:
                 Storage.add_pred_indexes(conn, state.store_id, new)
-            created = state.add_field_indexes(new)
+            with state.lock.write():
+                created = state.add_field_indexes(new)
         # Build outside the write lock: searches keep running meanwhile.
         with state.lock.read():
             if not state.dropped:
@@ -324,7 +341,8 @@ class Database:
             if present:
                 with self._storage.transaction() as conn:
                     Storage.drop_pred_indexes(conn, state.store_id, present)
-                state.drop_field_indexes(present)
+                with state.lock.write():
+                    state.drop_field_indexes(present)
             return len(present)
 
     # ---- reads -------------------------------------------------------------------------------
@@ -484,10 +502,27 @@ class Database:
 
     @contextmanager
     def _writing(self, state: StoreState) -> Iterator[None]:
-        with state.lock.write():
+        """One write request on the store: excludes other writes and DropStore, not readers
+        (the state only writers change may be read without the readers-writer lock; changes
+        to it take that lock's write side)."""
+        with state.writer:
             if state.dropped:
                 raise StoreNotFoundError(state.spec.name)
             yield
+
+
+def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int) -> int:
+    """Insert the next GRAPH_PIECE_SECONDS' worth of a committed upsert's vectors into the
+    graph (the caller holds the write lock) and return where the next piece starts. Searches
+    get in between pieces; they see the entries at once, and until its piece is in, an entry
+    is found by exact scans only. `seq` moves when the graph holds the whole write, so a graph
+    saved in between is replayed from before this write after a restart."""
+    piece = int(GRAPH_PIECE_SECONDS / max(state.seconds_per_insert, 1e-6))
+    end = start + max(1, min(MAX_GRAPH_PIECE, piece))
+    state.index_slots(slots[start:end])
+    if end >= len(slots):
+        state.seq = seq
+    return end
 
 
 def _info(state: StoreState) -> StoreInfo:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.models import ModelManager
 from nachbar.ai.pipeline import AIPipeline
+from nachbar.server.admission import ServicePolicy
 from nachbar.server.ai_service import AIServicer
 from nachbar.server.ai_store import DBVectorStore
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
@@ -19,6 +20,23 @@ from nachbar.v1 import ai_pb2, ai_pb2_grpc
 log = logging.getLogger("nachbar.ai")
 
 AI_SERVICE_NAME = ai_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+# Embedding a batch for an upsert takes every core for a while; so do many inputs to Embed or
+# Rerank. They run in the bulk lane, so a search's one query embedding never waits behind them
+# for a worker.
+INTERACTIVE_MAX_INPUTS = 16
+INTERACTIVE_MAX_DOCUMENTS = 64
+AI_ADMISSION = ServicePolicy(
+    service=AI_SERVICE_NAME,
+    label="nachbar-ai",
+    bulk_methods=frozenset(
+        {"Upsert", "DeleteKeys", "DeleteByPredicate", "CreateStore", "DropStore", "GetByPredicate"}
+    ),
+    heavy={
+        "Embed": lambda r: len(r.inputs) > INTERACTIVE_MAX_INPUTS,
+        "Rerank": lambda r: len(r.documents) > INTERACTIVE_MAX_DOCUMENTS,
+        "GetSimN": lambda r: r.rerank.candidates > INTERACTIVE_MAX_DOCUMENTS,
+    },
+)
 HEALTH_POLL_SECONDS = 1.0
 
 
@@ -54,7 +72,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
-        [AI_SERVICE_NAME],
+        [AI_ADMISSION],
     )
     stopping = threading.Event()
 
@@ -91,11 +109,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_format)
     running = start_ai_server(config)
     log.info(
-        "nachbar-ai listening on %s:%d, db %s, models in %s",
+        "nachbar-ai listening on %s:%d, db %s, models in %s; %s",
         config.host,
         running.port,
         config.db_address,
         config.model_dir,
+        running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)

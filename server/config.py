@@ -39,6 +39,10 @@ class CommonConfig:
     port_file: Path | None
     exit_with_parent: bool
     grace_seconds: float
+    bulk_workers: int
+    max_queued: int
+    max_inflight_bytes: int
+    interactive_max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,37 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
         "--workers",
         type=int,
         default=int(_env("WORKERS", 16)),
-        help="request handler threads [env NACHBAR_WORKERS]",
+        help="interactive requests (searches, key lookups, small Embed, Ping) run at once "
+        "[env NACHBAR_WORKERS]",
+    )
+    parser.add_argument(
+        "--bulk-workers",
+        type=int,
+        default=int(_env("BULK_WORKERS", 2)),
+        help="bulk requests (writes, deletes, index changes, GetByPredicate, large requests) run "
+        "at once; they never take an interactive worker [env NACHBAR_BULK_WORKERS]",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=int(_env("MAX_QUEUED", 128)),
+        help="requests of each lane that may wait for a worker; more get RESOURCE_EXHAUSTED "
+        "[env NACHBAR_MAX_QUEUED]",
+    )
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=int(_env("MAX_INFLIGHT_BYTES", 0)),
+        help="request bytes all requests in progress may hold (bulk ones 3/4 of it); a request "
+        "past it gets RESOURCE_EXHAUSTED. 0: twice --max-message-bytes "
+        "[env NACHBAR_MAX_INFLIGHT_BYTES]",
+    )
+    parser.add_argument(
+        "--interactive-max-bytes",
+        type=int,
+        default=int(_env("INTERACTIVE_MAX_BYTES", 256 * 1024)),
+        help="requests larger than this go to the bulk lane whatever their method "
+        "[env NACHBAR_INTERACTIVE_MAX_BYTES]",
     )
     parser.add_argument(
         "--log-level",
@@ -142,8 +176,13 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
 def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.max_message_bytes <= 0:
         raise SystemExit("--max-message-bytes must be positive")
-    if ns.workers <= 0:
-        raise SystemExit("--workers must be positive")
+    for flag, value in (("--workers", ns.workers), ("--bulk-workers", ns.bulk_workers)):
+        if value <= 0:
+            raise SystemExit(f"{flag} must be positive, got {value}")
+    if ns.max_queued < 0 or ns.max_inflight_bytes < 0 or ns.interactive_max_bytes < 0:
+        raise SystemExit(
+            "--max-queued, --max-inflight-bytes and --interactive-max-bytes must not be negative"
+        )
     return {
         "host": ns.host,
         "port": ns.port,
@@ -154,6 +193,10 @@ def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
         "port_file": Path(ns.port_file) if ns.port_file else None,
         "exit_with_parent": ns.exit_with_parent,
         "grace_seconds": ns.grace_seconds,
+        "bulk_workers": ns.bulk_workers,
+        "max_queued": ns.max_queued,
+        "max_inflight_bytes": ns.max_inflight_bytes or 2 * ns.max_message_bytes,
+        "interactive_max_bytes": ns.interactive_max_bytes,
     }
 
 

@@ -11,7 +11,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -39,6 +39,10 @@ class UpstreamError(Exception):
         self.message = message
 
 
+class Overloaded(Exception):
+    """Admission control turned a request away (a full queue, the in-flight byte budget)."""
+
+
 # Most specific first: the first matching class wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -57,6 +61,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ai_errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
@@ -73,22 +78,27 @@ def status_for(error: BaseException) -> grpc.StatusCode | None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def abort_for(context: grpc.ServicerContext, error: Exception, where: str) -> NoReturn:
+    """End the RPC with the status the table gives `error` (INTERNAL, logged, if none)."""
+    code = status_for(error)
+    if code is None:
+        request_id = uuid.uuid4().hex[:12]
+        log.error("internal error in %s (request id %s)", where, request_id, exc_info=error)
+        context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (request id {request_id}); the server log has the details",
+        )
+    message = getattr(error, "message", None) or str(error)
+    context.abort(code, message)
+
+
 def map_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
         except Exception as error:  # the one place errors become statuses
-            code = status_for(error)
-            if code is None:
-                request_id = uuid.uuid4().hex[:12]
-                log.exception("internal error in %s (request id %s)", method.__name__, request_id)
-                context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {request_id}); the server log has the details",
-                )
-            message = getattr(error, "message", None) or str(error)
-            context.abort(code, message)
+            abort_for(context, error, method.__name__)
 
     return wrapper  # type: ignore[return-value]
 

@@ -191,7 +191,7 @@ def test_shortest_edge_resize_floors_the_long_side_like_hugging_face() -> None:
 
 def test_center_crop_pads_small_images_with_zeros() -> None:
     crop = CenterCrop(4, 4)
-    out = crop(np.ones((2, 3, 3), dtype=np.float32))
+    out = np.asarray(crop(Image.new("RGB", (3, 2), (1, 1, 1))))
     assert out.shape == (4, 4, 3)
     assert out.sum() == 2 * 3 * 3
     # 2 rows gain one above and one below; 3 columns gain one on the right ((4 - 3) // 2 = 0).
@@ -201,7 +201,10 @@ def test_center_crop_pads_small_images_with_zeros() -> None:
 def test_clip_config_resizes_shortest_edge_then_crops() -> None:
     pre = ImagePreprocessor.from_config(CLIP_PREPROCESSOR)
     assert pre.output_size == (224, 224)
-    assert pre.image_steps == (ResizeShortestEdge(224, Image.Resampling.BICUBIC),)
+    assert pre.image_steps == (
+        ResizeShortestEdge(224, Image.Resampling.BICUBIC, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     out = pre(Image.new("RGB", (640, 480), (255, 255, 255)))
     assert out.shape == (3, 224, 224)
     np.testing.assert_allclose(out[0], (1 - 0.48145466) / 0.26862954, rtol=1e-5)
@@ -209,14 +212,19 @@ def test_clip_config_resizes_shortest_edge_then_crops() -> None:
 
 def test_convnext_config_uses_crop_pct() -> None:
     pre = ImagePreprocessor.from_config(RESNET_PREPROCESSOR)
-    assert pre.image_steps == (ResizeShortestEdge(256, Image.Resampling.BICUBIC),)
-    assert CenterCrop(224, 224) in pre.array_steps
+    assert pre.image_steps == (
+        ResizeShortestEdge(256, Image.Resampling.BICUBIC, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     assert pre(Image.new("RGB", (500, 300))).shape == (3, 224, 224)
 
 
 def test_built_model_config() -> None:
     pre = ImagePreprocessor.from_config(BUILT_PREPROCESSOR)
-    assert pre.image_steps == (ResizeShortestEdge(256, Image.Resampling.BILINEAR),)
+    assert pre.image_steps == (
+        ResizeShortestEdge(256, Image.Resampling.BILINEAR, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     out = pre(Image.new("RGB", (300, 300), (0, 0, 0)))
     np.testing.assert_allclose(out, -1.0)  # (0 - 0.5) / 0.5
 

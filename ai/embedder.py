@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from nachbar.ai.errors import ModelUnavailableError
-from nachbar.ai.image import ImageLimits, ImagePreprocessor, decode_image
+from nachbar.ai.image import ImagePreprocessor, decode_image
+from nachbar.ai.limits import ImageLimits
 from nachbar.ai.onnx_model import OnnxModel, available_cpus
 from nachbar.ai.registry import ModelSpec, Pooling
 from nachbar.ai.text import TextTokenizer, TokenizedText, Truncation

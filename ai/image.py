@@ -37,11 +37,11 @@ from PIL import (  # noqa: F401
 )
 
 from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
+from nachbar.ai.limits import ImageLimits
 
 FloatArray = npt.NDArray[np.float32]
 
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_IMAGE_LIMITS = ImageLimits()
 # JPEGs whose short side is at least twice this decode at the largest 1/2, 1/4 or 1/8 scale
 # that keeps it: far more than the 224-384 pixels any model here takes, at a quarter of the
 # memory or less. Smaller JPEGs decode at full size, exactly as Hugging Face's processors do.
@@ -62,16 +62,8 @@ _WHITE = (255, 255, 255, 255)
 _SHORTEST_EDGE_FAMILIES = ("CLIP", "ChineseCLIP", "ConvNext", "Bit")
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """Caps applied to every image before decoding."""
-
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-
-
 def decode_image(
-    data: bytes, limits: ImageLimits = ImageLimits(), *, what: str = "The image"
+    data: bytes, limits: ImageLimits = DEFAULT_IMAGE_LIMITS, *, what: str = "The image"
 ) -> Image.Image:
     """Decode encoded image bytes to an upright RGB image (first frame of an animation)."""
     if not isinstance(data, bytes | bytearray | memoryview):

@@ -17,7 +17,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,46 +28,18 @@ from nachbar.ai.batching import BatchingConfig, DynamicBatcher
 from nachbar.ai.embedder import CrossEncoderScorer, ImageEmbedder, TextEmbedder
 from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
-from nachbar.ai.image import ImageLimits, ImagePreprocessor
+from nachbar.ai.image import ImagePreprocessor
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
 from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
-from nachbar.ai.text import DEFAULT_MAX_TEXT_BYTES, TextTokenizer, Truncation
+from nachbar.ai.text import TextTokenizer, Truncation
 
 FloatArray = npt.NDArray[np.float32]
 DEFAULT_BATCHING = BatchingConfig()
 DEFAULT_SESSION_OPTIONS = SessionOptions()
-# Four times what the clients send per upsert; 256 images are about 150 MB of model input.
-DEFAULT_MAX_INPUTS = 256
-# The offline defaults with their int8 twins, or two models and a reranker, without unloading.
-DEFAULT_MAX_LOADED_MODELS = 4
-_IMAGE_TYPES = (bytes, bytearray, memoryview)
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """What one request may cost, checked before the work starts."""
-
-    # Texts, images or documents in one request.
-    max_inputs: int = DEFAULT_MAX_INPUTS
-    # UTF-8 bytes of one text; longer ones are refused, or read only this far when truncating.
-    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
-    image: ImageLimits = field(default_factory=ImageLimits)
-    # Images decoded at once across all requests (each may take ~8 bytes per pixel while it
-    # is converted); 0: one per CPU, as more gain no speed.
-    image_decodes: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("max_inputs", "max_text_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.image_decodes < 0:
-            raise ValueError(
-                f"image_decodes must be 0 (one per CPU) or more, got {self.image_decodes}"
-            )
-
-
 DEFAULT_INPUT_LIMITS = InputLimits()
+_IMAGE_TYPES = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True)
@@ -121,7 +93,7 @@ class ModelManager:
                 f"than the {max_loaded} that may be loaded"
             )
         self.max_loaded = max_loaded
-        self._image_decodes = threading.BoundedSemaphore(limits.image_decodes or available_cpus())
+        self._image_decodes = threading.BoundedSemaphore(limits.image_decoders or available_cpus())
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         # Least recently used first.

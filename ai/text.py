@@ -25,12 +25,10 @@ from nachbar.ai.errors import (
     ModelUnavailableError,
     TextTooLargeError,
 )
+from nachbar.ai.limits import DEFAULT_MAX_TEXT_BYTES
 
 IntArray = npt.NDArray[np.int64]
 
-# One text's UTF-8 size cap: 25 times what 512 tokens of prose take, so it refuses no text a
-# model could take whole, while a text at the cap costs the tokenizer a few MB at most.
-DEFAULT_MAX_TEXT_BYTES = 64 * 1024
 # The first window of a long text: characters per token of the limit (prose runs about 4-6),
 # and at least this many characters, so that texts of a page or two are measured whole.
 _WINDOW_CHARS_PER_TOKEN = 4

@@ -10,13 +10,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
-from nachbar.ai.image import (
-    CenterCrop,
-    ImageLimits,
-    ImagePreprocessor,
-    ResizeShortestEdge,
-    decode_image,
-)
+from nachbar.ai.image import CenterCrop, ImagePreprocessor, ResizeShortestEdge, decode_image
+from nachbar.ai.limits import ImageLimits
 from tests.ai.tiny_models import BUILT_PREPROCESSOR, CLIP_PREPROCESSOR, RESNET_PREPROCESSOR
 
 

@@ -128,7 +128,7 @@ def _snapshot(spec: ModelSpec, source: HubSource, model_dir: Path, *, offline: b
         if offline:
             reason = "this server does not download models on request"
         elif hub_offline:
-            reason = "downloads are allowed but HF_HUB_OFFLINE is set in nachbar-ai's environment"
+            reason = "HF_HUB_OFFLINE is set in the environment, which forbids downloads"
         else:
             reason = "the model hub could not be reached"
         raise ModelUnavailableError(

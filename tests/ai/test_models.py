@@ -12,6 +12,7 @@ import onnx
 import pytest
 from PIL import Image
 
+from nachbar.ai.embedder import TextEmbedder
 from nachbar.ai.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -368,7 +369,8 @@ def test_a_model_unloaded_while_in_use_finishes_its_calls_first(tiny_model_dir: 
         with manager._use(spec) as in_use:
             manager.embed("clip-vit-b-32-text", ["cat"])  # takes the only slot
             assert loaded_names(manager) == {"clip-vit-b-32-text"}
-            items = in_use.engine.prepare(["cat"], Truncation.ERROR)  # type: ignore[call-arg]
+            assert isinstance(in_use.engine, TextEmbedder)
+            items = in_use.engine.prepare(["cat"], Truncation.ERROR)
             assert in_use.batcher.submit(items).shape == (1, 384)  # still open
         with pytest.raises(ModelUnavailableError, match="unloaded"):
             in_use.batcher.submit(items)  # closed once its last call was done

@@ -183,11 +183,19 @@ class ModelManager:
                     self._loaded.move_to_end(spec.name)
                     model.users += 1
                     return model
-                evicted = self._make_room(spec)
+                self._make_room(spec, evict=False)
+            # Files first (downloading them if allowed), so that a model that cannot be
+            # loaded unloads no other.
+            directory = resolve_model_dir(
+                spec, self.model_dir, offline=self.offline, local_dirs=self.local_dirs
+            )
+            with self._lock:
+                self._check_open()
+                evicted = self._make_room(spec, evict=True)
                 self._loading += 1
             self._close_unused(evicted)
             try:
-                model = self._load(spec)
+                model = self._load(spec, directory)
             finally:
                 with self._lock:
                     self._loading -= 1
@@ -199,13 +207,16 @@ class ModelManager:
                 model.users += 1
             return model
 
-    def _make_room(self, spec: ModelSpec) -> list[_Loaded]:
-        """Unload least recently used, unpinned models until `spec` fits; under self._lock."""
+    def _make_room(self, spec: ModelSpec, *, evict: bool) -> list[_Loaded]:
+        """Unload least recently used, unpinned models until `spec` fits (with `evict`; else
+        only check that it can fit); under self._lock."""
         if not self.max_loaded:
             return []
         evicted: list[_Loaded] = []
         while len(self._loaded) + self._loading >= self.max_loaded:
             victim = next((name for name in self._loaded if name not in self.pinned), None)
+            if victim is not None and not evict:
+                return []
             if victim is None:
                 raise ModelUnavailableError(
                     f"Model {spec.name!r} cannot be loaded: this server keeps at most "
@@ -233,10 +244,7 @@ class ModelManager:
     def _closed_error() -> ModelUnavailableError:
         return ModelUnavailableError("The model manager is closed (server shutting down).")
 
-    def _load(self, spec: ModelSpec) -> _Loaded:
-        directory = resolve_model_dir(
-            spec, self.model_dir, offline=self.offline, local_dirs=self.local_dirs
-        )
+    def _load(self, spec: ModelSpec, directory: Path) -> _Loaded:
         files = spec.files
         model = OnnxModel(
             directory / files.model,

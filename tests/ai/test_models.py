@@ -270,9 +270,9 @@ def test_concurrent_first_use_loads_once(
     loads: list[str] = []
     original = ModelManager._load
 
-    def counting_load(self: ModelManager, spec: ModelSpec) -> object:
+    def counting_load(self: ModelManager, spec: ModelSpec, directory: Path) -> object:
         loads.append(spec.name)
-        return original(self, spec)
+        return original(self, spec, directory)
 
     monkeypatch.setattr(ModelManager, "_load", counting_load)
     with ModelManager(tiny_model_dir) as manager:
@@ -395,6 +395,16 @@ def test_inputs_per_request_are_capped(tiny_model_dir: Path) -> None:
         with pytest.raises(InvalidInputError, match="4 documents.*limit of 3"):
             manager.rerank("stsb-minilm-l6-cross-encoder", "cat", ["dog"] * 4)
         assert not manager.is_loaded("stsb-minilm-l6-cross-encoder")  # refused before loading
+
+
+def test_a_model_that_cannot_load_unloads_no_other(tmp_path: Path) -> None:
+    spec = get_spec("all-minilm-l6-v2-int8")
+    write_model_files(get_spec(TEXT), tmp_path / "built" / TEXT)  # the int8 twin is missing
+    with ModelManager(tmp_path, max_loaded=1) as manager:
+        manager.embed(TEXT, ["cat"])
+        with pytest.raises(ModelUnavailableError, match="nachbar models build"):
+            manager.embed(spec.name, ["cat"])
+        assert loaded_names(manager) == {TEXT}
 
 
 def test_hub_models_are_not_downloaded_unless_allowed(tmp_path: Path) -> None:

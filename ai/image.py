@@ -204,7 +204,6 @@ class ResizeShortestEdge:
             new_width, new_height = self.size, int(self.size * height / width)
         else:
             new_width, new_height = int(self.size * width / height), self.size
-        new_width, new_height = max(new_width, 1), max(new_height, 1)
         if self.keep is None or new_width * new_height <= _FULL_RESIZE_MAX_PIXELS:
             return image.resize((new_width, new_height), resample=self.resample)
         return _resize_centre(image, (new_width, new_height), self.keep, self.resample)

@@ -182,8 +182,8 @@ class TextTokenizer:
         return encoded[: self.max_text_bytes].decode("utf-8", errors="ignore")
 
     def _bound(self, text: str) -> _Bounded:
-        """The shortest beginning of `text` that ends between words and holds more tokens than
-        the limit, or all of `text` if it has no such beginning."""
+        """A beginning of `text` that ends between words and holds more tokens than the limit
+        (the first of the doubling windows that does), or all of `text` if none does."""
         window = max(self.max_tokens * _WINDOW_CHARS_PER_TOKEN, _MIN_WINDOW_CHARS)
         while len(text) > window:
             head = _head(text, window)

@@ -412,3 +412,35 @@ def test_hub_models_are_not_downloaded_unless_allowed(tmp_path: Path) -> None:
         with pytest.raises(ModelUnavailableError, match="does not download models on request"):
             manager.embed("BAAI/bge-small-en-v1.5", ["cat"])
         assert not manager.is_loaded("BAAI/bge-small-en-v1.5")
+
+
+def test_images_are_decoded_a_bounded_number_at_a_time(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_decode(*args: object, **kwargs: object) -> Image.Image:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        threading.Event().wait(0.05)
+        with lock:
+            active -= 1
+        return decode_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("nachbar.ai.embedder.decode_image", slow_decode)
+    with ModelManager(tiny_model_dir, limits=InputLimits(image_decoders=2)) as manager:
+        manager.load("efficientnet-lite0")
+        threads = [
+            threading.Thread(
+                target=manager.embed, args=("efficientnet-lite0", [image_bytes(40, 30, i)] * 3)
+            )
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from nachbar.ai.defaults import built_dir, hub_cache_dir
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.registry import BuiltSource, HubSource, ModelSpec
 
@@ -31,7 +32,7 @@ def resolve_model_dir(
     if isinstance(source, BuiltSource):
         return _require_files(
             spec,
-            model_dir / "built" / spec.name,
+            built_dir(model_dir, spec.name),
             fix=(
                 f"Build the offline models with `nachbar models build` (it writes "
                 f"{source.builder_name!r} into the model dir)."
@@ -103,7 +104,7 @@ def _snapshot(spec: ModelSpec, source: HubSource, model_dir: Path, *, offline: b
         RevisionNotFoundError,
     )
 
-    cache_dir = model_dir / "hub"
+    cache_dir = hub_cache_dir(model_dir)
     where = f"hub cache {cache_dir}"
 
     def download(local_files_only: bool) -> str:

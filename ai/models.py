@@ -25,14 +25,22 @@ import numpy as np
 import numpy.typing as npt
 
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher
-from nachbar.ai.embedder import CrossEncoderScorer, ImageEmbedder, TextEmbedder
-from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImagePreprocessor
+from nachbar.ai.inference import CrossEncoderScorer, ImageEmbedder, TextEmbedder
+from nachbar.ai.inference import sigmoid as logistic
 from nachbar.ai.limits import InputLimits
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
-from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
+from nachbar.ai.registry import (
+    Kind,
+    Modality,
+    ModelSpec,
+    all_specs,
+    cross_encoder_spec,
+    embedding_spec,
+    get_spec,
+)
 from nachbar.ai.text import TextTokenizer, Truncation
 
 FloatArray = npt.NDArray[np.float32]
@@ -292,13 +300,8 @@ class ModelManager:
         truncation: Truncation | str = Truncation.ERROR,
     ) -> FloatArray:
         """Embed texts (str) or encoded images (bytes): float32 [len(inputs), dimension]."""
-        spec = get_spec(name)
+        spec = embedding_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.EMBEDDING:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is a cross-encoder: it scores (query, document) pairs "
-                "with rerank and does not embed. Pick an embedding model (`nachbar models list`)."
-            )
         if len(inputs) == 0:
             raise InvalidInputError("No inputs to embed; send at least one text or image.")
         self._check_count(len(inputs), "inputs to embed")
@@ -327,13 +330,8 @@ class ModelManager:
 
         Raw logits by default; `sigmoid=True` maps them to (0, 1).
         """
-        spec = get_spec(name)
+        spec = cross_encoder_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.CROSS_ENCODER:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is an embedding model; reranking needs a cross-encoder "
-                "(`nachbar models list` shows them)."
-            )
         if len(documents) == 0:
             raise InvalidInputError("No documents to rerank; send at least one.")
         self._check_count(len(documents), "documents to rerank")

@@ -51,6 +51,7 @@ from nachbar.db.errors import (
     DBError,
     InvalidArgumentError,
     NotFoundError,
+    StoreChangedError,
     StoreExistsError,
     StoreNotFoundError,
 )
@@ -180,7 +181,10 @@ class Database:
             log.info("created store %r (%d-d, %s)", spec.name, spec.dimension, spec.metric)
             return _info(state), True
 
-    def drop_store(self, name: str, *, missing_ok: bool = False) -> bool:
+    def drop_store(
+        self, name: str, *, missing_ok: bool = False, expected_store_id: int = 0
+    ) -> bool:
+        """Drop a store; with `expected_store_id`, only that incarnation of the name."""
         validation.store_name(name)
         with self._catalog_lock:
             self._check_open()
@@ -189,6 +193,7 @@ class Database:
                 if missing_ok:
                     return False
                 raise StoreNotFoundError(name)
+            _check_id(state, expected_store_id)
             with state.lock.write():
                 with self._storage.transaction() as conn:
                     Storage.delete_store(conn, state.store_id)
@@ -224,9 +229,14 @@ class Database:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def upsert(self, name: str, entries: Sequence[Entry]) -> UpsertResult:
-        """Insert or replace entries by id, atomically: all of them or none."""
-        state = self._state(name)
+    def upsert(
+        self, name: str, entries: Sequence[Entry], *, expected_store_id: int = 0
+    ) -> UpsertResult:
+        """Insert or replace entries by id, atomically: all of them or none.
+
+        Every method that names a store takes `expected_store_id` (StoreInfo.store_id): when
+        set, StoreChangedError unless the name still denotes that store."""
+        state = self._state(name, expected_store_id)
         ids, vectors, metas = validation.upsert_batch(state.spec, entries)
         # Encoding is independent of the store's state: do it before taking the lock.
         blobs = [codec.encode_vector(v) for v in vectors]
@@ -245,17 +255,19 @@ class Database:
         inserted = sum(is_new)
         return UpsertResult(inserted=inserted, updated=len(ids) - inserted)
 
-    def delete_keys(self, name: str, ids: Sequence[str]) -> int:
+    def delete_keys(self, name: str, ids: Sequence[str], *, expected_store_id: int = 0) -> int:
         """Delete entries by id; returns how many existed."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         wanted = validation.entry_ids(ids, name)
         with self._writing(state):
             present = [i for i in wanted if i in state.slot_of]
             return self._delete(state, present)
 
-    def delete_by_predicate(self, name: str, filter: filters.Filter) -> int:
+    def delete_by_predicate(
+        self, name: str, filter: filters.Filter, *, expected_store_id: int = 0
+    ) -> int:
         """Delete every entry matching the filter; returns how many."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         if filter is None:
             raise InvalidArgumentError(
                 f"store {name!r}: DeleteByPredicate needs a filter; to delete everything, drop "
@@ -318,11 +330,16 @@ class Database:
     # ---- reads -------------------------------------------------------------------------------
 
     def get_keys(
-        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> tuple[list[Entry], list[str]]:
         """The entries found, in request order (each id once), and the ids not found."""
         wanted = validation.entry_ids(ids, name)
-        with self._reading(name) as state:
+        with self._reading(name, expected_store_id) as state:
             found: list[Entry] = []
             missing: list[str] = []
             for entry_id in wanted:
@@ -341,6 +358,7 @@ class Database:
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> Page:
         """Entries matching the filter (all if None) in id order, `limit` at a time."""
         validation.store_name(name)
@@ -348,7 +366,7 @@ class Database:
         after = validation.decode_page_token(name, page_token)
         if filter is not None:
             filters.validate(filter)
-        with self._reading(name) as state:
+        with self._reading(name, expected_store_id) as state:
             entries, more = state.page(filter, limit, after, include_vectors)
         token = validation.encode_page_token(entries[-1].id) if more and entries else ""
         return Page(entries=entries, next_page_token=token)
@@ -363,10 +381,11 @@ class Database:
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
         exactly min(k, matching entries) of them."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         k, ef, mode = validation.search_args(name, k, ef, mode)
         q = validation.vector(
             query,
@@ -438,18 +457,21 @@ class Database:
         if self._closed:
             raise DBError("the database is closed; open it again with Database.open")
 
-    def _state(self, name: str) -> StoreState:
+    def _state(self, name: str, expected_store_id: int = 0) -> StoreState:
         validation.store_name(name)
         with self._catalog_lock:
             self._check_open()
             state = self._stores.get(name)
         if state is None:
             raise StoreNotFoundError(name)
+        # A state object is one incarnation of the name: if it is dropped after this check,
+        # the operation fails with StoreNotFoundError instead of reaching a newer store.
+        _check_id(state, expected_store_id)
         return state
 
     @contextmanager
-    def _reading(self, name: str) -> Iterator[StoreState]:
-        state = self._state(name)
+    def _reading(self, name: str, expected_store_id: int = 0) -> Iterator[StoreState]:
+        state = self._state(name, expected_store_id)
         with self._read_locked(state):
             yield state
 
@@ -479,7 +501,13 @@ def _info(state: StoreState) -> StoreInfo:
         store_metadata=dict(spec.store_metadata),
         count=state.count,
         bytes_used=state.bytes_used,
+        store_id=state.store_id,
     )
+
+
+def _check_id(state: StoreState, expected_store_id: int) -> None:
+    if expected_store_id and state.store_id != expected_store_id:
+        raise StoreChangedError(state.spec.name, expected_store_id, state.store_id)
 
 
 def _lock_directory(data_dir: Path) -> int:

@@ -34,7 +34,7 @@ from nachbar.db.types import HnswConfig, Metric
 log = logging.getLogger("nachbar.db")
 
 GRAPH_FORMAT = 1
-_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.IP: "ip"}
+_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.INNER_PRODUCT: "ip"}
 _CRC_CHUNK = 1 << 22
 SEED = 100  # fixed, so a rebuild from the same rows builds the same graph
 

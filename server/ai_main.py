@@ -10,8 +10,9 @@ from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.errors import AIError
 from nachbar.ai.limits import ImageLimits, InputLimits
 from nachbar.ai.models import ModelManager
-from nachbar.client.db import DBClient
+from nachbar.ai.pipeline import AIPipeline
 from nachbar.server.ai_service import AIServicer
+from nachbar.server.ai_store import DBVectorStore
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.errors import keep_private
@@ -72,8 +73,12 @@ def start_ai_server(config: AIConfig) -> RunningServer:
     for name, directory in config.local_models:
         keep_private(directory, f"<local dir of {name}>")
     models = _model_manager(config)
-    db = DBClient(config.db_address, timeout=config.db_timeout_seconds)
-    service = AIServicer(models, db, max_message_bytes=config.max_message_bytes)
+    db = DBVectorStore(
+        config.db_address,
+        timeout=config.db_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
+    )
+    service = AIServicer(AIPipeline(models, db), db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
@@ -91,7 +96,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
         log.info("models loaded: %s", ", ".join(config.models) or "(none; load on first use)")
         serving: bool | None = None
         while not stopping.is_set():
-            reachable = service.db_reachable()
+            reachable = db.reachable()
             if reachable != serving:
                 serving = reachable
                 running.set_serving(reachable)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nachbar.ai import defaults as model_defaults
 from nachbar.ai.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -20,20 +21,18 @@ from nachbar.ai.limits import (
     DEFAULT_MAX_LOADED_MODELS,
     DEFAULT_MAX_TEXT_BYTES,
 )
+from nachbar.v1 import defaults
 
-DEFAULT_DB_PORT = 1369
-DEFAULT_AI_PORT = 1370
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_HOST = defaults.HOST
+DEFAULT_DB_PORT = defaults.DB_PORT
+DEFAULT_AI_PORT = defaults.AI_PORT
+DEFAULT_MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
+default_model_dir = model_defaults.model_dir
 
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "nachbar" / "data"
-
-
-def default_model_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nachbar" / "models"
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class DBConfig(CommonConfig):
 
 @dataclass(frozen=True)
 class AIConfig(CommonConfig):
-    db_host: str = "127.0.0.1"
+    db_host: str = DEFAULT_HOST
     db_port: int = DEFAULT_DB_PORT
     model_dir: Path = field(default_factory=default_model_dir)
     models: tuple[str, ...] = ()
@@ -103,7 +102,7 @@ def _env_bool(name: str, default: bool) -> bool:
 def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str) -> None:
     parser.add_argument(
         "--host",
-        default=_env(f"{prefix}_HOST", "127.0.0.1"),
+        default=_env(f"{prefix}_HOST", DEFAULT_HOST),
         help=f"interface to listen on [env NACHBAR_{prefix}_HOST]",
     )
     parser.add_argument(
@@ -220,7 +219,7 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     _add_common(parser, DEFAULT_AI_PORT, "AI")
     parser.add_argument(
         "--db-host",
-        default=_env("DB_HOST", "127.0.0.1"),
+        default=_env("DB_HOST", DEFAULT_HOST),
         help="nachbar-db host [env NACHBAR_DB_HOST]",
     )
     parser.add_argument(
@@ -237,7 +236,7 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models",
-        default=_env("MODELS", "all-minilm-l6-v2,imagenet-conse-minilm-l6"),
+        default=_env("MODELS", ",".join(model_defaults.PRELOADED_MODELS)),
         help="comma-separated models to load at start and keep loaded; others load on first "
         "use [env NACHBAR_MODELS]",
     )

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from nachbar.ai import errors as ai_errors
-from nachbar.client import errors as client_errors
+from nachbar.ai import vector_store
 from nachbar.db import errors as db_errors
 
 log = logging.getLogger("nachbar.server")
@@ -35,15 +35,27 @@ class NotReadyError(Exception):
     """The service cannot serve yet (models loading, db unreachable)."""
 
 
+class UpstreamError(Exception):
+    """A status another service answered (nachbar-db, for nachbar-ai), relayed as it came."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 # Most specific first: the first matching class wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (db_errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
     (db_errors.StoreExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (db_errors.StoreChangedError, grpc.StatusCode.ABORTED),
     (db_errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (vector_store.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (vector_store.StoreChangedError, grpc.StatusCode.ABORTED),
     (ai_errors.ModelUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.IncompatibleModelsError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.InputTooLongError, grpc.StatusCode.OUT_OF_RANGE),
@@ -62,7 +74,8 @@ _OPERATOR_STATUSES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-# How a message names its request: nachbar-db's id, kept when nachbar-ai relays its error.
+# How a message names its request. Only relayed messages (nachbar-db's, through nachbar-ai)
+# already end with one: the db's id is kept, so one id finds the request in both logs.
 _REQUEST_ID = re.compile(r" \(request id ([0-9a-f]{12})\)$")
 
 _private_paths: dict[str, str] = {}
@@ -87,8 +100,8 @@ def redact(message: str) -> str:
 
 
 def status_for(error: BaseException) -> grpc.StatusCode | None:
-    # Errors relayed from the db through the client keep the db's status.
-    if isinstance(error, client_errors.NachbarError):
+    # Errors relayed from the db keep the db's status.
+    if isinstance(error, UpstreamError):
         return error.code
     for cls, code in ERROR_TABLE:
         if isinstance(error, cls):
@@ -108,11 +121,7 @@ def map_errors(method: F) -> F:
             code = status_for(error)
             message = getattr(error, "message", None) or str(error)
             # An error relayed from nachbar-db keeps the id the db logged it under.
-            relayed = (
-                _REQUEST_ID.search(message)
-                if isinstance(error, client_errors.NachbarError)
-                else None
-            )
+            relayed = _REQUEST_ID.search(message)
             if relayed is not None:
                 request_id, message = relayed.group(1), message[: relayed.start()]
             else:
@@ -140,7 +149,7 @@ def map_errors(method: F) -> F:
 
 def servicer(cls: type) -> type:
     """Wrap every RPC method (CamelCase, as gRPC names them) of a servicer class with
-    `map_errors`; helpers the server itself calls, such as `db_reachable`, stay plain."""
+    `map_errors`; other methods stay plain."""
     for name, value in list(vars(cls).items()):
         if callable(value) and name[:1].isupper():
             setattr(cls, name, map_errors(value))

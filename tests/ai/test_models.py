@@ -12,7 +12,6 @@ import onnx
 import pytest
 from PIL import Image
 
-from nachbar.ai.embedder import TextEmbedder
 from nachbar.ai.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -20,6 +19,7 @@ from nachbar.ai.errors import (
     ModelUnavailableError,
 )
 from nachbar.ai.image import ImagePreprocessor, decode_image
+from nachbar.ai.inference import TextEmbedder
 from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager
 from nachbar.ai.registry import Kind, Modality, ModelSpec, Pooling, all_specs, get_spec
@@ -430,7 +430,7 @@ def test_images_are_decoded_a_bounded_number_at_a_time(
             active -= 1
         return decode_image(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("nachbar.ai.embedder.decode_image", slow_decode)
+    monkeypatch.setattr("nachbar.ai.inference.decode_image", slow_decode)
     with ModelManager(tiny_model_dir, limits=InputLimits(image_decoders=2)) as manager:
         manager.load("efficientnet-lite0")
         threads = [

@@ -12,8 +12,7 @@ import grpc
 import pytest
 
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
-from nachbar.client.errors import NotFound
-from nachbar.server.errors import keep_private, map_errors
+from nachbar.server.errors import UpstreamError, keep_private, map_errors
 
 
 class Aborted(Exception):
@@ -90,7 +89,9 @@ def test_unexpected_errors_are_internal_with_the_traceback_in_the_log(
 
 
 def test_errors_relayed_from_the_db_keep_its_request_id() -> None:
-    relayed = NotFound("store 'x' does not exist (request id 0123456789ab)")
+    relayed = UpstreamError(
+        grpc.StatusCode.NOT_FOUND, "store 'x' does not exist (request id 0123456789ab)"
+    )
     context = call_failing(relayed)
     assert context.code == grpc.StatusCode.NOT_FOUND
     assert context.details == "store 'x' does not exist (request id 0123456789ab)"

@@ -1,4 +1,5 @@
-"""Model heads: text and image embedders, and the cross-encoder scorer.
+"""Inference: what turns prepared inputs into rows of numbers, one class per kind of model:
+text and image embedders (vectors) and the cross-encoder scorer (relevance scores).
 
 Each splits its work in two so the batcher can merge requests: `prepare` validates and turns
 one request's inputs into items (tokens, pixel arrays) in the caller's thread, and `run` turns

@@ -266,6 +266,12 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 raise InvalidInputError(
                     f"rerank.candidates ({fetch}) must be at least k ({request.k})"
                 )
+            most = self.models.limits.max_inputs
+            if fetch > most:  # refused before searching, not after
+                raise InvalidInputError(
+                    f"{fetch} rerank candidates, over this server's limit of {most} documents "
+                    "per request (--max-inputs-per-request); ask for fewer candidates (and k)"
+                )
 
         def run(bound: Bound) -> SearchOutcome:
             binding = bound.binding

@@ -119,6 +119,13 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
         help="comma-separated models nachbar-ai loads at start (env NACHBAR_MODELS)",
     )
     p.add_argument(
+        "--allow-downloads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let nachbar-ai download hub models on first use; on by default for this local "
+        "stack, unlike `nachbar ai serve` (env NACHBAR_ALLOW_DOWNLOADS)",
+    )
+    p.add_argument(
         "--start-timeout",
         type=float,
         default=DEFAULT_START_TIMEOUT,
@@ -133,6 +140,12 @@ def _config(args: argparse.Namespace) -> StackConfig:
 
     db_defaults, ai_defaults = config.db_parser(), config.ai_parser()
     ai_args: tuple[str, ...] = ("--models", args.models) if args.models is not None else ()
+    allow_downloads = args.allow_downloads
+    if allow_downloads is None:
+        # One person's stack on this machine: fetching a registry model when asked is what
+        # they want, unless they said otherwise in the environment.
+        allow_downloads = config.env_bool("ALLOW_DOWNLOADS", True)
+    ai_args += ("--allow-downloads",) if allow_downloads else ("--no-allow-downloads",)
     return StackConfig(
         host=args.host or defaults.HOST,
         db_port=args.db_port if args.db_port is not None else db_defaults.get_default("port"),

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from nachbar.ai import defaults as model_defaults
+from nachbar.ai.limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INPUTS,
+    DEFAULT_MAX_LOADED_MODELS,
+    DEFAULT_MAX_TEXT_BYTES,
+)
 from nachbar.v1 import defaults
 
 DEFAULT_HOST = defaults.HOST
@@ -58,7 +65,13 @@ class AIConfig(CommonConfig):
     model_dir: Path = field(default_factory=default_model_dir)
     models: tuple[str, ...] = ()
     local_models: tuple[tuple[str, Path], ...] = ()
-    hub_offline: bool = False
+    allow_downloads: bool = False
+    max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
+    max_inputs_per_request: int = DEFAULT_MAX_INPUTS
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image_decoders: int = 0
     batching: bool = True
     max_batch_size: int = 32
     max_batch_wait_ms: float = 0.0
@@ -76,6 +89,11 @@ class _EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _env(name: str, default: Any) -> Any:
     return os.environ.get(f"NACHBAR_{name}", default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """NACHBAR_<name> as a flag (1, true, yes or on), or `default` when it is unset."""
+    return _env_bool(name, default)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -262,8 +280,8 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         default=_env("MODELS", ",".join(model_defaults.PRELOADED_MODELS)),
-        help="comma-separated models to load at start; others load on first use "
-        "[env NACHBAR_MODELS]",
+        help="comma-separated models to load at start and keep loaded; others load on first "
+        "use [env NACHBAR_MODELS]",
     )
     parser.add_argument(
         "--local-model",
@@ -275,11 +293,59 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         "[env NACHBAR_LOCAL_MODELS, comma-separated]",
     )
     parser.add_argument(
-        "--hub-offline",
+        "--allow-downloads",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE") == "1"),
-        help="never download from the model hub; use only cached or local files "
-        "[env NACHBAR_HUB_OFFLINE]",
+        default=_env_bool("ALLOW_DOWNLOADS", False),
+        help="let nachbar-ai download hub models it does not have (at start for --models, or "
+        "when a request names one); off: only built, cached or --local-model files are used, "
+        "and a request for any other model gets FAILED_PRECONDITION "
+        "[env NACHBAR_ALLOW_DOWNLOADS]",
+    )
+    # The former spelling, from when downloads were on by default: the same as
+    # --no-allow-downloads, which is now the default.
+    parser.add_argument(
+        "--hub-offline", dest="allow_downloads", action="store_false", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=int(_env("MAX_LOADED_MODELS", DEFAULT_MAX_LOADED_MODELS)),
+        help="most models kept loaded; loading another unloads the least recently used one "
+        "not named in --models; 0: no limit [env NACHBAR_MAX_LOADED_MODELS]",
+    )
+    parser.add_argument(
+        "--max-inputs-per-request",
+        type=int,
+        default=int(_env("MAX_INPUTS_PER_REQUEST", DEFAULT_MAX_INPUTS)),
+        help="most texts, images or documents in one request [env NACHBAR_MAX_INPUTS_PER_REQUEST]",
+    )
+    parser.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=int(_env("MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)),
+        help="largest text (UTF-8 bytes); a longer one is refused with OUT_OF_RANGE, or read "
+        "only this far when the request truncates [env NACHBAR_MAX_TEXT_BYTES]",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=int(_env("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)),
+        help="largest encoded image [env NACHBAR_MAX_IMAGE_BYTES]",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=int(_env("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
+        help="most pixels an image may decode to (checked from its header; JPEGs with a short "
+        "side of 4096 or more decode at a reduced scale first); decoding takes up to about 8 "
+        "bytes per pixel [env NACHBAR_MAX_IMAGE_PIXELS]",
+    )
+    parser.add_argument(
+        "--image-decoders",
+        type=int,
+        default=int(_env("IMAGE_DECODERS", 0)),
+        help="images decoded at once across all requests, which bounds their memory; 0: one "
+        "per CPU [env NACHBAR_IMAGE_DECODERS]",
     )
     parser.add_argument(
         "--batching",
@@ -321,14 +387,35 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         parser.error(f"--max-batch-wait-ms must not be negative, got {ns.max_batch_wait_ms}")
     if ns.batch_workers < 0:
         parser.error(f"--batch-workers must be 0 (one per CPU) or more, got {ns.batch_workers}")
+    for flag in ("max_inputs_per_request", "max_text_bytes", "max_image_bytes", "max_image_pixels"):
+        if getattr(ns, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(ns, flag)}")
+    if ns.image_decoders < 0:
+        parser.error(f"--image-decoders must be 0 (one per CPU) or more, got {ns.image_decoders}")
+    models = tuple(m.strip() for m in ns.models.split(",") if m.strip())
+    if ns.max_loaded_models < 0:
+        parser.error(
+            f"--max-loaded-models must be 0 (no limit) or more, got {ns.max_loaded_models}"
+        )
+    if 0 < ns.max_loaded_models < len(set(models)):
+        parser.error(
+            f"--max-loaded-models {ns.max_loaded_models} is less than the {len(set(models))} "
+            "models named in --models, which stay loaded; raise it or name fewer"
+        )
     return AIConfig(
         **_common_kwargs(ns),
         db_host=ns.db_host,
         db_port=ns.db_port,
         model_dir=ns.model_dir,
-        models=tuple(m.strip() for m in ns.models.split(",") if m.strip()),
+        models=models,
         local_models=tuple(ns.local_model),
-        hub_offline=ns.hub_offline,
+        allow_downloads=ns.allow_downloads,
+        max_loaded_models=ns.max_loaded_models,
+        max_inputs_per_request=ns.max_inputs_per_request,
+        max_text_bytes=ns.max_text_bytes,
+        max_image_bytes=ns.max_image_bytes,
+        max_image_pixels=ns.max_image_pixels,
+        image_decoders=ns.image_decoders,
         batching=ns.batching,
         max_batch_size=ns.max_batch_size,
         max_batch_wait_ms=ns.max_batch_wait_ms,

@@ -11,6 +11,7 @@ from nachbar.server.admission import ServicePolicy
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
+from nachbar.server.errors import keep_private
 from nachbar.server.logs import configure_logging
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
@@ -39,6 +40,7 @@ DB_ADMISSION = ServicePolicy(
 
 def start_db_server(config: DBConfig) -> RunningServer:
     """Open the data dir and serve it. The caller owns `stop()`."""
+    keep_private(config.data_dir, "<data-dir>")
     db = Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
     service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
     try:

@@ -275,6 +275,12 @@ def test_rerank_orders_candidates_by_the_cross_encoder_and_keeps_both_scores(
     assert store.last_k == 4
     with pytest.raises(InvalidInputError, match=r"candidates \(1\) must be at least k \(2\)"):
         pipeline.search("docs", SearchRequest("cat", 2, rerank=RerankSpec(CROSS_ENCODER, 1)))
+    # More candidates than one request may rerank: refused before the search runs.
+    store.last_k = 0
+    most = tiny_manager.limits.max_inputs
+    with pytest.raises(InvalidInputError, match=f"{most + 1} rerank candidates.*--max-inputs"):
+        pipeline.search("docs", SearchRequest("cat", 2, rerank=RerankSpec(CROSS_ENCODER, most + 1)))
+    assert store.last_k == 0
 
 
 def test_rerank_reads_text_where_the_request_says(pipeline: Pipeline) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 
 from nachbar.db.engine import Database
@@ -57,8 +58,14 @@ def start_db_server(config: DBConfig) -> RunningServer:
     return running
 
 
+# Python hands the GIL over every 5 ms by default: a search thread waiting behind a bulk
+# request's Python work lost up to that much per hand-over (see bench/RESULTS.md, load_bench).
+GIL_SWITCH_SECONDS = 0.0005
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_db_config(argv)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     configure_logging(config.log_level, config.log_format)
     try:
         running = start_db_server(config)

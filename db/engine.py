@@ -88,10 +88,12 @@ class Database:
         lock_handle: int,
         fsync: FsyncPolicy,
         stores: dict[str, StoreState],
+        filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> None:
         # Use Database.open().
         self.data_dir = data_dir
         self.fsync: FsyncPolicy = fsync
+        self.filter_limits = filter_limits
         self._storage = storage
         self._lock_handle = lock_handle
         self._stores = stores
@@ -110,11 +112,13 @@ class Database:
         fsync: FsyncPolicy = "full",
         checkpoint_seconds: float = 300.0,
         integrity_check: bool = True,
+        filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> Database:
         """Open the data directory (created if missing) and restore every store.
 
         checkpoint_seconds: how often changed HNSW graphs are saved in the background (0: only
-        on flush/close). integrity_check: run SQLite's quick_check on open.
+        on flush/close). integrity_check: run SQLite's quick_check on open. filter_limits: how
+        large a filter a request may send.
         """
         if fsync not in FSYNC_POLICIES:
             raise InvalidArgumentError(
@@ -140,7 +144,7 @@ class Database:
                 storage.close()
             os.close(lock_handle)
             raise
-        db = cls(data_dir, storage, lock_handle, fsync, stores)
+        db = cls(data_dir, storage, lock_handle, fsync, stores, filter_limits)
         if checkpoint_seconds > 0:
             db._start_checkpointer(checkpoint_seconds)
         return db
@@ -261,7 +265,7 @@ class Database:
                 f"store {name!r}: DeleteByPredicate needs a filter; to delete everything, drop "
                 "the store"
             )
-        filters.validate(filter)
+        filters.validate(filter, self.filter_limits)
         with self._writing(state):
             slots = np.flatnonzero(state.matching(filter)).tolist()
             present = [i for s in slots if (i := state.ids[s]) is not None]
@@ -347,7 +351,7 @@ class Database:
         limit = validation.page_limit(name, limit)
         after = validation.decode_page_token(name, page_token)
         if filter is not None:
-            filters.validate(filter)
+            filters.validate(filter, self.filter_limits)
         with self._reading(name) as state:
             entries, more = state.page(filter, limit, after, include_vectors)
         token = validation.encode_page_token(entries[-1].id) if more and entries else ""
@@ -376,7 +380,7 @@ class Database:
             what="the query",
         )
         if filter is not None:
-            filters.validate(filter)
+            filters.validate(filter, self.filter_limits)
         with self._read_locked(state):
             return state.search(q, k, filter, mode, ef, include_vectors)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from nachbar.db import codec
 from nachbar.db.errors import DataCorruptionError
-from nachbar.db.filters import Filter
+from nachbar.db.filters import Filter, compile_filter
 from nachbar.db.hnsw import GraphFiles, GraphUnusableError, HnswGraph, graph_settings
 from nachbar.db.predicates import FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
@@ -411,7 +411,8 @@ class StoreState:
         live = self._alive[: self.size].copy()
         if flt is None:
             return live
-        return FilterEvaluator(self.metas, self.size, self.field_indexes).evaluate(flt, live)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        return evaluator.evaluate(compile_filter(flt), live)
 
     def page(
         self, flt: Filter | None, limit: int, after: str | None, include_vectors: bool
@@ -421,6 +422,7 @@ class StoreState:
         ids, slots = self._ordered_ids()
         position = bisect_right(ids, after) if after is not None else 0
         evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        compiled = compile_filter(flt) if flt is not None else None
         found: list[int] = []
         chunk = max(1024, 4 * (limit + 1))
         # Walk the id order in growing chunks, so an unindexed filter only tests the entries
@@ -428,10 +430,10 @@ class StoreState:
         while position < len(ids) and len(found) <= limit:
             part = slots[position : position + chunk]
             part = part[self._alive[part]]
-            if flt is not None and len(part):
+            if compiled is not None and len(part):
                 candidates = np.zeros(self.size, dtype=bool)
                 candidates[part] = True
-                part = part[evaluator.evaluate(flt, candidates)[part]]
+                part = part[evaluator.evaluate(compiled, candidates)[part]]
             found.extend(part[: limit + 1 - len(found)].tolist())
             position += chunk
             chunk *= 2

@@ -10,14 +10,21 @@ from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.models import ModelManager
 from nachbar.client.db import DBClient
 from nachbar.server.ai_service import AIServicer
-from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
+from nachbar.server.app import (
+    RunningServer,
+    add_service,
+    run_until_signalled,
+    start_server,
+    write_port_file,
+)
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.logs import configure_logging
-from nachbar.v1 import ai_pb2, ai_pb2_grpc
+from nachbar.v1 import ai_pb2
 
 log = logging.getLogger("nachbar.ai")
 
-AI_SERVICE_NAME = ai_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+AI_SERVICE = ai_pb2.DESCRIPTOR.services_by_name["AIService"]
+AI_SERVICE_NAME = AI_SERVICE.full_name
 HEALTH_POLL_SECONDS = 1.0
 
 
@@ -48,7 +55,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
     service = AIServicer(models, db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
-        lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
+        lambda server: add_service(server, AI_SERVICE, service),
         [AI_SERVICE_NAME],
     )
     stopping = threading.Event()

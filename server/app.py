@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nachbar.server.config import CommonConfig
+from nachbar.server.errors import UndecodableRequest
 
 log = logging.getLogger("nachbar.server")
 
@@ -59,6 +63,51 @@ class RunningServer:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def add_service(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Serve every RPC of `service` (all unary) with the servicer's method of the same name,
+    as the generated add_*Servicer_to_server does, except for requests that fail to decode.
+
+    grpc answers a deserializer that raises with INTERNAL ("Exception deserializing
+    request!"); here such a request reaches the servicer as an UndecodableRequest, which the
+    error table answers with INVALID_ARGUMENT and a message saying what was wrong."""
+    handlers = {}
+    for method in service.methods:
+        response_class = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient_decoder(method.name, method.input_type),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    # As the generated code does: lets grpc find the handlers without asking each generic one.
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def _lenient_decoder(
+    method: str, request_type: Descriptor
+) -> Callable[[bytes], Message | UndecodableRequest]:
+    request_class = message_factory.GetMessageClass(request_type)
+
+    def decode(data: bytes) -> Message | UndecodableRequest:
+        try:
+            return request_class.FromString(data)
+        except DecodeError as error:
+            if "MaxDepth" in str(error):  # upb's words for its recursion limit
+                return UndecodableRequest(
+                    f"{method}: the request nests messages deeper than protobuf's limit of 100 "
+                    "levels, so it cannot be decoded; flatten nested filters (an all_of inside "
+                    "an all_of is one all_of, not(not(x)) is x)"
+                )
+            return UndecodableRequest(
+                f"{method}: the request is not a valid {request_type.full_name} ({error}); "
+                "encode it from nachbar's .proto files"
+            )
+
+    return decode
 
 
 def start_server(

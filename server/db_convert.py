@@ -6,7 +6,7 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from nachbar.client.values import metadata_from_proto, value_to_proto
+from nachbar.client.values import metadata_from_proto, value_from_proto, value_to_proto
 from nachbar.db import filters, types
 from nachbar.server.errors import RequestError
 from nachbar.v1 import common_pb2, db_pb2
@@ -158,14 +158,60 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
     return out
 
 
-def filter_from_proto(proto: common_pb2.Filter, path: str = "filter") -> filters.Filter:
-    kind = proto.WhichOneof("kind")
-    if kind == "condition":
-        cond = proto.condition
+def filter_from_proto(
+    proto: common_pb2.Filter,
+    limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
+    max_bytes: int = 0,
+) -> filters.Filter:
+    """The domain filter of a request. Limits are checked while converting, so that an
+    oversized filter is refused before it is copied into Python objects; max_bytes (0: none)
+    bounds its encoded size."""
+    if max_bytes:
+        size = proto.ByteSize()
+        if size > max_bytes:
+            raise RequestError(
+                f"the filter is {size} bytes encoded, over the limit of {max_bytes} bytes per "
+                "filter; use fewer or shorter values, or split the query"
+            )
+    return _FilterReader(limits).read(proto, "filter", 0)
+
+
+class _FilterReader:
+    def __init__(self, limits: filters.FilterLimits) -> None:
+        self.limits = limits
+        self.conditions = 0
+
+    def read(self, proto: common_pb2.Filter, path: str, depth: int) -> filters.Filter:
+        if depth > self.limits.max_depth:
+            raise filters.too_deep(path, self.limits)
+        kind = proto.WhichOneof("kind")
+        if kind == "condition":
+            self.conditions += 1
+            if self.conditions > self.limits.max_conditions:
+                raise filters.too_many_conditions(self.limits)
+            return self.condition(proto.condition, path)
+        if kind in ("all_of", "any_of"):
+            children = [
+                self.read(f, f"{path}.{kind}[{i}]", depth + 1)
+                for i, f in enumerate(getattr(proto, kind).filters)
+            ]
+            if not children:
+                raise RequestError(f"{path}.{kind} is empty; give at least one filter")
+            if kind == "all_of":
+                return filters.AllOf(tuple(children))
+            return filters.AnyOf(tuple(children))
+        if kind == "negate":
+            return filters.Not(self.read(proto.negate, f"{path}.negate", depth + 1))
+        raise RequestError(f"{path} is empty; set condition, all_of, any_of or negate")
+
+    def condition(self, cond: common_pb2.Condition, path: str) -> filters.Condition:
         try:
             op = OP_FROM_PROTO[cond.op]
         except KeyError:
             raise RequestError(f"{path}: condition on {cond.field!r} has no operator") from None
+        if len(cond.values) > self.limits.max_values:
+            where = f"{path}: condition {op} on {cond.field!r}"
+            raise filters.too_many_values(where, len(cond.values), self.limits)
         value = None
         if cond.HasField("value"):
             try:
@@ -174,24 +220,22 @@ def filter_from_proto(proto: common_pb2.Filter, path: str = "filter") -> filters
                 raise RequestError(
                     f"{path}: condition on {cond.field!r} has an empty value"
                 ) from None
-        values = tuple(metadata({str(i): v for i, v in enumerate(cond.values)}).values())
+        try:
+            values = tuple(value_from_proto(v) for v in cond.values)
+        except ValueError:
+            raise RequestError(
+                f"{path}: condition on {cond.field!r} has an empty value among its values"
+            ) from None
         return filters.Condition(field=cond.field, op=op, value=value, values=values)
-    if kind in ("all_of", "any_of"):
-        children = [
-            filter_from_proto(f, f"{path}.{kind}[{i}]")
-            for i, f in enumerate(getattr(proto, kind).filters)
-        ]
-        if not children:
-            raise RequestError(f"{path}.{kind} is empty; give at least one filter")
-        return (
-            filters.AllOf(tuple(children)) if kind == "all_of" else filters.AnyOf(tuple(children))
-        )
-    if kind == "negate":
-        return filters.Not(filter_from_proto(proto.negate, f"{path}.negate"))
-    raise RequestError(f"{path} is empty; set condition, all_of, any_of or negate")
 
 
-def optional_filter(holder: object, field: str = "filter") -> filters.Filter | None:
+def optional_filter(
+    holder: object,
+    field: str = "filter",
+    *,
+    limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
+    max_bytes: int = 0,
+) -> filters.Filter | None:
     if not holder.HasField(field):  # type: ignore[attr-defined]
         return None
-    return filter_from_proto(getattr(holder, field))
+    return filter_from_proto(getattr(holder, field), limits, max_bytes)

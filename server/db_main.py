@@ -7,25 +7,41 @@ from collections.abc import Sequence
 
 from nachbar.db.engine import Database
 from nachbar.db.errors import DBError
-from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
+from nachbar.server.app import (
+    RunningServer,
+    add_service,
+    run_until_signalled,
+    start_server,
+    write_port_file,
+)
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
 from nachbar.server.logs import configure_logging
-from nachbar.v1 import db_pb2, db_pb2_grpc
+from nachbar.v1 import db_pb2
 
 log = logging.getLogger("nachbar.db")
 
-DB_SERVICE_NAME = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
+DB_SERVICE = db_pb2.DESCRIPTOR.services_by_name["DBService"]
+DB_SERVICE_NAME = DB_SERVICE.full_name
 
 
 def start_db_server(config: DBConfig) -> RunningServer:
     """Open the data dir and serve it. The caller owns `stop()`."""
-    db = Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
-    service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
+    db = Database.open(
+        config.data_dir,
+        fsync=config.fsync,  # type: ignore[arg-type]
+        filter_limits=config.filter_limits,
+    )
+    service = DBServicer(
+        db,
+        fsync=config.fsync,
+        max_message_bytes=config.max_message_bytes,
+        max_filter_bytes=config.max_filter_bytes,
+    )
     try:
         running = start_server(
             config,
-            lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
+            lambda server: add_service(server, DB_SERVICE, service),
             [DB_SERVICE_NAME],
         )
     except BaseException:

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from nachbar.db.engine import Database
+from nachbar.db.filters import Filter
 from nachbar.server import db_convert as conv
 from nachbar.server.errors import RequestError, servicer
 from nachbar.v1 import db_pb2, db_pb2_grpc
@@ -16,11 +17,19 @@ from nachbar.v1 import db_pb2, db_pb2_grpc
 
 @servicer
 class DBServicer(db_pb2_grpc.DBServiceServicer):
-    def __init__(self, db: Database, *, fsync: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, db: Database, *, fsync: str, max_message_bytes: int, max_filter_bytes: int = 0
+    ) -> None:
         self._db = db
         self._fsync = fsync
         self._max_message_bytes = max_message_bytes
+        self._max_filter_bytes = max_filter_bytes
         self._started = time.monotonic()
+
+    def _filter(self, request: object) -> Filter | None:
+        return conv.optional_filter(
+            request, limits=self._db.filter_limits, max_bytes=self._max_filter_bytes
+        )
 
     def CreateStore(
         self, request: db_pb2.CreateStoreRequest, context: grpc.ServicerContext
@@ -70,7 +79,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     ) -> db_pb2.GetByPredicateResponse:
         page = self._db.get_by_predicate(
             request.store,
-            conv.optional_filter(request),
+            self._filter(request),
             limit=request.limit or 100,
             page_token=request.page_token,
             include_vectors=request.include_vectors,
@@ -87,7 +96,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store,
             np.asarray(request.query, dtype=np.float32),
             request.k,
-            filter=conv.optional_filter(request),
+            filter=self._filter(request),
             mode=conv.mode(request.mode),
             ef=request.ef,
             include_vectors=request.include_vectors,
@@ -102,7 +111,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def DeleteByPredicate(
         self, request: db_pb2.DeleteByPredicateRequest, context: grpc.ServicerContext
     ) -> db_pb2.DeleteResponse:
-        flt = conv.optional_filter(request)
+        flt = self._filter(request)
         if flt is None:
             raise RequestError(
                 f"DeleteByPredicate on {request.store!r} needs a filter; "

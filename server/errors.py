@@ -30,6 +30,14 @@ class NotReadyError(Exception):
     """The service cannot serve yet (models loading, db unreachable)."""
 
 
+class UndecodableRequest:
+    """Stands in for a request whose bytes did not decode (see app.add_service): the servicer
+    wrapper answers it with INVALID_ARGUMENT instead of running the method."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
 # Most specific first: the first matching class wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -65,6 +73,8 @@ def map_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if isinstance(request, UndecodableRequest):
+                raise RequestError(request.message)
             return method(self, request, context)
         except Exception as error:  # the one place errors become statuses
             code = status_for(error)

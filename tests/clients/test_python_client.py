@@ -53,6 +53,22 @@ def test_filter_builder_and_dict_form_agree() -> None:
     assert filter_from_dict({"a": {"in": [1, 2]}, "b": {"exists": True}}).HasField("all_of")
 
 
+def test_chains_of_and_or_build_flat_lists_not_deep_nests() -> None:
+    ors = Field("n") == 0
+    for i in range(1, 200):
+        ors = ors | (Field("n") == i)
+    assert filter_to_dict(ors.proto) == {"any_of": [{"n": {"eq": i}} for i in range(200)]}
+    mixed = (Field("a") == 1) & (Field("b") == 2) & ((Field("c") == 3) | (Field("d") == 4))
+    assert filter_to_dict(mixed.proto) == {
+        "all_of": [
+            {"a": {"eq": 1}},
+            {"b": {"eq": 2}},
+            {"any_of": [{"c": {"eq": 3}}, {"d": {"eq": 4}}]},
+        ]
+    }
+    assert filter_to_dict((~mixed).proto) == {"not": filter_to_dict(mixed.proto)}
+
+
 @pytest.mark.parametrize(
     "bad", [{}, {"x": {"near": 1}}, {"x": 3}, {"all_of": []}, {"x": {"in": 3}}]
 )

@@ -111,7 +111,9 @@ def measure(shape: str, config: Config, workdir: Path) -> Measure:
             # Exact index: an HNSW graph would add its own (kept) memory and minutes of build
             # time to the vectors shape without changing what the upsert path copies.
             client.create_store("m", 384, index=Exact())
-        requests = [make_request(shape, config.megabytes, seed) for seed in range(config.concurrent)]
+        requests = [
+            make_request(shape, config.megabytes, seed) for seed in range(config.concurrent)
+        ]
         warm = make_request(shape, 1.0, 99)
         options = [("grpc.max_send_message_length", 512 * MB)]
         with grpc.insecure_channel(server.address, options=options) as channel:

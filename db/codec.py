@@ -95,6 +95,30 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
+def utf8_length(text: str) -> int:
+    """len(text.encode("utf-8")) without a full-size copy of a long text."""
+    if text.isascii():  # O(1) in CPython
+        return len(text)
+    if len(text) <= _CHUNK:
+        return len(text.encode("utf-8"))
+    return sum(len(text[i : i + _CHUNK].encode("utf-8")) for i in range(0, len(text), _CHUNK))
+
+
+_CHUNK = 1 << 16
+
+
+def value_bytes(value: MetadataValue) -> int:
+    """The size of a metadata value's data: UTF-8 bytes of text, bytes of bytes, the sum over
+    a string list; 8 for numbers and bools."""
+    if isinstance(value, str):
+        return utf8_length(value)
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, list):
+        return sum(utf8_length(item) for item in value)
+    return 8
+
+
 def encode_metadata(metadata: Metadata) -> str:
     tagged: dict[str, list[Any]] = {}
     for key, value in metadata.items():

@@ -58,9 +58,11 @@ from nachbar.db.hnsw import GraphFiles
 from nachbar.db.storage import Storage
 from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
+    ALL_METADATA,
     Entry,
     FsyncPolicy,
     IndexLoadReport,
+    MetadataSelection,
     Page,
     SearchMode,
     SearchResult,
@@ -322,10 +324,16 @@ class Database:
     # ---- reads -------------------------------------------------------------------------------
 
     def get_keys(
-        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
     ) -> tuple[list[Entry], list[str]]:
         """The entries found, in request order (each id once), and the ids not found."""
         wanted = validation.entry_ids(ids, name)
+        metadata = validation.metadata_selection(name, metadata)
         with self._reading(name) as state:
             found: list[Entry] = []
             missing: list[str] = []
@@ -334,7 +342,7 @@ class Database:
                 if slot is None:
                     missing.append(entry_id)
                 else:
-                    found.append(state.entry(slot, include_vectors))
+                    found.append(state.entry(slot, include_vectors, metadata))
             return found, missing
 
     def get_by_predicate(
@@ -345,15 +353,17 @@ class Database:
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
     ) -> Page:
         """Entries matching the filter (all if None) in id order, `limit` at a time."""
         validation.store_name(name)
         limit = validation.page_limit(name, limit)
+        metadata = validation.metadata_selection(name, metadata)
         after = validation.decode_page_token(name, page_token)
         if filter is not None:
             filters.validate(filter, self.filter_limits)
         with self._reading(name) as state:
-            entries, more = state.page(filter, limit, after, include_vectors)
+            entries, more = state.page(filter, limit, after, include_vectors, metadata)
         token = validation.encode_page_token(entries[-1].id) if more and entries else ""
         return Page(entries=entries, next_page_token=token)
 
@@ -367,11 +377,13 @@ class Database:
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
         exactly min(k, matching entries) of them."""
         state = self._state(name)
         k, ef, mode = validation.search_args(name, k, ef, mode)
+        metadata = validation.metadata_selection(name, metadata)
         q = validation.vector(
             query,
             store=name,
@@ -382,7 +394,7 @@ class Database:
         if filter is not None:
             filters.validate(filter, self.filter_limits)
         with self._read_locked(state):
-            return state.search(q, k, filter, mode, ef, include_vectors)
+            return state.search(q, k, filter, mode, ef, include_vectors, metadata)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

@@ -29,11 +29,13 @@ from nachbar.db.predicates import FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
 from nachbar.db.storage import EntryRow
 from nachbar.db.types import (
+    ALL_METADATA,
     Entry,
     HnswConfig,
     IndexLoadReport,
     Match,
     Metadata,
+    MetadataSelection,
     Metric,
     SearchMode,
     SearchResult,
@@ -85,6 +87,29 @@ def _postfilter_candidates(want: int, matching: int, count: int) -> int:
 
 def copy_metadata(meta: Metadata) -> Metadata:
     return {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+
+
+def select_metadata(
+    meta: Metadata, selection: MetadataSelection
+) -> tuple[Metadata, tuple[str, ...]]:
+    """A private copy of the fields of `meta` that `selection` returns, and the names of the
+    fields it leaves out (none when it leaves out all metadata)."""
+    if selection.everything:
+        return copy_metadata(meta), ()
+    if not selection.include:
+        return {}, ()
+    excluded = selection.exclude_keys
+    limit = selection.max_value_bytes
+    out: Metadata = {}
+    omitted: list[str] = []
+    for key, value in meta.items():
+        if key in excluded or (
+            limit and isinstance(value, str | bytes | list) and codec.value_bytes(value) > limit
+        ):
+            omitted.append(key)
+        else:
+            out[key] = list(value) if isinstance(value, list) else value
+    return out, tuple(omitted)
 
 
 class StoreState:
@@ -399,12 +424,15 @@ class StoreState:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def entry(self, slot: int, include_vectors: bool) -> Entry:
+    def entry(
+        self, slot: int, include_vectors: bool, selection: MetadataSelection = ALL_METADATA
+    ) -> Entry:
         entry_id = self.ids[slot]
         meta = self.metas[slot]
         assert entry_id is not None and meta is not None
         vector = self._vectors[slot].copy() if include_vectors else None
-        return Entry(id=entry_id, vector=vector, metadata=copy_metadata(meta))
+        selected, omitted = select_metadata(meta, selection)
+        return Entry(id=entry_id, vector=vector, metadata=selected, omitted_keys=omitted)
 
     def matching(self, flt: Filter | None) -> np.ndarray:
         """Boolean mask over slots [0, size) of live entries that match `flt`."""
@@ -415,7 +443,12 @@ class StoreState:
         return evaluator.evaluate(compile_filter(flt), live)
 
     def page(
-        self, flt: Filter | None, limit: int, after: str | None, include_vectors: bool
+        self,
+        flt: Filter | None,
+        limit: int,
+        after: str | None,
+        include_vectors: bool,
+        selection: MetadataSelection = ALL_METADATA,
     ) -> tuple[list[Entry], bool]:
         """Up to `limit` matching entries with ids after `after`, in id order, and whether more
         follow."""
@@ -438,7 +471,7 @@ class StoreState:
             position += chunk
             chunk *= 2
         more = len(found) > limit
-        return [self.entry(slot, include_vectors) for slot in found[:limit]], more
+        return [self.entry(slot, include_vectors, selection) for slot in found[:limit]], more
 
     def _ordered_ids(self) -> tuple[list[str], np.ndarray]:
         # Inserts reset this cache; deletes leave it (dead slots are skipped via the live mask,
@@ -463,6 +496,7 @@ class StoreState:
         mode: SearchMode,
         ef: int,
         include_vectors: bool,
+        selection: MetadataSelection = ALL_METADATA,
     ) -> SearchResult:
         mask: np.ndarray | None = None
         matching = self.count
@@ -479,15 +513,18 @@ class StoreState:
         if found is None:
             plan = "exact"
             found = self._search_exact(query, want, mask)
-        matches = [
-            Match(
-                id=self.ids[slot],  # type: ignore[arg-type]
-                score=score,
-                metadata=copy_metadata(self.metas[slot]),  # type: ignore[arg-type]
-                vector=self._vectors[slot].copy() if include_vectors else None,
+        matches = []
+        for slot, score in found:
+            selected, omitted = select_metadata(self.metas[slot], selection)  # type: ignore[arg-type]
+            matches.append(
+                Match(
+                    id=self.ids[slot],  # type: ignore[arg-type]
+                    score=score,
+                    metadata=selected,
+                    vector=self._vectors[slot].copy() if include_vectors else None,
+                    omitted_keys=omitted,
+                )
             )
-            for slot, score in found
-        ]
         return SearchResult(matches=matches, plan=plan)
 
     def _plan(self, mode: SearchMode, matching: int) -> str:

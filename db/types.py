@@ -80,6 +80,26 @@ class StoreInfo:
         )
 
 
+@dataclass(frozen=True)
+class MetadataSelection:
+    """Which metadata a read returns. The default, everything, is what reads always returned;
+    stores that keep large values (nachbar-ai keeps originals under reserved keys) can leave
+    them out."""
+
+    include: bool = True  # False: no metadata at all
+    exclude_keys: frozenset[str] = frozenset()
+    # Leave out str, bytes and string-list values larger than this many bytes (UTF-8 for
+    # text); 0: no limit.
+    max_value_bytes: int = 0
+
+    @property
+    def everything(self) -> bool:
+        return self.include and not self.exclude_keys and not self.max_value_bytes
+
+
+ALL_METADATA = MetadataSelection()
+
+
 def _same_vector(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -93,6 +113,8 @@ class Entry:
     id: str
     vector: np.ndarray | None
     metadata: Metadata = field(default_factory=dict)
+    # Fields the entry has that a read's MetadataSelection left out (never set on writes).
+    omitted_keys: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
@@ -100,6 +122,7 @@ class Entry:
         return (
             self.id == other.id
             and self.metadata == other.metadata
+            and self.omitted_keys == other.omitted_keys
             and _same_vector(self.vector, other.vector)
         )
 
@@ -112,6 +135,7 @@ class Match:
     score: float
     metadata: Metadata
     vector: np.ndarray | None = None
+    omitted_keys: tuple[str, ...] = ()  # as on Entry
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Match):
@@ -120,6 +144,7 @@ class Match:
             self.id == other.id
             and self.score == other.score
             and self.metadata == other.metadata
+            and self.omitted_keys == other.omitted_keys
             and _same_vector(self.vector, other.vector)
         )
 

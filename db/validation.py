@@ -20,6 +20,7 @@ from nachbar.db.types import (
     ExactConfig,
     HnswConfig,
     Metadata,
+    MetadataSelection,
     Metric,
     SearchMode,
     StoreSpec,
@@ -33,6 +34,7 @@ MAX_PAGE_LIMIT = 10_000
 MAX_ID_CHARS = 1024
 MAX_M = 256
 MAX_EF_CONSTRUCTION = 10_000
+MAX_EXCLUDED_KEYS = 1024
 _TOKEN_PREFIX = "1"  # version of the page token format
 
 
@@ -230,6 +232,26 @@ def search_args(store: str, k: object, ef: object, mode: object) -> tuple[int, i
             f"store {store!r}: unknown search mode {mode!r}; use auto, exact or hnsw"
         ) from None
     return k, ef, search_mode
+
+
+def metadata_selection(store: str, selection: MetadataSelection) -> MetadataSelection:
+    keys = selection.exclude_keys
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise InvalidArgumentError(
+            f"store {store!r}: exclude_metadata_keys must be a list of field names"
+        )
+    if len(keys) > MAX_EXCLUDED_KEYS:
+        raise InvalidArgumentError(
+            f"store {store!r}: {len(keys)} exclude_metadata_keys are more than "
+            f"{MAX_EXCLUDED_KEYS}; leave out large values with max_metadata_value_bytes, or "
+            "all metadata with include_metadata=false"
+        )
+    limit = selection.max_value_bytes
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidArgumentError(
+            f"store {store!r}: max_metadata_value_bytes is {limit!r}; use 0 (no limit) or more"
+        )
+    return MetadataSelection(bool(selection.include), frozenset(keys), limit)
 
 
 def page_limit(store: str, limit: object) -> int:

@@ -1,13 +1,15 @@
-"""Protobuf messages <-> nachbar.db domain objects."""
+"""Protobuf messages <-> nachbar.db domain objects, and the encoded size of a response before it
+is built."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 
 import numpy as np
 
 from nachbar.client.values import metadata_from_proto, value_from_proto, value_to_proto
 from nachbar.db import filters, types
+from nachbar.db.codec import utf8_length
 from nachbar.server.errors import RequestError
 from nachbar.v1 import common_pb2, db_pb2
 
@@ -138,7 +140,7 @@ def fill_metadata(
 
 
 def entry_to_proto(value: types.Entry) -> db_pb2.Entry:
-    out = db_pb2.Entry(id=value.id)
+    out = db_pb2.Entry(id=value.id, omitted_metadata_keys=value.omitted_keys)
     fill_metadata(out.metadata, value.metadata)
     if value.vector is not None:
         out.vector.extend(value.vector.tolist())
@@ -155,7 +157,75 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
         fill_metadata(match.metadata, value.metadata)
         if value.vector is not None:
             match.vector.extend(value.vector.tolist())
+        if value.omitted_keys:
+            match.omitted_metadata_keys.extend(value.omitted_keys)
     return out
+
+
+def metadata_selection(
+    request: db_pb2.GetKeyRequest | db_pb2.GetByPredicateRequest | db_pb2.GetSimNRequest,
+) -> types.MetadataSelection:
+    include = request.include_metadata if request.HasField("include_metadata") else True
+    return types.MetadataSelection(
+        include=include,
+        exclude_keys=frozenset(request.exclude_metadata_keys),
+        max_value_bytes=request.max_metadata_value_bytes,
+    )
+
+
+# ---- encoded sizes ---------------------------------------------------------------------------
+#
+# Exact sizes (upper bounds where noted) of the messages a read would send, computed from the
+# domain objects so that a response over the limit is refused or cut before it is built. Every
+# field number involved is below 16, so each tag is one byte.
+
+
+def _varint_size(value: int) -> int:
+    if value < 0:
+        return 10  # negative int64 values take ten bytes
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _delimited(payload: int) -> int:
+    """A length-delimited field: tag, length, payload."""
+    return 1 + _varint_size(payload) + payload
+
+
+def value_size(value: types.MetadataValue) -> int:
+    """Encoded size of a MetadataValue message."""
+    if isinstance(value, str):
+        return _delimited(utf8_length(value))
+    if isinstance(value, bool):
+        return 2
+    if isinstance(value, int):
+        return 1 + _varint_size(value)
+    if isinstance(value, float):
+        return 9
+    if isinstance(value, bytes):
+        return _delimited(len(value))
+    return _delimited(sum(_delimited(utf8_length(item)) for item in value))
+
+
+def field_size(key: str, value: types.MetadataValue) -> int:
+    """Encoded size of one metadata map entry (as a field of Entry or Match)."""
+    return _delimited(_delimited(utf8_length(key)) + _delimited(value_size(value)))
+
+
+def ids_size(ids: Iterable[str]) -> int:
+    """Encoded size of a repeated string field holding `ids`."""
+    return sum(_delimited(utf8_length(i)) for i in ids)
+
+
+def entry_size(value: types.Entry | types.Match) -> int:
+    """Encoded size of an Entry or Match as an element of a response's repeated field (for a
+    Match an upper bound: a zero score takes no bytes)."""
+    size = _delimited(utf8_length(value.id)) + ids_size(value.omitted_keys)
+    size += sum(field_size(k, v) for k, v in value.metadata.items())
+    if value.vector is not None and len(value.vector):
+        size += _delimited(4 * len(value.vector))
+    if isinstance(value, types.Match):
+        size += 5
+    return _delimited(size)
 
 
 def filter_from_proto(

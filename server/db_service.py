@@ -11,6 +11,7 @@ import numpy as np
 from nachbar.db.engine import Database
 from nachbar.db.filters import Filter
 from nachbar.server import db_convert as conv
+from nachbar.server import db_responses as responses
 from nachbar.server.errors import RequestError, servicer
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
@@ -25,6 +26,9 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         self._max_message_bytes = max_message_bytes
         self._max_filter_bytes = max_filter_bytes
         self._started = time.monotonic()
+
+    def _limit(self, requested: int) -> responses.ResponseLimit:
+        return responses.ResponseLimit.of(self._max_message_bytes, requested)
 
     def _filter(self, request: object) -> Filter | None:
         return conv.optional_filter(
@@ -68,10 +72,17 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         self, request: db_pb2.GetKeyRequest, context: grpc.ServicerContext
     ) -> db_pb2.GetKeyResponse:
         found, missing = self._db.get_keys(
-            request.store, list(request.ids), include_vectors=request.include_vectors
+            request.store,
+            list(request.ids),
+            include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
         )
-        return db_pb2.GetKeyResponse(
-            entries=[conv.entry_to_proto(e) for e in found], missing_ids=missing
+        return responses.get_key(
+            request.store,
+            found,
+            missing,
+            self._limit(request.max_response_bytes),
+            allow_partial=request.allow_partial,
         )
 
     def GetByPredicate(
@@ -83,11 +94,9 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             limit=request.limit or 100,
             page_token=request.page_token,
             include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
         )
-        return db_pb2.GetByPredicateResponse(
-            entries=[conv.entry_to_proto(e) for e in page.entries],
-            next_page_token=page.next_page_token,
-        )
+        return responses.page(request.store, page, self._limit(request.max_response_bytes))
 
     def GetSimN(
         self, request: db_pb2.GetSimNRequest, context: grpc.ServicerContext
@@ -100,8 +109,9 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             mode=conv.mode(request.mode),
             ef=request.ef,
             include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
         )
-        return conv.search_response(result)
+        return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
     def DeleteKeys(
         self, request: db_pb2.DeleteKeysRequest, context: grpc.ServicerContext

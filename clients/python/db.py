@@ -21,6 +21,7 @@ from nachbar.client import _db_calls as calls
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
 from nachbar.client.types import (
     DBInfo,
+    Entry,
     GetKeyResult,
     Index,
     Metric,
@@ -113,9 +114,31 @@ class DBClient(SyncClient):
         ids: Iterable[str],
         *,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> GetKeyResult:
-        return self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+        """Entries by id, in request order, and the ids not found. When the entries do not
+        fit into one response they come in several (each with `timeout`).
+
+        include_metadata=False returns no metadata; exclude_metadata_keys leaves those fields
+        out and max_metadata_value_bytes leaves out str, bytes and list values larger than that
+        (each entry's omitted_metadata_keys names what was left out)."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
+        entries: list[Entry] = []
+        missing: list[str] = []
+        pending = list(ids)
+        while True:
+            part, pending = self._caller.call(
+                *calls.get_key(store, pending, include_vectors, selection), timeout
+            )
+            entries += part.entries
+            missing += part.missing_ids
+            if not pending:
+                return GetKeyResult(entries, missing)
 
     def get_by_predicate(
         self,
@@ -125,10 +148,20 @@ class DBClient(SyncClient):
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> Page:
+        """One page of entries matching the filter, in id order; follow next_page_token. A page
+        holds fewer than `limit` entries when more would not fit into one response. The
+        metadata options are those of get_key."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return self._caller.call(
-            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors, selection),
+            timeout,
         )
 
     def get_sim_n(
@@ -141,10 +174,20 @@ class DBClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
+        """The k entries most similar to `query`, best first. The metadata options are those
+        of get_key; when the k matches would not fit into one response the call raises
+        ResourceExhausted, saying how many fit."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            timeout,
         )
 
     def delete_keys(self, store: str, ids: Iterable[str], *, timeout: float | None = None) -> int:
@@ -235,9 +278,31 @@ class AsyncDBClient(AsyncClient):
         ids: Iterable[str],
         *,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> GetKeyResult:
-        return await self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+        """Entries by id, in request order, and the ids not found. When the entries do not
+        fit into one response they come in several (each with `timeout`).
+
+        include_metadata=False returns no metadata; exclude_metadata_keys leaves those fields
+        out and max_metadata_value_bytes leaves out str, bytes and list values larger than that
+        (each entry's omitted_metadata_keys names what was left out)."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
+        entries: list[Entry] = []
+        missing: list[str] = []
+        pending = list(ids)
+        while True:
+            part, pending = await self._caller.call(
+                *calls.get_key(store, pending, include_vectors, selection), timeout
+            )
+            entries += part.entries
+            missing += part.missing_ids
+            if not pending:
+                return GetKeyResult(entries, missing)
 
     async def get_by_predicate(
         self,
@@ -247,10 +312,20 @@ class AsyncDBClient(AsyncClient):
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> Page:
+        """One page of entries matching the filter, in id order; follow next_page_token. A page
+        holds fewer than `limit` entries when more would not fit into one response. The
+        metadata options are those of get_key."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return await self._caller.call(
-            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors, selection),
+            timeout,
         )
 
     async def get_sim_n(
@@ -263,10 +338,20 @@ class AsyncDBClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
+        """The k entries most similar to `query`, best first. The metadata options are those
+        of get_key; when the k matches would not fit into one response the call raises
+        ResourceExhausted, saying how many fit."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return await self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            timeout,
         )
 
     async def delete_keys(

@@ -54,6 +54,8 @@ class Entry:
     id: str
     metadata: Metadata
     vector: list[float] | None = None
+    # Fields the entry has that exclude_metadata_keys / max_metadata_value_bytes left out.
+    omitted_metadata_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Match:
     score: float
     metadata: Metadata
     vector: list[float] | None = None
+    omitted_metadata_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

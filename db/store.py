@@ -432,7 +432,13 @@ class StoreState:
         assert entry_id is not None and meta is not None
         vector = self._vectors[slot].copy() if include_vectors else None
         selected, omitted = select_metadata(meta, selection)
-        return Entry(id=entry_id, vector=vector, metadata=selected, omitted_keys=omitted)
+        return Entry(
+            id=entry_id,
+            vector=vector,
+            metadata=selected,
+            omitted_keys=omitted,
+            stored_bytes=int(self._row_bytes[slot]),
+        )
 
     def matching(self, flt: Filter | None) -> np.ndarray:
         """Boolean mask over slots [0, size) of live entries that match `flt`."""
@@ -523,6 +529,7 @@ class StoreState:
                     metadata=selected,
                     vector=self._vectors[slot].copy() if include_vectors else None,
                     omitted_keys=omitted,
+                    stored_bytes=int(self._row_bytes[slot]),
                 )
             )
         return SearchResult(matches=matches, plan=plan)

@@ -115,6 +115,9 @@ class Entry:
     metadata: Metadata = field(default_factory=dict)
     # Fields the entry has that a read's MetadataSelection left out (never set on writes).
     omitted_keys: tuple[str, ...] = ()
+    # On reads: the bytes of the entry's row in the database file (id, vector, metadata as
+    # JSON), which bounds the size of any encoding of it; 0 when unknown. Not part of equality.
+    stored_bytes: int = 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
@@ -136,6 +139,7 @@ class Match:
     metadata: Metadata
     vector: np.ndarray | None = None
     omitted_keys: tuple[str, ...] = ()  # as on Entry
+    stored_bytes: int = 0  # as on Entry
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Match):

@@ -173,61 +173,6 @@ def metadata_selection(
     )
 
 
-# ---- encoded sizes ---------------------------------------------------------------------------
-#
-# Exact sizes (upper bounds where noted) of the messages a read would send, computed from the
-# domain objects so that a response over the limit is refused or cut before it is built. Every
-# field number involved is below 16, so each tag is one byte.
-
-
-def _varint_size(value: int) -> int:
-    if value < 0:
-        return 10  # negative int64 values take ten bytes
-    return max(1, (value.bit_length() + 6) // 7)
-
-
-def _delimited(payload: int) -> int:
-    """A length-delimited field: tag, length, payload."""
-    return 1 + _varint_size(payload) + payload
-
-
-def value_size(value: types.MetadataValue) -> int:
-    """Encoded size of a MetadataValue message."""
-    if isinstance(value, str):
-        return _delimited(utf8_length(value))
-    if isinstance(value, bool):
-        return 2
-    if isinstance(value, int):
-        return 1 + _varint_size(value)
-    if isinstance(value, float):
-        return 9
-    if isinstance(value, bytes):
-        return _delimited(len(value))
-    return _delimited(sum(_delimited(utf8_length(item)) for item in value))
-
-
-def field_size(key: str, value: types.MetadataValue) -> int:
-    """Encoded size of one metadata map entry (as a field of Entry or Match)."""
-    return _delimited(_delimited(utf8_length(key)) + _delimited(value_size(value)))
-
-
-def ids_size(ids: Iterable[str]) -> int:
-    """Encoded size of a repeated string field holding `ids`."""
-    return sum(_delimited(utf8_length(i)) for i in ids)
-
-
-def entry_size(value: types.Entry | types.Match) -> int:
-    """Encoded size of an Entry or Match as an element of a response's repeated field (for a
-    Match an upper bound: a zero score takes no bytes)."""
-    size = _delimited(utf8_length(value.id)) + ids_size(value.omitted_keys)
-    size += sum(field_size(k, v) for k, v in value.metadata.items())
-    if value.vector is not None and len(value.vector):
-        size += _delimited(4 * len(value.vector))
-    if isinstance(value, types.Match):
-        size += 5
-    return _delimited(size)
-
-
 def filter_from_proto(
     proto: common_pb2.Filter,
     limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
@@ -309,3 +254,84 @@ def optional_filter(
     if not holder.HasField(field):  # type: ignore[attr-defined]
         return None
     return filter_from_proto(getattr(holder, field), limits, max_bytes)
+
+
+# ---- encoded sizes ---------------------------------------------------------------------------
+#
+# Exact sizes (upper bounds where noted) of the messages a read would send, computed from the
+# domain objects so that a response over the limit is refused or cut before it is built. Every
+# field number involved is below 16, so each tag is one byte.
+
+
+def _varint_size(value: int) -> int:
+    if value < 0:
+        return 10  # negative int64 values take ten bytes
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _delimited(payload: int) -> int:
+    """A length-delimited field: tag, length, payload."""
+    if payload < 128:  # the common case, without a call
+        return payload + 2
+    return 1 + _varint_size(payload) + payload
+
+
+def value_size(value: types.MetadataValue) -> int:
+    """Encoded size of a MetadataValue message."""
+    if isinstance(value, str):
+        return _delimited(utf8_length(value))
+    if isinstance(value, bool):
+        return 2
+    if isinstance(value, int):
+        return 1 + _varint_size(value)
+    if isinstance(value, float):
+        return 9
+    if isinstance(value, bytes):
+        return _delimited(len(value))
+    return _delimited(sum(_delimited(utf8_length(item)) for item in value))
+
+
+def field_size(key: str, value: types.MetadataValue) -> int:
+    """Encoded size of one metadata map entry (as a field of Entry or Match)."""
+    return _delimited(_delimited(utf8_length(key)) + _delimited(value_size(value)))
+
+
+def metadata_size(metadata: Mapping[str, types.MetadataValue]) -> int:
+    """Encoded size of a metadata map: the sum of field_size, computed inline because every
+    match of every search passes here."""
+    size = 0
+    for key, value in metadata.items():
+        kind = type(value)
+        if kind is str:
+            payload = len(value) if value.isascii() else utf8_length(value)  # type: ignore[union-attr, arg-type]
+            inner = payload + 2 if payload < 128 else _delimited(payload)
+        elif kind is int and 0 <= value < 128:  # type: ignore[operator]
+            inner = 2
+        elif kind is float or kind is bool:
+            inner = 9 if kind is float else 2
+        else:
+            inner = value_size(value)
+        key_size = len(key) if key.isascii() else utf8_length(key)
+        entry = (key_size + 2 if key_size < 128 else _delimited(key_size)) + (
+            inner + 2 if inner < 128 else _delimited(inner)
+        )
+        size += entry + 2 if entry < 128 else _delimited(entry)
+    return size
+
+
+def ids_size(ids: Iterable[str]) -> int:
+    """Encoded size of a repeated string field holding `ids`."""
+    return sum(_delimited(utf8_length(i)) for i in ids)
+
+
+def entry_size(value: types.Entry | types.Match) -> int:
+    """Encoded size of an Entry or Match as an element of a response's repeated field (for a
+    Match an upper bound: a zero score takes no bytes)."""
+    size = _delimited(utf8_length(value.id)) + metadata_size(value.metadata)
+    if value.omitted_keys:
+        size += ids_size(value.omitted_keys)
+    if value.vector is not None and len(value.vector):
+        size += _delimited(4 * len(value.vector))
+    if isinstance(value, types.Match):
+        size += 5
+    return _delimited(size)

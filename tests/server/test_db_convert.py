@@ -128,6 +128,7 @@ def test_the_stored_size_bound_is_never_below_the_encoded_size(tmp_path: Path) -
                 matches = db.get_sim_n(
                     "s", vector, len(ids), include_vectors=with_vectors, metadata=selection
                 ).matches
-                for item in [*found, *matches]:
+                items: list[types.Entry | types.Match] = [*found, *matches]
+                for item in items:
                     assert item.stored_bytes > 0
                     assert responses.stored_size_bound([item]) >= conv.entry_size(item), item.id

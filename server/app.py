@@ -103,8 +103,8 @@ def _lenient_decoder(
                     "an all_of is one all_of, not(not(x)) is x)"
                 )
             return UndecodableRequest(
-                f"{method}: the request is not a valid {request_type.full_name} ({error}); "
-                "encode it from nachbar's .proto files"
+                f"{method}: the request is not a valid protobuf message of type "
+                f"{request_type.full_name} ({error}); send the message the .proto file declares"
             )
 
     return decode

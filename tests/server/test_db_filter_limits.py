@@ -181,7 +181,9 @@ def test_deeply_nested_or_corrupt_requests_are_invalid_argument_not_internal(
         with pytest.raises(grpc.RpcError) as caught:
             raw(b"\xff\xff\xff\xff", timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "not a valid nachbar.db.v1.GetSimNRequest" in (caught.value.details() or "")
+        assert "not a valid protobuf message of type nachbar.db.v1.GetSimNRequest" in (
+            caught.value.details() or ""
+        )
         still_serving(stub)
 
 

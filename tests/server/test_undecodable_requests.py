@@ -56,7 +56,9 @@ def test_ai_service_refuses_undecodable_requests_with_invalid_argument(tmp_path:
             with pytest.raises(grpc.RpcError) as caught:
                 raw(b"\x0a\xff", timeout=10)  # a string field whose length runs past the end
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "not a valid nachbar.ai.v1.EmbedRequest" in (caught.value.details() or "")
+            assert "not a valid protobuf message of type nachbar.ai.v1.EmbedRequest" in (
+                caught.value.details() or ""
+            )
             stub.Ping(ai_pb2.PingRequest(), timeout=10)  # still serving
     finally:
         ai.stop(grace=1)

@@ -60,6 +60,7 @@ from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
     ALL_METADATA,
     Entry,
+    EntryBatch,
     FsyncPolicy,
     IndexLoadReport,
     MetadataSelection,
@@ -230,20 +231,25 @@ class Database:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def upsert(self, name: str, entries: Sequence[Entry]) -> UpsertResult:
+    def upsert(self, name: str, entries: Sequence[Entry] | EntryBatch) -> UpsertResult:
         """Insert or replace entries by id, atomically: all of them or none."""
         state = self._state(name)
         ids, vectors, metas = validation.upsert_batch(state.spec, entries)
-        # Encoding is independent of the store's state: do it before taking the lock.
-        blobs = [codec.encode_vector(v) for v in vectors]
+        # Encoding is independent of the store's state: do it before taking the lock. Vector
+        # blobs are views of the batch's rows, made one at a time, not a copy of the batch.
+        stored = codec.vector_rows(vectors)
         jsons = [codec.encode_metadata(m) for m in metas]
-        sizes = [row_bytes(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
-        checksums = [codec.row_checksum(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
+        sizes = [row_bytes(i, codec.blob(v), j) for i, v, j in zip(ids, stored, jsons, strict=True)]
+        checksums = [
+            codec.row_checksum(i, codec.blob(v), j)
+            for i, v, j in zip(ids, stored, jsons, strict=True)
+        ]
         with self._writing(state):
             slots, is_new = state.assign_slots(ids)
             state.reserve(max(slots) + 1)
             seq = state.seq + 1
-            rows = list(zip(ids, slots, blobs, jsons, checksums, strict=True))
+            blobs = map(codec.blob, stored)
+            rows = zip(ids, slots, blobs, jsons, checksums, strict=True)
             with self._storage.transaction() as conn:
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
                 Storage.set_seq(conn, state.store_id, seq)

@@ -45,6 +45,7 @@ from nachbar.db.types import (
 log = logging.getLogger("nachbar.db")
 
 INITIAL_CAPACITY = 1024
+NORM_BLOCK_ROWS = 256
 # The planner scans exactly when (matching entries x dimension) is at most this many floats:
 # under a millisecond of numpy (gathering scattered rows is memory-bound), and exact results.
 EXACT_SCAN_BUDGET = 1_000_000
@@ -74,9 +75,18 @@ def _dots(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
 def row_norms(vectors: np.ndarray) -> np.ndarray:
     """Euclidean norms of float32 rows, summed in float64 a block at a time."""
     out = np.empty(len(vectors), dtype=np.float64)
-    for start in range(0, len(vectors), 4096):
-        block = vectors[start : start + 4096].astype(np.float64)
-        out[start : start + 4096] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    # Small blocks: the float64 copy is temporary memory per call, however large the batch.
+    for start in range(0, len(vectors), NORM_BLOCK_ROWS):
+        block = vectors[start : start + NORM_BLOCK_ROWS].astype(np.float64)
+        out[start : start + NORM_BLOCK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return out
+
+
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    """`array` in a zeroed array of `capacity` rows: one allocation and no zero-filled
+    temporary (np.zeros leaves untouched pages unallocated)."""
+    out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
     return out
 
 
@@ -168,13 +178,10 @@ class StoreState:
         capacity = len(self._alive)
         if size > capacity:
             new_capacity = max(size, capacity * 2)
-            grow = new_capacity - capacity
-            self._vectors = np.concatenate(
-                [self._vectors, np.zeros((grow, self.spec.dimension), dtype=np.float32)]
-            )
-            self._norms = np.concatenate([self._norms, np.zeros(grow)])
-            self._row_bytes = np.concatenate([self._row_bytes, np.zeros(grow, dtype=np.int64)])
-            self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
+            self._vectors = _grown(self._vectors, new_capacity)
+            self._norms = _grown(self._norms, new_capacity)
+            self._row_bytes = _grown(self._row_bytes, new_capacity)
+            self._alive = _grown(self._alive, new_capacity)
         if self.graph is not None:
             self.graph.reserve(size)
 
@@ -355,10 +362,13 @@ class StoreState:
         if size > old_size:
             self.ids.extend([None] * (size - old_size))
             self.metas.extend([None] * (size - old_size))
-        # The graph only needs the new entries and those whose vector changed.
-        changed = np.array(is_new, dtype=bool) | ~np.all(
-            self._vectors[slot_array] == vectors, axis=1
-        )
+        # The graph only needs the new entries and those whose vector changed; only replaced
+        # entries are compared, so an insert-only batch is not copied for it.
+        changed = np.array(is_new, dtype=bool)
+        replaced = np.flatnonzero(~changed)
+        if len(replaced):
+            same = np.all(self._vectors[slot_array[replaced]] == vectors[replaced], axis=1)
+            changed[replaced[~same]] = True
         for entry_id, slot, meta in zip(ids, slots, metas, strict=True):
             self.ids[slot] = entry_id
             self.metas[slot] = meta
@@ -373,7 +383,8 @@ class StoreState:
         if any(is_new):
             self._id_order = None
         self.seq = seq
-        self._update_graph(slot_array[changed], np.empty(0, dtype=np.int64))
+        added = vectors if changed.all() else vectors[changed]  # no copy for a fresh batch
+        self._update_graph(slot_array[changed], np.empty(0, dtype=np.int64), added)
 
     def apply_delete(self, slots: Sequence[int], seq: int) -> None:
         slot_array = np.asarray(slots, dtype=np.int64)
@@ -392,11 +403,15 @@ class StoreState:
         self.seq = seq
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
 
-    def _update_graph(self, added: np.ndarray, deleted: np.ndarray) -> None:
+    def _update_graph(
+        self, added: np.ndarray, deleted: np.ndarray, vectors: np.ndarray | None = None
+    ) -> None:
+        """Add the entries in slots `added` (their vectors, when the caller has them at hand)
+        to the graph and mark those in `deleted` deleted."""
         if self.graph is None or self.graph_broken:
             return
         try:
-            self.graph.add(self._vectors[added], added)
+            self.graph.add(self._vectors[added] if vectors is None else vectors, added)
             self.graph.mark_deleted(deleted)
         except Exception:  # SQLite has the data; searches fall back to scans
             log.exception(
@@ -637,7 +652,7 @@ class StoreState:
         return list(zip(slots[best].tolist(), scores[best].tolist(), strict=True))
 
 
-def row_bytes(entry_id: str, vector: bytes, metadata_json: str) -> int:
+def row_bytes(entry_id: str, vector: bytes | memoryview, metadata_json: str) -> int:
     """Approximate bytes an entry's row takes in the database file."""
-    id_bytes = len(entry_id.encode("utf-8"))
-    return id_bytes + len(vector) + len(metadata_json.encode("utf-8")) + ROW_OVERHEAD_BYTES
+    id_bytes = codec.utf8_length(entry_id)
+    return id_bytes + len(vector) + codec.utf8_length(metadata_json) + ROW_OVERHEAD_BYTES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, TypeAlias
@@ -130,6 +130,16 @@ class Entry:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class EntryBatch:
+    """Entries to upsert as columns: ids, one (n, dimension) float32 matrix, metadata. The same
+    as a list of Entry, without an array per vector (how the server hands over a request)."""
+
+    ids: Sequence[str]
+    vectors: np.ndarray
+    metadata: Sequence[Mapping[str, MetadataValue]]
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,7 +3,8 @@ is built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -116,6 +117,26 @@ def metadata(proto: Mapping[str, common_pb2.MetadataValue]) -> dict[str, types.M
 
 def entry(proto: db_pb2.Entry) -> types.Entry:
     return types.Entry(id=proto.id, vector=vector(proto.vector), metadata=metadata(proto.metadata))
+
+
+def upsert_entries(
+    entries: Sequence[db_pb2.Entry],
+) -> types.EntryBatch | list[types.Entry]:
+    """The entries of an Upsert. Vectors of one length are read into one float32 matrix
+    straight from the message, with no array or list per vector; otherwise entry by entry, so
+    that the store names the entry whose vector has the wrong length."""
+    if not entries:
+        return []
+    dimension = len(entries[0].vector)
+    if any(len(e.vector) != dimension for e in entries):
+        return [entry(e) for e in entries]
+    values = chain.from_iterable(e.vector for e in entries)
+    matrix = np.fromiter(values, dtype=np.float32, count=len(entries) * dimension)
+    return types.EntryBatch(
+        ids=[e.id for e in entries],
+        vectors=matrix.reshape(len(entries), dimension),
+        metadata=[metadata(e.metadata) for e in entries],
+    )
 
 
 def fill_metadata(

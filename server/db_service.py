@@ -65,7 +65,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def Upsert(
         self, request: db_pb2.UpsertRequest, context: grpc.ServicerContext
     ) -> db_pb2.UpsertResponse:
-        result = self._db.upsert(request.store, [conv.entry(e) for e in request.entries])
+        result = self._db.upsert(request.store, conv.upsert_entries(request.entries))
         return db_pb2.UpsertResponse(inserted=result.inserted, updated=result.updated)
 
     def GetKey(

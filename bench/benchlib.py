@@ -222,9 +222,15 @@ def _script(name: str) -> str:
 
 
 def start_nachbar(
-    script: str, args: Sequence[str], workdir: Path, *, timeout: float = 120.0
+    script: str,
+    args: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> ChildServer:
-    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING."""
+    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING. `env`
+    adds to the environment (PYTHONPATH from `baseline_tree` runs another checkout's code)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"{script}.port"
     port_file.unlink(missing_ok=True)
@@ -243,7 +249,9 @@ def start_nachbar(
         *args,
     ]
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     deadline = time.monotonic() + timeout
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -345,6 +353,25 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def baseline_tree(rev: str, workdir: Path) -> dict[str, str]:
+    """The environment that makes Python import nachbar from git revision `rev` of this repo:
+    its files exported under `workdir` and laid out by import path (nachbar.db = db/, ...), put
+    first on PYTHONPATH. Compares two versions in the same run, on the same machine load."""
+    source = workdir / f"baseline-{rev}"
+    source.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    package = workdir / f"baseline-{rev}-path" / "nachbar"
+    package.mkdir(parents=True, exist_ok=True)
+    layout = {"db": "db", "ai": "ai", "server": "server", "cli": "cli"}
+    layout |= {"client": "clients/python", "v1": "proto/nachbar/v1"}
+    for name, folder in layout.items():
+        (package / name).symlink_to(source / folder)
+    return {"PYTHONPATH": str(package.parent)}
 
 
 # --- machine facts and reporting ------------------------------------------------------------

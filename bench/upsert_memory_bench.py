@@ -14,7 +14,12 @@ Shapes (each about --megabytes of request):
 - bytes:   three entries whose metadata holds a large bytes value (nachbar-ai's stored images);
 - text:    three entries whose metadata holds a large string (nachbar-ai's stored texts).
 
-Run: .venv/bin/python bench/upsert_memory_bench.py  (no peers needed; about a minute)
+With --baseline-rev REV the same requests also go to a server running git revision REV of
+this repo (exported to a scratch directory), alternating with this checkout's server shape by
+shape, and the table adds the ratio of the two.
+
+Run: .venv/bin/python bench/upsert_memory_bench.py --baseline-rev main  (no peers needed; a few
+minutes)
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ class Config:
     megabytes: float
     concurrent: int
     shapes: tuple[str, ...]
+    baseline_rev: str
 
 
 @dataclass(frozen=True)
 class Measure:
     shape: str
+    version: str  # "this checkout" or the baseline revision
     requests: int
     request_mb: float  # wire size of one request
     rss_before_mb: float
@@ -97,14 +104,17 @@ def make_request(shape: str, megabytes: float, seed: int) -> Any:
     return request
 
 
-def measure(shape: str, config: Config, workdir: Path) -> Measure:
+def measure(
+    shape: str, config: Config, workdir: Path, version: str, env: dict[str, str] | None
+) -> Measure:
     import grpc
 
     from nachbar.client import DBClient, Exact
     from nachbar.v1 import db_pb2_grpc
 
+    data = workdir / f"{shape}-{len(version)}-{time.monotonic_ns()}"
     server = benchlib.start_nachbar(
-        "nachbar-db", ["--data-dir", str(workdir / shape), "--fsync", "normal"], workdir
+        "nachbar-db", ["--data-dir", str(data), "--fsync", "normal"], workdir, env=env
     )
     try:
         with DBClient(server.address, timeout=600) as client:
@@ -146,6 +156,7 @@ def measure(shape: str, config: Config, workdir: Path) -> Measure:
         server.stop()
     return Measure(
         shape=shape,
+        version=version,
         requests=config.concurrent,
         request_mb=requests[0].ByteSize() / MB,
         rss_before_mb=before / 1024,
@@ -155,30 +166,42 @@ def measure(shape: str, config: Config, workdir: Path) -> Measure:
 
 
 def render(measures: Sequence[Measure]) -> str:
-    rows = [
-        [
-            m.shape,
-            m.requests,
-            f"{m.request_mb:.1f}",
-            f"{m.rss_before_mb:.0f}",
-            f"{m.peak_growth_mb:.0f}",
-            f"{m.growth_per_request_mb:.2f}",
-            f"{m.kept_mb:.0f}",
-        ]
-        for m in measures
-    ]
+    current = {m.shape: m for m in measures if m.version == THIS}
+    rows = []
+    for m in measures:
+        ratio = ""
+        if m.version != THIS and m.shape in current:
+            ratio = f"{current[m.shape].peak_growth_mb / m.peak_growth_mb:.2f}"
+        rows.append(
+            [
+                m.shape,
+                m.version,
+                m.requests,
+                f"{m.request_mb:.1f}",
+                f"{m.rss_before_mb:.0f}",
+                f"{m.peak_growth_mb:.0f}",
+                f"{m.growth_per_request_mb:.2f}",
+                f"{m.kept_mb:.0f}",
+                ratio,
+            ]
+        )
     return markdown_table(
         [
             "shape",
+            "server",
             "requests at once",
             "MB per request",
             "RSS before (MB)",
             "peak RSS growth (MB)",
             "peak growth per request MB",
             "kept after (MB)",
+            "this checkout / baseline (peak growth)",
         ],
         rows,
     )
+
+
+THIS = "this checkout"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -186,19 +209,34 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--megabytes", type=float, default=60.0, help="size of each request")
     parser.add_argument("--concurrent", type=int, default=1, help="requests sent at once")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes")
+    parser.add_argument(
+        "--baseline-rev", default="", help="also measure this git revision, e.g. main"
+    )
     ns = parser.parse_args(argv)
     shapes = tuple(s for s in ns.shapes.split(",") if s)
     unknown = set(shapes) - set(SHAPES)
     if unknown:
         parser.error(f"unknown shapes {sorted(unknown)}; use {', '.join(SHAPES)}")
-    return Config(megabytes=ns.megabytes, concurrent=ns.concurrent, shapes=shapes)
+    return Config(
+        megabytes=ns.megabytes,
+        concurrent=ns.concurrent,
+        shapes=shapes,
+        baseline_rev=ns.baseline_rev,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     log(benchlib.describe_load("before"))
     with benchlib.scratch_dir("nachbar-upsert-memory") as workdir:
-        measures = [measure(shape, config, workdir) for shape in config.shapes]
+        baseline = (
+            benchlib.baseline_tree(config.baseline_rev, workdir) if config.baseline_rev else None
+        )
+        measures = []
+        for shape in config.shapes:
+            if baseline is not None:
+                measures.append(measure(shape, config, workdir, config.baseline_rev, baseline))
+            measures.append(measure(shape, config, workdir, THIS, None))
     log(benchlib.describe_load("after"))
     print(render(measures))
 

@@ -47,7 +47,11 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         self, request: db_pb2.DropStoreRequest, context: grpc.ServicerContext
     ) -> db_pb2.DropStoreResponse:
         return db_pb2.DropStoreResponse(
-            dropped=self._db.drop_store(request.store, missing_ok=request.missing_ok)
+            dropped=self._db.drop_store(
+                request.store,
+                missing_ok=request.missing_ok,
+                expected_store_id=request.expected_store_id,
+            )
         )
 
     def ListStores(
@@ -65,7 +69,11 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def Upsert(
         self, request: db_pb2.UpsertRequest, context: grpc.ServicerContext
     ) -> db_pb2.UpsertResponse:
-        result = self._db.upsert(request.store, conv.upsert_entries(request.entries))
+        result = self._db.upsert(
+            request.store,
+            conv.upsert_entries(request.entries),
+            expected_store_id=request.expected_store_id,
+        )
         return db_pb2.UpsertResponse(inserted=result.inserted, updated=result.updated)
 
     def GetKey(
@@ -76,6 +84,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             list(request.ids),
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
+            expected_store_id=request.expected_store_id,
         )
         return responses.get_key(
             request.store,
@@ -95,6 +104,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             page_token=request.page_token,
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
+            expected_store_id=request.expected_store_id,
         )
         return responses.page(request.store, page, self._limit(request.max_response_bytes))
 
@@ -110,13 +120,17 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             ef=request.ef,
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
+            expected_store_id=request.expected_store_id,
         )
         return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
     def DeleteKeys(
         self, request: db_pb2.DeleteKeysRequest, context: grpc.ServicerContext
     ) -> db_pb2.DeleteResponse:
-        return db_pb2.DeleteResponse(deleted=self._db.delete_keys(request.store, list(request.ids)))
+        deleted = self._db.delete_keys(
+            request.store, list(request.ids), expected_store_id=request.expected_store_id
+        )
+        return db_pb2.DeleteResponse(deleted=deleted)
 
     def DeleteByPredicate(
         self, request: db_pb2.DeleteByPredicateRequest, context: grpc.ServicerContext
@@ -127,7 +141,10 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
                 f"DeleteByPredicate on {request.store!r} needs a filter; "
                 "to delete everything, use DropStore"
             )
-        return db_pb2.DeleteResponse(deleted=self._db.delete_by_predicate(request.store, flt))
+        deleted = self._db.delete_by_predicate(
+            request.store, flt, expected_store_id=request.expected_store_id
+        )
+        return db_pb2.DeleteResponse(deleted=deleted)
 
     def CreatePredIndex(
         self, request: db_pb2.CreatePredIndexRequest, context: grpc.ServicerContext

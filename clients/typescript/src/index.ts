@@ -21,7 +21,10 @@ export type {
   ReadOptions,
   UpsertOptions,
 } from './db';
+export { DEFAULTS } from './defaults';
+export type { Defaults } from './defaults';
 export {
+  AbortedError,
   AlreadyExistsError,
   CancelledError,
   DataLossError,

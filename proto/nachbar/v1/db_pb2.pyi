@@ -108,18 +108,23 @@ class StoreInfo(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     BYTES_USED_FIELD_NUMBER: _builtins.int
     STORE_METADATA_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dimension: _builtins.int
     metric: _common_pb2.Metric.ValueType
     count: _builtins.int
     bytes_used: _builtins.int
     """Bytes on disk for this store: its rows in the database file plus its saved index."""
+    store_id: _builtins.int
+    """Never reused: a store dropped and created again under the same name gets a new id."""
     @_builtins.property
     def index(self) -> _common_pb2.IndexConfig:
         """The index with every default resolved."""
 
     @_builtins.property
-    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metadata fields with a predicate (field) index."""
+
     @_builtins.property
     def store_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Opaque string attributes set at creation (nachbar-ai keeps its model bindings here)."""
@@ -135,10 +140,11 @@ class StoreInfo(_message.Message):
         count: _builtins.int = ...,
         bytes_used: _builtins.int = ...,
         store_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_metadata", b"store_metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_id", b"store_id", "store_metadata", b"store_metadata"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,17 +240,24 @@ class DropStoreRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     MISSING_OK_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     missing_ok: _builtins.bool
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     def __init__(
         self,
         *,
         store: _builtins.str = ...,
         missing_ok: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_ok", b"missing_ok", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "missing_ok", b"missing_ok", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,7 +362,13 @@ class UpsertRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]: ...
     def __init__(
@@ -357,10 +376,11 @@ class UpsertRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         entries: _abc.Iterable[Global___Entry] | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "expected_store_id", b"expected_store_id", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,6 +420,7 @@ class GetKeyRequest(_message.Message):
     MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     include_vectors: _builtins.bool
     include_metadata: _builtins.bool
@@ -416,6 +437,11 @@ class GetKeyRequest(_message.Message):
     """When the entries found do not fit into one response, return those that fit (in request
     order) and list the others in unreturned_ids. Without it such a request fails with
     RESOURCE_EXHAUSTED.
+    """
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
     """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -434,10 +460,11 @@ class GetKeyRequest(_message.Message):
         max_metadata_value_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
         allow_partial: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "allow_partial", b"allow_partial", "exclude_metadata_keys", b"exclude_metadata_keys", "ids", b"ids", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "allow_partial", b"allow_partial", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "ids", b"ids", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
     _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
@@ -490,6 +517,7 @@ class GetByPredicateRequest(_message.Message):
     EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     limit: _builtins.int
     """Page size; 0 means 100. At most 10000. A page holds fewer entries (and a
@@ -502,6 +530,11 @@ class GetByPredicateRequest(_message.Message):
     """As in GetKeyRequest."""
     max_metadata_value_bytes: _builtins.int
     max_response_bytes: _builtins.int
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.Filter:
         """Unset matches every entry."""
@@ -520,10 +553,11 @@ class GetByPredicateRequest(_message.Message):
         exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
         max_metadata_value_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "exclude_metadata_keys", b"exclude_metadata_keys", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "limit", b"limit", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "limit", b"limit", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
     _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
@@ -570,6 +604,7 @@ class GetSimNRequest(_message.Message):
     EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
     """How many results; must be >= 1."""
@@ -583,6 +618,11 @@ class GetSimNRequest(_message.Message):
     """
     max_metadata_value_bytes: _builtins.int
     max_response_bytes: _builtins.int
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
@@ -603,10 +643,11 @@ class GetSimNRequest(_message.Message):
         exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
         max_metadata_value_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
     _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
@@ -640,13 +681,15 @@ class Match(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ID_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     OMITTED_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    score: _builtins.float
-    """Similarity, higher is better; its meaning per metric is documented on Metric."""
+    similarity: _builtins.float
+    """Higher is more similar; its meaning per metric is documented on Metric. (Named `score`
+    before; field 2 either way.)
+    """
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -659,14 +702,14 @@ class Match(_message.Message):
         self,
         *,
         id: _builtins.str = ...,
-        score: _builtins.float = ...,
+        similarity: _builtins.float = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
         omitted_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "score", b"score", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -704,7 +747,13 @@ class DeleteKeysRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -712,10 +761,11 @@ class DeleteKeysRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "ids", b"ids", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,7 +777,13 @@ class DeleteByPredicateRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.Filter:
         """Required: deleting everything is DropStore."""
@@ -737,10 +793,11 @@ class DeleteByPredicateRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         filter: _common_pb2.Filter | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "filter", b"filter", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

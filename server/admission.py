@@ -289,8 +289,13 @@ class AdmissionInterceptor(_Interceptor):
                     raw = next(messages, None)  # read only now: queued requests hold no bytes
                     if raw is None:
                         raise RequestError(f"{method} needs exactly one request message")
-                    with admission.budget.holding(len(raw), bulk=True):
-                        return call(_parsed(parse, method, raw), context)
+                    size = len(raw)
+                    with admission.budget.holding(size, bulk=True):
+                        request = _parsed(parse, method, raw)
+                        # Nothing else holds the bytes: free them before the method runs (a
+                        # 60 MB Upsert peaks about one request size lower).
+                        del raw
+                        return call(request, context)
             except (Overloaded, RequestError) as error:
                 abort_for(context, error, method)
 

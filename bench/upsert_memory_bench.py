@@ -53,6 +53,7 @@ class Measure:
     shape: str
     version: str  # "this checkout" or the baseline revision
     requests: int
+    refused: int  # answered RESOURCE_EXHAUSTED by admission control (the in-flight budget)
     request_mb: float  # wire size of one request
     rss_before_mb: float
     peak_growth_mb: float
@@ -60,7 +61,9 @@ class Measure:
 
     @property
     def growth_per_request_mb(self) -> float:
-        return self.peak_growth_mb / (self.request_mb * self.requests)
+        """Peak growth per MB of the requests the server took on."""
+        taken = self.requests - self.refused
+        return self.peak_growth_mb / (self.request_mb * taken) if taken else float("nan")
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -134,7 +137,7 @@ def measure(
             if not _reset_peak(pid):
                 log("cannot reset VmHWM; the peak includes the warm-up")
             before = _status_kb(pid, "VmRSS")
-            errors: list[BaseException] = []
+            errors: list[grpc.RpcError] = []
 
             def send(request: Any) -> None:
                 try:
@@ -147,8 +150,11 @@ def measure(
                 thread.start()
             for thread in threads:
                 thread.join()
-            if errors:
+            refused = [e for e in errors if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+            if len(refused) < len(errors):
                 raise RuntimeError(f"upsert failed: {errors[0]}")
+            if refused:
+                log(f"{len(refused)} refused: {refused[0].details()}")
             peak = _status_kb(pid, "VmHWM")
             time.sleep(0.5)
             after = _status_kb(pid, "VmRSS")
@@ -158,6 +164,7 @@ def measure(
         shape=shape,
         version=version,
         requests=config.concurrent,
+        refused=len(refused),
         request_mb=requests[0].ByteSize() / MB,
         rss_before_mb=before / 1024,
         peak_growth_mb=(peak - before) / 1024,
@@ -177,6 +184,7 @@ def render(measures: Sequence[Measure]) -> str:
                 m.shape,
                 m.version,
                 m.requests,
+                m.refused,
                 f"{m.request_mb:.1f}",
                 f"{m.rss_before_mb:.0f}",
                 f"{m.peak_growth_mb:.0f}",
@@ -190,10 +198,11 @@ def render(measures: Sequence[Measure]) -> str:
             "shape",
             "server",
             "requests at once",
+            "refused (RESOURCE_EXHAUSTED)",
             "MB per request",
             "RSS before (MB)",
             "peak RSS growth (MB)",
-            "peak growth per request MB",
+            "peak growth per MB taken on",
             "kept after (MB)",
             "this checkout / baseline (peak growth)",
         ],

@@ -228,10 +228,12 @@ def start_nachbar(
     *,
     timeout: float = 120.0,
     bin_dir: Path = BIN_DIR,
+    env: dict[str, str] | None = None,
 ) -> ChildServer:
     """Start nachbar-db or nachbar-ai (or the executable at an absolute path) on a free port and
     wait until it reports SERVING. `bin_dir` picks the installation: another checkout's
-    `.venv/bin` runs that version."""
+    `.venv/bin` runs that version. `env` adds to the environment (PYTHONPATH from
+    `baseline_tree` runs another revision's code)."""
     workdir.mkdir(parents=True, exist_ok=True)
     name = Path(script).name
     port_file = workdir / f"{name}.port"
@@ -251,7 +253,9 @@ def start_nachbar(
         *args,
     ]
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     deadline = time.monotonic() + timeout
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -345,6 +349,25 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def baseline_tree(rev: str, workdir: Path) -> dict[str, str]:
+    """The environment that makes Python import nachbar from git revision `rev` of this repo:
+    its files exported under `workdir` and laid out by import path (nachbar.db = db/, ...), put
+    first on PYTHONPATH. Compares two versions in the same run, on the same machine load."""
+    source = workdir / f"baseline-{rev}"
+    source.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    package = workdir / f"baseline-{rev}-path" / "nachbar"
+    package.mkdir(parents=True, exist_ok=True)
+    layout = {"db": "db", "ai": "ai", "server": "server", "cli": "cli"}
+    layout |= {"client": "clients/python", "v1": "proto/nachbar/v1"}
+    for name, folder in layout.items():
+        (package / name).symlink_to(source / folder)
+    return {"PYTHONPATH": str(package.parent)}
 
 
 # --- machine facts and reporting ------------------------------------------------------------

@@ -16,9 +16,9 @@ import base64
 import binascii
 import json
 import math
+import re
 import zlib
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -95,22 +95,73 @@ def _check_text(text: str, where: str) -> None:
         ) from None
 
 
+def utf8_length(text: str) -> int:
+    """len(text.encode("utf-8")) without a full-size copy of a long text."""
+    if text.isascii():  # O(1) in CPython
+        return len(text)
+    if len(text) <= _CHUNK:
+        return len(text.encode("utf-8"))
+    return sum(len(text[i : i + _CHUNK].encode("utf-8")) for i in range(0, len(text), _CHUNK))
+
+
+_CHUNK = 1 << 16
+
+
+def value_bytes(value: MetadataValue) -> int:
+    """The size of a metadata value's data: UTF-8 bytes of text, bytes of bytes, the sum over
+    a string list; 8 for numbers and bools."""
+    if isinstance(value, str):
+        return utf8_length(value)
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, list):
+        return sum(utf8_length(item) for item in value)
+    return 8
+
+
 def encode_metadata(metadata: Metadata) -> str:
-    tagged: dict[str, list[Any]] = {}
-    for key, value in metadata.items():
+    """The typed JSON of `metadata`: what json.dumps(tagged, ensure_ascii=False,
+    separators=(",", ":")) writes, assembled here so that a large value is copied once, into
+    the result (json.dumps copies each string into an escaped piece and then joins the
+    pieces; base64 text and strings without characters to escape need no piece)."""
+    parts: list[str] = ["{"]
+    for position, (key, value) in enumerate(metadata.items()):
+        if position:
+            parts.append(",")
+        _json_string(key, parts)
         if isinstance(value, bool):
-            tagged[key] = ["b", value]
+            parts.append(':["b",true]' if value else ':["b",false]')
         elif isinstance(value, int):
-            tagged[key] = ["i", value]
+            parts.append(f':["i",{int.__repr__(value)}]')
         elif isinstance(value, float):
-            tagged[key] = ["f", value]
+            if not math.isfinite(value):
+                raise ValueError(f"metadata field {key!r} holds {value}, which JSON cannot hold")
+            parts.append(f':["f",{float.__repr__(value)}]')
         elif isinstance(value, str):
-            tagged[key] = ["s", value]
+            parts.append(':["s",')
+            _json_string(value, parts)
+            parts.append("]")
         elif isinstance(value, bytes):
-            tagged[key] = ["y", base64.b64encode(value).decode("ascii")]
+            parts.append(':["y","')
+            parts.append(base64.b64encode(value).decode("ascii"))
+            parts.append('"]')
         else:
-            tagged[key] = ["l", value]
-    return json.dumps(tagged, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            parts.append(':["l",')
+            parts.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+            parts.append("]")
+    parts.append("}")
+    return "".join(parts)
+
+
+# The characters json.dumps escapes when ensure_ascii is off.
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f\\"]')
+
+
+def _json_string(text: str, parts: list[str]) -> None:
+    if _NEEDS_ESCAPE.search(text) is None:
+        parts += ('"', text, '"')
+    else:
+        parts.append(json.dumps(text, ensure_ascii=False))
 
 
 def decode_metadata(text: str) -> Metadata:
@@ -146,9 +197,16 @@ def _decode_value(tag: object, value: object, key: str) -> MetadataValue:
     raise ValueError(f"metadata field {key!r} has an unknown tag {tag!r} or a mismatched value")
 
 
-def encode_vector(vector: np.ndarray) -> bytes:
-    # Little-endian float32 whatever the machine, so data directories can move between hosts.
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+def vector_rows(vectors: np.ndarray) -> np.ndarray:
+    """A float32 matrix whose rows are the vectors' blobs (see `blob`): little-endian float32
+    whatever the machine, so data directories can move between hosts. The matrix itself on
+    little-endian machines, so a batch is not copied again to be written."""
+    return np.ascontiguousarray(vectors, dtype="<f4")
+
+
+def blob(row: np.ndarray) -> memoryview:
+    """The bytes of one row of `vector_rows`, without a copy."""
+    return row.data.cast("B")
 
 
 def decode_vector(blob: bytes) -> np.ndarray:
@@ -156,7 +214,10 @@ def decode_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
-def row_checksum(entry_id: str, vector_blob: bytes, metadata_json: str) -> int:
+def row_checksum(entry_id: str, vector_blob: bytes | memoryview, metadata_json: str) -> int:
     crc = zlib.crc32(entry_id.encode("utf-8"))
     crc = zlib.crc32(vector_blob, crc)
-    return zlib.crc32(metadata_json.encode("utf-8"), crc)
+    # UTF-8 a piece at a time: a long metadata text is not copied whole.
+    for start in range(0, len(metadata_json), _CHUNK):
+        crc = zlib.crc32(metadata_json[start : start + _CHUNK].encode("utf-8"), crc)
+    return crc

@@ -63,9 +63,12 @@ from nachbar.db.hnsw import GraphFiles
 from nachbar.db.storage import Storage
 from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
+    ALL_METADATA,
     Entry,
+    EntryBatch,
     FsyncPolicy,
     IndexLoadReport,
+    MetadataSelection,
     Page,
     SearchMode,
     SearchResult,
@@ -97,10 +100,12 @@ class Database:
         lock_handle: int,
         fsync: FsyncPolicy,
         stores: dict[str, StoreState],
+        filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> None:
         # Use Database.open().
         self.data_dir = data_dir
         self.fsync: FsyncPolicy = fsync
+        self.filter_limits = filter_limits
         self._storage = storage
         self._lock_handle = lock_handle
         self._stores = stores
@@ -119,11 +124,13 @@ class Database:
         fsync: FsyncPolicy = "full",
         checkpoint_seconds: float = 300.0,
         integrity_check: bool = True,
+        filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> Database:
         """Open the data directory (created if missing) and restore every store.
 
         checkpoint_seconds: how often changed HNSW graphs are saved in the background (0: only
-        on flush/close). integrity_check: run SQLite's quick_check on open.
+        on flush/close). integrity_check: run SQLite's quick_check on open. filter_limits: how
+        large a filter a request may send.
         """
         if fsync not in FSYNC_POLICIES:
             raise InvalidArgumentError(
@@ -149,7 +156,7 @@ class Database:
                 storage.close()
             os.close(lock_handle)
             raise
-        db = cls(data_dir, storage, lock_handle, fsync, stores)
+        db = cls(data_dir, storage, lock_handle, fsync, stores, filter_limits)
         if checkpoint_seconds > 0:
             db._start_checkpointer(checkpoint_seconds)
         return db
@@ -238,7 +245,7 @@ class Database:
     # ---- writes ------------------------------------------------------------------------------
 
     def upsert(
-        self, name: str, entries: Sequence[Entry], *, expected_store_id: int = 0
+        self, name: str, entries: Sequence[Entry] | EntryBatch, *, expected_store_id: int = 0
     ) -> UpsertResult:
         """Insert or replace entries by id, atomically: all of them or none.
 
@@ -246,18 +253,23 @@ class Database:
         set, StoreChangedError unless the name still denotes that store."""
         state = self._state(name, expected_store_id)
         ids, vectors, metas = validation.upsert_batch(state.spec, entries)
-        # Encoding is independent of the store's state: do it before taking the lock.
-        blobs = [codec.encode_vector(v) for v in vectors]
+        # Encoding is independent of the store's state: do it before taking the lock. Vector
+        # blobs are views of the batch's rows, made one at a time, not a copy of the batch.
+        stored = codec.vector_rows(vectors)
         jsons = [codec.encode_metadata(m) for m in metas]
-        sizes = [row_bytes(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
-        checksums = [codec.row_checksum(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
+        sizes = [row_bytes(i, codec.blob(v), j) for i, v, j in zip(ids, stored, jsons, strict=True)]
+        checksums = [
+            codec.row_checksum(i, codec.blob(v), j)
+            for i, v, j in zip(ids, stored, jsons, strict=True)
+        ]
         with self._writing(state):
             slots, is_new = state.assign_slots(ids)
             if not state.has_room(max(slots) + 1):
                 with state.lock.write():  # growing the graph must not run beside a search
                     state.reserve(max(slots) + 1)
             seq = state.seq + 1
-            rows = list(zip(ids, slots, blobs, jsons, checksums, strict=True))
+            blobs = map(codec.blob, stored)
+            rows = zip(ids, slots, blobs, jsons, checksums, strict=True)
             with self._storage.transaction() as conn:  # the fsync: searches go on meanwhile
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
                 Storage.set_seq(conn, state.store_id, seq)
@@ -288,7 +300,7 @@ class Database:
                 f"store {name!r}: DeleteByPredicate needs a filter; to delete everything, drop "
                 "the store"
             )
-        filters.validate(filter)
+        filters.validate(filter, self.filter_limits)
         with self._writing(state):
             slots = np.flatnonzero(state.matching(filter)).tolist()
             present = [i for s in slots if (i := state.ids[s]) is not None]
@@ -353,10 +365,12 @@ class Database:
         ids: Sequence[str],
         *,
         include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
     ) -> tuple[list[Entry], list[str]]:
         """The entries found, in request order (each id once), and the ids not found."""
         wanted = validation.entry_ids(ids, name)
+        metadata = validation.metadata_selection(name, metadata)
         with self._reading(name, expected_store_id) as state:
             found: list[Entry] = []
             missing: list[str] = []
@@ -365,7 +379,7 @@ class Database:
                 if slot is None:
                     missing.append(entry_id)
                 else:
-                    found.append(state.entry(slot, include_vectors))
+                    found.append(state.entry(slot, include_vectors, metadata))
             return found, missing
 
     def get_by_predicate(
@@ -376,16 +390,18 @@ class Database:
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
     ) -> Page:
         """Entries matching the filter (all if None) in id order, `limit` at a time."""
         validation.store_name(name)
         limit = validation.page_limit(name, limit)
+        metadata = validation.metadata_selection(name, metadata)
         after = validation.decode_page_token(name, page_token)
         if filter is not None:
-            filters.validate(filter)
+            filters.validate(filter, self.filter_limits)
         with self._reading(name, expected_store_id) as state:
-            entries, more = state.page(filter, limit, after, include_vectors)
+            entries, more = state.page(filter, limit, after, include_vectors, metadata)
         token = validation.encode_page_token(entries[-1].id) if more and entries else ""
         return Page(entries=entries, next_page_token=token)
 
@@ -399,12 +415,14 @@ class Database:
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
         exactly min(k, matching entries) of them."""
         state = self._state(name, expected_store_id)
         k, ef, mode = validation.search_args(name, k, ef, mode)
+        metadata = validation.metadata_selection(name, metadata)
         q = validation.vector(
             query,
             store=name,
@@ -413,9 +431,9 @@ class Database:
             what="the query",
         )
         if filter is not None:
-            filters.validate(filter)
+            filters.validate(filter, self.filter_limits)
         with self._read_locked(state):
-            return state.search(q, k, filter, mode, ef, include_vectors)
+            return state.search(q, k, filter, mode, ef, include_vectors, metadata)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 

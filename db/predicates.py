@@ -7,9 +7,10 @@ memory anyway (searches return it), so building the index costs one pass over th
 never touch disk, and upserts do not pay for extra rows per indexed field.
 
 Each index is a snapshot plus a set of "dirty" slots written since the snapshot was taken. A
-lookup answers from the snapshot with numpy and then re-checks the dirty slots with the reference
-semantics (`filters.positive_matches`), so the answer is always exactly what `filters.matches`
-says; once the dirty set grows past a fraction of the store the next reader rebuilds the snapshot.
+lookup answers from the snapshot with numpy and then re-checks the dirty slots with the compiled
+condition (`filters.CompiledCondition`), so the answer is always exactly what `filters.matches`
+says; once the dirty set grows past a fraction of the store the next reader rebuilds the
+snapshot.
 
 The snapshot holds, for the field:
 - `by_key`: typed value -> slots holding it (a string list contributes each element, for
@@ -29,47 +30,25 @@ from typing import Any
 import numpy as np
 
 from nachbar.db.filters import (
-    NEGATED_OPS,
-    AllOf,
-    AnyOf,
+    CompiledAllOf,
+    CompiledAnyOf,
+    CompiledCondition,
+    CompiledFilter,
     Condition,
-    Filter,
+    Key,
     Op,
-    condition_matches,
-    positive_matches,
+    operand_key,
+    value_keys,
 )
-from nachbar.db.types import Metadata, MetadataValue
-
-Key = tuple[str, Any]
+from nachbar.db.types import Metadata
 
 # Rebuild a snapshot once this many slots changed since it was taken (or 1/32 of the store).
 MIN_DIRTY_BEFORE_REBUILD = 512
-
-
-def value_keys(value: MetadataValue) -> list[Key]:
-    """Keys under which a stored value is found by EQ."""
-    if isinstance(value, bool):
-        return [("b", value)]
-    if isinstance(value, int | float):
-        return [("n", value)]  # 1 and 1.0 are equal and hash alike, so they share a key
-    if isinstance(value, str):
-        return [("s", value)]
-    if isinstance(value, bytes):
-        return [("y", value)]
-    return [("l", tuple(value))] + [("s", item) for item in set(value)]
-
-
-def operand_key(value: MetadataValue) -> Key:
-    """The key an EQ operand looks up."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", value)
-    if isinstance(value, str):
-        return ("s", value)
-    if isinstance(value, bytes):
-        return ("y", value)
-    return ("l", tuple(value))
+# Building a field's snapshot costs about as much as this many tests per slot of the store. A
+# request that has spent that much testing one unindexed field one candidate at a time builds a
+# snapshot of it for the rest of the request, so many conditions on one field cost at most about
+# twice the cheaper of the two ways.
+TRANSIENT_INDEX_TESTS_PER_SLOT = 16
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -181,15 +160,15 @@ class FieldIndex:
             snapshot.dirty.update(slots)
 
     def positive_mask(
-        self, cond: Condition, metas: Sequence[Metadata | None], size: int
+        self, test: CompiledCondition, metas: Sequence[Metadata | None], size: int
     ) -> np.ndarray:
         """Boolean mask over slots [0, size) of live entries matching the positive form."""
         snapshot = self._current(metas, size)
         mask = np.zeros(size, dtype=bool)
-        mask[snapshot.slots_for(cond)] = True
+        mask[snapshot.slots_for(test.positive)] = True
         for slot in snapshot.dirty:
             meta = metas[slot]
-            mask[slot] = meta is not None and positive_matches(cond, meta)
+            mask[slot] = meta is not None and test.positive_matches(meta)
         return mask
 
     def warm(self, metas: Sequence[Metadata | None], size: int) -> None:
@@ -208,7 +187,10 @@ class FieldIndex:
 
 
 class FilterEvaluator:
-    """Evaluates a filter over a store's slots, using predicate indexes where they exist."""
+    """Evaluates a filter over a store's slots, using predicate indexes where they exist.
+
+    One evaluator serves one request: it also keeps the snapshots it builds for unindexed
+    fields that the request tests often (see TRANSIENT_INDEX_TESTS_PER_SLOT)."""
 
     def __init__(
         self,
@@ -218,54 +200,73 @@ class FilterEvaluator:
     ) -> None:
         self._metas = metas
         self._size = size
-        self._indexes = indexes
+        self._indexes = dict(indexes)
+        self._tested: dict[str, int] = {}  # unindexed field -> candidates tested one by one
 
-    def evaluate(self, flt: Filter, candidates: np.ndarray) -> np.ndarray:
+    def evaluate(self, flt: CompiledFilter, candidates: np.ndarray) -> np.ndarray:
         """The candidates (a boolean mask over live slots) that match `flt`."""
-        if isinstance(flt, Condition):
-            return self._condition(flt, candidates)
-        if isinstance(flt, AllOf):
+        if isinstance(flt, CompiledCondition):
+            return self._test(flt, candidates)
+        if isinstance(flt, CompiledAllOf):
             result = candidates
             # Cheap indexed tests first, so that Python-level tests see fewer candidates.
-            for child in sorted(flt.filters, key=self._cost):
+            for child in sorted(flt.children, key=self._cost):
                 if not result.any():
                     break
                 result = self.evaluate(child, result)
             return result
-        if isinstance(flt, AnyOf):
+        if isinstance(flt, CompiledAnyOf):
             result = np.zeros_like(candidates)
             remaining = candidates
-            for child in sorted(flt.filters, key=self._cost):
+            for child in sorted(flt.children, key=self._cost):
                 if not remaining.any():
                     break
                 hit = self.evaluate(child, remaining)
                 result = result | hit
                 remaining = remaining & ~hit
             return result
-        excluded = self.evaluate(flt.filter, candidates)
+        excluded = self.evaluate(flt.child, candidates)
         kept: np.ndarray = np.logical_and(candidates, np.logical_not(excluded))
         return kept
 
-    def _cost(self, flt: Filter) -> int:
-        if isinstance(flt, Condition):
+    def _cost(self, flt: CompiledFilter) -> int:
+        if isinstance(flt, CompiledCondition):
             return 0 if flt.field in self._indexes else 2
         return 1
 
-    def _condition(self, cond: Condition, candidates: np.ndarray) -> np.ndarray:
-        index = self._indexes.get(cond.field)
+    def _test(self, test: CompiledCondition, candidates: np.ndarray) -> np.ndarray:
+        index = self._indexes.get(test.field) or self._transient_index(test.field, candidates)
         if index is not None:
-            positive = index.positive_mask(cond, self._metas, self._size)
-            if cond.op in NEGATED_OPS:
-                positive = np.logical_not(positive)
-            matched: np.ndarray = np.logical_and(candidates, positive)
-            return matched
-        # No index: test each candidate with the reference semantics.
-        metas = self._metas
-        hits = [
-            slot
-            for slot in np.flatnonzero(candidates).tolist()
-            if condition_matches(cond, metas[slot])  # type: ignore[arg-type]
-        ]
-        result = np.zeros_like(candidates)
-        result[hits] = True
-        return result
+            positive = index.positive_mask(test, self._metas, self._size)
+        else:
+            # No index: one compiled test per candidate.
+            metas = self._metas
+            field_name = test.field
+            check = test.check
+            missing = _MISSING
+            hits = [
+                slot
+                for slot in np.flatnonzero(candidates).tolist()
+                if (value := metas[slot].get(field_name, missing)) is not missing  # type: ignore[union-attr]
+                and check(value)
+            ]
+            positive = np.zeros_like(candidates)
+            positive[hits] = True
+        if test.negated:
+            kept: np.ndarray = np.logical_and(candidates, np.logical_not(positive))
+            return kept
+        matched: np.ndarray = np.logical_and(candidates, positive)
+        return matched
+
+    def _transient_index(self, field_name: str, candidates: np.ndarray) -> FieldIndex | None:
+        tested = self._tested.get(field_name, 0) + int(np.count_nonzero(candidates))
+        self._tested[field_name] = tested
+        if tested < TRANSIENT_INDEX_TESTS_PER_SLOT * self._size:
+            return None
+        index = FieldIndex(field_name)
+        index.warm(self._metas, self._size)
+        self._indexes[field_name] = index
+        return index
+
+
+_MISSING: Any = object()

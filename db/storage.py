@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,11 +278,11 @@ class Storage:
         conn: sqlite3.Connection,
         store_id: int,
         seq: int,
-        rows: Sequence[tuple[str, int, bytes, str, int]],
+        rows: Iterable[tuple[str, int, bytes | memoryview, str, int]],
     ) -> None:
-        """rows: (id, slot, vector blob, metadata json, checksum)."""
+        """rows: (id, slot, vector blob, metadata json, checksum), read one at a time."""
         conn.executemany(
-            _UPSERT, [(store_id, i, slot, seq, vec, meta, crc) for i, slot, vec, meta, crc in rows]
+            _UPSERT, ((store_id, i, slot, seq, vec, meta, crc) for i, slot, vec, meta, crc in rows)
         )
 
     @staticmethod

@@ -26,17 +26,19 @@ import numpy as np
 
 from nachbar.db import codec
 from nachbar.db.errors import DataCorruptionError
-from nachbar.db.filters import Filter
+from nachbar.db.filters import Filter, compile_filter
 from nachbar.db.hnsw import GraphFiles, GraphUnusableError, HnswGraph, graph_settings
 from nachbar.db.predicates import FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
 from nachbar.db.storage import EntryRow
 from nachbar.db.types import (
+    ALL_METADATA,
     Entry,
     HnswConfig,
     IndexLoadReport,
     Match,
     Metadata,
+    MetadataSelection,
     Metric,
     SearchMode,
     SearchResult,
@@ -46,6 +48,7 @@ from nachbar.db.types import (
 log = logging.getLogger("nachbar.db")
 
 INITIAL_CAPACITY = 1024
+NORM_BLOCK_ROWS = 256
 # The planner scans exactly when (matching entries x dimension) is at most this many floats:
 # under a millisecond of numpy (gathering scattered rows is memory-bound), and exact results.
 EXACT_SCAN_BUDGET = 1_000_000
@@ -75,9 +78,18 @@ def _dots(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
 def row_norms(vectors: np.ndarray) -> np.ndarray:
     """Euclidean norms of float32 rows, summed in float64 a block at a time."""
     out = np.empty(len(vectors), dtype=np.float64)
-    for start in range(0, len(vectors), 4096):
-        block = vectors[start : start + 4096].astype(np.float64)
-        out[start : start + 4096] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    # Small blocks: the float64 copy is temporary memory per call, however large the batch.
+    for start in range(0, len(vectors), NORM_BLOCK_ROWS):
+        block = vectors[start : start + NORM_BLOCK_ROWS].astype(np.float64)
+        out[start : start + NORM_BLOCK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return out
+
+
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    """`array` in a zeroed array of `capacity` rows: one allocation and no zero-filled
+    temporary (np.zeros leaves untouched pages unallocated)."""
+    out = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
     return out
 
 
@@ -88,6 +100,29 @@ def _postfilter_candidates(want: int, matching: int, count: int) -> int:
 
 def copy_metadata(meta: Metadata) -> Metadata:
     return {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+
+
+def select_metadata(
+    meta: Metadata, selection: MetadataSelection
+) -> tuple[Metadata, tuple[str, ...]]:
+    """A private copy of the fields of `meta` that `selection` returns, and the names of the
+    fields it leaves out (none when it leaves out all metadata)."""
+    if selection.everything:
+        return copy_metadata(meta), ()
+    if not selection.include:
+        return {}, ()
+    excluded = selection.exclude_keys
+    limit = selection.max_value_bytes
+    out: Metadata = {}
+    omitted: list[str] = []
+    for key, value in meta.items():
+        if key in excluded or (
+            limit and isinstance(value, str | bytes | list) and codec.value_bytes(value) > limit
+        ):
+            omitted.append(key)
+        else:
+            out[key] = list(value) if isinstance(value, list) else value
+    return out, tuple(omitted)
 
 
 class StoreState:
@@ -152,13 +187,10 @@ class StoreState:
         capacity = len(self._alive)
         if size > capacity:
             new_capacity = max(size, capacity * 2)
-            grow = new_capacity - capacity
-            self._vectors = np.concatenate(
-                [self._vectors, np.zeros((grow, self.spec.dimension), dtype=np.float32)]
-            )
-            self._norms = np.concatenate([self._norms, np.zeros(grow)])
-            self._row_bytes = np.concatenate([self._row_bytes, np.zeros(grow, dtype=np.int64)])
-            self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
+            self._vectors = _grown(self._vectors, new_capacity)
+            self._norms = _grown(self._norms, new_capacity)
+            self._row_bytes = _grown(self._row_bytes, new_capacity)
+            self._alive = _grown(self._alive, new_capacity)
         if self.graph is not None:
             self.graph.reserve(size)
 
@@ -340,10 +372,13 @@ class StoreState:
         if size > old_size:
             self.ids.extend([None] * (size - old_size))
             self.metas.extend([None] * (size - old_size))
-        # The graph only needs the new entries and those whose vector changed.
-        changed = np.array(is_new, dtype=bool) | ~np.all(
-            self._vectors[slot_array] == vectors, axis=1
-        )
+        # The graph only needs the new entries and those whose vector changed; only replaced
+        # entries are compared, so an insert-only batch is not copied for it.
+        changed = np.array(is_new, dtype=bool)
+        replaced = np.flatnonzero(~changed)
+        if len(replaced):
+            same = np.all(self._vectors[slot_array[replaced]] == vectors[replaced], axis=1)
+            changed[replaced[~same]] = True
         for entry_id, slot, meta in zip(ids, slots, metas, strict=True):
             self.ids[slot] = entry_id
             self.metas[slot] = meta
@@ -419,28 +454,44 @@ class StoreState:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def entry(self, slot: int, include_vectors: bool) -> Entry:
+    def entry(
+        self, slot: int, include_vectors: bool, selection: MetadataSelection = ALL_METADATA
+    ) -> Entry:
         entry_id = self.ids[slot]
         meta = self.metas[slot]
         assert entry_id is not None and meta is not None
         vector = self._vectors[slot].copy() if include_vectors else None
-        return Entry(id=entry_id, vector=vector, metadata=copy_metadata(meta))
+        selected, omitted = select_metadata(meta, selection)
+        return Entry(
+            id=entry_id,
+            vector=vector,
+            metadata=selected,
+            omitted_keys=omitted,
+            stored_bytes=int(self._row_bytes[slot]),
+        )
 
     def matching(self, flt: Filter | None) -> np.ndarray:
         """Boolean mask over slots [0, size) of live entries that match `flt`."""
         live = self._alive[: self.size].copy()
         if flt is None:
             return live
-        return FilterEvaluator(self.metas, self.size, self.field_indexes).evaluate(flt, live)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        return evaluator.evaluate(compile_filter(flt), live)
 
     def page(
-        self, flt: Filter | None, limit: int, after: str | None, include_vectors: bool
+        self,
+        flt: Filter | None,
+        limit: int,
+        after: str | None,
+        include_vectors: bool,
+        selection: MetadataSelection = ALL_METADATA,
     ) -> tuple[list[Entry], bool]:
         """Up to `limit` matching entries with ids after `after`, in id order, and whether more
         follow."""
         ids, slots = self._ordered_ids()
         position = bisect_right(ids, after) if after is not None else 0
         evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        compiled = compile_filter(flt) if flt is not None else None
         found: list[int] = []
         chunk = max(1024, 4 * (limit + 1))
         # Walk the id order in growing chunks, so an unindexed filter only tests the entries
@@ -448,15 +499,15 @@ class StoreState:
         while position < len(ids) and len(found) <= limit:
             part = slots[position : position + chunk]
             part = part[self._alive[part]]
-            if flt is not None and len(part):
+            if compiled is not None and len(part):
                 candidates = np.zeros(self.size, dtype=bool)
                 candidates[part] = True
-                part = part[evaluator.evaluate(flt, candidates)[part]]
+                part = part[evaluator.evaluate(compiled, candidates)[part]]
             found.extend(part[: limit + 1 - len(found)].tolist())
             position += chunk
             chunk *= 2
         more = len(found) > limit
-        return [self.entry(slot, include_vectors) for slot in found[:limit]], more
+        return [self.entry(slot, include_vectors, selection) for slot in found[:limit]], more
 
     def _ordered_ids(self) -> tuple[list[str], np.ndarray]:
         # Inserts reset this cache; deletes leave it (dead slots are skipped via the live mask,
@@ -481,6 +532,7 @@ class StoreState:
         mode: SearchMode,
         ef: int,
         include_vectors: bool,
+        selection: MetadataSelection = ALL_METADATA,
     ) -> SearchResult:
         mask: np.ndarray | None = None
         matching = self.count
@@ -497,15 +549,19 @@ class StoreState:
         if found is None:
             plan = "exact"
             found = self._search_exact(query, want, mask)
-        matches = [
-            Match(
-                id=self.ids[slot],  # type: ignore[arg-type]
-                score=score,
-                metadata=copy_metadata(self.metas[slot]),  # type: ignore[arg-type]
-                vector=self._vectors[slot].copy() if include_vectors else None,
+        matches = []
+        for slot, score in found:
+            selected, omitted = select_metadata(self.metas[slot], selection)  # type: ignore[arg-type]
+            matches.append(
+                Match(
+                    id=self.ids[slot],  # type: ignore[arg-type]
+                    score=score,
+                    metadata=selected,
+                    vector=self._vectors[slot].copy() if include_vectors else None,
+                    omitted_keys=omitted,
+                    stored_bytes=int(self._row_bytes[slot]),
+                )
             )
-            for slot, score in found
-        ]
         return SearchResult(matches=matches, plan=plan)
 
     def _plan(self, mode: SearchMode, matching: int) -> str:
@@ -611,7 +667,7 @@ class StoreState:
         return list(zip(slots[best].tolist(), scores[best].tolist(), strict=True))
 
 
-def row_bytes(entry_id: str, vector: bytes, metadata_json: str) -> int:
+def row_bytes(entry_id: str, vector: bytes | memoryview, metadata_json: str) -> int:
     """Approximate bytes an entry's row takes in the database file."""
-    id_bytes = len(entry_id.encode("utf-8"))
-    return id_bytes + len(vector) + len(metadata_json.encode("utf-8")) + ROW_OVERHEAD_BYTES
+    id_bytes = codec.utf8_length(entry_id)
+    return id_bytes + len(vector) + codec.utf8_length(metadata_json) + ROW_OVERHEAD_BYTES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, TypeAlias
@@ -82,6 +82,26 @@ class StoreInfo:
         )
 
 
+@dataclass(frozen=True)
+class MetadataSelection:
+    """Which metadata a read returns. The default, everything, is what reads always returned;
+    stores that keep large values (nachbar-ai keeps originals under reserved keys) can leave
+    them out."""
+
+    include: bool = True  # False: no metadata at all
+    exclude_keys: frozenset[str] = frozenset()
+    # Leave out str, bytes and string-list values larger than this many bytes (UTF-8 for
+    # text); 0: no limit.
+    max_value_bytes: int = 0
+
+    @property
+    def everything(self) -> bool:
+        return self.include and not self.exclude_keys and not self.max_value_bytes
+
+
+ALL_METADATA = MetadataSelection()
+
+
 def _same_vector(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -95,6 +115,11 @@ class Entry:
     id: str
     vector: np.ndarray | None
     metadata: Metadata = field(default_factory=dict)
+    # Fields the entry has that a read's MetadataSelection left out (never set on writes).
+    omitted_keys: tuple[str, ...] = ()
+    # On reads: the bytes of the entry's row in the database file (id, vector, metadata as
+    # JSON), which bounds the size of any encoding of it; 0 when unknown. Not part of equality.
+    stored_bytes: int = 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
@@ -102,10 +127,21 @@ class Entry:
         return (
             self.id == other.id
             and self.metadata == other.metadata
+            and self.omitted_keys == other.omitted_keys
             and _same_vector(self.vector, other.vector)
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class EntryBatch:
+    """Entries to upsert as columns: ids, one (n, dimension) float32 matrix, metadata. The same
+    as a list of Entry, without an array per vector (how the server hands over a request)."""
+
+    ids: Sequence[str]
+    vectors: np.ndarray
+    metadata: Sequence[Mapping[str, MetadataValue]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +150,8 @@ class Match:
     score: float
     metadata: Metadata
     vector: np.ndarray | None = None
+    omitted_keys: tuple[str, ...] = ()  # as on Entry
+    stored_bytes: int = 0  # as on Entry
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Match):
@@ -122,6 +160,7 @@ class Match:
             self.id == other.id
             and self.score == other.score
             and self.metadata == other.metadata
+            and self.omitted_keys == other.omitted_keys
             and _same_vector(self.vector, other.vector)
         )
 

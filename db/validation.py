@@ -17,9 +17,11 @@ from nachbar.db import codec
 from nachbar.db.errors import InvalidArgumentError
 from nachbar.db.types import (
     Entry,
+    EntryBatch,
     ExactConfig,
     HnswConfig,
     Metadata,
+    MetadataSelection,
     Metric,
     SearchMode,
     StoreSpec,
@@ -33,6 +35,7 @@ MAX_PAGE_LIMIT = 10_000
 MAX_ID_CHARS = 1024
 MAX_M = 256
 MAX_EF_CONSTRUCTION = 10_000
+MAX_EXCLUDED_KEYS = 1024
 _TOKEN_PREFIX = "1"  # version of the page token format
 
 
@@ -170,43 +173,87 @@ def vector(values: Any, *, store: str, dimension: int, metric: Metric, what: str
 
 
 def upsert_batch(
-    spec: StoreSpec, entries: Sequence[Entry]
+    spec: StoreSpec, entries: Sequence[Entry] | EntryBatch
 ) -> tuple[list[str], np.ndarray, list[Metadata]]:
-    """Ids, a (n, dimension) float32 matrix and private metadata copies of a valid batch."""
+    """Ids, a (n, dimension) float32 matrix and private metadata copies of a valid batch. An
+    EntryBatch's float32 matrix is checked as a whole and used as it is, not copied."""
     name = spec.name
-    if isinstance(entries, Entry) or not isinstance(entries, Sequence):
+    if isinstance(entries, EntryBatch):
+        ids, metadata = list(entries.ids), list(entries.metadata)
+        matrix = entries.vectors
+        if (
+            len(metadata) != len(ids)
+            or not isinstance(matrix, np.ndarray)
+            or len(matrix) != len(ids)
+        ):
+            raise InvalidArgumentError(
+                f"store {name!r}: the batch has {len(ids)} ids, {len(metadata)} metadata and "
+                f"{len(matrix)} vectors; give one of each per entry"
+            )
+    elif isinstance(entries, Entry) or not isinstance(entries, Sequence):
         raise InvalidArgumentError(f"store {name!r}: give the entries to upsert as a list")
-    if not entries:
+    else:
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, Entry):
+                raise InvalidArgumentError(
+                    f"store {name!r}: entry {position} is a {type(entry).__name__}, not an Entry"
+                )
+        ids = [entry.id for entry in entries]
+        metadata = [entry.metadata for entry in entries]
+        matrix = None
+    if not ids:
         raise InvalidArgumentError(
             f"store {name!r}: the upsert batch is empty; give at least one entry"
         )
-    ids: list[str] = []
     seen: set[str] = set()
-    matrix = np.empty((len(entries), spec.dimension), dtype=np.float32)
-    metas: list[Metadata] = []
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, Entry):
+    for position, value in enumerate(ids):
+        entry_id(value, f"store {name!r}: entry {position}")
+        if value in seen:
             raise InvalidArgumentError(
-                f"store {name!r}: entry {position} is a {type(entry).__name__}, not an Entry"
+                f"store {name!r}: id {value!r} appears twice in one upsert batch; send each id once"
             )
-        where = f"store {name!r}: entry {position}"
-        entry_id(entry.id, where)
-        if entry.id in seen:
-            raise InvalidArgumentError(
-                f"store {name!r}: id {entry.id!r} appears twice in one upsert batch; send each "
-                "id once"
-            )
-        seen.add(entry.id)
-        ids.append(entry.id)
-        matrix[position] = vector(
-            entry.vector,
-            store=name,
-            dimension=spec.dimension,
-            metric=spec.metric,
-            what=f"entry {entry.id!r}",
-        )
-        metas.append(codec.check_metadata(entry.metadata, f"store {name!r}: entry {entry.id!r}"))
+        seen.add(value)
+    if matrix is None:
+        assert not isinstance(entries, EntryBatch)
+        matrix = np.empty((len(ids), spec.dimension), dtype=np.float32)
+        for position, entry in enumerate(entries):
+            matrix[position] = _entry_vector(spec, entry.id, entry.vector)
+    else:
+        matrix = _checked_matrix(spec, ids, matrix)
+    metas = [
+        codec.check_metadata(meta, f"store {name!r}: entry {value!r}")
+        for value, meta in zip(ids, metadata, strict=True)
+    ]
     return ids, matrix, metas
+
+
+def _entry_vector(spec: StoreSpec, entry_id: str, values: Any) -> np.ndarray:
+    return vector(
+        values,
+        store=spec.name,
+        dimension=spec.dimension,
+        metric=spec.metric,
+        what=f"entry {entry_id!r}",
+    )
+
+
+def _checked_matrix(spec: StoreSpec, ids: Sequence[str], matrix: np.ndarray) -> np.ndarray:
+    """The batch's matrix if it is valid; otherwise the first bad row's error (the same error
+    an Entry with that vector gets)."""
+    if matrix.dtype != np.float32 or matrix.ndim != 2 or not matrix.flags.c_contiguous:
+        raise InvalidArgumentError(
+            f"store {spec.name!r}: the batch's vectors must be a C-contiguous (n, dimension) "
+            "float32 matrix"
+        )
+    if matrix.shape[1] != spec.dimension:
+        _entry_vector(spec, ids[0], matrix[0])
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if spec.metric == Metric.COSINE:
+        bad |= ~matrix.any(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        _entry_vector(spec, ids[first], matrix[first])
+    return matrix
 
 
 def search_args(store: str, k: object, ef: object, mode: object) -> tuple[int, int, SearchMode]:
@@ -230,6 +277,26 @@ def search_args(store: str, k: object, ef: object, mode: object) -> tuple[int, i
             f"store {store!r}: unknown search mode {mode!r}; use auto, exact or hnsw"
         ) from None
     return k, ef, search_mode
+
+
+def metadata_selection(store: str, selection: MetadataSelection) -> MetadataSelection:
+    keys = selection.exclude_keys
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise InvalidArgumentError(
+            f"store {store!r}: exclude_metadata_keys must be a list of field names"
+        )
+    if len(keys) > MAX_EXCLUDED_KEYS:
+        raise InvalidArgumentError(
+            f"store {store!r}: {len(keys)} exclude_metadata_keys are more than "
+            f"{MAX_EXCLUDED_KEYS}; leave out large values with max_metadata_value_bytes, or "
+            "all metadata with include_metadata=false"
+        )
+    limit = selection.max_value_bytes
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidArgumentError(
+            f"store {store!r}: max_metadata_value_bytes is {limit!r}; use 0 (no limit) or more"
+        )
+    return MetadataSelection(bool(selection.include), frozenset(keys), limit)
 
 
 def page_limit(store: str, limit: object) -> int:

@@ -289,8 +289,13 @@ class AdmissionInterceptor(_Interceptor):
                     raw = next(messages, None)  # read only now: queued requests hold no bytes
                     if raw is None:
                         raise RequestError(f"{method} needs exactly one request message")
-                    with admission.budget.holding(len(raw), bulk=True):
-                        return call(_parsed(parse, method, raw), context)
+                    size = len(raw)
+                    with admission.budget.holding(size, bulk=True):
+                        request = _parsed(parse, method, raw)
+                        # Nothing else holds the bytes: free them before the method runs (a
+                        # 60 MB Upsert peaks about one request size lower).
+                        del raw
+                        return call(request, context)
             except (Overloaded, RequestError) as error:
                 abort_for(context, error, method)
 
@@ -321,9 +326,18 @@ def _parsed(parse: Parse, method: str, raw: bytes) -> Any:
     try:
         return parse(raw)
     except DecodeError as error:
+        if "MaxDepth" in str(error):  # upb's words for its recursion limit
+            raise RequestError(
+                f"{method}: the request nests messages deeper than protobuf's limit of 100 "
+                "levels, so it cannot be decoded; flatten nested filters (an all_of inside an "
+                "all_of is one all_of, not(not(x)) is x)"
+            ) from None
+        # The generated deserializer is the request class's FromString.
+        descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        kind = f" of type {descriptor.full_name}" if descriptor is not None else ""
         raise RequestError(
-            f"{method}: the request is not a valid protobuf message ({error}); send the message "
-            "type the .proto file declares"
+            f"{method}: the request is not a valid protobuf message{kind} ({error}); send the "
+            "message type the .proto file declares"
         ) from None
 
 

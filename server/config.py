@@ -21,12 +21,16 @@ from nachbar.ai.limits import (
     DEFAULT_MAX_LOADED_MODELS,
     DEFAULT_MAX_TEXT_BYTES,
 )
+from nachbar.db.filters import DEFAULT_LIMITS, FilterLimits
 from nachbar.v1 import defaults
 
 DEFAULT_HOST = defaults.HOST
 DEFAULT_DB_PORT = defaults.DB_PORT
 DEFAULT_AI_PORT = defaults.AI_PORT
 DEFAULT_MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
+DEFAULT_MAX_FILTER_BYTES = 4 * 1024 * 1024
+# Protobuf decodes at most 100 nested messages; an all_of/any_of level takes two, plus the request.
+MAX_FILTER_DEPTH = 48
 default_model_dir = model_defaults.model_dir
 
 
@@ -56,6 +60,8 @@ class CommonConfig:
 class DBConfig(CommonConfig):
     data_dir: Path = field(default_factory=default_data_dir)
     fsync: str = "full"
+    filter_limits: FilterLimits = DEFAULT_LIMITS
+    max_filter_bytes: int = DEFAULT_MAX_FILTER_BYTES
 
 
 @dataclass(frozen=True)
@@ -238,12 +244,59 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
         help="full: every acknowledged write survives a crash or power loss; normal: survives a "
         "process crash, not power loss; off: fastest, may lose recent writes [env NACHBAR_FSYNC]",
     )
+    parser.add_argument(
+        "--max-filter-conditions",
+        type=int,
+        default=int(_env("MAX_FILTER_CONDITIONS", DEFAULT_LIMITS.max_conditions)),
+        help="most conditions in one filter; without a predicate index each costs a test per "
+        "entry [env NACHBAR_MAX_FILTER_CONDITIONS]",
+    )
+    parser.add_argument(
+        "--max-filter-depth",
+        type=int,
+        default=int(_env("MAX_FILTER_DEPTH", DEFAULT_LIMITS.max_depth)),
+        help=f"most levels of all_of / any_of / not in one filter (at most {MAX_FILTER_DEPTH}) "
+        "[env NACHBAR_MAX_FILTER_DEPTH]",
+    )
+    parser.add_argument(
+        "--max-filter-values",
+        type=int,
+        default=int(_env("MAX_FILTER_VALUES", DEFAULT_LIMITS.max_values)),
+        help="most values in one in / not_in condition [env NACHBAR_MAX_FILTER_VALUES]",
+    )
+    parser.add_argument(
+        "--max-filter-bytes",
+        type=int,
+        default=int(_env("MAX_FILTER_BYTES", DEFAULT_MAX_FILTER_BYTES)),
+        help="largest encoded filter [env NACHBAR_MAX_FILTER_BYTES]",
+    )
     return parser
 
 
 def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
-    ns = db_parser().parse_args(argv)
-    return DBConfig(**_common_kwargs(ns), data_dir=ns.data_dir, fsync=ns.fsync)
+    parser = db_parser()
+    ns = parser.parse_args(argv)
+    for flag in ("max_filter_conditions", "max_filter_depth", "max_filter_values"):
+        if getattr(ns, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(ns, flag)}")
+    if ns.max_filter_depth > MAX_FILTER_DEPTH:
+        parser.error(
+            f"--max-filter-depth must be at most {MAX_FILTER_DEPTH}, got {ns.max_filter_depth}: "
+            "protobuf decodes no deeper filters"
+        )
+    if ns.max_filter_bytes < 1:
+        parser.error(f"--max-filter-bytes must be at least 1, got {ns.max_filter_bytes}")
+    return DBConfig(
+        **_common_kwargs(ns),
+        data_dir=ns.data_dir,
+        fsync=ns.fsync,
+        filter_limits=FilterLimits(
+            max_conditions=ns.max_filter_conditions,
+            max_depth=ns.max_filter_depth,
+            max_values=ns.max_filter_values,
+        ),
+        max_filter_bytes=ns.max_filter_bytes,
+    )
 
 
 def _parse_local_model(raw: str) -> tuple[str, Path]:

@@ -1,15 +1,18 @@
-"""Protobuf messages <-> nachbar.db domain objects."""
+"""Protobuf messages <-> nachbar.db domain objects, and the encoded size of a response before it
+is built."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 import numpy as np
 
 from nachbar.db import filters, types
+from nachbar.db.codec import utf8_length
 from nachbar.server.errors import RequestError
 from nachbar.v1 import common_pb2, db_pb2
-from nachbar.v1.codec import fill_metadata, metadata_from_proto
+from nachbar.v1.codec import fill_metadata, metadata_from_proto, value_from_proto
 
 METRIC_FROM_PROTO = {
     common_pb2.METRIC_UNSPECIFIED: types.Metric.COSINE,
@@ -117,8 +120,28 @@ def entry(proto: db_pb2.Entry) -> types.Entry:
     return types.Entry(id=proto.id, vector=vector(proto.vector), metadata=metadata(proto.metadata))
 
 
+def upsert_entries(
+    entries: Sequence[db_pb2.Entry],
+) -> types.EntryBatch | list[types.Entry]:
+    """The entries of an Upsert. Vectors of one length are read into one float32 matrix
+    straight from the message, with no array or list per vector; otherwise entry by entry, so
+    that the store names the entry whose vector has the wrong length."""
+    if not entries:
+        return []
+    dimension = len(entries[0].vector)
+    if any(len(e.vector) != dimension for e in entries):
+        return [entry(e) for e in entries]
+    values = chain.from_iterable(e.vector for e in entries)
+    matrix = np.fromiter(values, dtype=np.float32, count=len(entries) * dimension)
+    return types.EntryBatch(
+        ids=[e.id for e in entries],
+        vectors=matrix.reshape(len(entries), dimension),
+        metadata=[metadata(e.metadata) for e in entries],
+    )
+
+
 def entry_to_proto(value: types.Entry) -> db_pb2.Entry:
-    out = db_pb2.Entry(id=value.id)
+    out = db_pb2.Entry(id=value.id, omitted_metadata_keys=value.omitted_keys)
     fill_metadata(out.metadata, value.metadata)
     if value.vector is not None:
         out.vector.extend(value.vector.tolist())
@@ -135,17 +158,76 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
         fill_metadata(match.metadata, value.metadata)
         if value.vector is not None:
             match.vector.extend(value.vector.tolist())
+        if value.omitted_keys:
+            match.omitted_metadata_keys.extend(value.omitted_keys)
     return out
 
 
-def filter_from_proto(proto: common_pb2.Filter, path: str = "filter") -> filters.Filter:
-    kind = proto.WhichOneof("kind")
-    if kind == "condition":
-        cond = proto.condition
+def metadata_selection(
+    request: db_pb2.GetKeyRequest | db_pb2.GetByPredicateRequest | db_pb2.GetSimNRequest,
+) -> types.MetadataSelection:
+    include = request.include_metadata if request.HasField("include_metadata") else True
+    return types.MetadataSelection(
+        include=include,
+        exclude_keys=frozenset(request.exclude_metadata_keys),
+        max_value_bytes=request.max_metadata_value_bytes,
+    )
+
+
+def filter_from_proto(
+    proto: common_pb2.Filter,
+    limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
+    max_bytes: int = 0,
+) -> filters.Filter:
+    """The domain filter of a request. Limits are checked while converting, so that an
+    oversized filter is refused before it is copied into Python objects; max_bytes (0: none)
+    bounds its encoded size."""
+    if max_bytes:
+        size = proto.ByteSize()
+        if size > max_bytes:
+            raise RequestError(
+                f"the filter is {size} bytes encoded, over the limit of {max_bytes} bytes per "
+                "filter; use fewer or shorter values, or split the query"
+            )
+    return _FilterReader(limits).read(proto, "filter", 0)
+
+
+class _FilterReader:
+    def __init__(self, limits: filters.FilterLimits) -> None:
+        self.limits = limits
+        self.conditions = 0
+
+    def read(self, proto: common_pb2.Filter, path: str, depth: int) -> filters.Filter:
+        if depth > self.limits.max_depth:
+            raise filters.too_deep(path, self.limits)
+        kind = proto.WhichOneof("kind")
+        if kind == "condition":
+            self.conditions += 1
+            if self.conditions > self.limits.max_conditions:
+                raise filters.too_many_conditions(self.limits)
+            return self.condition(proto.condition, path)
+        if kind in ("all_of", "any_of"):
+            children = [
+                self.read(f, f"{path}.{kind}[{i}]", depth + 1)
+                for i, f in enumerate(getattr(proto, kind).filters)
+            ]
+            if not children:
+                raise RequestError(f"{path}.{kind} is empty; give at least one filter")
+            if kind == "all_of":
+                return filters.AllOf(tuple(children))
+            return filters.AnyOf(tuple(children))
+        if kind == "negate":
+            return filters.Not(self.read(proto.negate, f"{path}.negate", depth + 1))
+        raise RequestError(f"{path} is empty; set condition, all_of, any_of or negate")
+
+    def condition(self, cond: common_pb2.Condition, path: str) -> filters.Condition:
         try:
             op = OP_FROM_PROTO[cond.op]
         except KeyError:
             raise RequestError(f"{path}: condition on {cond.field!r} has no operator") from None
+        if len(cond.values) > self.limits.max_values:
+            where = f"{path}: condition {op} on {cond.field!r}"
+            raise filters.too_many_values(where, len(cond.values), self.limits)
         value = None
         if cond.HasField("value"):
             try:
@@ -154,24 +236,103 @@ def filter_from_proto(proto: common_pb2.Filter, path: str = "filter") -> filters
                 raise RequestError(
                     f"{path}: condition on {cond.field!r} has an empty value"
                 ) from None
-        values = tuple(metadata({str(i): v for i, v in enumerate(cond.values)}).values())
+        try:
+            values = tuple(value_from_proto(v) for v in cond.values)
+        except ValueError:
+            raise RequestError(
+                f"{path}: condition on {cond.field!r} has an empty value among its values"
+            ) from None
         return filters.Condition(field=cond.field, op=op, value=value, values=values)
-    if kind in ("all_of", "any_of"):
-        children = [
-            filter_from_proto(f, f"{path}.{kind}[{i}]")
-            for i, f in enumerate(getattr(proto, kind).filters)
-        ]
-        if not children:
-            raise RequestError(f"{path}.{kind} is empty; give at least one filter")
-        return (
-            filters.AllOf(tuple(children)) if kind == "all_of" else filters.AnyOf(tuple(children))
-        )
-    if kind == "negate":
-        return filters.Not(filter_from_proto(proto.negate, f"{path}.negate"))
-    raise RequestError(f"{path} is empty; set condition, all_of, any_of or negate")
 
 
-def optional_filter(holder: object, field: str = "filter") -> filters.Filter | None:
+def optional_filter(
+    holder: object,
+    field: str = "filter",
+    *,
+    limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
+    max_bytes: int = 0,
+) -> filters.Filter | None:
     if not holder.HasField(field):  # type: ignore[attr-defined]
         return None
-    return filter_from_proto(getattr(holder, field))
+    return filter_from_proto(getattr(holder, field), limits, max_bytes)
+
+
+# ---- encoded sizes ---------------------------------------------------------------------------
+#
+# Exact sizes (upper bounds where noted) of the messages a read would send, computed from the
+# domain objects so that a response over the limit is refused or cut before it is built. Every
+# field number involved is below 16, so each tag is one byte.
+
+
+def _varint_size(value: int) -> int:
+    if value < 0:
+        return 10  # negative int64 values take ten bytes
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _delimited(payload: int) -> int:
+    """A length-delimited field: tag, length, payload."""
+    if payload < 128:  # the common case, without a call
+        return payload + 2
+    return 1 + _varint_size(payload) + payload
+
+
+def value_size(value: types.MetadataValue) -> int:
+    """Encoded size of a MetadataValue message."""
+    if isinstance(value, str):
+        return _delimited(utf8_length(value))
+    if isinstance(value, bool):
+        return 2
+    if isinstance(value, int):
+        return 1 + _varint_size(value)
+    if isinstance(value, float):
+        return 9
+    if isinstance(value, bytes):
+        return _delimited(len(value))
+    return _delimited(sum(_delimited(utf8_length(item)) for item in value))
+
+
+def field_size(key: str, value: types.MetadataValue) -> int:
+    """Encoded size of one metadata map entry (as a field of Entry or Match)."""
+    return _delimited(_delimited(utf8_length(key)) + _delimited(value_size(value)))
+
+
+def metadata_size(metadata: Mapping[str, types.MetadataValue]) -> int:
+    """Encoded size of a metadata map: the sum of field_size, computed inline because every
+    match of every search passes here."""
+    size = 0
+    for key, value in metadata.items():
+        kind = type(value)
+        if kind is str:
+            payload = len(value) if value.isascii() else utf8_length(value)  # type: ignore[union-attr, arg-type]
+            inner = payload + 2 if payload < 128 else _delimited(payload)
+        elif kind is int and 0 <= value < 128:  # type: ignore[operator]
+            inner = 2
+        elif kind is float or kind is bool:
+            inner = 9 if kind is float else 2
+        else:
+            inner = value_size(value)
+        key_size = len(key) if key.isascii() else utf8_length(key)
+        entry = (key_size + 2 if key_size < 128 else _delimited(key_size)) + (
+            inner + 2 if inner < 128 else _delimited(inner)
+        )
+        size += entry + 2 if entry < 128 else _delimited(entry)
+    return size
+
+
+def ids_size(ids: Iterable[str]) -> int:
+    """Encoded size of a repeated string field holding `ids`."""
+    return sum(_delimited(utf8_length(i)) for i in ids)
+
+
+def entry_size(value: types.Entry | types.Match) -> int:
+    """Encoded size of an Entry or Match as an element of a response's repeated field (for a
+    Match an upper bound: a zero score takes no bytes)."""
+    size = _delimited(utf8_length(value.id)) + metadata_size(value.metadata)
+    if value.omitted_keys:
+        size += ids_size(value.omitted_keys)
+    if value.vector is not None and len(value.vector):
+        size += _delimited(4 * len(value.vector))
+    if isinstance(value, types.Match):
+        size += 5
+    return _delimited(size)

@@ -42,8 +42,17 @@ DB_ADMISSION = ServicePolicy(
 def start_db_server(config: DBConfig) -> RunningServer:
     """Open the data dir and serve it. The caller owns `stop()`."""
     keep_private(config.data_dir, "<data-dir>")
-    db = Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
-    service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
+    db = Database.open(
+        config.data_dir,
+        fsync=config.fsync,  # type: ignore[arg-type]
+        filter_limits=config.filter_limits,
+    )
+    service = DBServicer(
+        db,
+        fsync=config.fsync,
+        max_message_bytes=config.max_message_bytes,
+        max_filter_bytes=config.max_filter_bytes,
+    )
     try:
         running = start_server(
             config,

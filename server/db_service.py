@@ -9,18 +9,31 @@ import grpc
 import numpy as np
 
 from nachbar.db.engine import Database
+from nachbar.db.filters import Filter
 from nachbar.server import db_convert as conv
+from nachbar.server import db_responses as responses
 from nachbar.server.errors import RequestError, servicer
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
 
 @servicer
 class DBServicer(db_pb2_grpc.DBServiceServicer):
-    def __init__(self, db: Database, *, fsync: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, db: Database, *, fsync: str, max_message_bytes: int, max_filter_bytes: int = 0
+    ) -> None:
         self._db = db
         self._fsync = fsync
         self._max_message_bytes = max_message_bytes
+        self._max_filter_bytes = max_filter_bytes
         self._started = time.monotonic()
+
+    def _limit(self, requested: int) -> responses.ResponseLimit:
+        return responses.ResponseLimit.of(self._max_message_bytes, requested)
+
+    def _filter(self, request: object) -> Filter | None:
+        return conv.optional_filter(
+            request, limits=self._db.filter_limits, max_bytes=self._max_filter_bytes
+        )
 
     def CreateStore(
         self, request: db_pb2.CreateStoreRequest, context: grpc.ServicerContext
@@ -58,7 +71,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     ) -> db_pb2.UpsertResponse:
         result = self._db.upsert(
             request.store,
-            [conv.entry(e) for e in request.entries],
+            conv.upsert_entries(request.entries),
             expected_store_id=request.expected_store_id,
         )
         return db_pb2.UpsertResponse(inserted=result.inserted, updated=result.updated)
@@ -70,10 +83,15 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store,
             list(request.ids),
             include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
         )
-        return db_pb2.GetKeyResponse(
-            entries=[conv.entry_to_proto(e) for e in found], missing_ids=missing
+        return responses.get_key(
+            request.store,
+            found,
+            missing,
+            self._limit(request.max_response_bytes),
+            allow_partial=request.allow_partial,
         )
 
     def GetByPredicate(
@@ -81,16 +99,14 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     ) -> db_pb2.GetByPredicateResponse:
         page = self._db.get_by_predicate(
             request.store,
-            conv.optional_filter(request),
+            self._filter(request),
             limit=request.limit or 100,
             page_token=request.page_token,
             include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
         )
-        return db_pb2.GetByPredicateResponse(
-            entries=[conv.entry_to_proto(e) for e in page.entries],
-            next_page_token=page.next_page_token,
-        )
+        return responses.page(request.store, page, self._limit(request.max_response_bytes))
 
     def GetSimN(
         self, request: db_pb2.GetSimNRequest, context: grpc.ServicerContext
@@ -99,13 +115,14 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store,
             np.asarray(request.query, dtype=np.float32),
             request.k,
-            filter=conv.optional_filter(request),
+            filter=self._filter(request),
             mode=conv.mode(request.mode),
             ef=request.ef,
             include_vectors=request.include_vectors,
+            metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
         )
-        return conv.search_response(result)
+        return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
     def DeleteKeys(
         self, request: db_pb2.DeleteKeysRequest, context: grpc.ServicerContext
@@ -118,7 +135,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def DeleteByPredicate(
         self, request: db_pb2.DeleteByPredicateRequest, context: grpc.ServicerContext
     ) -> db_pb2.DeleteResponse:
-        flt = conv.optional_filter(request)
+        flt = self._filter(request)
         if flt is None:
             raise RequestError(
                 f"DeleteByPredicate on {request.store!r} needs a filter; "

@@ -31,6 +31,10 @@ class RequestError(Exception):
     """A request that cannot be converted to a domain call (a missing or malformed field)."""
 
 
+class ResponseTooLargeError(Exception):
+    """A read's response would exceed what the client can receive; refused before building."""
+
+
 class NotReadyError(Exception):
     """The service cannot serve yet (models loading, db unreachable)."""
 
@@ -65,6 +69,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ai_errors.InputTooLongError, grpc.StatusCode.OUT_OF_RANGE),
     (ai_errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ResponseTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )

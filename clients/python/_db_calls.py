@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
+from nachbar.client._channel import MAX_MESSAGE_BYTES
 from nachbar.client.types import (
     CreatedStoreInfo,
     DBInfo,
@@ -87,7 +89,27 @@ def entry(proto: db_pb2.Entry) -> Entry:
         id=proto.id,
         metadata=metadata_from_proto(proto.metadata),
         vector=list(proto.vector) if len(proto.vector) else None,
+        omitted_metadata_keys=list(proto.omitted_metadata_keys),
     )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What metadata a read returns (see the read methods of DBClient)."""
+
+    include_metadata: bool = True
+    exclude_metadata_keys: Iterable[str] = ()
+    max_metadata_value_bytes: int = 0
+
+    def apply(
+        self, request: db_pb2.GetKeyRequest | db_pb2.GetByPredicateRequest | db_pb2.GetSimNRequest
+    ) -> None:
+        if not self.include_metadata:
+            request.include_metadata = False
+        request.exclude_metadata_keys.extend(self.exclude_metadata_keys)
+        request.max_metadata_value_bytes = self.max_metadata_value_bytes
+        # The server never sends more than this channel accepts.
+        request.max_response_bytes = MAX_MESSAGE_BYTES
 
 
 def _vector(values: VectorLike) -> list[float]:
@@ -148,21 +170,37 @@ def upsert(
     return "Upsert", request, lambda r: UpsertResult(r.inserted, r.updated)
 
 
-def get_key(store: str, ids: Iterable[str], include_vectors: bool) -> Call[GetKeyResult]:
-    request = db_pb2.GetKeyRequest(store=store, ids=list(ids), include_vectors=include_vectors)
+def get_key(
+    store: str, ids: Iterable[str], include_vectors: bool, selection: Selection = Selection()
+) -> Call[tuple[GetKeyResult, list[str]]]:
+    """A GetKey that may return part of the entries; the parser gives the result and the ids
+    left for another request."""
+    request = db_pb2.GetKeyRequest(
+        store=store, ids=list(ids), include_vectors=include_vectors, allow_partial=True
+    )
+    selection.apply(request)
     return (
         "GetKey",
         request,
-        lambda r: GetKeyResult([entry(e) for e in r.entries], list(r.missing_ids)),
+        lambda r: (
+            GetKeyResult([entry(e) for e in r.entries], list(r.missing_ids)),
+            list(r.unreturned_ids),
+        ),
     )
 
 
 def get_by_predicate(
-    store: str, filter: FilterLike | None, limit: int, page_token: str, include_vectors: bool
+    store: str,
+    filter: FilterLike | None,
+    limit: int,
+    page_token: str,
+    include_vectors: bool,
+    selection: Selection = Selection(),
 ) -> Call[Page]:
     request = db_pb2.GetByPredicateRequest(
         store=store, limit=limit, page_token=page_token, include_vectors=include_vectors
     )
+    selection.apply(request)
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
@@ -181,6 +219,7 @@ def get_sim_n(
     mode: SearchMode | str,
     ef: int,
     include_vectors: bool,
+    selection: Selection = Selection(),
 ) -> Call[SearchResult]:
     request = db_pb2.GetSimNRequest(
         store=store,
@@ -190,6 +229,7 @@ def get_sim_n(
         ef=ef,
         include_vectors=include_vectors,
     )
+    selection.apply(request)
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
@@ -202,6 +242,7 @@ def get_sim_n(
                     m.similarity,
                     metadata_from_proto(m.metadata),
                     list(m.vector) if len(m.vector) else None,
+                    list(m.omitted_metadata_keys),
                 )
                 for m in r.matches
             ],

@@ -22,6 +22,7 @@ from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
 from nachbar.client.types import (
     CreatedStoreInfo,
     DBInfo,
+    Entry,
     GetKeyResult,
     Index,
     Metric,
@@ -110,9 +111,31 @@ class DBClient(SyncClient):
         ids: Iterable[str],
         *,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> GetKeyResult:
-        return self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+        """Entries by id, in request order, and the ids not found. When the entries do not
+        fit into one response they come in several (each with `timeout`).
+
+        include_metadata=False returns no metadata; exclude_metadata_keys leaves those fields
+        out and max_metadata_value_bytes leaves out str, bytes and list values larger than that
+        (each entry's omitted_metadata_keys names what was left out)."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
+        entries: list[Entry] = []
+        missing: list[str] = []
+        pending = list(ids)
+        while True:
+            part, pending = self._caller.call(
+                *calls.get_key(store, pending, include_vectors, selection), timeout
+            )
+            entries += part.entries
+            missing += part.missing_ids
+            if not pending:
+                return GetKeyResult(entries, missing)
 
     def get_by_predicate(
         self,
@@ -122,10 +145,20 @@ class DBClient(SyncClient):
         limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> Page:
+        """One page of entries matching the filter, in id order; follow next_page_token. A page
+        holds fewer than `limit` entries when more would not fit into one response. The
+        metadata options are those of get_key."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return self._caller.call(
-            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors, selection),
+            timeout,
         )
 
     def get_sim_n(
@@ -138,10 +171,20 @@ class DBClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
+        """The k entries most similar to `query`, best first. The metadata options are those
+        of get_key; when the k matches would not fit into one response the call raises
+        ResourceExhausted, saying how many fit."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            timeout,
         )
 
     def delete_keys(self, store: str, ids: Iterable[str], *, timeout: float | None = None) -> int:
@@ -231,9 +274,31 @@ class AsyncDBClient(AsyncClient):
         ids: Iterable[str],
         *,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> GetKeyResult:
-        return await self._caller.call(*calls.get_key(store, ids, include_vectors), timeout)
+        """Entries by id, in request order, and the ids not found. When the entries do not
+        fit into one response they come in several (each with `timeout`).
+
+        include_metadata=False returns no metadata; exclude_metadata_keys leaves those fields
+        out and max_metadata_value_bytes leaves out str, bytes and list values larger than that
+        (each entry's omitted_metadata_keys names what was left out)."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
+        entries: list[Entry] = []
+        missing: list[str] = []
+        pending = list(ids)
+        while True:
+            part, pending = await self._caller.call(
+                *calls.get_key(store, pending, include_vectors, selection), timeout
+            )
+            entries += part.entries
+            missing += part.missing_ids
+            if not pending:
+                return GetKeyResult(entries, missing)
 
     async def get_by_predicate(
         self,
@@ -243,10 +308,20 @@ class AsyncDBClient(AsyncClient):
         limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> Page:
+        """One page of entries matching the filter, in id order; follow next_page_token. A page
+        holds fewer than `limit` entries when more would not fit into one response. The
+        metadata options are those of get_key."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return await self._caller.call(
-            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors), timeout
+            *calls.get_by_predicate(store, filter, limit, page_token, include_vectors, selection),
+            timeout,
         )
 
     async def get_sim_n(
@@ -259,10 +334,20 @@ class AsyncDBClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        include_metadata: bool = True,
+        exclude_metadata_keys: Iterable[str] = (),
+        max_metadata_value_bytes: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
+        """The k entries most similar to `query`, best first. The metadata options are those
+        of get_key; when the k matches would not fit into one response the call raises
+        ResourceExhausted, saying how many fit."""
+        selection = calls.Selection(
+            include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
+        )
         return await self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors), timeout
+            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            timeout,
         )
 
     async def delete_keys(

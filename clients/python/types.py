@@ -64,6 +64,8 @@ class Entry:
     id: str
     metadata: Metadata
     vector: list[float] | None = None
+    # Fields the entry has that exclude_metadata_keys / max_metadata_value_bytes left out.
+    omitted_metadata_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Match:
     similarity: float
     metadata: Metadata
     vector: list[float] | None = None
+    omitted_metadata_keys: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> float:

@@ -92,16 +92,42 @@ class Field:
 
 
 class Filter:
-    """A filter expression; combine with `&`, `|` and `~`."""
+    """A filter expression; combine with `&`, `|` and `~`.
+
+    A chain of `&` (or of `|`) builds one flat all_of (any_of), not a nest of pairs: servers
+    limit how deep filters nest, and `a | b | c | ...` would otherwise nest once per operand."""
 
     def __init__(self, proto: pb.Filter) -> None:
-        self.proto = proto
+        self._proto: pb.Filter | None = proto
+        self._joined_by = ""  # "all_of" or "any_of" when built by & or |
+        self._parts: tuple[pb.Filter, ...] = ()
+
+    @classmethod
+    def _join(cls, kind: str, left: Filter, right: Filter) -> Filter:
+        joined = cls.__new__(cls)
+        joined._proto = None  # built on first use, so a long chain is not copied per operand
+        joined._joined_by = kind
+        joined._parts = left._operands(kind) + right._operands(kind)
+        return joined
+
+    def _operands(self, kind: str) -> tuple[pb.Filter, ...]:
+        return self._parts if self._joined_by == kind else (self.proto,)
+
+    @property
+    def proto(self) -> pb.Filter:
+        if self._proto is None:
+            parts = pb.FilterList(filters=self._parts)
+            if self._joined_by == "all_of":
+                self._proto = pb.Filter(all_of=parts)
+            else:
+                self._proto = pb.Filter(any_of=parts)
+        return self._proto
 
     def __and__(self, other: Filter) -> Filter:
-        return Filter(pb.Filter(all_of=pb.FilterList(filters=[self.proto, other.proto])))
+        return Filter._join("all_of", self, other)
 
     def __or__(self, other: Filter) -> Filter:
-        return Filter(pb.Filter(any_of=pb.FilterList(filters=[self.proto, other.proto])))
+        return Filter._join("any_of", self, other)
 
     def __invert__(self) -> Filter:
         return Filter(pb.Filter(negate=self.proto))

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nachbar.client import AsyncDBClient, Field, NotFound, filter_from_dict
+from nachbar.client import AsyncDBClient, Field, NotFound, ResourceExhausted, filter_from_dict
 from nachbar.client.errors import NachbarError, from_rpc_error
 from nachbar.client.values import (
     MetadataValue,
@@ -53,6 +53,22 @@ def test_filter_builder_and_dict_form_agree() -> None:
     assert filter_from_dict({"a": {"in": [1, 2]}, "b": {"exists": True}}).HasField("all_of")
 
 
+def test_chains_of_and_or_build_flat_lists_not_deep_nests() -> None:
+    ors = Field("n") == 0
+    for i in range(1, 200):
+        ors = ors | (Field("n") == i)
+    assert filter_to_dict(ors.proto) == {"any_of": [{"n": {"eq": i}} for i in range(200)]}
+    mixed = (Field("a") == 1) & (Field("b") == 2) & ((Field("c") == 3) | (Field("d") == 4))
+    assert filter_to_dict(mixed.proto) == {
+        "all_of": [
+            {"a": {"eq": 1}},
+            {"b": {"eq": 2}},
+            {"any_of": [{"c": {"eq": 3}}, {"d": {"eq": 4}}]},
+        ]
+    }
+    assert filter_to_dict((~mixed).proto) == {"not": filter_to_dict(mixed.proto)}
+
+
 @pytest.mark.parametrize(
     "bad", [{}, {"x": {"near": 1}}, {"x": 3}, {"all_of": []}, {"x": {"in": 3}}]
 )
@@ -86,6 +102,36 @@ def test_async_client(tmp_path: Path) -> None:
             assert {h.matches[0].id for h in hits} == {"x"}
             with pytest.raises(NotFound):
                 await db.get_store("missing")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop(grace=1)
+
+
+def test_async_client_reads_large_entries_within_the_servers_limit(tmp_path: Path) -> None:
+    server = start_db_server(
+        parse_db_config(
+            ["--port", "0", "--data-dir", str(tmp_path), "--max-message-bytes", str(1 << 20)]
+        )
+    )
+    blob = b"\x07" * 400_000  # two of these fit into 1 MiB, three do not
+
+    async def scenario() -> None:
+        async with AsyncDBClient(f"127.0.0.1:{server.port}", timeout=10) as db:
+            await db.create_store("a", 2)
+            entries = [(f"e{i}", [1, i], {"blob": blob, "i": i}) for i in range(3)]
+            await db.upsert("a", entries, batch_size=1)
+            got = await db.get_key("a", ["e0", "e1", "e2"])
+            assert [e.metadata["i"] for e in got.entries] == [0, 1, 2]
+            with pytest.raises(ResourceExhausted, match="k=2 fits"):
+                await db.get_sim_n("a", [1, 0], k=3)
+            light = await db.get_sim_n("a", [1, 0], k=3, exclude_metadata_keys=["blob"])
+            assert [m.omitted_metadata_keys for m in light.matches] == [["blob"]] * 3
+            page = await db.get_by_predicate("a", include_metadata=False)
+            assert [(e.id, e.metadata) for e in page.entries] == [(f"e{i}", {}) for i in range(3)]
+            small = await db.get_by_predicate("a", max_metadata_value_bytes=10)
+            assert [e.metadata for e in small.entries] == [{"i": i} for i in range(3)]
 
     try:
         asyncio.run(scenario())

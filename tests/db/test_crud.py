@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 
 from nachbar.db.engine import Database
-from nachbar.db.errors import StoreNotFoundError
+from nachbar.db.errors import InvalidArgumentError, StoreNotFoundError
 from nachbar.db.filters import AnyOf, Condition, Op
-from nachbar.db.types import Entry, ExactConfig, HnswConfig, Metric, StoreSpec
+from nachbar.db.types import (
+    ALL_METADATA,
+    Entry,
+    ExactConfig,
+    HnswConfig,
+    Metadata,
+    MetadataSelection,
+    Metric,
+    StoreSpec,
+)
 
 DIM = 3
 
@@ -265,6 +274,50 @@ def test_slots_of_deleted_entries_are_reused(db: Database) -> None:
     for n in range(1, 100, 2):
         assert db.get_sim_n("s", first[n], 1, mode="hnsw").matches[0].id == f"old{n}"  # type: ignore[arg-type]
     assert db.get_store("s").count == 100
+
+
+def test_reads_return_the_metadata_they_select(db: Database) -> None:
+    db.create_store(StoreSpec("sel", DIM))
+    text = "Ö" * 60  # 60 characters, 120 UTF-8 bytes
+    meta: Metadata = {"t": text, "b": b"x" * 100, "l": ["ab", "cd"], "n": 7, "flag": True}
+    db.upsert("sel", [Entry("a", vec(1, 0, 0), meta)])
+
+    def read(selection: MetadataSelection) -> list[tuple[Metadata, tuple[str, ...]]]:
+        got = [db.get_keys("sel", ["a"], metadata=selection)[0][0]]
+        got.append(db.get_by_predicate("sel", None, metadata=selection).entries[0])
+        found = db.get_sim_n("sel", vec(1, 0, 0), 1, metadata=selection).matches[0]
+        return [(dict(e.metadata), e.omitted_keys) for e in got] + [
+            (dict(found.metadata), found.omitted_keys)
+        ]
+
+    assert read(ALL_METADATA) == [(meta, ())] * 3
+    assert read(MetadataSelection(include=False)) == [({}, ())] * 3
+    excluded = MetadataSelection(exclude_keys=frozenset({"b", "absent"}))
+    assert read(excluded) == [({k: v for k, v in meta.items() if k != "b"}, ("b",))] * 3
+    # Text is measured in UTF-8 bytes: 120 > 110, while the bytes value (100) stays.
+    by_size = MetadataSelection(max_value_bytes=110)
+    assert read(by_size) == [({k: v for k, v in meta.items() if k != "t"}, ("t",))] * 3
+    assert (
+        read(MetadataSelection(max_value_bytes=3))
+        == [({"n": 7, "flag": True}, ("t", "b", "l"))] * 3
+    )
+    # The stored entry is untouched.
+    assert db.get_keys("sel", ["a"])[0][0].metadata == meta
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (MetadataSelection(max_value_bytes=-1), "max_metadata_value_bytes is -1"),
+        (MetadataSelection(exclude_keys=frozenset(map(str, range(1025)))), "more than 1024"),
+    ],
+)
+def test_bad_metadata_selections_are_refused(
+    db: Database, selection: MetadataSelection, message: str
+) -> None:
+    db.create_store(StoreSpec("sel", DIM))
+    with pytest.raises(InvalidArgumentError, match=message):
+        db.get_keys("sel", ["a"], metadata=selection)
 
 
 def test_expected_store_id_guards_every_request_against_a_recreated_store(db: Database) -> None:

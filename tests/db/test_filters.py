@@ -1,11 +1,31 @@
-"""The reference semantics of filters (`filters.matches`) and filter validation."""
+"""The reference semantics of filters (`filters.matches`), filter validation and limits, and
+what compiling a filter does to its cost."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import pytest
 
 from nachbar.db.errors import InvalidArgumentError
-from nachbar.db.filters import AllOf, AnyOf, Condition, Filter, Not, Op, matches, validate
+from nachbar.db.filters import (
+    AllOf,
+    AnyOf,
+    CompiledAnyOf,
+    CompiledCondition,
+    Condition,
+    Filter,
+    FilterLimits,
+    Not,
+    Op,
+    compile_filter,
+    matches,
+    matches_compiled,
+    validate,
+)
+from nachbar.db.predicates import TRANSIENT_INDEX_TESTS_PER_SLOT, FilterEvaluator
 from nachbar.db.types import Metadata
 
 META: Metadata = {
@@ -122,3 +142,143 @@ def test_validate_rejects_absurd_nesting() -> None:
         flt = Not(flt)
     with pytest.raises(InvalidArgumentError, match="deeper than"):
         validate(flt)
+
+
+def nested(depth: int) -> Filter:
+    flt: Filter = c("a", Op.EXISTS)
+    for level in range(depth):
+        flt = AllOf((flt,)) if level % 2 else Not(flt)
+    return flt
+
+
+LIMITS = FilterLimits(max_conditions=10, max_depth=3, max_values=5)
+
+
+def test_limits_admit_filters_at_the_limit() -> None:
+    validate(AnyOf(tuple(c("n", Op.EQ, i) for i in range(10))), LIMITS)
+    validate(nested(3), LIMITS)
+    validate(c("n", Op.IN, values=(1, 2, 3, 4, 5)), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        (AnyOf(tuple(c("n", Op.EQ, i) for i in range(11))), "more than 10 conditions"),
+        (AllOf((c("a", Op.EXISTS),) * 6 + (AnyOf((c("b", Op.EXISTS),) * 5),)), "10 conditions"),
+        (nested(4), "deeper than the limit of 3 levels"),
+        (c("n", Op.IN, values=(1, 2, 3, 4, 5, 6)), "6 values, over the limit of 5"),
+        (c("n", Op.NOT_IN, values=tuple(range(6))), "over the limit of 5 per in / not_in"),
+    ],
+)
+def test_limits_refuse_larger_filters_saying_what_to_do(flt: Filter, message: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        validate(flt, LIMITS)
+    assert message in caught.value.message
+    if "conditions" in message:
+        assert "one `in` condition instead of `eq`" in caught.value.message
+
+
+def test_default_limits_refuse_the_filters_that_cost_seconds() -> None:
+    with pytest.raises(InvalidArgumentError, match="more than 128 conditions"):
+        validate(AnyOf(tuple(c("n", Op.EQ, i) for i in range(40_000))))
+    with pytest.raises(InvalidArgumentError, match="deeper than the limit of 32"):
+        validate(nested(33))
+    validate(nested(32))
+    validate(c("n", Op.IN, values=tuple(range(65_536))))
+
+
+def test_compiling_merges_equalities_of_one_field_into_one_set_lookup() -> None:
+    equalities = [c("n", Op.EQ, i) for i in range(100)]
+    ors = compile_filter(AnyOf((*equalities, c("m", Op.GT, 1))))
+    assert isinstance(ors, CompiledAnyOf) and len(ors.children) == 2
+    merged = ors.children[0]
+    assert (
+        isinstance(merged, CompiledCondition) and merged.positive.op == Op.IN and not merged.negated
+    )
+    assert len(merged.positive.values) == 100
+    nes = compile_filter(AllOf((c("n", Op.NE, 1), c("n", Op.NOT_IN, values=(2, 3, 1)))))
+    assert (
+        isinstance(nes, CompiledCondition) and nes.negated and set(nes.positive.values) == {1, 2, 3}
+    )
+    # not(eq) is ne, and not(not(x)) is x.
+    folded = compile_filter(Not(Not(Not(c("n", Op.EQ, 1)))))
+    assert isinstance(folded, CompiledCondition) and folded.negated and folded.positive.op == Op.EQ
+    # Equality tests that are not joined by the matching combinator stay apart.
+    kept = compile_filter(AllOf((c("n", Op.EQ, 1), c("n", Op.EQ, 2))))
+    assert not isinstance(kept, CompiledCondition)
+
+
+VALUES: list[Any] = [
+    "sea",
+    "",
+    1,
+    1.0,
+    2**53 + 1,
+    float(2**53),
+    -0.5,
+    True,
+    False,
+    b"\x01",
+    b"",
+    ["sea", "boat"],
+    [],
+]
+
+
+@pytest.mark.parametrize("op", list(Op))
+def test_compiled_conditions_agree_with_the_reference(op: Op) -> None:
+    operands = [
+        v
+        for v in VALUES
+        if op not in (Op.LT, Op.LTE, Op.GT, Op.GTE) or not isinstance(v, bool | list)
+    ]
+    for operand in operands:
+        if op == Op.EXISTS:
+            cond = c("f", op)
+        elif op in (Op.IN, Op.NOT_IN):
+            cond = c("f", op, values=(operand, "other"))
+        else:
+            cond = c("f", op, operand)
+        compiled = compile_filter(cond)
+        for value in VALUES:
+            meta: Metadata = {"f": value}
+            assert matches_compiled(compiled, meta) == matches(cond, meta), (cond, value)
+        assert matches_compiled(compiled, {}) == matches(cond, {})
+
+
+class CountingMetadata(dict[str, Any]):
+    """Metadata that counts how often a filter reads it one entry at a time."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        CountingMetadata.reads += 1
+        return super().get(key, default)
+
+
+def reads_to_evaluate(flt: Filter, metas: Sequence[Metadata]) -> tuple[int, np.ndarray]:
+    validate(flt)
+    CountingMetadata.reads = 0
+    evaluator = FilterEvaluator(metas, len(metas), {})
+    mask = evaluator.evaluate(compile_filter(flt), np.ones(len(metas), dtype=bool))
+    return CountingMetadata.reads, mask
+
+
+def test_cost_per_entry_does_not_grow_with_the_number_of_operands() -> None:
+    metas: list[Metadata] = [CountingMetadata(n=i, tag=f"t{i % 7}") for i in range(2000)]
+    expected = np.array([i % 3 == 0 for i in range(2000)])
+
+    # 128 eq tests joined by any_of read each entry once, like one `in`.
+    reads, mask = reads_to_evaluate(AnyOf(tuple(c("n", Op.EQ, i) for i in range(0, 384, 3))), metas)
+    assert reads == 2000
+    assert (mask == (expected & (np.arange(2000) < 384))).all()
+
+    # An `in` with 65,536 values reads each entry once too.
+    reads, mask = reads_to_evaluate(c("n", Op.IN, values=tuple(range(0, 3 * 65_536, 3))), metas)
+    assert reads == 2000 and (mask == expected).all()
+
+    # 128 range tests of one field: after a few passes the field is indexed for the request.
+    ranges = AnyOf(tuple(c("n", Op.GT, 10_000 + i) for i in range(128)))
+    reads, mask = reads_to_evaluate(ranges, metas)
+    assert not mask.any()
+    assert reads <= TRANSIENT_INDEX_TESTS_PER_SLOT * 2000 < 128 * 2000

@@ -36,17 +36,22 @@ function checkTimeout(timeoutMs: number): number {
 export class Caller {
   readonly client: grpc.Client;
   readonly timeoutMs: number;
+  /** The largest reply this channel accepts; 0: no limit of its own. */
+  readonly maxReceiveBytes: number;
 
   constructor(
     readonly address: string,
     options: ClientOptions,
   ) {
     this.timeoutMs = checkTimeout(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-    this.client = new grpc.Client(address, options.credentials ?? grpc.credentials.createInsecure(), {
+    const channelOptions: grpc.ChannelOptions = {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
       ...options.channelOptions,
-    });
+    };
+    const receive = Number(channelOptions['grpc.max_receive_message_length']);
+    this.maxReceiveBytes = Number.isInteger(receive) && receive > 0 ? receive : 0;
+    this.client = new grpc.Client(address, options.credentials ?? grpc.credentials.createInsecure(), channelOptions);
   }
 
   unary<Req, Res>(method: UnaryMethod<Req, Res>, request: NoInfer<Req>, options: CallOptions = {}): Promise<Res> {

@@ -68,7 +68,20 @@ export interface IncludeVectorsOptions extends CallOptions {
   includeVectors?: boolean;
 }
 
-export interface GetByPredicateOptions extends IncludeVectorsOptions {
+/**
+ * What a read returns of each entry's metadata. Entries of a store that keeps large values
+ * (nachbar-ai keeps originals under `_nachbar_text` / `_nachbar_image`) can leave them out.
+ */
+export interface ReadOptions extends IncludeVectorsOptions {
+  /** Default true; false returns no metadata. */
+  includeMetadata?: boolean;
+  /** Leave these metadata fields out; each entry's `omittedMetadataKeys` names what it lost. */
+  excludeMetadataKeys?: string[];
+  /** Leave out string, bytes and string-list values larger than this many bytes; 0 or unset: no limit. */
+  maxMetadataValueBytes?: number;
+}
+
+export interface GetByPredicateOptions extends ReadOptions {
   /** Unset matches every entry. */
   filter?: FilterSpec;
   /** Page size: default 100, at most 10000. */
@@ -77,7 +90,7 @@ export interface GetByPredicateOptions extends IncludeVectorsOptions {
   pageToken?: string;
 }
 
-export interface DBSearchOptions extends IncludeVectorsOptions {
+export interface DBSearchOptions extends ReadOptions {
   filter?: FilterSpec;
   mode?: SearchMode;
   /** HNSW ef for this query; 0 or unset uses the store's ef_search. */
@@ -104,6 +117,7 @@ export function storeInfoFromProto(info: StoreInfo__Output | null): StoreInfo {
 function entryFromProto(entry: Entry__Output, withVector: boolean): Entry {
   const result: Entry = { id: entry.id, metadata: metadataFromProto(entry.metadata) };
   if (withVector) result.vector = [...entry.vector];
+  if (entry.omitted_metadata_keys.length > 0) result.omittedMetadataKeys = [...entry.omitted_metadata_keys];
   return result;
 }
 
@@ -201,13 +215,26 @@ export class DBClient {
     return total;
   }
 
-  async getKey(store: string, ids: string[], options: IncludeVectorsOptions = {}): Promise<GetKeyResult<Entry>> {
+  /**
+   * Entries by id, in request order, and the ids not found. When the entries do not fit into
+   * one response they come in several (each with its own deadline).
+   */
+  async getKey(store: string, ids: string[], options: ReadOptions = {}): Promise<GetKeyResult<Entry>> {
     const includeVectors = options.includeVectors ?? false;
-    const response = await this.caller.unary(this.service.GetKey, { store, ids, include_vectors: includeVectors }, options);
-    return {
-      entries: response.entries.map((entry) => entryFromProto(entry, includeVectors)),
-      missingIds: [...response.missing_ids],
-    };
+    const entries: Entry[] = [];
+    const missingIds: string[] = [];
+    let pending = ids;
+    for (;;) {
+      const response = await this.caller.unary(
+        this.service.GetKey,
+        { store, ids: pending, include_vectors: includeVectors, allow_partial: true, ...this.readFields(options) },
+        options,
+      );
+      entries.push(...response.entries.map((entry) => entryFromProto(entry, includeVectors)));
+      missingIds.push(...response.missing_ids);
+      if (response.unreturned_ids.length === 0) return { entries, missingIds };
+      pending = [...response.unreturned_ids];
+    }
   }
 
   /** One page of the entries matching `filter`, in id order. */
@@ -221,6 +248,7 @@ export class DBClient {
         limit: uint32(options.limit ?? DEFAULTS.page_limit, 'limit'),
         page_token: options.pageToken ?? '',
         include_vectors: includeVectors,
+        ...this.readFields(options),
       },
       options,
     );
@@ -243,6 +271,7 @@ export class DBClient {
         mode: searchModeToProto(options.mode),
         ef: uint32(options.ef ?? 0, 'ef'),
         include_vectors: includeVectors,
+        ...this.readFields(options),
       },
       options,
     );
@@ -250,10 +279,30 @@ export class DBClient {
       matches: response.matches.map((match) => {
         const result: Match = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (includeVectors) result.vector = [...match.vector];
+        if (match.omitted_metadata_keys.length > 0) result.omittedMetadataKeys = [...match.omitted_metadata_keys];
         return result;
       }),
       plan: response.plan,
     };
+  }
+
+  /** The request fields of ReadOptions; the server never sends more than this channel accepts. */
+  private readFields(options: ReadOptions): {
+    include_metadata?: boolean;
+    exclude_metadata_keys: string[];
+    max_metadata_value_bytes: number;
+    max_response_bytes: number;
+  } {
+    const maxValueBytes = options.maxMetadataValueBytes ?? 0;
+    if (!Number.isSafeInteger(maxValueBytes) || maxValueBytes < 0) {
+      throw new InvalidArgumentError(`maxMetadataValueBytes must be a non-negative integer, got ${String(maxValueBytes)}`);
+    }
+    const fields = {
+      exclude_metadata_keys: options.excludeMetadataKeys ?? [],
+      max_metadata_value_bytes: maxValueBytes,
+      max_response_bytes: this.caller.maxReceiveBytes,
+    };
+    return options.includeMetadata === false ? { include_metadata: false, ...fields } : fields;
   }
 
   /** How many of `ids` existed and were deleted. */

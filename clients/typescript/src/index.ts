@@ -18,6 +18,7 @@ export type {
   GetByPredicateOptions,
   IncludeVectorsOptions,
   MissingOkOptions,
+  ReadOptions,
   UpsertOptions,
 } from './db';
 export { DEFAULTS } from './defaults';

@@ -119,6 +119,8 @@ export interface Entry {
   metadata: Metadata;
   /** Present when the call asked for vectors. */
   vector?: number[];
+  /** Present when `excludeMetadataKeys` or `maxMetadataValueBytes` left fields of this entry out. */
+  omittedMetadataKeys?: string[];
 }
 
 export interface Match {
@@ -127,6 +129,8 @@ export interface Match {
   similarity: number;
   metadata: Metadata;
   vector?: number[];
+  /** As on Entry. */
+  omittedMetadataKeys?: string[];
 }
 
 export interface SearchResult<M> {

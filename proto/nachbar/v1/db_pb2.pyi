@@ -47,21 +47,30 @@ class Entry(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    OMITTED_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
+    @_builtins.property
+    def omitted_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In read responses: metadata fields the entry has that exclude_metadata_keys or
+        max_metadata_value_bytes left out of this response (GetKey without them reads them).
+        Ignored in Upsert.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
+        omitted_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,9 +415,29 @@ class GetKeyRequest(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
+    EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
     EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     include_vectors: _builtins.bool
+    include_metadata: _builtins.bool
+    """Unset or true: each entry's metadata (less the fields left out below); false: none."""
+    max_metadata_value_bytes: _builtins.int
+    """Leave out string, bytes and string-list values larger than this many bytes (UTF-8 for
+    text); 0: no limit.
+    """
+    max_response_bytes: _builtins.int
+    """The largest response the caller can receive; 0: the server's --max-message-bytes (the
+    smaller of the two applies).
+    """
+    allow_partial: _builtins.bool
+    """When the entries found do not fit into one response, return those that fit (in request
+    order) and list the others in unreturned_ids. Without it such a request fails with
+    RESOURCE_EXHAUSTED.
+    """
     expected_store_id: _builtins.int
     """When non-zero, the request applies only to the store with this StoreInfo.store_id:
     ABORTED if `store` now names another one (dropped and created again). Field 15 in every
@@ -416,19 +445,30 @@ class GetKeyRequest(_message.Message):
     """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def exclude_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Leave these metadata fields out, e.g. "_nachbar_image", where nachbar-ai keeps images."""
+
     def __init__(
         self,
         *,
         store: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         include_vectors: _builtins.bool = ...,
+        include_metadata: _builtins.bool | None = ...,
+        exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        max_metadata_value_bytes: _builtins.int = ...,
+        max_response_bytes: _builtins.int = ...,
+        allow_partial: _builtins.bool = ...,
         expected_store_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "ids", b"ids", "include_vectors", b"include_vectors", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "allow_partial", b"allow_partial", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "ids", b"ids", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
+    _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__include_metadata) -> _WhichOneofReturnType__include_metadata | None: ...
 
 Global___GetKeyRequest: _TypeAlias = GetKeyRequest  # noqa: Y015
 
@@ -438,21 +478,27 @@ class GetKeyResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     MISSING_IDS_FIELD_NUMBER: _builtins.int
+    UNRETURNED_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
         """In the order of the request, without the missing ones."""
 
     @_builtins.property
     def missing_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def unreturned_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With allow_partial: ids found but left for another request, so the response fits."""
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___Entry] | None = ...,
         missing_ids: _abc.Iterable[_builtins.str] | None = ...,
+        unreturned_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "missing_ids", b"missing_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "missing_ids", b"missing_ids", "unreturned_ids", b"unreturned_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,13 +513,23 @@ class GetByPredicateRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
+    EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     limit: _builtins.int
-    """Page size; 0 means 100. At most 10000."""
+    """Page size; 0 means 100. At most 10000. A page holds fewer entries (and a
+    next_page_token) when more would not fit into one response.
+    """
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     include_vectors: _builtins.bool
+    include_metadata: _builtins.bool
+    """As in GetKeyRequest."""
+    max_metadata_value_bytes: _builtins.int
+    max_response_bytes: _builtins.int
     expected_store_id: _builtins.int
     """When non-zero, the request applies only to the store with this StoreInfo.store_id:
     ABORTED if `store` now names another one (dropped and created again). Field 15 in every
@@ -483,6 +539,8 @@ class GetByPredicateRequest(_message.Message):
     def filter(self) -> _common_pb2.Filter:
         """Unset matches every entry."""
 
+    @_builtins.property
+    def exclude_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -491,13 +549,19 @@ class GetByPredicateRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_vectors: _builtins.bool = ...,
+        include_metadata: _builtins.bool | None = ...,
+        exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        max_metadata_value_bytes: _builtins.int = ...,
+        max_response_bytes: _builtins.int = ...,
         expected_store_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "filter", b"filter", "include_vectors", b"include_vectors", "limit", b"limit", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "limit", b"limit", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
+    _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__include_metadata) -> _WhichOneofReturnType__include_metadata | None: ...
 
 Global___GetByPredicateRequest: _TypeAlias = GetByPredicateRequest  # noqa: Y015
 
@@ -536,6 +600,10 @@ class GetSimNRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     EF_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
+    EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
@@ -544,6 +612,12 @@ class GetSimNRequest(_message.Message):
     ef: _builtins.int
     """HNSW ef for this query; 0 uses the store's ef_search. Raised to k when smaller."""
     include_vectors: _builtins.bool
+    include_metadata: _builtins.bool
+    """As in GetKeyRequest. When the k matches would not fit into one response the search fails
+    with RESOURCE_EXHAUSTED, saying how many would fit.
+    """
+    max_metadata_value_bytes: _builtins.int
+    max_response_bytes: _builtins.int
     expected_store_id: _builtins.int
     """When non-zero, the request applies only to the store with this StoreInfo.store_id:
     ABORTED if `store` now names another one (dropped and created again). Field 15 in every
@@ -553,6 +627,8 @@ class GetSimNRequest(_message.Message):
     def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
+    @_builtins.property
+    def exclude_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -563,13 +639,19 @@ class GetSimNRequest(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         ef: _builtins.int = ...,
         include_vectors: _builtins.bool = ...,
+        include_metadata: _builtins.bool | None = ...,
+        exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        max_metadata_value_bytes: _builtins.int = ...,
+        max_response_bytes: _builtins.int = ...,
         expected_store_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef", b"ef", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_vectors", b"include_vectors", "k", b"k", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
+    _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__include_metadata) -> _WhichOneofReturnType__include_metadata | None: ...
 
 Global___GetSimNRequest: _TypeAlias = GetSimNRequest  # noqa: Y015
 
@@ -602,6 +684,7 @@ class Match(_message.Message):
     SIMILARITY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
+    OMITTED_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     similarity: _builtins.float
     """Higher is more similar; its meaning per metric is documented on Metric. (Named `score`
@@ -611,6 +694,10 @@ class Match(_message.Message):
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
     def vector(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def omitted_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As on Entry."""
+
     def __init__(
         self,
         *,
@@ -618,10 +705,11 @@ class Match(_message.Message):
         similarity: _builtins.float = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
+        omitted_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

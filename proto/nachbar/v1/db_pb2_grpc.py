@@ -144,7 +144,15 @@ class DBServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Entries by id.
+
+        The three reads (GetKey, GetByPredicate, GetSimN) never build a response larger than the
+        server's --max-message-bytes or the request's max_response_bytes: GetByPredicate ends the
+        page early, GetKey with allow_partial returns the entries that fit, and otherwise the read
+        fails with RESOURCE_EXHAUSTED before building anything, saying how large the response would
+        be and what to ask for instead. Their include_metadata, exclude_metadata_keys and
+        max_metadata_value_bytes choose what metadata comes back (default: all of it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -42,6 +42,15 @@ class DBServiceStub:
     Upsert: _grpc.UnaryUnaryMultiCallable[_db_pb2.UpsertRequest, _db_pb2.UpsertResponse]
     """Insert or replace entries by id, atomically: either every entry is stored or none is."""
     GetKey: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetKeyRequest, _db_pb2.GetKeyResponse]
+    """Entries by id.
+
+    The three reads (GetKey, GetByPredicate, GetSimN) never build a response larger than the
+    server's --max-message-bytes or the request's max_response_bytes: GetByPredicate ends the
+    page early, GetKey with allow_partial returns the entries that fit, and otherwise the read
+    fails with RESOURCE_EXHAUSTED before building anything, saying how large the response would
+    be and what to ask for instead. Their include_metadata, exclude_metadata_keys and
+    max_metadata_value_bytes choose what metadata comes back (default: all of it).
+    """
     GetByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]
@@ -71,6 +80,15 @@ class DBServiceAsyncStub(DBServiceStub):
     Upsert: _aio.UnaryUnaryMultiCallable[_db_pb2.UpsertRequest, _db_pb2.UpsertResponse]  # type: ignore[assignment]
     """Insert or replace entries by id, atomically: either every entry is stored or none is."""
     GetKey: _aio.UnaryUnaryMultiCallable[_db_pb2.GetKeyRequest, _db_pb2.GetKeyResponse]  # type: ignore[assignment]
+    """Entries by id.
+
+    The three reads (GetKey, GetByPredicate, GetSimN) never build a response larger than the
+    server's --max-message-bytes or the request's max_response_bytes: GetByPredicate ends the
+    page early, GetKey with allow_partial returns the entries that fit, and otherwise the read
+    fails with RESOURCE_EXHAUSTED before building anything, saying how large the response would
+    be and what to ask for instead. Their include_metadata, exclude_metadata_keys and
+    max_metadata_value_bytes choose what metadata comes back (default: all of it).
+    """
     GetByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]  # type: ignore[assignment]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _aio.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]  # type: ignore[assignment]
@@ -132,7 +150,16 @@ class DBServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _db_pb2.GetKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_db_pb2.GetKeyResponse, _abc.Awaitable[_db_pb2.GetKeyResponse]]: ...
+    ) -> _typing.Union[_db_pb2.GetKeyResponse, _abc.Awaitable[_db_pb2.GetKeyResponse]]:
+        """Entries by id.
+
+        The three reads (GetKey, GetByPredicate, GetSimN) never build a response larger than the
+        server's --max-message-bytes or the request's max_response_bytes: GetByPredicate ends the
+        page early, GetKey with allow_partial returns the entries that fit, and otherwise the read
+        fails with RESOURCE_EXHAUSTED before building anything, saying how large the response would
+        be and what to ask for instead. Their include_metadata, exclude_metadata_keys and
+        max_metadata_value_bytes choose what metadata comes back (default: all of it).
+        """
 
     @_abc_1.abstractmethod
     def GetByPredicate(

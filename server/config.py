@@ -16,6 +16,8 @@ from typing import Any
 DEFAULT_DB_PORT = 1369
 DEFAULT_AI_PORT = 1370
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_GRAPH_CHECKPOINT_CHANGES = 10_000
+DEFAULT_GRAPH_CHECKPOINT_SECONDS = 300.0
 
 
 def default_data_dir() -> Path:
@@ -45,6 +47,8 @@ class CommonConfig:
 class DBConfig(CommonConfig):
     data_dir: Path = field(default_factory=default_data_dir)
     fsync: str = "full"
+    graph_checkpoint_changes: int = DEFAULT_GRAPH_CHECKPOINT_CHANGES
+    graph_checkpoint_seconds: float = DEFAULT_GRAPH_CHECKPOINT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -177,12 +181,42 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
         help="full: every acknowledged write survives a crash or power loss; normal: survives a "
         "process crash, not power loss; off: fastest, may lose recent writes [env NACHBAR_FSYNC]",
     )
+    parser.add_argument(
+        "--graph-checkpoint-changes",
+        type=int,
+        default=int(_env("GRAPH_CHECKPOINT_CHANGES", DEFAULT_GRAPH_CHECKPOINT_CHANGES)),
+        help="save a store's HNSW graph in the background once this many entries changed since "
+        "its last save, which bounds what a restart after a crash replays; 0: off "
+        "[env NACHBAR_GRAPH_CHECKPOINT_CHANGES]",
+    )
+    parser.add_argument(
+        "--graph-checkpoint-seconds",
+        type=float,
+        default=float(_env("GRAPH_CHECKPOINT_SECONDS", DEFAULT_GRAPH_CHECKPOINT_SECONDS)),
+        help="save a store's HNSW graph in the background once its oldest unsaved change is "
+        "this old; 0: off [env NACHBAR_GRAPH_CHECKPOINT_SECONDS]",
+    )
     return parser
 
 
 def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
-    ns = db_parser().parse_args(argv)
-    return DBConfig(**_common_kwargs(ns), data_dir=ns.data_dir, fsync=ns.fsync)
+    parser = db_parser()
+    ns = parser.parse_args(argv)
+    if ns.graph_checkpoint_changes < 0:
+        parser.error(
+            f"--graph-checkpoint-changes must be 0 (off) or more, got {ns.graph_checkpoint_changes}"
+        )
+    if ns.graph_checkpoint_seconds < 0:
+        parser.error(
+            f"--graph-checkpoint-seconds must be 0 (off) or more, got {ns.graph_checkpoint_seconds}"
+        )
+    return DBConfig(
+        **_common_kwargs(ns),
+        data_dir=ns.data_dir,
+        fsync=ns.fsync,
+        graph_checkpoint_changes=ns.graph_checkpoint_changes,
+        graph_checkpoint_seconds=ns.graph_checkpoint_seconds,
+    )
 
 
 def _parse_local_model(raw: str) -> tuple[str, Path]:

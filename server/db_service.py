@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 
 import grpc
@@ -16,11 +17,19 @@ from nachbar.v1 import db_pb2, db_pb2_grpc
 
 @servicer
 class DBServicer(db_pb2_grpc.DBServiceServicer):
-    def __init__(self, db: Database, *, fsync: str, max_message_bytes: int) -> None:
-        self._db = db
+    def __init__(
+        self, database: Callable[[], Database], *, fsync: str, max_message_bytes: int
+    ) -> None:
+        # A callable, because the server answers while the database is still opening: until
+        # then it raises NotReadyError (UNAVAILABLE).
+        self._database = database
         self._fsync = fsync
         self._max_message_bytes = max_message_bytes
         self._started = time.monotonic()
+
+    @property
+    def _db(self) -> Database:
+        return self._database()
 
     def CreateStore(
         self, request: db_pb2.CreateStoreRequest, context: grpc.ServicerContext

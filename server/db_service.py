@@ -147,4 +147,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def Ping(
         self, request: db_pb2.PingRequest, context: grpc.ServicerContext
     ) -> db_pb2.PingResponse:
+        # UNAVAILABLE while the stores load, like every other call: nachbar-ai pings to know
+        # whether it can use this server.
+        self._database()
         return db_pb2.PingResponse()

@@ -17,13 +17,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 BIN = Path(sys.executable).parent
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
-    """Block until grpc.health.v1 reports SERVING for `service` at `address`."""
+def wait_serving(
+    address: str,
+    service: str = "",
+    timeout: float = 60.0,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Block until grpc.health.v1 reports SERVING for `service` at `address`; RuntimeError if
+    `process` exits first (a server that opens its port before it can serve may still fail)."""
     deadline = time.monotonic() + timeout
     last: object = None
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                output = log_path.read_text() if log_path is not None else ""
+                raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -98,5 +108,5 @@ def spawn(
         time.sleep(0.05)
     server = ServerProcess(proc, int(port_file.read_text()), log_path)
     if wait:
-        wait_serving(server.address, timeout=timeout)
+        wait_serving(server.address, timeout=timeout, process=proc, log_path=log_path)
     return server

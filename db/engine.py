@@ -531,7 +531,6 @@ class Database:
             for state in states:
                 if not due(state):
                     continue
-                began = time.perf_counter()
                 try:
                     saved = recovery.save_graph(state, fsync=self.fsync != "off")
                 except OSError as error:
@@ -539,11 +538,15 @@ class Database:
                     # not data.
                     log.error("store %r: could not save its graph: %s", state.spec.name, error)
                     continue
-                if saved:
-                    log.debug(
-                        "store %r: graph saved in %.2f s",
+                if saved is not None:
+                    log.info(
+                        "store %r: graph checkpoint of %d changes, %.1f MB in %.2f s "
+                        "(writes held %.3f s)",
                         state.spec.name,
-                        time.perf_counter() - began,
+                        saved.changes,
+                        saved.graph_bytes / 1e6,
+                        saved.seconds,
+                        saved.held_seconds,
                     )
 
     def _write_mark(self) -> None:

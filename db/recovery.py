@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,21 +141,33 @@ def _mark_gone(graph: HnswGraph, live: np.ndarray, marked: np.ndarray) -> np.nda
     return gone
 
 
-def save_graph(state: StoreState, *, fsync: bool) -> bool:
-    """Checkpoint the store's graph if it changed since its last save; True if saved."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """One graph save: what it covered and what it cost."""
+
+    changes: int  # entries changed since the previous save
+    graph_bytes: int
+    held_seconds: float  # writers of the store waited this long (the in-memory copy)
+    seconds: float
+
+
+def save_graph(state: StoreState, *, fsync: bool) -> Checkpoint | None:
+    """Checkpoint the store's graph if it changed since its last save (None if not)."""
+    began = time.perf_counter()
     with state.lock.read():
         if state.dropped or not state.graph_needs_save():
-            return False
+            return None
         snapshot, seq, changes = state.graph_snapshot()
         settings = state.settings()
+    held = time.perf_counter() - began
     _, size = snapshot.write(state.files, seq=seq, fsync=fsync, settings=settings)
     del snapshot  # as big as the graph: free it before taking the lock again
     with state.lock.read():
         if state.dropped:  # dropped while its graph was written: remove what was written
             state.files.remove()
-            return False
+            return None
         state.graph_saved(seq, changes, size)
-    return True
+    return Checkpoint(changes, size, held, time.perf_counter() - began)
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def test_graph_far_behind_is_rebuilt_not_replayed(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(data_dir, count=10)
-    monkeypatch.setattr(recovery, "save_graph", lambda state, fsync: False)
+    monkeypatch.setattr(recovery, "save_graph", lambda state, fsync: None)
     with open_db(data_dir) as db:
         db.upsert("s", entries(10, 1600))
     monkeypatch.undo()

@@ -168,7 +168,7 @@ def test_kill_during_a_checkpoint_keeps_the_previous_graph(data_dir: Path) -> No
         text=True,
     )
     assert child.stdout is not None
-    lines = []
+    lines: list[str] = []
     try:
         while len(lines) < 2:
             line = child.stdout.readline()

@@ -34,7 +34,7 @@ def held_open(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
         assert release.wait(60)
         return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(db_main.Database, "open", slow_open)
+    monkeypatch.setattr(Database, "open", slow_open)
     return release
 
 

@@ -157,9 +157,10 @@ def save_graph(state: StoreState, *, fsync: bool) -> Checkpoint | None:
     with state.lock.read():
         if state.dropped or not state.graph_needs_save():
             return None
+        copying = time.perf_counter()
         snapshot, seq, changes = state.graph_snapshot()
         settings = state.settings()
-    held = time.perf_counter() - began
+        held = time.perf_counter() - copying
     _, size = snapshot.write(state.files, seq=seq, fsync=fsync, settings=settings)
     del snapshot  # as big as the graph: free it before taking the lock again
     with state.lock.read():

@@ -50,11 +50,13 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -90,6 +92,7 @@ INDEX_DIR = "indexes"
 FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("full", "normal", "off")
 DEFAULT_CHECKPOINT_SECONDS = 300.0
 DEFAULT_CHECKPOINT_CHANGES = 10_000
+T = TypeVar("T")
 
 
 class Database:
@@ -163,15 +166,18 @@ class Database:
         storage: Storage | None = None
         try:
             marker = data_dir / MARKER_FILE
-            storage = Storage.open(
-                data_dir / DB_FILE, fsync=fsync, marker=marker, integrity_check=integrity_check
-            )
+            storage = Storage.open(data_dir / DB_FILE, fsync=fsync, marker=marker)
             if not marker.exists():
                 marker.write_text(json.dumps({"database": DB_FILE, "format": 1}) + "\n")
-            rows = storage.stores()
-            max_store_id = storage.max_store_id()
-            _check_committed(storage, rows, max_store_id, data_dir / recovery.COMMITTED_FILE)
-            stores = _load_stores(storage, rows, data_dir / INDEX_DIR)
+            # SQLite checks the file while Python loads the rows: two cores at work.
+            checked = _in_background(storage.quick_check if integrity_check else lambda: None)
+            try:
+                rows = storage.stores()
+                max_store_id = storage.max_store_id()
+                _check_committed(storage, rows, max_store_id, data_dir / recovery.COMMITTED_FILE)
+                stores = _load_stores(storage, rows, data_dir / INDEX_DIR)
+            finally:
+                checked()  # raises what quick_check found, before anything else
         except BaseException:
             if storage is not None:
                 storage.close()
@@ -635,6 +641,67 @@ def _lock_directory(data_dir: Path) -> int:
     return handle
 
 
+def _in_background(work: Callable[[], None]) -> Callable[[], None]:
+    """Start `work` in a thread; the returned function waits for it and raises its error."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the caller below
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="nachbar-db-check", daemon=True)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return join
+
+
+def _prefetched(chunks: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate `chunks` in a thread, `depth` ahead: SQLite reads the next chunk (without the
+    GIL) while Python decodes this one."""
+    ready: queue.Queue[tuple[str, object]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ready.put(("chunk", chunk), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as error:  # handed to the consumer
+            ready.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="nachbar-db-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
+
+
 def _check_committed(
     storage: Storage, rows: list[StoreRow], max_store_id: int, mark_path: Path
 ) -> None:
@@ -666,7 +733,7 @@ def _load_stores(storage: Storage, rows: list[StoreRow], index_dir: Path) -> dic
         # Room for every row up front: growing the arrays chunk by chunk copies them each time.
         state.reserve(storage.entry_count(row.store_id))
         with contextlib.closing(storage.entries(row.store_id)) as chunks:
-            state.load_rows(chunks, storage.path)
+            state.load_rows(_prefetched(chunks), storage.path)
         state.warm(list(state.field_indexes.values()))
         if state.hnsw_config is not None:
             state.load_report = IndexLoadReport(store=row.spec.name, action="pending")

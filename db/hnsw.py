@@ -159,6 +159,31 @@ class HnswGraph:
         if len(labels):
             self._index.add_items(vectors, labels)
 
+    def holds(self, vectors: np.ndarray, labels: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """Which of `labels` the graph already holds, live, with these very vectors (`known`:
+        sorted labels the graph may hold). Re-adding such a label is no insert but an hnswlib
+        update that rewires the node's neighbourhood, ten times the work for nothing."""
+        same = np.zeros(len(labels), dtype=bool)
+        candidates = np.flatnonzero(np.isin(labels, known))
+        if not len(candidates):
+            return same
+        try:
+            stored = np.asarray(self._index.get_items(labels[candidates]), dtype=np.float32)
+        except RuntimeError:  # a label marked deleted: look them up one by one
+            found, rows = [], []
+            for position in candidates.tolist():
+                with contextlib.suppress(RuntimeError):
+                    rows.append(self._index.get_items([labels[position]])[0])
+                    found.append(position)
+            candidates = np.asarray(found, dtype=np.int64)
+            stored = np.asarray(rows, dtype=np.float32).reshape(len(found), -1)
+        expected = vectors[candidates].astype(np.float32)
+        if self._index.space == "cosine":  # hnswlib stores unit vectors for cosine
+            norms = np.sqrt(np.einsum("ij,ij->i", expected, expected)) + np.float32(1e-30)
+            expected = expected / norms[:, None]
+        same[candidates] = np.all(np.abs(stored - expected) <= 1e-6, axis=1)
+        return same
+
     def mark_deleted(self, labels: np.ndarray) -> None:
         for label in labels.tolist():
             # Raises if not in the graph or already deleted: either way the label is gone.

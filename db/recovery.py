@@ -86,6 +86,7 @@ def restore_graph(state: StoreState, stop: threading.Event) -> None:
     # it started at; writes go on meanwhile and are picked up by the next round.
     with state.lock.read():
         live = state.live_slots()
+    known = np.sort(graph.labels())
     marked = _mark_gone(graph, live, np.empty(0, dtype=np.int64))
     done_seq = saved_seq
     applied = 0
@@ -107,19 +108,15 @@ def restore_graph(state: StoreState, stop: threading.Event) -> None:
                     return
                 size = state.size
                 vectors = state.vectors_of(piece)
-            graph.reserve(size)
-            graph.add(vectors, piece)
+            applied += _add_changed(graph, vectors, piece, known, size)
         marked = _mark_gone(graph, live, marked)
-        applied += len(todo)
         done_seq = target_seq
     with state.lock.write():
         if state.dropped:
             return
         todo = state.changed_since(done_seq)
-        graph.reserve(state.size)
-        graph.add(state.vectors_of(todo), todo)
+        applied += _add_changed(graph, state.vectors_of(todo), todo, known, state.size)
         _mark_gone(graph, state.live_slots(), marked)
-        applied += len(todo)
         if saved_seq < 0:
             report = IndexLoadReport(store=name, action="rebuilt", reason=reason)
             unsaved = state.count
@@ -131,6 +128,17 @@ def restore_graph(state: StoreState, stop: threading.Event) -> None:
         log.info("store %r: rebuilt its HNSW graph (%d entries)", name, count)
     else:
         log.info("store %r: loaded its HNSW graph and replayed %d later changes", name, applied)
+
+
+def _add_changed(
+    graph: HnswGraph, vectors: np.ndarray, slots: np.ndarray, known: np.ndarray, size: int
+) -> int:
+    """Add the slots whose vectors the graph lacks (entries re-written with the same vector,
+    e.g. metadata updates, need nothing); returns how many were added."""
+    changed = ~graph.holds(vectors, slots, known)
+    graph.reserve(size)
+    graph.add(vectors[changed], slots[changed])
+    return int(changed.sum())
 
 
 def _mark_gone(graph: HnswGraph, live: np.ndarray, marked: np.ndarray) -> np.ndarray:

@@ -108,10 +108,9 @@ class Storage:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(
-        cls, path: Path, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool
-    ) -> Storage:
-        """Open (or create) the database file; DataCorruptionError if it is damaged.
+    def open(cls, path: Path, *, fsync: FsyncPolicy, marker: Path) -> Storage:
+        """Open (or create) the database file; DataCorruptionError if it is damaged (see also
+        `quick_check`).
 
         `marker` exists once a database was created in this directory: from then on a missing or
         empty database file is an error, never a fresh start.
@@ -124,13 +123,13 @@ class Storage:
             raise _translate(error, path) from error
         storage = cls(path, conn)
         try:
-            storage._setup(fsync=fsync, marker=marker, integrity_check=integrity_check)
+            storage._setup(fsync=fsync, marker=marker)
         except BaseException:
             conn.close()
             raise
         return storage
 
-    def _setup(self, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool) -> None:
+    def _setup(self, *, fsync: FsyncPolicy, marker: Path) -> None:
         with self._errors():
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -146,14 +145,6 @@ class Storage:
                 self._create_schema()
                 self.created = True
                 return
-            if integrity_check:
-                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    summary = "; ".join(" ".join(str(p).split()) for p in problems[:3])[:300]
-                    raise DataCorruptionError(
-                        f"database file {self.path} is corrupt ({summary}); "
-                        "restore it from a backup"
-                    )
             row = None
             if "meta" in tables:
                 row = self._conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
@@ -167,6 +158,25 @@ class Storage:
                     f"{self.path} has storage format {row[0]}, this version reads format "
                     f"{FORMAT}; run a matching nachbar version"
                 )
+
+    def quick_check(self) -> None:
+        """SQLite's structural check of the whole file; DataCorruptionError if it finds damage.
+        Runs on a connection of its own, so it can run while the stores load (SQLite does the
+        work without Python's GIL)."""
+        try:
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error as error:
+            raise _translate(error, self.path) from error
+        try:
+            with self._errors():
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+        if problems != ["ok"]:
+            summary = "; ".join(" ".join(str(p).split()) for p in problems[:3])[:300]
+            raise DataCorruptionError(
+                f"database file {self.path} is corrupt ({summary}); restore it from a backup"
+            )
 
     def _create_schema(self) -> None:
         with self.transaction() as conn:

@@ -285,6 +285,30 @@ def test_rebuild_in_the_background_catches_up_with_writes(
         db.close()
 
 
+@pytest.mark.parametrize("metric", list(Metric))
+def test_entries_rewritten_with_the_same_vector_are_not_replayed(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, metric: Metric
+) -> None:
+    vectors = np.random.default_rng(5).standard_normal((400, DIM)).astype(np.float32)
+    with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
+        db.create_store(StoreSpec("s", DIM, metric=metric))
+        db.upsert("s", [Entry(f"e{n}", vectors[n], {"v": 1}) for n in range(300)])
+        db.flush()
+        monkeypatch.setattr(recovery, "save_graph", lambda state, fsync: None)  # a crash
+        db.upsert("s", [Entry(f"e{n}", vectors[n], {"v": 2}) for n in range(200)])  # same
+        db.upsert("s", [Entry(f"e{n}", -vectors[n], {"v": 3}) for n in range(10)])  # moved
+        db.upsert("s", [Entry(f"e{n}", vectors[n], {"v": 1}) for n in range(300, 400)])  # new
+    monkeypatch.undo()
+    with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
+        report = db.index_load_report("s")
+        assert (report.action, report.replayed) == ("loaded", 110)
+        assert db.get_keys("s", ["e150"])[0][0].metadata == {"v": 2}
+        for n in (0, 9, 150, 350):
+            query = -vectors[n] if n < 10 else vectors[n]
+            top = db.get_sim_n("s", query, 1, mode=SearchMode.HNSW)
+            assert (top.plan, top.matches[0].id) == ("hnsw", f"e{n}")
+
+
 def test_close_while_a_graph_is_restored(data_dir: Path) -> None:
     vectors = np.random.default_rng(2).standard_normal((2000, DIM)).astype(np.float32)
     with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:

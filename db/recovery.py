@@ -166,17 +166,17 @@ def save_graph(state: StoreState, *, fsync: bool) -> Checkpoint | None:
         if state.dropped or not state.graph_needs_save():
             return None
         copying = time.perf_counter()
-        snapshot, seq, changes = state.graph_snapshot()
+        snapshot, point = state.graph_snapshot()
         settings = state.settings()
         held = time.perf_counter() - copying
-    _, size = snapshot.write(state.files, seq=seq, fsync=fsync, settings=settings)
+    _, size = snapshot.write(state.files, seq=point.seq, fsync=fsync, settings=settings)
     del snapshot  # as big as the graph: free it before taking the lock again
     with state.lock.read():
         if state.dropped:  # dropped while its graph was written: remove what was written
             state.files.remove()
             return None
-        state.graph_saved(seq, changes, size)
-    return Checkpoint(changes, size, held, time.perf_counter() - began)
+        state.graph_saved(point, size)
+    return Checkpoint(point.changes, size, held, time.perf_counter() - began)
 
 
 @dataclass(frozen=True)

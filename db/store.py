@@ -17,7 +17,7 @@ import math
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,16 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
 def _postfilter_candidates(want: int, matching: int, count: int) -> int:
     """Unfiltered graph candidates that hold `want` matching entries with room to spare."""
     return math.ceil(want * POSTFILTER_OVERSAMPLE * count / max(matching, 1))
+
+
+@dataclass(frozen=True)
+class SavePoint:
+    """What a graph snapshot covers: the change sequence it reflects, the unsaved changes it
+    saves and when it was taken (time.monotonic())."""
+
+    seq: int
+    changes: int
+    taken_at: float
 
 
 def copy_metadata(meta: Metadata) -> Metadata:
@@ -287,20 +297,21 @@ class StoreState:
     def graph_needs_save(self) -> bool:
         return self.graph is not None and not self.graph_broken and self.unsaved_changes > 0
 
-    def graph_snapshot(self) -> tuple[GraphSnapshot, int, int]:
-        """A copy of the graph to save, the change sequence it reflects and the unsaved changes
-        it covers. Read lock (keeps writers out of the graph while it is copied)."""
+    def graph_snapshot(self) -> tuple[GraphSnapshot, SavePoint]:
+        """A copy of the graph to save, and what it covers. Read lock (keeps writers out of the
+        graph while it is copied)."""
         assert self.graph is not None
-        return self.graph.snapshot(), self.seq, self.unsaved_changes
+        point = SavePoint(self.seq, self.unsaved_changes, time.monotonic())
+        return self.graph.snapshot(), point
 
-    def graph_saved(self, seq: int, changes: int, size: int) -> None:
+    def graph_saved(self, point: SavePoint, size: int) -> None:
         """Record a finished save of a snapshot. Read lock: the fields it changes are changed
         otherwise only by writers, which the lock keeps out, and by saves, one at a time."""
-        self.saved_seq = seq
+        self.saved_seq = point.seq
         self.graph_file_bytes = size
-        self.unsaved_changes = max(0, self.unsaved_changes - changes)
-        if not self.unsaved_changes:
-            self.unsaved_since = None
+        self.unsaved_changes = max(0, self.unsaved_changes - point.changes)
+        # What is still unsaved was written after the snapshot was taken.
+        self.unsaved_since = point.taken_at if self.unsaved_changes else None
 
     def settings(self) -> dict[str, object]:
         config = self.hnsw_config

@@ -123,6 +123,28 @@ def test_checkpoint_once_enough_entries_changed(data_dir: Path) -> None:
         assert (report.action, report.replayed) == ("loaded", 0)
 
 
+def test_time_trigger_counts_from_the_last_snapshot(data_dir: Path) -> None:
+    """Under a steady stream of writes there is always something unsaved; the age that the time
+    trigger compares is that of the oldest change the last save did not cover."""
+    with Database.open(data_dir, fsync="off", checkpoint_seconds=1000, checkpoint_changes=0) as db:
+        db.create_store(StoreSpec("s", DIM))
+        db.upsert("s", entries(0, 10))
+        state = db._stores["s"]
+        first = state.unsaved_since
+        assert first is not None and state.unsaved_changes == 10
+        with state.lock.read():
+            _, point = state.graph_snapshot()
+        db.upsert("s", entries(10, 25))  # after the snapshot: not in it
+        with state.lock.read():
+            state.graph_saved(point, 0)
+        assert state.unsaved_changes == 15
+        assert state.unsaved_since == point.taken_at and point.taken_at > first
+        with state.lock.read():
+            _, point = state.graph_snapshot()
+            state.graph_saved(point, 0)
+        assert (state.unsaved_changes, state.unsaved_since) == (0, None)
+
+
 def test_graph_unchanged_since_its_save_is_not_saved_again(data_dir: Path) -> None:
     with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
         db.create_store(StoreSpec("s", DIM))

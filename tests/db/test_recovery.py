@@ -142,7 +142,8 @@ def test_time_trigger_counts_from_the_last_snapshot(data_dir: Path) -> None:
         with state.lock.read():
             _, point = state.graph_snapshot()
             state.graph_saved(point, 0)
-        assert (state.unsaved_changes, state.unsaved_since) == (0, None)
+        saved: tuple[int, float | None] = (state.unsaved_changes, state.unsaved_since)
+        assert saved == (0, None)
 
 
 def test_graph_unchanged_since_its_save_is_not_saved_again(data_dir: Path) -> None:

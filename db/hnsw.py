@@ -48,7 +48,7 @@ from nachbar.db.types import HnswConfig, Metric
 log = logging.getLogger("nachbar.db")
 
 GRAPH_FORMAT = 1
-_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.IP: "ip"}
+_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.INNER_PRODUCT: "ip"}
 _CRC_CHUNK = 1 << 22
 _WRITE_CHUNK = 1 << 23  # each file write releases the GIL; smaller ones let other threads in
 # hnswlib's file header: offsetLevel0, max_elements, cur_element_count, size_data_per_element,
@@ -154,10 +154,11 @@ class HnswGraph:
         self._index.resize_index(new_capacity)
         self._capacity = new_capacity
 
-    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
-        """Insert, or update in place, the given labels (also revives deleted ones)."""
+    def add(self, vectors: np.ndarray, labels: np.ndarray, threads: int = -1) -> None:
+        """Insert, or update in place, the given labels (also revives deleted ones), on
+        `threads` threads (-1: one per CPU)."""
         if len(labels):
-            self._index.add_items(vectors, labels)
+            self._index.add_items(vectors, labels, num_threads=threads)
 
     def holds(self, vectors: np.ndarray, labels: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Which of `labels` the graph already holds, live, with these very vectors (`known`:

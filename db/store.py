@@ -6,7 +6,8 @@ first), so the matrix stays dense under churn. The slot is persisted with the en
 saved graph's labels still mean the same entries after a restart.
 
 Locking is the caller's job (nachbar.db.engine): methods that change state need the store's
-write lock, the others its read lock.
+write lock, the others its read lock. A write request also holds `writer` from start to end, so
+that one write at a time prepares, commits and applies while searches go on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import threading
 import time
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
@@ -103,6 +105,8 @@ class StoreState:
         self.seq = seq  # last committed change sequence
         self.files = files
         self.lock = ReadWriteLock()
+        self.writer = threading.Lock()  # one write request at a time; readers never take it
+        self.seconds_per_insert = 0.0005  # recent HNSW insert time per vector (for piece sizes)
         self.dropped = False
 
         dim = spec.dimension
@@ -153,6 +157,10 @@ class StoreState:
     def hnsw_config(self) -> HnswConfig | None:
         index = self.spec.index
         return index if isinstance(index, HnswConfig) else None
+
+    def has_room(self, size: int) -> bool:
+        """Whether slots below `size` fit without `reserve`."""
+        return size <= len(self._alive) and (self.graph is None or size <= self.graph.capacity)
 
     def reserve(self, size: int) -> None:
         """Grow the arrays (and graph) so that slots below `size` fit. Call before committing a
@@ -363,8 +371,11 @@ class StoreState:
         is_new: Sequence[bool],
         row_bytes: Sequence[int],
         seq: int,
-    ) -> None:
-        """Make a committed upsert visible. `reserve` must have made room already."""
+    ) -> np.ndarray:
+        """Make a committed upsert's entries visible, stamped with change `seq` (what a graph
+        restored in the background replays). `reserve` must have made room already. Returns the
+        slots whose vectors the graph still needs (`index_slots`); the caller calls
+        `finish_upsert` once the graph has them all."""
         slot_array = np.asarray(slots, dtype=np.int64)
         old_size = self.size
         # assign_slots handed out the smallest free slots first: pop exactly those.
@@ -393,9 +404,25 @@ class StoreState:
             index.touch(slots)
         if any(is_new):
             self._id_order = None
+        pending: np.ndarray = slot_array[changed]
+        return pending
+
+    def index_slots(self, slots: np.ndarray) -> None:
+        """Insert (or update) these slots' vectors in the HNSW graph, on one thread (the other
+        cores stay free for searches), and keep `seconds_per_insert` up to date."""
+        if not len(slots) or self.graph is None or self.graph_broken:
+            return  # no graph yet (restored in the background): nothing to insert or to time
+        began = time.perf_counter()
+        self._update_graph(slots, np.empty(0, dtype=np.int64), threads=1)
+        per_vector = (time.perf_counter() - began) / len(slots)
+        self.seconds_per_insert = 0.8 * self.seconds_per_insert + 0.2 * per_vector
+
+    def finish_upsert(self, seq: int, entries: int) -> None:
+        """The graph holds a committed upsert of `entries` entries: move `seq` past it and
+        count it for checkpoints (a graph saved before this reflects the previous `seq`, so a
+        restart replays the whole write)."""
         self.seq = seq
-        self._count_changes(len(slots))
-        self._update_graph(slot_array[changed], np.empty(0, dtype=np.int64))
+        self._count_changes(entries)
 
     def apply_delete(self, slots: Sequence[int], seq: int) -> None:
         slot_array = np.asarray(slots, dtype=np.int64)
@@ -416,11 +443,11 @@ class StoreState:
         self._count_changes(len(slots))
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
 
-    def _update_graph(self, added: np.ndarray, deleted: np.ndarray) -> None:
+    def _update_graph(self, added: np.ndarray, deleted: np.ndarray, threads: int = -1) -> None:
         if self.graph is None or self.graph_broken:
             return
         try:
-            self.graph.add(self._vectors[added], added)
+            self.graph.add(self._vectors[added], added, threads=threads)
             self.graph.mark_deleted(deleted)
         except Exception:  # SQLite has the data; searches fall back to scans
             log.exception(

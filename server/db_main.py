@@ -20,16 +20,35 @@ from collections.abc import Callable, Sequence
 
 from nachbar.db.engine import Database
 from nachbar.db.errors import DBError
+from nachbar.server.admission import ServicePolicy
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
-from nachbar.server.errors import NotReadyError
+from nachbar.server.errors import NotReadyError, keep_private
 from nachbar.server.logs import configure_logging
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
 log = logging.getLogger("nachbar.db")
 
 DB_SERVICE_NAME = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
+# Writes take the store's writer lock and an fsync, scans walk the metadata: all of them run in
+# the bulk lane, so searches and key lookups never wait behind them for a worker.
+DB_ADMISSION = ServicePolicy(
+    service=DB_SERVICE_NAME,
+    label="nachbar-db",
+    bulk_methods=frozenset(
+        {
+            "Upsert",
+            "DeleteKeys",
+            "DeleteByPredicate",
+            "CreatePredIndex",
+            "DropPredIndex",
+            "CreateStore",
+            "DropStore",
+            "GetByPredicate",
+        }
+    ),
+)
 POLL_SECONDS = 0.2
 
 
@@ -118,13 +137,14 @@ class DatabaseLoader:
 def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
     """Listen at once (NOT_SERVING) and open the data directory in the background; health
     turns SERVING when the stores are loaded. The caller owns `stop()`."""
+    keep_private(config.data_dir, "<data-dir>")
     serving: list[RunningServer] = []
     loader = DatabaseLoader(config, on_ready=lambda: serving[0].set_serving(True))
     service = DBServicer(loader, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
-        [DB_SERVICE_NAME],
+        [DB_ADMISSION],
     )
     serving.append(running)
     running.on_stop.append(loader.close)
@@ -167,11 +187,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     running, loader = open_db_server(config)
     log.info(
         "nachbar-db listening on %s:%d (NOT_SERVING until its stores are loaded), data in %s "
-        "(fsync=%s)",
+        "(fsync=%s); %s",
         config.host,
         running.port,
         config.data_dir,
         config.fsync,
+        running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)
     if not _wait_for_stores(loader, config.exit_with_parent):

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nachbar.cli.health import wait_until_serving
 
 BIN = Path(sys.executable).parent
 
@@ -26,23 +25,16 @@ def wait_serving(
 ) -> None:
     """Block until grpc.health.v1 reports SERVING for `service` at `address`; RuntimeError if
     `process` exits first (a server that opens its port before it can serve may still fail)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                output = log_path.read_text() if log_path is not None else ""
-                raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = reply.status
-            except grpc.RpcError as error:
-                last = error.code()
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} not SERVING after {timeout}s (last: {last})")
+    alive = (lambda: process.poll() is None) if process is not None else (lambda: True)
+    report = wait_until_serving(address, timeout, service=service, alive=alive)
+    if report.serving:
+        return
+    if process is not None and process.poll() is not None:
+        output = log_path.read_text() if log_path is not None else ""
+        raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+    raise TimeoutError(
+        f"{address} not SERVING after {timeout}s (last: {report.health.value} {report.detail})"
+    )
 
 
 @dataclass

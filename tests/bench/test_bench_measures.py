@@ -195,3 +195,20 @@ def test_recovery_bench_counts_only_calls_that_overlap_the_save() -> None:
         1e3 * float(np.percentile([0.01, 0.02], 99))
     )
     assert (stats.save_s, stats.held_s) == (1.0, 0.4)
+
+
+def test_ai_bench_blocks_hand_every_query_to_every_installation_in_rotating_order() -> None:
+    import ai_bench
+
+    order = ai_bench.interleaved_blocks(count=5, systems=2, block=2)
+    assert order == [
+        (0, range(0, 2)),
+        (1, range(0, 2)),
+        (1, range(2, 4)),
+        (0, range(2, 4)),
+        (0, range(4, 5)),
+        (1, range(4, 5)),
+    ]
+    for system in (0, 1):
+        served = [i for which, block in order if which == system for i in block]
+        assert served == list(range(5))

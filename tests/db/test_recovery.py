@@ -156,6 +156,55 @@ def test_graph_unchanged_since_its_save_is_not_saved_again(data_dir: Path) -> No
     assert graph_files(data_dir) == [first]
 
 
+def test_checkpoint_between_the_pieces_of_an_upsert(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upsert enters the graph a piece at a time, and a checkpoint may run in between: the
+    graph it saves holds part of that upsert but reflects the change before it, the upsert
+    stays counted as unsaved, and a restart from that graph replays the rest of it."""
+    vectors = np.random.default_rng(9).standard_normal((600, DIM)).astype(np.float32)
+    db = Database.open(data_dir, fsync="off", checkpoint_seconds=0, checkpoint_changes=0)
+    db.create_store(StoreSpec("s", DIM))
+    db.upsert("s", [Entry(f"e{n}", vectors[n], {}) for n in range(300)])  # change 1, unsaved
+    state = db._stores["s"]
+    monkeypatch.setattr(engine, "MAX_GRAPH_PIECE", 50)
+    checkpoints: list[threading.Thread] = []
+    index_piece = engine._index_piece
+
+    def piece_then_checkpoint(
+        piece_state: StoreState, slots: np.ndarray, start: int, seq: int, written: int
+    ) -> int:
+        end = index_piece(piece_state, slots, start, seq, written)
+        if start > 0 and not checkpoints:  # the write lock is held: the save waits for it
+            save = threading.Thread(
+                target=recovery.save_graph, args=(state,), kwargs={"fsync": False}
+            )
+            checkpoints.append(save)
+            save.start()
+            time.sleep(0.3)  # the save is waiting for the read lock when this piece ends
+        return end
+
+    monkeypatch.setattr(engine, "_index_piece", piece_then_checkpoint)
+    db.upsert("s", [Entry(f"e{n}", vectors[n], {}) for n in range(300, 600)])  # change 2
+    (save,) = checkpoints
+    save.join(30)
+    assert sidecar(data_dir)["seq"] == 1 and state.saved_seq == 1
+    assert state.unsaved_changes == 300 and state.graph_needs_save()
+    saved, _ = state.load_saved_graph(600)
+    in_saved = len(saved.labels())
+    assert 300 < in_saved < 600, "the checkpoint did not run in the middle of the upsert"
+
+    monkeypatch.setattr(recovery, "save_graph", lambda state, fsync: None)  # a crash
+    db.close()
+    monkeypatch.undo()
+    with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
+        report = db.index_load_report("s")
+        assert (report.action, report.replayed) == ("loaded", 600 - in_saved)
+        for n in (0, 299, 300, 450, 599):
+            top = db.get_sim_n("s", vectors[n], 1, mode=SearchMode.HNSW)
+            assert (top.plan, top.matches[0].id) == ("hnsw", f"e{n}")
+
+
 KILLED_MID_CHECKPOINT = textwrap.dedent(
     """
     import os, sys, time

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -51,6 +52,8 @@ STORE = "bench"
 DIM = 384
 TARGET_SECONDS = 10.0
 WRITE_EVERY_SECONDS = 0.05
+# In the order they run; each leaves the server running on the data for the next.
+SCENARIOS = ("during-ingest", "after-ingest", "during-checkpoint", "graceful")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Config:
     pause_seconds: float
     workdir: Path | None
     pause_only: bool
+    skip_pause: bool = False
+    reference_on_copy: bool = False
+    scenarios: tuple[str, ...] = SCENARIOS
 
 
 @dataclass
@@ -244,6 +250,8 @@ class Ingest:
 
 
 def run_scenarios(config: Config, workdir: Path, vectors: np.ndarray) -> list[Restart]:
+    """Run the chosen scenarios in order on workdir/data (a later one may start from the data
+    an earlier run left there)."""
     from nachbar.client import DBClient
 
     binary = benchlib.BIN_DIR / "nachbar-db"
@@ -253,66 +261,74 @@ def run_scenarios(config: Config, workdir: Path, vectors: np.ndarray) -> list[Re
     results: list[Restart] = []
     server = Server(binary, data_dir, workdir, "db", extra)
     wait_port(server)
-    benchlib.wait_serving(as_child(server), 120)
+    benchlib.wait_serving(as_child(server), 600)
     with DBClient(server.address) as client:
-        client.create_store(STORE, DIM, metric="cosine")
+        client.create_store(STORE, DIM, metric="cosine", if_not_exists=True)
+        present = client.get_store(STORE).count
 
-    # 1. kill -9 during ingest.
-    kill_at = int(config.n * config.kill_at) // config.batch * config.batch
-    ingest = Ingest(server.address, vectors, config.batch, 0, config.n)
-    ingest.thread.start()
-    while ingest.acknowledged < kill_at and ingest.thread.is_alive():
-        time.sleep(0.01)
-    log(f"during-ingest: {ingest.acknowledged} acknowledged, killing")
-    rate = ingest.acknowledged / (time.perf_counter() - ingest.began)
-    gone = server.kill()
-    ingest.thread.join(60)
-    checkpoints_before = checkpoint_lines(server.log())
-    restart = Restart("during-ingest", "nachbar", ingest.acknowledged)
-    restart.notes.append(
-        f"ingest {rate:,.0f}/s with {len(checkpoints_before)} checkpoints during it"
-    )
-    server = Server(binary, data_dir, workdir, "db", extra)
-    measure_restart(server, gone, probe, restart)
-    results.append(restart)
-    log(f"  {restart}")
+    if "during-ingest" in config.scenarios:
+        kill_at = int(config.n * config.kill_at) // config.batch * config.batch
+        ingest = Ingest(server.address, vectors, config.batch, present, config.n)
+        ingest.thread.start()
+        while ingest.acknowledged < kill_at and ingest.thread.is_alive():
+            time.sleep(0.01)
+        log(f"during-ingest: {ingest.acknowledged} acknowledged, killing")
+        rate = (ingest.acknowledged - present) / (time.perf_counter() - ingest.began)
+        gone = server.kill()
+        ingest.thread.join(60)
+        checkpoints_before = checkpoint_lines(server.log())
+        restart = Restart("during-ingest", "nachbar", ingest.acknowledged)
+        restart.notes.append(
+            f"ingest {rate:,.0f}/s with {len(checkpoints_before)} checkpoints during it"
+        )
+        server = Server(binary, data_dir, workdir, "db", extra)
+        measure_restart(server, gone, probe, restart)
+        results.append(restart)
+        present = restart.found
+        log(f"  {restart}")
 
-    # 2. kill -9 right after the whole ingest.
-    ingest = Ingest(server.address, vectors, config.batch, restart.found, config.n)
-    ingest.thread.run()
-    log(f"after-ingest: {ingest.acknowledged} acknowledged, killing")
-    gone = server.kill()
-    restart = Restart("after-ingest", "nachbar", ingest.acknowledged)
-    server = Server(binary, data_dir, workdir, "db", extra)
-    measure_restart(server, gone, probe, restart)
-    results.append(restart)
-    log(f"  {restart}")
+    if "after-ingest" in config.scenarios:
+        ingest = Ingest(server.address, vectors, config.batch, present, config.n)
+        ingest.thread.run()
+        log(f"after-ingest: {ingest.acknowledged} acknowledged, killing")
+        gone = server.kill()
+        if config.reference_bin is not None and config.reference_on_copy:
+            # The reference restarts later from this very state; the clock starts after the copy.
+            shutil.copytree(data_dir, workdir / "reference-data", dirs_exist_ok=True)
+            gone = time.perf_counter()
+        restart = Restart("after-ingest", "nachbar", ingest.acknowledged)
+        server = Server(binary, data_dir, workdir, "db", extra)
+        measure_restart(server, gone, probe, restart)
+        results.append(restart)
+        present = restart.found
+        log(f"  {restart}")
 
-    # 3. kill -9 during a graph checkpoint: re-upsert entries until one starts.
-    index_dir = data_dir / "indexes"
-    ingest = Ingest(server.address, vectors, config.batch, 0, config.n)
-    ingest.thread.start()
-    deadline = time.monotonic() + 900
-    while not list(index_dir.glob("*.hnsw.tmp")):
-        if time.monotonic() > deadline or not ingest.thread.is_alive():
-            raise benchlib.BenchSetupError("no checkpoint started while re-upserting")
-        time.sleep(0.005)
-    log("during-checkpoint: a graph is being written, killing")
-    gone = server.kill()
-    ingest.thread.join(60)
-    restart = Restart("during-checkpoint", "nachbar", config.n)
-    server = Server(binary, data_dir, workdir, "db", extra)
-    measure_restart(server, gone, probe, restart)
-    results.append(restart)
-    log(f"  {restart}")
+    if "during-checkpoint" in config.scenarios:
+        # Re-upsert entries (then add new ones) until a checkpoint starts writing.
+        index_dir = data_dir / "indexes"
+        ingest = Ingest(server.address, vectors, config.batch, 0, config.n)
+        ingest.thread.start()
+        deadline = time.monotonic() + 900
+        while not list(index_dir.glob("*.hnsw.tmp")):
+            if time.monotonic() > deadline or not ingest.thread.is_alive():
+                raise benchlib.BenchSetupError("no checkpoint started while re-upserting")
+            time.sleep(0.005)
+        log("during-checkpoint: a graph is being written, killing")
+        gone = server.kill()
+        ingest.thread.join(60)
+        restart = Restart("during-checkpoint", "nachbar", max(present, ingest.acknowledged))
+        server = Server(binary, data_dir, workdir, "db", extra)
+        measure_restart(server, gone, probe, restart)
+        results.append(restart)
+        log(f"  {restart}")
 
-    # 4. graceful stop and restart.
-    gone = server.terminate()
-    restart = Restart("graceful", "nachbar", config.n)
-    server = Server(binary, data_dir, workdir, "db", extra)
-    measure_restart(server, gone, probe, restart)
-    results.append(restart)
-    log(f"  {restart}")
+    if "graceful" in config.scenarios:
+        gone = server.terminate()
+        restart = Restart("graceful", "nachbar", present)
+        server = Server(binary, data_dir, workdir, "db", extra)
+        measure_restart(server, gone, probe, restart)
+        results.append(restart)
+        log(f"  {restart}")
     server.terminate()
     return results
 
@@ -323,6 +339,15 @@ def run_reference(config: Config, workdir: Path, vectors: np.ndarray) -> list[Re
     assert config.reference_bin is not None
     data_dir = workdir / "reference-data"
     probe = vectors[config.n]
+    if config.reference_on_copy:
+        # The data directory the after-ingest kill left, as this code wrote it.
+        restart = Restart("after-ingest (copy)", "reference", config.n)
+        began = time.perf_counter()
+        server = Server(config.reference_bin, data_dir, workdir, "reference", [])
+        measure_restart(server, began, probe, restart)
+        server.terminate()
+        log(f"  {restart}")
+        return [restart]
     server = Server(config.reference_bin, data_dir, workdir, "reference", [])
     wait_port(server)
     benchlib.wait_serving(as_child(server), 120)
@@ -582,14 +607,35 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--checkpoint-changes", type=int, default=None)
     parser.add_argument("--checkpoint-seconds", type=float, default=None)
     parser.add_argument("--reference-bin", type=Path, default=None)
+    parser.add_argument(
+        "--reference-on-copy",
+        action="store_true",
+        help="start --reference-bin on a copy of the data directory the after-ingest kill left "
+        "(instead of ingesting --n into it again)",
+    )
     parser.add_argument("--pause-seconds", type=float, default=3.0, help="baseline window")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the data here")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, run in this order: {', '.join(SCENARIOS)} (with --workdir, a "
+        "later run may go on from the data an earlier one left)",
+    )
+    parser.add_argument(
+        "--skip-pause", action="store_true", help="leave out the checkpoint pause measurement"
+    )
     parser.add_argument(
         "--pause-only",
         action="store_true",
         help="only the checkpoint pause, on the data an earlier run left in --workdir",
     )
     ns = parser.parse_args(argv)
+    scenarios = tuple(name for name in ns.scenarios.split(",") if name)
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
+    if ns.reference_on_copy and "after-ingest" not in scenarios:
+        parser.error("--reference-on-copy copies what the after-ingest scenario leaves: run it")
     return Config(
         n=ns.n,
         batch=ns.batch,
@@ -602,6 +648,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         pause_seconds=ns.pause_seconds,
         workdir=ns.workdir,
         pause_only=ns.pause_only,
+        skip_pause=ns.skip_pause,
+        reference_on_copy=ns.reference_on_copy,
+        scenarios=scenarios,
     )
 
 
@@ -623,7 +672,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             restarts = run_scenarios(config, workdir, vectors)
             if config.reference_bin is not None:
                 restarts += run_reference(config, workdir, vectors)
-        pauses = measure_checkpoint_pause(workdir / "data", vectors, config.n, config.pause_seconds)
+        pauses: list[PauseStats] = []
+        if not config.skip_pause:
+            pauses = measure_checkpoint_pause(
+                workdir / "data", vectors, config.n, config.pause_seconds
+            )
     loads["after"] = benchlib.describe_load("after")
     benchlib.publish(
         "recovery_bench",

@@ -212,3 +212,13 @@ def test_ai_bench_blocks_hand_every_query_to_every_installation_in_rotating_orde
     for system in (0, 1):
         served = [i for which, block in order if which == system for i in block]
         assert served == list(range(5))
+
+
+def test_recovery_bench_checks_the_scenarios_asked_for() -> None:
+    import recovery_bench
+
+    config = recovery_bench.parse_args(["--scenarios", "graceful,after-ingest"])
+    assert set(config.scenarios) == {"graceful", "after-ingest"}
+    assert recovery_bench.parse_args([]).scenarios == recovery_bench.SCENARIOS
+    with pytest.raises(SystemExit):
+        recovery_bench.parse_args(["--scenarios", "after-ingest,mid-flight"])

@@ -16,7 +16,9 @@ first GetSimN answered from the HNSW graph (plan "hnsw"; exact scans answer befo
 acknowledged entry must be there after the restart.
 
 Reference in the same run (--reference-bin): the nachbar-db of another installation (the code
-before this change), given the same ingest and killed right after it.
+before this change), given the same ingest and killed right after it; with --reference-on-copy,
+started instead on a copy of the data directory that the after-ingest kill left (no second
+ingest). --scenarios runs a part of the above, and --workdir keeps the data for a later run.
 
 Checkpoint pause, in-process on the same data after the runs: a reader thread (GetSimN k=10) and
 a writer thread (upserts of 10 entries) run back to back while the graph is checkpointed the way
@@ -201,12 +203,18 @@ def measure_restart(
         if result.serving_s != result.serving_s:
             result.serving_s = time.perf_counter() - began
         result.found = client.get_store(STORE).count
-    text = server.log()
-    for pattern in (r"rebuilding its HNSW graph: [^\n]*", r"replayed \d+ later changes"):
-        found = re.findall(pattern, text)
-        if found:
-            result.graph = found[-1]
-            break
+    # The server logs how its graph came back just after installing it: give the line time.
+    patterns = (r"rebuilding its HNSW graph: [^\n]*", r"replayed \d+ later changes")
+    logged_by = time.perf_counter() + 10
+    while not result.graph and time.perf_counter() < logged_by:
+        text = server.log()
+        for pattern in patterns:
+            found = re.findall(pattern, text)
+            if found:
+                result.graph = found[-1]
+                break
+        else:
+            time.sleep(0.1)
     if result.found < result.acknowledged:
         result.notes.append(f"LOST {result.acknowledged - result.found} acknowledged entries")
 

@@ -775,7 +775,8 @@ def _check_committed(
         return
     mark = recovery.read_mark(mark_path)
     if mark is None:
-        log.info("no %s: opening without checking for lost commits", mark_path)
+        # A database from before the mark existed, or one whose mark was deleted on purpose.
+        log.warning("no %s: opening without checking for lost commits", mark_path)
         return
     recovery.check_mark(
         mark,

@@ -513,7 +513,7 @@ def test_deleting_the_mark_accepts_the_loss(
     lost_commits(data_dir)
     (data_dir / recovery.COMMITTED_FILE).unlink()
     with (
-        caplog.at_level(logging.INFO, logger="nachbar.db"),
+        caplog.at_level(logging.WARNING, logger="nachbar.db"),
         Database.open(data_dir, fsync="full", checkpoint_seconds=0) as db,
     ):
         assert 0 < db.get_store("s").count < 6000

@@ -18,7 +18,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -166,7 +166,22 @@ def _json_string(text: str, parts: list[str]) -> None:
 
 def decode_metadata(text: str) -> Metadata:
     """Inverse of `encode_metadata`; ValueError if `text` is not what it wrote."""
-    raw = json.loads(text)
+    return _decode_object(json.loads(text))
+
+
+def decode_metadata_many(texts: Sequence[str]) -> list[Metadata]:
+    """`decode_metadata` of each text, with one JSON parse for all of them (loading a store
+    decodes every row). ValueError as `decode_metadata`."""
+    try:
+        raws = json.loads("[" + ",".join(texts) + "]")
+    except ValueError:
+        raws = None
+    if not isinstance(raws, list) or len(raws) != len(texts):
+        return [decode_metadata(text) for text in texts]  # raises for the first bad text
+    return [_decode_object(raw) for raw in raws]
+
+
+def _decode_object(raw: object) -> Metadata:
     if not isinstance(raw, dict):
         raise ValueError("metadata is not a JSON object")
     out: Metadata = {}
@@ -221,3 +236,8 @@ def row_checksum(entry_id: str, vector_blob: bytes | memoryview, metadata_json: 
     for start in range(0, len(metadata_json), _CHUNK):
         crc = zlib.crc32(metadata_json[start : start + _CHUNK].encode("utf-8"), crc)
     return crc
+
+
+def row_checksum_bytes(entry_id: bytes, vector_blob: bytes, metadata_json: bytes) -> int:
+    """`row_checksum` of an id and metadata already encoded as UTF-8."""
+    return zlib.crc32(metadata_json, zlib.crc32(vector_blob, zlib.crc32(entry_id)))

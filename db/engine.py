@@ -5,10 +5,13 @@ Storage layout of a data directory:
     nachbar.sqlite3 (+ -wal, -shm)   the source of truth: stores, entries, predicate index
                                      fields (nachbar.db.storage has the schema)
     nachbar-db.json                  marker written when the database is created
+    committed.json                   each store's change sequence known to be durable in SQLite
+                                     (a lower bound, see nachbar.db.recovery)
     LOCK                             held (flock) by the one process that has the directory open
-    indexes/store-<id>.hnsw          a store's saved HNSW graph (hnswlib format)
-    indexes/store-<id>.json          what that graph was built from: store, settings, the
-                                     store's change sequence it reflects, CRC-32 of the graph
+    indexes/store-<id>.<seq>-<nonce>.hnsw   a store's saved HNSW graph (hnswlib format)
+    indexes/store-<id>.json          which graph file is current and what it was built from:
+                                     store, settings, the store's change sequence it reflects,
+                                     CRC-32 of the graph (written last, see nachbar.db.hnsw)
 
 Writes: each request is validated completely, then applied in one SQLite transaction (WAL
 journal; the fsync policy maps to `synchronous=FULL/NORMAL/OFF`, and with the default "full" an
@@ -29,28 +32,39 @@ Recovery on open:
 1. The SQLite file is checked (`PRAGMA quick_check`), and every row's CRC-32 is verified while
    the stores are loaded into memory. A damaged, truncated or missing (while the marker says data
    existed) file raises DataCorruptionError naming the file; it never shows as an empty store.
-2. Each HNSW store loads its saved graph if the sidecar matches (store, settings, checksum) and
-   its sequence is not ahead of SQLite; entries stamped with a later sequence are re-added and
-   labels of entries deleted since are marked deleted. A graph that is missing, unreadable,
-   inconsistent or so far behind that replay would cost more than a rebuild is rebuilt from
-   SQLite, with a log line saying why. `index_load_report()` tells which happened.
-Graphs are saved by `flush()`, by `close()`, and every `checkpoint_seconds` in the background.
+   So does a database that lacks changes `committed.json` says were committed (a damaged or
+   deleted WAL, see nachbar.db.recovery).
+2. The stores serve as soon as their rows are in memory. Each HNSW store's graph comes back in
+   the background (nachbar.db.recovery.restore_graph): the saved graph is loaded if the sidecar
+   matches (store, settings, checksum) and its sequence is not ahead of SQLite, entries stamped
+   with a later sequence are re-added and labels of entries deleted since are marked deleted; a
+   graph that is missing, unreadable, inconsistent or so far behind that replay would cost more
+   than a rebuild is rebuilt from SQLite, with a log line saying why. Until its graph is in, a
+   store answers searches by exact scan. `index_load_report()` tells what happened,
+   `wait_for_indexes()` waits for it.
+Graphs are checkpointed in the background once `checkpoint_changes` entries changed or the oldest
+unsaved change is `checkpoint_seconds` old (so a restart replays little), and by `flush()` and
+`close()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from nachbar.db import codec, filters, validation
+from nachbar.db import codec, filters, recovery, validation
 from nachbar.db.errors import (
     DBError,
     InvalidArgumentError,
@@ -60,7 +74,7 @@ from nachbar.db.errors import (
     StoreNotFoundError,
 )
 from nachbar.db.hnsw import GraphFiles
-from nachbar.db.storage import Storage
+from nachbar.db.storage import Storage, StoreRow
 from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
     ALL_METADATA,
@@ -84,6 +98,9 @@ MARKER_FILE = "nachbar-db.json"
 LOCK_FILE = "LOCK"
 INDEX_DIR = "indexes"
 FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("full", "normal", "off")
+DEFAULT_CHECKPOINT_SECONDS = 300.0
+DEFAULT_CHECKPOINT_CHANGES = 10_000
+T = TypeVar("T")
 # How long a write may hold searches off while inserting into the HNSW graph (one hnswlib insert
 # takes 0.2-5 ms, so a 1000-vector batch applied at once would stall searches for seconds).
 GRAPH_PIECE_SECONDS = 0.002
@@ -100,6 +117,9 @@ class Database:
         lock_handle: int,
         fsync: FsyncPolicy,
         stores: dict[str, StoreState],
+        max_store_id: int,
+        checkpoint_seconds: float,
+        checkpoint_changes: int,
         filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> None:
         # Use Database.open().
@@ -109,12 +129,19 @@ class Database:
         self._storage = storage
         self._lock_handle = lock_handle
         self._stores = stores
+        self._max_store_id = max_store_id  # guarded by the catalog lock
+        self._checkpoint_seconds = checkpoint_seconds
+        self._checkpoint_changes = checkpoint_changes
         self._catalog_lock = threading.Lock()  # guards self._stores; taken before store locks
         self._save_lock = threading.Lock()  # one graph save pass at a time
+        self._mark_lock = threading.Lock()  # one committed-mark write at a time
+        self._mark: recovery.CommittedMark | None = None  # the last one written
         self._close_lock = threading.Lock()
         self._closed = False
         self._stop = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        self._wake = threading.Event()  # a store reached checkpoint_changes
+        self._indexes_ready = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     @classmethod
     def open(
@@ -122,19 +149,29 @@ class Database:
         data_dir: Path | str,
         *,
         fsync: FsyncPolicy = "full",
-        checkpoint_seconds: float = 300.0,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        checkpoint_changes: int = DEFAULT_CHECKPOINT_CHANGES,
         integrity_check: bool = True,
+        wait_for_indexes: bool = True,
         filter_limits: filters.FilterLimits = filters.DEFAULT_LIMITS,
     ) -> Database:
         """Open the data directory (created if missing) and restore every store.
 
-        checkpoint_seconds: how often changed HNSW graphs are saved in the background (0: only
-        on flush/close). integrity_check: run SQLite's quick_check on open. filter_limits: how
-        large a filter a request may send.
+        checkpoint_seconds / checkpoint_changes: a changed HNSW graph is saved in the background
+        once its oldest unsaved change is this old / this many entries changed (0 turns a
+        trigger off; with both off graphs are saved only by flush and close).
+        integrity_check: run SQLite's quick_check on open. wait_for_indexes: return once every
+        HNSW graph is back (False: return once the stores can serve, and let the graphs come
+        back in the background; see `wait_for_indexes`). filter_limits: how large a filter a
+        request may send.
         """
         if fsync not in FSYNC_POLICIES:
             raise InvalidArgumentError(
                 f"fsync policy {fsync!r} is unknown; use one of {', '.join(FSYNC_POLICIES)}"
+            )
+        if checkpoint_seconds < 0 or checkpoint_changes < 0:
+            raise InvalidArgumentError(
+                "checkpoint_seconds and checkpoint_changes must be 0 (off) or positive"
             )
         data_dir = Path(data_dir)
         try:
@@ -145,20 +182,37 @@ class Database:
         storage: Storage | None = None
         try:
             marker = data_dir / MARKER_FILE
-            storage = Storage.open(
-                data_dir / DB_FILE, fsync=fsync, marker=marker, integrity_check=integrity_check
-            )
+            storage = Storage.open(data_dir / DB_FILE, fsync=fsync, marker=marker)
             if not marker.exists():
                 marker.write_text(json.dumps({"database": DB_FILE, "format": 1}) + "\n")
-            stores = _load_stores(storage, data_dir / INDEX_DIR)
+            # SQLite checks the file while Python loads the rows: two cores at work.
+            checked = _in_background(storage.quick_check if integrity_check else lambda: None)
+            try:
+                rows = storage.stores()
+                max_store_id = storage.max_store_id()
+                _check_committed(storage, rows, max_store_id, data_dir / recovery.COMMITTED_FILE)
+                stores = _load_stores(storage, rows, data_dir / INDEX_DIR)
+            finally:
+                checked()  # raises what quick_check found, before anything else
         except BaseException:
             if storage is not None:
                 storage.close()
             os.close(lock_handle)
             raise
-        db = cls(data_dir, storage, lock_handle, fsync, stores, filter_limits)
-        if checkpoint_seconds > 0:
-            db._start_checkpointer(checkpoint_seconds)
+        db = cls(
+            data_dir,
+            storage,
+            lock_handle,
+            fsync,
+            stores,
+            max_store_id,
+            checkpoint_seconds,
+            checkpoint_changes,
+            filter_limits,
+        )
+        db._start_background()
+        if wait_for_indexes:
+            db.wait_for_indexes()
         return db
 
     # ---- stores ------------------------------------------------------------------------------
@@ -193,6 +247,7 @@ class Database:
             state = StoreState(store_id, spec, 0, GraphFiles(self.data_dir / INDEX_DIR, store_id))
             state.create_graph()
             self._stores[spec.name] = state
+            self._max_store_id = max(self._max_store_id, store_id)
             log.info("created store %r (%d-d, %s)", spec.name, spec.dimension, spec.metric)
             return _info(state), True
 
@@ -238,9 +293,14 @@ class Database:
             return _info(state)
 
     def index_load_report(self, name: str) -> IndexLoadReport:
-        """How the store's HNSW graph was restored when the database opened."""
+        """How the store's HNSW graph was restored when the database opened ("pending" while
+        that goes on in the background)."""
         with self._reading(name) as state:
             return state.load_report
+
+    def wait_for_indexes(self, timeout: float | None = None) -> bool:
+        """Wait until every HNSW graph restored at open is in; False if `timeout` passed."""
+        return self._indexes_ready.wait(timeout)
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -274,11 +334,12 @@ class Database:
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
                 Storage.set_seq(conn, state.store_id, seq)
             with state.lock.write():
-                pending = state.apply_upsert(ids, vectors, metas, slots, is_new, sizes)
-                done = _index_piece(state, pending, 0, seq)
+                pending = state.apply_upsert(ids, vectors, metas, slots, is_new, sizes, seq)
+                done = _index_piece(state, pending, 0, seq, len(ids))
             while done < len(pending):
                 with state.lock.write():
-                    done = _index_piece(state, pending, done, seq)
+                    done = _index_piece(state, pending, done, seq, len(ids))
+            self._checkpoint_soon_if_due(state)
         inserted = sum(is_new)
         return UpsertResult(inserted=inserted, updated=len(ids) - inserted)
 
@@ -316,7 +377,12 @@ class Database:
             Storage.set_seq(conn, state.store_id, seq)
         with state.lock.write():
             state.apply_delete(slots, seq)
+        self._checkpoint_soon_if_due(state)
         return len(ids)
+
+    def _checkpoint_soon_if_due(self, state: StoreState) -> None:
+        if self._checkpoint_changes and state.unsaved_changes >= self._checkpoint_changes:
+            self._wake.set()
 
     def create_pred_index(self, name: str, fields: Sequence[str]) -> int:
         """Index metadata fields for filters; returns how many were not indexed before."""
@@ -438,21 +504,10 @@ class Database:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Save every HNSW graph that changed since it was last saved."""
-        with self._save_lock:
-            with self._catalog_lock:
-                self._check_open()
-                states = list(self._stores.values())
-            for state in states:
-                with state.lock.read():
-                    if state.dropped or not state.graph_needs_save():
-                        continue
-                    try:
-                        state.save_graph(fsync=self.fsync != "off")
-                    except OSError as error:
-                        # The graph is derived data: failing to save it costs a rebuild later,
-                        # not data.
-                        log.error("store %r: could not save its graph: %s", state.spec.name, error)
+        """Save every HNSW graph that changed since it was last saved, and record what is
+        committed (see nachbar.db.recovery)."""
+        self._save_graphs(lambda state: True)
+        self._write_mark()
 
     def close(self) -> None:
         """Save graphs, close the database file and release the data directory."""
@@ -460,8 +515,8 @@ class Database:
             if self._closed:
                 return
             self._stop.set()
-            if self._checkpointer is not None:
-                self._checkpointer.join()
+            for thread in self._threads:
+                thread.join()
             try:
                 self.flush()
             finally:
@@ -476,16 +531,102 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start_checkpointer(self, interval: float) -> None:
-        def run() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.flush()
-                except Exception:  # keep checkpointing; the next pass may work
-                    log.exception("saving HNSW graphs in the background failed")
+    def _start_background(self) -> None:
+        with self._catalog_lock:
+            pending = sorted(
+                (s for s in self._stores.values() if s.hnsw_config is not None),
+                key=lambda s: s.count,  # small stores first: most of them search fast soonest
+            )
+        for name, target in (
+            ("nachbar-db-restore", lambda: self._restore_graphs(pending)),
+            ("nachbar-db-checkpoint", self._keep_checkpoints),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-        self._checkpointer = threading.Thread(target=run, name="nachbar-db-checkpoint", daemon=True)
-        self._checkpointer.start()
+    def _restore_graphs(self, states: list[StoreState]) -> None:
+        try:
+            for state in states:
+                if self._stop.is_set():
+                    return
+                try:
+                    recovery.restore_graph(state, self._stop)
+                except Exception as error:  # the store keeps serving with exact scans
+                    log.exception("store %r: restoring its HNSW graph failed", state.spec.name)
+                    with state.lock.write():
+                        state.graph_broken = True
+                        state.load_report = IndexLoadReport(
+                            store=state.spec.name, action="failed", reason=str(error)
+                        )
+        finally:
+            self._indexes_ready.set()
+
+    def _keep_checkpoints(self) -> None:
+        poll = recovery.MARK_INTERVAL_SECONDS
+        if self._checkpoint_seconds:
+            poll = min(poll, self._checkpoint_seconds)
+        while not self._stop.is_set():
+            self._wake.wait(poll)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._write_mark()
+                self._save_graphs(self._checkpoint_due)
+            except Exception:  # keep checkpointing; the next pass may work
+                log.exception("background checkpoint failed")
+
+    def _checkpoint_due(self, state: StoreState) -> bool:
+        if self._checkpoint_changes and state.unsaved_changes >= self._checkpoint_changes:
+            return True
+        since = state.unsaved_since
+        return bool(self._checkpoint_seconds) and (
+            since is not None and time.monotonic() - since >= self._checkpoint_seconds
+        )
+
+    def _save_graphs(self, due: Callable[[StoreState], bool]) -> None:
+        with self._save_lock:
+            with self._catalog_lock:
+                self._check_open()
+                states = list(self._stores.values())
+            for state in states:
+                if not due(state):
+                    continue
+                try:
+                    saved = recovery.save_graph(state, fsync=self.fsync != "off")
+                except OSError as error:
+                    # The graph is derived data: failing to save it costs a rebuild later,
+                    # not data.
+                    log.error("store %r: could not save its graph: %s", state.spec.name, error)
+                    continue
+                if saved is not None:
+                    log.info(
+                        "store %r: graph checkpoint of %d changes, %.1f MB in %.2f s "
+                        "(writes held %.3f s)",
+                        state.spec.name,
+                        saved.changes,
+                        saved.graph_bytes / 1e6,
+                        saved.seconds,
+                        saved.held_seconds,
+                    )
+
+    def _write_mark(self) -> None:
+        """Record every store's committed change sequence, once it is durable."""
+        with self._mark_lock:
+            with self._catalog_lock:
+                self._check_open()
+                # state.seq moves after its commit, so this is a lower bound of what is
+                # committed; the catalog lock orders it with CreateStore and DropStore.
+                mark = recovery.CommittedMark(
+                    store_seqs={s.store_id: s.seq for s in self._stores.values()},
+                    max_store_id=self._max_store_id,
+                )
+            if mark == self._mark:
+                return
+            self._storage.sync()
+            recovery.write_mark(self.data_dir / recovery.COMMITTED_FILE, mark, fsync=True)
+            self._mark = mark
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -529,7 +670,7 @@ class Database:
             yield
 
 
-def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int) -> int:
+def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int, written: int) -> int:
     """Insert the next GRAPH_PIECE_SECONDS' worth of a committed upsert's vectors into the
     graph (the caller holds the write lock) and return where the next piece starts. Searches
     get in between pieces; they see the entries at once, and until its piece is in, an entry
@@ -539,7 +680,7 @@ def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int) -> 
     end = start + max(1, min(MAX_GRAPH_PIECE, piece))
     state.index_slots(slots[start:end])
     if end >= len(slots):
-        state.seq = seq
+        state.finish_upsert(seq, written)
     return end
 
 
@@ -582,26 +723,125 @@ def _lock_directory(data_dir: Path) -> int:
     return handle
 
 
-def _load_stores(storage: Storage, index_dir: Path) -> dict[str, StoreState]:
+def _in_background(work: Callable[[], None]) -> Callable[[], None]:
+    """Start `work` in a thread; the returned function waits for it and raises its error."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to the caller below
+            errors.append(error)
+
+    thread = threading.Thread(target=run, name="nachbar-db-check", daemon=True)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return join
+
+
+def _prefetched(chunks: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate `chunks` in a thread, `depth` ahead: SQLite reads the next chunk (without the
+    GIL) while Python decodes this one."""
+    ready: queue.Queue[tuple[str, object]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ready.put(("chunk", chunk), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(("end", None))
+        except BaseException as error:  # handed to the consumer
+            ready.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="nachbar-db-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(item, BaseException)
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
+
+
+def _check_committed(
+    storage: Storage, rows: list[StoreRow], max_store_id: int, mark_path: Path
+) -> None:
+    if storage.created:
+        if mark_path.exists():  # a database started afresh: the old record is meaningless
+            log.warning("new database: ignoring %s, left from an earlier one", mark_path)
+            mark_path.unlink()
+        return
+    mark = recovery.read_mark(mark_path)
+    if mark is None:
+        # A database from before the mark existed, or one whose mark was deleted on purpose.
+        log.warning("no %s: opening without checking for lost commits", mark_path)
+        return
+    recovery.check_mark(
+        mark,
+        rows,
+        max_store_id,
+        db_path=storage.path,
+        wal_path=storage.wal_path,
+        mark_path=mark_path,
+    )
+
+
+def _load_stores(storage: Storage, rows: list[StoreRow], index_dir: Path) -> dict[str, StoreState]:
     stores: dict[str, StoreState] = {}
-    for row in storage.stores():
-        state = StoreState(row.store_id, row.spec, row.seq, GraphFiles(index_dir, row.store_id))
-        slot_seqs = state.load_rows(storage.entries(row.store_id), storage.path)
-        report = state.restore_graph(slot_seqs)
+    for row in rows:
+        files = GraphFiles(index_dir, row.store_id)
+        state = StoreState(row.store_id, row.spec, row.seq, files)
+        began = time.perf_counter()
+        # Room for every row up front: growing the arrays chunk by chunk copies them each time.
+        state.reserve(storage.entry_count(row.store_id))
+        with contextlib.closing(storage.entries(row.store_id)) as chunks:
+            state.load_rows(_prefetched(chunks), storage.path)
         state.warm(list(state.field_indexes.values()))
-        log.info("store %r: %d entries, graph %s", row.spec.name, state.count, report.action)
+        if state.hnsw_config is not None:
+            state.load_report = IndexLoadReport(store=row.spec.name, action="pending")
+            state.graph_file_bytes = files.size()
+        log.info(
+            "store %r: %d entries loaded in %.1f s",
+            row.spec.name,
+            state.count,
+            time.perf_counter() - began,
+        )
         stores[row.spec.name] = state
-    _remove_orphan_graphs(index_dir, {state.store_id for state in stores.values()})
+    _remove_orphan_graphs(index_dir, {state.store_id: state for state in stores.values()})
     return stores
 
 
-def _remove_orphan_graphs(index_dir: Path, store_ids: set[int]) -> None:
-    """Delete graph files of dropped stores and half-written saves left by a crash."""
+def _remove_orphan_graphs(index_dir: Path, stores: dict[int, StoreState]) -> None:
+    """Delete graph files of dropped stores, half-written saves left by a crash and graphs
+    their store's sidecar no longer names."""
     if not index_dir.is_dir():
         return
     for path in index_dir.iterdir():
         stem = path.name.split(".", 1)[0]
         owner = stem.removeprefix("store-")
-        if path.name.endswith(".tmp") or not owner.isdigit() or int(owner) not in store_ids:
+        if path.name.endswith(".tmp") or not owner.isdigit() or int(owner) not in stores:
             log.info("removing stale graph file %s", path)
             path.unlink(missing_ok=True)
+    for state in stores.values():
+        state.files.remove_stale(keep=state.files.current_graph())

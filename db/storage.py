@@ -17,9 +17,10 @@ a saved HNSW graph finds the entries written after it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,16 @@ class StoreRow:
 
 
 @dataclass(frozen=True)
-class EntryRow:
-    id: str
-    slot: int
-    seq: int
-    vector: bytes
-    metadata: str
-    checksum: int
+class EntryColumns:
+    """A chunk of a store's entry rows, column by column (cheaper to check and decode in bulk
+    than one object per row)."""
+
+    ids: list[str]
+    slots: list[int]
+    seqs: list[int]
+    vectors: list[bytes]
+    metadata: list[str]
+    checksums: list[int]
 
 
 class Storage:
@@ -99,14 +103,14 @@ class Storage:
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
+        self.created = False  # True when this open created the schema (a new database)
         self._conn = connection
         self._lock = threading.Lock()
 
     @classmethod
-    def open(
-        cls, path: Path, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool
-    ) -> Storage:
-        """Open (or create) the database file; DataCorruptionError if it is damaged.
+    def open(cls, path: Path, *, fsync: FsyncPolicy, marker: Path) -> Storage:
+        """Open (or create) the database file; DataCorruptionError if it is damaged (see also
+        `quick_check`).
 
         `marker` exists once a database was created in this directory: from then on a missing or
         empty database file is an error, never a fresh start.
@@ -119,13 +123,13 @@ class Storage:
             raise _translate(error, path) from error
         storage = cls(path, conn)
         try:
-            storage._setup(fsync=fsync, marker=marker, integrity_check=integrity_check)
+            storage._setup(fsync=fsync, marker=marker)
         except BaseException:
             conn.close()
             raise
         return storage
 
-    def _setup(self, *, fsync: FsyncPolicy, marker: Path, integrity_check: bool) -> None:
+    def _setup(self, *, fsync: FsyncPolicy, marker: Path) -> None:
         with self._errors():
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -139,15 +143,8 @@ class Storage:
                 if marker.exists():
                     raise _lost(self.path, marker)
                 self._create_schema()
+                self.created = True
                 return
-            if integrity_check:
-                problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
-                if problems != ["ok"]:
-                    summary = "; ".join(" ".join(str(p).split()) for p in problems[:3])[:300]
-                    raise DataCorruptionError(
-                        f"database file {self.path} is corrupt ({summary}); "
-                        "restore it from a backup"
-                    )
             row = None
             if "meta" in tables:
                 row = self._conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
@@ -161,6 +158,25 @@ class Storage:
                     f"{self.path} has storage format {row[0]}, this version reads format "
                     f"{FORMAT}; run a matching nachbar version"
                 )
+
+    def quick_check(self) -> None:
+        """SQLite's structural check of the whole file; DataCorruptionError if it finds damage.
+        Runs on a connection of its own, so it can run while the stores load (SQLite does the
+        work without Python's GIL)."""
+        try:
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error as error:
+            raise _translate(error, self.path) from error
+        try:
+            with self._errors():
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+        if problems != ["ok"]:
+            summary = "; ".join(" ".join(str(p).split()) for p in problems[:3])[:300]
+            raise DataCorruptionError(
+                f"database file {self.path} is corrupt ({summary}); restore it from a backup"
+            )
 
     def _create_schema(self) -> None:
         with self.transaction() as conn:
@@ -227,13 +243,53 @@ class Storage:
             out.append(StoreRow(store_id=store_id, spec=spec, seq=seq))
         return out
 
-    def entries(self, store_id: int) -> list[EntryRow]:
+    def entries(self, store_id: int, chunk_rows: int = 8192) -> Generator[EntryColumns, None, None]:
+        """Every entry row of the store, `chunk_rows` at a time (bounded memory on top of the
+        store's own). Holds the connection until exhausted or closed."""
         with self._lock, self._errors():
-            rows = self._conn.execute(
+            cursor = self._conn.execute(
                 "SELECT id, slot, seq, vector, metadata, checksum FROM entries WHERE store_id = ?",
                 (store_id,),
-            ).fetchall()
-        return [EntryRow(*row) for row in rows]
+            )
+            try:
+                while rows := cursor.fetchmany(chunk_rows):
+                    columns = [list(column) for column in zip(*rows, strict=True)]
+                    yield EntryColumns(*columns)
+            finally:
+                cursor.close()
+
+    def entry_count(self, store_id: int) -> int:
+        """How many entries the store has (counted on the (store_id, id) index, not the rows)."""
+        with self._lock, self._errors():
+            row = self._conn.execute(
+                "SELECT count(*) FROM entries WHERE store_id = ?", (store_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def max_store_id(self) -> int:
+        """The highest store id ever handed out (AUTOINCREMENT keeps it after drops)."""
+        with self._lock, self._errors():
+            row = self._conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'stores'"
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def sync(self) -> None:
+        """fsync the write-ahead log and the database file, so that every commit made so far
+        survives power loss whatever the fsync policy (which only governs each commit)."""
+        for path in (self.wal_path, self.path):
+            try:
+                handle = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # no WAL right now: everything is in the database file
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
 
     # Writes: each takes the connection inside `transaction()`.
 

@@ -18,8 +18,8 @@ import math
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,15 @@ import numpy as np
 from nachbar.db import codec
 from nachbar.db.errors import DataCorruptionError
 from nachbar.db.filters import Filter, compile_filter
-from nachbar.db.hnsw import GraphFiles, GraphUnusableError, HnswGraph, graph_settings
+from nachbar.db.hnsw import (
+    GraphFiles,
+    GraphSnapshot,
+    HnswGraph,
+    graph_settings,
+)
 from nachbar.db.predicates import FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
-from nachbar.db.storage import EntryRow
+from nachbar.db.storage import EntryColumns
 from nachbar.db.types import (
     ALL_METADATA,
     Entry,
@@ -63,8 +68,6 @@ MAX_FILTER_EF_FACTOR = 4.0
 # exact for the graph's candidates: any matching entry outside them is farther than all of them.
 POSTFILTER_OVERSAMPLE = 2.0
 POSTFILTER_MAX_CANDIDATES = 400
-# A saved graph more than this far behind SQLite is rebuilt instead of patched.
-REPLAY_MIN = 1000
 ROW_OVERHEAD_BYTES = 32  # slot, seq, checksum and store id of an entries row
 
 
@@ -96,6 +99,16 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
 def _postfilter_candidates(want: int, matching: int, count: int) -> int:
     """Unfiltered graph candidates that hold `want` matching entries with room to spare."""
     return math.ceil(want * POSTFILTER_OVERSAMPLE * count / max(matching, 1))
+
+
+@dataclass(frozen=True)
+class SavePoint:
+    """What a graph snapshot covers: the change sequence it reflects, the unsaved changes it
+    saves and when it was taken (time.monotonic())."""
+
+    seq: int
+    changes: int
+    taken_at: float
 
 
 def copy_metadata(meta: Metadata) -> Metadata:
@@ -141,16 +154,24 @@ class StoreState:
         self._norms = np.zeros(INITIAL_CAPACITY, dtype=np.float64)
         self._row_bytes = np.zeros(INITIAL_CAPACITY, dtype=np.int64)
         self._alive = np.zeros(INITIAL_CAPACITY, dtype=bool)
+        # By slot: the change sequence that last wrote the entry (-1 for a free slot), which
+        # tells a graph restored in the background what changed after it.
+        self.slot_seqs = np.full(INITIAL_CAPACITY, -1, dtype=np.int64)
         self.ids: list[str | None] = []  # by slot; None for a free slot
         self.metas: list[Metadata | None] = []  # by slot; None for a free slot
         self.slot_of: dict[str, int] = {}
         self._free: list[int] = []  # min-heap of free slots below len(self.ids)
         self.payload_bytes = 0
 
+        # None while the graph is restored in the background (searches scan exactly then).
         self.graph: HnswGraph | None = None
         self.graph_broken = False  # set if an update failed half-way; searches then scan
         self.saved_seq = -1  # change sequence of the graph on disk; -1 when none
         self.graph_file_bytes = 0
+        # Entries written since the graph on disk was saved (what a restart would replay), and
+        # since when (time.monotonic()); they drive background checkpoints.
+        self.unsaved_changes = 0
+        self.unsaved_since: float | None = None
         self.load_report = IndexLoadReport(store=spec.name, action="none")
         self.field_indexes: dict[str, FieldIndex] = {
             f: FieldIndex(f) for f in spec.predicate_indexes
@@ -191,133 +212,163 @@ class StoreState:
             self._norms = _grown(self._norms, new_capacity)
             self._row_bytes = _grown(self._row_bytes, new_capacity)
             self._alive = _grown(self._alive, new_capacity)
+            seqs = np.full(new_capacity, -1, dtype=np.int64)
+            seqs[: len(self.slot_seqs)] = self.slot_seqs
+            self.slot_seqs = seqs
         if self.graph is not None:
             self.graph.reserve(size)
 
     # ---- loading -----------------------------------------------------------------------------
 
-    def load_rows(self, rows: Sequence[EntryRow], db_path: Path) -> np.ndarray:
-        """Fill the store from its SQLite rows; returns each slot's change sequence."""
-        name = self.spec.name
-        dim = self.spec.dimension
-        size = max((row.slot for row in rows), default=-1) + 1
-        self.reserve(size)
-        seqs = np.full(size, -1, dtype=np.int64)
-        self.ids = [None] * size
-        self.metas = [None] * size
-        slots: list[int] = []
-        for row in rows:
-            damaged = (
-                row.slot < 0
-                or self.ids[row.slot] is not None
-                or len(row.vector) != dim * 4
-                or codec.row_checksum(row.id, row.vector, row.metadata) != row.checksum
-            )
-            try:
-                meta = None if damaged else codec.decode_metadata(row.metadata)
-            except ValueError:
-                meta = None
-            if meta is None:
-                raise DataCorruptionError(
-                    f"database file {db_path}: entry {row.id!r} of store {name!r} is damaged "
-                    "(checksum or format mismatch); restore the file from a backup"
-                )
-            self.ids[row.slot] = row.id
-            self.metas[row.slot] = meta
-            self.slot_of[row.id] = row.slot
-            self._row_bytes[row.slot] = row_bytes(row.id, row.vector, row.metadata)
-            seqs[row.slot] = row.seq
-            slots.append(row.slot)
-            self._vectors[row.slot] = codec.decode_vector(row.vector)
-        if slots:
-            index = np.asarray(slots, dtype=np.int64)
-            self._norms[index] = row_norms(self._vectors[index])
-            self._alive[index] = True
-        self._free = [slot for slot in range(size) if self.ids[slot] is None]
+    def load_rows(self, chunks: Iterable[EntryColumns], db_path: Path) -> None:
+        """Fill the store from its SQLite rows (Storage.entries), checking every row's CRC."""
+        for chunk in chunks:
+            self._load_chunk(chunk, db_path)
+        size = self.size
+        alive = self._alive[:size]
+        self._free = np.flatnonzero(~alive).tolist()
         heapq.heapify(self._free)
         self.payload_bytes = int(self._row_bytes[:size].sum())
-        return seqs
 
-    def restore_graph(self, slot_seqs: np.ndarray) -> IndexLoadReport:
-        """Load the saved graph and replay what changed after it, or rebuild it."""
-        config = self.hnsw_config
-        if config is None:
-            self.load_report = IndexLoadReport(store=self.spec.name, action="none")
-            return self.load_report
-        try:
-            graph, saved_seq = HnswGraph.load(
-                self.files,
-                dimension=self.spec.dimension,
-                metric=self.spec.metric,
-                settings=graph_settings(self.spec.dimension, self.spec.metric, config),
-                capacity=len(self._alive),
-            )
-            if saved_seq > self.seq:
-                raise GraphUnusableError(
-                    f"saved graph reflects change {saved_seq} but the database only reaches "
-                    f"{self.seq}"
-                )
-            live = np.flatnonzero(self._alive[: self.size])
-            changed = live[slot_seqs[live] > saved_seq]
-            if len(changed) > max(REPLAY_MIN, self.count // 2):
-                raise GraphUnusableError(
-                    f"{len(changed)} entries changed after the graph was saved; rebuilding is "
-                    "faster than replaying them"
-                )
-            graph.reserve(self.size)
-            graph.add(self._vectors[changed], changed)
-            gone = np.setdiff1d(graph.labels(), live, assume_unique=True)
-            graph.mark_deleted(gone)
-        except (GraphUnusableError, RuntimeError, MemoryError) as why:
-            log.warning("store %r: rebuilding its HNSW graph: %s", self.spec.name, why)
-            self.graph = self._build_graph(config)
-            self.saved_seq = -1
-            self.graph_file_bytes = self.files.size()
-            self.load_report = IndexLoadReport(
-                store=self.spec.name, action="rebuilt", reason=str(why)
-            )
-            return self.load_report
-        self.graph = graph
-        self.saved_seq = saved_seq
-        self.graph_file_bytes = self.files.size()
-        self.load_report = IndexLoadReport(
-            store=self.spec.name, action="loaded", replayed=len(changed)
+    def _load_chunk(self, chunk: EntryColumns, db_path: Path) -> None:
+        # Column-wise with numpy and one JSON parse per chunk: per-row Python work is what made
+        # loading a big store slow, and the server answers nothing until it is done.
+        count = len(chunk.ids)
+        dim = self.spec.dimension
+        slots = np.fromiter(chunk.slots, np.int64, count)
+        ids = [i.encode("utf-8") for i in chunk.ids]
+        metas = [m.encode("utf-8") for m in chunk.metadata]
+        vector_bytes = np.fromiter(map(len, chunk.vectors), np.int64, count)
+        checksums = np.fromiter(
+            map(codec.row_checksum_bytes, ids, chunk.vectors, metas), np.int64, count
         )
-        log.info(
-            "store %r: loaded its HNSW graph and replayed %d later changes",
-            self.spec.name,
-            len(changed),
+        damaged = (
+            (slots < 0)
+            | (vector_bytes != dim * 4)
+            | (checksums != np.fromiter(chunk.checksums, np.int64, count))
         )
-        return self.load_report
+        if not damaged.any():
+            self.reserve(int(slots.max()) + 1 if count else 0)
+            # A slot held twice (by an earlier chunk or within this one) is damage too.
+            taken = self._alive[slots].copy()
+            _, first = np.unique(slots, return_index=True)
+            repeated = np.ones(count, dtype=bool)
+            repeated[first] = False
+            damaged = taken | repeated
+        decoded: list[Metadata] = []
+        if not damaged.any():
+            try:
+                decoded = codec.decode_metadata_many(chunk.metadata)
+            except ValueError:
+                damaged = np.array([not _decodes(text) for text in chunk.metadata], dtype=bool)
+        if damaged.any():
+            entry_id = chunk.ids[int(np.argmax(damaged))]
+            raise DataCorruptionError(
+                f"database file {db_path}: entry {entry_id!r} of store {self.spec.name!r} is "
+                "damaged (checksum or format mismatch); restore the file from a backup"
+            )
+        size = self.size
+        if int(slots.max()) + 1 > size:
+            grow = int(slots.max()) + 1 - size
+            self.ids.extend([None] * grow)
+            self.metas.extend([None] * grow)
+        for slot, entry_id, meta in zip(chunk.slots, chunk.ids, decoded, strict=True):
+            self.ids[slot] = entry_id
+            self.metas[slot] = meta
+        self.slot_of.update(zip(chunk.ids, chunk.slots, strict=True))
+        vectors = np.frombuffer(b"".join(chunk.vectors), dtype="<f4").reshape(count, dim)
+        self._vectors[slots] = vectors
+        self._norms[slots] = row_norms(vectors)
+        self._alive[slots] = True
+        self.slot_seqs[slots] = np.fromiter(chunk.seqs, np.int64, count)
+        id_bytes = np.fromiter(map(len, ids), np.int64, count)
+        meta_bytes = np.fromiter(map(len, metas), np.int64, count)
+        self._row_bytes[slots] = id_bytes + vector_bytes + meta_bytes + ROW_OVERHEAD_BYTES
+
+    # ---- the HNSW graph's life: created, restored in the background, checkpointed --------------
 
     def create_graph(self) -> None:
         """The empty graph of a new store."""
         config = self.hnsw_config
         if config is not None:
-            self.graph = self._build_graph(config)
+            self.graph = self.new_graph(self.capacity)
 
-    def _build_graph(self, config: HnswConfig) -> HnswGraph:
-        graph = HnswGraph.create(
-            self.spec.dimension, self.spec.metric, config, max(len(self._alive), self.size)
+    def new_graph(self, capacity: int) -> HnswGraph:
+        config = self.hnsw_config
+        assert config is not None
+        return HnswGraph.create(self.spec.dimension, self.spec.metric, config, capacity)
+
+    def load_saved_graph(self, capacity: int) -> tuple[HnswGraph, int]:
+        """The graph saved on disk and the change sequence it reflects (GraphUnusableError if
+        there is none that fits). Needs no lock: it reads only files and settings."""
+        config = self.hnsw_config
+        assert config is not None
+        return HnswGraph.load(
+            self.files,
+            dimension=self.spec.dimension,
+            metric=self.spec.metric,
+            settings=graph_settings(self.spec.dimension, self.spec.metric, config),
+            capacity=capacity,
         )
-        live = np.flatnonzero(self._alive[: self.size])
-        graph.add(self._vectors[live], live)
-        return graph
+
+    @property
+    def capacity(self) -> int:
+        """Slots the arrays hold before they must grow."""
+        return len(self._alive)
+
+    def live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self._alive[: self.size])
+
+    def changed_since(self, seq: int) -> np.ndarray:
+        """Slots of live entries written after change `seq`."""
+        live = self.live_slots()
+        changed: np.ndarray = live[self.slot_seqs[live] > seq]
+        return changed
+
+    def vectors_of(self, slots: np.ndarray) -> np.ndarray:
+        """A copy of these slots' vectors (safe to use after the lock is released)."""
+        vectors: np.ndarray = self._vectors[slots]
+        return vectors
+
+    def install_graph(
+        self, graph: HnswGraph, *, saved_seq: int, unsaved: int, report: IndexLoadReport
+    ) -> None:
+        """Start serving searches from a graph that holds every live entry. Write lock."""
+        self.graph = graph
+        self.saved_seq = saved_seq
+        self.graph_file_bytes = self.files.size()
+        self.unsaved_changes = unsaved
+        self.unsaved_since = time.monotonic() if unsaved else None
+        self.load_report = report
 
     def graph_needs_save(self) -> bool:
-        return self.graph is not None and not self.graph_broken and self.saved_seq != self.seq
+        return self.graph is not None and not self.graph_broken and self.unsaved_changes > 0
 
-    def save_graph(self, *, fsync: bool) -> None:
+    def graph_snapshot(self) -> tuple[GraphSnapshot, SavePoint]:
+        """A copy of the graph to save, and what it covers. Read lock (keeps writers out of the
+        graph while it is copied)."""
+        assert self.graph is not None
+        point = SavePoint(self.seq, self.unsaved_changes, time.monotonic())
+        return self.graph.snapshot(), point
+
+    def graph_saved(self, point: SavePoint, size: int) -> None:
+        """Record a finished save of a snapshot. Read lock: the fields it changes are changed
+        otherwise only by writers, which the lock keeps out, and by saves, one at a time."""
+        self.saved_seq = point.seq
+        self.graph_file_bytes = size
+        self.unsaved_changes = max(0, self.unsaved_changes - point.changes)
+        # What is still unsaved was written after the snapshot was taken.
+        self.unsaved_since = point.taken_at if self.unsaved_changes else None
+
+    def settings(self) -> dict[str, object]:
         config = self.hnsw_config
-        if self.graph is None or config is None:
-            return
-        self.graph_file_bytes = self.graph.save(
-            self.files,
-            seq=self.seq,
-            fsync=fsync,
-            settings=graph_settings(self.spec.dimension, self.spec.metric, config),
-        )
-        self.saved_seq = self.seq
+        assert config is not None
+        return graph_settings(self.spec.dimension, self.spec.metric, config)
+
+    def _count_changes(self, entries: int) -> None:
+        if self.unsaved_since is None:
+            self.unsaved_since = time.monotonic()
+        self.unsaved_changes += entries
 
     def release(self) -> None:
         """Drop the memory of a dropped store."""
@@ -358,10 +409,12 @@ class StoreState:
         slots: Sequence[int],
         is_new: Sequence[bool],
         row_bytes: Sequence[int],
+        seq: int,
     ) -> np.ndarray:
-        """Make a committed upsert's entries visible. `reserve` must have made room already.
-        Returns the slots whose vectors the graph still needs (`index_slots`); the caller moves
-        `seq` once the graph has them all."""
+        """Make a committed upsert's entries visible, stamped with change `seq` (what a graph
+        restored in the background replays). `reserve` must have made room already. Returns the
+        slots whose vectors the graph still needs (`index_slots`); the caller calls
+        `finish_upsert` once the graph has them all."""
         slot_array = np.asarray(slots, dtype=np.int64)
         old_size = self.size
         # assign_slots handed out the smallest free slots first: pop exactly those.
@@ -388,6 +441,7 @@ class StoreState:
         self._vectors[slot_array] = vectors
         self._norms[slot_array] = row_norms(vectors)
         self._alive[slot_array] = True
+        self.slot_seqs[slot_array] = seq
         for index in self.field_indexes.values():
             index.touch(slots)
         if any(is_new):
@@ -398,12 +452,19 @@ class StoreState:
     def index_slots(self, slots: np.ndarray) -> None:
         """Insert (or update) these slots' vectors in the HNSW graph, on one thread (the other
         cores stay free for searches), and keep `seconds_per_insert` up to date."""
-        if not len(slots):
-            return
+        if not len(slots) or self.graph is None or self.graph_broken:
+            return  # no graph yet (restored in the background): nothing to insert or to time
         began = time.perf_counter()
         self._update_graph(slots, np.empty(0, dtype=np.int64), threads=1)
         per_vector = (time.perf_counter() - began) / len(slots)
         self.seconds_per_insert = 0.8 * self.seconds_per_insert + 0.2 * per_vector
+
+    def finish_upsert(self, seq: int, entries: int) -> None:
+        """The graph holds a committed upsert of `entries` entries: move `seq` past it and
+        count it for checkpoints (a graph saved before this reflects the previous `seq`, so a
+        restart replays the whole write)."""
+        self.seq = seq
+        self._count_changes(entries)
 
     def apply_delete(self, slots: Sequence[int], seq: int) -> None:
         slot_array = np.asarray(slots, dtype=np.int64)
@@ -417,9 +478,11 @@ class StoreState:
         self.payload_bytes -= int(self._row_bytes[slot_array].sum())
         self._row_bytes[slot_array] = 0
         self._alive[slot_array] = False
+        self.slot_seqs[slot_array] = -1
         for index in self.field_indexes.values():
             index.touch(slots)
         self.seq = seq
+        self._count_changes(len(slots))
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
 
     def _update_graph(self, added: np.ndarray, deleted: np.ndarray, threads: int = -1) -> None:
@@ -665,6 +728,14 @@ class StoreState:
             )
         best = order[:want]
         return list(zip(slots[best].tolist(), scores[best].tolist(), strict=True))
+
+
+def _decodes(metadata_json: str) -> bool:
+    try:
+        codec.decode_metadata(metadata_json)
+    except ValueError:
+        return False
+    return True
 
 
 def row_bytes(entry_id: str, vector: bytes | memoryview, metadata_json: str) -> int:

@@ -190,6 +190,8 @@ class IndexLoadReport:
     """How a store's HNSW graph came back when the database opened."""
 
     store: str
-    action: Literal["loaded", "rebuilt", "none"]  # "none": exact stores have no graph
+    # "none": exact stores have no graph; "pending": being restored in the background (searches
+    # scan exactly meanwhile); "failed": restoring failed (logged), searches keep scanning.
+    action: Literal["loaded", "rebuilt", "none", "pending", "failed"]
     replayed: int = 0  # entries written after the saved graph and applied on top of it
     reason: str = ""  # why the graph was rebuilt

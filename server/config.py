@@ -32,6 +32,8 @@ DEFAULT_MAX_FILTER_BYTES = 4 * 1024 * 1024
 # Protobuf decodes at most 100 nested messages; an all_of/any_of level takes two, plus the request.
 MAX_FILTER_DEPTH = 48
 default_model_dir = model_defaults.model_dir
+DEFAULT_GRAPH_CHECKPOINT_CHANGES = 10_000
+DEFAULT_GRAPH_CHECKPOINT_SECONDS = 300.0
 
 
 def default_data_dir() -> Path:
@@ -62,6 +64,8 @@ class DBConfig(CommonConfig):
     fsync: str = "full"
     filter_limits: FilterLimits = DEFAULT_LIMITS
     max_filter_bytes: int = DEFAULT_MAX_FILTER_BYTES
+    graph_checkpoint_changes: int = DEFAULT_GRAPH_CHECKPOINT_CHANGES
+    graph_checkpoint_seconds: float = DEFAULT_GRAPH_CHECKPOINT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,21 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
         default=int(_env("MAX_FILTER_BYTES", DEFAULT_MAX_FILTER_BYTES)),
         help="largest encoded filter [env NACHBAR_MAX_FILTER_BYTES]",
     )
+    parser.add_argument(
+        "--graph-checkpoint-changes",
+        type=int,
+        default=int(_env("GRAPH_CHECKPOINT_CHANGES", DEFAULT_GRAPH_CHECKPOINT_CHANGES)),
+        help="save a store's HNSW graph in the background once this many entries changed since "
+        "its last save, which bounds what a restart after a crash replays; 0: off "
+        "[env NACHBAR_GRAPH_CHECKPOINT_CHANGES]",
+    )
+    parser.add_argument(
+        "--graph-checkpoint-seconds",
+        type=float,
+        default=float(_env("GRAPH_CHECKPOINT_SECONDS", DEFAULT_GRAPH_CHECKPOINT_SECONDS)),
+        help="save a store's HNSW graph in the background once its oldest unsaved change is "
+        "this old; 0: off [env NACHBAR_GRAPH_CHECKPOINT_SECONDS]",
+    )
     return parser
 
 
@@ -286,6 +305,14 @@ def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
         )
     if ns.max_filter_bytes < 1:
         parser.error(f"--max-filter-bytes must be at least 1, got {ns.max_filter_bytes}")
+    if ns.graph_checkpoint_changes < 0:
+        parser.error(
+            f"--graph-checkpoint-changes must be 0 (off) or more, got {ns.graph_checkpoint_changes}"
+        )
+    if ns.graph_checkpoint_seconds < 0:
+        parser.error(
+            f"--graph-checkpoint-seconds must be 0 (off) or more, got {ns.graph_checkpoint_seconds}"
+        )
     return DBConfig(
         **_common_kwargs(ns),
         data_dir=ns.data_dir,
@@ -296,6 +323,8 @@ def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
             max_values=ns.max_filter_values,
         ),
         max_filter_bytes=ns.max_filter_bytes,
+        graph_checkpoint_changes=ns.graph_checkpoint_changes,
+        graph_checkpoint_seconds=ns.graph_checkpoint_seconds,
     )
 
 

@@ -1,10 +1,23 @@
-"""`nachbar-db`: serve the vector database."""
+"""`nachbar-db`: serve the vector database.
+
+Start-up order: the gRPC port opens first, with health NOT_SERVING, so that probes see a live
+process at once; the data directory opens in a background thread meanwhile (DBService calls get
+UNAVAILABLE "loading stores, retry" until then), and health turns SERVING once every store's
+entries are in memory. HNSW graphs keep coming back in the background after that (searches scan
+exactly until a store's graph is in, see nachbar.db.engine). A data directory that cannot be
+opened (corrupt files, lost commits, held by another process) stops the process with a message
+naming the file.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 from nachbar.db.engine import Database
 from nachbar.db.errors import DBError
@@ -12,7 +25,7 @@ from nachbar.server.admission import ServicePolicy
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
-from nachbar.server.errors import keep_private
+from nachbar.server.errors import NotReadyError, keep_private
 from nachbar.server.logs import configure_logging
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
@@ -37,33 +50,124 @@ DB_ADMISSION = ServicePolicy(
         }
     ),
 )
+POLL_SECONDS = 0.2
 
 
-def start_db_server(config: DBConfig) -> RunningServer:
-    """Open the data dir and serve it. The caller owns `stop()`."""
+class DatabaseLoader:
+    """Opens the data directory in a background thread; calling it returns the Database, or
+    raises NotReadyError while it is still opening (the opening error once it failed)."""
+
+    def __init__(self, config: DBConfig, on_ready: Callable[[], None]) -> None:
+        self._config = config
+        self._on_ready = on_ready
+        self._db: Database | None = None
+        self._error: DBError | None = None
+        self._done = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._began = time.monotonic()
+        self._thread = threading.Thread(target=self._open, name="nachbar-db-open", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _open(self) -> None:
+        config = self._config
+        try:
+            db = Database.open(
+                config.data_dir,
+                fsync=config.fsync,  # type: ignore[arg-type]
+                checkpoint_seconds=config.graph_checkpoint_seconds,
+                checkpoint_changes=config.graph_checkpoint_changes,
+                wait_for_indexes=False,
+                filter_limits=config.filter_limits,
+            )
+        except DBError as error:
+            self._error = error
+            self._done.set()
+            return
+        except BaseException as error:
+            log.exception("opening %s failed", config.data_dir)
+            self._error = DBError(f"opening {config.data_dir} failed: {error}")
+            self._done.set()
+            return
+        with self._lock:
+            if self._closed:  # stopped while opening
+                db.close()
+                self._done.set()
+                return
+            self._db = db
+            self._on_ready()
+        elapsed = time.monotonic() - self._began
+        log.info("stores in %s loaded in %.1f s: SERVING", config.data_dir, elapsed)
+        self._done.set()
+
+    def __call__(self) -> Database:
+        db = self._db
+        if db is not None:
+            return db
+        if self._error is not None:
+            raise self._error
+        raise NotReadyError(
+            f"nachbar-db is loading its stores from {self._config.data_dir} "
+            f"({time.monotonic() - self._began:.0f} s so far); retry in a few seconds, or wait "
+            "until its health check reports SERVING"
+        )
+
+    @property
+    def done(self) -> threading.Event:
+        return self._done
+
+    def result(self) -> Database:
+        """The open Database once loading is over; the DBError if it failed."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._db is not None
+        return self._db
+
+    def close(self) -> None:
+        """Close the database (waiting for an open in progress to finish first)."""
+        with self._lock:
+            self._closed = True
+        self._thread.join()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
+    """Listen at once (NOT_SERVING) and open the data directory in the background; health
+    turns SERVING when the stores are loaded. The caller owns `stop()`."""
     keep_private(config.data_dir, "<data-dir>")
-    db = Database.open(
-        config.data_dir,
-        fsync=config.fsync,  # type: ignore[arg-type]
-        filter_limits=config.filter_limits,
-    )
+    serving: list[RunningServer] = []
+    loader = DatabaseLoader(config, on_ready=lambda: serving[0].set_serving(True))
     service = DBServicer(
-        db,
+        loader,
         fsync=config.fsync,
         max_message_bytes=config.max_message_bytes,
         max_filter_bytes=config.max_filter_bytes,
     )
+    running = start_server(
+        config,
+        lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
+        [DB_ADMISSION],
+    )
+    serving.append(running)
+    running.on_stop.append(loader.close)
+    loader.start()
+    return running, loader
+
+
+def start_db_server(config: DBConfig) -> RunningServer:
+    """Open the data dir and serve it, returning once the stores are loaded (DBError if they
+    cannot be). The caller owns `stop()`."""
+    running, loader = open_db_server(config)
     try:
-        running = start_server(
-            config,
-            lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
-            [DB_ADMISSION],
-        )
+        loader.result()
     except BaseException:
-        db.close()
+        running.stop(grace=0)
         raise
-    running.on_stop.append(db.close)
-    running.set_serving(True)
     return running
 
 
@@ -72,17 +176,31 @@ def start_db_server(config: DBConfig) -> RunningServer:
 GIL_SWITCH_SECONDS = 0.0005
 
 
+def _wait_for_stores(loader: DatabaseLoader, exit_with_parent: bool) -> bool:
+    """Block until the stores are loaded (True) or a stop is asked for meanwhile (False)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s while loading the stores", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+    while not loader.done.wait(POLL_SECONDS):
+        if stop.is_set() or (exit_with_parent and os.getppid() != parent):
+            return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_db_config(argv)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     configure_logging(config.log_level, config.log_format)
-    try:
-        running = start_db_server(config)
-    except DBError as error:
-        # Corrupt files, a data dir held by another process: refuse to start, saying why.
-        raise SystemExit(f"nachbar-db cannot start: {error}") from None
+    running, loader = open_db_server(config)
     log.info(
-        "nachbar-db listening on %s:%d, data in %s (fsync=%s); %s",
+        "nachbar-db listening on %s:%d (NOT_SERVING until its stores are loaded), data in %s "
+        "(fsync=%s); %s",
         config.host,
         running.port,
         config.data_dir,
@@ -90,6 +208,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)
+    if not _wait_for_stores(loader, config.exit_with_parent):
+        running.stop()
+        return
+    try:
+        loader.result()
+    except DBError as error:
+        # Corrupt files, lost commits, a data dir held by another process: refuse to serve,
+        # saying why.
+        running.stop(grace=0)
+        raise SystemExit(f"nachbar-db cannot start: {error}") from None
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 
 import grpc
@@ -19,13 +20,24 @@ from nachbar.v1 import db_pb2, db_pb2_grpc
 @servicer
 class DBServicer(db_pb2_grpc.DBServiceServicer):
     def __init__(
-        self, db: Database, *, fsync: str, max_message_bytes: int, max_filter_bytes: int = 0
+        self,
+        database: Callable[[], Database],
+        *,
+        fsync: str,
+        max_message_bytes: int,
+        max_filter_bytes: int = 0,
     ) -> None:
-        self._db = db
+        # A callable, because the server answers while the database is still opening: until
+        # then it raises NotReadyError (UNAVAILABLE).
+        self._database = database
         self._fsync = fsync
         self._max_message_bytes = max_message_bytes
         self._max_filter_bytes = max_filter_bytes
         self._started = time.monotonic()
+
+    @property
+    def _db(self) -> Database:
+        return self._database()
 
     def _limit(self, requested: int) -> responses.ResponseLimit:
         return responses.ResponseLimit.of(self._max_message_bytes, requested)
@@ -174,4 +186,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def Ping(
         self, request: db_pb2.PingRequest, context: grpc.ServicerContext
     ) -> db_pb2.PingResponse:
+        # UNAVAILABLE while the stores load, like every other call: nachbar-ai pings to know
+        # whether it can use this server.
+        self._database()
         return db_pb2.PingResponse()

@@ -16,13 +16,25 @@ from nachbar.cli.health import wait_until_serving
 BIN = Path(sys.executable).parent
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
-    """Block until grpc.health.v1 reports SERVING for `service` at `address`."""
-    report = wait_until_serving(address, timeout, service=service)
-    if not report.serving:
-        raise TimeoutError(
-            f"{address} not SERVING after {timeout}s (last: {report.health.value} {report.detail})"
-        )
+def wait_serving(
+    address: str,
+    service: str = "",
+    timeout: float = 60.0,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Block until grpc.health.v1 reports SERVING for `service` at `address`; RuntimeError if
+    `process` exits first (a server that opens its port before it can serve may still fail)."""
+    alive = (lambda: process.poll() is None) if process is not None else (lambda: True)
+    report = wait_until_serving(address, timeout, service=service, alive=alive)
+    if report.serving:
+        return
+    if process is not None and process.poll() is not None:
+        output = log_path.read_text() if log_path is not None else ""
+        raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+    raise TimeoutError(
+        f"{address} not SERVING after {timeout}s (last: {report.health.value} {report.detail})"
+    )
 
 
 @dataclass
@@ -88,5 +100,5 @@ def spawn(
         time.sleep(0.05)
     server = ServerProcess(proc, int(port_file.read_text()), log_path)
     if wait:
-        wait_serving(server.address, timeout=timeout)
+        wait_serving(server.address, timeout=timeout, process=proc, log_path=log_path)
     return server

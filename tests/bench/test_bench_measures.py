@@ -177,6 +177,26 @@ def test_interleaved_order_hands_every_query_to_every_system_in_rotating_blocks(
     assert db_bench.interleaved_order(2, 2, 1) == [(0, 0), (1, 0), (1, 1), (0, 1)]
 
 
+def test_recovery_bench_counts_only_calls_that_overlap_the_save() -> None:
+    import recovery_bench
+
+    # (start, seconds): a read blocked across the save, reads before/after, one long before.
+    reads = [(0.0, 0.01), (9.0, 0.02), (9.99, 1.5), (10.5, 0.01), (11.8, 0.03), (20.0, 5.0)]
+    writes = [(9.5, 0.01), (10.2, 0.9), (12.5, 0.02)]
+    stats = recovery_bench.window_stats("x", reads, writes, 10.0, 11.0, 0.4, baseline_s=2.0)
+    assert stats.reads == 2 and stats.writes == 1  # (9.99, 1.5) and (10.5, 0.01); (10.2, 0.9)
+    assert stats.reader_max_ms == pytest.approx(1500)
+    assert stats.writer_max_ms == pytest.approx(900)
+    # The baseline is the two seconds on each side, outside the window.
+    assert stats.reader_baseline_p99_ms == pytest.approx(
+        1e3 * float(np.percentile([0.02, 0.03], 99))
+    )
+    assert stats.writer_baseline_p99_ms == pytest.approx(
+        1e3 * float(np.percentile([0.01, 0.02], 99))
+    )
+    assert (stats.save_s, stats.held_s) == (1.0, 0.4)
+
+
 def test_ai_bench_blocks_hand_every_query_to_every_installation_in_rotating_order() -> None:
     import ai_bench
 
@@ -192,3 +212,13 @@ def test_ai_bench_blocks_hand_every_query_to_every_installation_in_rotating_orde
     for system in (0, 1):
         served = [i for which, block in order if which == system for i in block]
         assert served == list(range(5))
+
+
+def test_recovery_bench_checks_the_scenarios_asked_for() -> None:
+    import recovery_bench
+
+    config = recovery_bench.parse_args(["--scenarios", "graceful,after-ingest"])
+    assert set(config.scenarios) == {"graceful", "after-ingest"}
+    assert recovery_bench.parse_args([]).scenarios == recovery_bench.SCENARIOS
+    with pytest.raises(SystemExit):
+        recovery_bench.parse_args(["--scenarios", "after-ingest,mid-flight"])

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nachbar.db import engine
+from nachbar.db import engine, recovery
 from nachbar.db.engine import Database
 from nachbar.db.errors import DataCorruptionError, DBError
 from nachbar.db.filters import Condition, Op
 from nachbar.db.storage import Storage
-from nachbar.db.store import StoreState
 from nachbar.db.types import Entry, ExactConfig, Metric, SearchMode, StoreSpec
 
 DIM = 16
@@ -162,7 +161,7 @@ def test_unusable_graph_is_rebuilt(data_dir: Path, damage: str) -> None:
     with open_db(data_dir) as db:
         before = snapshot(db)
     graph = graph_file(data_dir)
-    sidecar = graph.with_suffix(".json")
+    sidecar = data_dir / engine.INDEX_DIR / "store-1.json"
     if damage == "garble":
         with graph.open("r+b") as handle:
             handle.seek(graph.stat().st_size // 2)
@@ -185,7 +184,7 @@ def test_graph_far_behind_is_rebuilt_not_replayed(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(data_dir, count=10)
-    monkeypatch.setattr(StoreState, "save_graph", lambda self, fsync: None)
+    monkeypatch.setattr(recovery, "save_graph", lambda state, fsync: None)
     with open_db(data_dir) as db:
         db.upsert("s", entries(10, 1600))
     monkeypatch.undo()
@@ -303,12 +302,14 @@ def test_dropped_store_leaves_no_graph_behind(data_dir: Path) -> None:
 def test_stale_graph_files_are_removed_on_open(data_dir: Path) -> None:
     fill(data_dir)
     graphs = data_dir / engine.INDEX_DIR
+    graph = graph_file(data_dir)
+    (graphs / "store-1.0-0123abcd.hnsw").write_bytes(b"an older save the sidecar no longer names")
     (graphs / "store-999.hnsw").write_bytes(b"left by a dropped store")
     (graphs / "store-999.json").write_text("{}")
     (graphs / "store-1.hnsw.tmp").write_bytes(b"half-written save")
     with open_db(data_dir) as db:
         assert db.index_load_report("s").action == "loaded"
-    assert sorted(p.name for p in graphs.iterdir()) == ["store-1.hnsw", "store-1.json"]
+    assert sorted(p.name for p in graphs.iterdir()) == [graph.name, "store-1.json"]
 
 
 def test_foreign_sqlite_file_is_refused(data_dir: Path) -> None:

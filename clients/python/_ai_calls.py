@@ -303,6 +303,7 @@ def rerank(
 _KINDS = {
     ai_pb2.MODEL_KIND_EMBEDDING: "embedding",
     ai_pb2.MODEL_KIND_CROSS_ENCODER: "cross_encoder",
+    ai_pb2.MODEL_KIND_LATE_INTERACTION: "late_interaction",
 }
 _MODALITIES = {ai_pb2.MODALITY_TEXT: "text", ai_pb2.MODALITY_IMAGE: "image"}
 

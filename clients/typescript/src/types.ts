@@ -228,7 +228,7 @@ export interface RerankResult {
   score: number;
 }
 
-export type ModelKind = 'embedding' | 'cross_encoder' | 'unspecified';
+export type ModelKind = 'embedding' | 'cross_encoder' | 'late_interaction' | 'unspecified';
 export type Modality = 'text' | 'image' | 'unspecified';
 
 export interface ModelInfo {

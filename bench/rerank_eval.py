@@ -1,0 +1,262 @@
+"""Does reranking help? Retrieval quality and cost of dense search with and without rerankers.
+
+On the Debian evaluation sets of `eval_data.py` (Debian FAQ: question -> answer section; Linux
+man pages: one-line description -> page), through nachbar's model runtime in-process
+(`nachbar.ai.models.ModelManager`, the code nachbar-ai serves with):
+
+1. dense: the corpus is embedded as documents and the queries as queries (each model's prompts
+   per role), long texts truncated to the model's limit; exact cosine top-30 per query;
+2. dense + reranker: the top 30 rescored by each reranker (documents cut to its token budget),
+   and fused with the dense scores (reciprocal rank fusion; equal blend of min-max scores);
+3. MRR@10 and nDCG@10 per configuration, and the milliseconds each reranker adds per query
+   (the rerank call for 30 candidates, median over queries; the rerankers take turns query by
+   query, so background load falls on all of them alike).
+
+Pairs that both embedders bring up are scored once (cached); latency is timed on the first
+embedder's candidates, where every call scores all 30.
+
+    python bench/eval_data.py && python bench/rerank_eval.py
+    python bench/rerank_eval.py --sets manpages-dev --queries 200   # a seeded sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import numpy as np
+import numpy.typing as npt
+from benchlib import describe_load, log, markdown_table
+from eval_data import DEFAULT_CACHE, EvalSet, load_set
+
+from nachbar.ai import fusion
+from nachbar.ai.models import ModelManager
+from nachbar.ai.registry import Role
+
+EMBEDDERS = ("all-minilm-l6-v2", "bge-small-en-v1.5-int8")
+RERANKERS = (
+    "stsb-minilm-l6-cross-encoder",
+    "ms-marco-minilm-l12-cross-encoder-int8",
+    "answerai-colbert-small-v1-int8",
+)
+CANDIDATES = 30
+CUTOFF = 10
+EMBED_BATCH = 64
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def mrr_at(ranked: Sequence[str], relevant: set[str], cutoff: int = CUTOFF) -> float:
+    """1 / rank of the first relevant document within the cutoff, else 0."""
+    for rank, doc_id in enumerate(ranked[:cutoff], start=1):
+        if doc_id in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at(ranked: Sequence[str], relevant: set[str], cutoff: int = CUTOFF) -> float:
+    """Binary-relevance nDCG: sum 1/log2(rank+1) over relevant hits, over the ideal sum."""
+    gain = sum(
+        1.0 / math.log2(rank + 1)
+        for rank, doc_id in enumerate(ranked[:cutoff], start=1)
+        if doc_id in relevant
+    )
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), cutoff) + 1))
+    return gain / ideal if ideal else 0.0
+
+
+@dataclass
+class Quality:
+    mrr: list[float] = field(default_factory=list)
+    ndcg: list[float] = field(default_factory=list)
+
+    def add(self, ranked: Sequence[str], relevant: set[str]) -> None:
+        self.mrr.append(mrr_at(ranked, relevant))
+        self.ndcg.append(ndcg_at(ranked, relevant))
+
+    def means(self) -> tuple[float, float]:
+        return float(np.mean(self.mrr)), float(np.mean(self.ndcg))
+
+
+def order_by(candidates: Sequence[str], scores: fusion.Scores) -> list[str]:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return [candidates[i] for i in order]
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def embed_all(
+    manager: ModelManager, model: str, texts: Sequence[str], role: Role | None
+) -> tuple[FloatArray, float]:
+    start = time.perf_counter()
+    parts = [
+        manager.embed(model, texts[i : i + EMBED_BATCH], truncation="truncate", role=role)
+        for i in range(0, len(texts), EMBED_BATCH)
+    ]
+    return np.concatenate(parts), time.perf_counter() - start
+
+
+@dataclass
+class SetResult:
+    name: str
+    queries: int
+    documents: int
+    rows: list[list[object]]
+    latency_rows: list[list[object]]
+    raw: dict[str, Any]
+
+
+def evaluate(
+    manager: ModelManager,
+    data: EvalSet,
+    query_ids: Sequence[str],
+    embedders: Sequence[str],
+    rerankers: Sequence[str],
+) -> SetResult:
+    doc_ids = list(data.corpus)
+    documents = [data.corpus[d] for d in doc_ids]
+    texts = [data.queries[q] for q in query_ids]
+    rows: list[list[object]] = []
+    raw: dict[str, Any] = {}
+    candidates: dict[str, list[tuple[list[str], list[float]]]] = {}
+    for model in embedders:
+        log(f"{data.name}: embedding {len(documents)} documents with {model}")
+        index, index_seconds = embed_all(manager, model, documents, Role.DOCUMENT)
+        variants: list[tuple[str, Role | None]] = [(model, Role.QUERY)]
+        if manager.spec(model).prompts.query:
+            variants.append((f"{model} (no query prompt)", None))
+        for label, role in variants:
+            queries, _ = embed_all(manager, model, texts, role)
+            similarity = queries @ index.T
+            top = np.argsort(-similarity, axis=1, kind="stable")[:, :CANDIDATES]
+            lists = [
+                ([doc_ids[j] for j in row], [float(similarity[i, j]) for j in row])
+                for i, row in enumerate(top)
+            ]
+            quality = Quality()
+            for query_id, (ranked, _) in zip(query_ids, lists, strict=True):
+                quality.add(ranked, data.qrels[query_id])
+            rows.append([label, "-", *quality.means()])
+            raw[f"{label} | dense"] = quality.means()
+            if role is Role.QUERY:
+                candidates[model] = lists
+        raw[f"{model} index seconds"] = index_seconds
+
+    # Rerank: the rerankers take turns query by query; pairs already scored are reused.
+    cache: dict[tuple[str, str, str], float] = {}
+    latency: dict[str, list[float]] = {r: [] for r in rerankers}
+    for position, query_id in enumerate(query_ids if rerankers else []):
+        if position % 50 == 0:
+            log(f"{data.name}: reranking query {position + 1}/{len(query_ids)}")
+        for model_number, model in enumerate(embedders):
+            ranked, _ = candidates[model][position]
+            for reranker in rerankers:
+                missing = [d for d in ranked if (reranker, query_id, d) not in cache]
+                if not missing:
+                    continue
+                start = time.perf_counter()
+                scores = manager.rerank(
+                    reranker, data.queries[query_id], [data.corpus[d] for d in missing]
+                )
+                if model_number == 0:
+                    latency[reranker].append(time.perf_counter() - start)
+                for doc_id, score in zip(missing, scores, strict=True):
+                    cache[(reranker, query_id, doc_id)] = float(score)
+
+    for model in embedders:
+        for reranker in rerankers:
+            plain, rrf, blend = Quality(), Quality(), Quality()
+            for query_id, (ranked, dense) in zip(query_ids, candidates[model], strict=True):
+                relevant = data.qrels[query_id]
+                reranked = [cache[(reranker, query_id, d)] for d in ranked]
+                plain.add(order_by(ranked, reranked), relevant)
+                rrf.add(
+                    order_by(ranked, fusion.reciprocal_rank_fusion([dense, reranked])), relevant
+                )
+                blend.add(order_by(ranked, fusion.weighted_blend([dense, reranked])), relevant)
+            for how, quality in (("rerank", plain), ("RRF", rrf), ("blend", blend)):
+                rows.append([model, f"{reranker} ({how})", *quality.means()])
+                raw[f"{model} | {reranker} | {how}"] = quality.means()
+
+    latency_rows: list[list[object]] = []
+    for reranker in rerankers:
+        stats = benchlib.LatencyStats.of(latency[reranker])
+        latency_rows.append([reranker, stats.count, stats.p50_ms, stats.mean_ms])
+        raw[f"{reranker} latency"] = stats
+    return SetResult(data.name, len(query_ids), len(doc_ids), rows, latency_rows, raw)
+
+
+def sample_queries(data: EvalSet, count: int, seed: int) -> list[str]:
+    ids = sorted(data.queries)
+    if count <= 0 or count >= len(ids):
+        return ids
+    return sorted(random.Random(seed).sample(ids, count))
+
+
+def report(results: Sequence[SetResult], command: str) -> str:
+    parts = [f"command: `{command}`", ""]
+    for result in results:
+        parts += [
+            f"### {result.name}: {result.queries} queries, {result.documents} documents, "
+            f"top {CANDIDATES} reranked",
+            "",
+            markdown_table(["first stage", "reranker", "MRR@10", "nDCG@10"], result.rows),
+            "",
+        ]
+        if result.latency_rows:
+            parts += [
+                markdown_table(
+                    ["reranker", "queries timed", "ms per query p50", "ms per query mean"],
+                    result.latency_rows,
+                ),
+                "",
+            ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=["debian-faq", "manpages-dev"])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("NACHBAR_MODEL_DIR", Path.home() / ".cache/nachbar/models")),
+    )
+    parser.add_argument(
+        "--queries", type=int, default=0, help="evaluate a seeded sample of this many (0: all)"
+    )
+    parser.add_argument("--seed", type=int, default=20261207)
+    parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS))
+    parser.add_argument("--rerankers", nargs="*", default=list(RERANKERS))
+    args = parser.parse_args(argv)
+    log(describe_load("before"))
+    results = []
+    with ModelManager(args.model_dir, offline=True) as manager:
+        for name in args.sets:
+            data = load_set(name, args.cache)
+            query_ids = sample_queries(data, args.queries, args.seed)
+            results.append(evaluate(manager, data, query_ids, args.embedders, args.rerankers))
+    log(describe_load("after"))
+    command = "python bench/rerank_eval.py " + " ".join(argv if argv is not None else [])
+    payload = {"machine": benchlib.machine_facts(), "sets": [r.raw for r in results]}
+    name = "rerank_eval-" + "-".join(args.sets) + (f"-q{args.queries}" if args.queries else "")
+    benchlib.publish(name, payload, report(results, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

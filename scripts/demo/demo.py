@@ -2,7 +2,8 @@
 
 It copies the ImageNet sample photos that ship in the foolbox wheel (named by their class), ingests
 them into a store indexed by the ConSE image model and texts into a MiniLM store, then searches
-photos with sentences, texts with a photo, and reranks text hits with the cross-encoder.
+photos with sentences, texts with a photo, and reranks the text hits of a question with the
+MS MARCO cross-encoder (a query -> passage reranker; the STS-B one scores sentence likeness).
 """
 
 from __future__ import annotations
@@ -72,13 +73,13 @@ def main() -> None:
     )
     run(
         "search",
-        "A man is playing a guitar.",
+        "Which animals swim?",
         "--store",
         "demo-texts",
         "-k",
         "3",
         "--rerank",
-        "stsb-minilm-l6-cross-encoder",
+        "ms-marco-minilm-l12-cross-encoder-int8",
     )
     run(
         "search",

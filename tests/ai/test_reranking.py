@@ -39,6 +39,7 @@ def expected_maxsim(spec: ModelSpec, query: str, documents: list[str]) -> np.nda
     assert isinstance(tiny, TinyBert)
     tokenizer = reference_tokenizer(style_of(spec))
     marker = tokenizer.token_to_id(spec.late_interaction.query_marker)
+    assert marker is not None
     ids = tokenizer.encode(query).ids
     marked = [ids[0], marker, *ids[1:]]
     width = max(32, -(-len(marked) // 32) * 32)

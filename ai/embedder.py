@@ -216,7 +216,14 @@ class LateInteractionScorer:
     Document vectors are cached (`DOCUMENT_CACHE_BYTES`), since they do not depend on the query.
     """
 
-    def __init__(self, spec: ModelSpec, model: OnnxModel, tokenizer: TextTokenizer) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: OnnxModel,
+        tokenizer: TextTokenizer,
+        *,
+        document_cache_bytes: int = DOCUMENT_CACHE_BYTES,
+    ) -> None:
         model.require_inputs(_TEXT_INPUTS)
         if spec.late_interaction is None:
             raise ModelUnavailableError(f"Model {spec.name!r} is not a late-interaction model.")
@@ -230,7 +237,7 @@ class LateInteractionScorer:
             sorted({i for c in skipped if (i := tokenizer.token_id(c)) is not None}),
             dtype=np.int64,
         )
-        self._documents = _DocumentCache(DOCUMENT_CACHE_BYTES)
+        self._documents = _DocumentCache(document_cache_bytes)
 
     def _require_token(self, token: str) -> int:
         token_id = self.tokenizer.token_id(token)

@@ -22,6 +22,7 @@ embedder's candidates, where every call scores all 30.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
@@ -39,8 +40,11 @@ from benchlib import describe_load, log, markdown_table
 from eval_data import DEFAULT_CACHE, EvalSet, load_set
 
 from nachbar.ai import fusion
+from nachbar.ai.embedder import CrossEncoderScorer, LateInteractionScorer
 from nachbar.ai.models import ModelManager
-from nachbar.ai.registry import Role
+from nachbar.ai.onnx_model import OnnxModel
+from nachbar.ai.registry import Role, get_spec
+from nachbar.ai.text import TextTokenizer, Truncation
 
 EMBEDDERS = ("all-minilm-l6-v2", "bge-small-en-v1.5-int8")
 RERANKERS = (
@@ -199,6 +203,49 @@ def evaluate(
     return SetResult(data.name, len(query_ids), len(doc_ids), rows, latency_rows, raw)
 
 
+def budget_latency(
+    model_dir: Path, data: EvalSet, rerankers: Sequence[str], rounds: int
+) -> list[list[object]]:
+    """Milliseconds to rerank the corpus's 30 longest documents for one query, with each
+    reranker's token budget and with the budget raised to the model's limit (the cost before
+    budgets), in alternating rounds."""
+    longest = sorted(data.corpus.values(), key=len, reverse=True)[:CANDIDATES]
+    queries = [data.queries[q] for q in sorted(data.queries)[:rounds]]
+    rows: list[list[object]] = []
+    for name in rerankers:
+        spec = get_spec(name)
+        directory = model_dir / "built" / spec.name
+        model = OnnxModel(directory / "model.onnx", model_name=name, output=spec.output)
+        scorers: dict[int, CrossEncoderScorer | LateInteractionScorer] = {}
+        for budget in (spec.rerank_tokens, spec.max_tokens):
+            variant = dataclasses.replace(spec, rerank_tokens=budget)
+            tokenizer = TextTokenizer(
+                directory / "tokenizer.json",
+                model_name=name,
+                max_tokens=spec.max_tokens,
+                pair_tokens=budget,
+            )
+            if spec.late_interaction is None:
+                scorers[budget] = CrossEncoderScorer(variant, model, tokenizer)
+            else:  # no document cache: time the documents' encoding too
+                scorers[budget] = LateInteractionScorer(
+                    variant, model, tokenizer, document_cache_bytes=0
+                )
+        seconds: dict[int, list[float]] = {budget: [] for budget in scorers}
+        for number, query in enumerate(queries):
+            budgets = list(scorers) if number % 2 == 0 else list(reversed(scorers))
+            for budget in budgets:
+                scorer = scorers[budget]
+                start = time.perf_counter()
+                items: list[Any] = scorer.prepare(query, longest, Truncation.TRUNCATE)
+                for first in range(0, len(items), 32):
+                    scorer.run(items[first : first + 32])
+                seconds[budget].append(time.perf_counter() - start)
+        low, high = (float(np.median(seconds[b])) * 1e3 for b in scorers)
+        rows.append([name, spec.rerank_tokens, low, spec.max_tokens, high, high / low])
+    return rows
+
+
 def sample_queries(data: EvalSet, count: int, seed: int) -> list[str]:
     ids = sorted(data.queries)
     if count <= 0 or count >= len(ids):
@@ -242,8 +289,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261207)
     parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS))
     parser.add_argument("--rerankers", nargs="*", default=list(RERANKERS))
+    parser.add_argument(
+        "--budget-latency",
+        type=int,
+        default=0,
+        metavar="QUERIES",
+        help="instead: time each reranker on the 30 longest documents at its budget and at "
+        "the model's limit, over this many queries",
+    )
     args = parser.parse_args(argv)
     log(describe_load("before"))
+    if args.budget_latency:
+        tables = []
+        for name in args.sets:
+            data = load_set(name, args.cache)
+            rows = budget_latency(args.model_dir, data, args.rerankers, args.budget_latency)
+            headers = ["reranker", "budget", "ms", "model limit", "ms", "limit / budget"]
+            tables.append(f"### {name}: 30 longest documents\n\n{markdown_table(headers, rows)}\n")
+        log(describe_load("after"))
+        benchlib.publish("rerank_budget", {"machine": benchlib.machine_facts()}, "\n".join(tables))
+        return 0
     results = []
     with ModelManager(args.model_dir, offline=True) as manager:
         for name in args.sets:

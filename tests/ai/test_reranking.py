@@ -204,3 +204,19 @@ def test_every_reranker_documents_its_purpose_and_budget() -> None:
         assert "Not a query-to-passage reranker" in get_spec(name).description or (
             "not query-to-passage relevance" in get_spec(name).description
         )
+
+
+def test_document_cache_keeps_the_most_recently_used_within_its_bytes() -> None:
+    from nachbar.ai.embedder import _DocumentCache
+
+    vectors = np.zeros((4, 4), dtype=np.float32)  # 64 bytes, plus a 1-byte key
+    cache = _DocumentCache(capacity_bytes=2 * 65)
+    cache.put(b"a", vectors)
+    cache.put(b"b", vectors + 1)
+    assert cache.get(b"a") is not None  # "a" is now the most recently used
+    cache.put(b"c", vectors + 2)
+    assert cache.get(b"b") is None
+    assert cache.get(b"a") is not None and cache.get(b"c") is not None
+    too_big = _DocumentCache(capacity_bytes=10)
+    too_big.put(b"a", vectors)
+    assert too_big.get(b"a") is None

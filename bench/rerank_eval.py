@@ -40,7 +40,7 @@ from benchlib import describe_load, log, markdown_table
 from eval_data import DEFAULT_CACHE, EvalSet, load_set
 
 from nachbar.ai import fusion
-from nachbar.ai.embedder import CrossEncoderScorer, LateInteractionScorer
+from nachbar.ai.inference import CrossEncoderScorer, LateInteractionScorer
 from nachbar.ai.models import ModelManager
 from nachbar.ai.onnx_model import OnnxModel
 from nachbar.ai.registry import Role, get_spec

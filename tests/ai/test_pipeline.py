@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 from nachbar.ai.models import ModelManager
 from nachbar.ai.pipeline import AIPipeline, RerankSpec, SearchRequest, UpsertItem
+from nachbar.ai.registry import Role
 from nachbar.ai.vector_store import StoreNotFoundError
 from nachbar.db.engine import Database
 from nachbar.db.filters import Condition, Filter, Op
@@ -368,3 +370,24 @@ def test_a_store_dropped_and_created_again_elsewhere_is_never_served_with_a_stal
     with pytest.raises(StoreNotFoundError):
         pipeline.search("docs", SearchRequest("cat", 1))
     assert pipeline.binding_cache.get("docs") is None
+
+
+def test_stored_texts_and_queries_are_embedded_in_their_role(
+    pipeline: Pipeline, tiny_manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Roles pick the model's prompt (BGE's query instruction); the tiny stand-in's vectors do
+    not show it, so the roles the pipeline passes are recorded."""
+    roles: list[tuple[str, object]] = []
+    embed = tiny_manager.embed
+
+    def recording(name: str, inputs: Any, truncation: Any = "error", role: Any = None) -> Any:
+        roles.append((inputs[0], role))
+        return embed(name, inputs, truncation, role)
+
+    monkeypatch.setattr(tiny_manager, "embed", recording)
+    bge = "BAAI/bge-small-en-v1.5"
+    pipeline.create_store("bge", query_model=bge, store_original=True, options=EngineOptions())
+    pipeline.upsert("bge", [UpsertItem(text, f"d{i}") for i, text in enumerate(DOCS)])
+    pipeline.search("bge", SearchRequest("the cat and the dog", 3))
+    pipeline.embed(bge, ["as is"])
+    assert roles == [(DOCS[0], Role.DOCUMENT), ("the cat and the dog", Role.QUERY), ("as is", None)]

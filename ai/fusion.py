@@ -16,6 +16,7 @@ Both return one fused score per candidate (higher is better), in the candidates'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,24 @@ Scores = Sequence[float] | npt.NDArray[np.floating[Any]]
 
 #: The constant of Cormack et al.; it damps the weight of the very first ranks.
 RRF_K = 60.0
+
+
+class Fusion(StrEnum):
+    """How a rerank orders its candidates: by the reranker alone, or fused with the vector
+    similarities (equal weights)."""
+
+    NONE = "none"
+    RRF = "rrf"
+    BLEND = "blend"
+
+
+def fuse(fusion: Fusion, similarities: Scores, rerank_scores: Scores) -> FloatArray | None:
+    """The fused score of each candidate, or None for Fusion.NONE."""
+    if fusion is Fusion.RRF:
+        return reciprocal_rank_fusion([similarities, rerank_scores])
+    if fusion is Fusion.BLEND:
+        return weighted_blend([similarities, rerank_scores])
+    return None
 
 
 def _checked(scorings: Sequence[Scores], weights: Sequence[float] | None) -> FloatArray:

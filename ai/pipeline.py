@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
+from nachbar.ai.fusion import Fusion, fuse
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
@@ -87,6 +89,8 @@ class RerankSpec:
     # original text.
     metadata_field: str | None = None
     sigmoid: bool = False
+    # Order by the reranker alone, or by its scores fused with the similarities.
+    fusion: Fusion = Fusion.NONE
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,14 @@ class Hit:
     original: Payload | None = None
     # Set only when the search reranked.
     rerank_score: float | None = None
+    # Set only when the rerank fused: the score that ordered the hits.
+    fused_score: float | None = None
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    # Best first: by rerank score when reranked, else by similarity.
+    # Best first: by fused score when the rerank fused, by rerank score when reranked, else by
+    # similarity.
     hits: list[Hit]
     plan: str
 
@@ -415,10 +422,18 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
             truncation=request.truncation,
             sigmoid=rerank.sigmoid,
         )
+        fused = fuse(rerank.fusion, [hit.similarity for hit in hits], scores)
+        if fused is None:
+            scored = [
+                replace(hit, rerank_score=float(score))
+                for hit, score in zip(hits, scores, strict=True)
+            ]
+            return [scored[i] for i in _best_first(scores)]
         scored = [
-            replace(hit, rerank_score=float(score)) for hit, score in zip(hits, scores, strict=True)
+            replace(hit, rerank_score=float(score), fused_score=float(total))
+            for hit, score, total in zip(hits, scores, fused, strict=True)
         ]
-        return [scored[i] for i in _best_first(scores)]
+        return [scored[i] for i in _best_first(fused)]
 
 
 def _binding_of(record: StoreRecord[InfoT]) -> StoreBinding:
@@ -456,6 +471,6 @@ def _rerank_text(store: str, hit: Hit, metadata_field: str | None) -> str:
     return value
 
 
-def _best_first(scores: FloatArray) -> list[int]:
+def _best_first(scores: npt.NDArray[np.floating[Any]]) -> list[int]:
     order: list[int] = np.argsort(-np.asarray(scores), kind="stable").tolist()
     return order

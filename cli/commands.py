@@ -543,7 +543,20 @@ COMMANDS: tuple[Command, ...] = (
             arg("--filter", metavar="JSON|EXPR", help=f"metadata filter: {FILTER_HELP}"),
             arg("--mode", choices=["auto", "exact", "hnsw"], default="auto"),
             arg("--ef", type=int, default=0, help="HNSW ef for this query"),
-            arg("--rerank", only="ai", metavar="MODEL", help="rerank with this cross-encoder"),
+            arg(
+                "--rerank",
+                only="ai",
+                metavar="MODEL",
+                help="rerank with this cross-encoder or late-interaction model",
+            ),
+            arg(
+                "--fusion",
+                only="ai",
+                choices=["none", "rrf", "blend"],
+                default="none",
+                help="order reranked hits by the reranker alone (none) or fused with the "
+                "similarities: reciprocal rank fusion (rrf) or a min-max score blend (blend)",
+            ),
             arg(
                 "--rerank-field",
                 only="ai",
@@ -639,14 +652,18 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "rerank",
-        "score documents against a query with a cross-encoder",
+        "score documents against a query with a reranker",
         ("ai",),
         (
             arg("query"),
             arg("documents", nargs="+", metavar="DOC"),
-            arg("--model", required=True, help="a cross-encoder (see `nachbar models list`)"),
+            arg(
+                "--model",
+                required=True,
+                help="a cross-encoder or late-interaction model (see `nachbar models list`)",
+            ),
             arg("--top-k", type=int, default=0, help="only the best K (default all)"),
-            arg("--sigmoid", action="store_true", help="map scores to [0, 1]"),
+            arg("--sigmoid", action="store_true", help="map cross-encoder scores to [0, 1]"),
             TRUNCATE,
         ),
         _rerank,

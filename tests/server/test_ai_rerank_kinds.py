@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from nachbar.client import AIClient, InvalidArgument
+from nachbar.v1 import ai_pb2, ai_pb2_grpc
 from tests.models_fixture import built_model_dir
 from tests.server.test_ai_service import TEXT_MODEL, start_ai, start_db
 from tests.servers import wait_serving
@@ -21,16 +23,21 @@ OFF_TOPIC = "Berlin is well known for its museums."
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AIClient]:
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     built_model_dir(only=[TEXT_MODEL, COLBERT, MS_MARCO])
     db = start_db(tmp_path_factory.mktemp("rerank-kinds-db"))
     ai = start_ai(db.port, TEXT_MODEL)
     address = f"127.0.0.1:{ai.port}"
     wait_serving(address)
-    with AIClient(address, timeout=120) as client:
-        yield client
+    yield address
     ai.stop(grace=1)
     db.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def client(address: str) -> Iterator[AIClient]:
+    with AIClient(address, timeout=120) as client:
+        yield client
 
 
 def test_list_models_reports_the_late_interaction_kind(client: AIClient) -> None:
@@ -65,3 +72,46 @@ def test_get_sim_n_reranks_long_documents_within_the_budget(
     found = client.get_sim_n(store, BERLIN, k=2, rerank=reranker)
     assert [m.id for m in found.matches] == ["people", "museums"]
     assert all(m.rerank_score is not None for m in found.matches)
+
+
+def test_get_sim_n_fuses_rerank_scores_with_similarities_on_request(client: AIClient) -> None:
+    store = "fusion"
+    client.create_store(store, query_model=TEXT_MODEL, store_original=True, if_not_exists=True)
+    documents = [
+        (ANSWER, "people"),
+        (OFF_TOPIC, "museums"),
+        ("Paris is the capital of France.", "paris"),
+        ("Rivers run through many European capitals.", "rivers"),
+    ]
+    client.upsert(store, documents)
+    reranked = client.get_sim_n(store, BERLIN, k=4, rerank=MS_MARCO)
+    assert all(m.fused_score is None for m in reranked.matches)
+    by_rank = {m.id: rank for rank, m in enumerate(reranked.matches, 1)}
+    vector_rank = {
+        m.id: rank for rank, m in enumerate(client.get_sim_n(store, BERLIN, k=4).matches, 1)
+    }
+    fused = client.get_sim_n(store, BERLIN, k=4, rerank=MS_MARCO, rerank_fusion="rrf")
+    expected = {i: 1 / (60 + by_rank[i]) + 1 / (60 + vector_rank[i]) for i in by_rank}
+    # Ties (ranks 3 and 4 swapped) keep the vector order.
+    assert [m.id for m in fused.matches] == sorted(vector_rank, key=lambda i: -expected[i])
+    for match in fused.matches:
+        assert match.fused_score == pytest.approx(expected[match.id], abs=1e-6)
+    with pytest.raises(ValueError, match="rerank_fusion must be 'none', 'rrf' or 'blend'"):
+        client.get_sim_n(store, BERLIN, k=4, rerank=MS_MARCO, rerank_fusion="max")
+
+
+def test_an_unknown_fusion_number_is_invalid_argument(client: AIClient, address: str) -> None:
+    client.create_store("fusion", query_model=TEXT_MODEL, store_original=True, if_not_exists=True)
+    client.upsert("fusion", [(ANSWER, "people")])
+    request = ai_pb2.GetSimNRequest(
+        store="fusion",
+        query=ai_pb2.Input(text=BERLIN),
+        k=1,
+        rerank=ai_pb2.RerankOptions(model=MS_MARCO, original_text=True, fusion=7),  # type: ignore[arg-type]
+    )
+    with grpc.insecure_channel(address) as channel:
+        stub = ai_pb2_grpc.AIServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetSimN(request, timeout=60)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown rerank fusion 7" in str(caught.value.details())

@@ -42,6 +42,27 @@ TRUNCATION_POLICY_ERROR: TruncationPolicy.ValueType  # 0
 TRUNCATION_POLICY_TRUNCATE: TruncationPolicy.ValueType  # 1
 Global___TruncationPolicy: _TypeAlias = TruncationPolicy  # noqa: Y015
 
+class _RerankFusion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RerankFusionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RerankFusion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RERANK_FUSION_NONE: _RerankFusion.ValueType  # 0
+    RERANK_FUSION_RRF: _RerankFusion.ValueType  # 1
+    """Reciprocal rank fusion: 1 / (60 + rank) summed over the two orders (Cormack et al.)."""
+    RERANK_FUSION_BLEND: _RerankFusion.ValueType  # 2
+    """Each score min-max normalized over the candidates, then averaged with equal weights."""
+
+class RerankFusion(_RerankFusion, metaclass=_RerankFusionEnumTypeWrapper): ...
+
+RERANK_FUSION_NONE: RerankFusion.ValueType  # 0
+RERANK_FUSION_RRF: RerankFusion.ValueType  # 1
+"""Reciprocal rank fusion: 1 / (60 + rank) summed over the two orders (Cormack et al.)."""
+RERANK_FUSION_BLEND: RerankFusion.ValueType  # 2
+"""Each score min-max normalized over the candidates, then averaged with equal weights."""
+Global___RerankFusion: _TypeAlias = RerankFusion  # noqa: Y015
+
 class _Modality:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -445,6 +466,7 @@ class RerankOptions(_message.Message):
     ORIGINAL_TEXT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_FIELD_NUMBER: _builtins.int
     SIGMOID_FIELD_NUMBER: _builtins.int
+    FUSION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A reranker: a cross-encoder or a late-interaction model (see ListModels)."""
     candidates: _builtins.int
@@ -457,6 +479,10 @@ class RerankOptions(_message.Message):
     """Map cross-encoder logits to [0, 1] with a sigmoid (refused for late-interaction models,
     whose MaxSim scores are not logits).
     """
+    fusion: Global___RerankFusion.ValueType
+    """How the reranker's scores and the vector similarities decide the order. NONE: the
+    reranker's alone. Fusing keeps what the vector search knew where the reranker is weak.
+    """
     def __init__(
         self,
         *,
@@ -465,10 +491,11 @@ class RerankOptions(_message.Message):
         original_text: _builtins.bool = ...,
         metadata_field: _builtins.str = ...,
         sigmoid: _builtins.bool = ...,
+        fusion: Global___RerankFusion.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata_field", b"metadata_field", "original_text", b"original_text", "text_source", b"text_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "metadata_field", b"metadata_field", "model", b"model", "original_text", b"original_text", "sigmoid", b"sigmoid", "text_source", b"text_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fusion", b"fusion", "metadata_field", b"metadata_field", "model", b"model", "original_text", b"original_text", "sigmoid", b"sigmoid", "text_source", b"text_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_text_source: _TypeAlias = _typing.Literal["original_text", "metadata_field"]  # noqa: Y015
     _WhichOneofArgType_text_source: _TypeAlias = _typing.Literal["text_source", b"text_source"]  # noqa: Y015
@@ -557,11 +584,16 @@ class AIMatch(_message.Message):
     RERANK_SCORE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     ORIGINAL_FIELD_NUMBER: _builtins.int
+    FUSED_SCORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     similarity: _builtins.float
     """Vector similarity (see Metric)."""
     rerank_score: _builtins.float
     """The reranker's score; set only when reranked."""
+    fused_score: _builtins.float
+    """The fused score that ordered the matches; set only when the rerank fused (see
+    RerankFusion).
+    """
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -576,13 +608,19 @@ class AIMatch(_message.Message):
         rerank_score: _builtins.float | None = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         original: Global___Input | None = ...,
+        fused_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score", "original", b"original", "rerank_score", b"rerank_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "original", b"original", "rerank_score", b"rerank_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score", "id", b"id", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "id", b"id", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__fused_score: _TypeAlias = _typing.Literal["fused_score"]  # noqa: Y015
+    _WhichOneofArgType__fused_score: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score"]  # noqa: Y015
     _WhichOneofReturnType__rerank_score: _TypeAlias = _typing.Literal["rerank_score"]  # noqa: Y015
     _WhichOneofArgType__rerank_score: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fused_score) -> _WhichOneofReturnType__fused_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rerank_score) -> _WhichOneofReturnType__rerank_score | None: ...
 
 Global___AIMatch: _TypeAlias = AIMatch  # noqa: Y015
@@ -596,7 +634,9 @@ class GetSimNResponse(_message.Message):
     plan: _builtins.str
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___AIMatch]:
-        """Best first: by rerank_score when reranked, else by similarity."""
+        """Best first: by fused_score when the rerank fused, by rerank_score when reranked, else by
+        similarity.
+        """
 
     def __init__(
         self,

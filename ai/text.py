@@ -201,8 +201,9 @@ class TextTokenizer:
         Truncation.TRUNCATE.
         """
         query = self._admit(query, "The query", truncation)
+        # Documents are cut to the budget under either policy, so to the byte cap as well.
         admitted = [
-            self._admit(document, f"Document {index}", truncation)
+            self._admit(document, f"Document {index}", Truncation.TRUNCATE)
             for index, document in enumerate(documents)
         ]
         bounded_query = self._bound(query)

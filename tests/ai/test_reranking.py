@@ -133,6 +133,17 @@ def test_cross_encoder_documents_are_cut_to_the_budget_under_any_policy(
     assert scores[1] == pytest.approx(cut_pair_logit(spec, "red car", long_document), rel=1e-5)
 
 
+@pytest.mark.parametrize("reranker", ["Xenova/ms-marco-MiniLM-L-6-v2", LATE[0].name])
+def test_documents_over_the_byte_cap_are_cut_too_not_refused(
+    reranker: str, tiny_manager: ModelManager
+) -> None:
+    cap = tiny_manager.limits.max_text_bytes
+    huge = "dog cat " * (cap // 4)  # twice the cap
+    short = "dog cat " * 400  # the same first tokens, well over every budget
+    scores = tiny_manager.rerank(reranker, "red car", [huge, short], truncation="error")
+    assert scores[0] == pytest.approx(scores[1], rel=1e-6)
+
+
 def test_a_query_that_fills_the_budget_follows_the_policy(tiny_manager: ModelManager) -> None:
     name = "stsb-minilm-l6-cross-encoder"
     assert get_spec(name).rerank_tokens == 128

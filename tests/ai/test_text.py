@@ -203,8 +203,10 @@ def test_text_over_the_byte_cap_is_refused_before_tokenizing(tmp_path: Path) -> 
     assert fits.length == 3
     with pytest.raises(TextTooLargeError, match="The query"):
         tok.encode_pairs(words(300), ["cat"], Truncation.ERROR)
-    with pytest.raises(TextTooLargeError, match="Document 0"):
-        tok.encode_pairs("cat", [words(300)], Truncation.ERROR)
+    # A document is cut to the reranking budget under either policy, past the byte cap too.
+    (pair,) = tok.encode_pairs("cat", [words(300)], Truncation.ERROR)
+    (truncated,) = tok.encode_pairs("cat", [words(300)], Truncation.TRUNCATE)
+    assert pair.length == LIMIT and pair.ids.tolist() == truncated.ids.tolist()
 
 
 def test_truncation_reads_a_text_only_up_to_the_byte_cap(tmp_path: Path) -> None:

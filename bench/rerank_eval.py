@@ -8,9 +8,11 @@ man pages: one-line description -> page), through nachbar's model runtime in-pro
    per role), long texts truncated to the model's limit; exact cosine top-30 per query;
 2. dense + reranker: the top 30 rescored by each reranker (documents cut to its token budget),
    and fused with the dense scores (reciprocal rank fusion; equal blend of min-max scores);
-3. MRR@10 and nDCG@10 per configuration, and the milliseconds each reranker adds per query
-   (the rerank call for 30 candidates, median over queries; the rerankers take turns query by
-   query, so background load falls on all of them alike).
+3. MRR@10 and nDCG@10 per configuration, each also as a ratio to its first stage's dense
+   search in the same run, and the milliseconds each reranker adds per query (the rerank call
+   for 30 candidates, median over queries), next to the same-run reference: embedding the
+   query alone, the cost dense search adds. The rerankers and the reference take turns query
+   by query, so background load falls on all of them alike.
 
 Pairs that both embedders bring up are scored once (cached); latency is timed on the first
 embedder's candidates, where every call scores all 30.
@@ -136,6 +138,7 @@ def evaluate(
     rows: list[list[object]] = []
     raw: dict[str, Any] = {}
     candidates: dict[str, list[tuple[list[str], list[float]]]] = {}
+    dense_quality: dict[str, tuple[float, float]] = {}
     for model in embedders:
         log(f"{data.name}: embedding {len(documents)} documents with {model}")
         index, index_seconds = embed_all(manager, model, documents, Role.DOCUMENT)
@@ -154,6 +157,8 @@ def evaluate(
             for query_id, (ranked, _) in zip(query_ids, lists, strict=True):
                 quality.add(ranked, data.qrels[query_id])
             rows.append([label, "-", *quality.means()])
+            if role is Role.QUERY:
+                dense_quality[model] = quality.means()
             raw[f"{label} | dense"] = quality.means()
             if role is Role.QUERY:
                 candidates[model] = lists
@@ -162,9 +167,15 @@ def evaluate(
     # Rerank: the rerankers take turns query by query; pairs already scored are reused.
     cache: dict[tuple[str, str, str], float] = {}
     latency: dict[str, list[float]] = {r: [] for r in rerankers}
+    query_embedding: list[float] = []
     for position, query_id in enumerate(query_ids if rerankers else []):
         if position % 50 == 0:
             log(f"{data.name}: reranking query {position + 1}/{len(query_ids)}")
+        start = time.perf_counter()
+        manager.embed(
+            embedders[0], [data.queries[query_id]], truncation="truncate", role=Role.QUERY
+        )
+        query_embedding.append(time.perf_counter() - start)
         for model_number, model in enumerate(embedders):
             ranked, _ = candidates[model][position]
             for reranker in rerankers:
@@ -196,10 +207,29 @@ def evaluate(
                 raw[f"{model} | {reranker} | {how}"] = quality.means()
 
     latency_rows: list[list[object]] = []
+    if rerankers:
+        reference = benchlib.LatencyStats.of(query_embedding)
+        latency_rows.append(
+            [
+                f"reference: embed the query ({embedders[0]})",
+                reference.count,
+                reference.p50_ms,
+                reference.mean_ms,
+                1.0,
+            ]
+        )
+        raw["query embedding latency"] = reference
     for reranker in rerankers:
         stats = benchlib.LatencyStats.of(latency[reranker])
-        latency_rows.append([reranker, stats.count, stats.p50_ms, stats.mean_ms])
+        latency_rows.append(
+            [reranker, stats.count, stats.p50_ms, stats.mean_ms, stats.p50_ms / reference.p50_ms]
+        )
         raw[f"{reranker} latency"] = stats
+    for row in rows:  # first stage, reranker, MRR, nDCG
+        mrr, ndcg = row[2], row[3]
+        assert isinstance(mrr, float) and isinstance(ndcg, float)
+        dense_mrr, dense_ndcg = dense_quality[str(row[0]).split(" (")[0]]
+        row += [mrr / dense_mrr, ndcg / dense_ndcg]
     return SetResult(data.name, len(query_ids), len(doc_ids), rows, latency_rows, raw)
 
 
@@ -260,13 +290,22 @@ def report(results: Sequence[SetResult], command: str) -> str:
             f"### {result.name}: {result.queries} queries, {result.documents} documents, "
             f"top {CANDIDATES} reranked",
             "",
-            markdown_table(["first stage", "reranker", "MRR@10", "nDCG@10"], result.rows),
+            markdown_table(
+                ["first stage", "reranker", "MRR@10", "nDCG@10", "MRR / dense", "nDCG / dense"],
+                result.rows,
+            ),
             "",
         ]
         if result.latency_rows:
             parts += [
                 markdown_table(
-                    ["reranker", "queries timed", "ms per query p50", "ms per query mean"],
+                    [
+                        "reranker",
+                        "queries timed",
+                        "ms per query p50",
+                        "ms per query mean",
+                        "p50 / reference",
+                    ],
                     result.latency_rows,
                 ),
                 "",

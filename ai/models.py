@@ -27,7 +27,12 @@ import numpy.typing as npt
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImagePreprocessor
-from nachbar.ai.inference import CrossEncoderScorer, ImageEmbedder, TextEmbedder
+from nachbar.ai.inference import (
+    CrossEncoderScorer,
+    ImageEmbedder,
+    LateInteractionScorer,
+    TextEmbedder,
+)
 from nachbar.ai.inference import sigmoid as logistic
 from nachbar.ai.limits import InputLimits
 from nachbar.ai.locate import resolve_model_dir
@@ -36,10 +41,11 @@ from nachbar.ai.registry import (
     Kind,
     Modality,
     ModelSpec,
+    Role,
     all_specs,
-    cross_encoder_spec,
     embedding_spec,
     get_spec,
+    reranker_spec,
 )
 from nachbar.ai.text import TextTokenizer, Truncation
 
@@ -62,7 +68,7 @@ class ModelStatus:
 class _Loaded:
     spec: ModelSpec
     directory: Path
-    engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer
+    engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer | LateInteractionScorer
     batcher: DynamicBatcher[Any]
     # Calls running on it; an unloaded model is closed when the last one is done.
     users: int = 0
@@ -260,7 +266,7 @@ class ModelManager:
             output=spec.output,
             options=self._session_options(),
         )
-        engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer
+        engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer | LateInteractionScorer
         if spec.modality is Modality.TEXT:
             assert files.tokenizer is not None  # the registry guarantees it
             tokenizer = TextTokenizer(
@@ -269,9 +275,12 @@ class ModelManager:
                 max_tokens=spec.max_tokens,
                 config_json=directory / files.config if files.config else None,
                 max_text_bytes=self.limits.max_text_bytes,
+                pair_tokens=spec.rerank_tokens or None,
             )
             if spec.kind is Kind.CROSS_ENCODER:
                 engine = CrossEncoderScorer(spec, model, tokenizer)
+            elif spec.kind is Kind.LATE_INTERACTION:
+                engine = LateInteractionScorer(spec, model, tokenizer)
             else:
                 engine = TextEmbedder(spec, model, tokenizer)
         else:
@@ -298,10 +307,17 @@ class ModelManager:
         name: str,
         inputs: Sequence[str | bytes],
         truncation: Truncation | str = Truncation.ERROR,
+        role: Role | str | None = None,
     ) -> FloatArray:
-        """Embed texts (str) or encoded images (bytes): float32 [len(inputs), dimension]."""
+        """Embed texts (str) or encoded images (bytes): float32 [len(inputs), dimension].
+
+        `role` says what the texts are (Role.QUERY for search queries, Role.DOCUMENT for what
+        is indexed); models trained with a prompt per role (BGE's query instruction, e5's
+        "query: "/"passage: ") get it put before each text. None: texts as they are.
+        """
         spec = embedding_spec(name)
         policy = _policy(truncation)
+        text_role = _role(role)
         if len(inputs) == 0:
             raise InvalidInputError("No inputs to embed; send at least one text or image.")
         self._check_count(len(inputs), "inputs to embed")
@@ -309,7 +325,7 @@ class ModelManager:
         with self._use(spec) as loaded:
             engine = loaded.engine
             if isinstance(engine, TextEmbedder):
-                items: list[Any] = engine.prepare([str(x) for x in inputs], policy)
+                items: list[Any] = engine.prepare([str(x) for x in inputs], policy, text_role)
             elif isinstance(engine, ImageEmbedder):
                 # _check_modality made sure every input is binary.
                 items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
@@ -326,21 +342,30 @@ class ModelManager:
         truncation: Truncation | str = Truncation.ERROR,
         sigmoid: bool = False,
     ) -> FloatArray:
-        """Cross-encoder relevance of each document to `query`, in the documents' order.
+        """Relevance of each document to `query`, in the documents' order, by a reranker: a
+        cross-encoder (raw logits; `sigmoid=True` maps them to (0, 1)) or a late-interaction
+        model (MaxSim: the sum over query tokens of their best cosine similarity).
 
-        Raw logits by default; `sigmoid=True` maps them to (0, 1).
+        Documents longer than the model's reranking budget (`rerank_tokens`) are cut to it;
+        `truncation` applies to the query.
         """
-        spec = cross_encoder_spec(name)
+        spec = reranker_spec(name)
         policy = _policy(truncation)
+        if sigmoid and spec.kind is Kind.LATE_INTERACTION:
+            raise InvalidInputError(
+                f"Model {spec.name!r} scores by MaxSim, a sum of cosine similarities, not a "
+                "logit; sigmoid applies to cross-encoders only. Drop sigmoid for this model."
+            )
         if len(documents) == 0:
             raise InvalidInputError("No documents to rerank; send at least one.")
         self._check_count(len(documents), "documents to rerank")
         with self._use(spec) as loaded:
             engine = loaded.engine
-            assert isinstance(engine, CrossEncoderScorer)  # follows from the kind
-            items = engine.prepare(query, documents, policy)
-            logits = loaded.batcher.submit(items)[:, 0]
-        return logistic(logits) if sigmoid else logits
+            # Both scorers take (query, documents) and give one score per document.
+            assert isinstance(engine, CrossEncoderScorer | LateInteractionScorer)
+            items: list[Any] = engine.prepare(query, documents, policy)
+            scores = loaded.batcher.submit(items)[:, 0]
+        return logistic(scores) if sigmoid else scores
 
     def _check_count(self, count: int, what: str) -> None:
         if count > self.limits.max_inputs:
@@ -357,6 +382,17 @@ def _policy(truncation: Truncation | str) -> Truncation:
     except ValueError:
         raise InvalidInputError(
             f"Unknown truncation policy {truncation!r}; use 'error' or 'truncate'."
+        ) from None
+
+
+def _role(role: Role | str | None) -> Role | None:
+    if role is None or isinstance(role, Role):
+        return role
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidInputError(
+            f"Unknown text role {role!r}; use 'query' or 'document' (or none)."
         ) from None
 
 

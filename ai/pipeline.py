@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
+from nachbar.ai.fusion import Fusion, fuse
 from nachbar.ai.models import ModelManager, ModelStatus
-from nachbar.ai.registry import require_same_space
+from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
     FilterT,
     FloatArray,
@@ -78,7 +80,7 @@ class UpsertOutcome:
 
 @dataclass(frozen=True)
 class RerankSpec:
-    """Rerank the vector candidates with a cross-encoder."""
+    """Rerank the vector candidates with a reranker (cross-encoder or late interaction)."""
 
     model: str
     # How many vector candidates to rerank; 0: max(k, DEFAULT_RERANK_CANDIDATES).
@@ -87,6 +89,8 @@ class RerankSpec:
     # original text.
     metadata_field: str | None = None
     sigmoid: bool = False
+    # Order by the reranker alone, or by its scores fused with the similarities.
+    fusion: Fusion = Fusion.NONE
 
 
 @dataclass(frozen=True)
@@ -110,11 +114,14 @@ class Hit:
     original: Payload | None = None
     # Set only when the search reranked.
     rerank_score: float | None = None
+    # Set only when the rerank fused: the score that ordered the hits.
+    fused_score: float | None = None
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    # Best first: by rerank score when reranked, else by similarity.
+    # Best first: by fused score when the rerank fused, by rerank score when reranked, else by
+    # similarity.
     hits: list[Hit]
     plan: str
 
@@ -240,7 +247,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
         def run(bound: Bound) -> UpsertOutcome:
             binding = bound.binding
-            vectors = self.models.embed(binding.index_model, payloads, truncation=truncation)
+            vectors = self.models.embed(
+                binding.index_model, payloads, truncation=truncation, role=Role.DOCUMENT
+            )
             entries = [
                 VectorEntry(
                     entry_id,
@@ -256,7 +265,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
 
     def search(self, store: str, request: SearchRequest[FilterT]) -> SearchOutcome:
         """The k entries most similar to the query, embedded with the store's query model (or
-        the request's override of the same space); optionally reranked by a cross-encoder."""
+        the request's override of the same space); optionally reranked by a cross-encoder or a
+        late-interaction model. Texts get their model's prompt for their role (query here,
+        document on upsert)."""
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
@@ -283,7 +294,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(query_model, [request.query], truncation=request.truncation)
+            vector = self.models.embed(
+                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+            )
             found = self.store.search(
                 store,
                 vector[0],
@@ -391,7 +404,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     ) -> list[Hit]:
         if not isinstance(request.query, str):
             raise InvalidInputError(
-                "reranking needs a text query: cross-encoders read (query text, document text) "
+                "reranking needs a text query: rerankers read (query text, document text) "
                 "pairs; drop `rerank` for image queries"
             )
         if hits and rerank.metadata_field is None and not binding.store_original:
@@ -409,10 +422,18 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
             truncation=request.truncation,
             sigmoid=rerank.sigmoid,
         )
+        fused = fuse(rerank.fusion, [hit.similarity for hit in hits], scores)
+        if fused is None:
+            scored = [
+                replace(hit, rerank_score=float(score))
+                for hit, score in zip(hits, scores, strict=True)
+            ]
+            return [scored[i] for i in _best_first(scores)]
         scored = [
-            replace(hit, rerank_score=float(score)) for hit, score in zip(hits, scores, strict=True)
+            replace(hit, rerank_score=float(score), fused_score=float(total))
+            for hit, score, total in zip(hits, scores, fused, strict=True)
         ]
-        return [scored[i] for i in _best_first(scores)]
+        return [scored[i] for i in _best_first(fused)]
 
 
 def _binding_of(record: StoreRecord[InfoT]) -> StoreBinding:
@@ -450,6 +471,6 @@ def _rerank_text(store: str, hit: Hit, metadata_field: str | None) -> str:
     return value
 
 
-def _best_first(scores: FloatArray) -> list[int]:
+def _best_first(scores: npt.NDArray[np.floating[Any]]) -> list[int]:
     order: list[int] = np.argsort(-np.asarray(scores), kind="stable").tolist()
     return order

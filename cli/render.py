@@ -167,7 +167,15 @@ def db_stores_table(stores: Sequence[StoreInfo]) -> Table:
 
 def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
     reranked = any(m.rerank_score is not None for m in matches)
-    columns = ["rank", "id", "similarity", *(["rerank"] if reranked else []), "metadata"]
+    fused = any(m.fused_score is not None for m in matches)
+    columns = [
+        "rank",
+        "id",
+        "similarity",
+        *(["rerank"] if reranked else []),
+        *(["fused"] if fused else []),
+        "metadata",
+    ]
     with_original = any(m.original is not None for m in matches)
     if with_original:
         columns.append("original")
@@ -176,6 +184,8 @@ def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
         row = [str(rank), escape(m.id), f"{m.similarity:.4f}"]
         if reranked:
             row.append("" if m.rerank_score is None else f"{m.rerank_score:.4f}")
+        if fused:
+            row.append("" if m.fused_score is None else f"{m.fused_score:.4f}")
         row.append(escape(format_metadata(m.metadata)))
         if with_original:
             row.append(escape(format_original(m.original)))

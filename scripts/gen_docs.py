@@ -55,10 +55,26 @@ def model_table() -> str:
     return "\n".join(rows)
 
 
+def reranker_table() -> str:
+    rows = [
+        "| reranker | kind | what it is for | token budget | card |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in all_specs():
+        if not spec.kind.reranks:
+            continue
+        card = f"[card]({spec.card})" if spec.card else "-"
+        rows.append(
+            f"| `{spec.name}` | {spec.kind} | {spec.description} | {spec.rerank_tokens} | {card} |"
+        )
+    return "\n".join(rows)
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "db-flags": lambda: flag_table(db_parser()),
     "ai-flags": lambda: flag_table(ai_parser()),
     "models": model_table,
+    "rerankers": reranker_table,
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from nachbar.ai.fusion import Fusion
 from nachbar.ai.models import ModelStatus
 from nachbar.ai.pipeline import (
     AIEntry,
@@ -22,6 +23,7 @@ from nachbar.server.ai_store import DBStoreOptions
 from nachbar.server.errors import RequestError
 from nachbar.v1 import ai_pb2, common_pb2, db_pb2
 from nachbar.v1.codec import (
+    RERANK_FUSION_NAMES,
     SEARCH_MODE_NAMES,
     TRUNCATION_NAMES,
     fill_metadata,
@@ -29,7 +31,11 @@ from nachbar.v1.codec import (
 )
 
 MODALITY = {"text": ai_pb2.MODALITY_TEXT, "image": ai_pb2.MODALITY_IMAGE}
-KIND = {"embedding": ai_pb2.MODEL_KIND_EMBEDDING, "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER}
+KIND = {
+    "embedding": ai_pb2.MODEL_KIND_EMBEDDING,
+    "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER,
+    "late_interaction": ai_pb2.MODEL_KIND_LATE_INTERACTION,
+}
 
 
 def truncation(value: ai_pb2.TruncationPolicy.ValueType) -> str:
@@ -42,6 +48,15 @@ def search_mode(value: common_pb2.SearchMode.ValueType) -> str:
         return SEARCH_MODE_NAMES[value]
     except KeyError:
         raise RequestError(f"unknown search mode {value}; use auto, exact or hnsw") from None
+
+
+def rerank_fusion(value: ai_pb2.RerankFusion.ValueType) -> Fusion:
+    try:
+        return Fusion(RERANK_FUSION_NAMES[value])
+    except KeyError:
+        raise RequestError(
+            f"unknown rerank fusion {value}; use RERANK_FUSION_NONE, _RRF or _BLEND"
+        ) from None
 
 
 def payload(item: ai_pb2.Input, where: str) -> Payload:
@@ -112,6 +127,7 @@ def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.F
             candidates=options.candidates,
             metadata_field=options.metadata_field if source == "metadata_field" else None,
             sigmoid=options.sigmoid,
+            fusion=rerank_fusion(options.fusion),
         )
     return SearchRequest(
         query=payload(request.query, "query"),
@@ -133,6 +149,8 @@ def search_response(outcome: SearchOutcome) -> ai_pb2.GetSimNResponse:
         fill_metadata(match.metadata, hit.metadata)
         if hit.rerank_score is not None:
             match.rerank_score = hit.rerank_score
+        if hit.fused_score is not None:
+            match.fused_score = hit.fused_score
         if hit.original is not None:
             set_input(match.original, hit.original)
     return out

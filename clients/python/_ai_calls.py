@@ -108,6 +108,13 @@ def truncation(value: str) -> ai_pb2.TruncationPolicy.ValueType:
         raise ValueError(f"truncation must be 'error' or 'truncate', not {value!r}") from None
 
 
+def rerank_fusion(value: str) -> ai_pb2.RerankFusion.ValueType:
+    try:
+        return codec.RERANK_FUSIONS[value]
+    except KeyError:
+        raise ValueError(f"rerank_fusion must be 'none', 'rrf' or 'blend', not {value!r}") from None
+
+
 def ai_store_info(proto: ai_pb2.AIStoreInfo) -> AIStoreInfo:
     return AIStoreInfo(
         proto.name,
@@ -198,6 +205,7 @@ def get_sim_n(
     rerank_candidates: int,
     rerank_field: str | None,
     sigmoid: bool,
+    fusion: str,
     mode: SearchMode | str,
     ef: int,
     query_model: str,
@@ -215,7 +223,12 @@ def get_sim_n(
     if proto is not None:
         request.filter.CopyFrom(proto)
     if rerank:
-        options = ai_pb2.RerankOptions(model=rerank, candidates=rerank_candidates, sigmoid=sigmoid)
+        options = ai_pb2.RerankOptions(
+            model=rerank,
+            candidates=rerank_candidates,
+            sigmoid=sigmoid,
+            fusion=rerank_fusion(fusion),
+        )
         if rerank_field:
             options.metadata_field = rerank_field
         else:
@@ -231,6 +244,7 @@ def get_sim_n(
                     metadata_from_proto(m.metadata),
                     m.rerank_score if m.HasField("rerank_score") else None,
                     from_input(m.original),
+                    m.fused_score if m.HasField("fused_score") else None,
                 )
                 for m in r.matches
             ],
@@ -302,6 +316,7 @@ def rerank(
 _KINDS = {
     ai_pb2.MODEL_KIND_EMBEDDING: "embedding",
     ai_pb2.MODEL_KIND_CROSS_ENCODER: "cross_encoder",
+    ai_pb2.MODEL_KIND_LATE_INTERACTION: "late_interaction",
 }
 _MODALITIES = {ai_pb2.MODALITY_TEXT: "text", ai_pb2.MODALITY_IMAGE: "image"}
 

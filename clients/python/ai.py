@@ -123,14 +123,16 @@ class AIClient(SyncClient):
         rerank_candidates: int = 0,
         rerank_field: str | None = None,
         sigmoid: bool = False,
+        rerank_fusion: str = "none",
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
         timeout: float | None = None,
     ) -> AISearchResult:
-        """k most similar entries. `rerank="<cross-encoder>"` reorders the top
-        `rerank_candidates` by the cross-encoder, reading the stored original text or
-        `rerank_field` from metadata."""
+        """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
+        by a cross-encoder or late-interaction model, reading the stored original text or
+        `rerank_field` from metadata; `rerank_fusion="rrf"` or `"blend"` orders them by the
+        reranker's scores fused with the similarities instead of the reranker's alone."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -142,6 +144,7 @@ class AIClient(SyncClient):
                 rerank_candidates,
                 rerank_field,
                 sigmoid,
+                rerank_fusion,
                 mode,
                 ef,
                 query_model,
@@ -282,6 +285,7 @@ class AsyncAIClient(AsyncClient):
         rerank_candidates: int = 0,
         rerank_field: str | None = None,
         sigmoid: bool = False,
+        rerank_fusion: str = "none",
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
@@ -298,6 +302,7 @@ class AsyncAIClient(AsyncClient):
                 rerank_candidates,
                 rerank_field,
                 sigmoid,
+                rerank_fusion,
                 mode,
                 ef,
                 query_model,

@@ -141,6 +141,8 @@ class AIMatch:
     metadata: Metadata
     rerank_score: float | None = None
     original: str | bytes | None = None
+    # Set when the rerank fused its scores with the similarities; it ordered the matches.
+    fused_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -221,16 +221,6 @@ def test_truncation_policy_through_the_manager(tiny_manager: ModelManager) -> No
         tiny_manager.embed("clip-vit-b-32-text", ["cat"], truncation="cut")
 
 
-def test_rerank_truncates_long_documents_on_request(tiny_manager: ModelManager) -> None:
-    long_doc = " ".join(["dog"] * 600)
-    with pytest.raises(InputTooLongError, match="document 1"):
-        tiny_manager.rerank("Xenova/ms-marco-MiniLM-L-6-v2", "cat", ["dog", long_doc])
-    scores = tiny_manager.rerank(
-        "Xenova/ms-marco-MiniLM-L-6-v2", "cat", ["dog", long_doc], truncation="truncate"
-    )
-    assert scores.shape == (2,) and np.isfinite(scores).all()
-
-
 # --- lifecycle -------------------------------------------------------------------------------
 
 

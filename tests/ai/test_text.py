@@ -109,11 +109,31 @@ def test_pair_truncation_cuts_the_document_first(tmp_path: Path) -> None:
     assert pair.ids[-1] == ref.token_to_id("[SEP]")
 
 
-def test_pair_over_the_limit_names_the_document_under_error(tmp_path: Path) -> None:
-    tok = tokenizer(tmp_path)
-    with pytest.raises(InputTooLongError, match="document 1") as caught:
-        tok.encode_pairs("red car", ["cat", words(30)], Truncation.ERROR)
-    assert caught.value.token_count == 4 + 30 + 1
+def test_pairs_over_the_budget_keep_the_query_and_cut_the_document_under_any_policy(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokenizer.json"
+    make_tokenizer(BERT_STYLE).save(str(path))
+    tok = TextTokenizer(path, model_name="tiny", max_tokens=LIMIT, pair_tokens=8)
+    ref = reference_tokenizer(BERT_STYLE)
+    for policy in Truncation:
+        short, cut = tok.encode_pairs("red car", ["cat", words(30)], policy)
+        assert short.ids.tolist() == ref.encode("red car", "cat").ids
+        # [CLS] red car [SEP] + 3 document tokens + [SEP] = the 8-token budget
+        assert cut.length == 8
+        assert cut.ids[:4].tolist() == ref.encode("red car").ids
+        assert cut.ids[4:7].tolist() == [ref.token_to_id("cat")] * 3
+        assert cut.type_ids.tolist() == [0] * 4 + [1] * 4
+
+
+def test_a_query_that_leaves_no_room_in_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    make_tokenizer(BERT_STYLE).save(str(path))
+    tok = TextTokenizer(path, model_name="tiny", max_tokens=LIMIT, pair_tokens=8)
+    with pytest.raises(InputTooLongError, match="The query .* 8 tokens long, over the 7-token"):
+        tok.encode_pairs(words(5), ["dog"], Truncation.ERROR)
+    (pair,) = tok.encode_pairs(words(5), ["dog dog"], Truncation.TRUNCATE)
+    assert pair.length == 8
 
 
 def test_query_over_the_limit_is_blamed_on_the_query(tmp_path: Path) -> None:
@@ -183,8 +203,10 @@ def test_text_over_the_byte_cap_is_refused_before_tokenizing(tmp_path: Path) -> 
     assert fits.length == 3
     with pytest.raises(TextTooLargeError, match="The query"):
         tok.encode_pairs(words(300), ["cat"], Truncation.ERROR)
-    with pytest.raises(TextTooLargeError, match="Document 0"):
-        tok.encode_pairs("cat", [words(300)], Truncation.ERROR)
+    # A document is cut to the reranking budget under either policy, past the byte cap too.
+    (pair,) = tok.encode_pairs("cat", [words(300)], Truncation.ERROR)
+    (truncated,) = tok.encode_pairs("cat", [words(300)], Truncation.TRUNCATE)
+    assert pair.length == LIMIT and pair.ids.tolist() == truncated.ids.tolist()
 
 
 def test_truncation_reads_a_text_only_up_to_the_byte_cap(tmp_path: Path) -> None:

@@ -388,6 +388,15 @@ BERT_STYLE = TokenizerStyle(
     pad="[PAD]",
     unk="[UNK]",
 )
+# BERT's vocabulary with ColBERT's query and document markers ([unused0], [unused1]).
+COLBERT_STYLE = TokenizerStyle(
+    specials=BERT_STYLE.specials,
+    trailing_specials=("[unused0]", "[unused1]"),
+    single=BERT_STYLE.single,
+    pair=BERT_STYLE.pair,
+    pad=BERT_STYLE.pad,
+    unk=BERT_STYLE.unk,
+)
 ROBERTA_STYLE = TokenizerStyle(
     specials=("<s>", "<pad>", "</s>", "<unk>"),
     trailing_specials=(),
@@ -455,6 +464,8 @@ def built_specs() -> list[ModelSpec]:
 def tokenizer_style(spec: ModelSpec) -> TokenizerStyle:
     if spec.output == "text_embeds":
         return CLIP_STYLE
+    if spec.late_interaction is not None:
+        return COLBERT_STYLE
     if isinstance(spec.source, HubSource) and spec.source.repo_id in NO_TOKEN_TYPES:
         return ROBERTA_STYLE
     return BERT_STYLE

@@ -147,6 +147,15 @@ def test_search_with_rerank_shows_both_scores(
     )
     scores = [m["rerank_score"] for m in found["matches"]]
     assert all(isinstance(s, float) for s in scores) and scores == sorted(scores, reverse=True)
+    assert all(m["fused_score"] is None for m in found["matches"])
+    fused = ai_cli(
+        "search", "a sleeping cat", "--store", store_name, "-k", "4", "--rerank", cross_encoder,
+        "--fusion", "blend",
+    )  # fmt: skip
+    assert fused.code == 0, fused.err
+    assert "fused" in fused.out
+    alone = ai_cli("search", "a sleeping cat", "--store", store_name, "--fusion", "rrf")
+    assert alone.code == 2 and "--fusion need --rerank" in alone.err
 
 
 def test_search_by_image_and_text_to_image(

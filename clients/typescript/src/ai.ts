@@ -45,6 +45,7 @@ import {
   metadataToProto,
   metricToProto,
   optionalFilter,
+  rerankFusionToProto,
   searchModeToProto,
   truncationToProto,
   uint32,
@@ -151,6 +152,7 @@ function rerankToProto(rerank: RerankOptions | undefined): RerankOptionsMessage 
     model: rerank.model,
     candidates: uint32(rerank.candidates ?? 0, 'rerank.candidates'),
     sigmoid: rerank.sigmoid ?? false,
+    fusion: rerankFusionToProto(rerank.fusion),
   };
   if (rerank.originalText && rerank.metadataField !== undefined) {
     throw new InvalidArgumentError('rerank takes originalText or metadataField, not both');
@@ -306,6 +308,7 @@ export class AIClient {
       matches: response.matches.map((match) => {
         const result: AIMatch = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (match._rerank_score === 'rerank_score' && match.rerank_score !== undefined) result.rerankScore = match.rerank_score;
+        if (match._fused_score === 'fused_score' && match.fused_score !== undefined) result.fusedScore = match.fused_score;
         const original = originalFromProto(match.original);
         if (original !== undefined) result.original = original;
         return result;

@@ -64,6 +64,8 @@ export type SearchMode = 'auto' | 'exact' | 'hnsw';
 
 /** What the server does with text over the model's token limit: fail, or cut it. */
 export type TruncationPolicy = 'error' | 'truncate';
+/** How a rerank orders its candidates: the reranker's scores alone, or fused with the similarities. */
+export type RerankFusion = 'none' | 'rrf' | 'blend';
 
 /** HNSW index parameters; an unset or zero field takes the server default. */
 export interface HnswIndex {
@@ -202,16 +204,20 @@ export interface RerankOptions {
   originalText?: boolean;
   /** Read each candidate's text from this string metadata field. */
   metadataField?: string;
-  /** Map logits to [0, 1]. */
+  /** Map cross-encoder logits to [0, 1]. */
   sigmoid?: boolean;
+  /** Order by the reranker alone ('none', the default) or fused with the similarities. */
+  fusion?: RerankFusion;
 }
 
 export interface AIMatch {
   id: string;
   /** Vector similarity (see Metric). */
   similarity: number;
-  /** The cross-encoder score; set only when the search reranked. */
+  /** The reranker's score; set only when the search reranked. */
   rerankScore?: number;
+  /** The fused score that ordered the matches; set only when the rerank fused. */
+  fusedScore?: number;
   metadata: Metadata;
   /** The stored original, when the store keeps originals. */
   original?: Original;
@@ -231,11 +237,11 @@ export interface EmbedResult {
 export interface RerankResult {
   /** Index into the request's documents. */
   index: number;
-  /** The cross-encoder's relevance score; not a similarity. */
+  /** The reranker's relevance score; not a similarity. */
   score: number;
 }
 
-export type ModelKind = 'embedding' | 'cross_encoder' | 'unspecified';
+export type ModelKind = 'embedding' | 'cross_encoder' | 'late_interaction' | 'unspecified';
 export type Modality = 'text' | 'image' | 'unspecified';
 
 export interface ModelInfo {

@@ -7,6 +7,7 @@ import type { IndexConfig as IndexConfigMessage, IndexConfig__Output } from './g
 import type { MetadataValue as MetadataValueMessage, MetadataValue__Output } from './generated/nachbar/common/v1/MetadataValue';
 import type { Metric__Output } from './generated/nachbar/common/v1/Metric';
 import type { SearchMode__Output } from './generated/nachbar/common/v1/SearchMode';
+import type { RerankFusion__Output } from './generated/nachbar/ai/v1/RerankFusion';
 import type { TruncationPolicy__Output } from './generated/nachbar/ai/v1/TruncationPolicy';
 import type {
   FilterSpec,
@@ -16,6 +17,7 @@ import type {
   MetadataValue,
   MetadataValueInput,
   Metric,
+  RerankFusion,
   SearchMode,
   TruncationPolicy,
 } from './types';
@@ -231,6 +233,20 @@ export function searchModeToProto(mode: SearchMode | undefined): SearchMode__Out
   const name = SEARCH_MODES[mode ?? 'auto'];
   if (name === undefined) {
     throw new InvalidArgumentError(`unknown search mode ${repr(mode)}; use one of auto, exact, hnsw`);
+  }
+  return name;
+}
+
+const RERANK_FUSIONS: Record<RerankFusion, RerankFusion__Output> = {
+  none: 'RERANK_FUSION_NONE',
+  rrf: 'RERANK_FUSION_RRF',
+  blend: 'RERANK_FUSION_BLEND',
+};
+
+export function rerankFusionToProto(fusion: RerankFusion | undefined): RerankFusion__Output {
+  const name = RERANK_FUSIONS[fusion ?? 'none'];
+  if (name === undefined) {
+    throw new InvalidArgumentError(`unknown rerank fusion ${repr(fusion)}; use one of none, rrf, blend`);
   }
   return name;
 }

@@ -101,7 +101,7 @@ const AI_CALLS: Record<string, (client: AIClient) => Promise<unknown>> = {
   ListStores: (c) => c.listStores(),
   GetStore: (c) => c.getStore('t'),
   Upsert: (c) => c.upsert('t', [{ input: 'hello' }, { id: 'img', input: Buffer.from([0xff, 0xd8]), metadata: { kind: 'photo' } }], { truncation: 'truncate' }),
-  GetSimN: (c) => c.getSimN('t', 'a dog', 3, { rerank: { model: 'ce', metadataField: 'caption' }, queryModelOverride: 'q8' }),
+  GetSimN: (c) => c.getSimN('t', 'a dog', 3, { rerank: { model: 'ce', metadataField: 'caption', fusion: 'blend' }, queryModelOverride: 'q8' }),
   GetKey: (c) => c.getKey('t', ['a']),
   GetByPredicate: (c) => c.getByPredicate('t', { filter: { kind: { eq: 'photo' } } }),
   DeleteKeys: (c) => c.deleteKeys('t', ['a']),
@@ -267,7 +267,7 @@ describe('AIClient against a scripted server', () => {
     fake.replies['Upsert'] = { inserted: '2', updated: '0', ids: ['h1', 'img'] };
     fake.replies['GetSimN'] = {
       matches: [
-        { id: 'a', similarity: 0.5, rerank_score: 0.25, metadata: { kind: { string_value: 'photo' } }, original: { image: Buffer.from([7]) } },
+        { id: 'a', similarity: 0.5, rerank_score: 0.25, fused_score: 1.5, metadata: { kind: { string_value: 'photo' } }, original: { image: Buffer.from([7]) } },
         { id: 'b', similarity: 0.75, metadata: {}, original: { text: 'hello' } },
       ],
       plan: 'hnsw',
@@ -313,14 +313,14 @@ describe('AIClient against a scripted server', () => {
     assert.equal(search['query_model_override'], 'q8');
     assert.deepEqual(
       { ...(search['rerank'] as object) },
-      { model: 'ce', candidates: 0, sigmoid: false, metadata_field: 'caption', text_source: 'metadata_field' },
+      { model: 'ce', candidates: 0, sigmoid: false, fusion: 'RERANK_FUSION_BLEND', metadata_field: 'caption', text_source: 'metadata_field' },
     );
   });
 
   it('converts matches, originals, embeddings and models', async () => {
     const found = await client.getSimN('t', 'a dog', 2);
     assert.deepEqual(found.matches, [
-      { id: 'a', similarity: 0.5, rerankScore: 0.25, metadata: { kind: 'photo' }, original: Buffer.from([7]) },
+      { id: 'a', similarity: 0.5, rerankScore: 0.25, fusedScore: 1.5, metadata: { kind: 'photo' }, original: Buffer.from([7]) },
       { id: 'b', similarity: 0.75, metadata: {}, original: 'hello' },
     ]);
     assert.deepEqual(await client.embed('m', ['x', 'y']), { embeddings: [[0.5, 0.5], [1, 0]], dimension: 2 });

@@ -188,7 +188,8 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rerank(self, request, context):
-        """Score (query, document) pairs with a cross-encoder.
+        """Score (query, document) pairs with a reranker (cross-encoder or late interaction); documents
+        longer than the model's token budget are cut to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,5 +1,5 @@
 """Python values <-> the protobuf messages the services share: metadata values, filters, and the
-names of enum values (metrics, search modes, truncation policies).
+names of enum values (metrics, search modes, truncation policies, rerank fusions).
 
 The one codec of these messages: nachbar-db and nachbar-ai, the Python client and the CLI all
 use it, so a value means the same thing wherever it is converted. Metadata values are
@@ -47,6 +47,12 @@ TRUNCATIONS = {
     "truncate": ai_pb2.TRUNCATION_POLICY_TRUNCATE,
 }
 TRUNCATION_NAMES = {v: k for k, v in TRUNCATIONS.items()}
+RERANK_FUSIONS = {
+    "none": ai_pb2.RERANK_FUSION_NONE,
+    "rrf": ai_pb2.RERANK_FUSION_RRF,
+    "blend": ai_pb2.RERANK_FUSION_BLEND,
+}
+RERANK_FUSION_NAMES = {v: k for k, v in RERANK_FUSIONS.items()}
 
 
 # -- metadata -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImageLimits, ImagePreprocessor
 from nachbar.ai.locate import resolve_model_dir
+from nachbar.ai.observe import NO_OBSERVER, ModelObserver
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
 from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
 from nachbar.ai.text import TextTokenizer, Truncation
@@ -60,16 +62,19 @@ class ModelManager:
         batching: BatchingConfig = DEFAULT_BATCHING,
         image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
         session_options: SessionOptions = DEFAULT_SESSION_OPTIONS,
+        observer: ModelObserver = NO_OBSERVER,
     ) -> None:
         """`model_dir` holds built models (`built/`) and the hub cache (`hub/`); `offline`
         forbids hub downloads; `local_dirs` maps model names (or hub repo ids) to directories
-        laid out like the hub repository."""
+        laid out like the hub repository; `observer` hears of loads, batches and the steps
+        of each request."""
         self.model_dir = Path(model_dir)
         self.offline = offline
         self.local_dirs = {name: Path(path) for name, path in (local_dirs or {}).items()}
         self.batching = batching
         self.image_limits = image_limits
         self.session_options = session_options
+        self.observer = observer
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._loaded: dict[str, _Loaded] = {}
@@ -100,6 +105,10 @@ class ModelManager:
 
     def is_loaded(self, name: str) -> bool:
         return get_spec(name).name in self._loaded
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in each loaded model's batcher."""
+        return {name: model.batcher.queued for name, model in list(self._loaded.items())}
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -137,7 +146,9 @@ class ModelManager:
             loaded = self._loaded.get(spec.name)
             if loaded is not None:
                 return loaded
+            started = time.perf_counter()
             loaded = self._load(spec)
+            self.observer.model_loaded(spec.name, time.perf_counter() - started)
             with self._lock:
                 if self._closed:
                     loaded.batcher.close()
@@ -175,7 +186,9 @@ class ModelManager:
             assert files.preprocessor is not None  # the registry guarantees it
             preprocessor = _load_preprocessor(spec, directory / files.preprocessor)
             engine = ImageEmbedder(spec, model, preprocessor, self.image_limits)
-        batcher: DynamicBatcher[Any] = DynamicBatcher(engine, self.batching, name=spec.name)
+        batcher: DynamicBatcher[Any] = DynamicBatcher(
+            engine, self.batching, name=spec.name, observer=self.observer
+        )
         return _Loaded(spec, directory, engine, batcher)
 
     def _session_options(self) -> SessionOptions:
@@ -207,14 +220,21 @@ class ModelManager:
         _check_modality(spec, inputs)
         loaded = self._get(spec)
         engine = loaded.engine
+        attributes: dict[str, str | int] = {
+            "nachbar.model": spec.name,
+            "nachbar.inputs": len(inputs),
+        }
         if isinstance(engine, TextEmbedder):
-            items: list[Any] = engine.prepare([str(x) for x in inputs], policy)
+            with self.observer.stage("nachbar.ai.tokenize", attributes):
+                items: list[Any] = engine.prepare([str(x) for x in inputs], policy)
         elif isinstance(engine, ImageEmbedder):
             # _check_modality made sure every input is binary.
-            items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
+            with self.observer.stage("nachbar.ai.decode_images", attributes):
+                items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
         else:  # unreachable: kind was checked above
             raise InvalidInputError(f"Model {spec.name!r} does not embed.")
-        return loaded.batcher.submit(items)
+        with self.observer.stage("nachbar.ai.inference", attributes):
+            return loaded.batcher.submit(items)
 
     def rerank(
         self,
@@ -241,8 +261,15 @@ class ModelManager:
         loaded = self._get(spec)
         engine = loaded.engine
         assert isinstance(engine, CrossEncoderScorer)  # follows from the kind
-        items = engine.prepare(query, documents, policy)
-        logits = loaded.batcher.submit(items)[:, 0]
+        attributes: dict[str, str | int] = {
+            "nachbar.model": spec.name,
+            "nachbar.inputs": len(documents),
+        }
+        with self.observer.stage("nachbar.ai.rerank", attributes):
+            with self.observer.stage("nachbar.ai.tokenize", attributes):
+                items = engine.prepare(query, documents, policy)
+            with self.observer.stage("nachbar.ai.inference", attributes):
+                logits = loaded.batcher.submit(items)[:, 0]
         return logistic(logits) if sigmoid else logits
 
 

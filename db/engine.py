@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,7 @@ from nachbar.db.errors import (
     StoreNotFoundError,
 )
 from nachbar.db.hnsw import GraphFiles
+from nachbar.db.observe import NO_OBSERVER, StorageObserver
 from nachbar.db.storage import Storage
 from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
@@ -101,6 +103,7 @@ class Database:
         self._closed = False
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._observer: StorageObserver = NO_OBSERVER
 
     @classmethod
     def open(
@@ -382,8 +385,18 @@ class Database:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
+    def observe(self, observer: StorageObserver) -> None:
+        """Report commits and graph checkpoints to `observer` from now on."""
+        self._observer = observer
+        self._storage.observer = observer
+
     def flush(self) -> None:
         """Save every HNSW graph that changed since it was last saved."""
+        started = time.perf_counter()
+        self._flush()
+        self._observer.graphs_saved(time.perf_counter() - started)
+
+    def _flush(self) -> None:
         with self._save_lock:
             with self._catalog_lock:
                 self._check_open()

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from nachbar.db.errors import DataCorruptionError, DBError, ResourceExhaustedError
+from nachbar.db.observe import NO_OBSERVER, StorageObserver
 from nachbar.db.types import ExactConfig, FsyncPolicy, HnswConfig, Metric, StoreSpec
 
 FORMAT = 1
@@ -101,6 +103,7 @@ class Storage:
         self.path = path
         self._conn = connection
         self._lock = threading.Lock()
+        self.observer: StorageObserver = NO_OBSERVER
 
     @classmethod
     def open(
@@ -190,7 +193,9 @@ class Storage:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            started = time.perf_counter()
             self._conn.execute("COMMIT")
+            self.observer.committed(time.perf_counter() - started)
 
     # Reads (only at open: afterwards everything is served from memory).
 

@@ -13,6 +13,8 @@ from nachbar.server.ai_service import AIServicer
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.logs import configure_logging
+from nachbar.server.operations import ModelTelemetry, Operations
+from nachbar.server.tracing import configure_from_environment
 from nachbar.v1 import ai_pb2, ai_pb2_grpc
 
 log = logging.getLogger("nachbar.ai")
@@ -32,6 +34,8 @@ def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
 def start_ai_server(config: AIConfig) -> RunningServer:
     """Start serving at once; health turns SERVING when the models are loaded and the db
     answers, and back to NOT_SERVING while the db is unreachable."""
+    ops = Operations.build(config.exposure, "ai")
+    telemetry = ModelTelemetry.of(ops)
     models = ModelManager(
         config.model_dir,
         offline=config.hub_offline,
@@ -42,15 +46,30 @@ def start_ai_server(config: AIConfig) -> RunningServer:
             max_wait_ms=config.max_batch_wait_ms,
             workers=config.batch_workers,
         ),
+        observer=telemetry,
     )
+    if telemetry.metrics is not None:
+        telemetry.metrics.watch(models)
     _check_models_present(models, config.models)
-    db = DBClient(config.db_address, timeout=config.db_timeout_seconds)
+    link = config.db_link
+    db = DBClient(
+        config.db_address,
+        timeout=config.db_timeout_seconds,
+        api_key=link.api_key,  # "" sends none; never the NACHBAR_API_KEY of the environment
+        tls=link.tls,
+        tls_ca=link.tls_ca,
+        tls_client_cert=link.tls_cert,
+        tls_client_key=link.tls_key,
+    )
     service = AIServicer(models, db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
         [AI_SERVICE_NAME],
+        interceptors=ops.interceptors,
+        credentials=ops.credentials,
     )
+    ops.attach(running, config.host)
     stopping = threading.Event()
 
     def watch_health() -> None:
@@ -84,6 +103,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_ai_config(argv)
     configure_logging(config.log_level, config.log_format)
+    tracing = configure_from_environment("nachbar-ai")
     running = start_ai_server(config)
     log.info(
         "nachbar-ai listening on %s:%d, db %s, models in %s",
@@ -94,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)
+    if tracing is not None:
+        tracing.shutdown()  # send the last spans
 
 
 if __name__ == "__main__":

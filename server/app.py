@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,7 @@ class RunningServer:
     service_names: tuple[str, ...]
     grace_seconds: float
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    metrics_port: int | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,8 +67,12 @@ def start_server(
     config: CommonConfig,
     register: Callable[[grpc.Server], None],
     service_names: Sequence[str],
+    *,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Build and start a server on config.host:config.port (port 0 picks a free one)."""
+    """Build and start a server on config.host:config.port (port 0 picks a free one); with
+    `credentials`, over TLS. `interceptors` wrap every call (server/operations.py)."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -75,6 +81,7 @@ def start_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
         options=options,
+        interceptors=list(interceptors),
     )
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -86,7 +93,10 @@ def start_server(
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise SystemExit(
             f"cannot listen on {address}: {error}. Is another process using the port? "

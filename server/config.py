@@ -13,6 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nachbar.server.exposure import (
+    DBLinkConfig,
+    ExposureConfig,
+    add_db_link_flags,
+    add_exposure_flags,
+    db_link_config,
+    exposure_config,
+)
+
 DEFAULT_DB_PORT = 1369
 DEFAULT_AI_PORT = 1370
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -39,6 +48,7 @@ class CommonConfig:
     port_file: Path | None
     exit_with_parent: bool
     grace_seconds: float
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class AIConfig(CommonConfig):
     max_batch_wait_ms: float = 0.0
     batch_workers: int = 1
     db_timeout_seconds: float = 30.0
+    db_link: DBLinkConfig = field(default_factory=DBLinkConfig)
 
     @property
     def db_address(self) -> str:
@@ -137,6 +148,7 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
         default=float(_env("GRACE_SECONDS", 10.0)),
         help="how long shutdown waits for in-flight requests [env NACHBAR_GRACE_SECONDS]",
     )
+    add_exposure_flags(parser, prefix)
 
 
 def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
@@ -181,8 +193,14 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
 
 
 def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
-    ns = db_parser().parse_args(argv)
-    return DBConfig(**_common_kwargs(ns), data_dir=ns.data_dir, fsync=ns.fsync)
+    parser = db_parser()
+    ns = parser.parse_args(argv)
+    return DBConfig(
+        **_common_kwargs(ns),
+        exposure=exposure_config(parser, ns),
+        data_dir=ns.data_dir,
+        fsync=ns.fsync,
+    )
 
 
 def _parse_local_model(raw: str) -> tuple[str, Path]:
@@ -266,6 +284,7 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         "1: one batch on every CPU (fastest single query), 0: one per CPU (~15%% more "
         "throughput for bulk embedding) [env NACHBAR_BATCH_WORKERS]",
     )
+    add_db_link_flags(parser)
     return parser
 
 
@@ -280,6 +299,8 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         parser.error(f"--batch-workers must be 0 (one per CPU) or more, got {ns.batch_workers}")
     return AIConfig(
         **_common_kwargs(ns),
+        exposure=exposure_config(parser, ns),
+        db_link=db_link_config(parser, ns),
         db_host=ns.db_host,
         db_port=ns.db_port,
         model_dir=ns.model_dir,

@@ -11,6 +11,9 @@ from nachbar.server.app import RunningServer, run_until_signalled, start_server,
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
 from nachbar.server.logs import configure_logging
+from nachbar.server.metrics import StorageMetrics
+from nachbar.server.operations import Operations
+from nachbar.server.tracing import configure_from_environment
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
 log = logging.getLogger("nachbar.db")
@@ -20,18 +23,24 @@ DB_SERVICE_NAME = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
 
 def start_db_server(config: DBConfig) -> RunningServer:
     """Open the data dir and serve it. The caller owns `stop()`."""
+    ops = Operations.build(config.exposure, "db")
     db = Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
+    if ops.metrics is not None:
+        db.observe(StorageMetrics(ops.metrics, db))
     service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
     try:
         running = start_server(
             config,
             lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
             [DB_SERVICE_NAME],
+            interceptors=ops.interceptors,
+            credentials=ops.credentials,
         )
     except BaseException:
         db.close()
         raise
     running.on_stop.append(db.close)
+    ops.attach(running, config.host)
     running.set_serving(True)
     return running
 
@@ -39,6 +48,7 @@ def start_db_server(config: DBConfig) -> RunningServer:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_db_config(argv)
     configure_logging(config.log_level, config.log_format)
+    tracing = configure_from_environment("nachbar-db")
     try:
         running = start_db_server(config)
     except DBError as error:
@@ -53,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)
+    if tracing is not None:
+        tracing.shutdown()  # send the last spans
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import grpc
 from nachbar.ai import errors as ai_errors
 from nachbar.client import errors as client_errors
 from nachbar.db import errors as db_errors
+from nachbar.server import auth
 
 log = logging.getLogger("nachbar.server")
 
@@ -45,6 +46,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ai_errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (auth.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (auth.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -123,9 +123,13 @@ def _parse_entry(raw: object, where: str) -> ApiKey:
         raise KeyFileError(f"{where} ({key_id}): sha256 is not hex") from None
     if not isinstance(stores, list) or not all(isinstance(s, str) and s for s in stores):
         raise KeyFileError(f"{where} ({key_id}): stores must be a list of non-empty globs")
+    try:
+        role = Role.parse(str(raw.get("role", "")))
+    except KeyFileError as error:
+        raise KeyFileError(f"{where} ({key_id}): {error}") from None
     return ApiKey(
         id=key_id,
-        role=Role.parse(str(raw.get("role", ""))),
+        role=role,
         stores=tuple(stores),
         digest=digest,
         created=str(raw.get("created", "")),

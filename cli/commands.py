@@ -214,7 +214,8 @@ def filter_arg(raw: str | None) -> Filter | None:
 
 def ping(ctx: CliContext, args: argparse.Namespace) -> int:
     services = ["db", "ai"] if args.service == "all" else [args.service]
-    reports = {s: check_health(ctx.address(s), ctx.timeout) for s in services}
+    credentials = ctx.credentials()
+    reports = {s: check_health(ctx.address(s), ctx.timeout, "", credentials) for s in services}
     if args.json:
         render.print_json(
             ctx.out,

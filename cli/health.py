@@ -36,9 +36,19 @@ _STATUS = {
 }
 
 
-def check_health(address: str, timeout: float, service: str = "") -> HealthReport:
-    """One Check call; `service` "" asks about the server as a whole."""
-    with grpc.insecure_channel(address) as channel:
+def check_health(
+    address: str,
+    timeout: float,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> HealthReport:
+    """One Check call; `service` "" asks about the server as a whole; `credentials` for TLS."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -702,13 +702,13 @@ class Shell:
     @property
     def ai(self) -> AIClient:
         if self._ai is None:
-            self._ai = AIClient(self.ctx.ai_address, timeout=self.ctx.timeout)
+            self._ai = self.ctx.ai_client()
         return self._ai
 
     @property
     def db(self) -> DBClient:
         if self._db is None:
-            self._db = DBClient(self.ctx.db_address, timeout=self.ctx.timeout)
+            self._db = self.ctx.db_client()
         return self._db
 
     def address(self, service: str) -> str:

@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nachbar.client import AIClient, DBClient, NotFound, Unauthenticated
 from nachbar.server.ai_main import start_ai_server
-from nachbar.server.app import RunningServer
 from nachbar.server.auth import Role, create_key
 from nachbar.server.config import parse_ai_config, parse_db_config
 from nachbar.server.db_main import start_db_server
@@ -69,9 +68,11 @@ def test_db_metrics_follow_real_traffic(tmp_path: Path) -> None:
                 client.get_sim_n("docs", [1.0, 0.0, 0.0], k=5)
             with pytest.raises(NotFound):
                 client.get_store("missing")
-        with DBClient(f"127.0.0.1:{db.port}", timeout=10, api_key="") as client:
-            with pytest.raises(Unauthenticated):
-                client.list_stores()
+        with (
+            DBClient(f"127.0.0.1:{db.port}", timeout=10, api_key="") as client,
+            pytest.raises(Unauthenticated),
+        ):
+            client.list_stores()
         after = scrape(db.metrics_port)
         ok = {"service": service, "code": "OK"}
         assert value(after, "nachbar_grpc_requests_total", method="GetSimN", **ok) == 3
@@ -249,5 +250,5 @@ def test_one_trace_spans_the_client_nachbar_ai_and_nachbar_db(
         if s.kind is trace.SpanKind.SERVER
     ]
     assert db_drop.attributes is not None
-    assert f"request_id={db_drop.attributes['nachbar.request_id']}" in line
+    assert f"request_id={db_drop.attributes['nachbar.request_id']!s}" in line
     assert f"trace_id={db_drop.context.trace_id:032x}" in line

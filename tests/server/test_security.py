@@ -149,7 +149,7 @@ class Keys:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     path = tmp_path_factory.mktemp("keys") / "keys.json"
-    by_label = {}
+    by_label: dict[str, tuple[Role, tuple[str, ...], str]] = {}
     for role in Role:
         _, secret = create_key(path, role, ["team-*"])
         by_label[f"{role.label}@team-*"] = (role, ("team-*",), secret)
@@ -202,7 +202,7 @@ def _call(
     response_class = message_factory.GetMessageClass(method.output_type)
     request = request_class()
     if store is not None:
-        request.store = store
+        request.store = store  # type: ignore[attr-defined]
     call = channel.unary_unary(
         f"/{service.full_name}/{method.name}",
         request_serializer=request_class.SerializeToString,
@@ -224,7 +224,7 @@ def test_every_rpc_with_every_role_and_scope(
     server = secured[0] if name == "db" else secured[1]
     module = db_pb2 if name == "db" else ai_pb2
     service = next(iter(module.DESCRIPTOR.services_by_name.values()))
-    mismatches = []
+    mismatches: list[tuple[str, str | None, str | None, str]] = []
     calls = 0
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         for method in service.methods:

@@ -222,9 +222,15 @@ def _script(name: str) -> str:
 
 
 def start_nachbar(
-    script: str, args: Sequence[str], workdir: Path, *, timeout: float = 120.0
+    script: str,
+    args: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 120.0,
+    credentials: Any = None,
 ) -> ChildServer:
-    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING."""
+    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING
+    (`credentials`: grpc channel credentials for a server that serves TLS)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"{script}.port"
     port_file.unlink(missing_ok=True)
@@ -253,16 +259,21 @@ def start_nachbar(
             )
         time.sleep(0.05)
     server = ChildServer(script, proc, int(port_file.read_text().strip()), log_path)
-    wait_serving(server, deadline - time.monotonic())
+    wait_serving(server, deadline - time.monotonic(), credentials)
     return server
 
 
-def wait_serving(server: ChildServer, timeout: float) -> None:
+def wait_serving(server: ChildServer, timeout: float, credentials: Any = None) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + max(timeout, 1.0)
-    with grpc.insecure_channel(server.address) as channel:
+    channel = (
+        grpc.insecure_channel(server.address)
+        if credentials is None
+        else grpc.secure_channel(server.address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if server.proc.poll() is not None:

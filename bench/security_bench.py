@@ -1,0 +1,253 @@
+"""What TLS + API keys + metrics cost: the same traffic against a plain pair of servers and a
+secured pair (TLS, an API keys file, a metrics endpoint; nachbar-ai reaching nachbar-db over
+TLS with its own key), both running in this run, measured in alternating rounds.
+
+  (a) GetSimN p50 over nachbar-db: one client, `--queries` searches per round and server, on
+      `--count` x 384 clustered vectors (HNSW, k 10);
+  (b) Embed throughput over nachbar-ai: batches of 32 STS-B sentences, and single sentences,
+      from one client.
+
+Target: the secured servers at most 10% slower. Tracing stays off in both (it is off by
+default); its cost is not part of this measure.
+
+Run: .venv/bin/python bench/security_bench.py [--count 20000 --queries 500 --rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.certs, for the CA
+
+import onnx_reference as ref
+from benchlib import (
+    DEFAULT_MODEL_DIR,
+    BenchSetupError,
+    ChildServer,
+    LatencyStats,
+    Tally,
+    describe_load,
+    log,
+    machine_facts,
+    markdown_table,
+    publish,
+    scratch_dir,
+    start_nachbar,
+    timed_rounds,
+    verdict,
+)
+
+BATCH = 32
+TARGET_SLOWDOWN = 1.10
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A db and an ai server, and how a client reaches them."""
+
+    name: str
+    db: ChildServer
+    ai: ChildServer
+    client: dict[str, Any]
+
+
+def _certs(workdir: Path) -> Any:
+    try:
+        from tests.certs import make_cert_set
+    except ImportError as error:
+        raise BenchSetupError(f"making test certificates needs `cryptography` ({error})") from None
+    return make_cert_set(workdir / "certs")
+
+
+def start_pairs(workdir: Path, model_dir: Path) -> tuple[Pair, Pair]:
+    import grpc
+
+    from nachbar.server.auth import Role, create_key
+
+    certs = _certs(workdir)
+    keys = workdir / "keys.json"
+    _, user_key = create_key(keys, Role.ADMIN)  # the bench creates its store
+    _, service_key = create_key(keys, Role.ADMIN)
+    (workdir / "service.key").write_text(service_key)
+    tls = [
+        *("--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key)),
+        *("--api-keys-file", str(keys), "--metrics-port", "0"),
+    ]
+    credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
+    ai_common = ["--model-dir", str(model_dir), "--models", ref.TEXT_MODEL, "--hub-offline"]
+    plain_db = start_nachbar("nachbar-db", ["--data-dir", str(workdir / "plain")], workdir / "p")
+    plain_ai = start_nachbar(
+        "nachbar-ai", ["--db-port", str(plain_db.port), *ai_common], workdir / "p"
+    )
+    secure_db = start_nachbar(
+        "nachbar-db",
+        ["--data-dir", str(workdir / "secure"), *tls],
+        workdir / "s",
+        credentials=credentials,
+    )
+    secure_ai = start_nachbar(
+        "nachbar-ai",
+        [
+            *("--db-port", str(secure_db.port), *ai_common, *tls),
+            *("--db-tls-ca", str(certs.ca), "--db-api-key-file", str(workdir / "service.key")),
+        ],
+        workdir / "s",
+        credentials=credentials,
+    )
+    plain = Pair("plain", plain_db, plain_ai, {"api_key": ""})
+    secure = Pair(
+        "TLS + keys + metrics", secure_db, secure_ai, {"api_key": user_key, "tls_ca": certs.ca}
+    )
+    return plain, secure
+
+
+def clustered(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    centers = rng.standard_normal((64, dim)).astype(np.float32)
+    points = centers[rng.integers(0, 64, count)] + 0.3 * rng.standard_normal((count, dim))
+    points = points.astype(np.float32)
+    normalized: np.ndarray = points / np.linalg.norm(points, axis=1, keepdims=True)
+    return normalized
+
+
+def search_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, LatencyStats]:
+    from nachbar.client import DBClient
+
+    rng = np.random.default_rng(7)
+    vectors = clustered(args.count, 384, rng)
+    queries = vectors[rng.integers(0, args.count, args.queries)] + 0.05 * rng.standard_normal(
+        (args.queries, 384)
+    ).astype(np.float32)
+    clients = {p.name: DBClient(p.db.address, timeout=60, **p.client) for p in pairs}
+    for pair in pairs:
+        client = clients[pair.name]
+        client.create_store("bench", dimension=384)
+        for start in range(0, args.count, 1000):
+            chunk = vectors[start : start + 1000]
+            client.upsert("bench", [(str(start + i), v) for i, v in enumerate(chunk)])
+        for query in queries[:50]:  # warm up
+            client.get_sim_n("bench", query, k=10)
+    seconds: dict[str, list[float]] = {p.name: [] for p in pairs}
+    for number in range(args.rounds):
+        for offset in range(len(pairs)):  # alternate which server goes first
+            pair = pairs[(number + offset) % len(pairs)]
+            client = clients[pair.name]
+            for query in queries:
+                started = time.perf_counter()
+                client.get_sim_n("bench", query, k=10)
+                seconds[pair.name].append(time.perf_counter() - started)
+    for client in clients.values():
+        client.close()
+    return {name: LatencyStats.of(values) for name, values in seconds.items()}
+
+
+def embed_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, Tally]:
+    from nachbar.client import AIClient
+
+    texts = ref.sts_sentences(args.texts)
+    clients = {p.name: AIClient(p.ai.address, timeout=120, **p.client) for p in pairs}
+    tallies: dict[str, Tally] = {}
+    paths: list[tuple[Tally, Callable[[], int]]] = []
+
+    def batches(client: AIClient) -> Callable[[], int]:
+        def work() -> int:
+            for start in range(0, len(texts), BATCH):
+                client.embed(ref.TEXT_MODEL, texts[start : start + BATCH])
+            return len(texts)
+
+        return work
+
+    def singles(client: AIClient) -> Callable[[], int]:
+        def work() -> int:
+            for text in texts[: args.texts // 4]:
+                client.embed(ref.TEXT_MODEL, [text])
+            return int(args.texts) // 4
+
+        return work
+
+    for pair in pairs:
+        client = clients[pair.name]
+        client.embed(ref.TEXT_MODEL, texts[:BATCH])  # warm up
+        for kind, make in (("batch 32", batches), ("single", singles)):
+            tally = Tally(f"{pair.name}, {kind}")
+            tallies[tally.name] = tally
+            paths.append((tally, make(client)))
+    timed_rounds(paths, args.rounds)
+    for client in clients.values():
+        client.close()
+    return tallies
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000, help="vectors in the store")
+    parser.add_argument("--queries", type=int, default=500, help="searches per round and server")
+    parser.add_argument("--texts", type=int, default=256, help="texts per round and path")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    args = parser.parse_args(argv)
+    ref.ensure_built(args.model_dir, [ref.TEXT_MODEL])
+    load_before = describe_load("before")
+    with scratch_dir("nachbar-security-bench-") as workdir:
+        plain, secure = start_pairs(workdir, args.model_dir)
+        try:
+            log("GetSimN over nachbar-db")
+            latency = search_pass((plain, secure), args)
+            log("Embed over nachbar-ai")
+            throughput = embed_pass((plain, secure), args)
+        finally:
+            for server in (plain.ai, secure.ai, plain.db, secure.db):
+                server.stop()
+    load_after = describe_load("after")
+    p50_ratio = latency[secure.name].p50_ms / latency[plain.name].p50_ms
+    rows: list[list[object]] = [
+        [f"GetSimN p50 ms ({name})", stats.p50_ms, f"p99 {stats.p99_ms:.3f} ms, n={stats.count}"]
+        for name, stats in latency.items()
+    ]
+    rows.append(["GetSimN p50, secured / plain", p50_ratio, verdict(p50_ratio <= TARGET_SLOWDOWN)])
+    ratios = {}
+    for kind in ("batch 32", "single"):
+        plain_rate = throughput[f"{plain.name}, {kind}"].per_second
+        secure_rate = throughput[f"{secure.name}, {kind}"].per_second
+        ratios[kind] = plain_rate / secure_rate
+        rows.append([f"Embed {kind}, texts/s (plain)", plain_rate, ""])
+        rows.append([f"Embed {kind}, texts/s (secured)", secure_rate, ""])
+        rows.append(
+            [
+                f"Embed {kind}: time secured / plain",
+                ratios[kind],
+                verdict(ratios[kind] <= TARGET_SLOWDOWN),
+            ]
+        )
+    report = "\n".join(
+        [
+            f"security_bench: {args.count} x 384 vectors, {args.queries} searches and "
+            f"{args.texts} texts per round and path, {args.rounds} rounds",
+            f"{load_before}; {load_after}",
+            "",
+            markdown_table(["measure", "value", "note"], rows),
+        ]
+    )
+    publish(
+        "security_bench",
+        {
+            "args": vars(args),
+            "machine": machine_facts(),
+            "latency": latency,
+            "throughput": throughput,
+            "p50_ratio": p50_ratio,
+            "embed_ratios": ratios,
+        },
+        report,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,7 @@ from benchlib import (
 
 BATCH = 32
 TARGET_SLOWDOWN = 1.10
+SECURED = "TLS + keys + metrics"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Pair:
 
     name: str
     db: ChildServer
-    ai: ChildServer
+    ai: ChildServer | None  # db-only variants split the cost into its parts
     client: dict[str, Any]
 
 
@@ -67,7 +68,9 @@ def _certs(workdir: Path) -> Any:
     return make_cert_set(workdir / "certs")
 
 
-def start_pairs(workdir: Path, model_dir: Path) -> tuple[Pair, Pair]:
+def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
+    """plain, TLS + keys + metrics (both with nachbar-ai), then db-only: TLS alone, and keys +
+    metrics alone."""
     import grpc
 
     from nachbar.server.auth import Role, create_key
@@ -77,10 +80,9 @@ def start_pairs(workdir: Path, model_dir: Path) -> tuple[Pair, Pair]:
     _, user_key = create_key(keys, Role.ADMIN)  # the bench creates its store
     _, service_key = create_key(keys, Role.ADMIN)
     (workdir / "service.key").write_text(service_key)
-    tls = [
-        *("--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key)),
-        *("--api-keys-file", str(keys), "--metrics-port", "0"),
-    ]
+    tls_only = ["--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key)]
+    keys_metrics = ["--api-keys-file", str(keys), "--metrics-port", "0"]
+    tls = [*tls_only, *keys_metrics]
     credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
     ai_common = ["--model-dir", str(model_dir), "--models", ref.TEXT_MODEL, "--hub-offline"]
     plain_db = start_nachbar("nachbar-db", ["--data-dir", str(workdir / "plain")], workdir / "p")
@@ -102,11 +104,21 @@ def start_pairs(workdir: Path, model_dir: Path) -> tuple[Pair, Pair]:
         workdir / "s",
         credentials=credentials,
     )
-    plain = Pair("plain", plain_db, plain_ai, {"api_key": ""})
-    secure = Pair(
-        "TLS + keys + metrics", secure_db, secure_ai, {"api_key": user_key, "tls_ca": certs.ca}
+    tls_db = start_nachbar(
+        "nachbar-db",
+        ["--data-dir", str(workdir / "tls"), *tls_only],
+        workdir / "t",
+        credentials=credentials,
     )
-    return plain, secure
+    keys_db = start_nachbar(
+        "nachbar-db", ["--data-dir", str(workdir / "keys"), *keys_metrics], workdir / "k"
+    )
+    return [
+        Pair("plain", plain_db, plain_ai, {"api_key": ""}),
+        Pair(SECURED, secure_db, secure_ai, {"api_key": user_key, "tls_ca": certs.ca}),
+        Pair("TLS only", tls_db, None, {"api_key": "", "tls_ca": certs.ca}),
+        Pair("keys + metrics only", keys_db, None, {"api_key": user_key}),
+    ]
 
 
 def clustered(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,14 +147,18 @@ def search_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, La
         for query in queries[:50]:  # warm up
             client.get_sim_n("bench", query, k=10)
     seconds: dict[str, list[float]] = {p.name: [] for p in pairs}
+    # Blocks of `--block` queries, alternating servers and who goes first, so that background
+    # load falls on both alike.
+    blocks = [queries[i : i + args.block] for i in range(0, len(queries), args.block)]
     for number in range(args.rounds):
-        for offset in range(len(pairs)):  # alternate which server goes first
-            pair = pairs[(number + offset) % len(pairs)]
-            client = clients[pair.name]
-            for query in queries:
-                started = time.perf_counter()
-                client.get_sim_n("bench", query, k=10)
-                seconds[pair.name].append(time.perf_counter() - started)
+        for index, block in enumerate(blocks):
+            for offset in range(len(pairs)):
+                pair = pairs[(number + index + offset) % len(pairs)]
+                client = clients[pair.name]
+                for query in block:
+                    started = time.perf_counter()
+                    client.get_sim_n("bench", query, k=10)
+                    seconds[pair.name].append(time.perf_counter() - started)
     for client in clients.values():
         client.close()
     return {name: LatencyStats.of(values) for name, values in seconds.items()}
@@ -152,7 +168,7 @@ def embed_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, Tal
     from nachbar.client import AIClient
 
     texts = ref.sts_sentences(args.texts)
-    clients = {p.name: AIClient(p.ai.address, timeout=120, **p.client) for p in pairs}
+    clients = {p.name: AIClient(p.ai.address, timeout=120, **p.client) for p in pairs if p.ai}
     tallies: dict[str, Tally] = {}
     paths: list[tuple[Tally, Callable[[], int]]] = []
 
@@ -173,6 +189,8 @@ def embed_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, Tal
         return work
 
     for pair in pairs:
+        if pair.ai is None:
+            continue
         client = clients[pair.name]
         client.embed(ref.TEXT_MODEL, texts[:BATCH])  # warm up
         for kind, make in (("batch 32", batches), ("single", singles)):
@@ -191,20 +209,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=500, help="searches per round and server")
     parser.add_argument("--texts", type=int, default=256, help="texts per round and path")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--block", type=int, default=50, help="searches per server in a row")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     args = parser.parse_args(argv)
     ref.ensure_built(args.model_dir, [ref.TEXT_MODEL])
     load_before = describe_load("before")
     with scratch_dir("nachbar-security-bench-") as workdir:
-        plain, secure = start_pairs(workdir, args.model_dir)
+        pairs = start_pairs(workdir, args.model_dir)
+        plain, secure = pairs[0], pairs[1]
         try:
             log("GetSimN over nachbar-db")
-            latency = search_pass((plain, secure), args)
+            latency = search_pass(pairs, args)
             log("Embed over nachbar-ai")
-            throughput = embed_pass((plain, secure), args)
+            throughput = embed_pass(pairs, args)
         finally:
-            for server in (plain.ai, secure.ai, plain.db, secure.db):
-                server.stop()
+            for pair in pairs:
+                if pair.ai is not None:
+                    pair.ai.stop()
+                pair.db.stop()
     load_after = describe_load("after")
     p50_ratio = latency[secure.name].p50_ms / latency[plain.name].p50_ms
     rows: list[list[object]] = [
@@ -212,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, stats in latency.items()
     ]
     rows.append(["GetSimN p50, secured / plain", p50_ratio, verdict(p50_ratio <= TARGET_SLOWDOWN)])
+    for part in ("TLS only", "keys + metrics only"):
+        rows.append(
+            [f"GetSimN p50, {part} / plain", latency[part].p50_ms / latency[plain.name].p50_ms, ""]
+        )
     ratios = {}
     for kind in ("batch 32", "single"):
         plain_rate = throughput[f"{plain.name}, {kind}"].per_second

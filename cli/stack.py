@@ -511,8 +511,12 @@ class Supervisor:
             f"(models in {escape(str(cfg.model_dir))})",
             highlight=False,
         )
-        if (db_address, ai_address) != ("127.0.0.1:1369", "127.0.0.1:1370"):
-            out.print(f"clients: nachbar --db {db_address} --ai {ai_address} ...", highlight=False)
+        tls = "--tls-cert" in cfg.server_args
+        if tls or (db_address, ai_address) != ("127.0.0.1:1369", "127.0.0.1:1370"):
+            flags = f"--db {db_address} --ai {ai_address}"
+            if tls:
+                flags += f" --tls-ca {self.ctx.connection.get('tls_ca')}"
+            out.print(f"clients: nachbar {flags} ...", highlight=False)
         out.print("press Ctrl-C to stop both", highlight=False)
 
     def _report_failure(self, failure: ChildFailed) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.models import ModelManager
 from nachbar.client.db import DBClient
+from nachbar.client.errors import NachbarError, PermissionDenied, Unauthenticated
 from nachbar.server.ai_service import AIServicer
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
@@ -29,6 +30,21 @@ def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
         name = models.spec(requested).name  # unknown names fail here, listing close matches
         if not statuses[name].available:
             models.load(name)  # raises ModelUnavailableError saying how to get the files
+
+
+def _explain_refusal(db: DBClient, address: str) -> None:
+    """Say so when nachbar-db answers but refuses nachbar-ai's own API key."""
+    try:
+        db.ping(timeout=2.0)
+    except (Unauthenticated, PermissionDenied) as error:
+        log.error(
+            "nachbar-db at %s refuses nachbar-ai's API key (%s); pass --db-api-key-file with a "
+            "key it accepts (`nachbar keys create --role admin`)",
+            address,
+            error.message,
+        )
+    except NachbarError:
+        pass
 
 
 def start_ai_server(config: AIConfig) -> RunningServer:
@@ -90,6 +106,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
                     log.info("nachbar-db at %s reachable: SERVING", config.db_address)
                 else:
                     log.warning("nachbar-db at %s unreachable: NOT_SERVING", config.db_address)
+                    _explain_refusal(db, config.db_address)
             stopping.wait(HEALTH_POLL_SECONDS)
 
     watcher = threading.Thread(target=watch_health, name="health", daemon=True)

@@ -14,8 +14,9 @@ Roles nest: `read` (searches, gets, lists, Info, Embed, Rerank), `write` (read +
 deletes), `admin` (write + create/drop stores and predicate indexes). A key with store globs may
 only touch stores whose name matches one of them; without globs it reaches every store.
 
-`KeyRing` rereads the file when its modification time, size or inode changes, so revoking or
-adding a key needs no restart; a file that fails to parse then keeps the previous keys (logged).
+`KeyRing` rereads the file when its modification time, size or inode changes (looking at most
+every quarter second), so revoking or adding a key needs no restart; a file that fails to parse
+then keeps the previous keys (logged).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -227,27 +229,36 @@ def revoke_key(path: Path, key_id: str) -> ApiKey:
 
 
 class KeyRing:
-    """The keys of one file, reloaded when the file changes. Thread-safe."""
+    """The keys of one file, reloaded when the file changes. Thread-safe.
 
-    def __init__(self, path: Path) -> None:
+    The file is looked at (one stat) at most every `check_seconds`: a stat costs more than the
+    rest of a key check, and a quarter second is soon enough for a revocation."""
+
+    def __init__(self, path: Path, *, check_seconds: float = 0.25) -> None:
         self.path = path
+        self._path = os.fspath(path)
+        self._check_seconds = check_seconds
+        self._next_check = time.monotonic() + check_seconds
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
         self._keys = load_keys(path)  # a bad file at start stops the server
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def keys(self) -> tuple[ApiKey, ...]:
-        stamp = self._file_stamp()
-        if stamp != self._stamp:
-            with self._lock:
-                if stamp != self._stamp:
-                    self._reload(stamp)
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self._check_seconds
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                with self._lock:
+                    if stamp != self._stamp:
+                        self._reload(stamp)
         return self._keys
 
     def _reload(self, stamp: tuple[int, int, int] | None) -> None:

@@ -68,7 +68,7 @@ def test_authenticate_finds_the_key_and_refuses_others(tmp_path: Path) -> None:
 def test_revocation_and_new_keys_apply_without_restart(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     first, first_secret = create_key(path, Role.READ)
-    ring = KeyRing(path)
+    ring = KeyRing(path, check_seconds=0)
     assert ring.authenticate(first_secret).id == first.id
     _, second_secret = create_key(path, Role.WRITE)
     assert ring.authenticate(second_secret).role is Role.WRITE
@@ -80,7 +80,7 @@ def test_revocation_and_new_keys_apply_without_restart(tmp_path: Path) -> None:
 def test_a_broken_edit_keeps_the_previous_keys(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     _, secret = create_key(path, Role.READ)
-    ring = KeyRing(path)
+    ring = KeyRing(path, check_seconds=0)
     time.sleep(0.01)
     path.write_text("{ not json")
     assert ring.authenticate(secret).role is Role.READ

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from benchlib import (
     publish,
     scratch_dir,
     start_nachbar,
-    timed_rounds,
     verdict,
 )
 
@@ -165,39 +164,33 @@ def search_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, La
 
 
 def embed_pass(pairs: Sequence[Pair], args: argparse.Namespace) -> dict[str, Tally]:
+    """Each request goes to every nachbar-ai in turn (rotating who goes first), so the
+    background load, which swamps a 5% difference over whole rounds here, falls on all alike."""
     from nachbar.client import AIClient
 
     texts = ref.sts_sentences(args.texts)
-    clients = {p.name: AIClient(p.ai.address, timeout=120, **p.client) for p in pairs if p.ai}
-    tallies: dict[str, Tally] = {}
-    paths: list[tuple[Tally, Callable[[], int]]] = []
-
-    def batches(client: AIClient) -> Callable[[], int]:
-        def work() -> int:
-            for start in range(0, len(texts), BATCH):
-                client.embed(ref.TEXT_MODEL, texts[start : start + BATCH])
-            return len(texts)
-
-        return work
-
-    def singles(client: AIClient) -> Callable[[], int]:
-        def work() -> int:
-            for text in texts[: args.texts // 4]:
-                client.embed(ref.TEXT_MODEL, [text])
-            return int(args.texts) // 4
-
-        return work
-
-    for pair in pairs:
-        if pair.ai is None:
-            continue
-        client = clients[pair.name]
+    serving = [p for p in pairs if p.ai is not None]
+    clients = {p.name: AIClient(p.ai.address, timeout=120, **p.client) for p in serving if p.ai}
+    tallies = {
+        f"{p.name}, {kind}": Tally(f"{p.name}, {kind}")
+        for p in serving
+        for kind in ("batch 32", "single")
+    }
+    requests = [("batch 32", texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
+    requests += [("single", [text]) for text in texts[: len(texts) // 4]]
+    for client in clients.values():
         client.embed(ref.TEXT_MODEL, texts[:BATCH])  # warm up
-        for kind, make in (("batch 32", batches), ("single", singles)):
-            tally = Tally(f"{pair.name}, {kind}")
-            tallies[tally.name] = tally
-            paths.append((tally, make(client)))
-    timed_rounds(paths, args.rounds)
+    turn = 0
+    for _ in range(args.rounds):
+        for kind, inputs in requests:
+            turn += 1
+            for offset in range(len(serving)):
+                pair = serving[(turn + offset) % len(serving)]
+                started = time.perf_counter()
+                clients[pair.name].embed(ref.TEXT_MODEL, inputs)
+                tally = tallies[f"{pair.name}, {kind}"]
+                tally.seconds += time.perf_counter() - started
+                tally.items += len(inputs)
     for client in clients.values():
         client.close()
     return tallies

@@ -179,13 +179,8 @@ class RequestInterceptor(_Interceptor):
         if not isinstance(code, grpc.StatusCode):
             code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
         if self._metrics is not None:
-            latency, in_flight = self._metrics.method(method.service, method.name)
-            requests, rejected = self._metrics.outcome(method.service, method.name, code)
-            in_flight.dec()
-            latency.observe(time.perf_counter() - started)
-            requests.inc()
-            if rejected is not None:
-                rejected.inc()
+            seconds = time.perf_counter() - started
+            self._metrics.finished(method.service, method.name, code, seconds)
         return code
 
     def _span(
@@ -244,7 +239,7 @@ class RequestInterceptor(_Interceptor):
 
     def _begin(self, method: _Method) -> float:
         if self._metrics is not None:
-            self._metrics.method(method.service, method.name)[1].inc()
+            self._metrics.started(method.service, method.name)
         return time.perf_counter()
 
     def _unary(
@@ -257,7 +252,7 @@ class RequestInterceptor(_Interceptor):
             request_id = metadata.request_id
             if request_id is None and self._tracer is not None:
                 request_id = secrets.token_hex(6)
-            token = REQUEST_ID.set(request_id)
+            token = REQUEST_ID.set(request_id) if request_id is not None else None
             failed = True
             try:
                 with self._span(method, metadata, request_id) as span:
@@ -278,7 +273,8 @@ class RequestInterceptor(_Interceptor):
                             if code in _SERVER_ERRORS:
                                 span.set_status(trace.StatusCode.ERROR, code.name)
             finally:
-                REQUEST_ID.reset(token)
+                if token is not None:
+                    REQUEST_ID.reset(token)
 
         return handle
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -62,9 +63,22 @@ REJECTION_REASONS = {
 
 
 class RequestMetrics:
-    """Requests by service, method and status; latency per method; in flight; rejections."""
+    """Requests by service, method and status; latency per method; in flight; rejections.
+
+    The request path only appends an event to a deque (atomic, well under a microsecond); the
+    Prometheus families are brought up to date from those events at each scrape, or inline
+    once many have piled up. Updating them per request took ~15 us of locks and lookups, a
+    measurable share of a 0.6 ms search.
+    """
+
+    MAX_PENDING = 50_000
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # (service, method, code or None for "started", seconds)
+        self._events: deque[tuple[str, str, grpc.StatusCode | None, float]] = deque()
+        self._drain_lock = threading.Lock()
+        # Registered first, so a scrape applies the pending events before reading the families.
+        registry.register(_Callback(self._drained))
         self.requests = Counter(
             "nachbar_grpc_requests",
             "RPCs handled, by service, method and status code",
@@ -91,33 +105,35 @@ class RequestMetrics:
             ["service", "method", "reason"],
             registry=registry,
         )
-        self._lock = threading.Lock()
-        self._method: dict[tuple[str, str], tuple[Histogram, Gauge]] = {}
-        self._outcome: dict[tuple[str, str, grpc.StatusCode], tuple[Counter, Counter | None]] = {}
 
-    def method(self, service: str, method: str) -> tuple[Histogram, Gauge]:
-        key = (service, method)
-        found = self._method.get(key)
-        if found is None:
-            with self._lock:
-                found = (self.latency.labels(service, method), self.in_flight.labels(service))
-                self._method[key] = found
-        return found
+    def started(self, service: str, method: str) -> None:
+        self._events.append((service, method, None, 0.0))
 
-    def outcome(
-        self, service: str, method: str, code: grpc.StatusCode
-    ) -> tuple[Counter, Counter | None]:
-        key = (service, method, code)
-        found = self._outcome.get(key)
-        if found is None:
-            reason = REJECTION_REASONS.get(code)
-            with self._lock:
-                found = (
-                    self.requests.labels(service, method, code.name),
-                    self.rejected.labels(service, method, reason) if reason else None,
-                )
-                self._outcome[key] = found
-        return found
+    def finished(self, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self._events.append((service, method, code, seconds))
+        if len(self._events) > self.MAX_PENDING:
+            self.drain()
+
+    def drain(self) -> None:
+        with self._drain_lock:
+            while True:
+                try:
+                    service, method, code, seconds = self._events.popleft()
+                except IndexError:
+                    return
+                if code is None:
+                    self.in_flight.labels(service).inc()
+                    continue
+                self.in_flight.labels(service).dec()
+                self.latency.labels(service, method).observe(seconds)
+                self.requests.labels(service, method, code.name).inc()
+                reason = REJECTION_REASONS.get(code)
+                if reason is not None:
+                    self.rejected.labels(service, method, reason).inc()
+
+    def _drained(self) -> Iterable[Metric]:
+        self.drain()
+        return ()
 
 
 class _Callback(Collector):

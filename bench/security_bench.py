@@ -47,6 +47,7 @@ from benchlib import (
 BATCH = 32
 TARGET_SLOWDOWN = 1.10
 SECURED = "TLS + keys + metrics"
+CONTROL = "plain, second copy"
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def _certs(workdir: Path) -> Any:
 
 
 def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
-    """plain, TLS + keys + metrics (both with nachbar-ai), then db-only: TLS alone, and keys +
-    metrics alone."""
+    """plain, a second plain copy (the control), TLS + keys + metrics (these three with
+    nachbar-ai), then db-only: TLS alone, and keys + metrics alone."""
     import grpc
 
     from nachbar.server.auth import Role, create_key
@@ -112,8 +113,17 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
     keys_db = start_nachbar(
         "nachbar-db", ["--data-dir", str(workdir / "keys"), *keys_metrics], workdir / "k"
     )
+    # A second plain pair, started last: the spread between two identical servers is the
+    # noise floor (and any bias of start order) that the ratios above must be read against.
+    control_db = start_nachbar(
+        "nachbar-db", ["--data-dir", str(workdir / "control")], workdir / "c"
+    )
+    control_ai = start_nachbar(
+        "nachbar-ai", ["--db-port", str(control_db.port), *ai_common], workdir / "c"
+    )
     return [
         Pair("plain", plain_db, plain_ai, {"api_key": ""}),
+        Pair(CONTROL, control_db, control_ai, {"api_key": ""}),
         Pair(SECURED, secure_db, secure_ai, {"api_key": user_key, "tls_ca": certs.ca}),
         Pair("TLS only", tls_db, None, {"api_key": "", "tls_ca": certs.ca}),
         Pair("keys + metrics only", keys_db, None, {"api_key": user_key}),
@@ -209,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = describe_load("before")
     with scratch_dir("nachbar-security-bench-") as workdir:
         pairs = start_pairs(workdir, args.model_dir)
-        plain, secure = pairs[0], pairs[1]
+        by_name = {pair.name: pair for pair in pairs}
+        plain, secure = by_name["plain"], by_name[SECURED]
         try:
             log("GetSimN over nachbar-db")
             latency = search_pass(pairs, args)
@@ -227,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, stats in latency.items()
     ]
     rows.append(["GetSimN p50, secured / plain", p50_ratio, verdict(p50_ratio <= TARGET_SLOWDOWN)])
-    for part in ("TLS only", "keys + metrics only"):
+    for part in ("TLS only", "keys + metrics only", CONTROL):
         rows.append(
             [f"GetSimN p50, {part} / plain", latency[part].p50_ms / latency[plain.name].p50_ms, ""]
         )
@@ -235,15 +246,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     for kind in ("batch 32", "single"):
         plain_rate = throughput[f"{plain.name}, {kind}"].per_second
         secure_rate = throughput[f"{secure.name}, {kind}"].per_second
+        control_rate = throughput[f"{CONTROL}, {kind}"].per_second
         ratios[kind] = plain_rate / secure_rate
         rows.append([f"Embed {kind}, texts/s (plain)", plain_rate, ""])
         rows.append([f"Embed {kind}, texts/s (secured)", secure_rate, ""])
+        rows.append([f"Embed {kind}, texts/s ({CONTROL})", control_rate, ""])
         rows.append(
             [
                 f"Embed {kind}: time secured / plain",
                 ratios[kind],
                 verdict(ratios[kind] <= TARGET_SLOWDOWN),
             ]
+        )
+        rows.append(
+            [f"Embed {kind}: time {CONTROL} / plain", plain_rate / control_rate, "noise floor"]
         )
     report = "\n".join(
         [

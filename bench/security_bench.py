@@ -84,7 +84,7 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
     keys_metrics = ["--api-keys-file", str(keys), "--metrics-port", "0"]
     tls = [*tls_only, *keys_metrics]
     credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
-    ai_common = ["--model-dir", str(model_dir), "--models", ref.TEXT_MODEL, "--hub-offline"]
+    ai_common = ["--model-dir", str(model_dir), "--models", ref.TEXT_MODEL]
     plain_db = start_nachbar("nachbar-db", ["--data-dir", str(workdir / "plain")], workdir / "p")
     plain_ai = start_nachbar(
         "nachbar-ai", ["--db-port", str(plain_db.port), *ai_common], workdir / "p"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,12 +62,21 @@ def check_health(
 
 
 def wait_until_serving(
-    address: str, timeout: float, *, poll_seconds: float = 0.2, call_timeout: float = 2.0
+    address: str,
+    timeout: float,
+    *,
+    service: str = "",
+    alive: Callable[[], bool] = lambda: True,
+    poll_seconds: float = 0.1,
+    call_timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> HealthReport:
-    """Poll until SERVING or `timeout` seconds pass; returns the last report either way."""
+    """Poll until SERVING, `timeout` seconds pass, or `alive()` turns false (say, the server's
+    process exited); returns the last report either way (`credentials` for TLS). The one wait
+    the tests, benchmarks and tools share."""
     deadline = time.monotonic() + timeout
     while True:
-        report = check_health(address, call_timeout)
-        if report.serving or time.monotonic() >= deadline:
+        report = check_health(address, call_timeout, service, credentials)
+        if report.serving or time.monotonic() >= deadline or not alive():
             return report
         time.sleep(poll_seconds)

@@ -1,26 +1,30 @@
-"""The one server interceptor: API keys, metrics, traces and request ids around every RPC.
+"""The server interceptors: API keys, metrics, traces and request ids around every RPC.
 
-It wraps each method's handler once (cached) and, per call:
-1. sets the request id for the logs: the caller's `x-request-id`, or a new one when tracing;
+`RequestInterceptor` runs before admission control (server/admission.py), on the request still
+in bytes, so a call without a valid key takes no queue slot and no byte budget. Per call it
+1. sets the request id for the logs and error messages: the caller's `x-request-id`, or a new
+   one when tracing (otherwise one is made only if the call fails, by errors.abort_for);
 2. opens a server span whose parent is the caller's W3C `traceparent` (when tracing is on);
-3. checks the API key: missing or unknown -> UNAUTHENTICATED; a role or store scope that does
-   not cover the call -> PERMISSION_DENIED (health checks stay open);
-4. runs the method, and for ListStores drops the stores outside the key's scope;
-5. counts the outcome by status code, with latency and in-flight gauges.
+3. checks the API key: missing or unknown -> UNAUTHENTICATED; a role that does not cover the
+   method -> PERMISSION_DENIED (health checks stay open);
+4. counts the outcome by status code, admission's RESOURCE_EXHAUSTED refusals included, with
+   latency and in-flight gauges.
 
-A small interceptor instead of opentelemetry-instrumentation-grpc: the auth and metrics need
+`ScopeInterceptor` runs after admission, on the parsed request: a key limited to some stores
+may name only those (PERMISSION_DENIED otherwise), and ListStores shows it only those.
+
+Small interceptors instead of opentelemetry-instrumentation-grpc: the auth and metrics need
 the same hook anyway, and one wrapper costs one set of per-call work instead of three.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +42,8 @@ from nachbar.server.auth import (
     bearer_token,
     required_role,
 )
-from nachbar.server.errors import status_for
-from nachbar.server.logs import REQUEST_ID
+from nachbar.server.errors import abort_for
+from nachbar.server.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id, valid_request_id
 from nachbar.server.metrics import RequestMetrics
 from nachbar.server.tracing import tracer
 
@@ -49,7 +53,8 @@ if TYPE_CHECKING:  # generic only in the type stubs
 else:
     Handler = grpc.RpcMethodHandler
     _Interceptor = grpc.ServerInterceptor
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The caller's key, from RequestInterceptor to ScopeInterceptor (one thread serves a call).
+CALLER_KEY: ContextVar[ApiKey | None] = ContextVar("nachbar_caller_key", default=None)
 # Server-side failures worth an error status on the span (client mistakes are not).
 _SERVER_ERRORS = frozenset(
     {
@@ -92,8 +97,8 @@ class _Metadata:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 found.authorization = value if isinstance(value, str) else None
-            elif key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.match(value):
-                found.request_id = value
+            elif key == REQUEST_ID_HEADER:
+                found.request_id = valid_request_id(value)
             elif key in ("traceparent", "tracestate") and isinstance(value, str):
                 if found.carrier is None:
                     found.carrier = {}
@@ -116,19 +121,13 @@ def _keep_in_scope(response: Any, key: ApiKey) -> None:
         response.stores.extend(kept)
 
 
-class RequestInterceptor(_Interceptor):
-    def __init__(
-        self,
-        *,
-        keys: KeyRing | None = None,
-        metrics: RequestMetrics | None = None,
-        traced: bool = False,
-    ) -> None:
-        self._keys = keys
-        self._metrics = metrics
-        self._tracer = tracer() if traced else None
+class _WrappingInterceptor(_Interceptor):
+    """Wraps each handler once: per method path, per handler the next interceptor returns
+    (admission returns a refusing handler instead of the method's while a lane is full)."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     def intercept_service(
         self,
@@ -139,34 +138,46 @@ class RequestInterceptor(_Interceptor):
         if handler is None:
             return None
         path: str = details.method
-        cached = self._wrapped.get(path)
+        cached = self._wrapped.get((path, id(handler)))
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(_parse(path), handler)
         with self._lock:
-            self._wrapped[path] = (handler, wrapped)
+            self._wrapped[(path, id(handler))] = (handler, wrapped)
         return wrapped
+
+    def _wrap(self, method: _Method, handler: Handler) -> Handler:
+        raise NotImplementedError
+
+
+class RequestInterceptor(_WrappingInterceptor):
+    def __init__(
+        self,
+        *,
+        keys: KeyRing | None = None,
+        metrics: RequestMetrics | None = None,
+        traced: bool = False,
+    ) -> None:
+        super().__init__()
+        self._keys = keys
+        self._metrics = metrics
+        self._tracer = tracer() if traced else None
 
     # -- per call -----------------------------------------------------------------------------
 
     def _authenticate(
         self, method: _Method, metadata: _Metadata, context: grpc.ServicerContext
     ) -> ApiKey | None:
+        """The caller's key, its role checked against the method; None when keys are off or
+        the method is open. Aborts the call otherwise."""
         if self._keys is None or method.open:
             return None
         try:
-            return self._keys.authenticate(bearer_token(metadata.authorization))
-        except UnauthenticatedError as error:
-            context.abort(status_for(error) or grpc.StatusCode.UNAUTHENTICATED, str(error))
-            raise  # unreachable: abort raises
-
-    def _authorize(
-        self, method: _Method, key: ApiKey, request: Any, context: grpc.ServicerContext
-    ) -> None:
-        try:
-            authorize(key, method.name, method.role, _store_of(request))
-        except PermissionDeniedError as error:
-            context.abort(status_for(error) or grpc.StatusCode.PERMISSION_DENIED, str(error))
+            key = self._keys.authenticate(bearer_token(metadata.authorization))
+            authorize(key, method.name, method.role, None)  # stores: ScopeInterceptor
+        except (UnauthenticatedError, PermissionDeniedError) as error:
+            abort_for(context, error, method.name)
+        return key
 
     def _finish(
         self,
@@ -212,6 +223,8 @@ class RequestInterceptor(_Interceptor):
             yield span
 
     def _wrap(self, method: _Method, handler: Handler) -> Handler:
+        # Admission serves bulk methods as stream-unary handlers on raw bytes: the request is
+        # passed through as it comes, whatever its form.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
@@ -226,13 +239,13 @@ class RequestInterceptor(_Interceptor):
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streamed_request=True),
+                self._unary(method, handler.stream_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         assert handler.stream_stream is not None  # one of the four is always set
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, handler.stream_stream, streamed_request=True),
+            self._streaming(method, handler.stream_stream),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -243,27 +256,26 @@ class RequestInterceptor(_Interceptor):
         return time.perf_counter()
 
     def _unary(
-        self, method: _Method, behavior: Callable[..., Any], *, streamed_request: bool = False
+        self, method: _Method, behavior: Callable[..., Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method)
             metadata = _Metadata.read(context)
-            # Ids for the logs: the caller's, or a new one when tracing (a new one costs ~2 us).
+            # The caller's id, or a new one when tracing (a new one costs ~2 us); without
+            # either, errors.abort_for makes one if the call fails.
             request_id = metadata.request_id
             if request_id is None and self._tracer is not None:
-                request_id = secrets.token_hex(6)
-            token = REQUEST_ID.set(request_id) if request_id is not None else None
+                request_id = new_request_id()
+            id_token = REQUEST_ID.set(request_id)
+            key_token = None
             failed = True
             try:
                 with self._span(method, metadata, request_id) as span:
                     try:
                         key = self._authenticate(method, metadata, context)
                         if key is not None:
-                            scoped = None if streamed_request else request
-                            self._authorize(method, key, scoped, context)
+                            key_token = CALLER_KEY.set(key)
                         response = behavior(request, context)
-                        if key is not None and method.name == "ListStores":
-                            _keep_in_scope(response, key)
                         failed = False
                         return response
                     finally:
@@ -273,21 +285,20 @@ class RequestInterceptor(_Interceptor):
                             if code in _SERVER_ERRORS:
                                 span.set_status(trace.StatusCode.ERROR, code.name)
             finally:
-                if token is not None:
-                    REQUEST_ID.reset(token)
+                if key_token is not None:
+                    CALLER_KEY.reset(key_token)
+                REQUEST_ID.reset(id_token)
 
         return handle
 
     def _streaming(
-        self, method: _Method, behavior: Callable[..., Any], *, streamed_request: bool = False
+        self, method: _Method, behavior: Callable[..., Any]
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         # Streams (health Watch, reflection) get keys and metrics; they carry no store.
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = self._begin(method)
             try:
-                key = self._authenticate(method, _Metadata.read(context), context)
-                if key is not None:
-                    self._authorize(method, key, None if streamed_request else request, context)
+                self._authenticate(method, _Metadata.read(context), context)
                 responses = behavior(request, context)
             except BaseException:
                 self._finish(method, context, started, True)
@@ -309,3 +320,34 @@ class RequestInterceptor(_Interceptor):
             failed = False
         finally:
             self._finish(method, context, started, failed)
+
+
+class ScopeInterceptor(_WrappingInterceptor):
+    """Store scopes of the caller's key (CALLER_KEY), on parsed unary requests."""
+
+    def _wrap(self, method: _Method, handler: Handler) -> Handler:
+        call = handler.unary_unary
+        if method.open or call is None:
+            return handler  # streams (health, reflection) name no store
+        lists_stores = method.name == "ListStores"
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            key = CALLER_KEY.get()
+            if key is None or not key.stores:
+                return call(request, context)
+            store = _store_of(request)
+            if store is not None and not key.allows_store(store):
+                try:
+                    authorize(key, method.name, method.role, store)
+                except PermissionDeniedError as error:
+                    abort_for(context, error, method.name)
+            response = call(request, context)
+            if lists_stores:
+                _keep_in_scope(response, key)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from nachbar.server.tracing import current_trace_ids
 
-# Set by the server interceptor for the duration of each RPC.
+# A request's one id: the caller's `x-request-id`, else made when first needed (a failure, a
+# trace). Set by the server interceptor for the duration of each RPC; nachbar-ai sends it on
+# to nachbar-db, so one id finds the request in both logs.
 REQUEST_ID: ContextVar[str | None] = ContextVar("nachbar_request_id", default=None)
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_PATTERN = "[A-Za-z0-9._:-]{1,64}"
+_VALID_REQUEST_ID = re.compile(f"^{REQUEST_ID_PATTERN}$")
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(6)
+
+
+def valid_request_id(value: object) -> str | None:
+    """`value` if it can serve as a request id (a caller's header), else None."""
+    return value if isinstance(value, str) and _VALID_REQUEST_ID.match(value) else None
 
 
 class RequestContextFilter(logging.Filter):

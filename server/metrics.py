@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:  # the db server must not import the model runtime, nor the ai the engine
     from nachbar.ai.models import ModelManager
     from nachbar.db.engine import Database
+    from nachbar.server.admission import Admission
 
 # Seconds; from a fast GetSimN (~0.3 ms) to a large embedding batch or a model load.
 LATENCY_BUCKETS = (
@@ -176,6 +177,39 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class AdmissionMetrics:
+    """The admission lanes (server/admission.py) at scrape time: requests running and waiting
+    per lane, and request bytes held against the in-flight budget. Refusals are counted in
+    nachbar_grpc_rejected_requests_total{reason="resource_exhausted"}."""
+
+    def __init__(self, metrics: ServerMetrics, admission: Admission) -> None:
+        self._admission = admission
+        metrics.add_callback(self._lanes)
+
+    def _lanes(self) -> Iterator[Metric]:
+        admission = self._admission
+        running = GaugeMetricFamily(
+            "nachbar_admission_running_requests",
+            "Requests holding a worker of each admission lane",
+            labels=["lane"],
+        )
+        queued = GaugeMetricFamily(
+            "nachbar_admission_queued_requests",
+            "Requests waiting for a worker of each admission lane",
+            labels=["lane"],
+        )
+        for lane in (admission.interactive, admission.bulk):
+            running.add_metric([lane.name], lane.running)
+            queued.add_metric([lane.name], lane.queued)
+        yield running
+        yield queued
+        yield GaugeMetricFamily(
+            "nachbar_admission_inflight_request_bytes",
+            "Bytes of request messages held by requests in progress (--max-inflight-bytes)",
+            value=admission.budget.held,
+        )
 
 
 class StorageMetrics:

@@ -1,8 +1,11 @@
 """What a server needs besides its servicer, assembled from its ExposureConfig: TLS
-credentials, the API key ring, metrics and tracing, and the interceptor that applies them.
+credentials, the API key ring, metrics and tracing, and the interceptors that apply them.
 
 db_main and ai_main call `Operations.build` before starting the server and `attach` after; with
 everything off (the default) there is no interceptor at all, so a plain server pays nothing.
+The request interceptor runs before admission control, so a call without a valid key is
+refused before it takes a queue slot or request bytes; store scopes are checked after it, on
+the parsed request.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import grpc
 from nachbar.server.app import RunningServer
 from nachbar.server.auth import KeyFileError, KeyRing
 from nachbar.server.exposure import ExposureConfig
-from nachbar.server.interceptors import RequestInterceptor
-from nachbar.server.metrics import ModelMetrics, ServerMetrics
+from nachbar.server.interceptors import RequestInterceptor, ScopeInterceptor
+from nachbar.server.metrics import AdmissionMetrics, ModelMetrics, ServerMetrics
 from nachbar.server.tls import is_loopback, server_credentials
 from nachbar.server.tracing import ModelTracer, tracing_active
 
@@ -34,7 +37,8 @@ class Operations:
     keys: KeyRing | None = None
     metrics: ServerMetrics | None = None
     traced: bool = False
-    interceptors: list[grpc.ServerInterceptor[Any, Any]] = field(default_factory=list)
+    before_admission: list[grpc.ServerInterceptor[Any, Any]] = field(default_factory=list)
+    after_admission: list[grpc.ServerInterceptor[Any, Any]] = field(default_factory=list)
 
     @staticmethod
     def build(exposure: ExposureConfig, service: str) -> Operations:
@@ -53,18 +57,21 @@ class Operations:
             ops.metrics = ServerMetrics(service)
         ops.traced = tracing_active()
         if ops.keys is not None or ops.metrics is not None or ops.traced:
-            ops.interceptors.append(
+            ops.before_admission.append(
                 RequestInterceptor(
                     keys=ops.keys,
                     metrics=ops.metrics.requests if ops.metrics else None,
                     traced=ops.traced,
                 )
             )
+        if ops.keys is not None:
+            ops.after_admission.append(ScopeInterceptor())
         return ops
 
     def attach(self, running: RunningServer, host: str) -> None:
         """Start the metrics endpoint and say how the server is exposed."""
         if self.metrics is not None and self.exposure.metrics_port is not None:
+            AdmissionMetrics(self.metrics, running.admission)
             try:
                 running.metrics_port = self.metrics.serve(
                     self.exposure.metrics_host, self.exposure.metrics_port

@@ -9,8 +9,12 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
+
+if TYPE_CHECKING:  # exposure imports this module
+    from nachbar.server.exposure import DBLinkConfig
 
 
 def read_pem(path: Path, what: str, flag: str) -> bytes:
@@ -44,6 +48,20 @@ def server_credentials(
     ca_pem = read_pem(client_ca, "client CA", "--tls-client-ca") if client_ca else None
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
+    )
+
+
+def db_link_credentials(link: DBLinkConfig) -> grpc.ChannelCredentials | None:
+    """TLS for nachbar-ai's channel to nachbar-db; None for plaintext. The system's CAs when
+    only a client certificate is given."""
+    if not link.tls:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(link.tls_ca, "CA", "--db-tls-ca") if link.tls_ca else None,
+        private_key=read_pem(link.tls_key, "private key", "--db-tls-key") if link.tls_key else None,
+        certificate_chain=read_pem(link.tls_cert, "certificate", "--db-tls-cert")
+        if link.tls_cert
+        else None,
     )
 
 

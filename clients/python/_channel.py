@@ -14,11 +14,12 @@ import grpc.aio
 from opentelemetry import propagate, trace
 
 from nachbar.client.errors import InvalidArgument, NachbarError, Unavailable, from_rpc_error
+from nachbar.v1 import defaults
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 30.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = defaults.TIMEOUT_SECONDS
+MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -8,7 +8,9 @@ TLS with its own key), both running in this run, measured in alternating rounds.
       from one client.
 
 Target: the secured servers at most 10% slower. Tracing stays off in both (it is off by
-default); its cost is not part of this measure.
+default); its cost is not part of this measure. A scraper reads every metrics endpoint each
+`--scrape-seconds` (Prometheus' own default is 60 s), so the work a scrape does for the
+requests since the last one is in the measure.
 
 Run: .venv/bin/python bench/security_bench.py [--count 20000 --queries 500 --rounds 6]
 """
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from benchlib import (
     LatencyStats,
     Tally,
     describe_load,
+    free_port,
     log,
     machine_facts,
     markdown_table,
@@ -58,6 +63,7 @@ class Pair:
     db: ChildServer
     ai: ChildServer | None  # db-only variants split the cost into its parts
     client: dict[str, Any]
+    metrics_ports: tuple[int, ...] = ()
 
 
 def _certs(workdir: Path) -> Any:
@@ -81,8 +87,11 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
     _, service_key = create_key(keys, Role.ADMIN)
     (workdir / "service.key").write_text(service_key)
     tls_only = ["--tls-cert", str(certs.server.cert), "--tls-key", str(certs.server.key)]
-    keys_metrics = ["--api-keys-file", str(keys), "--metrics-port", "0"]
-    tls = [*tls_only, *keys_metrics]
+    metrics = {name: free_port() for name in ("secure db", "secure ai", "keys db")}
+
+    def keys_metrics(name: str) -> list[str]:
+        return ["--api-keys-file", str(keys), "--metrics-port", str(metrics[name])]
+
     credentials = grpc.ssl_channel_credentials(certs.ca.read_bytes())
     ai_common = ["--model-dir", str(model_dir), "--models", ref.TEXT_MODEL]
     plain_db = start_nachbar("nachbar-db", ["--data-dir", str(workdir / "plain")], workdir / "p")
@@ -91,14 +100,15 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
     )
     secure_db = start_nachbar(
         "nachbar-db",
-        ["--data-dir", str(workdir / "secure"), *tls],
+        ["--data-dir", str(workdir / "secure"), *tls_only, *keys_metrics("secure db")],
         workdir / "s",
         credentials=credentials,
     )
     secure_ai = start_nachbar(
         "nachbar-ai",
         [
-            *("--db-port", str(secure_db.port), *ai_common, *tls),
+            *("--db-port", str(secure_db.port), *ai_common, *tls_only),
+            *keys_metrics("secure ai"),
             *("--db-tls-ca", str(certs.ca), "--db-api-key-file", str(workdir / "service.key")),
         ],
         workdir / "s",
@@ -111,7 +121,7 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
         credentials=credentials,
     )
     keys_db = start_nachbar(
-        "nachbar-db", ["--data-dir", str(workdir / "keys"), *keys_metrics], workdir / "k"
+        "nachbar-db", ["--data-dir", str(workdir / "keys"), *keys_metrics("keys db")], workdir / "k"
     )
     # A second plain pair, started last: the spread between two identical servers is the
     # noise floor (and any bias of start order) that the ratios above must be read against.
@@ -124,10 +134,42 @@ def start_pairs(workdir: Path, model_dir: Path) -> list[Pair]:
     return [
         Pair("plain", plain_db, plain_ai, {"api_key": ""}),
         Pair(CONTROL, control_db, control_ai, {"api_key": ""}),
-        Pair(SECURED, secure_db, secure_ai, {"api_key": user_key, "tls_ca": certs.ca}),
+        Pair(
+            SECURED,
+            secure_db,
+            secure_ai,
+            {"api_key": user_key, "tls_ca": certs.ca},
+            (metrics["secure db"], metrics["secure ai"]),
+        ),
         Pair("TLS only", tls_db, None, {"api_key": "", "tls_ca": certs.ca}),
-        Pair("keys + metrics only", keys_db, None, {"api_key": user_key}),
+        Pair("keys + metrics only", keys_db, None, {"api_key": user_key}, (metrics["keys db"],)),
     ]
+
+
+class Scraper:
+    """Reads every metrics endpoint of `pairs` each `seconds`, as Prometheus would."""
+
+    def __init__(self, pairs: Sequence[Pair], seconds: float) -> None:
+        self.urls = [f"http://127.0.0.1:{port}/metrics" for p in pairs for port in p.metrics_ports]
+        self.seconds = seconds
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            for url in self.urls:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    reply.read()
+                self.scrapes += 1
 
 
 def clustered(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -214,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--block", type=int, default=50, help="searches per server in a row")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument(
+        "--scrape-seconds", type=float, default=5.0, help="how often metrics are scraped"
+    )
     args = parser.parse_args(argv)
     ref.ensure_built(args.model_dir, [ref.TEXT_MODEL])
     load_before = describe_load("before")
@@ -222,10 +267,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         by_name = {pair.name: pair for pair in pairs}
         plain, secure = by_name["plain"], by_name[SECURED]
         try:
-            log("GetSimN over nachbar-db")
-            latency = search_pass(pairs, args)
-            log("Embed over nachbar-ai")
-            throughput = embed_pass(pairs, args)
+            with Scraper(pairs, args.scrape_seconds) as scraper:
+                log("GetSimN over nachbar-db")
+                latency = search_pass(pairs, args)
+                log("Embed over nachbar-ai")
+                throughput = embed_pass(pairs, args)
         finally:
             for pair in pairs:
                 if pair.ai is not None:
@@ -264,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = "\n".join(
         [
             f"security_bench: {args.count} x 384 vectors, {args.queries} searches and "
-            f"{args.texts} texts per round and path, {args.rounds} rounds",
+            f"{args.texts} texts per round and path, {args.rounds} rounds, "
+            f"{scraper.scrapes} metrics scrapes (every {args.scrape_seconds:g} s)",
             f"{load_before}; {load_after}",
             "",
             markdown_table(["measure", "value", "note"], rows),

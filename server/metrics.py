@@ -9,6 +9,7 @@ Per-request families are resolved to their label children once per (method, code
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import deque
@@ -78,6 +79,9 @@ class RequestMetrics:
         # (service, method, code or None for "started", seconds)
         self._events: deque[tuple[str, str, grpc.StatusCode | None, float]] = deque()
         self._drain_lock = threading.Lock()
+        self._latency_children: dict[
+            tuple[str, str], Histogram
+        ] = {}  # label children, resolved once
         # Registered first, so a scrape applies the pending events before reading the families.
         registry.register(_Callback(self._drained))
         self.requests = Counter(
@@ -116,21 +120,36 @@ class RequestMetrics:
             self.drain()
 
     def drain(self) -> None:
+        """Apply the pending events: one observe per request for the latency histogram, and
+        one update per (method, code) and per service for the counters and the gauge."""
         with self._drain_lock:
+            counts: collections.Counter[tuple[str, str, grpc.StatusCode]] = collections.Counter()
+            in_flight: collections.Counter[str] = collections.Counter()
+            pop = self._events.popleft
             while True:
                 try:
-                    service, method, code, seconds = self._events.popleft()
+                    service, method, code, seconds = pop()
                 except IndexError:
-                    return
+                    break
                 if code is None:
-                    self.in_flight.labels(service).inc()
+                    in_flight[service] += 1
                     continue
-                self.in_flight.labels(service).dec()
-                self.latency.labels(service, method).observe(seconds)
-                self.requests.labels(service, method, code.name).inc()
+                in_flight[service] -= 1
+                latency = self._latency_children.get((service, method))
+                if latency is None:
+                    latency = self._latency_children[(service, method)] = self.latency.labels(
+                        service, method
+                    )
+                latency.observe(seconds)
+                counts[(service, method, code)] += 1
+            for service, change in in_flight.items():
+                if change:
+                    self.in_flight.labels(service).inc(change)
+            for (service, method, code), number in counts.items():
+                self.requests.labels(service, method, code.name).inc(number)
                 reason = REJECTION_REASONS.get(code)
                 if reason is not None:
-                    self.rejected.labels(service, method, reason).inc()
+                    self.rejected.labels(service, method, reason).inc(number)
 
     def _drained(self) -> Iterable[Metric]:
         self.drain()

@@ -9,12 +9,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from nachbar.client import AIClient, DBClient, NotFound, Unauthenticated
@@ -23,6 +25,7 @@ from nachbar.server.auth import Role, create_key
 from nachbar.server.config import parse_ai_config, parse_db_config
 from nachbar.server.db_main import start_db_server
 from nachbar.server.logs import RequestContextFilter, TextFormatter
+from nachbar.server.metrics import RequestMetrics
 from tests.models_fixture import built_model_dir
 from tests.servers import wait_serving
 
@@ -255,3 +258,35 @@ def test_one_trace_spans_the_client_nachbar_ai_and_nachbar_db(
     assert db_drop.attributes is not None
     assert f"request_id={db_drop.attributes['nachbar.request_id']!s}" in line
     assert f"trace_id={db_drop.context.trace_id:032x}" in line
+
+
+def test_request_metrics_apply_pending_events_in_order() -> None:
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    service = "nachbar.db.v1.DBService"
+    for code in [grpc.StatusCode.OK] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2:
+        metrics.started(service, "GetSimN")
+        metrics.finished(service, "GetSimN", code, 0.002)
+    metrics.started(service, "Upsert")  # still running at the scrape
+
+    def sample(name: str, **labels: str) -> float:
+        found = registry.get_sample_value(name, {"service": service, **labels})
+        return 0.0 if found is None else found
+
+    assert sample("nachbar_grpc_requests_total", method="GetSimN", code="OK") == 3
+    assert sample("nachbar_grpc_requests_total", method="GetSimN", code="RESOURCE_EXHAUSTED") == 2
+    assert (
+        sample(
+            "nachbar_grpc_rejected_requests_total", method="GetSimN", reason="resource_exhausted"
+        )
+        == 2
+    )
+    assert sample("nachbar_grpc_request_duration_seconds_count", method="GetSimN") == 5
+    assert sample("nachbar_grpc_request_duration_seconds_bucket", method="GetSimN", le="0.001") == 0
+    assert (
+        sample("nachbar_grpc_request_duration_seconds_bucket", method="GetSimN", le="0.0025") == 5
+    )
+    assert sample("nachbar_grpc_requests_in_flight") == 1
+    metrics.finished(service, "Upsert", grpc.StatusCode.OK, 0.5)
+    assert sample("nachbar_grpc_requests_in_flight") == 0
+    assert sample("nachbar_grpc_requests_total", method="Upsert", code="OK") == 1

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.inference import Engine
+from nachbar.ai.observe import NO_OBSERVER, ModelObserver
 from nachbar.ai.onnx_model import available_cpus
 
 FloatArray = npt.NDArray[np.float32]
@@ -170,10 +171,18 @@ class _FairQueue(Generic[ItemT]):
 class DynamicBatcher(Generic[ItemT]):
     """Runs an engine's items in merged batches; `submit` blocks until its rows are ready."""
 
-    def __init__(self, engine: Engine[ItemT], config: BatchingConfig, *, name: str) -> None:
+    def __init__(
+        self,
+        engine: Engine[ItemT],
+        config: BatchingConfig,
+        *,
+        name: str,
+        observer: ModelObserver = NO_OBSERVER,
+    ) -> None:
         self._engine = engine
         self._config = config
         self._name = name
+        self._observer = observer
         self._cond = threading.Condition()
         self._queue: _FairQueue[ItemT] = _FairQueue()
         self._idle = 0  # workers inside _take
@@ -212,6 +221,11 @@ class DynamicBatcher(Generic[ItemT]):
             self._cond.notify_all()
         return request.future.result()
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for a worker."""
+        return len(self._queue)
+
     def close(self) -> None:
         """Stop the workers; requests still waiting fail with ModelUnavailableError."""
         with self._cond:
@@ -238,10 +252,16 @@ class DynamicBatcher(Generic[ItemT]):
     def _run_now(self, items: Sequence[ItemT]) -> FloatArray:
         rows: list[FloatArray | None] = [None] * len(items)
         for run in self._runs([self._engine.length(item) for item in items]):
-            output = self._engine.run([items[i] for i in run])
+            output = self._timed_run([items[i] for i in run])
             for position, index in enumerate(run):
                 rows[index] = output[position]
         return np.stack([r for r in rows if r is not None])
+
+    def _timed_run(self, items: Sequence[ItemT]) -> FloatArray:
+        started = time.perf_counter()
+        output = self._engine.run(items)
+        self._observer.batch_ran(self._name, len(items), time.perf_counter() - started)
+        return output
 
     def _work(self) -> None:
         back_from_run = False
@@ -255,7 +275,7 @@ class DynamicBatcher(Generic[ItemT]):
 
     def _run_batch(self, batch: Sequence[_Waiting[ItemT]]) -> None:
         try:
-            output = self._engine.run([w.item for w in batch])
+            output = self._timed_run([w.item for w in batch])
             if len(output) != len(batch):
                 raise RuntimeError(
                     f"model {self._name!r} returned {len(output)} rows for {len(batch)} inputs"

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from nachbar.ai.inference import (
 from nachbar.ai.inference import sigmoid as logistic
 from nachbar.ai.limits import InputLimits
 from nachbar.ai.locate import resolve_model_dir
+from nachbar.ai.observe import NO_OBSERVER, ModelObserver
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
 from nachbar.ai.registry import (
     Kind,
@@ -87,17 +89,20 @@ class ModelManager:
         session_options: SessionOptions = DEFAULT_SESSION_OPTIONS,
         max_loaded: int = 0,
         pinned: Sequence[str] = (),
+        observer: ModelObserver = NO_OBSERVER,
     ) -> None:
         """`model_dir` holds built models (`built/`) and the hub cache (`hub/`); `offline`
         forbids hub downloads; `local_dirs` maps model names (or hub repo ids) to directories
         laid out like the hub repository. At most `max_loaded` models (0: any number) stay
-        loaded; `pinned` ones are never unloaded to make room."""
+        loaded; `pinned` ones are never unloaded to make room. `observer` hears of loads,
+        batches and the steps of each request."""
         self.model_dir = Path(model_dir)
         self.offline = offline
         self.local_dirs = {name: Path(path) for name, path in (local_dirs or {}).items()}
         self.batching = batching
         self.limits = limits
         self.session_options = session_options
+        self.observer = observer
         self.pinned = frozenset(get_spec(name).name for name in pinned)
         if max_loaded < 0:
             raise ValueError(f"max_loaded must be 0 (no limit) or more, got {max_loaded}")
@@ -140,6 +145,10 @@ class ModelManager:
 
     def is_loaded(self, name: str) -> bool:
         return get_spec(name).name in self._loaded
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in each loaded model's batcher."""
+        return {name: model.batcher.queued for name, model in list(self._loaded.items())}
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -208,11 +217,13 @@ class ModelManager:
                 evicted = self._make_room(spec, evict=True)
                 self._loading += 1
             self._close_unused(evicted)
+            started = time.perf_counter()
             try:
                 model = self._load(spec, directory)
             finally:
                 with self._lock:
                     self._loading -= 1
+            self.observer.model_loaded(spec.name, time.perf_counter() - started)
             with self._lock:
                 if self._closed:
                     model.batcher.close()
@@ -289,7 +300,9 @@ class ModelManager:
             engine = ImageEmbedder(
                 spec, model, preprocessor, self.limits.image, decode_slots=self._image_decodes
             )
-        batcher: DynamicBatcher[Any] = DynamicBatcher(engine, self.batching, name=spec.name)
+        batcher: DynamicBatcher[Any] = DynamicBatcher(
+            engine, self.batching, name=spec.name, observer=self.observer
+        )
         return _Loaded(spec, directory, engine, batcher)
 
     def _session_options(self) -> SessionOptions:
@@ -322,16 +335,23 @@ class ModelManager:
             raise InvalidInputError("No inputs to embed; send at least one text or image.")
         self._check_count(len(inputs), "inputs to embed")
         _check_modality(spec, inputs)
+        attributes: dict[str, str | int] = {
+            "nachbar.model": spec.name,
+            "nachbar.inputs": len(inputs),
+        }
         with self._use(spec) as loaded:
             engine = loaded.engine
             if isinstance(engine, TextEmbedder):
-                items: list[Any] = engine.prepare([str(x) for x in inputs], policy, text_role)
+                with self.observer.stage("nachbar.ai.tokenize", attributes):
+                    items: list[Any] = engine.prepare([str(x) for x in inputs], policy, text_role)
             elif isinstance(engine, ImageEmbedder):
                 # _check_modality made sure every input is binary.
-                items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
+                with self.observer.stage("nachbar.ai.decode_images", attributes):
+                    items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
             else:  # unreachable: kind was checked above
                 raise InvalidInputError(f"Model {spec.name!r} does not embed.")
-            return loaded.batcher.submit(items)
+            with self.observer.stage("nachbar.ai.inference", attributes):
+                return loaded.batcher.submit(items)
 
     def rerank(
         self,
@@ -359,12 +379,18 @@ class ModelManager:
         if len(documents) == 0:
             raise InvalidInputError("No documents to rerank; send at least one.")
         self._check_count(len(documents), "documents to rerank")
-        with self._use(spec) as loaded:
+        attributes: dict[str, str | int] = {
+            "nachbar.model": spec.name,
+            "nachbar.inputs": len(documents),
+        }
+        with self._use(spec) as loaded, self.observer.stage("nachbar.ai.rerank", attributes):
             engine = loaded.engine
             # Both scorers take (query, documents) and give one score per document.
             assert isinstance(engine, CrossEncoderScorer | LateInteractionScorer)
-            items: list[Any] = engine.prepare(query, documents, policy)
-            scores = loaded.batcher.submit(items)[:, 0]
+            with self.observer.stage("nachbar.ai.tokenize", attributes):
+                items: list[Any] = engine.prepare(query, documents, policy)
+            with self.observer.stage("nachbar.ai.inference", attributes):
+                scores = loaded.batcher.submit(items)[:, 0]
         return logistic(scores) if sigmoid else scores
 
     def _check_count(self, count: int, what: str) -> None:

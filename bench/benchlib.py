@@ -229,11 +229,13 @@ def start_nachbar(
     timeout: float = 120.0,
     bin_dir: Path = BIN_DIR,
     env: dict[str, str] | None = None,
+    credentials: Any = None,
 ) -> ChildServer:
     """Start nachbar-db or nachbar-ai (or the executable at an absolute path) on a free port and
     wait until it reports SERVING. `bin_dir` picks the installation: another checkout's
     `.venv/bin` runs that version. `env` adds to the environment (PYTHONPATH from
-    `baseline_tree` runs another revision's code)."""
+    `baseline_tree` runs another revision's code); `credentials`: grpc channel credentials for a
+    server that serves TLS."""
     workdir.mkdir(parents=True, exist_ok=True)
     name = Path(script).name
     port_file = workdir / f"{name}.port"
@@ -265,15 +267,18 @@ def start_nachbar(
             )
         time.sleep(0.05)
     server = ChildServer(name, proc, int(port_file.read_text().strip()), log_path)
-    wait_serving(server, deadline - time.monotonic())
+    wait_serving(server, deadline - time.monotonic(), credentials)
     return server
 
 
-def wait_serving(server: ChildServer, timeout: float) -> None:
+def wait_serving(server: ChildServer, timeout: float, credentials: Any = None) -> None:
     from nachbar.cli.health import wait_until_serving
 
     report = wait_until_serving(
-        server.address, max(timeout, 1.0), alive=lambda: server.proc.poll() is None
+        server.address,
+        max(timeout, 1.0),
+        alive=lambda: server.proc.poll() is None,
+        credentials=credentials,
     )
     if not report.serving:
         server.stop()

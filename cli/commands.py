@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,7 +37,7 @@ from nachbar.cli.adapters import (
 )
 from nachbar.cli.context import CliContext, UsageError, explain_unavailable
 from nachbar.cli.health import check_health
-from nachbar.client import AIClient, DBClient, NachbarError
+from nachbar.client import AIClient, DBClient, NachbarError, PermissionDenied, Unauthenticated
 
 EMBED_PREVIEW_VALUES = 8
 
@@ -75,6 +76,10 @@ class Session(Protocol):
     def adapter(self, service: str) -> ServiceAdapter: ...
 
     def address(self, service: str) -> str: ...
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS for raw channels (health checks); None for plaintext."""
+        ...
 
 
 @dataclass
@@ -184,22 +189,30 @@ def _ping(inv: Invocation) -> int:
     reports = {}
     for service in inv.services:
         address = inv.session.address(service)
-        report = check_health(address, inv.session.timeout)
+        report = check_health(address, inv.session.timeout, "", inv.session.credentials())
         entry: dict[str, Any] = {
             "address": address,
             "status": report.health.value,
             "detail": report.detail,
         }
+        refused = ""
         if report.serving:
             started = time.perf_counter()
-            with explain_unavailable(service, address):
-                inv.session.adapter(service).ping()
-            entry["ping_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            try:
+                with explain_unavailable(service, address):
+                    inv.session.adapter(service).ping()
+                entry["ping_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            except (Unauthenticated, PermissionDenied) as error:
+                # Health checks need no key (orchestrators probe them); Ping does.
+                refused = f"Ping not timed: {error.code.name}, it needs an API key (--api-key)"
+                entry["ping_ms"] = None
         reports[service] = entry
         if inv.json:
             continue
         line = f"{LABELS[service]} at {address}: {report.health.value}"
-        if report.serving:
+        if refused:
+            inv.say(f"{line} ({refused})")
+        elif report.serving:
             inv.say(f"{line} (Ping {entry['ping_ms']:.1f} ms)")
         else:
             inv.warn(line + (f" ({report.detail})" if report.detail else ""))
@@ -788,13 +801,16 @@ class CommandLineSession:
     def address(self, service: str) -> str:
         return self.ctx.address(service)
 
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        return self.ctx.credentials()
+
     def adapter(self, service: str) -> ServiceAdapter:
         if service not in self.adapters:
             if service == "db":
-                db = self.stack.enter_context(DBClient(self.ctx.db_address, timeout=self.timeout))
+                db = self.stack.enter_context(self.ctx.db_client())
                 self.adapters[service] = DBAdapter(db)
             else:
-                ai = self.stack.enter_context(AIClient(self.ctx.ai_address, timeout=self.timeout))
+                ai = self.stack.enter_context(self.ctx.ai_client())
                 self.adapters[service] = AIAdapter(ai)
         return self.adapters[service]
 

@@ -12,11 +12,19 @@ import grpc
 from rich.console import Console
 
 from nachbar.client import AIClient, DBClient, NachbarError, Unavailable
+from nachbar.client._channel import Connection, ConnectionKwargs
 from nachbar.v1 import defaults
 
 DEFAULT_ADDRESS = {"db": defaults.DB_ADDRESS, "ai": defaults.AI_ADDRESS}
 ADDRESS_ENV = {"db": "NACHBAR_DB_ADDRESS", "ai": "NACHBAR_AI_ADDRESS"}
 TIMEOUT_ENV = "NACHBAR_TIMEOUT"
+# The connection flags' environment twins (the servers' own TLS files are NACHBAR_TLS_CERT/KEY).
+CONNECTION_ENV = {
+    "api_key": "NACHBAR_API_KEY",
+    "tls_ca": "NACHBAR_TLS_CA",
+    "tls_client_cert": "NACHBAR_TLS_CLIENT_CERT",
+    "tls_client_key": "NACHBAR_TLS_CLIENT_KEY",
+}
 DEFAULT_TIMEOUT_SECONDS = defaults.TIMEOUT_SECONDS
 
 
@@ -53,6 +61,25 @@ def env_address(service: str) -> str:
     return os.environ.get(ADDRESS_ENV[service]) or DEFAULT_ADDRESS[service]
 
 
+def connection_options(given: dict[str, str | None]) -> ConnectionKwargs:
+    """API key and TLS files from the flags in `given`, else their environment twins."""
+    values = {
+        name: given.get(name) or os.environ.get(env) or None for name, env in CONNECTION_ENV.items()
+    }
+    if (values["tls_client_cert"] is None) != (values["tls_client_key"] is None):
+        raise CliError(
+            "--tls-client-cert and --tls-client-key go together (env NACHBAR_TLS_CLIENT_CERT, "
+            "NACHBAR_TLS_CLIENT_KEY)",
+            exit_code=2,
+        )
+    return ConnectionKwargs(
+        api_key=values["api_key"] or "",
+        tls_ca=values["tls_ca"],
+        tls_client_cert=values["tls_client_cert"],
+        tls_client_key=values["tls_client_key"],
+    )
+
+
 def env_timeout() -> float:
     raw = os.environ.get(TIMEOUT_ENV)
     if not raw:
@@ -73,14 +100,25 @@ class CliContext:
     timeout: float
     out: Console = field(default_factory=lambda: make_console())
     err: Console = field(default_factory=lambda: make_console(stderr=True))
+    connection: ConnectionKwargs = field(default_factory=lambda: ConnectionKwargs())
 
     def address(self, service: str) -> str:
         return self.db_address if service == "db" else self.ai_address
 
+    def db_client(self) -> DBClient:
+        return DBClient(self.db_address, timeout=self.timeout, **self.connection)
+
+    def ai_client(self) -> AIClient:
+        return AIClient(self.ai_address, timeout=self.timeout, **self.connection)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS for raw channels (health checks); None for plaintext."""
+        return Connection.of("", self.connection).credentials()
+
     @contextmanager
     def db(self) -> Iterator[DBClient]:
         with (
-            DBClient(self.db_address, timeout=self.timeout) as client,
+            self.db_client() as client,
             explain_unavailable("db", self.db_address),
         ):
             yield client
@@ -88,7 +126,7 @@ class CliContext:
     @contextmanager
     def ai(self) -> Iterator[AIClient]:
         with (
-            AIClient(self.ai_address, timeout=self.timeout) as client,
+            self.ai_client() as client,
             explain_unavailable("ai", self.ai_address),
         ):
             yield client

@@ -37,9 +37,19 @@ _STATUS = {
 }
 
 
-def check_health(address: str, timeout: float, service: str = "") -> HealthReport:
-    """One Check call; `service` "" asks about the server as a whole."""
-    with grpc.insecure_channel(address) as channel:
+def check_health(
+    address: str,
+    timeout: float,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> HealthReport:
+    """One Check call; `service` "" asks about the server as a whole; `credentials` for TLS."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -59,13 +69,14 @@ def wait_until_serving(
     alive: Callable[[], bool] = lambda: True,
     poll_seconds: float = 0.1,
     call_timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> HealthReport:
     """Poll until SERVING, `timeout` seconds pass, or `alive()` turns false (say, the server's
-    process exited); returns the last report either way. The one wait the tests, benchmarks
-    and tools share."""
+    process exited); returns the last report either way (`credentials` for TLS). The one wait
+    the tests, benchmarks and tools share."""
     deadline = time.monotonic() + timeout
     while True:
-        report = check_health(address, call_timeout, service)
+        report = check_health(address, call_timeout, service, credentials)
         if report.serving or time.monotonic() >= deadline or not alive():
             return report
         time.sleep(poll_seconds)

@@ -14,10 +14,12 @@ from importlib.metadata import PackageNotFoundError, version
 from rich.console import Console
 from rich.markup import escape
 
-from nachbar.cli import commands, ingest, models_cmd, serve, shell, stack
+from nachbar.cli import commands, ingest, keys_cmd, models_cmd, serve, shell, stack
 from nachbar.cli.context import (
+    CONNECTION_ENV,
     CliContext,
     CliError,
+    connection_options,
     describe_error,
     env_address,
     env_timeout,
@@ -70,6 +72,31 @@ def _global_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"deadline of each call (env NACHBAR_TIMEOUT, default {defaults.TIMEOUT_SECONDS:g})",
     )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=argparse.SUPPRESS,
+        help="API key for servers that require one (env NACHBAR_API_KEY, which unlike the flag "
+        "does not show in the process list)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=argparse.SUPPRESS,
+        help="connect over TLS, trusting this CA (env NACHBAR_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-client-cert",
+        metavar="PEM",
+        default=argparse.SUPPRESS,
+        help="client certificate for mutual TLS (env NACHBAR_TLS_CLIENT_CERT)",
+    )
+    group.add_argument(
+        "--tls-client-key",
+        metavar="PEM",
+        default=argparse.SUPPRESS,
+        help="private key of --tls-client-cert (env NACHBAR_TLS_CLIENT_KEY)",
+    )
     return options
 
 
@@ -89,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub, [common], json_flag)
     ingest.register(sub, [common], json_flag)
     models_cmd.register(sub, [common], json_flag)
+    keys_cmd.register(sub, json_flag)
     shell.register(sub, [common])
     return parser
 
@@ -102,6 +130,7 @@ def make_context(
         timeout=getattr(args, "timeout", None) or env_timeout(),
         out=out or make_console(),
         err=err or make_console(stderr=True),
+        connection=connection_options({name: getattr(args, name, None) for name in CONNECTION_ENV}),
     )
 
 

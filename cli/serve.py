@@ -12,7 +12,15 @@ from typing import Any
 
 SERVICES = ("db", "ai")
 # Connection options of the client commands; meaningless for a server but harmless before it.
-_CLIENT_OPTIONS = ("--db", "--ai", "--timeout")
+_CLIENT_OPTIONS = (
+    "--db",
+    "--ai",
+    "--timeout",
+    "--api-key",
+    "--tls-ca",
+    "--tls-client-cert",
+    "--tls-client-key",
+)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

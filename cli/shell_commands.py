@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+import grpc
 from rich.console import Console
 from rich.markup import escape
 
@@ -100,13 +101,13 @@ class Shell:
     @property
     def ai(self) -> AIClient:
         if self._ai is None:
-            self._ai = AIClient(self.ctx.ai_address, timeout=self.ctx.timeout)
+            self._ai = self.ctx.ai_client()
         return self._ai
 
     @property
     def db(self) -> DBClient:
         if self._db is None:
-            self._db = DBClient(self.ctx.db_address, timeout=self.ctx.timeout)
+            self._db = self.ctx.db_client()
         return self._db
 
     def adapter(self, service: str) -> ServiceAdapter:
@@ -114,6 +115,9 @@ class Shell:
 
     def address(self, service: str) -> str:
         return self.ctx.address(service)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        return self.ctx.credentials()
 
     def close(self) -> None:
         for client in (self._ai, self._db):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 from rich.markup import escape
 
 from nachbar.cli.context import CliContext, CliError
@@ -50,6 +51,9 @@ class StackConfig:
     grace_seconds: float
     # Extra flags for `nachbar ai serve`, e.g. ("--models", "all-minilm-l6-v2").
     ai_args: tuple[str, ...] = ()
+    # TLS and API key flags for both servers, and nachbar-ai's own for its link to nachbar-db.
+    server_args: tuple[str, ...] = ()
+    link_args: tuple[str, ...] = ()
 
     @property
     def connect_host(self) -> str:
@@ -132,14 +136,81 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
         metavar="SECONDS",
         help="how long to wait for both to be SERVING",
     )
+    secure = p.add_argument_group(
+        "TLS and API keys",
+        "Both services serve TLS with one certificate (it must name the --host clients use); "
+        "--tls-ca (the connection flag) is the CA nachbar up and nachbar-ai check it with, and "
+        "--tls-client-cert/--tls-client-key their client certificate under mutual TLS.",
+    )
+    secure.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate")
+    secure.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    secure.add_argument(
+        "--tls-client-ca", type=Path, metavar="PEM", help="mutual TLS: the clients' CA"
+    )
+    secure.add_argument(
+        "--api-keys-file", type=Path, metavar="PATH", help="require API keys (`nachbar keys`)"
+    )
+    secure.add_argument(
+        "--db-api-key-file",
+        type=Path,
+        metavar="PATH",
+        help="the key nachbar-ai sends to nachbar-db (needed with --api-keys-file)",
+    )
+    secure.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow API keys without TLS beyond loopback (keys travel in clear text)",
+    )
     p.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace) -> StackConfig:
+def _secure_args(ctx: CliContext, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Flags for both servers, and nachbar-ai's flags for reaching nachbar-db."""
+    server: list[str] = []
+    link: list[str] = []
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+        value = getattr(args, flag)
+        if value is not None:
+            server += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.insecure:
+        server.append("--insecure")
+    connection = ctx.connection
+    if args.tls_cert is not None:
+        ca = connection.get("tls_ca")
+        if ca is None:
+            raise CliError(
+                "with --tls-cert, pass --tls-ca (the CA that signed it) so nachbar up can check "
+                "health and nachbar-ai can verify nachbar-db",
+                exit_code=2,
+            )
+        link += ["--db-tls-ca", str(ca)]
+        cert, key = connection.get("tls_client_cert"), connection.get("tls_client_key")
+        if cert is not None and key is not None:
+            link += ["--db-tls-cert", str(cert), "--db-tls-key", str(key)]
+        elif args.tls_client_ca is not None:
+            raise CliError(
+                "with --tls-client-ca, pass --tls-client-cert and --tls-client-key: nachbar up "
+                "and nachbar-ai present them",
+                exit_code=2,
+            )
+    if args.api_keys_file is not None:
+        if args.db_api_key_file is None:
+            raise CliError(
+                "with --api-keys-file, nachbar-ai needs its own key for nachbar-db: create one "
+                f"with `nachbar keys create --keys-file {args.api_keys_file} --role admin | "
+                "tail -n 1 > ai-to-db.key` and pass --db-api-key-file ai-to-db.key",
+                exit_code=2,
+            )
+        link += ["--db-api-key-file", str(args.db_api_key_file)]
+    return server, link
+
+
+def _config(args: argparse.Namespace, ctx: CliContext | None = None) -> StackConfig:
     from nachbar.server import config
 
     db_defaults, ai_defaults = config.db_parser(), config.ai_parser()
     ai_args: tuple[str, ...] = ("--models", args.models) if args.models is not None else ()
+    server_args, link_args = _secure_args(ctx, args) if ctx is not None else ([], [])
     allow_downloads = args.allow_downloads
     if allow_downloads is None:
         # One person's stack on this machine: fetching a registry model when asked is what
@@ -156,6 +227,8 @@ def _config(args: argparse.Namespace) -> StackConfig:
         start_timeout=args.start_timeout,
         grace_seconds=float(db_defaults.get_default("grace_seconds")),
         ai_args=ai_args,
+        server_args=tuple(server_args),
+        link_args=tuple(link_args),
     )
 
 
@@ -309,7 +382,13 @@ def spawn(label: str, args: Sequence[str], workdir: Path, sink: IO[str]) -> Chil
     return child
 
 
-def wait_ready(child: Child, host: str, deadline: float, stop: threading.Event) -> int:
+def wait_ready(
+    child: Child,
+    host: str,
+    deadline: float,
+    stop: threading.Event,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> int:
     """The child's port once it reports SERVING; raises ChildFailed or Stopped."""
     last = Health.UNREACHABLE
     while True:
@@ -321,7 +400,7 @@ def wait_ready(child: Child, host: str, deadline: float, stop: threading.Event) 
             )
         port = child.port()
         if port is not None:
-            report = check_health(join_host_port(host, port), timeout=2.0)
+            report = check_health(join_host_port(host, port), 2.0, "", credentials)
             if report.serving:
                 return port
             last = report.health
@@ -335,7 +414,7 @@ def wait_ready(child: Child, host: str, deadline: float, stop: threading.Event) 
 
 
 def run(ctx: CliContext, args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, ctx)
     check_ports(cfg)
     missing = missing_default_models(cfg)
     if missing:
@@ -378,15 +457,19 @@ class Supervisor:
     def _run(self, workdir: Path) -> int:
         cfg, sink = self.cfg, sys.stderr
         deadline = time.monotonic() + cfg.start_timeout
+        credentials = self.ctx.credentials()
         try:
             db = spawn(
                 "db",
-                ["--host", cfg.host, "--port", str(cfg.db_port), "--data-dir", str(cfg.data_dir)],
+                [
+                    *("--host", cfg.host, "--port", str(cfg.db_port)),
+                    *("--data-dir", str(cfg.data_dir), *cfg.server_args),
+                ],
                 workdir,
                 sink,
             )
             self.children.append(db)
-            db_port = wait_ready(db, cfg.connect_host, deadline, self.stop_requested)
+            db_port = wait_ready(db, cfg.connect_host, deadline, self.stop_requested, credentials)
             ai = spawn(
                 "ai",
                 [
@@ -401,12 +484,14 @@ class Supervisor:
                     "--model-dir",
                     str(cfg.model_dir),
                     *cfg.ai_args,
+                    *cfg.server_args,
+                    *cfg.link_args,
                 ],
                 workdir,
                 sink,
             )
             self.children.append(ai)
-            ai_port = wait_ready(ai, cfg.connect_host, deadline, self.stop_requested)
+            ai_port = wait_ready(ai, cfg.connect_host, deadline, self.stop_requested, credentials)
         except Stopped:
             return 130
         except ChildFailed as failure:
@@ -442,8 +527,12 @@ class Supervisor:
             f"(models in {escape(str(cfg.model_dir))})",
             highlight=False,
         )
-        if (db_address, ai_address) != (defaults.DB_ADDRESS, defaults.AI_ADDRESS):
-            out.print(f"clients: nachbar --db {db_address} --ai {ai_address} ...", highlight=False)
+        tls = "--tls-cert" in cfg.server_args
+        if tls or (db_address, ai_address) != (defaults.DB_ADDRESS, defaults.AI_ADDRESS):
+            flags = f"--db {db_address} --ai {ai_address}"
+            if tls:
+                flags += f" --tls-ca {self.ctx.connection.get('tls_ca')}"
+            out.print(f"clients: nachbar {flags} ...", highlight=False)
         out.print("press Ctrl-C to stop both", highlight=False)
 
     def _report_failure(self, failure: ChildFailed) -> int:

@@ -74,6 +74,7 @@ from nachbar.db.errors import (
     StoreNotFoundError,
 )
 from nachbar.db.hnsw import GraphFiles
+from nachbar.db.observe import NO_OBSERVER, StorageObserver
 from nachbar.db.storage import Storage, StoreRow
 from nachbar.db.store import StoreState, row_bytes
 from nachbar.db.types import (
@@ -142,6 +143,7 @@ class Database:
         self._wake = threading.Event()  # a store reached checkpoint_changes
         self._indexes_ready = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._observer: StorageObserver = NO_OBSERVER
 
     @classmethod
     def open(
@@ -503,6 +505,11 @@ class Database:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
+    def observe(self, observer: StorageObserver) -> None:
+        """Report commits and graph checkpoints to `observer` from now on."""
+        self._observer = observer
+        self._storage.observer = observer
+
     def flush(self) -> None:
         """Save every HNSW graph that changed since it was last saved, and record what is
         committed (see nachbar.db.recovery)."""
@@ -601,6 +608,7 @@ class Database:
                     log.error("store %r: could not save its graph: %s", state.spec.name, error)
                     continue
                 if saved is not None:
+                    self._observer.graphs_saved(saved.seconds)
                     log.info(
                         "store %r: graph checkpoint of %d changes, %.1f MB in %.2f s "
                         "(writes held %.3f s)",

@@ -20,12 +20,14 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from nachbar.db.errors import DataCorruptionError, DBError, ResourceExhaustedError
+from nachbar.db.observe import NO_OBSERVER, StorageObserver
 from nachbar.db.types import ExactConfig, FsyncPolicy, HnswConfig, Metric, StoreSpec
 
 FORMAT = 1
@@ -106,6 +108,7 @@ class Storage:
         self.created = False  # True when this open created the schema (a new database)
         self._conn = connection
         self._lock = threading.Lock()
+        self.observer: StorageObserver = NO_OBSERVER
 
     @classmethod
     def open(cls, path: Path, *, fsync: FsyncPolicy, marker: Path) -> Storage:
@@ -206,7 +209,9 @@ class Storage:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            started = time.perf_counter()
             self._conn.execute("COMMIT")
+            self.observer.committed(time.perf_counter() - started)
 
     # Reads (only at open: afterwards everything is served from memory).
 

@@ -10,6 +10,7 @@ from nachbar.ai.batching import BatchingConfig
 from nachbar.ai.errors import AIError
 from nachbar.ai.limits import ImageLimits, InputLimits
 from nachbar.ai.models import ModelManager
+from nachbar.ai.observe import ModelObserver
 from nachbar.ai.pipeline import AIPipeline
 from nachbar.server.admission import ServicePolicy
 from nachbar.server.ai_service import AIServicer
@@ -18,6 +19,9 @@ from nachbar.server.app import RunningServer, run_until_signalled, start_server,
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.errors import keep_private
 from nachbar.server.logs import configure_logging
+from nachbar.server.operations import ModelTelemetry, Operations
+from nachbar.server.tls import db_link_credentials
+from nachbar.server.tracing import configure_from_environment
 from nachbar.v1 import ai_pb2, ai_pb2_grpc
 
 log = logging.getLogger("nachbar.ai")
@@ -52,7 +56,7 @@ def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
             models.load(name)  # downloads it, or says how to get the files
 
 
-def _model_manager(config: AIConfig) -> ModelManager:
+def _model_manager(config: AIConfig, observer: ModelObserver) -> ModelManager:
     """The models of `config`, with the --models on disk; SystemExit saying why otherwise."""
     try:
         models = ModelManager(
@@ -75,6 +79,7 @@ def _model_manager(config: AIConfig) -> ModelManager:
             ),
             max_loaded=config.max_loaded_models,
             pinned=config.models,
+            observer=observer,
         )
         _check_models_present(models, config.models)
     except AIError as error:
@@ -84,24 +89,48 @@ def _model_manager(config: AIConfig) -> ModelManager:
     return models
 
 
+def _explain_refusal(db: DBVectorStore) -> None:
+    """Say so when nachbar-db answers but refuses nachbar-ai's own API key."""
+    refusal = db.key_refusal()
+    if refusal is not None:
+        log.error(
+            "nachbar-db at %s refuses nachbar-ai's API key (%s); pass --db-api-key-file with a "
+            "key it accepts (`nachbar keys create --role admin`)",
+            db.address,
+            refusal,
+        )
+
+
 def start_ai_server(config: AIConfig) -> RunningServer:
     """Start serving at once; health turns SERVING when the models are loaded and the db
     answers, and back to NOT_SERVING while the db is unreachable."""
+    ops = Operations.build(config.exposure, "ai")
+    telemetry = ModelTelemetry.of(ops)
     keep_private(config.model_dir, "<model-dir>")
     for name, directory in config.local_models:
         keep_private(directory, f"<local dir of {name}>")
-    models = _model_manager(config)
+    models = _model_manager(config, telemetry)
+    if telemetry.metrics is not None:
+        telemetry.metrics.watch(models)
+    link = config.db_link
     db = DBVectorStore(
         config.db_address,
         timeout=config.db_timeout_seconds,
         max_message_bytes=config.max_message_bytes,
+        api_key=link.api_key,  # "" sends none; never the NACHBAR_API_KEY of the environment
+        credentials=db_link_credentials(link),
+        traced=ops.traced,
     )
     service = AIServicer(AIPipeline(models, db), db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
         [AI_ADMISSION],
+        before_admission=ops.before_admission,
+        after_admission=ops.after_admission,
+        credentials=ops.credentials,
     )
+    ops.attach(running, config.host)
     stopping = threading.Event()
 
     def watch_health() -> None:
@@ -122,6 +151,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
                     log.info("nachbar-db at %s reachable: SERVING", config.db_address)
                 else:
                     log.warning("nachbar-db at %s unreachable: NOT_SERVING", config.db_address)
+                    _explain_refusal(db)
             stopping.wait(HEALTH_POLL_SECONDS)
 
     watcher = threading.Thread(target=watch_health, name="health", daemon=True)
@@ -135,6 +165,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_ai_config(argv)
     configure_logging(config.log_level, config.log_format)
+    tracing = configure_from_environment("nachbar-ai")
     running = start_ai_server(config)
     log.info(
         "nachbar-ai listening on %s:%d, db %s, models in %s, hub downloads %s; %s",
@@ -147,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)
+    if tracing is not None:
+        tracing.shutdown()  # send the last spans
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 
 from nachbar.ai.vector_store import (
     FloatArray,
@@ -26,13 +27,13 @@ from nachbar.ai.vector_store import (
     WriteCounts,
 )
 from nachbar.server.errors import NotReadyError, UpstreamError
+from nachbar.server.logs import REQUEST_ID, REQUEST_ID_HEADER
+from nachbar.server.tracing import tracer
 from nachbar.v1 import common_pb2, db_pb2, db_pb2_grpc
 from nachbar.v1.codec import SEARCH_MODES, fill_metadata, metadata_from_proto
 
 PING_TIMEOUT_SECONDS = 2.0
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
+DB_SERVICE = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
 
 
 @dataclass(frozen=True)
@@ -53,29 +54,62 @@ def _entry(proto: db_pb2.Entry) -> StoredEntry:
 
 
 class DBVectorStore:
-    """A gRPC channel to nachbar-db. Thread-safe."""
+    """A gRPC channel to nachbar-db. Thread-safe.
 
-    def __init__(self, address: str, *, timeout: float, max_message_bytes: int) -> None:
+    Each call carries nachbar-ai's own API key (`api_key`, "" for none), the request id of the
+    request it serves, and with `traced` a client span and its W3C `traceparent`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float,
+        max_message_bytes: int,
+        api_key: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+        traced: bool = False,
+    ) -> None:
         self.address = address
         self._timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = (
+            grpc.insecure_channel(address, options=options)
+            if credentials is None
+            else grpc.secure_channel(address, credentials, options=options)
         )
         self._stub = db_pb2_grpc.DBServiceStub(self._channel)
+        self._key_metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self._tracer = tracer() if traced else None
 
     def close(self) -> None:
         self._channel.close()
 
     def reachable(self) -> bool:
+        return self._ping() is None
+
+    def key_refusal(self) -> str | None:
+        """nachbar-db's words when it answers but refuses nachbar-ai's API key; else None."""
+        error = self._ping()
+        if error is None:
+            return None
+        code = error.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return f"{code.name}: {error.details()}"
+        return None
+
+    def _ping(self) -> grpc.RpcError | None:
         try:
-            self._stub.Ping(db_pb2.PingRequest(), timeout=PING_TIMEOUT_SECONDS)
-        except grpc.RpcError:
-            return False
-        return True
+            self._stub.Ping(
+                db_pb2.PingRequest(), timeout=PING_TIMEOUT_SECONDS, metadata=self._key_metadata
+            )
+        except grpc.RpcError as error:
+            return error
+        return None
 
     # -- the VectorStore protocol ----------------------------------------------------------------
 
@@ -97,22 +131,22 @@ class DBVectorStore:
             store_metadata=dict(store_metadata),
             if_not_exists=if_not_exists,
         )
-        response = self._call(self._stub.CreateStore, request)
+        response = self._call("CreateStore", request)
         return record(response.store), response.created
 
     def get_store(self, name: str) -> StoreRecord[db_pb2.StoreInfo]:
-        response = self._call(self._stub.GetStore, db_pb2.GetStoreRequest(store=name))
+        response = self._call("GetStore", db_pb2.GetStoreRequest(store=name))
         return record(response.store)
 
     def list_stores(self) -> list[StoreRecord[db_pb2.StoreInfo]]:
-        response = self._call(self._stub.ListStores, db_pb2.ListStoresRequest())
+        response = self._call("ListStores", db_pb2.ListStoresRequest())
         return [record(info) for info in response.stores]
 
     def drop_store(self, name: str, *, missing_ok: bool, expected_store_id: int) -> bool:
         request = db_pb2.DropStoreRequest(
             store=name, missing_ok=missing_ok, expected_store_id=expected_store_id
         )
-        return bool(self._call(self._stub.DropStore, request).dropped)
+        return bool(self._call("DropStore", request).dropped)
 
     def upsert(
         self, store: str, entries: Sequence[VectorEntry], *, expected_store_id: int
@@ -122,7 +156,7 @@ class DBVectorStore:
         for entry in entries:
             proto = add(id=entry.id, vector=entry.vector.tolist())
             fill_metadata(proto.metadata, entry.metadata)
-        response = self._call(self._stub.Upsert, request)
+        response = self._call("Upsert", request)
         return WriteCounts(response.inserted, response.updated)
 
     def search(
@@ -146,7 +180,7 @@ class DBVectorStore:
         )
         if filter is not None:
             request.filter.CopyFrom(filter)
-        response = self._call(self._stub.GetSimN, request)
+        response = self._call("GetSimN", request)
         matches = [
             StoredMatch(m.id, m.similarity, metadata_from_proto(m.metadata))
             for m in response.matches
@@ -159,7 +193,7 @@ class DBVectorStore:
         request = db_pb2.GetKeyRequest(
             store=store, ids=list(ids), expected_store_id=expected_store_id
         )
-        response = self._call(self._stub.GetKey, request)
+        response = self._call("GetKey", request)
         return [_entry(e) for e in response.entries], list(response.missing_ids)
 
     def get_by_filter(
@@ -176,14 +210,14 @@ class DBVectorStore:
         )
         if filter is not None:
             request.filter.CopyFrom(filter)
-        response = self._call(self._stub.GetByPredicate, request)
+        response = self._call("GetByPredicate", request)
         return StoredPage([_entry(e) for e in response.entries], response.next_page_token)
 
     def delete(self, store: str, ids: Sequence[str], *, expected_store_id: int) -> int:
         request = db_pb2.DeleteKeysRequest(
             store=store, ids=list(ids), expected_store_id=expected_store_id
         )
-        return int(self._call(self._stub.DeleteKeys, request).deleted)
+        return int(self._call("DeleteKeys", request).deleted)
 
     def delete_by_filter(
         self, store: str, filter: common_pb2.Filter | None, *, expected_store_id: int
@@ -191,15 +225,29 @@ class DBVectorStore:
         request = db_pb2.DeleteByPredicateRequest(store=store, expected_store_id=expected_store_id)
         if filter is not None:
             request.filter.CopyFrom(filter)
-        return int(self._call(self._stub.DeleteByPredicate, request).deleted)
+        return int(self._call("DeleteByPredicate", request).deleted)
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _call(
-        self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request
-    ) -> Response:
+    def _call(self, method: str, request: Any) -> Any:
+        metadata = self._key_metadata
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            metadata += ((REQUEST_ID_HEADER, request_id),)
+        if self._tracer is None:
+            return self._send(method, request, metadata)
+        with self._tracer.start_as_current_span(
+            f"{DB_SERVICE}/{method}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": DB_SERVICE, "rpc.method": method},
+        ):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            return self._send(method, request, metadata + tuple(carrier.items()))
+
+    def _send(self, method: str, request: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
         try:
-            return method(request, timeout=self._timeout)
+            return getattr(self._stub, method)(request, timeout=self._timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise self._relay(error) from None
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,6 +44,7 @@ class RunningServer:
     grace_seconds: float
     admission: Admission
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    metrics_port: int | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,8 +90,15 @@ def start_server(
     config: CommonConfig,
     register: Callable[[grpc.Server], None],
     policies: Sequence[ServicePolicy],
+    *,
+    before_admission: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    after_admission: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Build and start a server on config.host:config.port (port 0 picks a free one)."""
+    """Build and start a server on config.host:config.port (port 0 picks a free one); with
+    `credentials`, over TLS. Interceptors (server/operations.py) run `before_admission`, on the
+    request still in bytes (API keys, so an unknown caller takes no queue slot or budget), or
+    `after_admission`, on the parsed request (store scopes)."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -102,7 +111,11 @@ def start_server(
     capacity = admission.limits.max_concurrent_rpcs
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="rpc"),
-        interceptors=[AdmissionInterceptor(admission, list(policies))],
+        interceptors=[
+            *before_admission,
+            AdmissionInterceptor(admission, list(policies)),
+            *after_admission,
+        ],
         options=options,
         maximum_concurrent_rpcs=capacity,
     )
@@ -116,7 +129,10 @@ def start_server(
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise SystemExit(
             f"cannot listen on {address}: {error}. Is another process using the port? "

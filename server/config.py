@@ -22,6 +22,14 @@ from nachbar.ai.limits import (
     DEFAULT_MAX_TEXT_BYTES,
 )
 from nachbar.db.filters import DEFAULT_LIMITS, FilterLimits
+from nachbar.server.exposure import (
+    DBLinkConfig,
+    ExposureConfig,
+    add_db_link_flags,
+    add_exposure_flags,
+    db_link_config,
+    exposure_config,
+)
 from nachbar.v1 import defaults
 
 DEFAULT_HOST = defaults.HOST
@@ -56,6 +64,7 @@ class CommonConfig:
     max_queued: int
     max_inflight_bytes: int
     interactive_max_bytes: int
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class AIConfig(CommonConfig):
     max_batch_wait_ms: float = 0.0
     batch_workers: int = 1
     db_timeout_seconds: float = 30.0
+    db_link: DBLinkConfig = field(default_factory=DBLinkConfig)
 
     @property
     def db_address(self) -> str:
@@ -199,6 +209,7 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
         default=float(_env("GRACE_SECONDS", 10.0)),
         help="how long shutdown waits for in-flight requests [env NACHBAR_GRACE_SECONDS]",
     )
+    add_exposure_flags(parser, prefix)
 
 
 def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
@@ -315,6 +326,7 @@ def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
         )
     return DBConfig(
         **_common_kwargs(ns),
+        exposure=exposure_config(parser, ns),
         data_dir=ns.data_dir,
         fsync=ns.fsync,
         filter_limits=FilterLimits(
@@ -457,6 +469,7 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         "1: one batch on every CPU (fastest single query), 0: one per CPU (~15%% more "
         "throughput for bulk embedding) [env NACHBAR_BATCH_WORKERS]",
     )
+    add_db_link_flags(parser)
     return parser
 
 
@@ -486,6 +499,8 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         )
     return AIConfig(
         **_common_kwargs(ns),
+        exposure=exposure_config(parser, ns),
+        db_link=db_link_config(parser, ns),
         db_host=ns.db_host,
         db_port=ns.db_port,
         model_dir=ns.model_dir,

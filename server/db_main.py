@@ -27,6 +27,9 @@ from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
 from nachbar.server.errors import NotReadyError, keep_private
 from nachbar.server.logs import configure_logging
+from nachbar.server.metrics import StorageMetrics
+from nachbar.server.operations import Operations
+from nachbar.server.tracing import configure_from_environment
 from nachbar.v1 import db_pb2, db_pb2_grpc
 
 log = logging.getLogger("nachbar.db")
@@ -57,9 +60,15 @@ class DatabaseLoader:
     """Opens the data directory in a background thread; calling it returns the Database, or
     raises NotReadyError while it is still opening (the opening error once it failed)."""
 
-    def __init__(self, config: DBConfig, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: DBConfig,
+        on_ready: Callable[[], None],
+        on_open: Callable[[Database], None] = lambda db: None,
+    ) -> None:
         self._config = config
         self._on_ready = on_ready
+        self._on_open = on_open
         self._db: Database | None = None
         self._error: DBError | None = None
         self._done = threading.Event()
@@ -96,6 +105,7 @@ class DatabaseLoader:
                 db.close()
                 self._done.set()
                 return
+            self._on_open(db)
             self._db = db
             self._on_ready()
         elapsed = time.monotonic() - self._began
@@ -139,9 +149,15 @@ class DatabaseLoader:
 def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
     """Listen at once (NOT_SERVING) and open the data directory in the background; health
     turns SERVING when the stores are loaded. The caller owns `stop()`."""
+    ops = Operations.build(config.exposure, "db")
     keep_private(config.data_dir, "<data-dir>")
     serving: list[RunningServer] = []
-    loader = DatabaseLoader(config, on_ready=lambda: serving[0].set_serving(True))
+
+    def observe(db: Database) -> None:
+        if ops.metrics is not None:
+            db.observe(StorageMetrics(ops.metrics, db))
+
+    loader = DatabaseLoader(config, on_ready=lambda: serving[0].set_serving(True), on_open=observe)
     service = DBServicer(
         loader,
         fsync=config.fsync,
@@ -152,8 +168,12 @@ def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
         config,
         lambda server: db_pb2_grpc.add_DBServiceServicer_to_server(service, server),
         [DB_ADMISSION],
+        before_admission=ops.before_admission,
+        after_admission=ops.after_admission,
+        credentials=ops.credentials,
     )
     serving.append(running)
+    ops.attach(running, config.host)
     running.on_stop.append(loader.close)
     loader.start()
     return running, loader
@@ -197,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_db_config(argv)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     configure_logging(config.log_level, config.log_format)
+    tracing = configure_from_environment("nachbar-db")
     running, loader = open_db_server(config)
     log.info(
         "nachbar-db listening on %s:%d (NOT_SERVING until its stores are loaded), data in %s "
@@ -208,17 +229,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)
-    if not _wait_for_stores(loader, config.exit_with_parent):
-        running.stop()
-        return
     try:
-        loader.result()
-    except DBError as error:
-        # Corrupt files, lost commits, a data dir held by another process: refuse to serve,
-        # saying why.
-        running.stop(grace=0)
-        raise SystemExit(f"nachbar-db cannot start: {error}") from None
-    run_until_signalled(running, exit_with_parent=config.exit_with_parent)
+        if not _wait_for_stores(loader, config.exit_with_parent):
+            running.stop()
+            return
+        try:
+            loader.result()
+        except DBError as error:
+            # Corrupt files, lost commits, a data dir held by another process: refuse to serve,
+            # saying why.
+            running.stop(grace=0)
+            raise SystemExit(f"nachbar-db cannot start: {error}") from None
+        run_until_signalled(running, exit_with_parent=config.exit_with_parent)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # send the last spans
 
 
 if __name__ == "__main__":

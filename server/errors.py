@@ -1,10 +1,11 @@
 """The one table that turns domain errors into gRPC status codes.
 
 Every servicer method is wrapped by `map_errors`: a domain error becomes its status with the
-error's own message; anything unexpected becomes INTERNAL. Every failed request gets a request
-id, which ends the message the client sees and starts the server's log line about it. The log
-line holds what clients never see: an error's `detail` (file paths, causes) and, for INTERNAL,
-the traceback; the server's own directories are replaced by their names in client messages.
+error's own message; anything unexpected becomes INTERNAL. Every failed request names its
+request id (server/logs.py: the caller's `x-request-id`, or a new one), which ends the message
+the client sees and starts the server's log line about it. The log line holds what clients
+never see: an error's `detail` (file paths, causes) and, for INTERNAL, the traceback; the
+server's own directories are replaced by their names in client messages.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import functools
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +23,14 @@ import grpc
 from nachbar.ai import errors as ai_errors
 from nachbar.ai import vector_store
 from nachbar.db import errors as db_errors
+from nachbar.server import auth
+from nachbar.server.logs import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
+    new_request_id,
+    valid_request_id,
+)
 
 log = logging.getLogger("nachbar.server")
 
@@ -72,6 +80,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ResponseTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (auth.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (auth.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
@@ -86,7 +96,7 @@ _OPERATOR_STATUSES = frozenset(
 )
 # How a message names its request. Only relayed messages (nachbar-db's, through nachbar-ai)
 # already end with one: the db's id is kept, so one id finds the request in both logs.
-_REQUEST_ID = re.compile(r" \(request id ([0-9a-f]{12})\)$")
+_REQUEST_ID = re.compile(rf" \(request id ({REQUEST_ID_PATTERN})\)$")
 
 _private_paths: dict[str, str] = {}
 _private_paths_lock = threading.Lock()
@@ -132,7 +142,7 @@ def abort_for(context: grpc.ServicerContext, error: Exception, where: str) -> No
     if relayed is not None:
         request_id, message = relayed.group(1), message[: relayed.start()]
     else:
-        request_id = uuid.uuid4().hex[:12]
+        request_id = REQUEST_ID.get() or _callers_request_id(context) or new_request_id()
     if code is None:
         log.error("request %s: internal error in %s", request_id, where, exc_info=error)
         context.abort(
@@ -150,6 +160,14 @@ def abort_for(context: grpc.ServicerContext, error: Exception, where: str) -> No
         f" [{detail}]" if detail else "",
     )
     context.abort(code, f"{redact(message)} (request id {request_id})")
+
+
+def _callers_request_id(context: grpc.ServicerContext) -> str | None:
+    """The caller's `x-request-id`, read here when no interceptor has (a plain server)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return valid_request_id(value)
+    return None
 
 
 def map_errors(method: F) -> F:

@@ -8,12 +8,14 @@ and the health checks are run for real against live servers.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +457,128 @@ def test_docker_compose_accepts_the_file() -> None:
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- compose.secure.yaml: TLS, API keys and metrics ---------------------------------------------
+
+SECURE_FILE = REPO / "compose.secure.yaml"
+SECRETS = "/secrets"
+
+
+@pytest.fixture(scope="module")
+def secure() -> dict[str, Any]:
+    loaded = yaml.safe_load(SECURE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def merged_environment(
+    compose: dict[str, Any], secure: dict[str, Any], name: str
+) -> dict[str, str]:
+    """The environment compose gives service `name` with both files (maps merge key by key)."""
+    return {**environment(service(compose, name)), **environment(service(secure, name))}
+
+
+def test_the_secure_override_sets_only_real_flag_twins(
+    compose: dict[str, Any], secure: dict[str, Any]
+) -> None:
+    assert set(secure["services"]) <= set(compose["services"])
+    for name in ("db", "ai"):
+        env = merged_environment(compose, secure, name)
+        known = server_env_names(name) | cli_env_names()
+        assert {k for k in env if k.startswith("NACHBAR_")} <= known
+        for flag_env in ("NACHBAR_TLS_CERT", "NACHBAR_TLS_KEY", "NACHBAR_API_KEYS_FILE"):
+            assert env[flag_env].startswith(f"{SECRETS}/"), flag_env
+        assert f"./secrets:{SECRETS}:ro" in service(secure, name)["volumes"]
+    assert "NACHBAR_DB_API_KEY_FILE" in environment(service(secure, "ai"))
+    assert "NACHBAR_DB_TLS_CA" in environment(service(secure, "ai"))
+
+
+def _secrets_dir(tmp: Path) -> Path:
+    """The files compose.secure.yaml expects in ./secrets, made as the README says."""
+    from nachbar.server.auth import Role, create_key
+    from tests.certs import make_cert_set
+
+    secrets = tmp / "secrets"
+    certs = make_cert_set(tmp / "made", server_names=("localhost", "db", "ai"))
+    secrets.mkdir()
+    for source, target in (
+        (certs.ca, "ca.pem"),
+        (certs.server.cert, "server.pem"),
+        (certs.server.key, "server-key.pem"),
+    ):
+        (secrets / target).write_bytes(source.read_bytes())
+    _, service_key = create_key(secrets / "keys.json", Role.ADMIN)
+    (secrets / "ai-to-db.key").write_text(service_key + "\n")
+    return secrets
+
+
+def _local(env: dict[str, str], secrets: Path) -> dict[str, str]:
+    return {k: v.replace(SECRETS, str(secrets)) for k, v in env.items() if k.startswith("NACHBAR_")}
+
+
+def _health(test: list[str], in_compose: str, address: str, env: dict[str, str]) -> int:
+    argv = [address if word == in_compose else word for word in test[1:]]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NACHBAR_")}
+    return subprocess.run(
+        [str(NACHBAR), *argv[1:]],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**clean, **env},
+    ).returncode
+
+
+def _wait_healthy(test: list[str], in_compose: str, address: str, env: dict[str, str]) -> None:
+    deadline = time.monotonic() + 60
+    while _health(test, in_compose, address, env) != 0:
+        assert time.monotonic() < deadline, f"{address} never passed its health check"
+        time.sleep(0.5)
+
+
+def test_secure_health_checks_pass_over_tls_and_ai_reaches_db(
+    compose: dict[str, Any], secure: dict[str, Any], tmp_path: Path
+) -> None:
+    secrets = _secrets_dir(tmp_path)
+    env = {
+        name: _local(merged_environment(compose, secure, name), secrets) for name in ("db", "ai")
+    }
+    # Port variables would clash with the free ports the test uses; the rest is as in compose.
+    for name in env:
+        env[name] = {k: v for k, v in env[name].items() if not k.endswith("METRICS_PORT")}
+    checks = {name: service(compose, name)["healthcheck"]["test"] for name in ("db", "ai")}
+    ports = {name: f"127.0.0.1:{server_config(compose, name).port}" for name in ("db", "ai")}
+    db = spawn(
+        "nachbar-db",
+        ["--data-dir", str(tmp_path / "data")],
+        tmp_path,
+        wait=False,
+        env={**os.environ, **env["db"]},
+    )
+    try:
+        _wait_healthy(checks["db"], ports["db"], db.address, env["db"])
+        plain = {k: v for k, v in env["db"].items() if k != "NACHBAR_TLS_CA"}
+        assert _health(checks["db"], ports["db"], db.address, plain) != 0
+        ai = spawn(
+            "nachbar-ai",
+            [
+                "--db-host",
+                "localhost",
+                "--db-port",
+                str(db.port),
+                "--models",
+                "",
+                "--model-dir",
+                str(tmp_path / "models"),
+            ],
+            tmp_path,
+            wait=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env["ai"]},
+        )
+        try:
+            # SERVING means nachbar-ai reached nachbar-db over TLS with its own key.
+            _wait_healthy(checks["ai"], ports["ai"], ai.address, env["ai"])
+        finally:
+            ai.terminate()
+    finally:
+        db.terminate()

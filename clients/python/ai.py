@@ -16,11 +16,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from nachbar.client import _ai_calls as calls
 from nachbar.client._ai_calls import InputLike, Item
-from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
 from nachbar.client.types import (
     AIGetKeyResult,
     AIInfo,
@@ -48,8 +48,16 @@ class AIClient(SyncClient):
     `Image(...)` is an image. Every method takes `timeout` (seconds); errors raise
     NachbarError subclasses."""
 
-    def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout)
+    def __init__(
+        self,
+        address: str = DEFAULT_AI_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **connection: Unpack[ConnectionKwargs],
+    ):
+        """`connection`: api_key, tls, tls_ca, tls_client_cert, tls_client_key (see
+        ConnectionKwargs); the key defaults to env NACHBAR_API_KEY."""
+        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout, connection)
 
     def create_store(
         self,
@@ -214,8 +222,16 @@ class AIClient(SyncClient):
 class AsyncAIClient(AsyncClient):
     """asyncio client with the same methods as AIClient, as coroutines."""
 
-    def __init__(self, address: str = DEFAULT_AI_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout)
+    def __init__(
+        self,
+        address: str = DEFAULT_AI_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **connection: Unpack[ConnectionKwargs],
+    ):
+        """`connection`: api_key, tls, tls_ca, tls_client_cert, tls_client_key (see
+        ConnectionKwargs); the key defaults to env NACHBAR_API_KEY."""
+        super().__init__(address, ai_pb2_grpc.AIServiceStub, timeout, connection)
 
     async def create_store(
         self,

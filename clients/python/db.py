@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import Any
+from typing import Any, Unpack
 
 from nachbar.client import _db_calls as calls
-from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
+from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
 from nachbar.client.types import (
     CreatedStoreInfo,
     DBInfo,
@@ -53,8 +53,16 @@ class DBClient(SyncClient):
     """Blocking client. Every method takes `timeout` (seconds); errors raise NachbarError
     subclasses (NotFound, InvalidArgument, ...)."""
 
-    def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
+    def __init__(
+        self,
+        address: str = DEFAULT_DB_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **connection: Unpack[ConnectionKwargs],
+    ):
+        """`connection`: api_key, tls, tls_ca, tls_client_cert, tls_client_key (see
+        ConnectionKwargs); the key defaults to env NACHBAR_API_KEY."""
+        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout, connection)
 
     def create_store(
         self,
@@ -220,8 +228,16 @@ class DBClient(SyncClient):
 class AsyncDBClient(AsyncClient):
     """asyncio client with the same methods as DBClient, as coroutines."""
 
-    def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
-        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
+    def __init__(
+        self,
+        address: str = DEFAULT_DB_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **connection: Unpack[ConnectionKwargs],
+    ):
+        """`connection`: api_key, tls, tls_ca, tls_client_cert, tls_client_key (see
+        ConnectionKwargs); the key defaults to env NACHBAR_API_KEY."""
+        super().__init__(address, db_pb2_grpc.DBServiceStub, timeout, connection)
 
     async def create_store(
         self,

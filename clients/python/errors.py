@@ -75,6 +75,18 @@ class Unimplemented(NachbarError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class Unauthenticated(NachbarError):
+    """No API key, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(NachbarError):
+    """The API key's role or store scope does not cover the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[NachbarError]] = {
     cls.code: cls
     for cls in (
@@ -91,6 +103,8 @@ _BY_CODE: dict[grpc.StatusCode, type[NachbarError]] = {
         Aborted,
         Cancelled,
         Unimplemented,
+        Unauthenticated,
+        PermissionDenied,
     )
 }
 

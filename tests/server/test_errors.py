@@ -13,6 +13,7 @@ import pytest
 
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.server.errors import UpstreamError, keep_private, map_errors
+from nachbar.server.logs import REQUEST_ID
 
 
 class Aborted(Exception):
@@ -22,21 +23,25 @@ class Aborted(Exception):
 class FakeContext:
     """The part of grpc.ServicerContext that map_errors uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.code, self.details = code, details
         raise Aborted
 
 
-def call_failing(error: Exception) -> FakeContext:
+def call_failing(error: Exception, metadata: tuple[tuple[str, str], ...] = ()) -> FakeContext:
     @map_errors
     def Method(self: Any, request: Any, context: Any) -> None:
         raise error
 
-    context = FakeContext()
+    context = FakeContext(metadata)
     with pytest.raises(Aborted):
         Method(None, None, context)
     return context
@@ -95,3 +100,27 @@ def test_errors_relayed_from_the_db_keep_its_request_id() -> None:
     context = call_failing(relayed)
     assert context.code == grpc.StatusCode.NOT_FOUND
     assert context.details == "store 'x' does not exist (request id 0123456789ab)"
+
+
+def test_a_callers_request_id_names_its_failure() -> None:
+    context = call_failing(InvalidInputError("empty text"), (("x-request-id", "job-7.retry:2"),))
+    assert context.details == "empty text (request id job-7.retry:2)"
+    relayed = UpstreamError(
+        grpc.StatusCode.NOT_FOUND, "store 'x' does not exist (request id job-7.retry:2)"
+    )
+    assert call_failing(relayed).details == relayed.message
+
+
+def test_a_malformed_caller_request_id_is_replaced() -> None:
+    context = call_failing(InvalidInputError("empty text"), (("x-request-id", "a b\nc"),))
+    assert "a b" not in context.details
+    request_id(context.details)
+
+
+def test_the_interceptors_request_id_names_the_failure() -> None:
+    token = REQUEST_ID.set("from-interceptor")
+    try:
+        context = call_failing(InvalidInputError("empty text"), (("x-request-id", "ignored"),))
+    finally:
+        REQUEST_ID.reset(token)
+    assert context.details == "empty text (request id from-interceptor)"

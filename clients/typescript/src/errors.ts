@@ -136,6 +136,22 @@ export class DataLossError extends NachbarError {
   }
 }
 
+/** No API key, or one the server does not know. */
+export class UnauthenticatedError extends NachbarError {
+  override name = 'UnauthenticatedError';
+  constructor(message: string, options?: NachbarErrorOptions) {
+    super(message, 'UNAUTHENTICATED', options);
+  }
+}
+
+/** The API key's role or store scope does not cover the call. */
+export class PermissionDeniedError extends NachbarError {
+  override name = 'PermissionDeniedError';
+  constructor(message: string, options?: NachbarErrorOptions) {
+    super(message, 'PERMISSION_DENIED', options);
+  }
+}
+
 type ErrorClass = new (message: string, options?: NachbarErrorOptions) => NachbarError;
 
 const ERROR_CLASSES: Partial<Record<StatusName, ErrorClass>> = {
@@ -152,7 +168,20 @@ const ERROR_CLASSES: Partial<Record<StatusName, ErrorClass>> = {
   UNAVAILABLE: UnavailableError,
   DATA_LOSS: DataLossError,
   ABORTED: AbortedError,
+  UNAUTHENTICATED: UnauthenticatedError,
+  PERMISSION_DENIED: PermissionDeniedError,
 };
+
+/** What to do about a failed TLS handshake, from grpc-js's words for it. */
+function tlsHint(details: string): string | undefined {
+  if (/self[- ]signed|unable to (get|verify)|CERT_|certificate/i.test(details)) {
+    return ' (TLS: the server certificate is not trusted; pass the CA that signed it as tlsCa)';
+  }
+  if (/wrong version number|WRONG_VERSION_NUMBER/i.test(details)) {
+    return ' (TLS: the server does not speak TLS; drop the TLS options)';
+  }
+  return undefined;
+}
 
 /** The status name of a numeric gRPC code ('UNKNOWN' for a number gRPC does not define). */
 export function statusName(code: number): StatusName {
@@ -171,7 +200,7 @@ export function errorFromStatus(
   const code = statusName(error.code);
   let message = error.details || code;
   if (code === 'UNAVAILABLE' && options.address !== undefined) {
-    message += ` (is the server running at ${options.address}?)`;
+    message += tlsHint(message) ?? ` (is the server running at ${options.address}?)`;
   }
   const errorClass = ERROR_CLASSES[code];
   const errorOptions = { method: options.method, cause: options.cause };

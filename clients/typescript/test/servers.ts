@@ -28,12 +28,12 @@ interface HealthClient extends grpc.Client {
   ): void;
 }
 
-function healthClient(address: string): HealthClient {
+function healthClient(address: string, credentials: grpc.ChannelCredentials): HealthClient {
   const definition = protoLoader.loadSync(HEALTH_PROTO, { enums: String, defaults: true });
   const loaded = grpc.loadPackageDefinition(definition) as unknown as {
     grpc: { health: { v1: { Health: new (address: string, credentials: grpc.ChannelCredentials) => HealthClient } } };
   };
-  return new loaded.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+  return new loaded.grpc.health.v1.Health(address, credentials);
 }
 
 function checkHealth(client: HealthClient): Promise<string> {
@@ -74,7 +74,12 @@ export class ServerProcess {
  * Runs `<repo>/.venv/bin/<binary> --host 127.0.0.1 --port 0 --port-file ... --exit-with-parent
  * ...args` and resolves once it is SERVING. The log goes to a file in `workDir`.
  */
-export async function startServer(binary: 'nachbar-db' | 'nachbar-ai', args: string[], workDir: string): Promise<ServerProcess> {
+export async function startServer(
+  binary: 'nachbar-db' | 'nachbar-ai',
+  args: string[],
+  workDir: string,
+  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+): Promise<ServerProcess> {
   const executable = path.join(BIN_DIR, binary);
   if (!existsSync(executable)) {
     throw new Error(`${executable} not found: run scripts/install.sh at the repo root (or set NACHBAR_BIN_DIR)`);
@@ -101,7 +106,7 @@ export async function startServer(binary: 'nachbar-db' | 'nachbar-ai', args: str
     await sleep(50);
   }
   const server = new ServerProcess(child, Number(readFileSync(portFile, 'utf8').trim()), logPath);
-  const health = healthClient(server.address);
+  const health = healthClient(server.address, credentials);
   try {
     let status = '';
     while ((status = await checkHealth(health)) !== 'SERVING') {

@@ -45,6 +45,12 @@ class CommonConfig:
 class DBConfig(CommonConfig):
     data_dir: Path = field(default_factory=default_data_dir)
     fsync: str = "full"
+    engine: str = "embedded"
+    milvus_uri: str = ""
+    milvus_token: str = field(default="", repr=False)
+    milvus_db: str = ""
+    milvus_consistency: str = "strong"
+    milvus_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -177,12 +183,65 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
         help="full: every acknowledged write survives a crash or power loss; normal: survives a "
         "process crash, not power loss; off: fastest, may lose recent writes [env NACHBAR_FSYNC]",
     )
+    parser.add_argument(
+        "--engine",
+        default=_env("ENGINE", "embedded"),
+        choices=["embedded", "milvus"],
+        help="embedded: HNSW graphs and SQLite in --data-dir; milvus: stores are collections "
+        "of the Milvus at --milvus-uri and this process keeps no state [env NACHBAR_ENGINE]",
+    )
+    parser.add_argument(
+        "--milvus-uri",
+        default=_env("MILVUS_URI", ""),
+        help="with --engine milvus: http://host:19530 for a Milvus server or cluster, or a "
+        "path ending in .db for milvus-lite in this process [env NACHBAR_MILVUS_URI]",
+    )
+    parser.add_argument(
+        "--milvus-token",
+        default=_env("MILVUS_TOKEN", ""),
+        help="Milvus credentials, user:password or an API key; prefer the environment "
+        "variable [env NACHBAR_MILVUS_TOKEN]",
+    )
+    parser.add_argument(
+        "--milvus-db",
+        default=_env("MILVUS_DB", ""),
+        help="Milvus database holding the stores; empty: Milvus's default [env NACHBAR_MILVUS_DB]",
+    )
+    parser.add_argument(
+        "--milvus-consistency",
+        default=_env("MILVUS_CONSISTENCY", "strong"),
+        choices=["strong", "bounded", "session", "eventually"],
+        help="Milvus consistency level of every read; strong: every read sees every "
+        "acknowledged write, from any nachbar-db [env NACHBAR_MILVUS_CONSISTENCY]",
+    )
+    parser.add_argument(
+        "--milvus-timeout",
+        type=float,
+        default=float(_env("MILVUS_TIMEOUT", 30.0)),
+        help="seconds each Milvus call may take before the request fails with UNAVAILABLE "
+        "[env NACHBAR_MILVUS_TIMEOUT]",
+    )
     return parser
 
 
 def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
-    ns = db_parser().parse_args(argv)
-    return DBConfig(**_common_kwargs(ns), data_dir=ns.data_dir, fsync=ns.fsync)
+    parser = db_parser()
+    ns = parser.parse_args(argv)
+    if ns.engine == "milvus" and not ns.milvus_uri:
+        parser.error("--engine milvus needs --milvus-uri (or NACHBAR_MILVUS_URI)")
+    if ns.milvus_timeout <= 0:
+        parser.error(f"--milvus-timeout must be positive, got {ns.milvus_timeout}")
+    return DBConfig(
+        **_common_kwargs(ns),
+        data_dir=ns.data_dir,
+        fsync=ns.fsync,
+        engine=ns.engine,
+        milvus_uri=ns.milvus_uri,
+        milvus_token=ns.milvus_token,
+        milvus_db=ns.milvus_db,
+        milvus_consistency=ns.milvus_consistency,
+        milvus_timeout_seconds=ns.milvus_timeout,
+    )
 
 
 def _parse_local_model(raw: str) -> tuple[str, Path]:

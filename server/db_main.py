@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from nachbar.db.engine import Database
 from nachbar.db.errors import DBError
+from nachbar.db.interface import Engine
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
 from nachbar.server.db_service import DBServicer
@@ -18,10 +19,37 @@ log = logging.getLogger("nachbar.db")
 DB_SERVICE_NAME = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
 
 
+def open_engine(config: DBConfig) -> Engine:
+    """The engine the flags ask for: the data dir, or the Milvus at --milvus-uri."""
+    if config.engine == "milvus":
+        # Imported here: pymilvus is an optional extra.
+        from nachbar.db.milvus_engine import MilvusEngine, MilvusSettings
+
+        return MilvusEngine.open(
+            MilvusSettings(
+                uri=config.milvus_uri,
+                token=config.milvus_token,
+                db_name=config.milvus_db,
+                consistency=config.milvus_consistency,
+                timeout_seconds=config.milvus_timeout_seconds,
+            )
+        )
+    return Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
+
+
 def start_db_server(config: DBConfig) -> RunningServer:
-    """Open the data dir and serve it. The caller owns `stop()`."""
-    db = Database.open(config.data_dir, fsync=config.fsync)  # type: ignore[arg-type]
-    service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
+    """Open the engine and serve it. The caller owns `stop()`."""
+    db = open_engine(config)
+    if config.engine == "milvus":
+        service = DBServicer(
+            db,
+            fsync="milvus",
+            max_message_bytes=config.max_message_bytes,
+            engine="milvus",
+            consistency=config.milvus_consistency,
+        )
+    else:
+        service = DBServicer(db, fsync=config.fsync, max_message_bytes=config.max_message_bytes)
     try:
         running = start_server(
             config,
@@ -44,13 +72,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DBError as error:
         # Corrupt files, a data dir held by another process: refuse to start, saying why.
         raise SystemExit(f"nachbar-db cannot start: {error}") from None
-    log.info(
-        "nachbar-db listening on %s:%d, data in %s (fsync=%s)",
-        config.host,
-        running.port,
-        config.data_dir,
-        config.fsync,
-    )
+    if config.engine == "milvus":
+        log.info(
+            "nachbar-db listening on %s:%d, stores in Milvus at %s (consistency %s)",
+            config.host,
+            running.port,
+            config.milvus_uri,
+            config.milvus_consistency,
+        )
+    else:
+        log.info(
+            "nachbar-db listening on %s:%d, data in %s (fsync=%s)",
+            config.host,
+            running.port,
+            config.data_dir,
+            config.fsync,
+        )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)
 

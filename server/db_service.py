@@ -8,7 +8,7 @@ from importlib.metadata import version
 import grpc
 import numpy as np
 
-from nachbar.db.engine import Database
+from nachbar.db.interface import Engine
 from nachbar.server import db_convert as conv
 from nachbar.server.errors import RequestError, servicer
 from nachbar.v1 import db_pb2, db_pb2_grpc
@@ -16,9 +16,19 @@ from nachbar.v1 import db_pb2, db_pb2_grpc
 
 @servicer
 class DBServicer(db_pb2_grpc.DBServiceServicer):
-    def __init__(self, db: Database, *, fsync: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        *,
+        fsync: str,
+        max_message_bytes: int,
+        engine: str = "embedded",
+        consistency: str = "strong",
+    ) -> None:
         self._db = db
         self._fsync = fsync
+        self._engine = engine
+        self._consistency = consistency
         self._max_message_bytes = max_message_bytes
         self._started = time.monotonic()
 
@@ -133,6 +143,8 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             fsync_policy=self._fsync,
             max_message_bytes=self._max_message_bytes,
             uptime_seconds=time.monotonic() - self._started,
+            engine=self._engine,
+            consistency=self._consistency,
         )
 
     def Ping(

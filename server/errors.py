@@ -38,6 +38,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
+    (db_errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (ai_errors.ModelUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.IncompatibleModelsError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -145,10 +145,14 @@ class MilvusEngine:
 
     @classmethod
     def open(cls, settings: MilvusSettings) -> MilvusEngine:
-        """Connect now, so that a wrong URI or token stops the server at start; a cluster that
-        is down later makes requests UNAVAILABLE until it is back."""
+        """Connect now, so that a wrong token or database stops the server at start. A cluster
+        that cannot be reached (not up yet, or down later) makes requests UNAVAILABLE, and each
+        request tries again, so nachbar-db recovers by itself once it is back."""
         engine = cls(settings)
-        engine._connected()
+        try:
+            engine._connected()
+        except UnavailableError as error:
+            log.warning("%s; serving anyway, requests fail with UNAVAILABLE until it is", error)
         return engine
 
     # ---- connection ----------------------------------------------------------------------
@@ -173,7 +177,9 @@ class MilvusEngine:
                         uri=self.settings.uri,
                         token=self.settings.token,
                         db_name=self.settings.db_name,
-                        timeout=min(self._timeout, 10.0),
+                        timeout=min(self._timeout, 5.0),
+                        # Its own channel, so that dropping a failed one really reconnects.
+                        dedicated=True,
                     )
                     version = str(client.get_server_version(timeout=self._timeout))
                 except Exception as error:
@@ -195,7 +201,22 @@ class MilvusEngine:
         except DBError:
             raise
         except Exception as error:
-            raise _translate(error, what) from None
+            translated = _translate(error, what)
+            if isinstance(translated, UnavailableError):
+                self._reconnect_later(client)
+            raise translated from None
+
+    def _reconnect_later(self, client: Any) -> None:
+        """Drop a client whose channel failed: the next request connects afresh instead of
+        waiting out gRPC's reconnect backoff."""
+        with self._client_lock:
+            if self._client is not client:
+                return
+            self._client = None
+        try:
+            client.close()
+        except Exception:
+            log.debug("closing a failed Milvus client failed", exc_info=True)
 
     # ---- stores --------------------------------------------------------------------------
 

@@ -61,10 +61,10 @@ def test_two_engines_share_every_fact(milvus_db: MilvusEngine, other: MilvusEngi
 
 def test_metadata_over_milvus_limit_is_refused_clearly(milvus_db: MilvusEngine) -> None:
     milvus_db.create_store(StoreSpec("s", DIM))
-    fits = {"text": "x" * (MAX_METADATA_BYTES - 100)}
+    fits: Metadata = {"text": "x" * (MAX_METADATA_BYTES - 100)}
     milvus_db.upsert("s", [Entry("ok", vec(1, 0, 0, 0), fits)])
     assert milvus_db.get_keys("s", ["ok"])[0][0].metadata == fits
-    too_big = {"text": "x" * MAX_METADATA_BYTES}
+    too_big: Metadata = {"text": "x" * MAX_METADATA_BYTES}
     batch = [Entry("fine", vec(0, 1, 0, 0)), Entry("big", vec(1, 0, 0, 0), too_big)]
     with pytest.raises(InvalidArgumentError, match="'big' has .* over Milvus's limit of 65536"):
         milvus_db.upsert("s", batch)

@@ -9,6 +9,10 @@ from enum import StrEnum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nachbar.client._channel import channel_target
+
+ROUND_ROBIN = '{"loadBalancingConfig": [{"round_robin": {}}]}'
+
 
 class Health(StrEnum):
     SERVING = "SERVING"
@@ -38,7 +42,9 @@ _STATUS = {
 
 def check_health(address: str, timeout: float, service: str = "") -> HealthReport:
     """One Check call; `service` "" asks about the server as a whole."""
-    with grpc.insecure_channel(address) as channel:
+    target, balance = channel_target(address)
+    options = [("grpc.service_config", ROUND_ROBIN)] if balance else []
+    with grpc.insecure_channel(target, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -69,7 +69,25 @@ class AIConfig(CommonConfig):
 
     @property
     def db_address(self) -> str:
-        return f"{self.db_host}:{self.db_port}"
+        """One nachbar-db, several (comma-separated hosts, each may carry its own port), or a
+        gRPC target such as dns:///nachbar-db (calls are then spread round-robin)."""
+        if self.db_host.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+            return (
+                f"{self.db_host}:{self.db_port}"
+                if self.db_host.startswith("dns:")
+                else self.db_host
+            )
+        hosts = [h.strip() for h in self.db_host.split(",") if h.strip()]
+        return ",".join(h if _has_port(h) else _join(h, self.db_port) for h in hosts)
+
+
+def _has_port(host: str) -> bool:
+    tail = host.rsplit("]", 1)[-1] if host.startswith("[") else host
+    return tail.count(":") == 1 and tail.rsplit(":", 1)[1].isdigit()
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class _EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -261,7 +279,8 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     parser.add_argument(
         "--db-host",
         default=_env("DB_HOST", "127.0.0.1"),
-        help="nachbar-db host [env NACHBAR_DB_HOST]",
+        help="nachbar-db host; several replicas as host1,host2 (or host1:port1,host2:port2) "
+        "or a dns:///name, and calls are spread round-robin [env NACHBAR_DB_HOST]",
     )
     parser.add_argument(
         "--db-port",

@@ -134,8 +134,6 @@ class MilvusEngine:
                 f"{', '.join(CONSISTENCY_LEVELS)}"
             )
         self.settings = settings
-        # pymilvus logs every failed call at ERROR; each is translated and reported here.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         self._consistency = consistency.capitalize()
         self._client_lock = threading.Lock()
         self._client: Any = None
@@ -172,6 +170,9 @@ class MilvusEngine:
                     raise DBError(
                         'the Milvus engine needs pymilvus: pip install "nachbar[milvus]"'
                     ) from None
+                # pymilvus logs every failed call at ERROR (and sets its level on import); each
+                # is translated and reported here.
+                logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
                 try:
                     client = MilvusClient(
                         uri=self.settings.uri,

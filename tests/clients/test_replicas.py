@@ -3,6 +3,7 @@ spread calls round-robin and keep working when one replica of each stops."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 from nachbar.client import AIClient, DBClient
 from nachbar.client._channel import channel_target
+from nachbar.db.milvus_engine import MilvusEngine, MilvusSettings
+from tests.db.conftest import TEST_DATABASE, empty_milvus
 from tests.servers import ServerProcess, spawn
 
 CALLS = 40
@@ -18,7 +21,16 @@ CALLS = 40
 
 @pytest.fixture
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
-    """A milvus-lite server on a loopback port, shared by the nachbar-db processes."""
+    """The Milvus the nachbar-db processes share: NACHBAR_TEST_MILVUS_URI's (its database
+    nachbar_test, emptied first), or a milvus-lite server on a loopback port."""
+    configured = os.environ.get("NACHBAR_TEST_MILVUS_URI")
+    if configured:
+        settings = MilvusSettings(uri=configured, db_name=TEST_DATABASE)
+        engine = MilvusEngine.open(settings)
+        empty_milvus(engine)
+        engine.close()
+        yield configured
+        return
     from milvus_lite.adapter.grpc.server import start_server_in_thread
 
     server, lite, port = start_server_in_thread(str(tmp_path / "milvus"), host="127.0.0.1")
@@ -40,10 +52,15 @@ def test_clients_spread_calls_and_survive_a_stopped_replica(
     tmp_path: Path, milvus_uri: str
 ) -> None:
     servers: list[ServerProcess] = []
+    milvus_db = ["--milvus-db", TEST_DATABASE] if "NACHBAR_TEST_MILVUS_URI" in os.environ else []
     try:
         for _ in range(2):
             servers.append(
-                spawn("nachbar-db", ["--engine", "milvus", "--milvus-uri", milvus_uri], tmp_path)
+                spawn(
+                    "nachbar-db",
+                    ["--engine", "milvus", "--milvus-uri", milvus_uri, *milvus_db],
+                    tmp_path,
+                )
             )
             time.sleep(0.3)  # distinct start times tell the replicas apart
         db1, db2 = servers

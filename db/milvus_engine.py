@@ -15,8 +15,9 @@ Layout in Milvus (database `--milvus-db`):
 
 Semantics are the embedded engine's (the tests under tests/db run over both):
 - Filters are translated by nachbar.db.milvus_filters, exact for every type and missing field.
-- Scores: Milvus ranks the candidates; nachbar rescores them in float64 from their vectors, with
-  its own score direction (cosine similarity, -squared L2, dot product) and ties by id.
+- Scores have nachbar's direction (cosine similarity, -squared L2, dot product), ties by id.
+  Exact plans score in float64 from the vectors, as the embedded engine does; the HNSW plan keeps
+  Milvus's float32 scores (what the wire carries anyway) and so fetches no vectors.
 - Planner: a filtered search counts its matches first; few matches are scored exactly here, more
   go to Milvus's HNSW with ef >= k; a short answer falls back to the exact scan, so a search
   returns exactly min(k, matches).
@@ -600,7 +601,7 @@ class MilvusEngine:
             graph = isinstance(spec.index, HnswConfig)
             if not graph:
                 # FLAT is Milvus's brute force: exact, and min(k, matches) by construction.
-                found = self._search(store, q, k, condition if filtered else "", 0)
+                found = self._search(store, q, k, condition if filtered else "", 0, vectors=True)
                 return self._result(spec, q, k, found, "exact", include_vectors)
             if mode == SearchMode.EXACT:
                 return self._exact(store, q, k, condition, include_vectors)
@@ -614,14 +615,15 @@ class MilvusEngine:
             want = k if matching is None else min(k, matching)
             assert isinstance(spec.index, HnswConfig)
             beam = max(ef or spec.index.ef_search, want)
-            found = self._search(store, q, want, condition if filtered else "", beam)
+            approximate = condition if filtered else ""
+            found = self._search(store, q, want, approximate, beam, vectors=include_vectors)
             if len(found) < want:
                 if matching is None:
                     matching = self._count(store.collection, condition, name)
                     want = min(k, matching)
                 if len(found) < want and beam < MAX_MILVUS_EF:
                     beam = min(MAX_MILVUS_EF, beam * RETRY_EF_FACTOR)
-                    found = self._search(store, q, want, condition if filtered else "", beam)
+                    found = self._search(store, q, want, approximate, beam, vectors=include_vectors)
                 if len(found) < want:
                     log.info(
                         "store %r: Milvus HNSW found %d of %d matches; scanning exactly",
@@ -635,8 +637,10 @@ class MilvusEngine:
         return self._on_store(name, run)
 
     def _search(
-        self, store: _Store, query: np.ndarray, limit: int, expr: str, ef: int
+        self, store: _Store, query: np.ndarray, limit: int, expr: str, ef: int, *, vectors: bool
     ) -> list[dict[str, Any]]:
+        """Milvus's nearest rows, with their distance and, when `vectors`, their vector (to
+        rescore exactly, or to return)."""
         params: dict[str, Any] = {"metric_type": _METRICS[store.spec.metric]}
         if ef:
             params["params"] = {"ef": ef}
@@ -647,13 +651,13 @@ class MilvusEngine:
                 data=[query.tolist()],
                 filter=expr,
                 limit=limit,
-                output_fields=[mf.META_FIELD, "vector"],
+                output_fields=[mf.META_FIELD, "vector"] if vectors else [mf.META_FIELD],
                 search_params=params,
                 consistency_level=self._consistency,
                 timeout=self._timeout,
             ),
         )
-        return [{"id": hit["id"], **hit["entity"]} for hit in hits[0]]
+        return [{"id": hit["id"], "distance": hit["distance"], **hit["entity"]} for hit in hits[0]]
 
     def _exact(
         self, store: _Store, query: np.ndarray, k: int, expr: str, include_vectors: bool
@@ -670,17 +674,32 @@ class MilvusEngine:
         plan: str,
         include_vectors: bool,
     ) -> SearchResult:
+        """Matches best first, ties by id. The exact plan scores in float64 from the vectors,
+        as the embedded engine does; the HNSW plan keeps Milvus's float32 scores (the wire
+        carries float32 anyway), which spares fetching every candidate's vector."""
         if not rows:
             return SearchResult(matches=[], plan=plan)
         ids = [str(row[mf.ID_FIELD]) for row in rows]
-        vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
-        ranked = rank_exactly(ids, vectors, query, spec.metric, want)
+        vectors = (
+            np.asarray([row["vector"] for row in rows], dtype=np.float32)
+            if "vector" in rows[0]
+            else None
+        )
+        if plan == "exact":
+            assert vectors is not None
+            ranked = rank_exactly(ids, vectors, query, spec.metric, want)
+        else:
+            # Milvus's L2 is the squared distance; COSINE and IP are similarities already.
+            sign = -1.0 if spec.metric == Metric.L2 else 1.0
+            scores = [sign * float(row["distance"]) for row in rows]
+            order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:want]
+            ranked = [(i, scores[i]) for i in order]
         matches = [
             Match(
                 id=ids[i],
                 score=score,
                 metadata=mf.decode_metadata(rows[i][mf.META_FIELD]),
-                vector=vectors[i].copy() if include_vectors else None,
+                vector=vectors[i].copy() if include_vectors and vectors is not None else None,
             )
             for i, score in ranked
         ]

@@ -3,6 +3,7 @@
 #
 #   bash scripts/milvus_server.sh install   # its own virtualenv in build/milvus-server (pinned, hashed)
 #   bash scripts/milvus_server.sh test [PYTEST ARGS]
+#   bash scripts/milvus_server.sh bench [DB_BENCH ARGS]   # bench/db_bench.py --engine milvus on it
 #
 # `test` runs, inside a private network namespace whose one interface is loopback (Milvus's
 # components listen on every interface, so nothing else may see them): a fresh standalone
@@ -48,8 +49,26 @@ case "${1:-}" in
       exit $status
     ' bash "$@"
     ;;
+  bench)
+    shift
+    install
+    [ -x bench/.venv/bin/python ] || bash bench/setup.sh
+    exec unshare --net --map-root-user -- bash -c '
+      set -euo pipefail
+      ip link set lo up
+      data="$(mktemp -d)"
+      trap "rm -rf \"\$data\"" EXIT
+      .venv/bin/python -m tests.milvus_standalone "$data" > "$data/uri" &
+      server=$!
+      for _ in $(seq 240); do [ -s "$data/uri" ] && break; kill -0 $server; sleep 0.5; done
+      status=0
+      bench/.venv/bin/python bench/db_bench.py --engine milvus --milvus-uri "$(cat "$data/uri")" "$@" || status=$?
+      kill -TERM $server; wait $server || true
+      exit $status
+    ' bash "$@"
+    ;;
   *)
-    echo "usage: $0 install | test [pytest args]" >&2
+    echo "usage: $0 install | test [pytest args] | bench [db_bench args]" >&2
     exit 2
     ;;
 esac

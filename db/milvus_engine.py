@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ BATCH = 1000
 # falling back to the exact scan.
 RETRY_EF_FACTOR = 4
 MAX_MILVUS_EF = 32768
+MAX_FILTER_EF_FACTOR = 8.0
 MAX_COLLECTION_NAME = 255
+MAX_MILVUS_DIMENSION = 32768  # Milvus's default proxy.maxDimension
 _METRICS = {Metric.COSINE: "COSINE", Metric.L2: "L2", Metric.IP: "IP"}
 
 T = TypeVar("T")
@@ -155,10 +158,6 @@ class MilvusEngine:
         return engine
 
     # ---- connection ----------------------------------------------------------------------
-
-    @property
-    def server_version(self) -> str:
-        return str(self._call(lambda c: c.get_server_version(timeout=self._timeout)))
 
     def _connected(self) -> Any:
         with self._client_lock:
@@ -227,6 +226,12 @@ class MilvusEngine:
     ) -> tuple[StoreInfo, bool]:
         spec = validation.store_spec(spec)
         name = spec.name
+        if spec.dimension > MAX_MILVUS_DIMENSION:
+            raise InvalidArgumentError(
+                f"store {name!r}: dimension {spec.dimension} is more than Milvus holds "
+                f"({MAX_MILVUS_DIMENSION}); reduce the vectors' dimension or use the embedded "
+                "engine"
+            )
         existing = self._describe(name)
         if existing is None:
             try:
@@ -386,7 +391,7 @@ class MilvusEngine:
 
     def _info(self, spec: StoreSpec, count: int | None = None) -> StoreInfo:
         if count is None:
-            count = self._count(collection_name(spec.name), mf.EVERYTHING, spec.name)
+            count = self._count(collection_name(spec.name), "", spec.name)
         return StoreInfo(
             name=spec.name,
             dimension=spec.dimension,
@@ -419,8 +424,12 @@ class MilvusEngine:
                     {mf.ID_FIELD: entry_id, "vector": vector.tolist(), mf.META_FIELD: stored}
                 )
             existing = self._existing(store, ids)
+            # A batch of new ids is inserted: Milvus's upsert is a delete plus an insert, and
+            # the deletes would only cost (its compaction has to apply them).
+            write = "upsert" if existing else "insert"
             self._data_call(
-                store, lambda c: c.upsert(store.collection, rows, timeout=self._timeout)
+                store,
+                lambda c: getattr(c, write)(store.collection, rows, timeout=self._timeout),
             )
             return UpsertResult(inserted=len(ids) - len(existing), updated=len(existing))
 
@@ -615,6 +624,12 @@ class MilvusEngine:
             want = k if matching is None else min(k, matching)
             assert isinstance(spec.index, HnswConfig)
             beam = max(ef or spec.index.ef_search, want)
+            if matching is not None:
+                # Milvus's filtered HNSW walks past the excluded entries: fewer matches near the
+                # query need a wider beam for the same recall (x2 at 25%, x3.2 at 10%).
+                total = max(matching, self._count(store.collection, "", name))
+                factor = min(MAX_FILTER_EF_FACTOR, math.sqrt(total / matching))
+                beam = min(MAX_MILVUS_EF, math.ceil(beam * factor))
             approximate = condition if filtered else ""
             found = self._search(store, q, want, approximate, beam, vectors=include_vectors)
             if len(found) < want:

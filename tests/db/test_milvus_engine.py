@@ -189,3 +189,9 @@ def test_unreachable_milvus_is_unavailable_and_recovers(tmp_path: Path) -> None:
         server.stop(grace=0)
         lite.close()
         engine.close()
+
+
+def test_dimension_beyond_milvus_is_refused_clearly(milvus_db: MilvusEngine) -> None:
+    with pytest.raises(InvalidArgumentError, match="more than Milvus holds .32768"):
+        milvus_db.create_store(StoreSpec("wide", 40_000))
+    assert milvus_db.list_stores() == []

@@ -51,8 +51,9 @@ COPY --from=build /opt/nachbar /opt/nachbar
 # Owned by the service user: nachbar-ai adds hub downloads to the same cache at run time.
 COPY --from=build --chown=nachbar:nachbar /models /models
 
-# NACHBAR_* are the servers' flag twins; HF_HUB_OFFLINE stays unset so hub models can still be
-# fetched on first use, while the default models are already in /models.
+# NACHBAR_* are the servers' flag twins; HF_HUB_OFFLINE stays unset so that hub models can be
+# fetched (`nachbar models fetch NAME`, or on first use with NACHBAR_ALLOW_DOWNLOADS=1), while
+# the default models are already in /models.
 ENV VIRTUAL_ENV=/opt/nachbar \
     PATH=/opt/nachbar/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -31,8 +31,8 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from nachbar.ai.embedder import Engine
 from nachbar.ai.errors import ModelUnavailableError
+from nachbar.ai.inference import Engine
 from nachbar.ai.onnx_model import available_cpus
 
 FloatArray = npt.NDArray[np.float32]

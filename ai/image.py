@@ -4,12 +4,19 @@ Decoding refuses oversized inputs from the header, before any pixel is decompres
 applies the EXIF orientation and converts every colour mode to RGB. Preprocessing is a chain of
 small transforms (resize -> center crop -> rescale -> normalize) configured exactly as the
 model's Hugging Face image-processor config says, ending in a CHW float32 array.
+
+Every intermediate image is bounded: the decoded one by `max_pixels` (JPEGs much larger than
+any model needs decode at 1/2, 1/4 or 1/8 scale first), colour conversions run band by band, a
+resize whose full result would be huge (an extreme aspect ratio) computes only the centre that
+the crop keeps, and pixels become floats only after the crop, at the model's input size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,11 +37,20 @@ from PIL import (  # noqa: F401
 )
 
 from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
+from nachbar.ai.limits import ImageLimits
 
 FloatArray = npt.NDArray[np.float32]
 
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+# JPEGs whose short side is at least twice this decode at the largest 1/2, 1/4 or 1/8 scale
+# that keeps it: far more than the 224-384 pixels any model here takes, at a quarter of the
+# memory or less. Smaller JPEGs decode at full size, exactly as Hugging Face's processors do.
+JPEG_DRAFT_SHORT_SIDE = 2048
+# Colour conversions of large images run over bands of about this many pixels.
+_BAND_PIXELS = 1 << 20
+# A shortest-edge resize whose full result would exceed this computes only the centre the
+# crop keeps (only extreme aspect ratios get there: 64:1 at a 256-pixel short side).
+_FULL_RESIZE_MAX_PIXELS = 1 << 22
 # What the API documents. Pillow opens multi-picture JPEGs (MPO, from phones) as JPEG.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -46,16 +62,8 @@ _WHITE = (255, 255, 255, 255)
 _SHORTEST_EDGE_FAMILIES = ("CLIP", "ChineseCLIP", "ConvNext", "Bit")
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """Caps applied to every image before decoding."""
-
-    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-
-
 def decode_image(
-    data: bytes, limits: ImageLimits = ImageLimits(), *, what: str = "The image"
+    data: bytes, limits: ImageLimits = DEFAULT_IMAGE_LIMITS, *, what: str = "The image"
 ) -> Image.Image:
     """Decode encoded image bytes to an upright RGB image (first frame of an animation)."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -64,8 +72,8 @@ def decode_image(
         raise InvalidInputError(f"{what} is empty (0 bytes); send an encoded image file.")
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(
-            f"{what} is {len(data)} bytes, over the {limits.max_bytes}-byte limit; "
-            "send a smaller or more compressed image."
+            f"{what} is {len(data)} bytes, over this server's {limits.max_bytes}-byte limit "
+            "(--max-image-bytes); send a smaller or more compressed image."
         )
     try:
         # Image.open reads the header only; pixels are decoded by load() below.
@@ -73,20 +81,25 @@ def decode_image(
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(
             f"{what} declares too many pixels ({error}); send an image of at most "
-            f"{limits.max_pixels} pixels."
+            f"{limits.max_pixels} pixels (--max-image-pixels)."
         ) from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InvalidInputError(
             f"{what} is not a readable image; send {', '.join(ALLOWED_FORMATS)} bytes."
         ) from error
     width, height = image.size
-    if width * height > limits.max_pixels:
-        raise ImageTooLargeError(
-            f"{what} is {width}x{height} = {width * height} pixels, over the "
-            f"{limits.max_pixels}-pixel limit; downscale it before sending."
-        )
     if width == 0 or height == 0:
         raise InvalidInputError(f"{what} has no pixels ({width}x{height}).")
+    if isinstance(image, JpegImagePlugin.JpegImageFile) and min(width, height) >= (
+        2 * JPEG_DRAFT_SHORT_SIDE
+    ):
+        image.draft(image.mode, (JPEG_DRAFT_SHORT_SIDE, JPEG_DRAFT_SHORT_SIDE))
+    decoded_width, decoded_height = image.size
+    if decoded_width * decoded_height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} = {width * height} pixels, over this server's "
+            f"{limits.max_pixels}-pixel limit (--max-image-pixels); downscale it before sending."
+        )
     try:
         image.seek(0)  # animations: the first frame represents the file
         image.load()
@@ -96,47 +109,70 @@ def decode_image(
         raise InvalidInputError(
             f"{what} is corrupt or truncated and cannot be decoded ({error})."
         ) from error
-    upright = _upright(image)
+    _upright(image)
     try:
-        return _to_rgb(upright)
+        return _to_rgb(image)
     except ValueError as error:
         raise InvalidInputError(
-            f"{what} uses colour mode {upright.mode!r}, which cannot be converted to RGB."
+            f"{what} uses colour mode {image.mode!r}, which cannot be converted to RGB."
         ) from error
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    try:
-        transposed = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
-        # A malformed EXIF block must not cost the user the image: use it as stored.
-        return image
-    return transposed if transposed is not None else image
+def _upright(image: Image.Image) -> None:
+    """Apply the EXIF orientation in place (no copy when there is none)."""
+    # A malformed EXIF block must not cost the user the image: use it as stored.
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, SyntaxError):
+        ImageOps.exif_transpose(image, in_place=True)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        image = _to_8bit_gray(image)
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
+        return _high_depth_to_rgb(image)
+    if image.mode == "P" or image.mode in _ALPHA_MODES:
         # Transparent pixels become white, as Hugging Face's convert_to_rgb does.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE)
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _by_bands(image, "RGB", _on_white)
     return image.convert("RGB")
 
 
-def _to_8bit_gray(image: Image.Image) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.float64)
+def _on_white(band: Image.Image) -> Image.Image:
+    rgba = band if band.mode == "RGBA" else band.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grey to 8-bit grey, as RGB."""
     if image.mode == "F":
         # Float images have no fixed range: [0, 1] if they fit, else clip to [0, 255].
-        scaled = pixels * 255.0 if pixels.size and pixels.max() <= 1.0 else pixels
+        extrema = image.getextrema()
+        assert isinstance(extrema[1], float | int)
+        scale = 255.0 if extrema[1] <= 1.0 else 1.0
     else:
-        scaled = pixels / 257.0  # 16-bit to 8-bit
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        scale = 1.0 / 257.0  # 16-bit to 8-bit
+
+    def to_gray(band: Image.Image) -> Image.Image:
+        scaled = np.asarray(band, dtype=np.float64) * scale
+        gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+
+    return _by_bands(image, "RGB", to_gray)
+
+
+def _by_bands(
+    image: Image.Image, mode: str, convert: Callable[[Image.Image], Image.Image]
+) -> Image.Image:
+    """`convert` applied to bands of rows, so its temporaries stay small for large images;
+    for pixel-wise conversions only, which is all this is used for."""
+    width, height = image.size
+    rows = max(1, _BAND_PIXELS // width)
+    if rows >= height:
+        return convert(image)
+    out = Image.new(mode, image.size)
+    for top in range(0, height, rows):
+        out.paste(convert(image.crop((0, top, width, min(top + rows, height)))), (0, top))
+    return out
 
 
 # --- preprocessing transforms -----------------------------------------------------------------
@@ -152,10 +188,15 @@ class ImageTransform(Protocol):
 
 @dataclass(frozen=True)
 class ResizeShortestEdge:
-    """Scale so the shorter side is `size`; the longer side is floored, as Hugging Face does."""
+    """Scale so the shorter side is `size`; the longer side is floored, as Hugging Face does.
+
+    With `keep` (height, width), only the centre of that size is needed by the crop that
+    follows: a result too large to compute whole is then computed for that centre only.
+    """
 
     size: int
     resample: Image.Resampling
+    keep: tuple[int, int] | None = None
 
     def __call__(self, image: Image.Image) -> Image.Image:
         width, height = image.size
@@ -163,7 +204,51 @@ class ResizeShortestEdge:
             new_width, new_height = self.size, int(self.size * height / width)
         else:
             new_width, new_height = int(self.size * width / height), self.size
-        return image.resize((new_width, new_height), resample=self.resample)
+        if self.keep is None or new_width * new_height <= _FULL_RESIZE_MAX_PIXELS:
+            return image.resize((new_width, new_height), resample=self.resample)
+        return _resize_centre(image, (new_width, new_height), self.keep, self.resample)
+
+
+# How far each filter reaches, in source pixels at scale 1 (Pillow's own supports).
+_FILTER_SUPPORT = {
+    Image.Resampling.NEAREST: 0.5,
+    Image.Resampling.BOX: 0.5,
+    Image.Resampling.BILINEAR: 1.0,
+    Image.Resampling.HAMMING: 1.0,
+    Image.Resampling.BICUBIC: 2.0,
+    Image.Resampling.LANCZOS: 3.0,
+}
+
+
+def _resize_centre(
+    image: Image.Image,
+    size: tuple[int, int],
+    keep: tuple[int, int],
+    resample: Image.Resampling,
+) -> Image.Image:
+    """The centre `keep` (height, width) of `image` resized to `size` (width, height), without
+    computing the rest: Pillow resamples a source box, here only the rows and columns the
+    centre needs. Equal to resizing whole and cropping up to rounding (the order of the two
+    passes may differ from a whole resize)."""
+    width, height = image.size
+    new_width, new_height = size
+    out_width, out_height = min(keep[1], new_width), min(keep[0], new_height)
+    left, top = (new_width - out_width) // 2, (new_height - out_height) // 2
+    x_scale, y_scale = width / new_width, height / new_height
+    # Source rows the vertical pass reads for the kept rows, with a pixel to spare.
+    reach = _FILTER_SUPPORT[resample] * max(y_scale, 1.0) + 1.0
+    first_row = max(0, math.floor(top * y_scale - reach))
+    end_row = min(height, math.ceil((top + out_height) * y_scale + reach))
+    columns = image.resize(
+        (out_width, end_row - first_row),
+        resample=resample,
+        box=(left * x_scale, first_row, (left + out_width) * x_scale, end_row),
+    )
+    return columns.resize(
+        (out_width, out_height),
+        resample=resample,
+        box=(0, top * y_scale - first_row, out_width, (top + out_height) * y_scale - first_row),
+    )
 
 
 @dataclass(frozen=True)
@@ -178,21 +263,20 @@ class ResizeExact:
 
 @dataclass(frozen=True)
 class CenterCrop:
-    """Crop the centre [height, width] of an HWC array, zero-padding a smaller image."""
+    """Crop the centre [height, width], zero-padding a smaller image as Hugging Face does (the
+    odd pixel of padding goes after, the odd pixel cropped away goes before)."""
 
     height: int
     width: int
 
-    def __call__(self, pixels: FloatArray) -> FloatArray:
-        rows, cols = pixels.shape[0], pixels.shape[1]
-        if rows < self.height or cols < self.width:
-            padded_rows, padded_cols = max(rows, self.height), max(cols, self.width)
-            padded = np.zeros((padded_rows, padded_cols, pixels.shape[2]), dtype=pixels.dtype)
-            top, left = (padded_rows - rows) // 2, (padded_cols - cols) // 2
-            padded[top : top + rows, left : left + cols] = pixels
-            pixels, rows, cols = padded, padded_rows, padded_cols
-        top, left = (rows - self.height) // 2, (cols - self.width) // 2
-        return pixels[top : top + self.height, left : left + self.width]
+    def __call__(self, image: Image.Image) -> Image.Image:
+        cols, rows = image.size
+        if (rows, cols) == (self.height, self.width):
+            return image
+        left = (cols - self.width) // 2 if cols >= self.width else -((self.width - cols) // 2)
+        top = (rows - self.height) // 2 if rows >= self.height else -((self.height - rows) // 2)
+        # Pillow fills the part of the box outside the image with zeros.
+        return image.crop((left, top, left + self.width, top + self.height))
 
 
 @dataclass(frozen=True)
@@ -225,6 +309,7 @@ class ImagePreprocessor:
     def __call__(self, image: Image.Image) -> FloatArray:
         for image_step in self.image_steps:
             image = image_step(image)
+        # Only now, at the model's input size, do pixels become floats.
         pixels: FloatArray = np.asarray(image, dtype=np.float32)
         for array_step in self.array_steps:
             pixels = array_step(pixels)
@@ -254,6 +339,8 @@ class ImagePreprocessor:
         image_steps: list[ImageTransform] = []
         array_steps: list[ArrayTransform] = []
         output_size: tuple[int, int] | None = None
+        shortest_edge: int | None = None
+        crop: int | tuple[int, int] | None = None
 
         if config.get("do_resize", "size" in config):
             size = _size(config.get("size"), square=not shortest_edge_family)
@@ -261,15 +348,13 @@ class ImagePreprocessor:
             if family.startswith("ConvNext") and isinstance(size, int):
                 if size < 384:
                     # ConvNeXt evaluation: resize to size / crop_pct, then crop to size.
-                    image_steps.append(
-                        ResizeShortestEdge(int(size / float(crop_pct or 0.875)), resample)
-                    )
-                    array_steps.append(CenterCrop(size, size))
+                    shortest_edge = int(size / float(crop_pct or 0.875))
+                    crop = (size, size)
                 else:
                     image_steps.append(ResizeExact(size, size, resample))
                 output_size = (size, size)
             elif isinstance(size, int):
-                image_steps.append(ResizeShortestEdge(size, resample))
+                shortest_edge = size
             else:
                 image_steps.append(ResizeExact(size[0], size[1], resample))
                 output_size = size
@@ -278,8 +363,13 @@ class ImagePreprocessor:
             crop = _size(config.get("crop_size"), square=True)
             if isinstance(crop, int):
                 crop = (crop, crop)
-            array_steps.append(CenterCrop(crop[0], crop[1]))
             output_size = crop
+
+        if shortest_edge is not None:
+            keep = crop if isinstance(crop, tuple) else None
+            image_steps.append(ResizeShortestEdge(shortest_edge, resample, keep=keep))
+        if isinstance(crop, tuple):
+            image_steps.append(CenterCrop(crop[0], crop[1]))
 
         if config.get("do_rescale", True):
             array_steps.append(Rescale(float(config.get("rescale_factor", 1 / 255))))

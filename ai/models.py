@@ -2,14 +2,21 @@
 
 Looks models up in the registry, loads them on first use (or eagerly with `load`), and routes
 embed and rerank calls through each model's dynamic batcher. Thread-safe.
+
+What a caller can make it spend is bounded: `InputLimits` caps each request (inputs per
+request, bytes per text, bytes and pixels per image, images decoded at once), hub downloads
+happen only when the manager is not `offline`, and at most `max_loaded` models stay loaded:
+the least recently used one that is not pinned is unloaded to make room.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +25,28 @@ import numpy as np
 import numpy.typing as npt
 
 from nachbar.ai.batching import BatchingConfig, DynamicBatcher
-from nachbar.ai.embedder import CrossEncoderScorer, ImageEmbedder, TextEmbedder
-from nachbar.ai.embedder import sigmoid as logistic
 from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
-from nachbar.ai.image import ImageLimits, ImagePreprocessor
+from nachbar.ai.image import ImagePreprocessor
+from nachbar.ai.inference import CrossEncoderScorer, ImageEmbedder, TextEmbedder
+from nachbar.ai.inference import sigmoid as logistic
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.locate import resolve_model_dir
 from nachbar.ai.onnx_model import OnnxModel, SessionOptions, available_cpus
-from nachbar.ai.registry import Kind, Modality, ModelSpec, all_specs, get_spec
+from nachbar.ai.registry import (
+    Kind,
+    Modality,
+    ModelSpec,
+    all_specs,
+    cross_encoder_spec,
+    embedding_spec,
+    get_spec,
+)
 from nachbar.ai.text import TextTokenizer, Truncation
 
 FloatArray = npt.NDArray[np.float32]
 DEFAULT_BATCHING = BatchingConfig()
-DEFAULT_IMAGE_LIMITS = ImageLimits()
 DEFAULT_SESSION_OPTIONS = SessionOptions()
+DEFAULT_INPUT_LIMITS = InputLimits()
 _IMAGE_TYPES = (bytes, bytearray, memoryview)
 
 
@@ -42,12 +58,15 @@ class ModelStatus:
     loaded: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Loaded:
     spec: ModelSpec
     directory: Path
     engine: TextEmbedder | ImageEmbedder | CrossEncoderScorer
     batcher: DynamicBatcher[Any]
+    # Calls running on it; an unloaded model is closed when the last one is done.
+    users: int = 0
+    unloaded: bool = False
 
 
 class ModelManager:
@@ -58,21 +77,36 @@ class ModelManager:
         offline: bool = True,
         local_dirs: Mapping[str, Path] | None = None,
         batching: BatchingConfig = DEFAULT_BATCHING,
-        image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+        limits: InputLimits = DEFAULT_INPUT_LIMITS,
         session_options: SessionOptions = DEFAULT_SESSION_OPTIONS,
+        max_loaded: int = 0,
+        pinned: Sequence[str] = (),
     ) -> None:
         """`model_dir` holds built models (`built/`) and the hub cache (`hub/`); `offline`
         forbids hub downloads; `local_dirs` maps model names (or hub repo ids) to directories
-        laid out like the hub repository."""
+        laid out like the hub repository. At most `max_loaded` models (0: any number) stay
+        loaded; `pinned` ones are never unloaded to make room."""
         self.model_dir = Path(model_dir)
         self.offline = offline
         self.local_dirs = {name: Path(path) for name, path in (local_dirs or {}).items()}
         self.batching = batching
-        self.image_limits = image_limits
+        self.limits = limits
         self.session_options = session_options
+        self.pinned = frozenset(get_spec(name).name for name in pinned)
+        if max_loaded < 0:
+            raise ValueError(f"max_loaded must be 0 (no limit) or more, got {max_loaded}")
+        if max_loaded and max_loaded < len(self.pinned):
+            raise ValueError(
+                f"{len(self.pinned)} models are pinned ({', '.join(sorted(self.pinned))}), more "
+                f"than the {max_loaded} that may be loaded"
+            )
+        self.max_loaded = max_loaded
+        self._image_decodes = threading.BoundedSemaphore(limits.image_decoders or available_cpus())
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
-        self._loaded: dict[str, _Loaded] = {}
+        # Least recently used first.
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loading = 0
         self._closed = False
 
     # -- registry -------------------------------------------------------------------------------
@@ -106,7 +140,8 @@ class ModelManager:
     def load(self, name: str) -> ModelSpec:
         """Load a model now (downloading it first if allowed) instead of on first use."""
         spec = get_spec(name)
-        self._get(spec)
+        with self._use(spec):
+            pass
         return spec
 
     def close(self) -> None:
@@ -124,33 +159,100 @@ class ModelManager:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def _use(self, spec: ModelSpec) -> Iterator[_Loaded]:
+        """The loaded model, kept open (even if unloaded meanwhile) until the block ends."""
+        model = self._get(spec)
+        try:
+            yield model
+        finally:
+            with self._lock:
+                model.users -= 1
+                close = model.unloaded and model.users == 0
+            if close:
+                model.batcher.close()
+
     def _get(self, spec: ModelSpec) -> _Loaded:
-        loaded = self._loaded.get(spec.name)
-        if loaded is not None:
-            return loaded
+        """The loaded model, loading it first if needed, with its user count raised."""
         with self._lock:
-            if self._closed:
-                raise ModelUnavailableError("The model manager is closed (server shutting down).")
+            self._check_open()
+            model = self._loaded.get(spec.name)
+            if model is not None:
+                self._loaded.move_to_end(spec.name)
+                model.users += 1
+                return model
             load_lock = self._load_locks.setdefault(spec.name, threading.Lock())
         # One lock per model: loading a large model does not hold up calls to others.
         with load_lock:
-            loaded = self._loaded.get(spec.name)
-            if loaded is not None:
-                return loaded
-            loaded = self._load(spec)
+            with self._lock:
+                self._check_open()
+                model = self._loaded.get(spec.name)
+                if model is not None:
+                    self._loaded.move_to_end(spec.name)
+                    model.users += 1
+                    return model
+                self._make_room(spec, evict=False)
+            # Files first (downloading them if allowed), so that a model that cannot be
+            # loaded unloads no other.
+            directory = resolve_model_dir(
+                spec, self.model_dir, offline=self.offline, local_dirs=self.local_dirs
+            )
+            with self._lock:
+                self._check_open()
+                evicted = self._make_room(spec, evict=True)
+                self._loading += 1
+            self._close_unused(evicted)
+            try:
+                model = self._load(spec, directory)
+            finally:
+                with self._lock:
+                    self._loading -= 1
             with self._lock:
                 if self._closed:
-                    loaded.batcher.close()
-                    raise ModelUnavailableError(
-                        "The model manager is closed (server shutting down)."
-                    )
-                self._loaded[spec.name] = loaded
-            return loaded
+                    model.batcher.close()
+                    raise self._closed_error()
+                self._loaded[spec.name] = model
+                model.users += 1
+            return model
 
-    def _load(self, spec: ModelSpec) -> _Loaded:
-        directory = resolve_model_dir(
-            spec, self.model_dir, offline=self.offline, local_dirs=self.local_dirs
-        )
+    def _make_room(self, spec: ModelSpec, *, evict: bool) -> list[_Loaded]:
+        """Unload least recently used, unpinned models until `spec` fits (with `evict`; else
+        only check that it can fit); under self._lock."""
+        if not self.max_loaded:
+            return []
+        evicted: list[_Loaded] = []
+        while len(self._loaded) + self._loading >= self.max_loaded:
+            victim = next((name for name in self._loaded if name not in self.pinned), None)
+            if victim is not None and not evict:
+                return []
+            if victim is None:
+                raise ModelUnavailableError(
+                    f"Model {spec.name!r} cannot be loaded: this server keeps at most "
+                    f"{self.max_loaded} models loaded and every slot is taken by a model it "
+                    "keeps loaded or is loading. Use one of the loaded models (`nachbar models "
+                    "list`), or ask the operator to raise --max-loaded-models."
+                )
+            model = self._loaded.pop(victim)
+            model.unloaded = True
+            evicted.append(model)
+        return evicted
+
+    def _close_unused(self, evicted: Sequence[_Loaded]) -> None:
+        for model in evicted:
+            with self._lock:
+                idle = model.users == 0
+            if idle:  # otherwise its last user closes it
+                model.batcher.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+
+    @staticmethod
+    def _closed_error() -> ModelUnavailableError:
+        return ModelUnavailableError("The model manager is closed (server shutting down).")
+
+    def _load(self, spec: ModelSpec, directory: Path) -> _Loaded:
         files = spec.files
         model = OnnxModel(
             directory / files.model,
@@ -166,6 +268,7 @@ class ModelManager:
                 model_name=spec.name,
                 max_tokens=spec.max_tokens,
                 config_json=directory / files.config if files.config else None,
+                max_text_bytes=self.limits.max_text_bytes,
             )
             if spec.kind is Kind.CROSS_ENCODER:
                 engine = CrossEncoderScorer(spec, model, tokenizer)
@@ -174,7 +277,9 @@ class ModelManager:
         else:
             assert files.preprocessor is not None  # the registry guarantees it
             preprocessor = _load_preprocessor(spec, directory / files.preprocessor)
-            engine = ImageEmbedder(spec, model, preprocessor, self.image_limits)
+            engine = ImageEmbedder(
+                spec, model, preprocessor, self.limits.image, decode_slots=self._image_decodes
+            )
         batcher: DynamicBatcher[Any] = DynamicBatcher(engine, self.batching, name=spec.name)
         return _Loaded(spec, directory, engine, batcher)
 
@@ -195,26 +300,22 @@ class ModelManager:
         truncation: Truncation | str = Truncation.ERROR,
     ) -> FloatArray:
         """Embed texts (str) or encoded images (bytes): float32 [len(inputs), dimension]."""
-        spec = get_spec(name)
+        spec = embedding_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.EMBEDDING:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is a cross-encoder: it scores (query, document) pairs "
-                "with rerank and does not embed. Pick an embedding model (`nachbar models list`)."
-            )
         if len(inputs) == 0:
             raise InvalidInputError("No inputs to embed; send at least one text or image.")
+        self._check_count(len(inputs), "inputs to embed")
         _check_modality(spec, inputs)
-        loaded = self._get(spec)
-        engine = loaded.engine
-        if isinstance(engine, TextEmbedder):
-            items: list[Any] = engine.prepare([str(x) for x in inputs], policy)
-        elif isinstance(engine, ImageEmbedder):
-            # _check_modality made sure every input is binary.
-            items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
-        else:  # unreachable: kind was checked above
-            raise InvalidInputError(f"Model {spec.name!r} does not embed.")
-        return loaded.batcher.submit(items)
+        with self._use(spec) as loaded:
+            engine = loaded.engine
+            if isinstance(engine, TextEmbedder):
+                items: list[Any] = engine.prepare([str(x) for x in inputs], policy)
+            elif isinstance(engine, ImageEmbedder):
+                # _check_modality made sure every input is binary.
+                items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
+            else:  # unreachable: kind was checked above
+                raise InvalidInputError(f"Model {spec.name!r} does not embed.")
+            return loaded.batcher.submit(items)
 
     def rerank(
         self,
@@ -229,21 +330,25 @@ class ModelManager:
 
         Raw logits by default; `sigmoid=True` maps them to (0, 1).
         """
-        spec = get_spec(name)
+        spec = cross_encoder_spec(name)
         policy = _policy(truncation)
-        if spec.kind is not Kind.CROSS_ENCODER:
-            raise InvalidInputError(
-                f"Model {spec.name!r} is an embedding model; reranking needs a cross-encoder "
-                "(`nachbar models list` shows them)."
-            )
         if len(documents) == 0:
             raise InvalidInputError("No documents to rerank; send at least one.")
-        loaded = self._get(spec)
-        engine = loaded.engine
-        assert isinstance(engine, CrossEncoderScorer)  # follows from the kind
-        items = engine.prepare(query, documents, policy)
-        logits = loaded.batcher.submit(items)[:, 0]
+        self._check_count(len(documents), "documents to rerank")
+        with self._use(spec) as loaded:
+            engine = loaded.engine
+            assert isinstance(engine, CrossEncoderScorer)  # follows from the kind
+            items = engine.prepare(query, documents, policy)
+            logits = loaded.batcher.submit(items)[:, 0]
         return logistic(logits) if sigmoid else logits
+
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.limits.max_inputs:
+            raise InvalidInputError(
+                f"{count} {what} in one request, over this server's limit of "
+                f"{self.limits.max_inputs} (--max-inputs-per-request); send them in several "
+                "requests (for reranking within a search: ask for fewer candidates)."
+            )
 
 
 def _policy(truncation: Truncation | str) -> Truncation:
@@ -287,15 +392,19 @@ def _load_preprocessor(spec: ModelSpec, path: Path) -> ImagePreprocessor:
         config = json.loads(path.read_text(encoding="utf-8"))
         preprocessor = ImagePreprocessor.from_config(config)
     except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+        # An OSError's text names the path, so it goes to the server log only.
+        reason = "it cannot be read" if isinstance(error, OSError) else str(error)
         raise ModelUnavailableError(
-            f"The preprocessing config of model {spec.name!r} at {path} cannot be used: "
-            f"{error}. Fetch or build the model again."
+            f"The preprocessing config of model {spec.name!r} cannot be used: {reason}. Fetch "
+            "or build the model again.",
+            detail=f"{path}: {error}",
         ) from error
     expected = (spec.image_size, spec.image_size)
     if preprocessor.output_size != expected:
         raise ModelUnavailableError(
-            f"The preprocessing config of model {spec.name!r} at {path} produces "
+            f"The preprocessing config of model {spec.name!r} produces "
             f"{preprocessor.output_size[0]}x{preprocessor.output_size[1]} images, but the "
-            f"model takes {expected[0]}x{expected[1]}. Fetch or build the model again."
+            f"model takes {expected[0]}x{expected[1]}. Fetch or build the model again.",
+            detail=str(path),
         )
     return preprocessor

@@ -75,8 +75,9 @@ class OnnxModel:
             )
         except Exception as error:  # onnxruntime raises its own untyped exception classes
             raise ModelUnavailableError(
-                f"The ONNX file of model {model_name!r} at {path} cannot be loaded ({error}). "
-                "Delete the model's files and fetch or build them again."
+                f"The ONNX file of model {model_name!r} cannot be loaded. Delete the model's "
+                "files and fetch or build them again.",
+                detail=f"{path}: {error}",
             ) from error
         self.input_types: dict[str, type[np.generic]] = {}
         for graph_input in self._session.get_inputs():
@@ -90,8 +91,9 @@ class OnnxModel:
         outputs = [o.name for o in self._session.get_outputs()]
         if output not in outputs:
             raise ModelUnavailableError(
-                f"The ONNX file of model {model_name!r} at {path} has outputs {outputs}, not "
-                f"{output!r}: the file is not the registered model. Fetch or build it again."
+                f"The ONNX file of model {model_name!r} has outputs {outputs}, not {output!r}: "
+                "the file is not the registered model. Fetch or build it again.",
+                detail=str(path),
             )
 
     @property
@@ -103,8 +105,9 @@ class OnnxModel:
         unknown = self.input_names - available
         if unknown:
             raise ModelUnavailableError(
-                f"Model {self.model_name!r} ({self.path}) needs inputs {sorted(unknown)}, which "
-                f"nachbar does not produce (it feeds {sorted(available)})."
+                f"Model {self.model_name!r} needs inputs {sorted(unknown)}, which nachbar does "
+                f"not produce (it feeds {sorted(available)}).",
+                detail=str(self.path),
             )
 
     def run(self, feeds: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:

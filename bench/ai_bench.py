@@ -13,10 +13,17 @@ Text (all-minilm-l6-v2, STS-B sentences):
 Images (efficientnet-lite0, imagenet-conse-minilm-l6, foolbox photos repeated): batches of 32
   over gRPC vs raw onnxruntime with the builder's reference preprocessing.
 
+Search (pass "getsimn"): end-to-end latency of text GetSimN through nachbar-ai (k=10, one
+  client, a store of STS-B sentences with originals kept), next to Embed of the same query
+  alone (the share that is embedding) and Ping (the transport floor). With `--reference-bin
+  DIR` a second db + ai pair from another installation (e.g. another checkout's .venv/bin) is
+  measured in the same run, interleaved in blocks of queries, and must return the same ids.
+
 Before timing, each path's vectors are compared with the raw reference's (min cosine), so the
 paths are known to compute the same thing.
 
 Run: bench/.venv/bin/python bench/ai_bench.py [--texts 1024 --rounds 3]
+     .venv/bin/python bench/ai_bench.py --passes getsimn --reference-bin ../main/.venv/bin
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ import onnx_reference as ref
 from benchlib import ChildServer, Tally, log, markdown_table, timed_rounds
 
 BATCH = 32
+PASSES = ("embed", "getsimn")
+SEARCH_STORE = "bench-sts"
+SEARCH_K = 10
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,12 @@ class Config:
     images: int
     threads: int
     max_batch_wait_ms: float
+    passes: tuple[str, ...] = PASSES
+    # Another installation's bin dir, measured beside this one in the getsimn pass.
+    reference_bin: Path | None = None
+    store_size: int = 2000
+    queries: int = 600
+    block: int = 50
 
 
 @dataclass
@@ -64,7 +80,20 @@ class Results:
     concurrent: list[Row] = field(default_factory=list)
     raw_batching: list[Row] = field(default_factory=list)
     images: dict[str, list[Row]] = field(default_factory=dict)
+    search: list[SearchRow] = field(default_factory=list)
+    search_facts: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchRow:
+    """One installation's latencies in the getsimn pass (milliseconds)."""
+
+    name: str
+    bin_dir: str
+    get_sim_n: benchlib.LatencyStats
+    embed: benchlib.LatencyStats
+    ping: benchlib.LatencyStats
 
 
 def fastembed_model_dir(model_dir: Path, workdir: Path) -> Path:
@@ -335,6 +364,111 @@ def image_pass(config: Config, ai: ChildServer, results: Results) -> None:
     client.close()
 
 
+def interleaved_blocks(count: int, systems: int, block: int) -> list[tuple[int, range]]:
+    """(system, query indexes): every block of `block` queries goes to each system in turn, the
+    block after block j starting with system j mod n, so no system always runs first."""
+    order = []
+    for j, first in enumerate(range(0, count, block)):
+        indexes = range(first, min(first + block, count))
+        order += [((j + offset) % systems, indexes) for offset in range(systems)]
+    return order
+
+
+def start_search_stack(
+    config: Config, bin_dir: Path, workdir: Path
+) -> tuple[ChildServer, ChildServer]:
+    db = benchlib.start_nachbar(
+        "nachbar-db", ["--data-dir", str(workdir / "db")], workdir / "db", bin_dir=bin_dir
+    )
+    try:
+        ai = benchlib.start_nachbar(
+            "nachbar-ai",
+            [
+                "--db-port",
+                str(db.port),
+                "--model-dir",
+                str(config.model_dir),
+                "--hub-offline",
+                "--models",
+                ref.TEXT_MODEL,
+            ],
+            workdir / "ai",
+            bin_dir=bin_dir,
+        )
+    except BaseException:
+        db.stop()
+        raise
+    return db, ai
+
+
+def search_pass(config: Config, workdir: Path, results: Results) -> None:
+    """End-to-end text GetSimN through nachbar-ai, for this installation and optionally a
+    reference one, interleaved in blocks; Embed and Ping of the same server as context."""
+    from nachbar.client import AIClient
+
+    installs = [("this checkout", benchlib.BIN_DIR)]
+    if config.reference_bin is not None:
+        installs.append(("reference", config.reference_bin))
+    sentences = ref.sts_sentences(config.store_size + config.queries)
+    corpus, queries = sentences[: config.store_size], sentences[config.store_size :]
+    if len(queries) < config.queries:
+        results.notes.append(f"only {len(queries)} queries: STS-B ran out of sentences")
+    servers: list[ChildServer] = []
+    clients: list[AIClient] = []
+    try:
+        for number, (_label, bin_dir) in enumerate(installs):
+            servers += start_search_stack(config, bin_dir, workdir / f"search-{number}")
+            client = AIClient(servers[-1].address, timeout=300)
+            clients.append(client)
+            client.create_store(SEARCH_STORE, query_model=ref.TEXT_MODEL, store_original=True)
+            client.upsert(SEARCH_STORE, [(text, f"s{i}", {}) for i, text in enumerate(corpus)])
+        for client in clients:  # warm-up, and both installations must find the same ids
+            for query in queries[:20]:
+                client.get_sim_n(SEARCH_STORE, query, SEARCH_K)
+        answers = [
+            [[m.id for m in c.get_sim_n(SEARCH_STORE, q, SEARCH_K).matches] for q in queries]
+            for c in clients
+        ]
+        same = sum(all(a[i] == answers[0][i] for a in answers) for i in range(len(queries)))
+        results.search_facts["queries with identical ids in every installation"] = same / len(
+            queries
+        )
+        samples: list[dict[str, list[float]]] = [
+            {"get_sim_n": [], "embed": [], "ping": []} for _ in installs
+        ]
+
+        def calls_of(client: AIClient) -> dict[str, Callable[[str], object]]:
+            return {
+                "get_sim_n": lambda q: client.get_sim_n(SEARCH_STORE, q, SEARCH_K),
+                "embed": lambda q: client.embed(ref.TEXT_MODEL, [q]),
+                "ping": lambda q: client.ping(),
+            }
+
+        for which, indexes in interleaved_blocks(len(queries), len(installs), config.block):
+            for name, call in calls_of(clients[which]).items():
+                for index in indexes:
+                    start = time.perf_counter()
+                    call(queries[index])
+                    samples[which][name].append(time.perf_counter() - start)
+        results.search = [
+            SearchRow(
+                label,
+                str(bin_dir),
+                benchlib.LatencyStats.of(kept["get_sim_n"]),
+                benchlib.LatencyStats.of(kept["embed"]),
+                benchlib.LatencyStats.of(kept["ping"]),
+            )
+            for (label, bin_dir), kept in zip(installs, samples, strict=True)
+        ]
+        results.search_facts["store size"] = float(len(corpus))
+        results.search_facts["queries"] = float(len(queries))
+    finally:
+        for client in clients:
+            client.close()
+        for server in reversed(servers):
+            server.stop()
+
+
 def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServer, ChildServer]:
     db = benchlib.start_nachbar("nachbar-db", ["--data-dir", str(workdir / "db")], workdir / "db")
     common = [
@@ -360,26 +494,34 @@ def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServ
 
 
 def run(config: Config) -> Results:
-    ref.ensure_built(config.model_dir, (ref.TEXT_MODEL, *ref.IMAGE_MODELS))
+    models = (ref.TEXT_MODEL, *(ref.IMAGE_MODELS if "embed" in config.passes else ()))
+    ref.ensure_built(config.model_dir, models)
     results = Results(config, benchlib.machine_facts())
     texts = ref.sts_sentences(config.texts)
     if len(texts) < config.texts:
         results.notes.append(f"only {len(texts)} distinct STS-B sentences were available")
     with benchlib.scratch_dir("nachbar-ai-bench-") as workdir:
-        servers = start_servers(config, workdir)
-        try:
-            _db, on, off = servers
-            log(f"text, batch 32: {len(texts)} texts x {config.rounds} rounds per path")
-            text_batch_pass(config, on, texts, results)
-            log(f"text, {config.clients} concurrent single-text clients, batching on vs off")
-            concurrent_pass(config, on, off, texts, results)
-            in_process_concurrent_pass(config, texts, results)
-            raw_batching_pass(config, texts, results)
-            log(f"images: {config.images} photos x {config.rounds} rounds per path")
-            image_pass(config, on, results)
-        finally:
-            for server in reversed(servers):
-                server.stop()
+        if "getsimn" in config.passes:
+            log(
+                f"getsimn: {config.queries} text queries into {config.store_size} sentences, "
+                f"{1 + (config.reference_bin is not None)} installation(s) interleaved"
+            )
+            search_pass(config, workdir, results)
+        if "embed" in config.passes:
+            servers = start_servers(config, workdir)
+            try:
+                _db, on, off = servers
+                log(f"text, batch 32: {len(texts)} texts x {config.rounds} rounds per path")
+                text_batch_pass(config, on, texts, results)
+                log(f"text, {config.clients} concurrent single-text clients, batching on vs off")
+                concurrent_pass(config, on, off, texts, results)
+                in_process_concurrent_pass(config, texts, results)
+                raw_batching_pass(config, texts, results)
+                log(f"images: {config.images} photos x {config.rounds} rounds per path")
+                image_pass(config, on, results)
+            finally:
+                for server in reversed(servers):
+                    server.stop()
     results.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
@@ -387,16 +529,80 @@ def run(config: Config) -> Results:
 def render(results: Results) -> str:
     config, machine = results.config, results.machine
     lines = [
-        "## ai_bench: embedding throughput",
+        "## ai_bench: "
+        + " and ".join(
+            {"embed": "embedding throughput", "getsimn": "GetSimN latency"}[p]
+            for p in config.passes
+        ),
         "",
         f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
         f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, "
-        f"after {machine['load_average_after']}; onnxruntime threads {config.threads}; "
-        f"{config.rounds} alternating rounds per path",
-        "",
-        f"### all-minilm-l6-v2, {config.texts} STS-B sentences per round",
+        f"after {machine['load_average_after']}"
+        + (
+            f"; onnxruntime threads {config.threads}; {config.rounds} alternating rounds per path"
+            if "embed" in config.passes
+            else ""
+        ),
         "",
     ]
+    if results.search:
+        lines += render_search(results)
+    if results.text_batch:
+        lines += render_embed(results)
+    if results.notes:
+        lines += ["", "notes:", *(f"- {n}" for n in results.notes)]
+    return "\n".join(lines)
+
+
+def render_search(results: Results) -> list[str]:
+    config, facts = results.config, results.search_facts
+    base = results.search[0]
+    lines = [
+        f"### text GetSimN through nachbar-ai, k={SEARCH_K}, one client "
+        f"({facts['store size']:.0f} STS-B sentences stored with originals, "
+        f"{facts['queries']:.0f} queries, installations interleaved in blocks of {config.block})",
+        "",
+        markdown_table(
+            [
+                "installation",
+                "GetSimN p50 ms",
+                "p99 ms",
+                "mean ms",
+                "Embed p50 ms",
+                "GetSimN - Embed p50 ms",
+                "Ping p50 ms",
+            ],
+            [
+                [
+                    f"{r.name} ({r.bin_dir})",
+                    f"{r.get_sim_n.p50_ms:.3f}",
+                    f"{r.get_sim_n.p99_ms:.3f}",
+                    f"{r.get_sim_n.mean_ms:.3f}",
+                    f"{r.embed.p50_ms:.3f}",
+                    f"{r.get_sim_n.p50_ms - r.embed.p50_ms:.3f}",
+                    f"{r.ping.p50_ms:.3f}",
+                ]
+                for r in results.search
+            ],
+        ),
+        "",
+        "queries answered with identical ids by every installation: "
+        f"{facts['queries with identical ids in every installation']:.3f}",
+    ]
+    for other in results.search[1:]:
+        lines.append(
+            f"- {other.name} / {base.name} GetSimN p50: "
+            f"x{other.get_sim_n.p50_ms / base.get_sim_n.p50_ms:.3f} "
+            f"(mean x{other.get_sim_n.mean_ms / base.get_sim_n.mean_ms:.3f}); p50 "
+            f"{other.name} - {base.name}: {other.get_sim_n.p50_ms - base.get_sim_n.p50_ms:+.3f} ms"
+        )
+    lines.append("")
+    return lines
+
+
+def render_embed(results: Results) -> list[str]:
+    config, machine = results.config, results.machine
+    lines = [f"### all-minilm-l6-v2, {config.texts} STS-B sentences per round", ""]
 
     def table(rows: Sequence[Row], unit: str, reference: Row) -> str:
         return markdown_table(
@@ -465,9 +671,7 @@ def render(results: Results) -> str:
             f"x{by_length.per_second / singles.per_second:.2f} with the whole stream sorted by "
             "length (out of a batcher's reach)"
         )
-    if results.notes:
-        lines += ["", "notes:", *(f"- {n}" for n in results.notes)]
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -501,9 +705,30 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         default=0.0,
         help="nachbar-ai's batching wait (its default is 0)",
     )
+    parser.add_argument(
+        "--passes",
+        default=",".join(PASSES),
+        help=f"comma-separated passes to run: {', '.join(PASSES)}",
+    )
+    parser.add_argument(
+        "--reference-bin",
+        type=Path,
+        help="getsimn: also measure the nachbar-db and nachbar-ai in this bin dir (another "
+        "installation, e.g. a checkout of main's .venv/bin), interleaved with this one",
+    )
+    parser.add_argument("--store-size", type=int, default=2000, help="getsimn: entries stored")
+    parser.add_argument("--queries", type=int, default=600, help="getsimn: queries measured")
+    parser.add_argument("--block", type=int, default=50, help="getsimn: queries per block")
     ns = parser.parse_args(argv)
-    if min(ns.texts, ns.rounds, ns.clients, ns.requests_per_client, ns.images) < 1:
+    counts = (ns.texts, ns.rounds, ns.clients, ns.requests_per_client, ns.images)
+    if min(*counts, ns.store_size, ns.queries, ns.block) < 1:
         parser.error("counts must be at least 1")
+    passes = tuple(p.strip() for p in ns.passes.split(",") if p.strip())
+    unknown = sorted(set(passes) - set(PASSES))
+    if unknown or not passes:
+        parser.error(f"--passes takes {', '.join(PASSES)}, not {ns.passes!r}")
+    if ns.reference_bin is not None and not (ns.reference_bin / "nachbar-ai").exists():
+        parser.error(f"--reference-bin {ns.reference_bin} holds no nachbar-ai")
     return Config(
         model_dir=ns.model_dir,
         texts=ns.texts,
@@ -513,6 +738,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         images=ns.images,
         threads=ns.threads,
         max_batch_wait_ms=ns.max_batch_wait_ms,
+        passes=passes,
+        reference_bin=ns.reference_bin,
+        store_size=ns.store_size,
+        queries=ns.queries,
+        block=ns.block,
     )
 
 

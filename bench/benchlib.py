@@ -211,8 +211,8 @@ class ChildServer:
             self.proc.wait(10)
 
 
-def _script(name: str) -> str:
-    path = BIN_DIR / name
+def _script(name: str, bin_dir: Path = BIN_DIR) -> str:
+    path = bin_dir / name
     if not path.exists():
         raise BenchSetupError(
             f"{path} does not exist: run bench/setup.sh and start the benchmark with "
@@ -222,15 +222,23 @@ def _script(name: str) -> str:
 
 
 def start_nachbar(
-    script: str, args: Sequence[str], workdir: Path, *, timeout: float = 120.0
+    script: str,
+    args: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 120.0,
+    bin_dir: Path = BIN_DIR,
 ) -> ChildServer:
-    """Start nachbar-db or nachbar-ai on a free port and wait until it reports SERVING."""
+    """Start nachbar-db or nachbar-ai (or the executable at an absolute path) on a free port and
+    wait until it reports SERVING. `bin_dir` picks the installation: another checkout's
+    `.venv/bin` runs that version."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / f"{script}.port"
+    name = Path(script).name
+    port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
-    log_path = workdir / f"{script}.log"
+    log_path = workdir / f"{name}.log"
     command = [
-        _script(script),
+        _script(script, bin_dir),
         "--host",
         "127.0.0.1",
         "--port",
@@ -252,28 +260,20 @@ def start_nachbar(
                 f"{script} did not start: {' '.join(command)}\n{log_path.read_text()}"
             )
         time.sleep(0.05)
-    server = ChildServer(script, proc, int(port_file.read_text().strip()), log_path)
+    server = ChildServer(name, proc, int(port_file.read_text().strip()), log_path)
     wait_serving(server, deadline - time.monotonic())
     return server
 
 
 def wait_serving(server: ChildServer, timeout: float) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from nachbar.cli.health import wait_until_serving
 
-    deadline = time.monotonic() + max(timeout, 1.0)
-    with grpc.insecure_channel(server.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                break
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.1)
-    server.stop()
-    raise BenchSetupError(f"{server.name} never became SERVING:\n{server.log_tail()}")
+    report = wait_until_serving(
+        server.address, max(timeout, 1.0), alive=lambda: server.proc.poll() is None
+    )
+    if not report.serving:
+        server.stop()
+        raise BenchSetupError(f"{server.name} never became SERVING:\n{server.log_tail()}")
 
 
 def start_chroma(workdir: Path, *, timeout: float = 60.0) -> ChildServer:

@@ -17,17 +17,18 @@ import onnxruntime as ort
 from benchlib import BenchSetupError, log
 from tokenizers import Tokenizer
 
+from nachbar.ai import defaults
 from nachbar.ai.onnx_model import SessionOptions
 
 NACHBAR_SESSION = SessionOptions()  # settings only: inference below calls onnxruntime directly
 
 FloatArray = npt.NDArray[np.float32]
 
-TEXT_MODEL = "all-minilm-l6-v2"
-TEXT_MODEL_INT8 = "all-minilm-l6-v2-int8"
-CROSS_ENCODER = "stsb-minilm-l6-cross-encoder"
-CROSS_ENCODER_INT8 = "stsb-minilm-l6-cross-encoder-int8"
-IMAGE_MODELS = ("efficientnet-lite0", "imagenet-conse-minilm-l6")
+TEXT_MODEL = defaults.MINILM
+TEXT_MODEL_INT8 = defaults.MINILM_INT8
+CROSS_ENCODER = defaults.CROSS_ENCODER
+CROSS_ENCODER_INT8 = defaults.CROSS_ENCODER_INT8
+IMAGE_MODELS = (defaults.EFFICIENTNET, defaults.CONSE)
 # Token limits as registered in nachbar.ai.registry.
 MAX_TOKENS = {TEXT_MODEL: 256, TEXT_MODEL_INT8: 256, CROSS_ENCODER: 512, CROSS_ENCODER_INT8: 512}
 
@@ -39,7 +40,7 @@ def cpu_count() -> int:
 
 
 def built_dir(model_dir: Path, name: str) -> Path:
-    return model_dir / "built" / name
+    return defaults.built_dir(model_dir, name)
 
 
 def ensure_built(model_dir: Path, names: Sequence[str]) -> None:

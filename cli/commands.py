@@ -1,340 +1,331 @@
-"""The one-shot data commands: ping, stores, create-store, drop-store, search, embed, rerank,
-info, get, delete."""
+"""The data commands of `nachbar`, defined once: this table feeds both the command line (one
+argparse subcommand each) and the interactive shell (nachbar.cli.shell_commands).
+
+A command lists its arguments (some belong to one service only), the services that have it,
+and one `run` written against the service adapters (nachbar.cli.adapters). On the command line
+`--service` picks the service; in the shell, the current one (`use db`) or a prefix (`db CMD`).
+Every command answers to its name (as the RPC, snake_case), the kebab-case spelling and its
+aliases, and takes `--json`.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from rich.console import Console
 from rich.markup import escape
 
 from nachbar.cli import render
-from nachbar.cli.context import CliContext, CliError
-from nachbar.cli.filters import FilterSyntaxError, parse_filter
+from nachbar.cli.adapters import (
+    LABELS,
+    SERVICES,
+    AIAdapter,
+    DBAdapter,
+    ServiceAdapter,
+    Shown,
+    filter_arg,
+    image_arg,
+    truncation,
+)
+from nachbar.cli.context import CliContext, UsageError, explain_unavailable
 from nachbar.cli.health import check_health
-from nachbar.client import Exact, Image, NachbarError
-from nachbar.client.values import Filter
+from nachbar.client import AIClient, DBClient, NachbarError
 
-SERVICE_NAMES = {"db": "nachbar-db", "ai": "nachbar-ai"}
 EMBED_PREVIEW_VALUES = 8
 
 
-def register(
-    sub: argparse._SubParsersAction[Any],
-    common: list[argparse.ArgumentParser],
-    json_flag: argparse.ArgumentParser,
-) -> None:
-    """Add this module's subcommands to the `nachbar` parser."""
-    with_json = [*common, json_flag]
-
-    p = sub.add_parser(
-        "ping",
-        parents=with_json,
-        help="health-check the services (exit 0 only when SERVING)",
-        description="Ask grpc.health.v1 whether each service is SERVING. Exit code 0 only when "
-        "every service asked is serving; compose health checks run this.",
-    )
-    p.add_argument(
-        "--service", choices=["db", "ai", "all"], default="all", help="which service to check"
-    )
-    p.set_defaults(func=ping)
-
-    p = sub.add_parser(
-        "stores",
-        parents=with_json,
-        help="list stores",
-        description="A table of stores: name, count, dimension, metric, models.",
-    )
-    p.add_argument(
-        "--service",
-        choices=["ai", "db"],
-        default="ai",
-        help="ai lists stores with models; db lists every db store",
-    )
-    p.set_defaults(func=stores)
-
-    p = sub.add_parser(
-        "create-store",
-        parents=with_json,
-        help="create a store bound to embedding models",
-        description="Create a store on nachbar-ai. Queries are embedded with --query-model, "
-        "inserted items with --index-model (default: the query model); both must share one "
-        "embedding space (see `nachbar models list`).",
-    )
-    p.add_argument("name", help="store name")
-    p.add_argument("--query-model", required=True, metavar="MODEL")
-    p.add_argument("--index-model", default="", metavar="MODEL")
-    p.add_argument(
-        "--no-store-original",
-        action="store_true",
-        help="do not keep each input's text or image bytes (saves space; no "
-        "reranking on original text)",
-    )
-    p.add_argument(
-        "--pred-index",
-        nargs="+",
-        default=[],
-        metavar="FIELD",
-        help="metadata fields to index for fast filters",
-    )
-    p.add_argument(
-        "--metric",
-        choices=["cosine", "l2", "ip"],
-        default=None,
-        help="default: the models' recommended metric",
-    )
-    p.add_argument("--exact", action="store_true", help="brute-force search instead of HNSW")
-    p.add_argument(
-        "--if-not-exists",
-        action="store_true",
-        help="succeed when the store already exists with these models",
-    )
-    p.set_defaults(func=create_store)
-
-    p = sub.add_parser("drop-store", parents=common, help="delete a store and all its entries")
-    p.add_argument("name")
-    p.add_argument("--missing-ok", action="store_true", help="succeed when it does not exist")
-    p.add_argument(
-        "--service",
-        choices=["ai", "db"],
-        default="ai",
-        help="db also drops stores created without models",
-    )
-    p.set_defaults(func=drop_store)
-
-    p = sub.add_parser(
-        "search",
-        parents=with_json,
-        help="search a store with text or an image",
-        description="Embed the query with the store's query model and print the k most similar "
-        'entries. Examples: nachbar search "a photo of a dog" --store photos -k 3; '
-        'nachbar search --image dog.jpg --store photos; nachbar search "rust" --store docs '
-        "--filter 'year >= 2020 and lang = \"en\"' --rerank stsb-minilm-l6-cross-encoder",
-    )
-    p.add_argument("query", nargs="?", help="query text (or use --image)")
-    p.add_argument("--image", type=Path, metavar="PATH", help="query with an image file")
-    p.add_argument("--store", required=True)
-    p.add_argument("-k", type=int, default=5, help="how many results")
-    p.add_argument(
-        "--filter",
-        metavar="JSON|EXPR",
-        help='metadata filter: JSON like {"year": {"gte": 2020}} or an expression '
-        'like year >= 2020 and kind = "photo"',
-    )
-    p.add_argument("--rerank", metavar="MODEL", help="rerank candidates with this cross-encoder")
-    p.add_argument(
-        "--rerank-field",
-        metavar="FIELD",
-        help="rerank on this metadata field instead of the stored original text",
-    )
-    p.add_argument(
-        "--candidates",
-        type=int,
-        default=0,
-        metavar="N",
-        help="how many vector hits to rerank (default max(k, 20))",
-    )
-    p.add_argument(
-        "--query-model",
-        default="",
-        metavar="MODEL",
-        help="embed the query with this model instead of the store's query model; "
-        "it must share the store's embedding space (e.g. an image model of a text "
-        "store's space, or an int8 twin)",
-    )
-    p.add_argument(
-        "--truncate",
-        action="store_true",
-        help="cut a query longer than the model's limit instead of failing",
-    )
-    p.set_defaults(func=search)
-
-    p = sub.add_parser(
-        "embed",
-        parents=with_json,
-        help="embed texts or images with a model",
-        description="Print each input's vector dimension and first values (all with --json).",
-    )
-    p.add_argument("texts", nargs="*", metavar="TEXT")
-    p.add_argument(
-        "--image",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="an image to embed; repeatable",
-    )
-    p.add_argument("--model", required=True)
-    p.add_argument(
-        "--truncate",
-        action="store_true",
-        help="cut texts longer than the model's limit instead of failing",
-    )
-    p.set_defaults(func=embed)
-
-    p = sub.add_parser(
-        "rerank",
-        parents=with_json,
-        help="score documents against a query with a cross-encoder",
-    )
-    p.add_argument("query")
-    p.add_argument("documents", nargs="+", metavar="DOC")
-    p.add_argument("--model", required=True, help="a cross-encoder (see `nachbar models list`)")
-    p.add_argument("--top-k", type=int, default=0, help="only the best K (default all)")
-    p.add_argument("--sigmoid", action="store_true", help="map scores to [0, 1]")
-    p.set_defaults(func=rerank)
-
-    p = sub.add_parser("info", parents=with_json, help="versions and state of the services")
-    p.add_argument("--service", choices=["db", "ai", "all"], default="all")
-    p.set_defaults(func=info)
-
-    p = sub.add_parser("get", parents=with_json, help="fetch entries by id")
-    p.add_argument("store")
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p.add_argument("--service", choices=["ai", "db"], default="ai")
-    p.add_argument("--vectors", action="store_true", help="include vectors (db service only)")
-    p.set_defaults(func=get)
-
-    p = sub.add_parser("delete", parents=with_json, help="delete entries by id")
-    p.add_argument("store")
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p.add_argument("--service", choices=["ai", "db"], default="ai")
-    p.set_defaults(func=delete)
+# -- the shape of a command -----------------------------------------------------------------------
 
 
-def filter_arg(raw: str | None) -> Filter | None:
-    if raw is None:
-        return None
-    try:
-        return parse_filter(raw)
-    except FilterSyntaxError as error:
-        raise CliError(f"--filter: {error}", exit_code=2) from None
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+    # The services this argument applies to.
+    services: tuple[str, ...] = SERVICES
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags[0].startswith("-")
+
+    @property
+    def dest(self) -> str:
+        dest: str = self.options.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+        return dest
 
 
-def ping(ctx: CliContext, args: argparse.Namespace) -> int:
-    services = ["db", "ai"] if args.service == "all" else [args.service]
-    reports = {s: check_health(ctx.address(s), ctx.timeout) for s in services}
-    if args.json:
-        render.print_json(
-            ctx.out,
-            {
-                s: {"address": r.address, "status": r.health.value, "detail": r.detail}
-                for s, r in reports.items()
-            },
-        )
-    else:
-        for service, report in reports.items():
-            line = f"{SERVICE_NAMES[service]} at {report.address}: {report.health.value}"
-            if report.serving:
-                ctx.out.print(line, highlight=False)
-            else:
-                detail = f" ({report.detail})" if report.detail else ""
-                ctx.err.print(escape(line + detail), highlight=False)
-    return 0 if all(r.serving for r in reports.values()) else 1
+def arg(*flags: str, only: str | None = None, **options: Any) -> Arg:
+    """An argparse argument; `only` names the one service it applies to."""
+    return Arg(flags, options, (only,) if only else SERVICES)
 
 
-def stores(ctx: CliContext, args: argparse.Namespace) -> int:
-    if args.service == "db":
-        with ctx.db() as db:
-            db_stores = db.list_stores()
-        if args.json:
-            render.print_json(ctx.out, db_stores)
-        else:
-            ctx.out.print(render.db_stores_table(db_stores))
+class Session(Protocol):
+    """What a command needs from where it runs: a client per service, and their addresses."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    def adapter(self, service: str) -> ServiceAdapter: ...
+
+    def address(self, service: str) -> str: ...
+
+
+@dataclass
+class Invocation:
+    """One run of a command: its arguments, the services it runs for, where it prints."""
+
+    services: tuple[str, ...]
+    args: argparse.Namespace
+    out: Console
+    err: Console
+    session: Session
+
+    @property
+    def service(self) -> str:
+        return self.services[0]
+
+    @property
+    def adapter(self) -> ServiceAdapter:
+        return self.session.adapter(self.service)
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    def say(self, text: str) -> None:
+        if text:
+            self.out.print(escape(text), highlight=False)
+
+    def warn(self, text: str) -> None:
+        self.err.print(escape(text), highlight=False)
+
+    def show(self, shown: Shown) -> None:
+        if self.json:
+            render.print_json(self.out, shown.value)
+            return
+        if shown.table is not None:
+            self.out.print(shown.table)
+        for line in shown.lines:
+            self.say(line)
+
+    def report(self, value: Any, line: str) -> int:
+        """Print a result as JSON or as one line; success."""
+        self.show(Shown(value, lines=(line,)))
         return 0
-    with ctx.ai() as ai:
-        ai_stores = ai.list_stores()
-    if args.json:
-        render.print_json(ctx.out, ai_stores)
-    else:
-        ctx.out.print(render.ai_stores_table(ai_stores))
+
+
+Run = Callable[[Invocation], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    services: tuple[str, ...]
+    arguments: tuple[Arg, ...]
+    run: Run
+    # An example per service, for `help CMD` in the shell.
+    examples: dict[str, str]
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    # Command line only: the --service default; "all" runs the command for every service.
+    default_service: str = "ai"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        kebab = self.name.replace("_", "-")
+        return tuple(dict.fromkeys((self.name, kebab, *self.aliases)))
+
+    @property
+    def takes_store(self) -> bool:
+        """Whether the first positional argument is a store name (for completion)."""
+        first = next((a for a in self.arguments if a.positional), None)
+        return first is not None and first.dest == "store"
+
+    def arguments_for(self, service: str) -> list[Arg]:
+        return [a for a in self.arguments if service in a.services]
+
+    def configure(self, parser: argparse.ArgumentParser, service: str | None = None) -> None:
+        """Add the arguments of `service`, or (None) of every service for the command line,
+        where requirements of one service are checked after parsing (see `check_service`)."""
+        for argument in self.arguments if service is None else self.arguments_for(service):
+            options = dict(argument.options)
+            if service is None and argument.services != self.services:
+                options.pop("required", None)
+            parser.add_argument(*argument.flags, **options)
+
+    def check_service(self, service: str, args: argparse.Namespace) -> None:
+        """Refuse options of another service, and missing options this one requires."""
+        for argument in self.arguments:
+            value = getattr(args, argument.dest, None)
+            if service not in argument.services:
+                if value != argument.options.get("default") and value not in (None, False, []):
+                    raise UsageError(
+                        f"{argument.flags[0]} needs --service {'/'.join(argument.services)}"
+                    )
+            elif argument.options.get("required") and value is None:
+                raise UsageError(
+                    f"the following arguments are required with --service {service}: "
+                    f"{'/'.join(argument.flags)}"
+                )
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def _ping(inv: Invocation) -> int:
+    reports = {}
+    for service in inv.services:
+        address = inv.session.address(service)
+        report = check_health(address, inv.session.timeout)
+        entry: dict[str, Any] = {
+            "address": address,
+            "status": report.health.value,
+            "detail": report.detail,
+        }
+        if report.serving:
+            started = time.perf_counter()
+            with explain_unavailable(service, address):
+                inv.session.adapter(service).ping()
+            entry["ping_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        reports[service] = entry
+        if inv.json:
+            continue
+        line = f"{LABELS[service]} at {address}: {report.health.value}"
+        if report.serving:
+            inv.say(f"{line} (Ping {entry['ping_ms']:.1f} ms)")
+        else:
+            inv.warn(line + (f" ({report.detail})" if report.detail else ""))
+    if inv.json:
+        render.print_json(inv.out, reports)
+    return 0 if all(r["status"] == "SERVING" for r in reports.values()) else 1
+
+
+def _info(inv: Invocation) -> int:
+    found: dict[str, Any] = {}
+    failed = False
+    for service in inv.services:
+        address = inv.session.address(service)
+        try:
+            with explain_unavailable(service, address):
+                found[service] = inv.session.adapter(service).info()
+        except NachbarError as error:
+            failed = True
+            found[service] = {"address": address, "error": str(error)}
+            if not inv.json:
+                inv.warn(f"{LABELS[service]}: {error}")
+            continue
+        if not inv.json:
+            rows = {"address": address, **render.jsonable(found[service])}
+            inv.out.print(render.key_value_table(rows, title=LABELS[service]))
+    if inv.json:
+        render.print_json(inv.out, found)
+    return 1 if failed else 0
+
+
+def _list_stores(inv: Invocation) -> int:
+    inv.show(inv.adapter.list_stores())
     return 0
 
 
-def create_store(ctx: CliContext, args: argparse.Namespace) -> int:
-    with ctx.ai() as ai:
-        info = ai.create_store(
-            args.name,
-            query_model=args.query_model,
-            index_model=args.index_model,
-            store_original=not args.no_store_original,
-            predicate_indexes=args.pred_index,
-            index=Exact() if args.exact else None,
-            metric=args.metric,
-            if_not_exists=args.if_not_exists,
-        )
-    if args.json:
-        render.print_json(ctx.out, info)
-    else:
-        ctx.out.print(
-            f"store {escape(info.name)}: {info.db_store.dimension}-d, "
-            f"{info.db_store.metric.value}, query model {escape(info.query_model)}, "
-            f"index model {escape(info.index_model)}, "
-            f"originals {'kept' if info.store_original else 'not kept'}",
-            highlight=False,
-        )
+def _get_store(inv: Invocation) -> int:
+    inv.show(inv.adapter.get_store(inv.args.store))
     return 0
 
 
-def drop_store(ctx: CliContext, args: argparse.Namespace) -> int:
-    if args.service == "db":
-        with ctx.db() as db:
-            dropped = db.drop_store(args.name, missing_ok=args.missing_ok)
-    else:
-        with ctx.ai() as ai:
-            dropped = ai.drop_store(args.name, missing_ok=args.missing_ok)
-    message = "dropped store" if dropped else "no such store (nothing to drop):"
-    ctx.out.print(f"{message} {escape(args.name)}", highlight=False)
+def _create_store(inv: Invocation) -> int:
+    inv.show(inv.adapter.create_store(inv.args))
     return 0
 
 
-def search(ctx: CliContext, args: argparse.Namespace) -> int:
-    if (args.query is None) == (args.image is None):
-        raise CliError("give either query text or --image PATH (not both)", exit_code=2)
-    if args.k < 1:
-        raise CliError("-k must be at least 1", exit_code=2)
-    if (args.rerank_field or args.candidates) and not args.rerank:
-        raise CliError("--rerank-field and --candidates need --rerank MODEL", exit_code=2)
-    query: str | Image = args.query if args.image is None else _read_image(args.image)
-    with ctx.ai() as ai:
-        result = ai.get_sim_n(
-            args.store,
-            query,
-            args.k,
-            filter=filter_arg(args.filter),
-            truncation="truncate" if args.truncate else "error",
-            rerank=args.rerank,
-            rerank_candidates=args.candidates,
-            rerank_field=args.rerank_field,
-            query_model=args.query_model,
-        )
-    if args.json:
-        render.print_json(ctx.out, result)
-    elif not result.matches:
-        ctx.out.print(f"no matches in {escape(args.store)}", highlight=False)
-    else:
-        ctx.out.print(render.ai_matches_table(result.matches))
+def _drop_store(inv: Invocation) -> int:
+    store = inv.args.store
+    dropped = inv.adapter.drop_store(store, inv.args.missing_ok)
+    line = f"dropped {store}" if dropped else f"no store {store}; nothing dropped"
+    return inv.report({"dropped": dropped}, line)
+
+
+def _upsert(inv: Invocation) -> int:
+    inv.show(inv.adapter.upsert(inv.args))
     return 0
 
 
-def _read_image(path: Path) -> Image:
-    try:
-        return Image.from_path(path)
-    except OSError as error:
-        raise CliError(f"cannot read image {path}: {error.strerror or error}") from None
+def _get_key(inv: Invocation) -> int:
+    shown, missing = inv.adapter.get_key(inv.args)
+    if inv.json or len(missing) < len(inv.args.ids):
+        inv.show(shown)
+    if missing:
+        inv.warn(f"not found in {inv.args.store}: {', '.join(missing)}")
+        return 1
+    return 0
 
 
-def embed(ctx: CliContext, args: argparse.Namespace) -> int:
-    inputs: list[str | Image] = [*args.texts, *(_read_image(p) for p in args.image)]
+def _get_by_predicate(inv: Invocation) -> int:
+    shown, token = inv.adapter.get_by_predicate(inv.args)
+    inv.show(shown)
+    if token and not inv.json:
+        inv.say(f"more: add --page-token {token}")
+    return 0
+
+
+def _get_sim_n(inv: Invocation) -> int:
+    inv.show(inv.adapter.search(inv.args))
+    return 0
+
+
+def _delete_keys(inv: Invocation) -> int:
+    args = inv.args
+    deleted = inv.adapter.delete_keys(args.store, args.ids)
+    line = f"deleted {deleted} of {len(args.ids)} from {args.store}"
+    return inv.report({"deleted": deleted, "requested": len(args.ids)}, line)
+
+
+def _delete_by_predicate(inv: Invocation) -> int:
+    filter_ = filter_arg(inv.args.filter)
+    assert filter_ is not None  # the argument is required
+    deleted = inv.adapter.delete_by_predicate(inv.args.store, filter_)
+    return inv.report({"deleted": deleted}, f"deleted {deleted} from {inv.args.store}")
+
+
+def _db(inv: Invocation) -> DBClient:
+    adapter = inv.adapter
+    assert isinstance(adapter, DBAdapter)  # the command is nachbar-db's alone
+    return adapter.client
+
+
+def _ai(inv: Invocation) -> AIClient:
+    adapter = inv.adapter
+    assert isinstance(adapter, AIAdapter)  # the command is nachbar-ai's alone
+    return adapter.client
+
+
+def _create_pred_index(inv: Invocation) -> int:
+    created = _db(inv).create_pred_index(inv.args.store, inv.args.fields)
+    return inv.report({"created": created}, f"created {created} predicate index(es)")
+
+
+def _drop_pred_index(inv: Invocation) -> int:
+    args = inv.args
+    dropped = _db(inv).drop_pred_index(args.store, args.fields, missing_ok=args.missing_ok)
+    return inv.report({"dropped": dropped}, f"dropped {dropped} predicate index(es)")
+
+
+def _embed(inv: Invocation) -> int:
+    args = inv.args
+    images: list[str] = args.image
+    inputs = [*args.texts, *(image_arg(p) for p in images)]
     if not inputs:
-        raise CliError("nothing to embed: give TEXT arguments or --image PATH", exit_code=2)
-    labels = [*args.texts, *(str(p) for p in args.image)]
-    with ctx.ai() as ai:
-        vectors = ai.embed(args.model, inputs, truncation="truncate" if args.truncate else "error")
-    if args.json:
+        raise UsageError("nothing to embed: give TEXT arguments or --image PATH")
+    labels = [*args.texts, *(str(p) for p in images)]
+    vectors = _ai(inv).embed(args.model, inputs, truncation=truncation(args))
+    if inv.json:
         render.print_json(
-            ctx.out,
+            inv.out,
             {
                 "model": args.model,
                 "dimension": len(vectors[0]) if vectors else 0,
@@ -345,28 +336,26 @@ def embed(ctx: CliContext, args: argparse.Namespace) -> int:
         )
         return 0
     for label, vector in zip(labels, vectors, strict=True):
-        ctx.out.print(
-            f"{escape(render.shorten(label))}: dimension {len(vector)}\n  "
-            f"{render.format_vector(vector, EMBED_PREVIEW_VALUES)}",
-            highlight=False,
+        inv.say(
+            f"{render.shorten(label)}: dimension {len(vector)}\n  "
+            f"{render.format_vector(vector, EMBED_PREVIEW_VALUES)}"
         )
     return 0
 
 
-def rerank(ctx: CliContext, args: argparse.Namespace) -> int:
-    with ctx.ai() as ai:
-        results = ai.rerank(
-            args.model, args.query, args.documents, top_k=args.top_k, sigmoid=args.sigmoid
-        )
-    if args.json:
-        render.print_json(
-            ctx.out,
-            [
-                {"index": r.index, "score": r.score, "document": args.documents[r.index]}
-                for r in results
-            ],
-        )
-        return 0
+def _rerank(inv: Invocation) -> int:
+    args = inv.args
+    results = _ai(inv).rerank(
+        args.model,
+        args.query,
+        args.documents,
+        top_k=args.top_k,
+        sigmoid=args.sigmoid,
+        truncation=truncation(args),
+    )
+    value = [
+        {"index": r.index, "score": r.score, "document": args.documents[r.index]} for r in results
+    ]
     table = render.new_table("rank", "index", "score", "document")
     for rank, r in enumerate(results, 1):
         table.add_row(
@@ -375,78 +364,387 @@ def rerank(ctx: CliContext, args: argparse.Namespace) -> int:
             f"{r.score:.4f}",
             escape(render.shorten(args.documents[r.index])),
         )
-    ctx.out.print(table)
+    inv.show(Shown(value, table))
     return 0
 
 
-def info(ctx: CliContext, args: argparse.Namespace) -> int:
-    services = ["db", "ai"] if args.service == "all" else [args.service]
-    found: dict[str, Any] = {}
-    failed = False
-    for service in services:
-        try:
+def _list_models(inv: Invocation) -> int:
+    models = _ai(inv).list_models()
+    inv.show(Shown(models, render.models_table(models)))
+    return 0
+
+
+STORE = arg("store", metavar="STORE", help="store name")
+FILTER_HELP = 'JSON like {"year": {"gte": 2020}} or an expression like year >= 2020 and kind = "x"'
+TRUNCATE = arg(
+    "--truncate",
+    only="ai",
+    action="store_true",
+    help="cut text longer than the model's limit instead of failing",
+)
+VECTORS = arg("--vectors", only="db", action="store_true", help="include vectors")
+MISSING_OK = arg("--missing-ok", action="store_true", help="succeed when there is nothing to drop")
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "ping",
+        "health-check the services (exit 0 only when SERVING)",
+        SERVICES,
+        (),
+        _ping,
+        {"ai": "ping", "db": "ping"},
+        description="Ask grpc.health.v1 whether each service is SERVING, then time a Ping RPC. "
+        "Exit code 0 only when every service asked is serving; compose health checks run this.",
+        default_service="all",
+    ),
+    Command(
+        "info",
+        "version and state of the services",
+        SERVICES,
+        (),
+        _info,
+        {"ai": "info", "db": "info"},
+        default_service="all",
+    ),
+    Command(
+        "list_stores",
+        "list stores",
+        SERVICES,
+        (),
+        _list_stores,
+        {"ai": "list_stores", "db": "list_stores"},
+        aliases=("stores",),
+        description="A table of stores: name, count, dimension, metric, models (nachbar-ai, "
+        "stores with models) or index and size (nachbar-db, every store).",
+    ),
+    Command(
+        "get_store",
+        "one store's details",
+        SERVICES,
+        (STORE,),
+        _get_store,
+        {"ai": "get_store docs", "db": "get_store vecs"},
+    ),
+    Command(
+        "create_store",
+        "create a store (nachbar-ai: bound to embedding models; nachbar-db: for your vectors)",
+        SERVICES,
+        (
+            STORE,
+            arg("--query-model", only="ai", required=True, metavar="MODEL"),
+            arg(
+                "--index-model",
+                only="ai",
+                default="",
+                metavar="MODEL",
+                help="embeds the stored items (default: the query model)",
+            ),
+            arg(
+                "--no-store-original",
+                only="ai",
+                action="store_true",
+                help="do not keep each input's text or image bytes (saves space; no reranking "
+                "on original text)",
+            ),
+            arg("--dim", only="db", type=int, required=True, help="vector dimension"),
+            arg(
+                "--metric",
+                choices=["cosine", "l2", "ip"],
+                default=None,
+                help="default: cosine (nachbar-ai: the models' recommended metric)",
+            ),
+            arg("--exact", action="store_true", help="brute-force search instead of HNSW"),
+            arg("--m", only="db", type=int, default=0, help="HNSW M (0: server default)"),
+            arg("--ef-construction", only="db", type=int, default=0),
+            arg("--ef-search", only="db", type=int, default=0),
+            arg(
+                "--pred-index",
+                nargs="+",
+                default=[],
+                metavar="FIELD",
+                help="metadata fields to index for fast filters",
+            ),
+            arg(
+                "--if-not-exists",
+                action="store_true",
+                help="succeed when the store already exists with these settings",
+            ),
+        ),
+        _create_store,
+        {
+            "ai": "create_store docs --query-model all-minilm-l6-v2",
+            "db": "create_store vecs --dim 3 --metric cosine --pred-index lang",
+        },
+        description="On nachbar-ai, queries are embedded with --query-model and stored items "
+        "with --index-model; both must share one embedding space (see `nachbar models list`).",
+    ),
+    Command(
+        "drop_store",
+        "delete a store and all its entries",
+        SERVICES,
+        (STORE, MISSING_OK),
+        _drop_store,
+        {"ai": "drop_store docs", "db": "drop_store vecs --missing-ok"},
+        description="nachbar-ai drops only stores it created; --service db drops any store.",
+    ),
+    Command(
+        "upsert",
+        "insert or update one entry (nachbar-ai: a text or image; nachbar-db: a vector)",
+        SERVICES,
+        (
+            STORE,
+            arg("input", nargs="?", metavar="INPUT", help="text (ai) or a JSON vector (db)"),
+            arg("--image", only="ai", metavar="PATH", help="upsert this image instead of text"),
+            arg("--id", help="entry id (nachbar-ai default: a hash of the content)"),
+            arg("--metadata", "--meta", help="JSON object"),
+            TRUNCATE,
+        ),
+        _upsert,
+        {
+            "ai": 'upsert docs "a cat on a mat" --id cat1 --meta \'{"lang": "en"}\'',
+            "db": "upsert vecs '[1, 0, 0]' --id a --meta '{\"lang\": \"en\"}'",
+        },
+    ),
+    Command(
+        "get_key",
+        "fetch entries by id",
+        SERVICES,
+        (STORE, arg("ids", nargs="+", metavar="ID"), VECTORS),
+        _get_key,
+        {"ai": "get_key docs cat1 cat2", "db": "get_key vecs a b --vectors"},
+        aliases=("get",),
+    ),
+    Command(
+        "get_by_predicate",
+        "entries matching a filter, paged",
+        SERVICES,
+        (
+            STORE,
+            arg("filter", nargs="?", help=f"{FILTER_HELP}; none: every entry"),
+            arg("--limit", type=int, default=20),
+            arg("--page-token", default=""),
+            VECTORS,
+        ),
+        _get_by_predicate,
+        {
+            "ai": "get_by_predicate docs 'lang = \"en\"' --limit 10",
+            "db": 'get_by_predicate vecs \'{"lang": {"eq": "en"}}\'',
+        },
+    ),
+    Command(
+        "get_sim_n",
+        "the k entries most similar to a text, an image or a vector",
+        SERVICES,
+        (
+            arg("query", nargs="?", metavar="QUERY", help="text (ai) or a JSON vector (db)"),
+            arg("--store", required=True),
+            arg("--image", only="ai", metavar="PATH", help="query with an image file"),
+            arg("-k", type=int, default=5, help="how many results"),
+            arg("--filter", metavar="JSON|EXPR", help=f"metadata filter: {FILTER_HELP}"),
+            arg("--mode", choices=["auto", "exact", "hnsw"], default="auto"),
+            arg("--ef", type=int, default=0, help="HNSW ef for this query"),
+            arg("--rerank", only="ai", metavar="MODEL", help="rerank with this cross-encoder"),
+            arg(
+                "--rerank-field",
+                only="ai",
+                metavar="FIELD",
+                help="rerank on this metadata field instead of the stored original text",
+            ),
+            arg(
+                "--candidates",
+                only="ai",
+                type=int,
+                default=0,
+                metavar="N",
+                help="how many vector hits to rerank (default max(k, 20))",
+            ),
+            arg(
+                "--query-model",
+                only="ai",
+                default="",
+                metavar="MODEL",
+                help="embed the query with this model instead of the store's query model; it "
+                "must share the store's embedding space (e.g. an image model of a text store's "
+                "space, or an int8 twin)",
+            ),
+            TRUNCATE,
+            VECTORS,
+        ),
+        _get_sim_n,
+        {
+            "ai": "get_sim_n 'a photo of a dog' --store photos -k 3 --filter 'year >= 2020'",
+            "db": "get_sim_n '[1, 0.1, 0]' --store vecs -k 2 --mode exact",
+        },
+        aliases=("search",),
+        description="Embed the query with the store's query model (nachbar-ai) or take it as "
+        "a vector (nachbar-db) and print the k most similar entries. Examples: nachbar search "
+        '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
+        'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
+        "--rerank stsb-minilm-l6-cross-encoder",
+    ),
+    Command(
+        "delete_keys",
+        "delete entries by id",
+        SERVICES,
+        (STORE, arg("ids", nargs="+", metavar="ID")),
+        _delete_keys,
+        {"ai": "delete_keys docs cat1 cat2", "db": "delete_keys vecs a b"},
+        aliases=("delete",),
+    ),
+    Command(
+        "delete_by_predicate",
+        "delete entries matching a filter",
+        SERVICES,
+        (STORE, arg("filter", help=f"{FILTER_HELP}, e.g. 'year < 2000'")),
+        _delete_by_predicate,
+        {"ai": "delete_by_predicate docs 'year < 2000'", "db": "delete_by_predicate vecs 'n > 3'"},
+    ),
+    Command(
+        "create_pred_index",
+        "index metadata fields for fast filters",
+        ("db",),
+        (STORE, arg("fields", nargs="+", metavar="FIELD")),
+        _create_pred_index,
+        {"db": "create_pred_index vecs lang year"},
+        default_service="db",
+    ),
+    Command(
+        "drop_pred_index",
+        "drop predicate indexes",
+        ("db",),
+        (STORE, arg("fields", nargs="+", metavar="FIELD"), MISSING_OK),
+        _drop_pred_index,
+        {"db": "drop_pred_index vecs year"},
+        default_service="db",
+    ),
+    Command(
+        "embed",
+        "embed texts or images with a model",
+        ("ai",),
+        (
+            arg("texts", nargs="*", metavar="TEXT"),
+            arg(
+                "--image",
+                action="append",
+                default=[],
+                metavar="PATH",
+                help="an image to embed; repeatable",
+            ),
+            arg("--model", required=True),
+            TRUNCATE,
+        ),
+        _embed,
+        {"ai": 'embed "hello world" --model all-minilm-l6-v2'},
+        description="Print each input's vector dimension and first values (all with --json).",
+    ),
+    Command(
+        "rerank",
+        "score documents against a query with a cross-encoder",
+        ("ai",),
+        (
+            arg("query"),
+            arg("documents", nargs="+", metavar="DOC"),
+            arg("--model", required=True, help="a cross-encoder (see `nachbar models list`)"),
+            arg("--top-k", type=int, default=0, help="only the best K (default all)"),
+            arg("--sigmoid", action="store_true", help="map scores to [0, 1]"),
+            TRUNCATE,
+        ),
+        _rerank,
+        {"ai": 'rerank "a cat" "a kitten" "a car" --model stsb-minilm-l6-cross-encoder'},
+    ),
+    Command(
+        "list_models",
+        "models the service can serve",
+        ("ai",),
+        (),
+        _list_models,
+        {"ai": "list_models"},
+    ),
+)
+
+
+def find(name: str) -> Command | None:
+    """The command answering to `name` (its name, kebab-case spelling or an alias)."""
+    for command in COMMANDS:
+        if name in command.names:
+            return command
+    return None
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@dataclass
+class CommandLineSession:
+    """Clients opened on first use and closed when the command ends."""
+
+    ctx: CliContext
+    stack: ExitStack = field(default_factory=ExitStack)
+    adapters: dict[str, ServiceAdapter] = field(default_factory=dict)
+
+    @property
+    def timeout(self) -> float:
+        return self.ctx.timeout
+
+    def address(self, service: str) -> str:
+        return self.ctx.address(service)
+
+    def adapter(self, service: str) -> ServiceAdapter:
+        if service not in self.adapters:
             if service == "db":
-                with ctx.db() as db:
-                    found[service] = db.info()
+                db = self.stack.enter_context(DBClient(self.ctx.db_address, timeout=self.timeout))
+                self.adapters[service] = DBAdapter(db)
             else:
-                with ctx.ai() as ai:
-                    found[service] = ai.info()
-        except NachbarError as error:
-            failed = True
-            found[service] = {"address": ctx.address(service), "error": str(error)}
-            if not args.json:
-                ctx.err.print(f"{SERVICE_NAMES[service]}: {escape(str(error))}", highlight=False)
-    if args.json:
-        render.print_json(ctx.out, found)
-    else:
-        for service, value in found.items():
-            if isinstance(value, dict):
-                continue
-            rows = {"address": ctx.address(service), **render.jsonable(value)}
-            ctx.out.print(render.key_value_table(rows, title=SERVICE_NAMES[service]))
-    return 1 if failed else 0
+                ai = self.stack.enter_context(AIClient(self.ctx.ai_address, timeout=self.timeout))
+                self.adapters[service] = AIAdapter(ai)
+        return self.adapters[service]
 
 
-def get(ctx: CliContext, args: argparse.Namespace) -> int:
-    if args.vectors and args.service != "db":
-        raise CliError(
-            "--vectors needs --service db (nachbar-ai does not return vectors)", exit_code=2
+@contextmanager
+def command_line_session(ctx: CliContext) -> Iterator[CommandLineSession]:
+    session = CommandLineSession(ctx)
+    with session.stack:
+        yield session
+
+
+def run_from_command_line(command: Command, ctx: CliContext, args: argparse.Namespace) -> int:
+    chosen = getattr(args, "service", command.default_service)
+    services = command.services if chosen == "all" else (chosen,)
+    for service in services:
+        command.check_service(service, args)
+    with command_line_session(ctx) as session:
+        invocation = Invocation(services, args, ctx.out, ctx.err, session)
+        if len(services) > 1:
+            return command.run(invocation)  # reports each service's failure itself
+        with explain_unavailable(services[0], ctx.address(services[0])):
+            return command.run(invocation)
+
+
+def register(
+    sub: argparse._SubParsersAction[Any],
+    common: list[argparse.ArgumentParser],
+    json_flag: argparse.ArgumentParser,
+) -> None:
+    """Add every command of the table to the `nachbar` parser."""
+    for command in COMMANDS:
+        parser = sub.add_parser(
+            command.name,
+            aliases=list(command.names[1:]),
+            parents=[*common, json_flag],
+            help=command.summary,
+            description=command.description or command.summary,
         )
-    if args.service == "db":
-        with ctx.db() as db:
-            db_result = db.get_key(args.store, args.ids, include_vectors=args.vectors)
-        entries_json: Any = db_result
-        table = render.db_entries_table(db_result.entries)
-        missing, count = db_result.missing_ids, len(db_result.entries)
-    else:
-        with ctx.ai() as ai:
-            ai_result = ai.get_key(args.store, args.ids)
-        entries_json = ai_result
-        table = render.ai_entries_table(ai_result.entries)
-        missing, count = ai_result.missing_ids, len(ai_result.entries)
-    if args.json:
-        render.print_json(ctx.out, entries_json)
-    elif count:
-        ctx.out.print(table)
-    if missing:
-        ctx.err.print(
-            f"not found in {escape(args.store)}: {escape(', '.join(missing))}", highlight=False
-        )
-        return 1
-    return 0
+        command.configure(parser)
+        if len(command.services) > 1:
+            choices = [*command.services, *(["all"] if command.default_service == "all" else [])]
+            parser.add_argument(
+                "--service",
+                choices=choices,
+                default=command.default_service,
+                help=f"which service to ask (default {command.default_service})",
+            )
 
+        def run(ctx: CliContext, args: argparse.Namespace, command: Command = command) -> int:
+            return run_from_command_line(command, ctx, args)
 
-def delete(ctx: CliContext, args: argparse.Namespace) -> int:
-    if args.service == "db":
-        with ctx.db() as db:
-            deleted = db.delete_keys(args.store, args.ids)
-    else:
-        with ctx.ai() as ai:
-            deleted = ai.delete_keys(args.store, args.ids)
-    if args.json:
-        render.print_json(ctx.out, {"deleted": deleted, "requested": len(args.ids)})
-    else:
-        ctx.out.print(
-            f"deleted {deleted} of {len(args.ids)} from {escape(args.store)}", highlight=False
-        )
-    return 0
+        parser.set_defaults(func=run)

@@ -12,11 +12,12 @@ import grpc
 from rich.console import Console
 
 from nachbar.client import AIClient, DBClient, NachbarError, Unavailable
+from nachbar.v1 import defaults
 
-DEFAULT_ADDRESS = {"db": "127.0.0.1:1369", "ai": "127.0.0.1:1370"}
+DEFAULT_ADDRESS = {"db": defaults.DB_ADDRESS, "ai": defaults.AI_ADDRESS}
 ADDRESS_ENV = {"db": "NACHBAR_DB_ADDRESS", "ai": "NACHBAR_AI_ADDRESS"}
 TIMEOUT_ENV = "NACHBAR_TIMEOUT"
-DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_TIMEOUT_SECONDS = defaults.TIMEOUT_SECONDS
 
 
 class CliError(Exception):
@@ -26,6 +27,13 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+
+
+class UsageError(CliError):
+    """A command line that does not make sense (exit code 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
 
 
 # Width of tables written to a pipe or file, where no terminal limits the line length; rich

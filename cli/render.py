@@ -116,6 +116,21 @@ def new_table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
+def store_table(info: StoreInfo, extra: Mapping[str, Any]) -> Table:
+    """One store's details; `extra` rows (such as nachbar-ai's models) follow its name."""
+    rows = {
+        "name": info.name,
+        **extra,
+        "count": info.count,
+        "dimension": info.dimension,
+        "metric": info.metric.value,
+        "index": format_index(info.index),
+        "predicate indexes": ", ".join(info.predicate_indexes) or "-",
+        "size": format_bytes(info.bytes_used),
+    }
+    return key_value_table(rows, title=f"store {info.name}")
+
+
 def ai_stores_table(stores: Sequence[AIStoreInfo]) -> Table:
     table = new_table("name", "count", "dim", "metric", "models", "originals")
     for s in stores:
@@ -169,10 +184,10 @@ def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
 
 
 def db_matches_table(matches: Sequence[Match]) -> Table:
-    table = new_table("rank", "id", "score", "metadata")
+    table = new_table("rank", "id", "similarity", "metadata")
     for rank, m in enumerate(matches, 1):
         table.add_row(
-            str(rank), escape(m.id), f"{m.score:.4f}", escape(format_metadata(m.metadata))
+            str(rank), escape(m.id), f"{m.similarity:.4f}", escape(format_metadata(m.metadata))
         )
     return table
 

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nachbar.cli.adapters import SERVICES
 from nachbar.cli.context import CliContext
-from nachbar.cli.shell_commands import SERVICES, open_shell
+from nachbar.cli.shell_commands import open_shell
 
 
 def register(sub: argparse._SubParsersAction[Any], common: list[argparse.ArgumentParser]) -> None:

@@ -29,6 +29,7 @@ from rich.markup import escape
 
 from nachbar.cli.context import CliContext, CliError
 from nachbar.cli.health import Health, check_health
+from nachbar.v1 import defaults
 
 LOG_TAIL_LINES = 25
 DEFAULT_START_TIMEOUT = 180.0
@@ -91,19 +92,21 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
         "--db-port",
         type=int,
         metavar="P",
-        help="nachbar-db port (env NACHBAR_DB_PORT, default 1369; 0 picks a free one)",
+        help=f"nachbar-db port (env NACHBAR_DB_PORT, default {defaults.DB_PORT}; 0 picks a free "
+        "one)",
     )
     p.add_argument(
         "--ai-port",
         type=int,
         metavar="P",
-        help="nachbar-ai port (env NACHBAR_AI_PORT, default 1370; 0 picks a free one)",
+        help=f"nachbar-ai port (env NACHBAR_AI_PORT, default {defaults.AI_PORT}; 0 picks a free "
+        "one)",
     )
     p.add_argument(
         "--host",
         metavar="H",
         default=None,
-        help="interface both listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+        help=f"interface both listen on (default {defaults.HOST}; 0.0.0.0 for every interface)",
     )
     p.add_argument(
         "--no-build",
@@ -114,6 +117,13 @@ def register(sub: argparse._SubParsersAction[Any], common: list[argparse.Argumen
         "--models",
         metavar="NAMES",
         help="comma-separated models nachbar-ai loads at start (env NACHBAR_MODELS)",
+    )
+    p.add_argument(
+        "--allow-downloads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let nachbar-ai download hub models on first use; on by default for this local "
+        "stack, unlike `nachbar ai serve` (env NACHBAR_ALLOW_DOWNLOADS)",
     )
     p.add_argument(
         "--start-timeout",
@@ -130,8 +140,14 @@ def _config(args: argparse.Namespace) -> StackConfig:
 
     db_defaults, ai_defaults = config.db_parser(), config.ai_parser()
     ai_args: tuple[str, ...] = ("--models", args.models) if args.models is not None else ()
+    allow_downloads = args.allow_downloads
+    if allow_downloads is None:
+        # One person's stack on this machine: fetching a registry model when asked is what
+        # they want, unless they said otherwise in the environment.
+        allow_downloads = config.env_bool("ALLOW_DOWNLOADS", True)
+    ai_args += ("--allow-downloads",) if allow_downloads else ("--no-allow-downloads",)
     return StackConfig(
-        host=args.host or "127.0.0.1",
+        host=args.host or defaults.HOST,
         db_port=args.db_port if args.db_port is not None else db_defaults.get_default("port"),
         ai_port=args.ai_port if args.ai_port is not None else ai_defaults.get_default("port"),
         data_dir=args.data_dir or Path(db_defaults.get_default("data_dir")),
@@ -426,7 +442,7 @@ class Supervisor:
             f"(models in {escape(str(cfg.model_dir))})",
             highlight=False,
         )
-        if (db_address, ai_address) != ("127.0.0.1:1369", "127.0.0.1:1370"):
+        if (db_address, ai_address) != (defaults.DB_ADDRESS, defaults.AI_ADDRESS):
             out.print(f"clients: nachbar --db {db_address} --ai {ai_address} ...", highlight=False)
         out.print("press Ctrl-C to stop both", highlight=False)
 

@@ -19,7 +19,11 @@ Every write bumps the store's change sequence (`stores.seq`) and stamps the rows
 it.
 
 Reads never touch SQLite: entries, filters and searches are served from memory under a per-store
-readers-writer lock (hnswlib's `add_items` must not run beside `knn_query`).
+readers-writer lock (hnswlib's `add_items` must not run beside `knn_query`). Readers never wait
+for a commit: a write request holds the store's `writer` mutex (one write per store at a time)
+while it prepares and commits, and takes the readers-writer lock only to apply the committed
+change in memory; new vectors enter the HNSW graph a piece of about GRAPH_PIECE_SECONDS at a
+time, with searches let in between pieces.
 
 Recovery on open:
 1. The SQLite file is checked (`PRAGMA quick_check`), and every row's CRC-32 is verified while
@@ -51,6 +55,7 @@ from nachbar.db.errors import (
     DBError,
     InvalidArgumentError,
     NotFoundError,
+    StoreChangedError,
     StoreExistsError,
     StoreNotFoundError,
 )
@@ -76,6 +81,10 @@ MARKER_FILE = "nachbar-db.json"
 LOCK_FILE = "LOCK"
 INDEX_DIR = "indexes"
 FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("full", "normal", "off")
+# How long a write may hold searches off while inserting into the HNSW graph (one hnswlib insert
+# takes 0.2-5 ms, so a 1000-vector batch applied at once would stall searches for seconds).
+GRAPH_PIECE_SECONDS = 0.002
+MAX_GRAPH_PIECE = 256
 
 
 class Database:
@@ -180,7 +189,10 @@ class Database:
             log.info("created store %r (%d-d, %s)", spec.name, spec.dimension, spec.metric)
             return _info(state), True
 
-    def drop_store(self, name: str, *, missing_ok: bool = False) -> bool:
+    def drop_store(
+        self, name: str, *, missing_ok: bool = False, expected_store_id: int = 0
+    ) -> bool:
+        """Drop a store; with `expected_store_id`, only that incarnation of the name."""
         validation.store_name(name)
         with self._catalog_lock:
             self._check_open()
@@ -189,7 +201,8 @@ class Database:
                 if missing_ok:
                     return False
                 raise StoreNotFoundError(name)
-            with state.lock.write():
+            _check_id(state, expected_store_id)
+            with state.writer, state.lock.write():
                 with self._storage.transaction() as conn:
                     Storage.delete_store(conn, state.store_id)
                 state.dropped = True
@@ -224,9 +237,14 @@ class Database:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def upsert(self, name: str, entries: Sequence[Entry]) -> UpsertResult:
-        """Insert or replace entries by id, atomically: all of them or none."""
-        state = self._state(name)
+    def upsert(
+        self, name: str, entries: Sequence[Entry], *, expected_store_id: int = 0
+    ) -> UpsertResult:
+        """Insert or replace entries by id, atomically: all of them or none.
+
+        Every method that names a store takes `expected_store_id` (StoreInfo.store_id): when
+        set, StoreChangedError unless the name still denotes that store."""
+        state = self._state(name, expected_store_id)
         ids, vectors, metas = validation.upsert_batch(state.spec, entries)
         # Encoding is independent of the store's state: do it before taking the lock.
         blobs = [codec.encode_vector(v) for v in vectors]
@@ -235,27 +253,36 @@ class Database:
         checksums = [codec.row_checksum(i, b, j) for i, b, j in zip(ids, blobs, jsons, strict=True)]
         with self._writing(state):
             slots, is_new = state.assign_slots(ids)
-            state.reserve(max(slots) + 1)
+            if not state.has_room(max(slots) + 1):
+                with state.lock.write():  # growing the graph must not run beside a search
+                    state.reserve(max(slots) + 1)
             seq = state.seq + 1
             rows = list(zip(ids, slots, blobs, jsons, checksums, strict=True))
-            with self._storage.transaction() as conn:
+            with self._storage.transaction() as conn:  # the fsync: searches go on meanwhile
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
                 Storage.set_seq(conn, state.store_id, seq)
-            state.apply_upsert(ids, vectors, metas, slots, is_new, sizes, seq)
+            with state.lock.write():
+                pending = state.apply_upsert(ids, vectors, metas, slots, is_new, sizes)
+                done = _index_piece(state, pending, 0, seq)
+            while done < len(pending):
+                with state.lock.write():
+                    done = _index_piece(state, pending, done, seq)
         inserted = sum(is_new)
         return UpsertResult(inserted=inserted, updated=len(ids) - inserted)
 
-    def delete_keys(self, name: str, ids: Sequence[str]) -> int:
+    def delete_keys(self, name: str, ids: Sequence[str], *, expected_store_id: int = 0) -> int:
         """Delete entries by id; returns how many existed."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         wanted = validation.entry_ids(ids, name)
         with self._writing(state):
             present = [i for i in wanted if i in state.slot_of]
             return self._delete(state, present)
 
-    def delete_by_predicate(self, name: str, filter: filters.Filter) -> int:
+    def delete_by_predicate(
+        self, name: str, filter: filters.Filter, *, expected_store_id: int = 0
+    ) -> int:
         """Delete every entry matching the filter; returns how many."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         if filter is None:
             raise InvalidArgumentError(
                 f"store {name!r}: DeleteByPredicate needs a filter; to delete everything, drop "
@@ -275,7 +302,8 @@ class Database:
         with self._storage.transaction() as conn:
             Storage.delete_entries(conn, state.store_id, ids)
             Storage.set_seq(conn, state.store_id, seq)
-        state.apply_delete(slots, seq)
+        with state.lock.write():
+            state.apply_delete(slots, seq)
         return len(ids)
 
     def create_pred_index(self, name: str, fields: Sequence[str]) -> int:
@@ -288,7 +316,8 @@ class Database:
                 return 0
             with self._storage.transaction() as conn:
                 Storage.add_pred_indexes(conn, state.store_id, new)
-            created = state.add_field_indexes(new)
+            with state.lock.write():
+                created = state.add_field_indexes(new)
         # Build outside the write lock: searches keep running meanwhile.
         with state.lock.read():
             if not state.dropped:
@@ -312,17 +341,23 @@ class Database:
             if present:
                 with self._storage.transaction() as conn:
                     Storage.drop_pred_indexes(conn, state.store_id, present)
-                state.drop_field_indexes(present)
+                with state.lock.write():
+                    state.drop_field_indexes(present)
             return len(present)
 
     # ---- reads -------------------------------------------------------------------------------
 
     def get_keys(
-        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> tuple[list[Entry], list[str]]:
         """The entries found, in request order (each id once), and the ids not found."""
         wanted = validation.entry_ids(ids, name)
-        with self._reading(name) as state:
+        with self._reading(name, expected_store_id) as state:
             found: list[Entry] = []
             missing: list[str] = []
             for entry_id in wanted:
@@ -341,6 +376,7 @@ class Database:
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> Page:
         """Entries matching the filter (all if None) in id order, `limit` at a time."""
         validation.store_name(name)
@@ -348,7 +384,7 @@ class Database:
         after = validation.decode_page_token(name, page_token)
         if filter is not None:
             filters.validate(filter)
-        with self._reading(name) as state:
+        with self._reading(name, expected_store_id) as state:
             entries, more = state.page(filter, limit, after, include_vectors)
         token = validation.encode_page_token(entries[-1].id) if more and entries else ""
         return Page(entries=entries, next_page_token=token)
@@ -363,10 +399,11 @@ class Database:
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
         exactly min(k, matching entries) of them."""
-        state = self._state(name)
+        state = self._state(name, expected_store_id)
         k, ef, mode = validation.search_args(name, k, ef, mode)
         q = validation.vector(
             query,
@@ -438,18 +475,21 @@ class Database:
         if self._closed:
             raise DBError("the database is closed; open it again with Database.open")
 
-    def _state(self, name: str) -> StoreState:
+    def _state(self, name: str, expected_store_id: int = 0) -> StoreState:
         validation.store_name(name)
         with self._catalog_lock:
             self._check_open()
             state = self._stores.get(name)
         if state is None:
             raise StoreNotFoundError(name)
+        # A state object is one incarnation of the name: if it is dropped after this check,
+        # the operation fails with StoreNotFoundError instead of reaching a newer store.
+        _check_id(state, expected_store_id)
         return state
 
     @contextmanager
-    def _reading(self, name: str) -> Iterator[StoreState]:
-        state = self._state(name)
+    def _reading(self, name: str, expected_store_id: int = 0) -> Iterator[StoreState]:
+        state = self._state(name, expected_store_id)
         with self._read_locked(state):
             yield state
 
@@ -462,10 +502,27 @@ class Database:
 
     @contextmanager
     def _writing(self, state: StoreState) -> Iterator[None]:
-        with state.lock.write():
+        """One write request on the store: excludes other writes and DropStore, not readers
+        (the state only writers change may be read without the readers-writer lock; changes
+        to it take that lock's write side)."""
+        with state.writer:
             if state.dropped:
                 raise StoreNotFoundError(state.spec.name)
             yield
+
+
+def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int) -> int:
+    """Insert the next GRAPH_PIECE_SECONDS' worth of a committed upsert's vectors into the
+    graph (the caller holds the write lock) and return where the next piece starts. Searches
+    get in between pieces; they see the entries at once, and until its piece is in, an entry
+    is found by exact scans only. `seq` moves when the graph holds the whole write, so a graph
+    saved in between is replayed from before this write after a restart."""
+    piece = int(GRAPH_PIECE_SECONDS / max(state.seconds_per_insert, 1e-6))
+    end = start + max(1, min(MAX_GRAPH_PIECE, piece))
+    state.index_slots(slots[start:end])
+    if end >= len(slots):
+        state.seq = seq
+    return end
 
 
 def _info(state: StoreState) -> StoreInfo:
@@ -479,7 +536,13 @@ def _info(state: StoreState) -> StoreInfo:
         store_metadata=dict(spec.store_metadata),
         count=state.count,
         bytes_used=state.bytes_used,
+        store_id=state.store_id,
     )
+
+
+def _check_id(state: StoreState, expected_store_id: int) -> None:
+    if expected_store_id and state.store_id != expected_store_id:
+        raise StoreChangedError(state.spec.name, expected_store_id, state.store_id)
 
 
 def _lock_directory(data_dir: Path) -> int:

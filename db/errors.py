@@ -26,6 +26,19 @@ class StoreNotFoundError(DBError):
         self.store = store
 
 
+class StoreChangedError(DBError):
+    """The name no longer denotes the store the request expected: it was dropped and created
+    again (store ids are never reused)."""
+
+    def __init__(self, store: str, expected_id: int, actual_id: int) -> None:
+        super().__init__(
+            f"store {store!r} is not the store with id {expected_id} the request expected: it "
+            f"was dropped and created again (now id {actual_id}); read it with GetStore and "
+            "retry"
+        )
+        self.store = store
+
+
 class StoreExistsError(DBError):
     """A store with that name exists already (and is not compatible with the request)."""
 

@@ -34,7 +34,7 @@ from nachbar.db.types import HnswConfig, Metric
 log = logging.getLogger("nachbar.db")
 
 GRAPH_FORMAT = 1
-_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.IP: "ip"}
+_SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.INNER_PRODUCT: "ip"}
 _CRC_CHUNK = 1 << 22
 SEED = 100  # fixed, so a rebuild from the same rows builds the same graph
 
@@ -96,10 +96,11 @@ class HnswGraph:
         self._index.resize_index(new_capacity)
         self._capacity = new_capacity
 
-    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
-        """Insert, or update in place, the given labels (also revives deleted ones)."""
+    def add(self, vectors: np.ndarray, labels: np.ndarray, threads: int = -1) -> None:
+        """Insert, or update in place, the given labels (also revives deleted ones), on
+        `threads` threads (-1: one per CPU)."""
         if len(labels):
-            self._index.add_items(vectors, labels)
+            self._index.add_items(vectors, labels, num_threads=threads)
 
     def mark_deleted(self, labels: np.ndarray) -> None:
         for label in labels.tolist():

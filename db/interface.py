@@ -30,7 +30,11 @@ from nachbar.db.types import (
 
 class Engine(Protocol):
     """Named stores of vectors with typed metadata. Thread-safe: any number of threads may call
-    any method at the same time. Errors are `nachbar.db.errors` classes."""
+    any method at the same time. Errors are `nachbar.db.errors` classes.
+
+    Every store has a `StoreInfo.store_id` that is never reused for its name. Every method on
+    an existing store takes `expected_store_id`: when non-zero, StoreChangedError unless the
+    name still denotes that store (it was dropped and created again)."""
 
     def create_store(
         self, spec: StoreSpec, *, if_not_exists: bool = False
@@ -39,7 +43,9 @@ class Engine(Protocol):
         if_not_exists found a store with the same dimension and metric)."""
         ...
 
-    def drop_store(self, name: str, *, missing_ok: bool = False) -> bool: ...
+    def drop_store(
+        self, name: str, *, missing_ok: bool = False, expected_store_id: int = 0
+    ) -> bool: ...
 
     def list_stores(self) -> list[StoreInfo]:
         """Every store, by name."""
@@ -47,15 +53,17 @@ class Engine(Protocol):
 
     def get_store(self, name: str) -> StoreInfo: ...
 
-    def upsert(self, name: str, entries: Sequence[Entry]) -> UpsertResult:
+    def upsert(
+        self, name: str, entries: Sequence[Entry], *, expected_store_id: int = 0
+    ) -> UpsertResult:
         """Insert or replace entries by id (replace, not merge)."""
         ...
 
-    def delete_keys(self, name: str, ids: Sequence[str]) -> int:
+    def delete_keys(self, name: str, ids: Sequence[str], *, expected_store_id: int = 0) -> int:
         """Delete entries by id; returns how many existed."""
         ...
 
-    def delete_by_predicate(self, name: str, filter: Filter) -> int:
+    def delete_by_predicate(self, name: str, filter: Filter, *, expected_store_id: int = 0) -> int:
         """Delete every entry matching the filter; returns how many."""
         ...
 
@@ -68,7 +76,12 @@ class Engine(Protocol):
         ...
 
     def get_keys(
-        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> tuple[list[Entry], list[str]]:
         """The entries found, in request order (each id once), and the ids not found."""
         ...
@@ -81,6 +94,7 @@ class Engine(Protocol):
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> Page:
         """Entries matching the filter (all if None) in id order, `limit` at a time."""
         ...
@@ -95,6 +109,7 @@ class Engine(Protocol):
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
         exactly min(k, matching entries) of them, ties by id."""

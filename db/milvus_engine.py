@@ -10,7 +10,8 @@ Layout in Milvus (database `--milvus-db`):
         id      VARCHAR primary key (nachbar's string id, up to 1024 characters)
         vector  FLOAT_VECTOR(dimension), index HNSW(M, efConstruction) or FLAT, the store's metric
         meta    JSON: typed metadata (nachbar.db.milvus_filters has the layout)
-        properties: "nachbar.store" (JSON: name, dimension, metric, index, store_metadata),
+        properties: "nachbar.store" (JSON: name, store_id, dimension, metric, index,
+                    store_metadata),
                     "nachbar.predicate_indexes" (JSON list of field names)
 
 Semantics are the embedded engine's (the tests under tests/db run over both):
@@ -38,6 +39,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +53,7 @@ from nachbar.db.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+    StoreChangedError,
     StoreExistsError,
     StoreNotFoundError,
     UnavailableError,
@@ -93,7 +96,7 @@ MAX_MILVUS_EF = 32768
 MAX_FILTER_EF_FACTOR = 8.0
 MAX_COLLECTION_NAME = 255
 MAX_MILVUS_DIMENSION = 32768  # Milvus's default proxy.maxDimension
-_METRICS = {Metric.COSINE: "COSINE", Metric.L2: "L2", Metric.IP: "IP"}
+_METRICS = {Metric.COSINE: "COSINE", Metric.L2: "L2", Metric.INNER_PRODUCT: "IP"}
 
 T = TypeVar("T")
 
@@ -125,6 +128,9 @@ class _Store:
 
     collection: str
     spec: StoreSpec
+    # Never reused for a name: the creation time in microseconds (below 2^53, so JavaScript
+    # numbers hold it), later than any id the name had before.
+    store_id: int
 
 
 class MilvusEngine:
@@ -234,29 +240,31 @@ class MilvusEngine:
             )
         existing = self._describe(name)
         if existing is None:
+            created = _Store(collection_name(name), spec, _new_store_id())
             try:
-                self._create_collection(spec)
+                self._create_collection(created)
             except StoreExistsError:
                 existing = self._describe(name)  # another process created it meanwhile
             else:
                 log.info("created store %r (%d-d, %s) in Milvus", name, spec.dimension, spec.metric)
-                return self._info(self._remember(spec), count=0), True
+                return self._info(self._remember(created), count=0), True
         if existing is None:
             raise UnavailableError(f"store {name!r} was created and dropped at once; try again")
-        if if_not_exists and (existing.dimension, existing.metric) == (spec.dimension, spec.metric):
+        same = (existing.spec.dimension, existing.spec.metric) == (spec.dimension, spec.metric)
+        if if_not_exists and same:
             return self._info(self._remember(existing)), False
         detail = ""
         if if_not_exists:
             detail = (
-                f"with dimension {existing.dimension} and metric {existing.metric}, not "
-                f"{spec.dimension} and {spec.metric}; use another name or drop it first"
+                f"with dimension {existing.spec.dimension} and metric {existing.spec.metric}, "
+                f"not {spec.dimension} and {spec.metric}; use another name or drop it first"
             )
         raise StoreExistsError(name, detail)
 
-    def _create_collection(self, spec: StoreSpec) -> None:
+    def _create_collection(self, store: _Store) -> None:
         from pymilvus import DataType, MilvusClient
 
-        collection = collection_name(spec.name)
+        spec, collection = store.spec, store.collection
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(mf.ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dimension)
@@ -272,7 +280,7 @@ class MilvusEngine:
         else:
             index.add_index("vector", index_type="FLAT", metric_type=_METRICS[spec.metric])
         properties = {
-            STORE_PROPERTY: _spec_json(spec),
+            STORE_PROPERTY: _spec_json(spec, store.store_id),
             PRED_INDEX_PROPERTY: json.dumps(list(spec.predicate_indexes)),
         }
         try:
@@ -292,14 +300,18 @@ class MilvusEngine:
                 raise StoreExistsError(spec.name) from None
             raise
 
-    def drop_store(self, name: str, *, missing_ok: bool = False) -> bool:
+    def drop_store(
+        self, name: str, *, missing_ok: bool = False, expected_store_id: int = 0
+    ) -> bool:
         validation.store_name(name)
         collection = collection_name(name)
         self._stores.pop(name, None)
-        if self._describe(name) is None:
+        current = self._describe(name)
+        if current is None:
             if missing_ok:
                 return False
             raise StoreNotFoundError(name)
+        _check_id(current, expected_store_id)
         self._call(lambda c: c.drop_collection(collection, timeout=self._timeout))
         log.info("dropped store %r from Milvus", name)
         return True
@@ -312,44 +324,44 @@ class MilvusEngine:
                 continue
             try:
                 description = self._describe_collection(collection)
-                spec = _spec_from_properties(description.get("properties") or {})
+                store = _store_from_properties(collection, description.get("properties") or {})
             except (_MissingCollectionError, ValueError):
                 continue  # dropped meanwhile, or not a nachbar store
-            if spec is None or collection_name(spec.name) != collection:
+            if store is None or collection_name(store.spec.name) != collection:
                 continue
             try:
-                out.append(self._info(self._remember(spec)))
+                out.append(self._info(self._remember(store)))
             except StoreNotFoundError:
                 continue
         return sorted(out, key=lambda info: info.name)
 
     def get_store(self, name: str) -> StoreInfo:
         validation.store_name(name)
-        spec = self._describe(name)
-        if spec is None:
+        store = self._describe(name)
+        if store is None:
             raise StoreNotFoundError(name)
-        return self._info(self._remember(spec))
+        return self._info(self._remember(store))
 
-    def _describe(self, name: str) -> StoreSpec | None:
-        """The store's spec as Milvus has it now, or None when there is no such store."""
+    def _describe(self, name: str) -> _Store | None:
+        """The store as Milvus has it now, or None when there is no such store."""
         collection = collection_name(name)
         try:
             description = self._describe_collection(collection)
         except _MissingCollectionError:
             return None
         try:
-            spec = _spec_from_properties(description.get("properties") or {})
+            store = _store_from_properties(collection, description.get("properties") or {})
         except ValueError as error:
             raise DBError(
                 f"Milvus collection {collection!r} has a damaged nachbar spec: {error}"
             ) from None
-        if spec is None:
+        if store is None:
             raise StoreExistsError(
                 name,
                 f"as Milvus collection {collection!r}, which nachbar did not create; use another "
                 "name",
             )
-        return spec
+        return store
 
     def _describe_collection(self, collection: str) -> dict[str, Any]:
         description: dict[str, Any] = self._call(
@@ -357,30 +369,34 @@ class MilvusEngine:
         )
         return description
 
-    def _remember(self, spec: StoreSpec) -> StoreSpec:
-        self._stores[spec.name] = _Store(collection_name(spec.name), spec)
-        return spec
-
-    def _store(self, name: str) -> _Store:
-        validation.store_name(name)
-        store = self._stores.get(name)
-        if store is None:
-            spec = self._describe(name)
-            if spec is None:
-                raise StoreNotFoundError(name)
-            self._remember(spec)
-            store = self._stores[name]
+    def _remember(self, store: _Store) -> _Store:
+        self._stores[store.spec.name] = store
         return store
 
-    def _on_store(self, name: str, action: Callable[[_Store], T]) -> T:
+    def _store(self, name: str, expected_store_id: int = 0) -> _Store:
+        """The store, from the cache; with `expected_store_id`, as Milvus has it now (another
+        nachbar-db may have dropped and created it again), and StoreChangedError unless it is
+        that store."""
+        validation.store_name(name)
+        store = None if expected_store_id else self._stores.get(name)
+        if store is None:
+            store = self._describe(name)
+            if store is None:
+                self._stores.pop(name, None)
+                raise StoreNotFoundError(name)
+            self._remember(store)
+        _check_id(store, expected_store_id)
+        return store
+
+    def _on_store(self, name: str, action: Callable[[_Store], T], expected_store_id: int = 0) -> T:
         """Run a data call; when the cached spec is stale (the store was dropped or replaced by
         another process), forget it and run once more with the current one."""
-        store = self._store(name)
+        store = self._store(name, expected_store_id)
         try:
             return action(store)
         except (_MissingCollectionError, _StaleStoreError):
             self._stores.pop(name, None)
-        store = self._store(name)
+        store = self._store(name, expected_store_id)
         try:
             return action(store)
         except _MissingCollectionError:
@@ -389,9 +405,10 @@ class MilvusEngine:
         except _StaleStoreError as error:
             raise DBError(f"store {name!r}: Milvus refused the request: {error}") from None
 
-    def _info(self, spec: StoreSpec, count: int | None = None) -> StoreInfo:
+    def _info(self, store: _Store, count: int | None = None) -> StoreInfo:
+        spec = store.spec
         if count is None:
-            count = self._count(collection_name(spec.name), "", spec.name)
+            count = self._count(store.collection, "", spec.name)
         return StoreInfo(
             name=spec.name,
             dimension=spec.dimension,
@@ -402,11 +419,14 @@ class MilvusEngine:
             count=count,
             # Milvus does not report a collection's bytes; this is the raw vectors' share.
             bytes_used=count * spec.dimension * 4,
+            store_id=store.store_id,
         )
 
     # ---- writes --------------------------------------------------------------------------
 
-    def upsert(self, name: str, entries: Sequence[Entry]) -> UpsertResult:
+    def upsert(
+        self, name: str, entries: Sequence[Entry], *, expected_store_id: int = 0
+    ) -> UpsertResult:
         def run(store: _Store) -> UpsertResult:
             ids, vectors, metas = validation.upsert_batch(store.spec, entries)
             rows = []
@@ -433,9 +453,9 @@ class MilvusEngine:
             )
             return UpsertResult(inserted=len(ids) - len(existing), updated=len(existing))
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
-    def delete_keys(self, name: str, ids: Sequence[str]) -> int:
+    def delete_keys(self, name: str, ids: Sequence[str], *, expected_store_id: int = 0) -> int:
         wanted = validation.entry_ids(ids, name)
 
         def run(store: _Store) -> int:
@@ -443,9 +463,11 @@ class MilvusEngine:
             self._delete_ids(store, present)
             return len(present)
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
-    def delete_by_predicate(self, name: str, filter: filters.Filter) -> int:
+    def delete_by_predicate(
+        self, name: str, filter: filters.Filter, *, expected_store_id: int = 0
+    ) -> int:
         if filter is None:
             raise InvalidArgumentError(
                 f"store {name!r}: DeleteByPredicate needs a filter; to delete everything, drop "
@@ -461,7 +483,7 @@ class MilvusEngine:
             self._delete_ids(store, ids)
             return len(ids)
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
     def _delete_ids(self, store: _Store, ids: list[str]) -> None:
         for start in range(0, len(ids), BATCH):
@@ -505,10 +527,10 @@ class MilvusEngine:
         return self._on_store(name, run)
 
     def _pred_indexes(self, store: _Store) -> set[str]:
-        spec = self._describe(store.spec.name)
-        if spec is None:
+        current = self._describe(store.spec.name)
+        if current is None:
             raise StoreNotFoundError(store.spec.name)
-        return set(spec.predicate_indexes)
+        return set(current.spec.predicate_indexes)
 
     def _set_pred_indexes(self, store: _Store, fields: set[str]) -> None:
         value = json.dumps(sorted(fields))
@@ -523,7 +545,12 @@ class MilvusEngine:
     # ---- reads ---------------------------------------------------------------------------
 
     def get_keys(
-        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+        self,
+        name: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> tuple[list[Entry], list[str]]:
         wanted = validation.entry_ids(ids, name)
 
@@ -534,7 +561,7 @@ class MilvusEngine:
                 [i for i in wanted if i not in found],
             )
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
     def get_by_predicate(
         self,
@@ -544,6 +571,7 @@ class MilvusEngine:
         limit: int = 100,
         page_token: str = "",
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> Page:
         validation.store_name(name)
         limit = validation.page_limit(name, limit)
@@ -565,7 +593,7 @@ class MilvusEngine:
             token = validation.encode_page_token(entries[-1].id) if len(rows) > limit else ""
             return Page(entries=entries, next_page_token=token)
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
     def _first_rows(
         self, store: _Store, expr: str, fields: list[str], count: int
@@ -591,6 +619,7 @@ class MilvusEngine:
         mode: SearchMode = SearchMode.AUTO,
         ef: int = 0,
         include_vectors: bool = False,
+        expected_store_id: int = 0,
     ) -> SearchResult:
         k, ef, mode = validation.search_args(name, k, ef, mode)
         expr: mf.Expr = True
@@ -649,7 +678,7 @@ class MilvusEngine:
                     return self._exact(store, q, k, condition, include_vectors)
             return self._result(spec, q, want, found, "hnsw", include_vectors)
 
-        return self._on_store(name, run)
+        return self._on_store(name, run, expected_store_id)
 
     def _search(
         self, store: _Store, query: np.ndarray, limit: int, expr: str, ef: int, *, vectors: bool
@@ -874,7 +903,24 @@ def _entry(row: dict[str, Any], include_vectors: bool) -> Entry:
     )
 
 
-def _spec_json(spec: StoreSpec) -> str:
+def _new_store_id() -> int:
+    """A store id later than every one this process made before (creation time in µs)."""
+    global _last_store_id
+    with _store_id_lock:
+        _last_store_id = max(time.time_ns() // 1000, _last_store_id + 1)
+        return _last_store_id
+
+
+_last_store_id = 0
+_store_id_lock = threading.Lock()
+
+
+def _check_id(store: _Store, expected_store_id: int) -> None:
+    if expected_store_id and store.store_id != expected_store_id:
+        raise StoreChangedError(store.spec.name, expected_store_id, store.store_id)
+
+
+def _spec_json(spec: StoreSpec, store_id: int) -> str:
     index: dict[str, Any] = {"kind": "exact"}
     if isinstance(spec.index, HnswConfig):
         index = {
@@ -887,6 +933,7 @@ def _spec_json(spec: StoreSpec) -> str:
         {
             "format": FORMAT,
             "name": spec.name,
+            "store_id": store_id,
             "dimension": spec.dimension,
             "metric": spec.metric.value,
             "index": index,
@@ -896,7 +943,7 @@ def _spec_json(spec: StoreSpec) -> str:
     )
 
 
-def _spec_from_properties(properties: dict[str, str]) -> StoreSpec | None:
+def _store_from_properties(collection: str, properties: dict[str, str]) -> _Store | None:
     raw = properties.get(STORE_PROPERTY)
     if raw is None:
         return None
@@ -911,7 +958,7 @@ def _spec_from_properties(properties: dict[str, str]) -> StoreSpec | None:
                 ef_search=int(index_data["ef_search"]),
             )
         fields = json.loads(properties.get(PRED_INDEX_PROPERTY, "[]"))
-        return StoreSpec(
+        spec = StoreSpec(
             name=str(data["name"]),
             dimension=int(data["dimension"]),
             metric=Metric(data["metric"]),
@@ -919,6 +966,7 @@ def _spec_from_properties(properties: dict[str, str]) -> StoreSpec | None:
             predicate_indexes=tuple(sorted(str(f) for f in fields)),
             store_metadata={str(k): str(v) for k, v in data["store_metadata"].items()},
         )
+        return _Store(collection, spec, int(data["store_id"]))
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{STORE_PROPERTY} is not what nachbar wrote ({error})") from None
 

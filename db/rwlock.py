@@ -2,7 +2,10 @@
 
 hnswlib's `add_items` must not run beside `knn_query`, while any number of searches may run
 together; each store holds one of these. Waiting writers block new readers so that a steady
-stream of searches cannot starve an upsert. Not reentrant: never take it twice in one thread.
+stream of searches cannot starve an upsert, and readers that were waiting when a writer lets go
+enter before the next writer does, so that a writer taking the lock again and again (a large
+upsert is applied a piece at a time) cannot starve the searches either. Not reentrant: never
+take it twice in one thread.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ class ReadWriteLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._readers_waiting = 0
+        self._readers_turn = False  # set when a writer leaves while readers wait
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
+            self._readers_waiting += 1
+            try:
+                while self._writer or (self._writers_waiting and not self._readers_turn):
+                    self._cond.wait()
+            finally:
+                self._readers_waiting -= 1
+                if not self._readers_waiting and self._readers_turn:
+                    self._readers_turn = False
+                    self._cond.notify_all()
             self._readers += 1
         try:
             yield
@@ -38,7 +50,7 @@ class ReadWriteLock:
         with self._cond:
             self._writers_waiting += 1
             try:
-                while self._writer or self._readers:
+                while self._writer or self._readers or self._readers_turn:
                     self._cond.wait()
             finally:
                 self._writers_waiting -= 1
@@ -48,4 +60,5 @@ class ReadWriteLock:
         finally:
             with self._cond:
                 self._writer = False
+                self._readers_turn = self._readers_waiting > 0
                 self._cond.notify_all()

@@ -6,7 +6,8 @@ first), so the matrix stays dense under churn. The slot is persisted with the en
 saved graph's labels still mean the same entries after a restart.
 
 Locking is the caller's job (nachbar.db.engine): methods that change state need the store's
-write lock, the others its read lock.
+write lock, the others its read lock. A write request also holds `writer` from start to end, so
+that one write at a time prepares, commits and applies while searches go on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import threading
+import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import replace
@@ -94,6 +97,8 @@ class StoreState:
         self.seq = seq  # last committed change sequence
         self.files = files
         self.lock = ReadWriteLock()
+        self.writer = threading.Lock()  # one write request at a time; readers never take it
+        self.seconds_per_insert = 0.0005  # recent HNSW insert time per vector (for piece sizes)
         self.dropped = False
 
         dim = spec.dimension
@@ -136,6 +141,10 @@ class StoreState:
     def hnsw_config(self) -> HnswConfig | None:
         index = self.spec.index
         return index if isinstance(index, HnswConfig) else None
+
+    def has_room(self, size: int) -> bool:
+        """Whether slots below `size` fit without `reserve`."""
+        return size <= len(self._alive) and (self.graph is None or size <= self.graph.capacity)
 
     def reserve(self, size: int) -> None:
         """Grow the arrays (and graph) so that slots below `size` fit. Call before committing a
@@ -317,9 +326,10 @@ class StoreState:
         slots: Sequence[int],
         is_new: Sequence[bool],
         row_bytes: Sequence[int],
-        seq: int,
-    ) -> None:
-        """Make a committed upsert visible. `reserve` must have made room already."""
+    ) -> np.ndarray:
+        """Make a committed upsert's entries visible. `reserve` must have made room already.
+        Returns the slots whose vectors the graph still needs (`index_slots`); the caller moves
+        `seq` once the graph has them all."""
         slot_array = np.asarray(slots, dtype=np.int64)
         old_size = self.size
         # assign_slots handed out the smallest free slots first: pop exactly those.
@@ -347,8 +357,18 @@ class StoreState:
             index.touch(slots)
         if any(is_new):
             self._id_order = None
-        self.seq = seq
-        self._update_graph(slot_array[changed], np.empty(0, dtype=np.int64))
+        pending: np.ndarray = slot_array[changed]
+        return pending
+
+    def index_slots(self, slots: np.ndarray) -> None:
+        """Insert (or update) these slots' vectors in the HNSW graph, on one thread (the other
+        cores stay free for searches), and keep `seconds_per_insert` up to date."""
+        if not len(slots):
+            return
+        began = time.perf_counter()
+        self._update_graph(slots, np.empty(0, dtype=np.int64), threads=1)
+        per_vector = (time.perf_counter() - began) / len(slots)
+        self.seconds_per_insert = 0.8 * self.seconds_per_insert + 0.2 * per_vector
 
     def apply_delete(self, slots: Sequence[int], seq: int) -> None:
         slot_array = np.asarray(slots, dtype=np.int64)
@@ -367,11 +387,11 @@ class StoreState:
         self.seq = seq
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
 
-    def _update_graph(self, added: np.ndarray, deleted: np.ndarray) -> None:
+    def _update_graph(self, added: np.ndarray, deleted: np.ndarray, threads: int = -1) -> None:
         if self.graph is None or self.graph_broken:
             return
         try:
-            self.graph.add(self._vectors[added], added)
+            self.graph.add(self._vectors[added], added, threads=threads)
             self.graph.mark_deleted(deleted)
         except Exception:  # SQLite has the data; searches fall back to scans
             log.exception(

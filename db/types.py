@@ -23,7 +23,7 @@ class Metric(StrEnum):
 
     COSINE = "cosine"  # score = cosine similarity
     L2 = "l2"  # score = -(squared Euclidean distance)
-    IP = "ip"  # score = dot product
+    INNER_PRODUCT = "ip"  # score = dot product (common.proto's METRIC_INNER_PRODUCT)
 
 
 class SearchMode(StrEnum):
@@ -67,6 +67,8 @@ class StoreInfo:
     store_metadata: Mapping[str, str]
     count: int
     bytes_used: int
+    # Never reused: a store dropped and created again under its name gets a new id.
+    store_id: int = 0
 
     @property
     def spec(self) -> StoreSpec:

@@ -23,7 +23,7 @@ ENV = re.compile(r"\s*\[env (NACHBAR_[A-Z_]+)[^\]]*\]")
 def flag_table(parser: argparse.ArgumentParser) -> str:
     rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
     for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
+        if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS:
             continue
         help_text = (action.help or "").replace("%%", "%")  # argparse's escape for "%"
         env = ENV.search(help_text)

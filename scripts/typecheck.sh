@@ -19,6 +19,7 @@ link tests tests
 cd "$tree"
 mypy=("$repo/.venv/bin/mypy" --config-file "$repo/pyproject.toml" --cache-dir "$repo/.mypy_cache")
 MYPYPATH="$tree:$repo/bench" "${mypy[@]}" \
-  -p nachbar.db -p nachbar.ai -p nachbar.server -p nachbar.cli -p nachbar.client -p tests "$@"
+  -p nachbar.db -p nachbar.ai -p nachbar.server -p nachbar.cli -p nachbar.client \
+  -m nachbar.v1.codec -m nachbar.v1.defaults -p tests "$@"
 cd "$repo/bench"
 MYPYPATH="$tree" "${mypy[@]}" ./*.py "$@"

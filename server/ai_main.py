@@ -7,49 +7,100 @@ import threading
 from collections.abc import Sequence
 
 from nachbar.ai.batching import BatchingConfig
+from nachbar.ai.errors import AIError
+from nachbar.ai.limits import ImageLimits, InputLimits
 from nachbar.ai.models import ModelManager
-from nachbar.client.db import DBClient
+from nachbar.ai.pipeline import AIPipeline
+from nachbar.server.admission import ServicePolicy
 from nachbar.server.ai_service import AIServicer
+from nachbar.server.ai_store import DBVectorStore
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
+from nachbar.server.errors import keep_private
 from nachbar.server.logs import configure_logging
-from nachbar.v1 import ai_pb2, ai_pb2_grpc
+from nachbar.v1 import ai_pb2, ai_pb2_grpc, targets
 
 log = logging.getLogger("nachbar.ai")
 
 AI_SERVICE_NAME = ai_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+# Embedding a batch for an upsert takes every core for a while; so do many inputs to Embed or
+# Rerank. They run in the bulk lane, so a search's one query embedding never waits behind them
+# for a worker.
+INTERACTIVE_MAX_INPUTS = 16
+INTERACTIVE_MAX_DOCUMENTS = 64
+AI_ADMISSION = ServicePolicy(
+    service=AI_SERVICE_NAME,
+    label="nachbar-ai",
+    bulk_methods=frozenset(
+        {"Upsert", "DeleteKeys", "DeleteByPredicate", "CreateStore", "DropStore", "GetByPredicate"}
+    ),
+    heavy={
+        "Embed": lambda r: len(r.inputs) > INTERACTIVE_MAX_INPUTS,
+        "Rerank": lambda r: len(r.documents) > INTERACTIVE_MAX_DOCUMENTS,
+        "GetSimN": lambda r: r.rerank.candidates > INTERACTIVE_MAX_DOCUMENTS,
+    },
+)
 HEALTH_POLL_SECONDS = 1.0
 
 
 def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
+    """Refuse to start without the --models: each is on disk, or downloads now if allowed."""
     statuses = {s.spec.name: s for s in models.list_models()}
     for requested in names:
-        name = models.spec(requested).name  # unknown names fail here, listing close matches
+        name = models.spec(requested).name  # unknown names fail here, with close matches
         if not statuses[name].available:
-            models.load(name)  # raises ModelUnavailableError saying how to get the files
+            models.load(name)  # downloads it, or says how to get the files
+
+
+def _model_manager(config: AIConfig) -> ModelManager:
+    """The models of `config`, with the --models on disk; SystemExit saying why otherwise."""
+    try:
+        models = ModelManager(
+            config.model_dir,
+            offline=not config.allow_downloads,
+            local_dirs=dict(config.local_models),
+            batching=BatchingConfig(
+                enabled=config.batching,
+                max_batch_size=config.max_batch_size,
+                max_wait_ms=config.max_batch_wait_ms,
+                workers=config.batch_workers,
+            ),
+            limits=InputLimits(
+                max_inputs=config.max_inputs_per_request,
+                max_text_bytes=config.max_text_bytes,
+                image=ImageLimits(
+                    max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels
+                ),
+                image_decoders=config.image_decoders,
+            ),
+            max_loaded=config.max_loaded_models,
+            pinned=config.models,
+        )
+        _check_models_present(models, config.models)
+    except AIError as error:
+        # The operator reads this, so the detail (which directory) belongs in it.
+        where = f" ({error.detail})" if error.detail else ""
+        raise SystemExit(f"nachbar-ai cannot start: {error.message}{where}") from None
+    return models
 
 
 def start_ai_server(config: AIConfig) -> RunningServer:
     """Start serving at once; health turns SERVING when the models are loaded and the db
     answers, and back to NOT_SERVING while the db is unreachable."""
-    models = ModelManager(
-        config.model_dir,
-        offline=config.hub_offline,
-        local_dirs=dict(config.local_models),
-        batching=BatchingConfig(
-            enabled=config.batching,
-            max_batch_size=config.max_batch_size,
-            max_wait_ms=config.max_batch_wait_ms,
-            workers=config.batch_workers,
-        ),
+    keep_private(config.model_dir, "<model-dir>")
+    for name, directory in config.local_models:
+        keep_private(directory, f"<local dir of {name}>")
+    models = _model_manager(config)
+    db = DBVectorStore(
+        config.db_address,
+        timeout=config.db_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
     )
-    _check_models_present(models, config.models)
-    db = DBClient(config.db_address, timeout=config.db_timeout_seconds)
-    service = AIServicer(models, db, max_message_bytes=config.max_message_bytes)
+    service = AIServicer(AIPipeline(models, db), db, max_message_bytes=config.max_message_bytes)
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
-        [AI_SERVICE_NAME],
+        [AI_ADMISSION],
     )
     stopping = threading.Event()
 
@@ -63,7 +114,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
         log.info("models loaded: %s", ", ".join(config.models) or "(none; load on first use)")
         serving: bool | None = None
         while not stopping.is_set():
-            reachable = service.db_reachable()
+            reachable = db.reachable()
             if reachable != serving:
                 serving = reachable
                 running.set_serving(reachable)
@@ -84,13 +135,18 @@ def start_ai_server(config: AIConfig) -> RunningServer:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_ai_config(argv)
     configure_logging(config.log_level, config.log_format)
-    running = start_ai_server(config)
+    try:
+        running = start_ai_server(config)
+    except targets.AddressError as error:
+        raise SystemExit(f"nachbar-ai cannot start: --db-host: {error}") from None
     log.info(
-        "nachbar-ai listening on %s:%d, db %s, models in %s",
+        "nachbar-ai listening on %s:%d, db %s, models in %s, hub downloads %s; %s",
         config.host,
         running.port,
         config.db_address,
         config.model_dir,
+        "allowed" if config.allow_downloads else "off (--allow-downloads turns them on)",
+        running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)
     run_until_signalled(running, exit_with_parent=config.exit_with_parent)

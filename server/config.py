@@ -13,19 +13,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DB_PORT = 1369
-DEFAULT_AI_PORT = 1370
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from nachbar.ai import defaults as model_defaults
+from nachbar.ai.limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INPUTS,
+    DEFAULT_MAX_LOADED_MODELS,
+    DEFAULT_MAX_TEXT_BYTES,
+)
+from nachbar.v1 import defaults
+
+DEFAULT_HOST = defaults.HOST
+DEFAULT_DB_PORT = defaults.DB_PORT
+DEFAULT_AI_PORT = defaults.AI_PORT
+DEFAULT_MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
+default_model_dir = model_defaults.model_dir
 
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "nachbar" / "data"
-
-
-def default_model_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nachbar" / "models"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,10 @@ class CommonConfig:
     port_file: Path | None
     exit_with_parent: bool
     grace_seconds: float
+    bulk_workers: int
+    max_queued: int
+    max_inflight_bytes: int
+    interactive_max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -55,12 +66,18 @@ class DBConfig(CommonConfig):
 
 @dataclass(frozen=True)
 class AIConfig(CommonConfig):
-    db_host: str = "127.0.0.1"
+    db_host: str = DEFAULT_HOST
     db_port: int = DEFAULT_DB_PORT
     model_dir: Path = field(default_factory=default_model_dir)
     models: tuple[str, ...] = ()
     local_models: tuple[tuple[str, Path], ...] = ()
-    hub_offline: bool = False
+    allow_downloads: bool = False
+    max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
+    max_inputs_per_request: int = DEFAULT_MAX_INPUTS
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image_decoders: int = 0
     batching: bool = True
     max_batch_size: int = 32
     max_batch_wait_ms: float = 0.0
@@ -98,6 +115,11 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get(f"NACHBAR_{name}", default)
 
 
+def env_bool(name: str, default: bool) -> bool:
+    """NACHBAR_<name> as a flag (1, true, yes or on), or `default` when it is unset."""
+    return _env_bool(name, default)
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(f"NACHBAR_{name}")
     if raw is None:
@@ -108,7 +130,7 @@ def _env_bool(name: str, default: bool) -> bool:
 def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str) -> None:
     parser.add_argument(
         "--host",
-        default=_env(f"{prefix}_HOST", "127.0.0.1"),
+        default=_env(f"{prefix}_HOST", DEFAULT_HOST),
         help=f"interface to listen on [env NACHBAR_{prefix}_HOST]",
     )
     parser.add_argument(
@@ -128,7 +150,37 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
         "--workers",
         type=int,
         default=int(_env("WORKERS", 16)),
-        help="request handler threads [env NACHBAR_WORKERS]",
+        help="interactive requests (searches, key lookups, small Embed, Ping) run at once "
+        "[env NACHBAR_WORKERS]",
+    )
+    parser.add_argument(
+        "--bulk-workers",
+        type=int,
+        default=int(_env("BULK_WORKERS", 2)),
+        help="bulk requests (writes, deletes, index changes, GetByPredicate, large requests) run "
+        "at once; they never take an interactive worker [env NACHBAR_BULK_WORKERS]",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=int(_env("MAX_QUEUED", 128)),
+        help="requests of each lane that may wait for a worker; more get RESOURCE_EXHAUSTED "
+        "[env NACHBAR_MAX_QUEUED]",
+    )
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=int(_env("MAX_INFLIGHT_BYTES", 0)),
+        help="request bytes all requests in progress may hold (bulk ones 3/4 of it); a request "
+        "past it gets RESOURCE_EXHAUSTED. 0: twice --max-message-bytes "
+        "[env NACHBAR_MAX_INFLIGHT_BYTES]",
+    )
+    parser.add_argument(
+        "--interactive-max-bytes",
+        type=int,
+        default=int(_env("INTERACTIVE_MAX_BYTES", 256 * 1024)),
+        help="requests larger than this go to the bulk lane whatever their method "
+        "[env NACHBAR_INTERACTIVE_MAX_BYTES]",
     )
     parser.add_argument(
         "--log-level",
@@ -166,8 +218,13 @@ def _add_common(parser: argparse.ArgumentParser, default_port: int, prefix: str)
 def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.max_message_bytes <= 0:
         raise SystemExit("--max-message-bytes must be positive")
-    if ns.workers <= 0:
-        raise SystemExit("--workers must be positive")
+    for flag, value in (("--workers", ns.workers), ("--bulk-workers", ns.bulk_workers)):
+        if value <= 0:
+            raise SystemExit(f"{flag} must be positive, got {value}")
+    if ns.max_queued < 0 or ns.max_inflight_bytes < 0 or ns.interactive_max_bytes < 0:
+        raise SystemExit(
+            "--max-queued, --max-inflight-bytes and --interactive-max-bytes must not be negative"
+        )
     return {
         "host": ns.host,
         "port": ns.port,
@@ -178,6 +235,10 @@ def _common_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
         "port_file": Path(ns.port_file) if ns.port_file else None,
         "exit_with_parent": ns.exit_with_parent,
         "grace_seconds": ns.grace_seconds,
+        "bulk_workers": ns.bulk_workers,
+        "max_queued": ns.max_queued,
+        "max_inflight_bytes": ns.max_inflight_bytes or 2 * ns.max_message_bytes,
+        "interactive_max_bytes": ns.interactive_max_bytes,
     }
 
 
@@ -278,7 +339,7 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     _add_common(parser, DEFAULT_AI_PORT, "AI")
     parser.add_argument(
         "--db-host",
-        default=_env("DB_HOST", "127.0.0.1"),
+        default=_env("DB_HOST", DEFAULT_HOST),
         help="nachbar-db host; several replicas as host1,host2 (or host1:port1,host2:port2) "
         "or a dns:///name, and calls are spread round-robin [env NACHBAR_DB_HOST]",
     )
@@ -296,9 +357,9 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models",
-        default=_env("MODELS", "all-minilm-l6-v2,imagenet-conse-minilm-l6"),
-        help="comma-separated models to load at start; others load on first use "
-        "[env NACHBAR_MODELS]",
+        default=_env("MODELS", ",".join(model_defaults.PRELOADED_MODELS)),
+        help="comma-separated models to load at start and keep loaded; others load on first "
+        "use [env NACHBAR_MODELS]",
     )
     parser.add_argument(
         "--local-model",
@@ -310,11 +371,59 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         "[env NACHBAR_LOCAL_MODELS, comma-separated]",
     )
     parser.add_argument(
-        "--hub-offline",
+        "--allow-downloads",
         action=argparse.BooleanOptionalAction,
-        default=_env_bool("HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE") == "1"),
-        help="never download from the model hub; use only cached or local files "
-        "[env NACHBAR_HUB_OFFLINE]",
+        default=_env_bool("ALLOW_DOWNLOADS", False),
+        help="let nachbar-ai download hub models it does not have (at start for --models, or "
+        "when a request names one); off: only built, cached or --local-model files are used, "
+        "and a request for any other model gets FAILED_PRECONDITION "
+        "[env NACHBAR_ALLOW_DOWNLOADS]",
+    )
+    # The former spelling, from when downloads were on by default: the same as
+    # --no-allow-downloads, which is now the default.
+    parser.add_argument(
+        "--hub-offline", dest="allow_downloads", action="store_false", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=int(_env("MAX_LOADED_MODELS", DEFAULT_MAX_LOADED_MODELS)),
+        help="most models kept loaded; loading another unloads the least recently used one "
+        "not named in --models; 0: no limit [env NACHBAR_MAX_LOADED_MODELS]",
+    )
+    parser.add_argument(
+        "--max-inputs-per-request",
+        type=int,
+        default=int(_env("MAX_INPUTS_PER_REQUEST", DEFAULT_MAX_INPUTS)),
+        help="most texts, images or documents in one request [env NACHBAR_MAX_INPUTS_PER_REQUEST]",
+    )
+    parser.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=int(_env("MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)),
+        help="largest text (UTF-8 bytes); a longer one is refused with OUT_OF_RANGE, or read "
+        "only this far when the request truncates [env NACHBAR_MAX_TEXT_BYTES]",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=int(_env("MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)),
+        help="largest encoded image [env NACHBAR_MAX_IMAGE_BYTES]",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=int(_env("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
+        help="most pixels an image may decode to (checked from its header; JPEGs with a short "
+        "side of 4096 or more decode at a reduced scale first); decoding takes up to about 8 "
+        "bytes per pixel [env NACHBAR_MAX_IMAGE_PIXELS]",
+    )
+    parser.add_argument(
+        "--image-decoders",
+        type=int,
+        default=int(_env("IMAGE_DECODERS", 0)),
+        help="images decoded at once across all requests, which bounds their memory; 0: one "
+        "per CPU [env NACHBAR_IMAGE_DECODERS]",
     )
     parser.add_argument(
         "--batching",
@@ -356,14 +465,35 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         parser.error(f"--max-batch-wait-ms must not be negative, got {ns.max_batch_wait_ms}")
     if ns.batch_workers < 0:
         parser.error(f"--batch-workers must be 0 (one per CPU) or more, got {ns.batch_workers}")
+    for flag in ("max_inputs_per_request", "max_text_bytes", "max_image_bytes", "max_image_pixels"):
+        if getattr(ns, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(ns, flag)}")
+    if ns.image_decoders < 0:
+        parser.error(f"--image-decoders must be 0 (one per CPU) or more, got {ns.image_decoders}")
+    models = tuple(m.strip() for m in ns.models.split(",") if m.strip())
+    if ns.max_loaded_models < 0:
+        parser.error(
+            f"--max-loaded-models must be 0 (no limit) or more, got {ns.max_loaded_models}"
+        )
+    if 0 < ns.max_loaded_models < len(set(models)):
+        parser.error(
+            f"--max-loaded-models {ns.max_loaded_models} is less than the {len(set(models))} "
+            "models named in --models, which stay loaded; raise it or name fewer"
+        )
     return AIConfig(
         **_common_kwargs(ns),
         db_host=ns.db_host,
         db_port=ns.db_port,
         model_dir=ns.model_dir,
-        models=tuple(m.strip() for m in ns.models.split(",") if m.strip()),
+        models=models,
         local_models=tuple(ns.local_model),
-        hub_offline=ns.hub_offline,
+        allow_downloads=ns.allow_downloads,
+        max_loaded_models=ns.max_loaded_models,
+        max_inputs_per_request=ns.max_inputs_per_request,
+        max_text_bytes=ns.max_text_bytes,
+        max_image_bytes=ns.max_image_bytes,
+        max_image_pixels=ns.max_image_pixels,
+        image_decoders=ns.image_decoders,
         batching=ns.batching,
         max_batch_size=ns.max_batch_size,
         max_batch_wait_ms=ns.max_batch_wait_ms,

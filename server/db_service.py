@@ -44,7 +44,11 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         self, request: db_pb2.DropStoreRequest, context: grpc.ServicerContext
     ) -> db_pb2.DropStoreResponse:
         return db_pb2.DropStoreResponse(
-            dropped=self._db.drop_store(request.store, missing_ok=request.missing_ok)
+            dropped=self._db.drop_store(
+                request.store,
+                missing_ok=request.missing_ok,
+                expected_store_id=request.expected_store_id,
+            )
         )
 
     def ListStores(
@@ -62,14 +66,21 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def Upsert(
         self, request: db_pb2.UpsertRequest, context: grpc.ServicerContext
     ) -> db_pb2.UpsertResponse:
-        result = self._db.upsert(request.store, [conv.entry(e) for e in request.entries])
+        result = self._db.upsert(
+            request.store,
+            [conv.entry(e) for e in request.entries],
+            expected_store_id=request.expected_store_id,
+        )
         return db_pb2.UpsertResponse(inserted=result.inserted, updated=result.updated)
 
     def GetKey(
         self, request: db_pb2.GetKeyRequest, context: grpc.ServicerContext
     ) -> db_pb2.GetKeyResponse:
         found, missing = self._db.get_keys(
-            request.store, list(request.ids), include_vectors=request.include_vectors
+            request.store,
+            list(request.ids),
+            include_vectors=request.include_vectors,
+            expected_store_id=request.expected_store_id,
         )
         return db_pb2.GetKeyResponse(
             entries=[conv.entry_to_proto(e) for e in found], missing_ids=missing
@@ -84,6 +95,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             limit=request.limit or 100,
             page_token=request.page_token,
             include_vectors=request.include_vectors,
+            expected_store_id=request.expected_store_id,
         )
         return db_pb2.GetByPredicateResponse(
             entries=[conv.entry_to_proto(e) for e in page.entries],
@@ -101,13 +113,17 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             mode=conv.mode(request.mode),
             ef=request.ef,
             include_vectors=request.include_vectors,
+            expected_store_id=request.expected_store_id,
         )
         return conv.search_response(result)
 
     def DeleteKeys(
         self, request: db_pb2.DeleteKeysRequest, context: grpc.ServicerContext
     ) -> db_pb2.DeleteResponse:
-        return db_pb2.DeleteResponse(deleted=self._db.delete_keys(request.store, list(request.ids)))
+        deleted = self._db.delete_keys(
+            request.store, list(request.ids), expected_store_id=request.expected_store_id
+        )
+        return db_pb2.DeleteResponse(deleted=deleted)
 
     def DeleteByPredicate(
         self, request: db_pb2.DeleteByPredicateRequest, context: grpc.ServicerContext
@@ -118,7 +134,10 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
                 f"DeleteByPredicate on {request.store!r} needs a filter; "
                 "to delete everything, use DropStore"
             )
-        return db_pb2.DeleteResponse(deleted=self._db.delete_by_predicate(request.store, flt))
+        deleted = self._db.delete_by_predicate(
+            request.store, flt, expected_store_id=request.expected_store_id
+        )
+        return db_pb2.DeleteResponse(deleted=deleted)
 
     def CreatePredIndex(
         self, request: db_pb2.CreatePredIndexRequest, context: grpc.ServicerContext

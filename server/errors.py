@@ -1,22 +1,27 @@
 """The one table that turns domain errors into gRPC status codes.
 
 Every servicer method is wrapped by `map_errors`: a domain error becomes its status with the
-error's own message; anything unexpected becomes INTERNAL with a request id that is logged with
-the traceback.
+error's own message; anything unexpected becomes INTERNAL. Every failed request gets a request
+id, which ends the message the client sees and starts the server's log line about it. The log
+line holds what clients never see: an error's `detail` (file paths, causes) and, for INTERNAL,
+the traceback; the server's own directories are replaced by their names in client messages.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
+import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from nachbar.ai import errors as ai_errors
-from nachbar.client import errors as client_errors
+from nachbar.ai import vector_store
 from nachbar.db import errors as db_errors
 
 log = logging.getLogger("nachbar.server")
@@ -30,28 +35,79 @@ class NotReadyError(Exception):
     """The service cannot serve yet (models loading, db unreachable)."""
 
 
+class UpstreamError(Exception):
+    """A status another service answered (nachbar-db, for nachbar-ai), relayed as it came."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Overloaded(Exception):
+    """Admission control turned a request away (a full queue, the in-flight byte budget)."""
+
+
 # Most specific first: the first matching class wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (db_errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
     (db_errors.StoreExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (db_errors.StoreChangedError, grpc.StatusCode.ABORTED),
     (db_errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
     (db_errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (vector_store.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (vector_store.StoreChangedError, grpc.StatusCode.ABORTED),
     (ai_errors.ModelUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.IncompatibleModelsError, grpc.StatusCode.FAILED_PRECONDITION),
     (ai_errors.InputTooLongError, grpc.StatusCode.OUT_OF_RANGE),
     (ai_errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
+# Statuses the operator may have to act on are logged as warnings; the rest are the caller's.
+_OPERATOR_STATUSES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# How a message names its request. Only relayed messages (nachbar-db's, through nachbar-ai)
+# already end with one: the db's id is kept, so one id finds the request in both logs.
+_REQUEST_ID = re.compile(r" \(request id ([0-9a-f]{12})\)$")
+
+_private_paths: dict[str, str] = {}
+_private_paths_lock = threading.Lock()
+
+
+def keep_private(path: Path, name: str) -> None:
+    """Show `path` (a server directory: data, models) to clients as `name`, e.g. <model-dir>."""
+    with _private_paths_lock:
+        for form in {str(path), str(Path(path).absolute()), str(Path(path).resolve())}:
+            if form not in ("", ".", "/"):
+                _private_paths[form] = name
+
+
+def redact(message: str) -> str:
+    """`message` with every private directory replaced by its name, longest paths first."""
+    with _private_paths_lock:
+        paths = sorted(_private_paths.items(), key=lambda item: -len(item[0]))
+    for path, name in paths:
+        message = message.replace(path, name)
+    return message
+
+
 def status_for(error: BaseException) -> grpc.StatusCode | None:
-    # Errors relayed from the db through the client keep the db's status.
-    if isinstance(error, client_errors.NachbarError):
+    # Errors relayed from the db keep the db's status.
+    if isinstance(error, UpstreamError):
         return error.code
     for cls, code in ERROR_TABLE:
         if isinstance(error, cls):
@@ -62,29 +118,50 @@ def status_for(error: BaseException) -> grpc.StatusCode | None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def abort_for(context: grpc.ServicerContext, error: Exception, where: str) -> NoReturn:
+    """End the RPC with the status the table gives `error` (INTERNAL, logged, if none). The
+    client's message carries a request id; details (paths and such) stay in the server log."""
+    code = status_for(error)
+    message = getattr(error, "message", None) or str(error)
+    # An error relayed from nachbar-db keeps the id the db logged it under.
+    relayed = _REQUEST_ID.search(message)
+    if relayed is not None:
+        request_id, message = relayed.group(1), message[: relayed.start()]
+    else:
+        request_id = uuid.uuid4().hex[:12]
+    if code is None:
+        log.error("request %s: internal error in %s", request_id, where, exc_info=error)
+        context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error (request id {request_id}); the server log has the details",
+        )
+    detail = getattr(error, "detail", "")
+    log.log(
+        logging.WARNING if code in _OPERATOR_STATUSES else logging.INFO,
+        "request %s: %s failed with %s: %s%s",
+        request_id,
+        where,
+        code.name,
+        message,
+        f" [{detail}]" if detail else "",
+    )
+    context.abort(code, f"{redact(message)} (request id {request_id})")
+
+
 def map_errors(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
         except Exception as error:  # the one place errors become statuses
-            code = status_for(error)
-            if code is None:
-                request_id = uuid.uuid4().hex[:12]
-                log.exception("internal error in %s (request id %s)", method.__name__, request_id)
-                context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {request_id}); the server log has the details",
-                )
-            message = getattr(error, "message", None) or str(error)
-            context.abort(code, message)
+            abort_for(context, error, method.__name__)
 
     return wrapper  # type: ignore[return-value]
 
 
 def servicer(cls: type) -> type:
     """Wrap every RPC method (CamelCase, as gRPC names them) of a servicer class with
-    `map_errors`; helpers the server itself calls, such as `db_reachable`, stay plain."""
+    `map_errors`; other methods stay plain."""
     for name, value in list(vars(cls).items()):
         if callable(value) and name[:1].isupper():
             setattr(cls, name, map_errors(value))

@@ -11,28 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nachbar.cli.health import wait_until_serving
 
 BIN = Path(sys.executable).parent
 
 
 def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
     """Block until grpc.health.v1 reports SERVING for `service` at `address`."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = reply.status
-            except grpc.RpcError as error:
-                last = error.code()
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} not SERVING after {timeout}s (last: {last})")
+    report = wait_until_serving(address, timeout, service=service)
+    if not report.serving:
+        raise TimeoutError(
+            f"{address} not SERVING after {timeout}s (last: {report.health.value} {report.detail})"
+        )
 
 
 @dataclass

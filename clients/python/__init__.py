@@ -6,6 +6,7 @@ from nachbar.client._ai_calls import Image, Item, Text
 from nachbar.client.ai import AIClient, AsyncAIClient
 from nachbar.client.db import AsyncDBClient, DBClient
 from nachbar.client.errors import (
+    Aborted,
     AlreadyExists,
     DataLoss,
     DeadlineExceeded,
@@ -22,6 +23,8 @@ from nachbar.client.types import (
     AIMatch,
     AISearchResult,
     AIStoreInfo,
+    CreatedAIStoreInfo,
+    CreatedStoreInfo,
     Entry,
     Exact,
     Hnsw,
@@ -42,9 +45,12 @@ __all__ = [
     "AIMatch",
     "AISearchResult",
     "AIStoreInfo",
+    "Aborted",
     "AlreadyExists",
     "AsyncAIClient",
     "AsyncDBClient",
+    "CreatedAIStoreInfo",
+    "CreatedStoreInfo",
     "DBClient",
     "DataLoss",
     "DeadlineExceeded",

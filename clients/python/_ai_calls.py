@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from nachbar.client._db_calls import METRICS, MODES, Call, index_to_proto, store_info
+from nachbar.client._db_calls import METRICS, MODES, Call, index_to_proto, store_info, vars_of
 from nachbar.client.types import (
     AIEntry,
     AIGetKeyResult,
@@ -18,6 +18,7 @@ from nachbar.client.types import (
     AIPage,
     AISearchResult,
     AIStoreInfo,
+    CreatedAIStoreInfo,
     Index,
     Metric,
     ModelInfo,
@@ -32,7 +33,7 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import ai_pb2, common_pb2
+from nachbar.v1 import ai_pb2, codec, common_pb2
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,9 @@ def from_input(proto: ai_pb2.Input) -> str | bytes | None:
     return value
 
 
-_TRUNCATION = {
-    "error": ai_pb2.TRUNCATION_POLICY_ERROR,
-    "truncate": ai_pb2.TRUNCATION_POLICY_TRUNCATE,
-}
-
-
 def truncation(value: str) -> ai_pb2.TruncationPolicy.ValueType:
     try:
-        return _TRUNCATION[value]
+        return codec.TRUNCATIONS[value]
     except KeyError:
         raise ValueError(f"truncation must be 'error' or 'truncate', not {value!r}") from None
 
@@ -136,18 +131,22 @@ def create_store(
     index: Index | None,
     metric: Metric | str | None,
     if_not_exists: bool,
-) -> Call[AIStoreInfo]:
+) -> Call[CreatedAIStoreInfo]:
     request = ai_pb2.CreateStoreRequest(
         store=store,
         query_model=query_model,
         index_model=index_model,
         store_original=store_original,
         predicate_indexes=list(predicate_indexes),
-        index=index_to_proto(index),
+        index=index_to_proto(index) if index is not None else None,
         metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
         if_not_exists=if_not_exists,
     )
-    return "CreateStore", request, lambda r: ai_store_info(r.store)
+    return (
+        "CreateStore",
+        request,
+        lambda r: CreatedAIStoreInfo(**vars_of(ai_store_info(r.store)), created=r.created),
+    )
 
 
 def drop_store(store: str, missing_ok: bool) -> Call[bool]:

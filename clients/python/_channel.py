@@ -1,18 +1,8 @@
-"""Channel setup and call execution shared by every client.
-
-An address is one server ("host:port"), several replicas ("host1:1370,host2:1370", or a list),
-or any gRPC target with a scheme ("dns:///nachbar-ai:1370" resolves a name to all its
-addresses). With several, calls are spread round-robin (gRPC's `round_robin` policy) and a
-replica that stops is skipped. Idempotent calls that fail with UNAVAILABLE (a replica went away,
-a server could not reach its backend) are retried with backoff by gRPC's retry policy, set in the
-channel's service config like the balancing policy.
-"""
+"""Channel setup and call execution shared by every client. Addresses, balancing over
+replicas and retries follow `nachbar.v1.targets`."""
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import socket
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -21,122 +11,29 @@ import grpc
 import grpc.aio
 
 from nachbar.client.errors import InvalidArgument, from_rpc_error
+from nachbar.v1 import defaults, targets
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 30.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = defaults.TIMEOUT_SECONDS
+MAX_MESSAGE_BYTES = defaults.MAX_MESSAGE_BYTES
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
-# Calls whose repetition leaves the same state (Upsert replaces by id), retried on UNAVAILABLE.
-# Creates, drops and deletes are not: a retry could report a different outcome.
-IDEMPOTENT_METHODS = {
-    "nachbar.db.v1.DBService": (
-        "ListStores",
-        "GetStore",
-        "Upsert",
-        "GetKey",
-        "GetByPredicate",
-        "GetSimN",
-        "Info",
-        "Ping",
-    ),
-    "nachbar.ai.v1.AIService": (
-        "ListStores",
-        "GetStore",
-        "Upsert",
-        "GetSimN",
-        "GetKey",
-        "GetByPredicate",
-        "Embed",
-        "Rerank",
-        "ListModels",
-        "Info",
-        "Ping",
-    ),
-}
-RETRY_POLICY = {
-    "maxAttempts": 5,
-    "initialBackoff": "0.05s",
-    "maxBackoff": "1s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-
-
-def service_config(service: str, *, balance: bool) -> str:
-    """The gRPC service config: retries for idempotent calls, round-robin when `balance`."""
-    config: dict[str, Any] = {
-        "methodConfig": [
-            {
-                "name": [{"service": service, "method": m} for m in IDEMPOTENT_METHODS[service]],
-                "retryPolicy": RETRY_POLICY,
-            }
-        ]
-    }
-    if balance:
-        config["loadBalancingConfig"] = [{"round_robin": {}}]
-    return json.dumps(config)
-
-
-def channel_target(address: str | Sequence[str]) -> tuple[str, bool]:
-    """The gRPC target for an address (see the module docstring) and whether it names several
-    servers to balance over."""
-    if isinstance(address, str):
-        if "://" in address or address.split(":", 1)[0] in {"dns", "ipv4", "ipv6", "unix"}:
-            return address, True  # a gRPC target: its resolver may yield several addresses
-        parts = [part.strip() for part in address.split(",") if part.strip()]
-    else:
-        parts = [str(part).strip() for part in address]
-    if not parts:
-        raise InvalidArgument(f"no server address in {address!r}; give host:port")
-    if len(parts) == 1:
-        return parts[0], False
-    # gRPC's multi-address targets take IP literals of one family: resolve names here.
-    hosts: list[str] = []
-    for part in parts:
-        host, sep, port = part.rpartition(":")
-        if not sep or not port.isdigit():
-            raise InvalidArgument(f"address {part!r} has no port; give host:port")
-        hosts.extend(f"{ip}:{port}" for ip in _resolve(host.strip("[]")))
-    family = "ipv6" if any(h.startswith("[") for h in hosts) else "ipv4"
-    if family == "ipv6" and not all(h.startswith("[") for h in hosts):
-        raise InvalidArgument(
-            f"addresses {address!r} mix IPv4 and IPv6; list one family or use a dns:/// name"
-        )
-    return f"{family}:{','.join(hosts)}", True
-
-
-def _resolve(host: str) -> list[str]:
-    try:
-        ip = ipaddress.ip_address(host)
-        return [f"[{ip}]" if ip.version == 6 else str(ip)]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except OSError as error:
-        raise InvalidArgument(f"cannot resolve {host!r}: {error}") from None
-    return sorted({str(info[4][0]) for info in infos})
 
 
 def channel_options(address: str | Sequence[str], service: str) -> tuple[str, list[Any]]:
-    target, balance = channel_target(address)
-    options: list[Any] = [
-        *CHANNEL_OPTIONS,
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(service, balance=balance)),
-    ]
-    return target, options
+    try:
+        target, options = targets.channel_options(address, service)
+    except targets.AddressError as error:
+        raise InvalidArgument(str(error)) from None
+    return target, [*CHANNEL_OPTIONS, *options]
 
 
 def _service_name(stub_cls: Callable[..., Any]) -> str:
     # The generated stubs are named <Service>Stub; the service's full name is in the module.
-    return (
-        "nachbar.db.v1.DBService" if "DBService" in stub_cls.__name__ else "nachbar.ai.v1.AIService"
-    )
+    return targets.DB_SERVICE if "DBService" in stub_cls.__name__ else targets.AI_SERVICE
 
 
 class SyncCaller:

@@ -5,12 +5,14 @@ Each builder returns (rpc method name, request message, response parser).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
 from nachbar.client.types import (
+    CreatedStoreInfo,
     DBInfo,
     Entry,
     Exact,
@@ -32,23 +34,15 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import common_pb2, db_pb2
+from nachbar.v1 import codec, common_pb2, db_pb2
 
 T = TypeVar("T")
 Call: TypeAlias = tuple[str, Any, Callable[[Any], T]]
 VectorLike: TypeAlias = Sequence[float] | np.ndarray
 
-METRICS = {
-    Metric.COSINE: common_pb2.METRIC_COSINE,
-    Metric.L2: common_pb2.METRIC_L2,
-    Metric.INNER_PRODUCT: common_pb2.METRIC_INNER_PRODUCT,
-}
+METRICS = {metric: codec.METRICS[metric.value] for metric in Metric}
 METRICS_BACK = {v: k for k, v in METRICS.items()}
-MODES = {
-    SearchMode.AUTO: common_pb2.SEARCH_MODE_AUTO,
-    SearchMode.EXACT: common_pb2.SEARCH_MODE_EXACT,
-    SearchMode.HNSW: common_pb2.SEARCH_MODE_HNSW,
-}
+MODES = {mode: codec.SEARCH_MODES[mode.value] for mode in SearchMode}
 
 
 def index_to_proto(index: Index | None) -> common_pb2.IndexConfig:
@@ -79,7 +73,13 @@ def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
         count=proto.count,
         bytes_used=proto.bytes_used,
         store_metadata=dict(proto.store_metadata),
+        store_id=proto.store_id,
     )
+
+
+def vars_of(value: object) -> dict[str, Any]:
+    """A dataclass's fields, shallow (dataclasses.asdict would copy nested ones to dicts)."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
 
 
 def entry(proto: db_pb2.Entry) -> Entry:
@@ -98,22 +98,27 @@ def _vector(values: VectorLike) -> list[float]:
 def create_store(
     store: str,
     dimension: int,
-    metric: Metric | str,
+    metric: Metric | str | None,
     index: Index | None,
     predicate_indexes: Iterable[str],
     store_metadata: Mapping[str, str] | None,
     if_not_exists: bool,
-) -> Call[tuple[StoreInfo, bool]]:
+) -> Call[CreatedStoreInfo]:
     request = db_pb2.CreateStoreRequest(
         store=store,
         dimension=dimension,
-        metric=METRICS[Metric(metric)],
-        index=index_to_proto(index),
+        # Unset: the server's documented default (cosine).
+        metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
+        index=index_to_proto(index) if index is not None else None,
         predicate_indexes=list(predicate_indexes),
         store_metadata=dict(store_metadata or {}),
         if_not_exists=if_not_exists,
     )
-    return "CreateStore", request, lambda r: (store_info(r.store), r.created)
+    return (
+        "CreateStore",
+        request,
+        lambda r: CreatedStoreInfo(**vars_of(store_info(r.store)), created=r.created),
+    )
 
 
 def drop_store(store: str, missing_ok: bool) -> Call[bool]:
@@ -194,7 +199,7 @@ def get_sim_n(
             [
                 Match(
                     m.id,
-                    m.score,
+                    m.similarity,
                     metadata_from_proto(m.metadata),
                     list(m.vector) if len(m.vector) else None,
                 )

@@ -27,6 +27,7 @@ from nachbar.client.types import (
     AIPage,
     AISearchResult,
     AIStoreInfo,
+    CreatedAIStoreInfo,
     Index,
     Metric,
     ModelInfo,
@@ -35,10 +36,10 @@ from nachbar.client.types import (
     UpsertResult,
 )
 from nachbar.client.values import FilterLike
-from nachbar.v1 import ai_pb2_grpc
+from nachbar.v1 import ai_pb2_grpc, defaults
 
-DEFAULT_AI_ADDRESS = "127.0.0.1:1370"
-UPSERT_BATCH = 64
+DEFAULT_AI_ADDRESS = defaults.AI_ADDRESS
+UPSERT_BATCH = defaults.AI_UPSERT_BATCH
 ItemLike = Item | InputLike | tuple[Any, ...]
 
 
@@ -56,14 +57,15 @@ class AIClient(SyncClient):
         *,
         query_model: str,
         index_model: str = "",
-        store_original: bool = True,
+        store_original: bool = defaults.STORE_ORIGINAL,
         predicate_indexes: Iterable[str] = (),
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
         timeout: float | None = None,
-    ) -> AIStoreInfo:
-        """index_model defaults to query_model."""
+    ) -> CreatedAIStoreInfo:
+        """index_model defaults to query_model. The result's `created` is False when
+        `if_not_exists` found the store there already (with the same models)."""
         return self._caller.call(
             *calls.create_store(
                 store,
@@ -94,7 +96,7 @@ class AIClient(SyncClient):
         store: str,
         items: Iterable[ItemLike],
         *,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         batch_size: int = UPSERT_BATCH,
         timeout: float | None = None,
     ) -> UpsertResult:
@@ -116,7 +118,7 @@ class AIClient(SyncClient):
         k: int = 10,
         *,
         filter: FilterLike | None = None,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         rerank: str | None = None,
         rerank_candidates: int = 0,
         rerank_field: str | None = None,
@@ -157,7 +159,7 @@ class AIClient(SyncClient):
         store: str,
         filter: FilterLike | None = None,
         *,
-        limit: int = 100,
+        limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         timeout: float | None = None,
     ) -> AIPage:
@@ -176,7 +178,7 @@ class AIClient(SyncClient):
         model: str,
         inputs: Iterable[InputLike],
         *,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         timeout: float | None = None,
     ) -> list[list[float]]:
         return self._caller.call(*calls.embed(model, inputs, truncation), timeout)
@@ -188,7 +190,7 @@ class AIClient(SyncClient):
         documents: Sequence[str],
         *,
         top_k: int = 0,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         sigmoid: bool = False,
         timeout: float | None = None,
     ) -> list[RerankResult]:
@@ -218,13 +220,13 @@ class AsyncAIClient(AsyncClient):
         *,
         query_model: str,
         index_model: str = "",
-        store_original: bool = True,
+        store_original: bool = defaults.STORE_ORIGINAL,
         predicate_indexes: Iterable[str] = (),
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
         timeout: float | None = None,
-    ) -> AIStoreInfo:
+    ) -> CreatedAIStoreInfo:
         return await self._caller.call(
             *calls.create_store(
                 store,
@@ -255,7 +257,7 @@ class AsyncAIClient(AsyncClient):
         store: str,
         items: Iterable[ItemLike],
         *,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         batch_size: int = UPSERT_BATCH,
         timeout: float | None = None,
     ) -> UpsertResult:
@@ -275,7 +277,7 @@ class AsyncAIClient(AsyncClient):
         k: int = 10,
         *,
         filter: FilterLike | None = None,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         rerank: str | None = None,
         rerank_candidates: int = 0,
         rerank_field: str | None = None,
@@ -313,7 +315,7 @@ class AsyncAIClient(AsyncClient):
         store: str,
         filter: FilterLike | None = None,
         *,
-        limit: int = 100,
+        limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         timeout: float | None = None,
     ) -> AIPage:
@@ -336,7 +338,7 @@ class AsyncAIClient(AsyncClient):
         model: str,
         inputs: Iterable[InputLike],
         *,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         timeout: float | None = None,
     ) -> list[list[float]]:
         return await self._caller.call(*calls.embed(model, inputs, truncation), timeout)
@@ -348,7 +350,7 @@ class AsyncAIClient(AsyncClient):
         documents: Sequence[str],
         *,
         top_k: int = 0,
-        truncation: str = "error",
+        truncation: str = defaults.TRUNCATION,
         sigmoid: bool = False,
         timeout: float | None = None,
     ) -> list[RerankResult]:

@@ -20,6 +20,7 @@ from typing import Any
 from nachbar.client import _db_calls as calls
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, SyncClient
 from nachbar.client.types import (
+    CreatedStoreInfo,
     DBInfo,
     GetKeyResult,
     Index,
@@ -31,10 +32,10 @@ from nachbar.client.types import (
     UpsertResult,
 )
 from nachbar.client.values import FilterLike
-from nachbar.v1 import db_pb2_grpc
+from nachbar.v1 import db_pb2_grpc, defaults
 
-DEFAULT_DB_ADDRESS = "127.0.0.1:1369"
-UPSERT_BATCH = 1000
+DEFAULT_DB_ADDRESS = defaults.DB_ADDRESS
+UPSERT_BATCH = defaults.DB_UPSERT_BATCH
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
@@ -54,30 +55,26 @@ class DBClient(SyncClient):
     def __init__(self, address: str = DEFAULT_DB_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(address, db_pb2_grpc.DBServiceStub, timeout)
 
-    def execute(self, call: calls.Call[calls.T], timeout: float | None = None) -> calls.T:
-        """Run a prepared (method, request, parser) call; for callers that already hold
-        protobuf requests, such as nachbar-ai forwarding to the db."""
-        return self._caller.call(*call, timeout)
-
     def create_store(
         self,
         store: str,
         dimension: int,
         *,
-        metric: Metric | str = Metric.COSINE,
+        metric: Metric | str | None = None,
         index: Index | None = None,
         predicate_indexes: Iterable[str] = (),
         store_metadata: Mapping[str, str] | None = None,
         if_not_exists: bool = False,
         timeout: float | None = None,
-    ) -> StoreInfo:
-        info, _ = self._caller.call(
+    ) -> CreatedStoreInfo:
+        """metric: unset takes the server's default, cosine. The result's `created` is False
+        when `if_not_exists` found the store there already."""
+        return self._caller.call(
             *calls.create_store(
                 store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
             ),
             timeout,
         )
-        return info
 
     def drop_store(
         self, store: str, *, missing_ok: bool = False, timeout: float | None = None
@@ -122,7 +119,7 @@ class DBClient(SyncClient):
         store: str,
         filter: FilterLike | None = None,
         *,
-        limit: int = 100,
+        limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         include_vectors: bool = False,
         timeout: float | None = None,
@@ -188,20 +185,19 @@ class AsyncDBClient(AsyncClient):
         store: str,
         dimension: int,
         *,
-        metric: Metric | str = Metric.COSINE,
+        metric: Metric | str | None = None,
         index: Index | None = None,
         predicate_indexes: Iterable[str] = (),
         store_metadata: Mapping[str, str] | None = None,
         if_not_exists: bool = False,
         timeout: float | None = None,
-    ) -> StoreInfo:
-        info, _ = await self._caller.call(
+    ) -> CreatedStoreInfo:
+        return await self._caller.call(
             *calls.create_store(
                 store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
             ),
             timeout,
         )
-        return info
 
     async def drop_store(
         self, store: str, *, missing_ok: bool = False, timeout: float | None = None
@@ -244,7 +240,7 @@ class AsyncDBClient(AsyncClient):
         store: str,
         filter: FilterLike | None = None,
         *,
-        limit: int = 100,
+        limit: int = defaults.PAGE_LIMIT,
         page_token: str = "",
         include_vectors: bool = False,
         timeout: float | None = None,

@@ -60,6 +60,13 @@ class Internal(NachbarError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Aborted(NachbarError):
+    """The request named a store that was dropped and created again since it was read
+    (nachbar-db's expected_store_id): read it again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class Cancelled(NachbarError):
     code = grpc.StatusCode.CANCELLED
 
@@ -81,6 +88,7 @@ _BY_CODE: dict[grpc.StatusCode, type[NachbarError]] = {
         DeadlineExceeded,
         DataLoss,
         Internal,
+        Aborted,
         Cancelled,
         Unimplemented,
     )

@@ -47,6 +47,16 @@ class StoreInfo:
     count: int
     bytes_used: int
     store_metadata: dict[str, str] = field(default_factory=dict)
+    # Never reused: a store dropped and created again under its name gets a new id.
+    store_id: int = 0
+
+
+@dataclass(frozen=True)
+class CreatedStoreInfo(StoreInfo):
+    """What `create_store` returns: the store, and whether this call created it (False when
+    `if_not_exists` found it there already)."""
+
+    created: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,15 @@ class Entry:
 @dataclass(frozen=True)
 class Match:
     id: str
-    score: float
+    # Higher is more similar (see Metric).
+    similarity: float
     metadata: Metadata
     vector: list[float] | None = None
+
+    @property
+    def score(self) -> float:
+        """The former name of `similarity`, kept for existing callers."""
+        return self.similarity
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,14 @@ class AIStoreInfo:
     index_model: str
     store_original: bool
     db_store: StoreInfo
+
+
+@dataclass(frozen=True)
+class CreatedAIStoreInfo(AIStoreInfo):
+    """What `create_store` returns: the store, and whether this call created it (False when
+    `if_not_exists` found it there already)."""
+
+    created: bool = True
 
 
 @dataclass(frozen=True)

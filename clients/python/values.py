@@ -1,7 +1,8 @@
-"""Python values <-> protobuf messages for metadata, filters and index options.
+"""Filters built with Python operators, and the value conversions of the shared codec.
 
-Metadata values are `str | int | float | bool | bytes | list[str]`. Filters are built with
-`Field`, or given as JSON-like dicts (see `filter_from_dict`), e.g.::
+Metadata values are `str | int | float | bool | bytes | list[str]`; the conversions come from
+`nachbar.v1.codec`, which the servers and the CLI use too. Filters are built with `Field`, or
+given as JSON-like dicts (see `filter_from_dict`), e.g.::
 
     (Field("kind") == "photo") & (Field("year") >= 2020) & ~Field("tags").contains("draft")
     {"all_of": [{"kind": {"eq": "photo"}}, {"year": {"gte": 2020}}]}
@@ -9,64 +10,39 @@ Metadata values are `str | int | float | bool | bytes | list[str]`. Filters are 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 from nachbar.v1 import common_pb2 as pb
+from nachbar.v1.codec import FILTER_OP_NAMES as OP_NAMES
+from nachbar.v1.codec import (
+    Metadata,
+    MetadataValue,
+    condition,
+    filter_from_dict,
+    filter_to_dict,
+    members,
+    metadata_from_proto,
+    metadata_to_proto,
+    value_from_proto,
+    value_to_proto,
+)
 
-MetadataValue: TypeAlias = str | int | float | bool | bytes | list[str]
-Metadata: TypeAlias = dict[str, MetadataValue]
-
-_OPS = {
-    "eq": pb.Condition.OP_EQ,
-    "ne": pb.Condition.OP_NE,
-    "lt": pb.Condition.OP_LT,
-    "lte": pb.Condition.OP_LTE,
-    "gt": pb.Condition.OP_GT,
-    "gte": pb.Condition.OP_GTE,
-    "in": pb.Condition.OP_IN,
-    "not_in": pb.Condition.OP_NOT_IN,
-    "exists": pb.Condition.OP_EXISTS,
-}
-OP_NAMES = {v: k for k, v in _OPS.items()}
-
-
-def value_to_proto(value: MetadataValue) -> pb.MetadataValue:
-    # bool before int: bool is a subclass of int.
-    if isinstance(value, bool):
-        return pb.MetadataValue(bool_value=value)
-    if isinstance(value, int):
-        return pb.MetadataValue(int_value=value)
-    if isinstance(value, float):
-        return pb.MetadataValue(float_value=value)
-    if isinstance(value, str):
-        return pb.MetadataValue(string_value=value)
-    if isinstance(value, bytes | bytearray):
-        return pb.MetadataValue(bytes_value=bytes(value))
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return pb.MetadataValue(string_list_value=pb.StringList(values=list(value)))
-    raise TypeError(
-        f"unsupported metadata value {value!r} of type {type(value).__name__}: use str, int, "
-        "float, bool, bytes or a list of str"
-    )
-
-
-def value_from_proto(value: pb.MetadataValue) -> MetadataValue:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        raise ValueError("metadata value has no kind set")
-    if kind == "string_list_value":
-        return list(value.string_list_value.values)
-    result: MetadataValue = getattr(value, kind)
-    return result
-
-
-def metadata_to_proto(metadata: Mapping[str, MetadataValue] | None) -> dict[str, pb.MetadataValue]:
-    return {k: value_to_proto(v) for k, v in (metadata or {}).items()}
-
-
-def metadata_from_proto(metadata: Mapping[str, pb.MetadataValue]) -> Metadata:
-    return {k: value_from_proto(v) for k, v in metadata.items()}
+__all__ = [
+    "OP_NAMES",
+    "Field",
+    "Filter",
+    "FilterLike",
+    "Metadata",
+    "MetadataValue",
+    "filter_from_dict",
+    "filter_to_dict",
+    "filter_to_proto",
+    "metadata_from_proto",
+    "metadata_to_proto",
+    "value_from_proto",
+    "value_to_proto",
+]
 
 
 class Field:
@@ -76,10 +52,7 @@ class Field:
         self.name = name
 
     def _cond(self, op: str, value: MetadataValue | None = None) -> Filter:
-        cond = pb.Condition(field=self.name, op=_OPS[op])
-        if value is not None:
-            cond.value.CopyFrom(value_to_proto(value))
-        return Filter(pb.Filter(condition=cond))
+        return Filter(condition(self.name, op, value))
 
     def __eq__(self, value: object) -> Filter:  # type: ignore[override]
         return self._cond("eq", value)  # type: ignore[arg-type]
@@ -113,9 +86,7 @@ class Field:
         return self._cond("exists")
 
     def _members(self, op: str, values: Iterable[MetadataValue]) -> Filter:
-        cond = pb.Condition(field=self.name, op=_OPS[op])
-        cond.values.extend(value_to_proto(v) for v in values)
-        return Filter(pb.Filter(condition=cond))
+        return Filter(members(self.name, op, values))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -150,61 +121,3 @@ def filter_to_proto(value: FilterLike | None) -> pb.Filter | None:
     if isinstance(value, pb.Filter):
         return value
     return filter_from_dict(value)
-
-
-def filter_from_dict(spec: Mapping[str, Any]) -> pb.Filter:
-    """A filter from a JSON-like dict.
-
-    Forms: ``{"all_of": [...]}``, ``{"any_of": [...]}``, ``{"not": {...}}``, and
-    ``{"field": {"op": operand}}`` with op one of eq, ne, lt, lte, gt, gte, in, not_in,
-    exists (operand ignored for exists). A dict with several fields is their AND.
-    """
-    if not isinstance(spec, Mapping) or not spec:
-        raise ValueError(f"a filter must be a non-empty object, got {spec!r}")
-    parts: list[pb.Filter] = []
-    for key, body in spec.items():
-        if key in ("all_of", "any_of"):
-            if not isinstance(body, Sequence) or isinstance(body, str) or not body:
-                raise ValueError(f"{key!r} takes a non-empty list of filters")
-            lst = pb.FilterList(filters=[filter_from_dict(b) for b in body])
-            parts.append(pb.Filter(all_of=lst) if key == "all_of" else pb.Filter(any_of=lst))
-        elif key == "not":
-            parts.append(pb.Filter(negate=filter_from_dict(body)))
-        else:
-            if not isinstance(body, Mapping) or not body:
-                raise ValueError(
-                    f'field {key!r} needs an object of operators, e.g. {{"eq": "red"}}'
-                )
-            for op, operand in body.items():
-                if op not in _OPS:
-                    raise ValueError(f"unknown filter operator {op!r}; use one of {sorted(_OPS)}")
-                field = Field(key)
-                if op in ("in", "not_in"):
-                    if not isinstance(operand, list):
-                        raise ValueError(f"{op!r} on {key!r} takes a list")
-                    parts.append(field._members(op, operand).proto)
-                elif op == "exists":
-                    parts.append(field.exists().proto)
-                else:
-                    parts.append(field._cond(op, operand).proto)
-    return parts[0] if len(parts) == 1 else pb.Filter(all_of=pb.FilterList(filters=parts))
-
-
-def filter_to_dict(proto: pb.Filter) -> dict[str, Any]:
-    kind = proto.WhichOneof("kind")
-    if kind in ("all_of", "any_of"):
-        return {kind: [filter_to_dict(f) for f in getattr(proto, kind).filters]}
-    if kind == "negate":
-        return {"not": filter_to_dict(proto.negate)}
-    if kind == "condition":
-        cond = proto.condition
-        op = OP_NAMES.get(cond.op, "unspecified")
-        operand: Any
-        if op in ("in", "not_in"):
-            operand = [value_from_proto(v) for v in cond.values]
-        elif op == "exists":
-            operand = True
-        else:
-            operand = value_from_proto(cond.value) if cond.HasField("value") else None
-        return {cond.field: {op: operand}}
-    return {}

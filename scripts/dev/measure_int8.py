@@ -25,6 +25,7 @@ from nachbar.ai.build.builder import build_all
 from nachbar.ai.build.imagenet import preprocess, sample_photos
 from nachbar.ai.build.quantize import quantize_int8
 from nachbar.ai.build.sentence_embedder import SentenceEmbedder, make_session
+from nachbar.ai.defaults import BUILT_FOLDER
 
 ORDINARY = [
     "The quick brown fox jumps over the lazy dog.",
@@ -110,8 +111,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nachbar-int8-") as scratch:
         model_dir = args.model_dir or Path(scratch) / "models"
         build_all(model_dir, only=["all-minilm-l6-v2", "efficientnet-lite0"])
-        measure_text(model_dir / "built", Path(scratch))
-        measure_image(model_dir / "built", Path(scratch))
+        measure_text(model_dir / BUILT_FOLDER, Path(scratch))
+        measure_image(model_dir / BUILT_FOLDER, Path(scratch))
 
 
 if __name__ == "__main__":

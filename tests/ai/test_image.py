@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -10,13 +11,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from nachbar.ai.errors import ImageTooLargeError, InvalidInputError
-from nachbar.ai.image import (
-    CenterCrop,
-    ImageLimits,
-    ImagePreprocessor,
-    ResizeShortestEdge,
-    decode_image,
-)
+from nachbar.ai.image import CenterCrop, ImagePreprocessor, ResizeShortestEdge, decode_image
+from nachbar.ai.limits import ImageLimits
 from tests.ai.tiny_models import BUILT_PREPROCESSOR, CLIP_PREPROCESSOR, RESNET_PREPROCESSOR
 
 
@@ -191,7 +187,7 @@ def test_shortest_edge_resize_floors_the_long_side_like_hugging_face() -> None:
 
 def test_center_crop_pads_small_images_with_zeros() -> None:
     crop = CenterCrop(4, 4)
-    out = crop(np.ones((2, 3, 3), dtype=np.float32))
+    out = np.asarray(crop(Image.new("RGB", (3, 2), (1, 1, 1))))
     assert out.shape == (4, 4, 3)
     assert out.sum() == 2 * 3 * 3
     # 2 rows gain one above and one below; 3 columns gain one on the right ((4 - 3) // 2 = 0).
@@ -201,7 +197,10 @@ def test_center_crop_pads_small_images_with_zeros() -> None:
 def test_clip_config_resizes_shortest_edge_then_crops() -> None:
     pre = ImagePreprocessor.from_config(CLIP_PREPROCESSOR)
     assert pre.output_size == (224, 224)
-    assert pre.image_steps == (ResizeShortestEdge(224, Image.Resampling.BICUBIC),)
+    assert pre.image_steps == (
+        ResizeShortestEdge(224, Image.Resampling.BICUBIC, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     out = pre(Image.new("RGB", (640, 480), (255, 255, 255)))
     assert out.shape == (3, 224, 224)
     np.testing.assert_allclose(out[0], (1 - 0.48145466) / 0.26862954, rtol=1e-5)
@@ -209,14 +208,19 @@ def test_clip_config_resizes_shortest_edge_then_crops() -> None:
 
 def test_convnext_config_uses_crop_pct() -> None:
     pre = ImagePreprocessor.from_config(RESNET_PREPROCESSOR)
-    assert pre.image_steps == (ResizeShortestEdge(256, Image.Resampling.BICUBIC),)
-    assert CenterCrop(224, 224) in pre.array_steps
+    assert pre.image_steps == (
+        ResizeShortestEdge(256, Image.Resampling.BICUBIC, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     assert pre(Image.new("RGB", (500, 300))).shape == (3, 224, 224)
 
 
 def test_built_model_config() -> None:
     pre = ImagePreprocessor.from_config(BUILT_PREPROCESSOR)
-    assert pre.image_steps == (ResizeShortestEdge(256, Image.Resampling.BILINEAR),)
+    assert pre.image_steps == (
+        ResizeShortestEdge(256, Image.Resampling.BILINEAR, keep=(224, 224)),
+        CenterCrop(224, 224),
+    )
     out = pre(Image.new("RGB", (300, 300), (0, 0, 0)))
     np.testing.assert_allclose(out, -1.0)  # (0 - 0.5) / 0.5
 
@@ -242,3 +246,113 @@ def test_square_size_for_non_clip_processors() -> None:
     pre = ImagePreprocessor.from_config(config)
     assert pre.output_size == (32, 32)
     assert pre(Image.new("RGB", (100, 10))).shape == (3, 32, 32)
+
+
+# --- bounded cost: every intermediate image is capped ----------------------------------------
+
+
+def smooth_image(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """Gradients and slow waves: a stand-in for a photo that resizes without clipping."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = [
+        127 + 100 * np.sin(xs / max(width, 1) * 7 + ys / max(height, 1) * 3),
+        127 + 100 * np.cos(xs / 37.0 + ys / 11.0),
+        (xs + ys) % 256,
+    ]
+    pixels = np.stack(channels, axis=-1).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB").convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("size", "resample"),
+    [
+        ((3000, 8), Image.Resampling.BILINEAR),  # resized whole it would be 96000x256
+        ((9, 2500), Image.Resampling.BICUBIC),
+        ((20000, 300), Image.Resampling.BILINEAR),  # a downscale on both axes
+    ],
+)
+def test_extreme_aspect_ratios_resize_only_the_centre_the_crop_keeps(
+    size: tuple[int, int], resample: Image.Resampling
+) -> None:
+    image = smooth_image(*size)
+    resize = ResizeShortestEdge(256, resample, keep=(224, 224))
+    width, height = size
+    full_size = (
+        (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
+    )
+    assert full_size[0] * full_size[1] > 1 << 22  # past the whole-resize threshold
+    centre = CenterCrop(224, 224)(resize(image))
+    assert centre.size == (224, 224)
+    # What resizing whole and cropping gives (affordable here, in a test, for these sizes).
+    expected = np.asarray(CenterCrop(224, 224)(image.resize(full_size, resample=resample)))
+    difference = np.abs(np.asarray(centre).astype(int) - expected)
+    assert difference.max() <= 2 and difference.mean() < 0.1
+
+
+def test_ordinary_sizes_resize_whole_exactly_like_hugging_face() -> None:
+    image = smooth_image(640, 427)
+    resize = ResizeShortestEdge(256, Image.Resampling.BICUBIC, keep=(224, 224))
+    assert np.array_equal(
+        np.asarray(resize(image)), np.asarray(image.resize((383, 256), Image.Resampling.BICUBIC))
+    )
+
+
+def test_extreme_aspect_ratio_preprocessing_is_fast() -> None:
+    pre = ImagePreprocessor.from_config(BUILT_PREPROCESSOR)
+    for size in [(65000, 2), (2, 65000), (4000, 1)]:
+        started = time.perf_counter()
+        out = pre(decode_image(encode(Image.new("RGB", size, (10, 200, 30)), "PNG")))
+        # It took 16-25 s and about 5 GB when the whole 8320000x256 resize was computed.
+        assert time.perf_counter() - started < 2.0, size
+        assert out.shape == (3, 224, 224)
+        np.testing.assert_allclose(out[1], (200 / 255 - 0.5) / 0.5, atol=1e-6)
+
+
+def test_pixels_become_floats_only_at_the_model_input_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    converted: list[tuple[int, ...]] = []
+    original = np.asarray
+
+    def watching_asarray(value: Any, dtype: Any = None, **options: Any) -> Any:
+        array = original(value, dtype=dtype, **options)
+        if isinstance(value, Image.Image) and dtype == np.float32:
+            converted.append(array.shape)
+        return array
+
+    monkeypatch.setattr(np, "asarray", watching_asarray)
+    ImagePreprocessor.from_config(CLIP_PREPROCESSOR)(Image.new("RGB", (3000, 2000)))
+    assert converted == [(224, 224, 3)]
+
+
+def test_huge_jpegs_decode_at_a_reduced_scale_and_count_their_decoded_pixels() -> None:
+    data = encode(smooth_image(512, 512).resize((4096, 4096)), "JPEG", quality=80)
+    limits = ImageLimits(max_pixels=5_000_000)  # 16.8 MP in the header, 4.2 MP decoded
+    decoded = decode_image(data, limits)
+    assert decoded.size == (2048, 2048)
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((2048, 2048)))
+    assert np.abs(np.asarray(decoded).astype(int) - reference).mean() < 3
+    # Other formats have no reduced decoding: the header size is what they decode to.
+    with pytest.raises(ImageTooLargeError, match="--max-image-pixels"):
+        decode_image(png_header_only(4096, 4096), limits)
+    # JPEGs a bit smaller decode at full size, as Hugging Face's processors decode them.
+    assert decode_image(encode(smooth_image(3000, 2000), "JPEG")).size == (3000, 2000)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
+def test_large_images_convert_band_by_band_to_the_same_pixels(mode: str) -> None:
+    # 1500 x 1000 = 1.5 MP: over the 1 MP band, so converted in two bands.
+    image = smooth_image(1500, 1000)
+    if mode == "I;16":
+        gray = np.asarray(image)[..., 0]
+        data = encode(Image.fromarray(gray.astype(np.uint16) * 257), "PNG")
+        expected = np.repeat(gray[..., None], 3, axis=2)  # 257 * v back to v exactly
+    else:
+        image = image.convert("RGBA")
+        image.putalpha(Image.fromarray((np.indices((1000, 1500))[1] % 256).astype(np.uint8)))
+        image = image.convert(mode)
+        whole = image.convert("RGBA")
+        background = Image.new("RGBA", whole.size, (255, 255, 255, 255))
+        expected = np.asarray(Image.alpha_composite(background, whole).convert("RGB"))
+        data = encode(image, "PNG")
+    decoded = np.asarray(decode_image(data))
+    assert decoded.shape == (1000, 1500, 3)
+    assert np.array_equal(decoded, expected)

@@ -54,7 +54,9 @@ def test_missing_built_model_says_to_build(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "nachbar models build" in message
     assert "model.onnx" in message
-    assert str(tmp_path / "built" / "all-minilm-l6-v2") in message
+    # The directory is for the server log, not for clients.
+    assert str(tmp_path) not in message
+    assert str(tmp_path / "built" / "all-minilm-l6-v2") in caught.value.detail
 
 
 def test_partial_built_model_lists_the_missing_file(tmp_path: Path) -> None:
@@ -70,10 +72,13 @@ def test_missing_hub_model_offline_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError) as caught:
         resolve_model_dir(spec, tmp_path, offline=True)
     message = str(caught.value)
-    assert "hf download BAAI/bge-small-en-v1.5" in message
-    assert "--revision 5c38ec7c405ec4b44b94cc5a9bb96e735b38267a" in message
-    assert "--hub-offline" in message
+    assert "does not download models on request" in message
+    assert "nachbar models fetch BAAI/bge-small-en-v1.5" in message
+    assert "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a" in message  # the pinned revision
+    assert "--allow-downloads" in message
     assert f"--local-model {spec.name}=DIR" in message
+    assert str(tmp_path) not in message
+    assert str(tmp_path / "hub") in caught.value.detail
 
 
 def test_snapshot_without_a_registered_file_is_unavailable(tmp_path: Path) -> None:
@@ -124,5 +129,5 @@ def test_download_path_uses_the_cache_when_the_hub_is_unreachable(
     assert isinstance(spec.source, HubSource)
     directory = resolve_model_dir(spec, tiny_model_dir, offline=False)
     assert directory == hub_snapshot_dir(tiny_model_dir / "hub", spec.source)
-    with pytest.raises(ModelUnavailableError, match="could not be reached.*hf download"):
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE is set.*models fetch"):
         resolve_model_dir(spec, tmp_path, offline=False)

@@ -19,6 +19,8 @@ from nachbar.ai.errors import (
     ModelUnavailableError,
 )
 from nachbar.ai.image import ImagePreprocessor, decode_image
+from nachbar.ai.inference import TextEmbedder
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager
 from nachbar.ai.registry import Kind, Modality, ModelSpec, Pooling, all_specs, get_spec
 from nachbar.ai.text import Truncation
@@ -268,9 +270,9 @@ def test_concurrent_first_use_loads_once(
     loads: list[str] = []
     original = ModelManager._load
 
-    def counting_load(self: ModelManager, spec: ModelSpec) -> object:
+    def counting_load(self: ModelManager, spec: ModelSpec, directory: Path) -> object:
         loads.append(spec.name)
-        return original(self, spec)
+        return original(self, spec, directory)
 
     monkeypatch.setattr(ModelManager, "_load", counting_load)
     with ModelManager(tiny_model_dir) as manager:
@@ -323,3 +325,122 @@ def test_preprocessor_with_the_wrong_input_size_is_refused(tmp_path: Path) -> No
         pytest.raises(ModelUnavailableError, match="200x200 images, but the model takes 224x224"),
     ):
         manager.embed(spec.name, [image_bytes(8, 8, 0)])
+
+
+# --- bounded cost: loaded models and inputs per request --------------------------------------
+
+TEXT = "all-minilm-l6-v2"
+
+
+def loaded_names(manager: ModelManager) -> set[str]:
+    return {s.spec.name for s in manager.list_models() if s.loaded}
+
+
+def test_least_recently_used_model_is_unloaded_and_pinned_ones_stay(
+    tiny_model_dir: Path,
+) -> None:
+    with ModelManager(tiny_model_dir, max_loaded=2, pinned=[TEXT]) as manager:
+        manager.load(TEXT)
+        manager.embed("all-minilm-l6-v2-int8", ["cat"])
+        assert loaded_names(manager) == {TEXT, "all-minilm-l6-v2-int8"}
+        # The pinned model is the least recently used one now, yet the other one goes.
+        manager.embed("clip-vit-b-32-text", ["cat"])
+        assert loaded_names(manager) == {TEXT, "clip-vit-b-32-text"}
+        manager.rerank("stsb-minilm-l6-cross-encoder", "cat", ["dog"])
+        assert loaded_names(manager) == {TEXT, "stsb-minilm-l6-cross-encoder"}
+        # An unloaded model loads again on its next use, with the same numbers.
+        vector = manager.embed("clip-vit-b-32-text", ["cat"])[0]
+        expected = expected_text_vector(get_spec("clip-vit-b-32-text"), "cat")
+        np.testing.assert_allclose(vector, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_recent_use_keeps_a_model_loaded(tiny_model_dir: Path) -> None:
+    with ModelManager(tiny_model_dir, max_loaded=2) as manager:
+        manager.embed(TEXT, ["cat"])
+        manager.embed("all-minilm-l6-v2-int8", ["cat"])
+        manager.embed(TEXT, ["cat"])  # now the int8 twin is the least recently used
+        manager.embed("clip-vit-b-32-text", ["cat"])
+        assert loaded_names(manager) == {TEXT, "clip-vit-b-32-text"}
+
+
+def test_a_model_unloaded_while_in_use_finishes_its_calls_first(tiny_model_dir: Path) -> None:
+    with ModelManager(tiny_model_dir, max_loaded=1) as manager:
+        spec = get_spec(TEXT)
+        with manager._use(spec) as in_use:
+            manager.embed("clip-vit-b-32-text", ["cat"])  # takes the only slot
+            assert loaded_names(manager) == {"clip-vit-b-32-text"}
+            assert isinstance(in_use.engine, TextEmbedder)
+            items = in_use.engine.prepare(["cat"], Truncation.ERROR)
+            assert in_use.batcher.submit(items).shape == (1, 384)  # still open
+        with pytest.raises(ModelUnavailableError, match="unloaded"):
+            in_use.batcher.submit(items)  # closed once its last call was done
+
+
+def test_no_room_when_every_slot_is_pinned(tiny_model_dir: Path) -> None:
+    with ModelManager(tiny_model_dir, max_loaded=1, pinned=[TEXT]) as manager:
+        manager.load(TEXT)
+        with pytest.raises(ModelUnavailableError, match="--max-loaded-models"):
+            manager.embed("clip-vit-b-32-text", ["cat"])
+        assert manager.embed(TEXT, ["cat"]).shape == (1, 384)
+    with pytest.raises(ValueError, match="2 models are pinned"):
+        ModelManager(tiny_model_dir, max_loaded=1, pinned=[TEXT, "clip-vit-b-32-text"])
+
+
+def test_inputs_per_request_are_capped(tiny_model_dir: Path) -> None:
+    limits = InputLimits(max_inputs=3)
+    with ModelManager(tiny_model_dir, limits=limits) as manager:
+        assert manager.embed(TEXT, ["cat"] * 3).shape == (3, 384)
+        with pytest.raises(InvalidInputError, match="4 inputs.*--max-inputs-per-request"):
+            manager.embed(TEXT, ["cat"] * 4)
+        with pytest.raises(InvalidInputError, match="4 documents.*limit of 3"):
+            manager.rerank("stsb-minilm-l6-cross-encoder", "cat", ["dog"] * 4)
+        assert not manager.is_loaded("stsb-minilm-l6-cross-encoder")  # refused before loading
+
+
+def test_a_model_that_cannot_load_unloads_no_other(tmp_path: Path) -> None:
+    spec = get_spec("all-minilm-l6-v2-int8")
+    write_model_files(get_spec(TEXT), tmp_path / "built" / TEXT)  # the int8 twin is missing
+    with ModelManager(tmp_path, max_loaded=1) as manager:
+        manager.embed(TEXT, ["cat"])
+        with pytest.raises(ModelUnavailableError, match="nachbar models build"):
+            manager.embed(spec.name, ["cat"])
+        assert loaded_names(manager) == {TEXT}
+
+
+def test_hub_models_are_not_downloaded_unless_allowed(tmp_path: Path) -> None:
+    with ModelManager(tmp_path) as manager:  # offline is the default
+        with pytest.raises(ModelUnavailableError, match="does not download models on request"):
+            manager.embed("BAAI/bge-small-en-v1.5", ["cat"])
+        assert not manager.is_loaded("BAAI/bge-small-en-v1.5")
+
+
+def test_images_are_decoded_a_bounded_number_at_a_time(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_decode(*args: object, **kwargs: object) -> Image.Image:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        threading.Event().wait(0.05)
+        with lock:
+            active -= 1
+        return decode_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("nachbar.ai.inference.decode_image", slow_decode)
+    with ModelManager(tiny_model_dir, limits=InputLimits(image_decoders=2)) as manager:
+        manager.load("efficientnet-lite0")
+        threads = [
+            threading.Thread(
+                target=manager.embed, args=("efficientnet-lite0", [image_bytes(40, 30, i)] * 3)
+            )
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most == 2

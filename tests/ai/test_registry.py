@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from nachbar.ai.errors import IncompatibleModelsError, ModelNotFoundError
+from nachbar.ai.errors import IncompatibleModelsError, InvalidInputError, ModelNotFoundError
 from nachbar.ai.registry import (
     REGISTRY,
     HubSource,
@@ -95,7 +95,8 @@ def test_require_same_space_names_both_models_and_spaces() -> None:
     message = str(caught.value)
     for part in ("all-minilm-l6-v2", "BAAI/bge-small-en-v1.5", "minilm-l6-v2", "bge-small-en-v1.5"):
         assert part in message
-    with pytest.raises(IncompatibleModelsError, match="cross-encoder"):
+    # A cross-encoder has no space at all: that is a bad argument, not a mismatch.
+    with pytest.raises(InvalidInputError, match="cross-encoder"):
         require_same_space("stsb-minilm-l6-cross-encoder", "all-minilm-l6-v2")
 
 

@@ -5,13 +5,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
-from nachbar.ai.errors import InputTooLongError, InvalidInputError
+from nachbar.ai import text as text_module
+from nachbar.ai.errors import InputTooLongError, InvalidInputError, TextTooLargeError
 from nachbar.ai.text import TextTokenizer, Truncation
 from tests.ai.tiny_models import (
     BERT_STYLE,
     CLIP_STYLE,
     ROBERTA_STYLE,
+    WORDS,
     TokenizerStyle,
     make_tokenizer,
     reference_tokenizer,
@@ -155,3 +158,115 @@ def test_unreadable_tokenizer_file_is_reported(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ModelUnavailableError, match="tokenizer of model 'tiny'"):
         TextTokenizer(path, model_name="tiny", max_tokens=8)
+
+
+# --- bounded cost: the byte cap and tokenizing long texts from their beginning ---------------
+
+
+def truncating_reference(style: TokenizerStyle = BERT_STYLE, limit: int = LIMIT) -> Tokenizer:
+    reference = reference_tokenizer(style)
+    reference.enable_truncation(max_length=limit, strategy="longest_first")
+    return reference
+
+
+def test_text_over_the_byte_cap_is_refused_before_tokenizing(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    make_tokenizer(BERT_STYLE).save(str(path))
+    tok = TextTokenizer(path, model_name="tiny", max_tokens=LIMIT, max_text_bytes=1000)
+    with pytest.raises(TextTooLargeError) as caught:
+        tok.encode(["cat", "ü" * 600], Truncation.ERROR)  # 600 characters, 1200 bytes
+    message = str(caught.value)
+    assert "Input 1 is 1200 bytes" in message and "1000 bytes" in message
+    assert "--max-text-bytes" in message and "truncation=TRUNCATE" in message
+    assert isinstance(caught.value, InputTooLongError)  # the same status: OUT_OF_RANGE
+    (fits,) = tok.encode(["ü" * 500], Truncation.TRUNCATE)  # 1000 bytes: at the cap
+    assert fits.length == 3
+    with pytest.raises(TextTooLargeError, match="The query"):
+        tok.encode_pairs(words(300), ["cat"], Truncation.ERROR)
+    with pytest.raises(TextTooLargeError, match="Document 0"):
+        tok.encode_pairs("cat", [words(300)], Truncation.ERROR)
+
+
+def test_truncation_reads_a_text_only_up_to_the_byte_cap(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    make_tokenizer(BERT_STYLE).save(str(path))
+    tok = TextTokenizer(path, model_name="tiny", max_tokens=LIMIT, max_text_bytes=1000)
+    text = words(50) + " ü" * 100_000  # the tail would be [UNK]s: it is never read
+    (cut,) = tok.encode([text], Truncation.TRUNCATE)
+    assert cut.ids.tolist() == truncating_reference().encode(text).ids
+    ((pair,),) = [tok.encode_pairs("red car", [text], Truncation.TRUNCATE)]
+    assert pair.ids.tolist() == truncating_reference().encode("red car", text).ids
+
+
+def spaced_text(rng: np.random.Generator, word_count: int) -> str:
+    """Words separated by runs of whitespace from one to a few thousand characters long."""
+    parts = []
+    for word in rng.choice(np.array(WORDS), size=word_count):
+        gap = (
+            " " * int(rng.integers(1, 4))
+            if rng.random() < 0.8
+            else "\n" * int(rng.integers(1, 3000))
+        )
+        parts.append(str(word) + gap)
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("window", [16, 4096])
+def test_long_texts_tokenized_from_their_beginning_equal_the_whole_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    # A small first window makes every text take the bounded path and the window double.
+    monkeypatch.setattr(text_module, "_MIN_WINDOW_CHARS", window)
+    tok = tokenizer(tmp_path)
+    whole = reference_tokenizer(BERT_STYLE)
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        text = spaced_text(rng, int(rng.integers(1, 40)))
+        full_length = len(whole.encode(text).ids)
+        (cut,) = tok.encode([text], Truncation.TRUNCATE)
+        assert cut.ids.tolist() == truncating_reference().encode(text).ids
+        if full_length <= LIMIT:
+            (exact,) = tok.encode([text], Truncation.ERROR)
+            assert exact.ids.tolist() == whole.encode(text).ids
+        else:
+            with pytest.raises(InputTooLongError) as caught:
+                tok.encode([text], Truncation.ERROR)
+            assert LIMIT < caught.value.token_count <= full_length
+        query = spaced_text(rng, int(rng.integers(1, 4)))
+        (pair,) = tok.encode_pairs(query, [text], Truncation.TRUNCATE)
+        assert pair.ids.tolist() == truncating_reference().encode(query, text).ids
+
+
+def test_a_long_text_over_the_limit_reports_a_lower_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(text_module, "_MIN_WINDOW_CHARS", 16)
+    with pytest.raises(InputTooLongError, match=r"Input 0 is at least \d+ tokens long"):
+        tokenizer(tmp_path).encode([words(5000)], Truncation.ERROR)
+
+
+def test_a_long_text_costs_its_window_not_its_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = tokenizer(tmp_path)
+    seen: list[int] = []
+    exact = tok._exact
+    original = exact.encode
+
+    class Spy:
+        def __getattr__(self, name: str) -> object:
+            return getattr(exact, name)
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> object:
+            seen.append(len(text))
+            return original(text, add_special_tokens=add_special_tokens)
+
+        def encode_batch(self, inputs: list[str]) -> object:
+            seen.extend(len(x) for x in inputs)
+            return exact.encode_batch(inputs)
+
+    monkeypatch.setattr(tok, "_exact", Spy())
+    text = words(200_000)  # 800 kB
+    (cut,) = tok.encode([text], Truncation.TRUNCATE)
+    assert cut.length == LIMIT
+    assert max(seen) <= 4096, "the tokenizer saw more than the first window"

@@ -175,3 +175,20 @@ def test_interleaved_order_hands_every_query_to_every_system_in_rotating_blocks(
     assert order[12:14] == [(2, 4), (0, 4)]
     # Block 1 is the old query-by-query interleaving.
     assert db_bench.interleaved_order(2, 2, 1) == [(0, 0), (1, 0), (1, 1), (0, 1)]
+
+
+def test_ai_bench_blocks_hand_every_query_to_every_installation_in_rotating_order() -> None:
+    import ai_bench
+
+    order = ai_bench.interleaved_blocks(count=5, systems=2, block=2)
+    assert order == [
+        (0, range(0, 2)),
+        (1, range(0, 2)),
+        (1, range(2, 4)),
+        (0, range(2, 4)),
+        (0, range(4, 5)),
+        (1, range(4, 5)),
+    ]
+    for system in (0, 1):
+        served = [i for which, block in order if which == system for i in block]
+        assert served == list(range(5))

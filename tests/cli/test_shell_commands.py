@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
+from nachbar.cli.commands import COMMANDS
 from nachbar.cli.context import CliContext
-from nachbar.cli.shell_commands import COMMANDS, Shell
+from nachbar.cli.shell_commands import Shell
 from nachbar.client import DBClient
 from tests.cli.conftest import CROSS_ENCODER, TEXT_MODEL
 
@@ -51,11 +52,11 @@ def test_every_db_rpc_is_reachable(
     s = store_name
     assert f"store {s}: 3-d, cosine" in db_shell.run(f"create_store {s} --dim 3 --pred-index lang")
     assert "inserted 1, updated 0" in db_shell.run(
-        f"""upsert {s} a '[1, 0, 0]' '{{"lang": "en", "year": 2020}}'"""
+        f"""upsert {s} '[1, 0, 0]' --id a --meta '{{"lang": "en", "year": 2020}}'"""
     )
-    db_shell.run(f"""upsert {s} b '[0, 1, 0]' '{{"lang": "de", "year": 1999}}'""")
+    db_shell.run(f"""upsert {s} '[0, 1, 0]' --id b --meta '{{"lang": "de", "year": 1999}}'""")
     assert "inserted 0, updated 1" in db_shell.run(
-        f"""upsert {s} b '[0, 1, 0.1]' '{{"lang": "de", "year": 1999}}'"""
+        f"""upsert {s} '[0, 1, 0.1]' --id b --meta '{{"lang": "de", "year": 1999}}'"""
     )
     listed = db_shell.run("list_stores")
     assert s in listed
@@ -63,12 +64,14 @@ def test_every_db_rpc_is_reachable(
     assert "count" in details and "lang" in details
     keyed = db_shell.run(f"get_key {s} a zz --vectors")
     assert "lang=en  year=2020" in keyed and "[1.0000, 0.0000, 0.0000]" in keyed
-    assert "missing: zz" in keyed
+    assert f"not found in {s}: zz" in keyed
     by_filter = db_shell.run(f"get_by_predicate {s} 'year >= 2000'")
     assert "lang=en" in by_filter and "lang=de" not in by_filter
-    nearest = db_shell.run(f"get_sim_n {s} '[0, 1, 0]' -k 1 --mode exact")
+    nearest = db_shell.run(f"get_sim_n '[0, 1, 0]' --store {s} -k 1 --mode exact")
     assert "│ 1    │ b " in nearest
-    assert "year=2020" in db_shell.run(f"""get_sim_n {s} '[0, 1, 0]' -k 1 --filter 'lang = "en"'""")
+    assert "year=2020" in db_shell.run(
+        f"""get_sim_n '[0, 1, 0]' --store {s} -k 1 --filter 'lang = "en"'"""
+    )
     assert "created 1" in db_shell.run(f"create_pred_index {s} year")
     assert "year" in db_shell.run(f"get_store {s}")
     assert "dropped 1" in db_shell.run(f"drop_pred_index {s} year")
@@ -77,7 +80,7 @@ def test_every_db_rpc_is_reachable(
     with DBClient(db_address) as db:
         assert db.get_store(s).count == 0
     assert "fsync policy" in db_shell.run("info")
-    assert "pong" in db_shell.run("ping")
+    assert "SERVING (Ping" in db_shell.run("ping")
     assert f"dropped {s}" in db_shell.run(f"drop_store {s}")
 
 
@@ -86,14 +89,15 @@ def test_errors_are_printed_and_the_shell_continues(
 ) -> None:
     assert "NOT_FOUND" in db_shell.run(f"get_store {store_name}")
     assert "unknown command 'frobnicate'" in db_shell.run("frobnicate")
-    assert "not valid JSON" in db_shell.run(f"upsert {store_name} a '[1, 0'")
-    assert "JSON list of numbers" in db_shell.run(f"upsert {store_name} a '[\"x\"]'")
+    assert "not valid JSON" in db_shell.run(f"upsert {store_name} '[1, 0' --id a")
+    assert "JSON list of numbers" in db_shell.run(f"upsert {store_name} '[\"x\"]' --id a")
     assert "required: --dim" in db_shell.run(f"create_store {store_name}")
     assert "close your quotes" in db_shell.run("get_store 'unclosed")
     assert "strings need quotes" in db_shell.run(f"get_by_predicate {store_name} 'a = b'")
-    # The server side of an unreachable service is an error like any other.
-    assert "cannot reach nachbar-ai" in db_shell.run("ai ping")
-    assert "pong" in db_shell.run("ping")
+    # An unreachable service is reported like any other failure.
+    assert "nachbar-ai at" in db_shell.run("ai ping") and "UNREACHABLE" in db_shell.run("ai ping")
+    assert "cannot reach nachbar-ai" in db_shell.run("ai list_stores")
+    assert "SERVING" in db_shell.run("ping")
 
 
 def test_exit_quit_and_empty_lines(db_shell: CapturedShell) -> None:
@@ -106,8 +110,8 @@ def test_use_switches_the_service_and_prefixes_send_one_command(db_shell: Captur
     assert db_shell.shell.prompt == "nachbar(db)> "
     db_shell.run("use ai")
     assert db_shell.shell.prompt == "nachbar(ai)> "
-    assert "cannot reach nachbar-ai" in db_shell.run("ping")
-    assert "pong" in db_shell.run("db ping")
+    assert "UNREACHABLE" in db_shell.run("ping")
+    assert "SERVING" in db_shell.run("db ping")
     assert "use ai | use db" in db_shell.run("use nowhere")
 
 
@@ -117,7 +121,7 @@ def test_help_lists_every_command_and_explains_one(db_shell: CapturedShell) -> N
         assert name in overview
     explained = db_shell.run("help get_sim_n")
     assert "(nachbar-db)" in explained and "(nachbar-ai)" in explained
-    assert "example: get_sim_n vecs '[1, 0.1, 0]' -k 2 --mode exact" in explained
+    assert "example: get_sim_n '[1, 0.1, 0]' --store vecs -k 2 --mode exact" in explained
     assert "--filter" in explained
     assert db_shell.run("create_pred_index --help") == db_shell.run("help create_pred_index")
 
@@ -159,16 +163,18 @@ def test_every_ai_rpc_is_reachable(ai_shell: CapturedShell, store_name: str) -> 
     )
     assert s in ai_shell.run("list_stores")
     assert TEXT_MODEL in ai_shell.run(f"get_store {s}")
-    found = ai_shell.run(f"search {s} 'kitten napping' -k 1")
+    found = ai_shell.run(f"search 'kitten napping' --store {s} -k 1")
     assert "│ cat " in found and "a cat sleeps on the sofa" in found
-    assert "│ news " in ai_shell.run(f"get_sim_n {s} 'finance' -k 1")
-    assert "│ news " in ai_shell.run(f"""get_sim_n {s} 'kitten' -k 1 --filter 'kind = "fin"'""")
+    assert "│ news " in ai_shell.run(f"get_sim_n 'finance' --store {s} -k 1")
+    assert "│ news " in ai_shell.run(
+        f"""get_sim_n 'kitten' --store {s} -k 1 --filter 'kind = "fin"'"""
+    )
     assert "kind=pet" in ai_shell.run(f"get_key {s} cat")
     assert "kind=fin" in ai_shell.run(f"""get_by_predicate {s} 'kind = "fin"'""")
     assert "dimension 384" in ai_shell.run(f"embed 'hello world' --model {TEXT_MODEL}")
     assert CROSS_ENCODER in ai_shell.run("list_models")
     assert "db reachable" in ai_shell.run("info")
-    assert "pong" in ai_shell.run("ping")
+    assert "SERVING (Ping" in ai_shell.run("ping")
     assert "deleted 1" in ai_shell.run(f"""delete_by_predicate {s} 'kind = "fin"'""")
     assert "deleted 1 of 1" in ai_shell.run(f"delete_keys {s} cat")
     assert f"dropped {s}" in ai_shell.run(f"drop_store {s}")
@@ -180,7 +186,9 @@ def test_rerank_from_the_shell(
     ai_shell.run(f"create_store {store_name} --query-model {TEXT_MODEL}")
     ai_shell.run(f"upsert {store_name} 'a cat sleeps on the sofa' --id cat")
     ai_shell.run(f"upsert {store_name} 'the stock market fell today' --id news")
-    reranked = ai_shell.run(f"search {store_name} 'a sleeping cat' -k 2 --rerank {cross_encoder}")
+    reranked = ai_shell.run(
+        f"search 'a sleeping cat' --store {store_name} -k 2 --rerank {cross_encoder}"
+    )
     assert "rerank" in reranked
     assert reranked.index("│ cat ") < reranked.index("│ news ")
     ranked = ai_shell.run(f"rerank 'a cat' 'a kitten' 'a truck' --model {cross_encoder}")
@@ -190,7 +198,7 @@ def test_rerank_from_the_shell(
 def test_ai_completion_uses_the_servers_names(ai_shell: CapturedShell, store_name: str) -> None:
     ai_shell.run(f"create_store {store_name} --query-model {TEXT_MODEL}")
     shell = ai_shell.shell
-    assert shell.completions(f"search {store_name[:5]}") == [store_name]
+    assert shell.completions(f"search 'a cat' --store {store_name[:5]}") == [store_name]
     assert CROSS_ENCODER in shell.completions("search x y --rerank stsb")
     assert shell.completions("create_store x --index-model all-minilm-l6-v2-i") == [
         "all-minilm-l6-v2-int8"

@@ -93,7 +93,7 @@ def test_shell_in_a_terminal(db_address: str, store_name: str, tmp_path: Path) -
         child.expect_exact("NOT_FOUND")
         child.expect_exact(PROMPT)
         child.sendline("ping")
-        child.expect_exact("pong")
+        child.expect_exact("SERVING")
         child.expect_exact(PROMPT)
 
         # Tab completes the store name from the server; Enter runs the completed line.
@@ -133,7 +133,7 @@ def test_piped_commands_run_as_a_script(db_address: str, store_name: str) -> Non
     script = (
         "# lines starting with # are comments\n"
         f"create_store {store_name} --dim 2\n"
-        f"upsert {store_name} a '[1, 0]'\n"
+        f"upsert {store_name} '[1, 0]' --id a\n"
         "get_store no_such_store\n"
         "list_stores\n"
     )

@@ -256,3 +256,22 @@ def test_up_builds_missing_models_before_starting(tmp_path: Path) -> None:
         assert up.finish() == 0
     finally:
         up.kill()
+
+
+def test_up_lets_its_ai_server_download_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nachbar.cli.main import build_parser
+    from nachbar.cli.stack import _config
+    from nachbar.server.config import parse_ai_config
+
+    def ai_flags(*argv: str) -> tuple[str, ...]:
+        return _config(build_parser().parse_args(["up", *argv])).ai_args
+
+    monkeypatch.delenv("NACHBAR_ALLOW_DOWNLOADS", raising=False)
+    assert "--allow-downloads" in ai_flags()
+    assert parse_ai_config(list(ai_flags())).allow_downloads is True
+    assert "--no-allow-downloads" in ai_flags("--no-allow-downloads")
+    monkeypatch.setenv("NACHBAR_ALLOW_DOWNLOADS", "0")
+    assert parse_ai_config(list(ai_flags())).allow_downloads is False
+    assert parse_ai_config(list(ai_flags("--allow-downloads"))).allow_downloads is True

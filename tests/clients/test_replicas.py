@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from nachbar.client import AIClient, DBClient
-from nachbar.client._channel import channel_target
 from nachbar.db.milvus_engine import MilvusEngine, MilvusSettings
+from nachbar.v1.targets import channel_target
 from tests.db.conftest import TEST_DATABASE, empty_milvus
 from tests.servers import ServerProcess, spawn
 

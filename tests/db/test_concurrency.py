@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
+from nachbar.db import engine
 from nachbar.db.engine import Database
 from nachbar.db.errors import StoreNotFoundError
 from nachbar.db.filters import AllOf, Condition, Op
 from nachbar.db.rwlock import ReadWriteLock
+from nachbar.db.storage import Storage
+from nachbar.db.store import StoreState
 from nachbar.db.types import Entry, Metadata, SearchMode, StoreSpec
 
 DIM, BASE, K = 16, 400, 10
@@ -187,3 +193,157 @@ def test_rwlock_excludes_writers_from_readers() -> None:
 
     errors = run_threads([read, read, read, write, write])
     assert not errors and state["violations"] == 0
+
+
+def _store_with_entries(data_dir: Path, count: int = 300, fsync: str = "full") -> Database:
+    db = Database.open(data_dir, fsync=fsync, checkpoint_seconds=0)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    db.create_store(StoreSpec("s", DIM))
+    db.upsert("s", [Entry(f"base{n:04d}", rng.standard_normal(DIM)) for n in range(count)])
+    return db
+
+
+def test_readers_do_not_wait_for_a_writes_commit(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _store_with_entries(data_dir)
+    in_transaction, finish = threading.Event(), threading.Event()
+    write_rows = Storage.upsert_entries
+
+    def stalled_commit(*args: Any) -> None:
+        write_rows(*args)
+        in_transaction.set()
+        assert finish.wait(30), "the test never let the commit finish"
+
+    monkeypatch.setattr(Storage, "upsert_entries", staticmethod(stalled_commit))
+    writer = threading.Thread(target=lambda: db.upsert("s", [Entry("new", np.ones(DIM))]))
+    writer.start()
+    try:
+        assert in_transaction.wait(30)
+        # The write is inside its transaction (the fsync, here held open): reads go on, and
+        # do not see it yet.
+        read: dict[str, object] = {}
+
+        def reads() -> None:
+            read["search"] = db.get_sim_n("s", np.ones(DIM), 3, mode=SearchMode.HNSW).matches
+            read["keys"] = db.get_keys("s", ["new", "base0001"])
+            read["store"] = db.get_store("s").count
+
+        reader = threading.Thread(target=reads)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "a read waited for another request's commit"
+        assert read["keys"][1] == ["new"] and read["store"] == 300  # type: ignore[index]
+        assert "new" not in [m.id for m in read["search"]]  # type: ignore[attr-defined]
+    finally:
+        finish.set()
+        writer.join(30)
+    assert db.get_keys("s", ["new"])[1] == []
+    assert db.get_sim_n("s", np.ones(DIM), 1, mode=SearchMode.HNSW).matches[0].id == "new"
+    db.close()
+
+
+def test_a_large_upsert_lets_searches_in_between_its_graph_pieces(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _store_with_entries(data_dir, fsync="off")
+    index_slots = StoreState.index_slots
+    pieces: list[int] = []
+
+    def slow_pieces(self: StoreState, slots: np.ndarray) -> None:
+        time.sleep(0.002 * len(slots))  # 2 ms per vector: the whole batch takes >= 1.2 s
+        pieces.append(len(slots))
+        index_slots(self, slots)
+        self.seconds_per_insert = 0.002
+
+    monkeypatch.setattr(StoreState, "index_slots", slow_pieces)
+    rng = np.random.default_rng(2)
+    batch = [Entry(f"big{n:04d}", rng.standard_normal(DIM)) for n in range(600)]
+    writer = threading.Thread(target=lambda: db.upsert("s", batch))
+    writer.start()
+    while not pieces:
+        time.sleep(0.001)
+    slowest = 0.0
+    searches = 0
+    while writer.is_alive():
+        start = time.perf_counter()
+        db.get_sim_n("s", rng.standard_normal(DIM), 5, mode=SearchMode.HNSW)
+        slowest = max(slowest, time.perf_counter() - start)
+        searches += 1
+    writer.join()
+    assert sum(pieces) == 600 and len(pieces) > 10
+    # Searches ran while the graph was being filled, none waited for the whole batch.
+    assert searches >= 10
+    assert slowest < 0.5, f"a search waited {slowest:.3f} s"
+    assert batch[599].vector is not None
+    top = db.get_sim_n("s", batch[599].vector, 1, mode=SearchMode.HNSW)
+    assert top.matches[0].id == "big0599"
+    db.close()
+
+
+def test_a_graph_saved_during_a_write_is_replayed_from_before_it(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _store_with_entries(data_dir, fsync="off")
+    db.flush()
+    index_slots = StoreState.index_slots
+    saved = threading.Event()
+    calls = 0
+
+    def pieces_with_a_save_between(self: StoreState, slots: np.ndarray) -> None:
+        nonlocal calls
+        calls += 1
+        index_slots(self, slots)
+        if calls == 2:
+            # Queued as a reader now, the save runs before the next piece takes the lock.
+            def save() -> None:
+                db.flush()
+                saved.set()
+
+            threading.Thread(target=save).start()
+            time.sleep(0.2)
+        if calls == 3:
+            assert saved.is_set(), "the save did not get in between two pieces"
+
+    monkeypatch.setattr(StoreState, "index_slots", pieces_with_a_save_between)
+    monkeypatch.setattr(engine, "GRAPH_PIECE_SECONDS", 0.0)  # one vector per piece
+    rng = np.random.default_rng(3)
+    batch = [Entry(f"new{n}", rng.standard_normal(DIM)) for n in range(5)]
+    db.upsert("s", batch)
+    monkeypatch.undo()
+    assert calls == 5 and saved.is_set()
+    # A crash now: the saved graph holds part of the write. Open a copy of the files as they are.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data_dir, crashed, ignore=shutil.ignore_patterns("LOCK"))
+    db.close()
+    with Database.open(crashed, fsync="off", checkpoint_seconds=0) as again:
+        report = again.index_load_report("s")
+        assert (report.action, report.replayed) == ("loaded", 5)
+        for entry in batch:
+            assert entry.vector is not None
+            top = again.get_sim_n("s", entry.vector, 1, mode=SearchMode.HNSW)
+            assert (top.plan, top.matches[0].id) == ("hnsw", entry.id)
+
+
+def test_rwlock_a_writer_taking_it_again_and_again_does_not_starve_readers() -> None:
+    lock = ReadWriteLock()
+    writer_done = threading.Event()
+    reads_before_writer_done = 0
+
+    def write() -> None:
+        for _ in range(200):
+            with lock.write():
+                time.sleep(0.002)
+        writer_done.set()
+
+    def read() -> None:
+        nonlocal reads_before_writer_done
+        for _ in range(20):
+            with lock.read():
+                if not writer_done.is_set():
+                    reads_before_writer_done += 1
+
+    errors = run_threads([write, read])
+    assert not errors
+    # 200 writes take >= 0.4 s; readers get in between them rather than after all of them.
+    assert reads_before_writer_done == 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -211,7 +213,7 @@ def test_search_scores_follow_the_metric(db: Engine) -> None:
     expected = {
         Metric.COSINE: v64 @ q64 / (np.linalg.norm(v64, axis=1) * np.linalg.norm(q64)),
         Metric.L2: -np.sum((v64 - q64) ** 2, axis=1),
-        Metric.IP: v64 @ q64,
+        Metric.INNER_PRODUCT: v64 @ q64,
     }
     for metric, truth in expected.items():
         name = f"m-{metric.value}"
@@ -266,3 +268,32 @@ def test_slots_of_deleted_entries_are_reused(database: Database) -> None:
     for n in range(1, 100, 2):
         assert db.get_sim_n("s", first[n], 1, mode="hnsw").matches[0].id == f"old{n}"  # type: ignore[arg-type]
     assert db.get_store("s").count == 100
+
+
+def test_expected_store_id_guards_every_request_against_a_recreated_store(db: Database) -> None:
+    from nachbar.db.errors import StoreChangedError
+
+    first, _ = db.create_store(StoreSpec("s", DIM, index=ExactConfig()))
+    db.upsert("s", [Entry("a", vec(1, 0, 0))], expected_store_id=first.store_id)
+    db.drop_store("s")
+    second, _ = db.create_store(StoreSpec("s", DIM, index=ExactConfig()))
+    assert second.store_id > first.store_id > 0  # ids are never reused
+    assert db.get_store("s").store_id == second.store_id
+    stale = first.store_id
+    calls: list[Callable[[], object]] = [
+        lambda: db.upsert("s", [Entry("b", vec(0, 1, 0))], expected_store_id=stale),
+        lambda: db.get_keys("s", ["a"], expected_store_id=stale),
+        lambda: db.get_by_predicate("s", None, expected_store_id=stale),
+        lambda: db.get_sim_n("s", vec(1, 0, 0), 1, expected_store_id=stale),
+        lambda: db.delete_keys("s", ["a"], expected_store_id=stale),
+        lambda: db.delete_by_predicate("s", Condition("n", Op.EXISTS), expected_store_id=stale),
+        lambda: db.drop_store("s", expected_store_id=stale),
+    ]
+    for call in calls:
+        with pytest.raises(StoreChangedError, match=f"id {stale} .*now id {second.store_id}"):
+            call()
+    assert db.get_store("s").count == 0  # nothing reached the new store
+    db.upsert("s", [Entry("b", vec(0, 1, 0))], expected_store_id=second.store_id)
+    assert db.get_sim_n("s", vec(0, 1, 0), 1, expected_store_id=0).matches[0].id == "b"
+    assert db.drop_store("s", expected_store_id=second.store_id) is True
+    assert db.drop_store("s", missing_ok=True, expected_store_id=second.store_id) is False

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from nachbar.db import milvus_filters as mf
-from nachbar.db.errors import InvalidArgumentError, StoreNotFoundError, UnavailableError
+from nachbar.db.errors import (
+    InvalidArgumentError,
+    StoreChangedError,
+    StoreNotFoundError,
+    UnavailableError,
+)
 from nachbar.db.filters import Condition, Op, matches
 from nachbar.db.milvus_engine import (
     MAX_COLLECTION_NAME,
@@ -57,6 +62,26 @@ def test_two_engines_share_every_fact(milvus_db: MilvusEngine, other: MilvusEngi
     milvus_db.create_store(StoreSpec("s", 2))
     milvus_db.upsert("s", [Entry("b", vec(0, 1))])
     assert [m.id for m in other.get_sim_n("s", vec(0, 1), 1).matches] == ["b"]
+
+
+def test_expected_store_id_sees_a_store_recreated_by_another_engine(
+    milvus_db: MilvusEngine, other: MilvusEngine
+) -> None:
+    first, _ = milvus_db.create_store(StoreSpec("s", DIM))
+    assert other.get_store("s").store_id == first.store_id
+    # `other` caches the first store's spec; the store is then replaced behind its back, with
+    # the same dimension, so nothing but the id tells them apart.
+    other.upsert("s", [Entry("a", vec(1, 0, 0, 0))], expected_store_id=first.store_id)
+    milvus_db.drop_store("s", expected_store_id=first.store_id)
+    second, _ = milvus_db.create_store(StoreSpec("s", DIM))
+    assert second.store_id > first.store_id
+    with pytest.raises(StoreChangedError, match=f"now id {second.store_id}"):
+        other.upsert("s", [Entry("b", vec(0, 1, 0, 0))], expected_store_id=first.store_id)
+    with pytest.raises(StoreChangedError):
+        other.get_sim_n("s", vec(1, 0, 0, 0), 1, expected_store_id=first.store_id)
+    assert milvus_db.get_store("s").count == 0
+    other.upsert("s", [Entry("b", vec(0, 1, 0, 0))], expected_store_id=second.store_id)
+    assert milvus_db.get_keys("s", ["b"])[0][0].id == "b"
 
 
 def test_metadata_over_milvus_limit_is_refused_clearly(milvus_db: MilvusEngine) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from nachbar.ai.build.imagenet import imagenet_class_names, sample_photos
 from nachbar.client import (
     AIClient,
+    DBClient,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -325,3 +326,18 @@ def test_int8_twin_queries_an_fp32_store(client: AIClient) -> None:
     assert mean_overlap >= 0.8
     with pytest.raises(FailedPrecondition, match="space"):
         client.get_sim_n("fp32-store", _png(), k=1, query_model="efficientnet-lite0")
+
+
+def test_drop_store_never_drops_a_db_store_it_does_not_own(
+    stack: tuple[RunningServer, RunningServer], client: AIClient
+) -> None:
+    with DBClient(f"127.0.0.1:{stack[0].port}", timeout=30) as db:
+        db.create_store("db-only", dimension=3)
+        for missing_ok in (False, True):
+            with pytest.raises(InvalidArgument, match="created on nachbar-db directly"):
+                client.drop_store("db-only", missing_ok=missing_ok)
+        assert db.get_store("db-only").name == "db-only"
+        assert client.drop_store("never-created", missing_ok=True) is False
+        with pytest.raises(NotFound):
+            client.drop_store("never-created")
+        db.drop_store("db-only")

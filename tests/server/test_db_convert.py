@@ -7,10 +7,10 @@ import enum
 import numpy as np
 import pytest
 
-from nachbar.client.values import metadata_to_proto
 from nachbar.db import types
 from nachbar.server import db_convert as conv
 from nachbar.v1 import db_pb2
+from nachbar.v1.codec import fill_metadata, metadata_to_proto
 
 
 class Level(enum.IntEnum):
@@ -34,7 +34,7 @@ METADATA: dict[str, types.MetadataValue] = {
 
 def test_fill_metadata_equals_metadata_to_proto() -> None:
     filled = db_pb2.Match()
-    conv.fill_metadata(filled.metadata, METADATA)
+    fill_metadata(filled.metadata, METADATA)
     built = db_pb2.Match(metadata=metadata_to_proto(METADATA))
     assert filled.SerializeToString(deterministic=True) == built.SerializeToString(
         deterministic=True
@@ -45,7 +45,7 @@ def test_fill_metadata_equals_metadata_to_proto() -> None:
 
 def test_fill_metadata_refuses_unsupported_values() -> None:
     with pytest.raises(TypeError, match="unsupported metadata value"):
-        conv.fill_metadata(db_pb2.Match().metadata, {"when": object()})  # type: ignore[dict-item]
+        fill_metadata(db_pb2.Match().metadata, {"when": object()})  # type: ignore[dict-item]
 
 
 def test_search_response_keeps_order_scores_and_vectors() -> None:
@@ -58,7 +58,7 @@ def test_search_response_keeps_order_scores_and_vectors() -> None:
     )
     response = conv.search_response(result)
     assert response.plan == "hnsw"
-    assert [(m.id, m.score) for m in response.matches] == [("b", 0.75), ("a", 0.5)]
+    assert [(m.id, m.similarity) for m in response.matches] == [("b", 0.75), ("a", 0.5)]
     assert list(response.matches[0].vector) == [1.0, 2.0]
     assert len(response.matches[1].vector) == 0
     assert response.matches[0].metadata["n"].int_value == 1

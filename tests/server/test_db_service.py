@@ -158,3 +158,23 @@ def test_info_and_ping(db: DBClient) -> None:
     assert info.fsync_policy == "full"
     assert info.max_message_bytes == 4 * 1024 * 1024
     assert info.version
+
+
+def test_a_stale_expected_store_id_is_aborted(db: DBClient, db_server: RunningServer) -> None:
+    first = db.create_store("again", 3)
+    db.drop_store("again")
+    second = db.create_store("again", 3)
+    assert second.store_id != first.store_id
+    with grpc.insecure_channel(f"127.0.0.1:{db_server.port}") as channel:
+        stub = db_pb2_grpc.DBServiceStub(channel)
+        request = db_pb2.UpsertRequest(
+            store="again",
+            entries=[db_pb2.Entry(id="a", vector=[1, 0, 0])],
+            expected_store_id=first.store_id,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Upsert(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.ABORTED
+        assert "dropped and created again" in (caught.value.details() or "")
+        request.expected_store_id = second.store_id
+        assert stub.Upsert(request, timeout=5).inserted == 1

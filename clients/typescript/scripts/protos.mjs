@@ -1,4 +1,5 @@
-// Copies the repo's .proto files (the single source of truth) into this package and generates
+// Copies the repo's .proto files and defaults.json (the single source of truth) into this
+// package and generates
 // TypeScript types for them. Run by `npm run build`; both outputs are build products, never
 // edited or committed, so they cannot drift from proto/.
 import { spawnSync } from 'node:child_process';
@@ -18,7 +19,9 @@ if (existsSync(repoProtoDir)) {
   rmSync(protoRoot, { recursive: true, force: true });
   mkdirSync(packageProtoDir, { recursive: true });
   for (const name of readdirSync(repoProtoDir)) {
-    if (name.endsWith('.proto')) copyFileSync(join(repoProtoDir, name), join(packageProtoDir, name));
+    if (name.endsWith('.proto') || name === 'defaults.json') {
+      copyFileSync(join(repoProtoDir, name), join(packageProtoDir, name));
+    }
   }
 } else if (!existsSync(packageProtoDir)) {
   // Outside the repo (an unpacked package tarball) the copy made at pack time is used.

@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { Caller, type ClientOptions } from './call';
 import { storeInfoFromProto } from './db';
+import { DEFAULTS } from './defaults';
 import { InternalError, InvalidArgumentError } from './errors';
 import type { AIEntry__Output } from './generated/nachbar/ai/v1/AIEntry';
 import type { AIServiceDefinition } from './generated/nachbar/ai/v1/AIService';
@@ -50,16 +51,16 @@ import {
   uint64,
 } from './values';
 
-export const DEFAULT_AI_ADDRESS = '127.0.0.1:1370';
+export const DEFAULT_AI_ADDRESS = `${DEFAULTS.host}:${DEFAULTS.ai_port}`;
 /** Inputs per Upsert request: the server embeds each request as one batch. */
-export const AI_UPSERT_BATCH = 64;
+export const AI_UPSERT_BATCH = DEFAULTS.ai_upsert_batch;
 
 export interface AICreateStoreOptions extends CallOptions {
   /** Embeds search queries. */
   queryModel: string;
-  /** Embeds upserted inputs; must share the query model's embedding space. */
-  indexModel: string;
-  /** Keep each input so it can be returned and reranked. */
+  /** Embeds upserted inputs; must share the query model's embedding space. Default: queryModel. */
+  indexModel?: string;
+  /** Keep each input so it can be returned and reranked (default true). */
   storeOriginal?: boolean;
   predicateIndexes?: string[];
   index?: IndexConfig;
@@ -220,8 +221,8 @@ export class AIClient {
       {
         store,
         query_model: options.queryModel,
-        index_model: options.indexModel,
-        store_original: options.storeOriginal ?? false,
+        index_model: options.indexModel || options.queryModel,
+        store_original: options.storeOriginal ?? DEFAULTS.store_original,
         predicate_indexes: options.predicateIndexes ?? [],
         index: indexToProto(options.index),
         metric: metricToProto(options.metric),
@@ -325,7 +326,7 @@ export class AIClient {
       {
         store,
         filter: optionalFilter(options.filter),
-        limit: uint32(options.limit ?? 0, 'limit'),
+        limit: uint32(options.limit ?? DEFAULTS.page_limit, 'limit'),
         page_token: options.pageToken ?? '',
       },
       options,

@@ -2,12 +2,13 @@
 // failing with a typed NachbarError.
 
 import * as grpc from '@grpc/grpc-js';
+import { DEFAULTS } from './defaults';
 import { CancelledError, InvalidArgumentError, errorFromStatus } from './errors';
 import type { CallOptions } from './types';
 
-export const DEFAULT_TIMEOUT_MS = 30_000;
+export const DEFAULT_TIMEOUT_MS = DEFAULTS.timeout_seconds * 1000;
 /** The servers' default --max-message-bytes; grpc-js alone would refuse replies over 4 MiB. */
-export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+export const MAX_MESSAGE_BYTES = DEFAULTS.max_message_bytes;
 
 export interface ClientOptions {
   /** Deadline of every call unless the call sets its own; milliseconds, default 30 000. */

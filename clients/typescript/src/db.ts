@@ -1,6 +1,7 @@
 // DBClient: every RPC of nachbar.db.v1.DBService as a promise-returning method.
 
 import { Caller, type ClientOptions } from './call';
+import { DEFAULTS } from './defaults';
 import { InternalError, InvalidArgumentError } from './errors';
 import type { Entry__Output } from './generated/nachbar/db/v1/Entry';
 import type { StoreInfo__Output } from './generated/nachbar/db/v1/StoreInfo';
@@ -38,9 +39,9 @@ import {
   vectorToProto,
 } from './values';
 
-export const DEFAULT_DB_ADDRESS = '127.0.0.1:1369';
+export const DEFAULT_DB_ADDRESS = `${DEFAULTS.host}:${DEFAULTS.db_port}`;
 /** Entries per Upsert request; each request is atomic on the server. */
-export const UPSERT_BATCH = 1000;
+export const UPSERT_BATCH = DEFAULTS.db_upsert_batch;
 
 export interface CreateStoreOptions extends CallOptions {
   /** Default cosine. */
@@ -96,6 +97,7 @@ export function storeInfoFromProto(info: StoreInfo__Output | null): StoreInfo {
     count: uint64(info.count),
     bytesUsed: uint64(info.bytes_used),
     storeMetadata: { ...info.store_metadata },
+    storeId: uint64(info.store_id),
   };
 }
 
@@ -217,7 +219,7 @@ export class DBClient {
       {
         store,
         filter: optionalFilter(options.filter),
-        limit: uint32(options.limit ?? 0, 'limit'),
+        limit: uint32(options.limit ?? DEFAULTS.page_limit, 'limit'),
         page_token: options.pageToken ?? '',
         include_vectors: includeVectors,
       },
@@ -247,7 +249,7 @@ export class DBClient {
     );
     return {
       matches: response.matches.map((match) => {
-        const result: Match = { id: match.id, score: match.score, metadata: metadataFromProto(match.metadata) };
+        const result: Match = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (includeVectors) result.vector = [...match.vector];
         return result;
       }),

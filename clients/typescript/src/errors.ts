@@ -120,6 +120,15 @@ export class UnavailableError extends NachbarError {
   }
 }
 
+/** A request named a store that was dropped and created again since it was read (nachbar-db's
+ * `expectedStoreId`): read it again and retry. */
+export class AbortedError extends NachbarError {
+  override name = 'AbortedError';
+  constructor(message: string, options?: NachbarErrorOptions) {
+    super(message, 'ABORTED', options);
+  }
+}
+
 export class DataLossError extends NachbarError {
   override name = 'DataLossError';
   constructor(message: string, options?: NachbarErrorOptions) {
@@ -142,6 +151,7 @@ const ERROR_CLASSES: Partial<Record<StatusName, ErrorClass>> = {
   INTERNAL: InternalError,
   UNAVAILABLE: UnavailableError,
   DATA_LOSS: DataLossError,
+  ABORTED: AbortedError,
 };
 
 /** The status name of a numeric gRPC code ('UNKNOWN' for a number gRPC does not define). */

@@ -20,7 +20,10 @@ export type {
   MissingOkOptions,
   UpsertOptions,
 } from './db';
+export { DEFAULTS } from './defaults';
+export type { Defaults } from './defaults';
 export {
+  AbortedError,
   AlreadyExistsError,
   CancelledError,
   DataLossError,

@@ -56,7 +56,7 @@ export type FilterSpec = {
   not?: FilterSpec;
 } & { [field: string]: ConditionSpec | FilterSpec | FilterSpec[] | undefined };
 
-/** Similarity metric; see common.proto for what each score means. */
+/** Similarity metric; see common.proto for what each similarity means. */
 export type Metric = 'cosine' | 'l2' | 'ip';
 
 /** How a search runs; `auto` lets the server's planner choose, which is always safe. */
@@ -98,6 +98,8 @@ export interface StoreInfo {
   count: number;
   bytesUsed: number;
   storeMetadata: Record<string, string>;
+  /** Never reused: a store dropped and created again under its name gets a new id. */
+  storeId: number;
 }
 
 export interface CreateStoreResult<S> {
@@ -122,7 +124,7 @@ export interface Entry {
 export interface Match {
   id: string;
   /** Higher is more similar; its meaning per metric is documented on Metric. */
-  score: number;
+  similarity: number;
   metadata: Metadata;
   vector?: number[];
 }
@@ -225,6 +227,7 @@ export interface EmbedResult {
 export interface RerankResult {
   /** Index into the request's documents. */
   index: number;
+  /** The cross-encoder's relevance score; not a similarity. */
   score: number;
 }
 

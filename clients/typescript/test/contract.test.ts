@@ -139,7 +139,7 @@ describe('DBClient against a scripted server', () => {
       ],
       missing_ids: ['zz'],
     };
-    fake.replies['GetSimN'] = { matches: [{ id: 'a', score: 0.75, metadata: {} }], plan: 'exact' };
+    fake.replies['GetSimN'] = { matches: [{ id: 'a', similarity: 0.75, metadata: {} }], plan: 'exact' };
     fake.replies['DeleteKeys'] = { deleted: '1' };
     fake.replies['Info'] = { version: '0.1.0', store_count: 1, fsync_policy: 'full', max_message_bytes: '67108864', uptime_seconds: 1.5 };
     client = new DBClient(await fake.start(), { timeoutMs: CLIENT_TIMEOUT_MS });

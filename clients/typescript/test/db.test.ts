@@ -112,7 +112,7 @@ describe('DBClient against nachbar-db', () => {
 
     const nearest = await db.getSimN('docs', [1, 0, 0], 2);
     assert.deepEqual(nearest.matches.map((m) => m.id), ['a', 'b']);
-    assertClose(nearest.matches[0]!.score, 1, 'cosine of identical vectors');
+    assertClose(nearest.matches[0]!.similarity, 1, 'cosine of identical vectors');
     assert.ok(['exact', 'hnsw'].includes(nearest.plan));
 
     const texts = await db.getSimN('docs', [1, 0, 0], 10, { filter: { kind: { eq: 'text' } }, includeVectors: true });

@@ -909,6 +909,7 @@ class RerankResult(_message.Message):
     index: _builtins.int
     """Index into the request's documents."""
     score: _builtins.float
+    """The cross-encoder's relevance score (a logit, or in [0, 1] with sigmoid); not a similarity."""
     def __init__(
         self,
         *,

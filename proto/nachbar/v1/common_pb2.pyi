@@ -27,11 +27,11 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     DESCRIPTOR: _descriptor.EnumDescriptor
     METRIC_UNSPECIFIED: _Metric.ValueType  # 0
     METRIC_COSINE: _Metric.ValueType  # 1
-    """score = cosine similarity in [-1, 1]; higher is more similar."""
+    """similarity = cosine similarity in [-1, 1]; higher is more similar."""
     METRIC_L2: _Metric.ValueType  # 2
-    """score = -(squared Euclidean distance); higher (closer to 0) is more similar."""
+    """similarity = -(squared Euclidean distance); higher (closer to 0) is more similar."""
     METRIC_INNER_PRODUCT: _Metric.ValueType  # 3
-    """score = dot product; higher is more similar."""
+    """similarity = dot product; higher is more similar."""
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """Distance metric of a store. The zero value is not a metric: the server takes it as the
@@ -40,11 +40,11 @@ class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
 
 METRIC_UNSPECIFIED: Metric.ValueType  # 0
 METRIC_COSINE: Metric.ValueType  # 1
-"""score = cosine similarity in [-1, 1]; higher is more similar."""
+"""similarity = cosine similarity in [-1, 1]; higher is more similar."""
 METRIC_L2: Metric.ValueType  # 2
-"""score = -(squared Euclidean distance); higher (closer to 0) is more similar."""
+"""similarity = -(squared Euclidean distance); higher (closer to 0) is more similar."""
 METRIC_INNER_PRODUCT: Metric.ValueType  # 3
-"""score = dot product; higher is more similar."""
+"""similarity = dot product; higher is more similar."""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 class _SearchMode:

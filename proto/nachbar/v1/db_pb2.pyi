@@ -99,18 +99,23 @@ class StoreInfo(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     BYTES_USED_FIELD_NUMBER: _builtins.int
     STORE_METADATA_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dimension: _builtins.int
     metric: _common_pb2.Metric.ValueType
     count: _builtins.int
     bytes_used: _builtins.int
     """Bytes on disk for this store: its rows in the database file plus its saved index."""
+    store_id: _builtins.int
+    """Never reused: a store dropped and created again under the same name gets a new id."""
     @_builtins.property
     def index(self) -> _common_pb2.IndexConfig:
         """The index with every default resolved."""
 
     @_builtins.property
-    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Metadata fields with a predicate (field) index."""
+
     @_builtins.property
     def store_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Opaque string attributes set at creation (nachbar-ai keeps its model bindings here)."""
@@ -126,10 +131,11 @@ class StoreInfo(_message.Message):
         count: _builtins.int = ...,
         bytes_used: _builtins.int = ...,
         store_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_metadata", b"store_metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_id", b"store_id", "store_metadata", b"store_metadata"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,17 +231,24 @@ class DropStoreRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     MISSING_OK_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     missing_ok: _builtins.bool
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     def __init__(
         self,
         *,
         store: _builtins.str = ...,
         missing_ok: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_ok", b"missing_ok", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "missing_ok", b"missing_ok", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,7 +353,13 @@ class UpsertRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]: ...
     def __init__(
@@ -348,10 +367,11 @@ class UpsertRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         entries: _abc.Iterable[Global___Entry] | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "expected_store_id", b"expected_store_id", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,8 +406,14 @@ class GetKeyRequest(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     include_vectors: _builtins.bool
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -396,10 +422,11 @@ class GetKeyRequest(_message.Message):
         store: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
         include_vectors: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "include_vectors", b"include_vectors", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "ids", b"ids", "include_vectors", b"include_vectors", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,12 +467,18 @@ class GetByPredicateRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     limit: _builtins.int
     """Page size; 0 means 100. At most 10000."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     include_vectors: _builtins.bool
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.Filter:
         """Unset matches every entry."""
@@ -458,10 +491,11 @@ class GetByPredicateRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         include_vectors: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "include_vectors", b"include_vectors", "limit", b"limit", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "filter", b"filter", "include_vectors", b"include_vectors", "limit", b"limit", "page_token", b"page_token", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,6 +536,7 @@ class GetSimNRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     EF_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
     """How many results; must be >= 1."""
@@ -509,6 +544,11 @@ class GetSimNRequest(_message.Message):
     ef: _builtins.int
     """HNSW ef for this query; 0 uses the store's ef_search. Raised to k when smaller."""
     include_vectors: _builtins.bool
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
@@ -523,10 +563,11 @@ class GetSimNRequest(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         ef: _builtins.int = ...,
         include_vectors: _builtins.bool = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef", b"ef", "filter", b"filter", "include_vectors", b"include_vectors", "k", b"k", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef", b"ef", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_vectors", b"include_vectors", "k", b"k", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -558,12 +599,14 @@ class Match(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ID_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    score: _builtins.float
-    """Similarity, higher is better; its meaning per metric is documented on Metric."""
+    similarity: _builtins.float
+    """Higher is more similar; its meaning per metric is documented on Metric. (Named `score`
+    before; field 2 either way.)
+    """
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -572,13 +615,13 @@ class Match(_message.Message):
         self,
         *,
         id: _builtins.str = ...,
-        score: _builtins.float = ...,
+        similarity: _builtins.float = ...,
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "score", b"score", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -616,7 +659,13 @@ class DeleteKeysRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -624,10 +673,11 @@ class DeleteKeysRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "ids", b"ids", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -639,7 +689,13 @@ class DeleteByPredicateRequest(_message.Message):
 
     STORE_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
     store: _builtins.str
+    expected_store_id: _builtins.int
+    """When non-zero, the request applies only to the store with this StoreInfo.store_id:
+    ABORTED if `store` now names another one (dropped and created again). Field 15 in every
+    request that names a store.
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.Filter:
         """Required: deleting everything is DropStore."""
@@ -649,10 +705,11 @@ class DeleteByPredicateRequest(_message.Message):
         *,
         store: _builtins.str = ...,
         filter: _common_pb2.Filter | None = ...,
+        expected_store_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_store_id", b"expected_store_id", "filter", b"filter", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

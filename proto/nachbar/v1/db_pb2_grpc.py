@@ -176,7 +176,10 @@ class DBServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePredIndex(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A predicate index is an index over one metadata field (a field index): it speeds filters
+        up and never changes their answer. ("Predicate" in GetByPredicate and DeleteByPredicate
+        means a filter.)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -49,6 +49,10 @@ class DBServiceStub:
     DeleteKeys: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]
     DeleteByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]
     CreatePredIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]
+    """A predicate index is an index over one metadata field (a field index): it speeds filters
+    up and never changes their answer. ("Predicate" in GetByPredicate and DeleteByPredicate
+    means a filter.)
+    """
     DropPredIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.DropPredIndexRequest, _db_pb2.DropPredIndexResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_db_pb2.InfoRequest, _db_pb2.InfoResponse]
     Ping: _grpc.UnaryUnaryMultiCallable[_db_pb2.PingRequest, _db_pb2.PingResponse]
@@ -74,6 +78,10 @@ class DBServiceAsyncStub(DBServiceStub):
     DeleteKeys: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     DeleteByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     CreatePredIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]  # type: ignore[assignment]
+    """A predicate index is an index over one metadata field (a field index): it speeds filters
+    up and never changes their answer. ("Predicate" in GetByPredicate and DeleteByPredicate
+    means a filter.)
+    """
     DropPredIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.DropPredIndexRequest, _db_pb2.DropPredIndexResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_db_pb2.InfoRequest, _db_pb2.InfoResponse]  # type: ignore[assignment]
     Ping: _aio.UnaryUnaryMultiCallable[_db_pb2.PingRequest, _db_pb2.PingResponse]  # type: ignore[assignment]
@@ -161,7 +169,11 @@ class DBServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _db_pb2.CreatePredIndexRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_db_pb2.CreatePredIndexResponse, _abc.Awaitable[_db_pb2.CreatePredIndexResponse]]: ...
+    ) -> _typing.Union[_db_pb2.CreatePredIndexResponse, _abc.Awaitable[_db_pb2.CreatePredIndexResponse]]:
+        """A predicate index is an index over one metadata field (a field index): it speeds filters
+        up and never changes their answer. ("Predicate" in GetByPredicate and DeleteByPredicate
+        means a filter.)
+        """
 
     @_abc_1.abstractmethod
     def DropPredIndex(

@@ -1,4 +1,5 @@
-"""Model heads: text and image embedders, and the cross-encoder scorer.
+"""Inference: what turns prepared inputs into rows of numbers, one class per kind of model:
+text and image embedders (vectors) and the cross-encoder scorer (relevance scores).
 
 Each splits its work in two so the batcher can merge requests: `prepare` validates and turns
 one request's inputs into items (tokens, pixel arrays) in the caller's thread, and `run` turns
@@ -7,6 +8,7 @@ any list of items, possibly from several requests, into output rows with one ONN
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -14,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from nachbar.ai.errors import ModelUnavailableError
-from nachbar.ai.image import ImageLimits, ImagePreprocessor, decode_image
-from nachbar.ai.onnx_model import OnnxModel
+from nachbar.ai.image import ImagePreprocessor, decode_image
+from nachbar.ai.limits import ImageLimits
+from nachbar.ai.onnx_model import OnnxModel, available_cpus
 from nachbar.ai.registry import ModelSpec, Pooling
 from nachbar.ai.text import TextTokenizer, TokenizedText, Truncation
 
@@ -58,9 +61,9 @@ def sigmoid(logits: FloatArray) -> FloatArray:
 def _check_rows(spec: ModelSpec, model: OnnxModel, vectors: FloatArray) -> FloatArray:
     if vectors.shape[1] != spec.dimension:
         raise ModelUnavailableError(
-            f"Model {spec.name!r} ({model.path}) produced {vectors.shape[1]}-d vectors but is "
-            f"registered as {spec.dimension}-d: the file is not the registered model. Fetch or "
-            "build it again."
+            f"Model {spec.name!r} produced {vectors.shape[1]}-d vectors but is registered as "
+            f"{spec.dimension}-d: the file is not the registered model. Fetch or build it again.",
+            detail=str(model.path),
         )
     return vectors
 
@@ -98,7 +101,11 @@ class ImageEmbedder:
         model: OnnxModel,
         preprocessor: ImagePreprocessor,
         limits: ImageLimits,
+        *,
+        decode_slots: threading.BoundedSemaphore | None = None,
     ) -> None:
+        """`decode_slots` bounds how many images are decoded at once (shared between models):
+        a decoded image is the largest thing a request makes, so this bounds their sum."""
         if len(model.input_names) != 1:
             raise ModelUnavailableError(
                 f"Image model {spec.name!r} must take one pixel input, it takes "
@@ -106,12 +113,16 @@ class ImageEmbedder:
             )
         (self._input_name,) = model.input_names
         self.spec, self.model, self.preprocessor, self.limits = spec, model, preprocessor, limits
+        self._decode_slots = decode_slots or threading.BoundedSemaphore(available_cpus())
 
     def prepare(self, images: Sequence[bytes], first_index: int = 0) -> list[FloatArray]:
         return [
-            self.preprocessor(decode_image(data, self.limits, what=f"Input {first_index + i}"))
-            for i, data in enumerate(images)
+            self._prepare_one(data, f"Input {first_index + i}") for i, data in enumerate(images)
         ]
+
+    def _prepare_one(self, data: bytes, what: str) -> FloatArray:
+        with self._decode_slots:
+            return self.preprocessor(decode_image(data, self.limits, what=what))
 
     def length(self, item: FloatArray) -> int:
         return 0  # every image has the model's input size

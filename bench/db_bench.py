@@ -17,7 +17,16 @@ them alike. Blocks rather than single queries, because a query right after anoth
 lets that system's leftover work (chromadb's filtered queries take 20-35 ms) and cold caches
 land on it; --block 1 measures that query-by-query interleaving.
 
+With --engine milvus the systems are nachbar-db on the Milvus engine and the same Milvus used
+directly through pymilvus (a collection as a Milvus user would make it: the "bucket" metadata a
+typed scalar field), both on one Milvus: a milvus-lite server started here, or --milvus-uri
+(`bash scripts/milvus_server.sh bench` runs this on a fresh Milvus standalone server). What the
+ratio shows is the cost of nachbar's translation: typed JSON metadata and guarded filters, the
+planner's counts, the extra gRPC hop, the upsert's lookup of existing ids.
+Both read with consistency "bounded" (Milvus's default), so neither waits for time ticks.
+
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
+     bench/.venv/bin/python bench/db_bench.py --engine milvus [--milvus-uri http://...]
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +72,8 @@ class Config:
     systems: tuple[str, ...]
     block: int
     pauses_ms: tuple[float, ...]
+    engine: str = "embedded"
+    milvus_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,9 +242,13 @@ class NachbarSystem:
         from nachbar.client import DBClient, Hnsw, Metric
 
         self._config = config
-        self.server: ChildServer = benchlib.start_nachbar(
-            "nachbar-db", ["--data-dir", str(workdir / "data"), "--fsync", "full"], workdir
-        )
+        args = ["--data-dir", str(workdir / "data"), "--fsync", "full"]
+        if config.engine == "milvus":
+            self.name = "nachbar-db on Milvus (gRPC)"
+            self.durability = "Milvus's (consistency bounded)"
+            args = ["--engine", "milvus", "--milvus-uri", config.milvus_uri]
+            args += ["--milvus-consistency", "bounded"]
+        self.server: ChildServer = benchlib.start_nachbar("nachbar-db", args, workdir)
         self._client = DBClient(self.server.address, timeout=600)
         self._client.create_store(
             STORE,
@@ -255,6 +270,8 @@ class NachbarSystem:
         self._client.upsert(STORE, entries, batch_size=batch)
 
     def settle(self) -> float:
+        if self._config.engine == "milvus":
+            return settle_milvus(self._config.milvus_uri, f"nachbar_{STORE}")
         return benchlib.wait_idle(self.server)
 
     def set_ef(self, ef: int) -> None:
@@ -289,6 +306,105 @@ class NachbarSystem:
         for client in (*self._searcher_clients, self._client):
             client.close()
         self.server.stop()
+
+
+def settle_milvus(uri: str, collection: str, timeout: float = 600.0) -> float:
+    """Flush a collection and wait until Milvus has indexed every row, so that neither system
+    is measured while the other's index is still being built."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    start = time.monotonic()
+    try:
+        client.flush(collection)
+        while time.monotonic() - start < timeout:
+            index = client.describe_index(collection, client.list_indexes(collection)[0])
+            if not index or int(index.get("pending_index_rows", 0) or 0) == 0:
+                break
+            time.sleep(1.0)
+    finally:
+        client.close()
+    return time.monotonic() - start
+
+
+class MilvusDirectSystem:
+    """The same Milvus through pymilvus, as its users write it: "bucket" a typed INT64 field."""
+
+    name = "Milvus direct (pymilvus)"
+    durability = "Milvus's (consistency bounded)"
+    collection = "direct_bench"
+
+    def __init__(self, config: Config, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        self._config = config
+        self._client = MilvusClient(uri=config.milvus_uri)
+        if self._client.has_collection(self.collection):
+            self._client.drop_collection(self.collection)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("bucket", DataType.INT64)
+        index = MilvusClient.prepare_index_params()
+        index.add_index(
+            "vector",
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"M": config.m, "efConstruction": config.ef_construction},
+        )
+        self._client.create_collection(
+            self.collection, schema=schema, index_params=index, consistency_level="Bounded"
+        )
+        self._ef = EF_LADDER[0]
+        self._clients: list[Any] = []
+
+    def ingest(self, data: Dataset, batch: int) -> None:
+        for start in range(0, data.base.shape[0], batch):
+            stop = min(start + batch, data.base.shape[0])
+            rows = [
+                {"id": str(i), "vector": data.base[i].tolist(), "bucket": int(data.buckets[i])}
+                for i in range(start, stop)
+            ]
+            self._client.insert(self.collection, rows)
+
+    def settle(self) -> float:
+        return settle_milvus(self._config.milvus_uri, self.collection)
+
+    def set_ef(self, ef: int) -> None:
+        self._ef = ef
+
+    def searcher(self) -> SearchFn:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=self._config.milvus_uri, dedicated=True)
+        self._clients.append(client)
+        k = self._config.k
+
+        def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
+            expr = ""
+            if spec is not None:
+                expr = f"bucket == {spec.value}" if spec.op == "eq" else f"bucket < {spec.value}"
+            # The metadata comes back with each hit, as nachbar's GetSimN returns it.
+            hits = client.search(
+                self.collection,
+                data=[query[0].tolist()],
+                filter=expr,
+                limit=k,
+                output_fields=["bucket"],
+                search_params={"metric_type": "COSINE", "params": {"ef": max(self._ef, k)}},
+                consistency_level="Bounded",
+            )
+            return [int(hit["id"]) for hit in hits[0]]
+
+        return search
+
+    def round_trip(self) -> Callable[[], object] | None:
+        version: Callable[[], object] = self._client.get_server_version
+        return version
+
+    def close(self) -> None:
+        for client in (*self._clients, self._client):
+            client.close()
 
 
 class ChromaSystem:
@@ -499,6 +615,8 @@ def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
             systems.append(HnswlibSystem(config, dim))
         elif name == "chroma":
             systems.append(ChromaSystem(config, workdir / "chroma"))
+        elif name == "milvus":
+            systems.append(MilvusDirectSystem(config, dim))
     return systems
 
 
@@ -524,6 +642,13 @@ def run(config: Config) -> dict[str, Any]:
 
     reports: list[SystemReport] = []
     with benchlib.scratch_dir("nachbar-db-bench-") as workdir:
+        lite: ChildServer | None = None
+        if config.engine == "milvus" and not config.milvus_uri:
+            lite = benchlib.start_milvus_lite(workdir / "milvus-lite")
+            config = replace(config, milvus_uri=f"http://{lite.address}")
+            facts["milvus"] = "milvus-lite server (python -m milvus_lite server)"
+        elif config.engine == "milvus":
+            facts["milvus"] = config.milvus_uri
         systems = build_systems(config, dim, workdir)
         try:
             searches: list[SearchFn] = []
@@ -621,6 +746,8 @@ def run(config: Config) -> dict[str, Any]:
         finally:
             for system in systems:
                 system.close()
+            if lite is not None:
+                lite.stop()
     facts["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return {"config": config, "machine": facts, "data": data_facts, "systems": reports}
 
@@ -699,7 +826,29 @@ def render(result: dict[str, Any]) -> str:
     nachbar = _by_name(reports, "nachbar")
     chroma = _by_name(reports, "chromadb")
     raw = _by_name(reports, "hnswlib")
-    if nachbar is not None and nachbar.latency is not None:
+    direct = _by_name(reports, "Milvus direct")
+    if nachbar is not None and nachbar.latency is not None and direct is not None:
+        assert direct.latency is not None
+        cost = nachbar.latency.p50_ms / direct.latency.p50_ms
+        lines.append("nachbar-db's translation cost over the same Milvus used directly:")
+        lines.append(
+            f"- p50 latency x{cost:.2f} at recall {nachbar.recall:.3f} vs {direct.recall:.3f}"
+            f" (ef {nachbar.ef} vs {direct.ef}), p99 "
+            f"x{nachbar.latency.p99_ms / direct.latency.p99_ms:.2f}, QPS "
+            f"x{direct.throughput / nachbar.throughput:.2f}, ingest time "
+            f"x{nachbar.ingest_seconds / direct.ingest_seconds:.2f}"
+            + "".join(
+                f", filtered {s.label} p50 x"
+                f"{nachbar.filtered[s.label][0].p50_ms / direct.filtered[s.label][0].p50_ms:.2f}"
+                for s in FILTERS
+            )
+        )
+        lines.append(
+            f"- target: p50 at equal recall <= 1.3x Milvus direct: x{cost:.2f} -> "
+            f"{benchlib.verdict(cost <= 1.3)}"
+        )
+        lines.append("")
+    elif nachbar is not None and nachbar.latency is not None:
         lines.append("ratios (higher = nachbar better):")
         for other in (chroma, raw):
             if other is None or other.latency is None:
@@ -820,14 +969,29 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     )
     parser.add_argument(
         "--systems",
-        default="hnswlib,nachbar,chroma",
-        help="comma-separated subset of hnswlib,nachbar,chroma",
+        default="",
+        help="comma-separated subset of hnswlib,nachbar,chroma,milvus (default: "
+        "hnswlib,nachbar,chroma; with --engine milvus: nachbar,milvus)",
+    )
+    parser.add_argument(
+        "--engine",
+        default="embedded",
+        choices=["embedded", "milvus"],
+        help="nachbar-db's engine; milvus compares it with the same Milvus used directly",
+    )
+    parser.add_argument(
+        "--milvus-uri",
+        default="",
+        help="with --engine milvus: the Milvus to use; default: a milvus-lite server started here",
     )
     ns = parser.parse_args(argv)
-    systems = tuple(s.strip() for s in ns.systems.split(",") if s.strip())
-    unknown = set(systems) - {"hnswlib", "nachbar", "chroma"}
+    default = "nachbar,milvus" if ns.engine == "milvus" else "hnswlib,nachbar,chroma"
+    systems = tuple(s.strip() for s in (ns.systems or default).split(",") if s.strip())
+    unknown = set(systems) - {"hnswlib", "nachbar", "chroma", "milvus"}
     if unknown or not systems:
-        parser.error(f"--systems takes hnswlib, nachbar and/or chroma, got {ns.systems!r}")
+        parser.error(f"--systems takes hnswlib, nachbar, chroma and/or milvus, got {ns.systems!r}")
+    if "milvus" in systems and ns.engine != "milvus":
+        parser.error("the milvus system needs --engine milvus")
     if ns.n < ns.k or ns.queries < 1 or ns.tuning_queries < 1:
         parser.error("need --n >= --k, and at least one query and one tuning query")
     return Config(
@@ -848,6 +1012,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         systems=systems,
         block=max(1, ns.block),
         pauses_ms=tuple(float(p) for p in ns.pauses_ms.split(",") if p.strip()),
+        engine=ns.engine,
+        milvus_uri=ns.milvus_uri,
     )
 
 

@@ -10,6 +10,8 @@ from enum import StrEnum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nachbar.v1.targets import ROUND_ROBIN, channel_target
+
 
 class Health(StrEnum):
     SERVING = "SERVING"
@@ -44,10 +46,12 @@ def check_health(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> HealthReport:
     """One Check call; `service` "" asks about the server as a whole; `credentials` for TLS."""
+    target, balance = channel_target(address)
+    options = [("grpc.service_config", ROUND_ROBIN)] if balance else []
     channel = (
-        grpc.insecure_channel(address)
+        grpc.insecure_channel(target, options=options)
         if credentials is None
-        else grpc.secure_channel(address, credentials)
+        else grpc.secure_channel(target, credentials, options=options)
     )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)

@@ -63,3 +63,7 @@ class DataCorruptionError(DBError):
 
 class ResourceExhaustedError(DBError):
     """Out of memory or disk space, or a request beyond what the server will take on."""
+
+
+class UnavailableError(DBError):
+    """A backing service (a Milvus cluster) cannot be reached now; retrying later may work."""

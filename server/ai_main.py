@@ -22,7 +22,7 @@ from nachbar.server.logs import configure_logging
 from nachbar.server.operations import ModelTelemetry, Operations
 from nachbar.server.tls import db_link_credentials
 from nachbar.server.tracing import configure_from_environment
-from nachbar.v1 import ai_pb2, ai_pb2_grpc
+from nachbar.v1 import ai_pb2, ai_pb2_grpc, targets
 
 log = logging.getLogger("nachbar.ai")
 
@@ -166,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_ai_config(argv)
     configure_logging(config.log_level, config.log_format)
     tracing = configure_from_environment("nachbar-ai")
-    running = start_ai_server(config)
+    try:
+        running = start_ai_server(config)
+    except targets.AddressError as error:
+        raise SystemExit(f"nachbar-ai cannot start: --db-host: {error}") from None
     log.info(
         "nachbar-ai listening on %s:%d, db %s, models in %s, hub downloads %s; %s",
         config.host,

@@ -29,7 +29,7 @@ from nachbar.ai.vector_store import (
 from nachbar.server.errors import NotReadyError, UpstreamError
 from nachbar.server.logs import REQUEST_ID, REQUEST_ID_HEADER
 from nachbar.server.tracing import tracer
-from nachbar.v1 import common_pb2, db_pb2, db_pb2_grpc
+from nachbar.v1 import common_pb2, db_pb2, db_pb2_grpc, targets
 from nachbar.v1.codec import SEARCH_MODES, fill_metadata, metadata_from_proto
 
 PING_TIMEOUT_SECONDS = 2.0
@@ -71,14 +71,18 @@ class DBVectorStore:
     ) -> None:
         self.address = address
         self._timeout = timeout
+        # Several nachbar-db replicas are balanced round-robin; idempotent calls are retried on
+        # UNAVAILABLE (one replica stopping), as in the clients.
+        target, balancing = targets.channel_options(address, targets.DB_SERVICE)
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            *balancing,
         ]
         self._channel = (
-            grpc.insecure_channel(address, options=options)
+            grpc.insecure_channel(target, options=options)
             if credentials is None
-            else grpc.secure_channel(address, credentials, options=options)
+            else grpc.secure_channel(target, credentials, options=options)
         )
         self._stub = db_pb2_grpc.DBServiceStub(self._channel)
         self._key_metadata: tuple[tuple[str, str], ...] = (

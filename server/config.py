@@ -75,6 +75,12 @@ class DBConfig(CommonConfig):
     max_filter_bytes: int = DEFAULT_MAX_FILTER_BYTES
     graph_checkpoint_changes: int = DEFAULT_GRAPH_CHECKPOINT_CHANGES
     graph_checkpoint_seconds: float = DEFAULT_GRAPH_CHECKPOINT_SECONDS
+    engine: str = "embedded"
+    milvus_uri: str = ""
+    milvus_token: str = field(default="", repr=False)
+    milvus_db: str = ""
+    milvus_consistency: str = "strong"
+    milvus_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,25 @@ class AIConfig(CommonConfig):
 
     @property
     def db_address(self) -> str:
-        return f"{self.db_host}:{self.db_port}"
+        """One nachbar-db, several (comma-separated hosts, each may carry its own port), or a
+        gRPC target such as dns:///nachbar-db (calls are then spread round-robin)."""
+        if self.db_host.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+            return (
+                f"{self.db_host}:{self.db_port}"
+                if self.db_host.startswith("dns:")
+                else self.db_host
+            )
+        hosts = [h.strip() for h in self.db_host.split(",") if h.strip()]
+        return ",".join(h if _has_port(h) else _join(h, self.db_port) for h in hosts)
+
+
+def _has_port(host: str) -> bool:
+    tail = host.rsplit("]", 1)[-1] if host.startswith("[") else host
+    return tail.count(":") == 1 and tail.rsplit(":", 1)[1].isdigit()
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class _EnvDefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -300,6 +324,44 @@ def db_parser(prog: str = "nachbar-db") -> argparse.ArgumentParser:
         help="save a store's HNSW graph in the background once its oldest unsaved change is "
         "this old; 0: off [env NACHBAR_GRAPH_CHECKPOINT_SECONDS]",
     )
+    parser.add_argument(
+        "--engine",
+        default=_env("ENGINE", "embedded"),
+        choices=["embedded", "milvus"],
+        help="embedded: HNSW graphs and SQLite in --data-dir; milvus: stores are collections "
+        "of the Milvus at --milvus-uri and this process keeps no state [env NACHBAR_ENGINE]",
+    )
+    parser.add_argument(
+        "--milvus-uri",
+        default=_env("MILVUS_URI", ""),
+        help="with --engine milvus: http://host:19530 for a Milvus server or cluster, or a "
+        "path ending in .db for milvus-lite in this process [env NACHBAR_MILVUS_URI]",
+    )
+    parser.add_argument(
+        "--milvus-token",
+        default=_env("MILVUS_TOKEN", ""),
+        help="Milvus credentials, user:password or an API key; prefer the environment "
+        "variable [env NACHBAR_MILVUS_TOKEN]",
+    )
+    parser.add_argument(
+        "--milvus-db",
+        default=_env("MILVUS_DB", ""),
+        help="Milvus database holding the stores; empty: Milvus's default [env NACHBAR_MILVUS_DB]",
+    )
+    parser.add_argument(
+        "--milvus-consistency",
+        default=_env("MILVUS_CONSISTENCY", "strong"),
+        choices=["strong", "bounded", "session", "eventually"],
+        help="Milvus consistency level of every read; strong: every read sees every "
+        "acknowledged write, from any nachbar-db [env NACHBAR_MILVUS_CONSISTENCY]",
+    )
+    parser.add_argument(
+        "--milvus-timeout",
+        type=float,
+        default=float(_env("MILVUS_TIMEOUT", 30.0)),
+        help="seconds each Milvus call may take before the request fails with UNAVAILABLE "
+        "[env NACHBAR_MILVUS_TIMEOUT]",
+    )
     return parser
 
 
@@ -324,6 +386,10 @@ def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
         parser.error(
             f"--graph-checkpoint-seconds must be 0 (off) or more, got {ns.graph_checkpoint_seconds}"
         )
+    if ns.engine == "milvus" and not ns.milvus_uri:
+        parser.error("--engine milvus needs --milvus-uri (or NACHBAR_MILVUS_URI)")
+    if ns.milvus_timeout <= 0:
+        parser.error(f"--milvus-timeout must be positive, got {ns.milvus_timeout}")
     return DBConfig(
         **_common_kwargs(ns),
         exposure=exposure_config(parser, ns),
@@ -337,6 +403,12 @@ def parse_db_config(argv: Sequence[str] | None = None) -> DBConfig:
         max_filter_bytes=ns.max_filter_bytes,
         graph_checkpoint_changes=ns.graph_checkpoint_changes,
         graph_checkpoint_seconds=ns.graph_checkpoint_seconds,
+        engine=ns.engine,
+        milvus_uri=ns.milvus_uri,
+        milvus_token=ns.milvus_token,
+        milvus_db=ns.milvus_db,
+        milvus_consistency=ns.milvus_consistency,
+        milvus_timeout_seconds=ns.milvus_timeout,
     )
 
 
@@ -357,7 +429,8 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
     parser.add_argument(
         "--db-host",
         default=_env("DB_HOST", DEFAULT_HOST),
-        help="nachbar-db host [env NACHBAR_DB_HOST]",
+        help="nachbar-db host; several replicas as host1,host2 (or host1:port1,host2:port2) "
+        "or a dns:///name, and calls are spread round-robin [env NACHBAR_DB_HOST]",
     )
     parser.add_argument(
         "--db-port",

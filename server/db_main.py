@@ -18,9 +18,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from nachbar.db.engine import Database
 from nachbar.db.errors import DBError
+from nachbar.db.interface import Engine
 from nachbar.server.admission import ServicePolicy
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import DBConfig, parse_db_config
@@ -57,19 +59,19 @@ POLL_SECONDS = 0.2
 
 
 class DatabaseLoader:
-    """Opens the data directory in a background thread; calling it returns the Database, or
+    """Opens the engine in a background thread; calling it returns the Engine, or
     raises NotReadyError while it is still opening (the opening error once it failed)."""
 
     def __init__(
         self,
         config: DBConfig,
         on_ready: Callable[[], None],
-        on_open: Callable[[Database], None] = lambda db: None,
+        on_open: Callable[[Engine], None] = lambda db: None,
     ) -> None:
         self._config = config
         self._on_ready = on_ready
         self._on_open = on_open
-        self._db: Database | None = None
+        self._db: Engine | None = None
         self._error: DBError | None = None
         self._done = threading.Event()
         self._closed = False
@@ -83,14 +85,7 @@ class DatabaseLoader:
     def _open(self) -> None:
         config = self._config
         try:
-            db = Database.open(
-                config.data_dir,
-                fsync=config.fsync,  # type: ignore[arg-type]
-                checkpoint_seconds=config.graph_checkpoint_seconds,
-                checkpoint_changes=config.graph_checkpoint_changes,
-                wait_for_indexes=False,
-                filter_limits=config.filter_limits,
-            )
+            db = open_engine(config)
         except DBError as error:
             self._error = error
             self._done.set()
@@ -112,7 +107,7 @@ class DatabaseLoader:
         log.info("stores in %s loaded in %.1f s: SERVING", config.data_dir, elapsed)
         self._done.set()
 
-    def __call__(self) -> Database:
+    def __call__(self) -> Engine:
         db = self._db
         if db is not None:
             return db
@@ -128,7 +123,7 @@ class DatabaseLoader:
     def done(self) -> threading.Event:
         return self._done
 
-    def result(self) -> Database:
+    def result(self) -> Engine:
         """The open Database once loading is over; the DBError if it failed."""
         self._done.wait()
         if self._error is not None:
@@ -150,19 +145,26 @@ def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
     """Listen at once (NOT_SERVING) and open the data directory in the background; health
     turns SERVING when the stores are loaded. The caller owns `stop()`."""
     ops = Operations.build(config.exposure, "db")
-    keep_private(config.data_dir, "<data-dir>")
+    if config.engine == "milvus" and "://" not in config.milvus_uri:
+        # A milvus-lite file is a server path like the data dir.
+        keep_private(Path(config.milvus_uri), "<milvus-uri>")
+    elif config.engine != "milvus":
+        keep_private(config.data_dir, "<data-dir>")
     serving: list[RunningServer] = []
 
-    def observe(db: Database) -> None:
-        if ops.metrics is not None:
+    def observe(db: Engine) -> None:
+        if ops.metrics is not None and isinstance(db, Database):
             db.observe(StorageMetrics(ops.metrics, db))
 
     loader = DatabaseLoader(config, on_ready=lambda: serving[0].set_serving(True), on_open=observe)
+    milvus = config.engine == "milvus"
     service = DBServicer(
         loader,
-        fsync=config.fsync,
+        fsync="milvus" if milvus else config.fsync,
         max_message_bytes=config.max_message_bytes,
         max_filter_bytes=config.max_filter_bytes,
+        engine=config.engine,
+        consistency=config.milvus_consistency if milvus else "strong",
     )
     running = start_server(
         config,
@@ -177,6 +179,32 @@ def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
     running.on_stop.append(loader.close)
     loader.start()
     return running, loader
+
+
+def open_engine(config: DBConfig) -> Engine:
+    """The engine the flags ask for: the data dir, or the Milvus at --milvus-uri."""
+    if config.engine == "milvus":
+        # Imported here: pymilvus is an optional extra.
+        from nachbar.db.milvus_engine import MilvusEngine, MilvusSettings
+
+        return MilvusEngine.open(
+            MilvusSettings(
+                uri=config.milvus_uri,
+                token=config.milvus_token,
+                db_name=config.milvus_db,
+                consistency=config.milvus_consistency,
+                timeout_seconds=config.milvus_timeout_seconds,
+            ),
+            config.filter_limits,
+        )
+    return Database.open(
+        config.data_dir,
+        fsync=config.fsync,  # type: ignore[arg-type]
+        checkpoint_seconds=config.graph_checkpoint_seconds,
+        checkpoint_changes=config.graph_checkpoint_changes,
+        wait_for_indexes=False,
+        filter_limits=config.filter_limits,
+    )
 
 
 def start_db_server(config: DBConfig) -> RunningServer:
@@ -219,13 +247,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_format)
     tracing = configure_from_environment("nachbar-db")
     running, loader = open_db_server(config)
+    if config.engine == "milvus":
+        storage = (
+            f"stores in Milvus at {config.milvus_uri} (consistency {config.milvus_consistency})"
+        )
+    else:
+        storage = f"data in {config.data_dir} (fsync={config.fsync})"
     log.info(
-        "nachbar-db listening on %s:%d (NOT_SERVING until its stores are loaded), data in %s "
-        "(fsync=%s); %s",
+        "nachbar-db listening on %s:%d (NOT_SERVING until its stores are loaded), %s; %s",
         config.host,
         running.port,
-        config.data_dir,
-        config.fsync,
+        storage,
         running.admission.describe(),
     )
     write_port_file(config.port_file, running.port)

@@ -9,8 +9,8 @@ from importlib.metadata import version
 import grpc
 import numpy as np
 
-from nachbar.db.engine import Database
 from nachbar.db.filters import Filter
+from nachbar.db.interface import Engine
 from nachbar.server import db_convert as conv
 from nachbar.server import db_responses as responses
 from nachbar.server.errors import RequestError, servicer
@@ -21,22 +21,26 @@ from nachbar.v1 import db_pb2, db_pb2_grpc
 class DBServicer(db_pb2_grpc.DBServiceServicer):
     def __init__(
         self,
-        database: Callable[[], Database],
+        database: Callable[[], Engine],
         *,
         fsync: str,
         max_message_bytes: int,
         max_filter_bytes: int = 0,
+        engine: str = "embedded",
+        consistency: str = "strong",
     ) -> None:
         # A callable, because the server answers while the database is still opening: until
         # then it raises NotReadyError (UNAVAILABLE).
         self._database = database
         self._fsync = fsync
+        self._engine = engine
+        self._consistency = consistency
         self._max_message_bytes = max_message_bytes
         self._max_filter_bytes = max_filter_bytes
         self._started = time.monotonic()
 
     @property
-    def _db(self) -> Database:
+    def _db(self) -> Engine:
         return self._database()
 
     def _limit(self, requested: int) -> responses.ResponseLimit:
@@ -181,6 +185,8 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             fsync_policy=self._fsync,
             max_message_bytes=self._max_message_bytes,
             uptime_seconds=time.monotonic() - self._started,
+            engine=self._engine,
+            consistency=self._consistency,
         )
 
     def Ping(

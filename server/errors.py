@@ -69,6 +69,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
+    (db_errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (vector_store.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (vector_store.StoreChangedError, grpc.StatusCode.ABORTED),

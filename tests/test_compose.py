@@ -131,9 +131,12 @@ def cli_env_names() -> set[str]:
 
 
 def test_two_services_from_one_image(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"db", "ai"}
+    default = {name for name, body in compose["services"].items() if not body.get("profiles")}
+    assert default == {"db", "ai"}
     db, ai = service(compose, "db"), service(compose, "ai")
     assert db["image"] == ai["image"], "both services must run the one image"
+    for body in (db, ai, service(compose, "db-milvus"), service(compose, "ai-milvus")):
+        assert body["image"] == db["image"]
     for body in (db, ai):
         build = body["build"]
         if isinstance(build, str):
@@ -214,14 +217,63 @@ def test_health_checks_ping_their_own_service(compose: dict[str, Any], name: str
         assert duration_seconds(check[key]) > 0
 
 
+def milvus_profile_config(compose: dict[str, Any], name: str, kind: str) -> argparse.Namespace:
+    body = service(compose, name)
+    assert body.get("profiles") == ["milvus"], f"{name} belongs to the milvus profile only"
+    parsed_name, namespace = parse_server_command(as_argv(body["command"]))
+    assert parsed_name == kind
+    return namespace
+
+
+def test_milvus_profile_runs_stateless_db_replicas_on_the_milvus_service(
+    compose: dict[str, Any],
+) -> None:
+    milvus = service(compose, "milvus")
+    assert milvus["profiles"] == ["milvus"]
+    assert as_argv(milvus["command"]) == ["milvus", "run", "standalone"]
+    assert set(milvus["depends_on"]) == {"milvus-etcd", "milvus-minio"}
+    db = milvus_profile_config(compose, "db-milvus", "db")
+    assert db.engine == "milvus" and db.milvus_uri == "http://milvus:19530"
+    assert (db.host, db.port) == ("0.0.0.0", 1369)
+    body = service(compose, "db-milvus")
+    assert body["deploy"]["replicas"] == 2
+    assert "volumes" not in body, "a Milvus-engine nachbar-db keeps no state"
+    assert body["depends_on"] == {"milvus": {"condition": "service_healthy"}}
+    consistency = environment(body)["NACHBAR_MILVUS_CONSISTENCY"]
+    assert db_parser().parse_args(["--milvus-consistency", consistency]).milvus_consistency
+
+
+def test_milvus_profile_ai_replicas_balance_over_the_db_replicas(compose: dict[str, Any]) -> None:
+    ai = milvus_profile_config(compose, "ai-milvus", "ai")
+    db = milvus_profile_config(compose, "db-milvus", "db")
+    body = service(compose, "ai-milvus")
+    assert body["deploy"]["replicas"] == 2
+    # dns:/// resolves the service name to every replica's address; gRPC spreads over them.
+    assert ai.db_host == "dns:///db-milvus" and ai.db_port == db.port
+    assert body["ports"] == [f"127.0.0.1:1380-1381:{ai.port}"]
+    assert body["depends_on"] == {"db-milvus": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize(("name", "kind"), [("db-milvus", "db"), ("ai-milvus", "ai")])
+def test_milvus_profile_health_checks_ping_their_own_replica(
+    compose: dict[str, Any], name: str, kind: str
+) -> None:
+    test = service(compose, name)["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    args = parse_cli(test[1:])
+    assert (args.command, args.service) == ("ping", kind)
+    port = milvus_profile_config(compose, name, kind).port
+    assert getattr(args, kind) == f"127.0.0.1:{port}"
+
+
 def test_every_nachbar_variable_is_a_flag_twin(compose: dict[str, Any]) -> None:
     known = server_env_names("db") | server_env_names("ai") | cli_env_names()
     mentioned = set(ENV_NAME.findall(COMPOSE_FILE.read_text()))
     assert mentioned, "compose.yaml documents no NACHBAR_* variables"
     assert mentioned <= known, f"not flag twins of any server or CLI option: {mentioned - known}"
-    for name in ("db", "ai"):
+    for name, kind in (("db", "db"), ("ai", "ai"), ("db-milvus", "db"), ("ai-milvus", "ai")):
         env = environment(service(compose, name))
-        unknown = {key for key in env if key.startswith("NACHBAR_")} - server_env_names(name)
+        unknown = {key for key in env if key.startswith("NACHBAR_")} - server_env_names(kind)
         assert not unknown, f"service {name} sets {unknown}, which nachbar-{name} does not read"
 
 

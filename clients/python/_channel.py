@@ -1,9 +1,10 @@
-"""Channel setup and call execution shared by every client: TLS, API keys, trace context."""
+"""Channel setup and call execution shared by every client: TLS, API keys, trace context.
+Addresses, balancing over replicas and retries follow `nachbar.v1.targets`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +15,7 @@ import grpc.aio
 from opentelemetry import propagate, trace
 
 from nachbar.client.errors import InvalidArgument, NachbarError, Unavailable, from_rpc_error
-from nachbar.v1 import defaults
+from nachbar.v1 import defaults, targets
 
 T = TypeVar("T")
 
@@ -96,18 +97,20 @@ class Connection:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
-    def channel(self, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    def channel(self, service: str) -> grpc.Channel:
+        """A channel to `service` at this address (several replicas: balanced, with retries)."""
+        target, options = channel_options(self.address, service)
         credentials = self.credentials()
-        opts = options if options is not None else CHANNEL_OPTIONS
         if credentials is None:
-            return grpc.insecure_channel(self.address, options=opts)
-        return grpc.secure_channel(self.address, credentials, options=opts)
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
 
-    def aio_channel(self) -> grpc.aio.Channel:
+    def aio_channel(self, service: str) -> grpc.aio.Channel:
+        target, options = channel_options(self.address, service)
         credentials = self.credentials()
         if credentials is None:
-            return grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        return grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     def explain(self, error: NachbarError) -> NachbarError:
         """gRPC's words for a failed TLS handshake, turned into what to do about it."""
@@ -183,15 +186,23 @@ def _service_name(stub_cls: Callable[..., Any]) -> str:
     return str(module.DESCRIPTOR.services_by_name[name].full_name)
 
 
+def channel_options(address: str | Sequence[str], service: str) -> tuple[str, list[Any]]:
+    try:
+        target, options = targets.channel_options(address, service)
+    except targets.AddressError as error:
+        raise InvalidArgument(str(error)) from None
+    return target, [*CHANNEL_OPTIONS, *options]
+
+
 class SyncCaller:
     def __init__(
         self, connection: Connection, stub_cls: Callable[[grpc.Channel], Any], timeout: float
     ) -> None:
         self.connection = connection
         self.address = connection.address
-        self.channel = connection.channel()
-        self.stub = stub_cls(self.channel)
         self.service = _service_name(stub_cls)
+        self.channel = connection.channel(self.service)
+        self.stub = stub_cls(self.channel)
         self.timeout = timeout
         self._metadata = connection.metadata()
 
@@ -221,9 +232,9 @@ class AsyncCaller:
     ) -> None:
         self.connection = connection
         self.address = connection.address
-        self.channel = connection.aio_channel()
-        self.stub = stub_cls(self.channel)
         self.service = _service_name(stub_cls)
+        self.channel = connection.aio_channel(self.service)
+        self.stub = stub_cls(self.channel)
         self.timeout = timeout
         self._metadata = connection.metadata()
 

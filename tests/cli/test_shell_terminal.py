@@ -98,7 +98,8 @@ def test_shell_in_a_terminal(db_address: str, store_name: str, tmp_path: Path) -
 
         # Tab completes the store name from the server; Enter runs the completed line.
         child.send(f"get_store {store_name[:7]}\t")
-        child.expect_exact(store_name)
+        # The completed rest; drawn after the typed part when the server answers after a redraw.
+        child.expect_exact(store_name[7:])
         child.send("\r")
         child.expect_exact(f"store {store_name}")
         child.expect_exact("dimension")

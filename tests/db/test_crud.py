@@ -10,6 +10,7 @@ import pytest
 from nachbar.db.engine import Database
 from nachbar.db.errors import InvalidArgumentError, StoreNotFoundError
 from nachbar.db.filters import AnyOf, Condition, Op
+from nachbar.db.interface import Engine
 from nachbar.db.types import (
     ALL_METADATA,
     Entry,
@@ -28,7 +29,7 @@ def vec(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def test_create_get_list_drop(db: Database) -> None:
+def test_create_get_list_drop(db: Engine) -> None:
     spec = StoreSpec(
         "photos",
         DIM,
@@ -61,7 +62,7 @@ def test_create_get_list_drop(db: Database) -> None:
     assert db.get_store("photos").count == 0
 
 
-def test_upsert_counts_and_replaces(db: Database) -> None:
+def test_upsert_counts_and_replaces(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     first = db.upsert(
         "s",
@@ -84,7 +85,7 @@ def test_upsert_counts_and_replaces(db: Database) -> None:
     assert top.matches[0].id == "a"
 
 
-def test_metadata_round_trips_with_types(db: Database) -> None:
+def test_metadata_round_trips_with_types(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     meta = {
         "s": "text ü ✓",
@@ -105,7 +106,7 @@ def test_metadata_round_trips_with_types(db: Database) -> None:
     assert db.get_keys("s", ["a"])[0][0].metadata["l"] == ["x", "y"]
 
 
-def test_get_keys_order_duplicates_and_missing(db: Database) -> None:
+def test_get_keys_order_duplicates_and_missing(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     db.upsert("s", [Entry(i, vec(1, n, 0)) for n, i in enumerate("abcd")])
     found, missing = db.get_keys("s", ["c", "x", "a", "c", "y"])
@@ -118,7 +119,7 @@ def test_get_keys_order_duplicates_and_missing(db: Database) -> None:
     assert db.get_keys("s", []) == ([], [])
 
 
-def test_delete_keys_and_by_predicate(db: Database) -> None:
+def test_delete_keys_and_by_predicate(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM, predicate_indexes=("n",)))
     db.upsert("s", [Entry(f"e{n}", vec(1, n, 0), {"n": n}) for n in range(10)])
     assert db.delete_keys("s", ["e1", "e2", "e2", "nope"]) == 2
@@ -137,7 +138,7 @@ def test_delete_keys_and_by_predicate(db: Database) -> None:
     assert db.get_sim_n("s", vec(1, 1, 0), 1, mode="hnsw").matches[0].id == "e1"  # type: ignore[arg-type]
 
 
-def test_paging_in_id_order(db: Database) -> None:
+def test_paging_in_id_order(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     ids = [f"id{n:03d}" for n in range(250)]
     rng = np.random.default_rng(0)
@@ -166,7 +167,7 @@ def test_paging_in_id_order(db: Database) -> None:
     assert len(exact.entries) == len(expected) and exact.next_page_token == ""
 
 
-def test_paging_survives_writes_between_pages(db: Database) -> None:
+def test_paging_survives_writes_between_pages(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     db.upsert("s", [Entry(f"k{n}", vec(1, n, 0)) for n in range(6)])
     page = db.get_by_predicate("s", None, limit=3)
@@ -177,7 +178,7 @@ def test_paging_survives_writes_between_pages(db: Database) -> None:
     assert [e.id for e in rest.entries] == ["k25", "k4", "k5"]
 
 
-def test_get_by_predicate_includes_vectors(db: Database) -> None:
+def test_get_by_predicate_includes_vectors(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     db.upsert("s", [Entry("a", vec(1, 2, 3), {"x": 1})])
     entry = db.get_by_predicate("s", Condition("x", Op.EXISTS), include_vectors=True).entries[0]
@@ -185,7 +186,7 @@ def test_get_by_predicate_includes_vectors(db: Database) -> None:
     assert db.get_by_predicate("s", Condition("x", Op.EXISTS)).entries[0].vector is None
 
 
-def test_predicate_indexes_create_and_drop(db: Database) -> None:
+def test_predicate_indexes_create_and_drop(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM, predicate_indexes=("a",)))
     db.upsert("s", [Entry(f"e{n}", vec(1, n, 0), {"a": n, "b": n % 2}) for n in range(20)])
     flt = AnyOf((Condition("a", Op.LT, 3), Condition("b", Op.EQ, 1)))
@@ -199,7 +200,8 @@ def test_predicate_indexes_create_and_drop(db: Database) -> None:
     assert [e.id for e in db.get_by_predicate("s", flt).entries] == before
 
 
-def test_bytes_used_follows_the_data(db: Database) -> None:
+def test_bytes_used_follows_the_data(database: Database) -> None:
+    db = database
     db.create_store(StoreSpec("s", 64))
     rng = np.random.default_rng(1)
     db.upsert("s", [Entry(f"e{n}", rng.standard_normal(64), {"t": "x" * 100}) for n in range(50)])
@@ -212,7 +214,7 @@ def test_bytes_used_follows_the_data(db: Database) -> None:
     assert db.get_store("s").bytes_used < with_graph
 
 
-def test_search_scores_follow_the_metric(db: Database) -> None:
+def test_search_scores_follow_the_metric(db: Engine) -> None:
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((40, 8)).astype(np.float32)
     query = rng.standard_normal(8).astype(np.float32)
@@ -234,7 +236,7 @@ def test_search_scores_follow_the_metric(db: Database) -> None:
             np.testing.assert_allclose([m.score for m in result.matches], truth[best], rtol=1e-5)
 
 
-def test_search_returns_metadata_and_optional_vectors(db: Database) -> None:
+def test_search_returns_metadata_and_optional_vectors(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     db.upsert("s", [Entry("a", vec(1, 0, 0), {"t": "x"}), Entry("b", vec(0, 1, 0), {"t": "y"})])
     result = db.get_sim_n("s", vec(1, 0.1, 0), 5, include_vectors=True)
@@ -244,7 +246,7 @@ def test_search_returns_metadata_and_optional_vectors(db: Database) -> None:
     assert db.get_sim_n("s", vec(1, 0, 0), 1).matches[0].vector is None
 
 
-def test_empty_store_and_empty_filter_result(db: Database) -> None:
+def test_empty_store_and_empty_filter_result(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM))
     assert db.get_sim_n("s", vec(1, 0, 0), 3).matches == []
     db.upsert("s", [Entry("a", vec(1, 0, 0), {"n": 1})])
@@ -252,7 +254,7 @@ def test_empty_store_and_empty_filter_result(db: Database) -> None:
     assert db.get_by_predicate("s", Condition("n", Op.EQ, 2)).entries == []
 
 
-def test_exact_store(db: Database) -> None:
+def test_exact_store(db: Engine) -> None:
     db.create_store(StoreSpec("s", DIM, index=ExactConfig()))
     db.upsert("s", [Entry(f"e{n}", vec(1, n, 0)) for n in range(10)])
     result = db.get_sim_n("s", vec(1, 4, 0), 3)
@@ -260,7 +262,8 @@ def test_exact_store(db: Database) -> None:
     assert [m.id for m in result.matches] == ["e4", "e5", "e3"]
 
 
-def test_slots_of_deleted_entries_are_reused(db: Database) -> None:
+def test_slots_of_deleted_entries_are_reused(database: Database) -> None:
+    db = database
     rng = np.random.default_rng(3)
     db.create_store(StoreSpec("s", 8))
     first = rng.standard_normal((100, 8)).astype(np.float32)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nachbar.db.engine import Database
+from nachbar.db.interface import Engine
 from nachbar.db.types import Entry, ExactConfig, HnswConfig, Metric, SearchMode, StoreSpec
 
 
 @pytest.mark.parametrize("mode", [SearchMode.EXACT, SearchMode.HNSW])
-def test_equal_scores_rank_by_id(db: Database, mode: SearchMode) -> None:
+def test_equal_scores_rank_by_id(db: Engine, mode: SearchMode) -> None:
     db.create_store(StoreSpec(name="s", dimension=3, index=HnswConfig()))
     # Inserted out of id order, so slot order cannot pass for id order.
     ids = ["d", "b", "e", "a", "c"]
@@ -24,7 +24,7 @@ def test_equal_scores_rank_by_id(db: Database, mode: SearchMode) -> None:
 
 
 @pytest.mark.parametrize("metric", list(Metric))
-def test_order_and_scores_match_a_float64_reference(db: Database, metric: Metric) -> None:
+def test_order_and_scores_match_a_float64_reference(db: Engine, metric: Metric) -> None:
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(300, 16)).astype(np.float32)
     vectors[150:160] = vectors[10]  # some exact ties among the candidates

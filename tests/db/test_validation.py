@@ -14,6 +14,7 @@ from nachbar.db.errors import (
     StoreNotFoundError,
 )
 from nachbar.db.filters import Condition, Op
+from nachbar.db.interface import Engine
 from nachbar.db.types import Entry, ExactConfig, HnswConfig, Metric, StoreSpec
 
 DIM = 4
@@ -24,25 +25,25 @@ def vec(*values: float) -> np.ndarray:
 
 
 @pytest.fixture
-def store(db: Database) -> str:
+def store(db: Engine) -> str:
     db.create_store(StoreSpec("s", DIM))
     db.upsert("s", [Entry("a", vec(1, 0, 0, 0), {"n": 1})])
     return "s"
 
 
 @pytest.mark.parametrize("name", ["", "has space", "a/b", "ü", "x" * 129, 7])
-def test_store_names(db: Database, name: object) -> None:
+def test_store_names(db: Engine, name: object) -> None:
     with pytest.raises(InvalidArgumentError, match="store name .* is invalid"):
         db.create_store(StoreSpec(name, DIM))  # type: ignore[arg-type]
 
 
-def test_valid_store_name_characters(db: Database) -> None:
+def test_valid_store_name_characters(db: Engine) -> None:
     info, created = db.create_store(StoreSpec("Ab_0.9-z" + "x" * 120, DIM))
     assert created and info.name == "Ab_0.9-z" + "x" * 120
 
 
 @pytest.mark.parametrize("dimension", [0, -1, 65537, True, 2.0])
-def test_dimension_range(db: Database, dimension: object) -> None:
+def test_dimension_range(db: Engine, dimension: object) -> None:
     with pytest.raises(InvalidArgumentError, match="dimension .* out of range; use 1 to 65536"):
         db.create_store(StoreSpec("s", dimension))  # type: ignore[arg-type]
 
@@ -57,12 +58,12 @@ def test_dimension_range(db: Database, dimension: object) -> None:
         (HnswConfig(ef_search=10_001), "ef_search"),
     ],
 )
-def test_hnsw_parameters(db: Database, index: HnswConfig, field: str) -> None:
+def test_hnsw_parameters(db: Engine, index: HnswConfig, field: str) -> None:
     with pytest.raises(InvalidArgumentError, match=f"HNSW {field} .* out of range"):
         db.create_store(StoreSpec("s", DIM, index=index))
 
 
-def test_unknown_metric_and_bad_store_metadata(db: Database) -> None:
+def test_unknown_metric_and_bad_store_metadata(db: Engine) -> None:
     with pytest.raises(InvalidArgumentError, match="unknown metric 'hamming'"):
         db.create_store(StoreSpec("s", DIM, metric="hamming"))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="store_metadata"):
@@ -71,14 +72,14 @@ def test_unknown_metric_and_bad_store_metadata(db: Database) -> None:
         db.create_store(StoreSpec("s", DIM, predicate_indexes=("",)))
 
 
-def test_create_existing_store(db: Database, store: str) -> None:
+def test_create_existing_store(db: Engine, store: str) -> None:
     with pytest.raises(StoreExistsError, match="'s' already exists"):
         db.create_store(StoreSpec(store, DIM))
     with pytest.raises(StoreExistsError, match="dimension 4 and metric cosine, not 8 and l2"):
         db.create_store(StoreSpec(store, 8, metric=Metric.L2), if_not_exists=True)
 
 
-def test_missing_store(db: Database) -> None:
+def test_missing_store(db: Engine) -> None:
     with pytest.raises(StoreNotFoundError, match="store 'nope' does not exist"):
         db.get_store("nope")
     with pytest.raises(StoreNotFoundError):
@@ -90,7 +91,7 @@ def test_missing_store(db: Database) -> None:
     assert db.drop_store("nope", missing_ok=True) is False
 
 
-def test_wrong_vector_dimension_names_store_and_dims(db: Database, store: str) -> None:
+def test_wrong_vector_dimension_names_store_and_dims(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         db.upsert(store, [Entry("b", vec(1, 2, 3))])
     assert "store 's' has dimension 4, but entry 'b' has 3 values" in caught.value.message
@@ -105,14 +106,14 @@ def test_wrong_vector_dimension_names_store_and_dims(db: Database, store: str) -
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e39])
-def test_non_finite_vectors_and_queries(db: Database, store: str, bad: float) -> None:
+def test_non_finite_vectors_and_queries(db: Engine, store: str, bad: float) -> None:
     with pytest.raises(InvalidArgumentError, match="NaN or infinity"):
         db.upsert(store, [Entry("b", np.array([1, bad, 0, 0]))])
     with pytest.raises(InvalidArgumentError, match="NaN or infinity"):
         db.get_sim_n(store, np.array([1, bad, 0, 0]), 1)
 
 
-def test_zero_vector_with_cosine(db: Database, store: str) -> None:
+def test_zero_vector_with_cosine(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError, match="all zeros.*cosine"):
         db.upsert(store, [Entry("z", vec(0, 0, 0, 0))])
     with pytest.raises(InvalidArgumentError, match="all zeros.*cosine"):
@@ -123,7 +124,7 @@ def test_zero_vector_with_cosine(db: Database, store: str) -> None:
     assert db.get_sim_n("l2", vec(0, 0, 0, 0), 1).matches[0].score == 0.0
 
 
-def test_ids(db: Database, store: str) -> None:
+def test_ids(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError, match="non-empty strings"):
         db.upsert(store, [Entry("", vec(1, 0, 0, 0))])
     with pytest.raises(InvalidArgumentError, match="'b' appears twice"):
@@ -138,7 +139,7 @@ def test_ids(db: Database, store: str) -> None:
         db.get_keys(store, "a")
 
 
-def test_empty_batch(db: Database, store: str) -> None:
+def test_empty_batch(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError, match="upsert batch is empty"):
         db.upsert(store, [])
 
@@ -159,7 +160,7 @@ def test_empty_batch(db: Database, store: str) -> None:
     ],
 )
 def test_metadata_types(
-    db: Database, store: str, metadata: dict[object, object], message: str
+    db: Engine, store: str, metadata: dict[object, object], message: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         db.upsert(store, [Entry("b", vec(1, 0, 0, 0), metadata)])  # type: ignore[arg-type]
@@ -167,13 +168,13 @@ def test_metadata_types(
     assert "'b'" in caught.value.message
 
 
-def test_metadata_limits_that_are_accepted(db: Database, store: str) -> None:
+def test_metadata_limits_that_are_accepted(db: Engine, store: str) -> None:
     meta = {"lo": -(2**63), "hi": 2**63 - 1, "empty": [], "blob": b"", "s": ""}
     db.upsert(store, [Entry("b", vec(1, 0, 0, 0), meta)])  # type: ignore[arg-type]
     assert db.get_keys(store, ["b"])[0][0].metadata == meta
 
 
-def test_failed_batch_stores_nothing(db: Database, store: str) -> None:
+def test_failed_batch_stores_nothing(db: Engine, store: str) -> None:
     good = [Entry(f"g{i}", vec(1, i, 0, 0), {"i": i}) for i in range(5)]
     bad = Entry("bad", vec(1, float("nan"), 0, 0))
     replaced = Entry("a", vec(0, 1, 0, 0), {"n": 999})
@@ -187,12 +188,12 @@ def test_failed_batch_stores_nothing(db: Database, store: str) -> None:
 
 
 @pytest.mark.parametrize("k", [0, -1, 10_001, True])
-def test_k(db: Database, store: str, k: int) -> None:
+def test_k(db: Engine, store: str, k: int) -> None:
     with pytest.raises(InvalidArgumentError, match="k"):
         db.get_sim_n(store, vec(1, 0, 0, 0), k)
 
 
-def test_ef_and_mode(db: Database, store: str) -> None:
+def test_ef_and_mode(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError, match="ef 10001 is more than 10000"):
         db.get_sim_n(store, vec(1, 0, 0, 0), 1, ef=10_001)
     with pytest.raises(InvalidArgumentError, match="ef is -1"):
@@ -202,18 +203,18 @@ def test_ef_and_mode(db: Database, store: str) -> None:
 
 
 @pytest.mark.parametrize("limit", [0, -5, 10_001])
-def test_page_limit(db: Database, store: str, limit: int) -> None:
+def test_page_limit(db: Engine, store: str, limit: int) -> None:
     with pytest.raises(InvalidArgumentError, match="page limit .* use 1 to 10000"):
         db.get_by_predicate(store, None, limit=limit)
 
 
 @pytest.mark.parametrize("token", ["garbage", "1***", "1", "2YQ"])
-def test_page_token(db: Database, store: str, token: str) -> None:
+def test_page_token(db: Engine, store: str, token: str) -> None:
     with pytest.raises(InvalidArgumentError, match="was not returned by GetByPredicate"):
         db.get_by_predicate(store, None, page_token=token)
 
 
-def test_malformed_filters_are_refused_everywhere(db: Database, store: str) -> None:
+def test_malformed_filters_are_refused_everywhere(db: Engine, store: str) -> None:
     bad = Condition("n", Op.IN)
     with pytest.raises(InvalidArgumentError, match="at least one value"):
         db.get_by_predicate(store, bad)
@@ -226,7 +227,7 @@ def test_malformed_filters_are_refused_everywhere(db: Database, store: str) -> N
     assert db.get_store(store).count == 1
 
 
-def test_predicate_index_arguments(db: Database, store: str) -> None:
+def test_predicate_index_arguments(db: Engine, store: str) -> None:
     with pytest.raises(InvalidArgumentError, match="at least one field"):
         db.create_pred_index(store, [])
     with pytest.raises(InvalidArgumentError, match="non-empty strings"):
@@ -236,7 +237,7 @@ def test_predicate_index_arguments(db: Database, store: str) -> None:
     assert db.drop_pred_index(store, ["n"], missing_ok=True) == 0
 
 
-def test_exact_index_store_accepts_every_mode(db: Database) -> None:
+def test_exact_index_store_accepts_every_mode(db: Engine) -> None:
     db.create_store(StoreSpec("e", DIM, index=ExactConfig()))
     db.upsert("e", [Entry("a", vec(1, 0, 0, 0))])
     assert db.get_sim_n("e", vec(1, 0, 0, 0), 1, mode="hnsw").plan == "exact"  # type: ignore[arg-type]

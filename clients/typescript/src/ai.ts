@@ -198,8 +198,9 @@ export class AIClient {
   private readonly caller: Caller;
   private readonly service: AIServiceDefinition;
 
-  constructor(address: string = DEFAULT_AI_ADDRESS, options: ClientOptions = {}) {
-    this.caller = new Caller(address, options);
+  /** `address`: one server, several replicas ("ip1:port,ip2:port" or an array) or a dns:/// target. */
+  constructor(address: string | readonly string[] = DEFAULT_AI_ADDRESS, options: ClientOptions = {}) {
+    this.caller = new Caller(address, options, 'nachbar.ai.v1.AIService');
     this.service = aiService();
   }
 

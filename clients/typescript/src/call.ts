@@ -66,6 +66,77 @@ export function channelCredentials(options: ClientOptions): grpc.ChannelCredenti
   );
 }
 
+/** Calls whose repetition leaves the same state (Upsert replaces by id): retried on UNAVAILABLE. */
+export const IDEMPOTENT_METHODS: Record<string, readonly string[]> = {
+  'nachbar.db.v1.DBService': ['ListStores', 'GetStore', 'Upsert', 'GetKey', 'GetByPredicate', 'GetSimN', 'Info', 'Ping'],
+  'nachbar.ai.v1.AIService': [
+    'ListStores',
+    'GetStore',
+    'Upsert',
+    'GetSimN',
+    'GetKey',
+    'GetByPredicate',
+    'Embed',
+    'Rerank',
+    'ListModels',
+    'Info',
+    'Ping',
+  ],
+};
+
+/** gRPC's service config: retries with backoff for idempotent calls, round-robin when balancing. */
+export function serviceConfig(service: string, balance: boolean): string {
+  const config: Record<string, unknown> = {
+    methodConfig: [
+      {
+        name: (IDEMPOTENT_METHODS[service] ?? []).map((method) => ({ service, method })),
+        retryPolicy: {
+          maxAttempts: 5,
+          initialBackoff: '0.05s',
+          maxBackoff: '1s',
+          backoffMultiplier: 2,
+          retryableStatusCodes: ['UNAVAILABLE'],
+        },
+      },
+    ],
+  };
+  if (balance) config['loadBalancingConfig'] = [{ round_robin: {} }];
+  return JSON.stringify(config);
+}
+
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+/**
+ * The gRPC target for an address: one server ("host:port"), several replicas ("ip1:port,ip2:port"
+ * or an array; grpc-js balances over IP literals only, so name them through a `dns:///name:port`
+ * target instead), or any target with a scheme ("dns:///nachbar-ai:1370", "ipv4:...").
+ */
+export function channelTarget(address: string | readonly string[]): { target: string; balance: boolean } {
+  if (typeof address === 'string' && (address.includes('://') || /^(dns|ipv4|ipv6|unix):/.test(address))) {
+    return { target: address, balance: true };
+  }
+  const parts = (typeof address === 'string' ? address.split(',') : [...address]).map((part) => part.trim()).filter(Boolean);
+  if (parts.length === 0) throw new InvalidArgumentError(`no server address in ${JSON.stringify(address)}; give host:port`);
+  if (parts.length === 1) return { target: parts[0] as string, balance: false };
+  const hosts = parts.map((part) => {
+    const colon = part.lastIndexOf(':');
+    const host = part.slice(0, colon).replace(/^\[|\]$/g, '');
+    const port = part.slice(colon + 1);
+    if (colon < 0 || !/^\d+$/.test(port)) throw new InvalidArgumentError(`address ${part} has no port; give host:port`);
+    if (host === 'localhost') return { family: 'ipv4', text: `127.0.0.1:${port}` };
+    if (IPV4.test(host)) return { family: 'ipv4', text: `${host}:${port}` };
+    if (host.includes(':')) return { family: 'ipv6', text: `[${host}]:${port}` };
+    throw new InvalidArgumentError(
+      `replica address ${part} is a name; list IP addresses or use one dns:///${host}:${port} target, which resolves every address of the name`,
+    );
+  });
+  const family = hosts[0]?.family ?? 'ipv4';
+  if (hosts.some((h) => h.family !== family)) {
+    throw new InvalidArgumentError(`addresses ${parts.join(',')} mix IPv4 and IPv6; list one family or use a dns:/// name`);
+  }
+  return { target: `${family}:${hosts.map((h) => h.text).join(',')}`, balance: true };
+}
+
 function checkTimeout(timeoutMs: number): number {
   if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new InvalidArgumentError(`timeoutMs must be a positive number of milliseconds, got ${String(timeoutMs)}`);
@@ -79,21 +150,23 @@ export class Caller {
   /** The largest reply this channel accepts; 0: no limit of its own. */
   readonly maxReceiveBytes: number;
   private readonly apiKey: string;
+  readonly address: string;
 
-  constructor(
-    readonly address: string,
-    options: ClientOptions,
-  ) {
+  constructor(address: string | readonly string[], options: ClientOptions, service: string) {
+    this.address = typeof address === 'string' ? address : address.join(',');
     this.timeoutMs = checkTimeout(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     this.apiKey = (options.apiKey ?? process.env['NACHBAR_API_KEY'] ?? '').trim();
+    const { target, balance } = channelTarget(address);
     const channelOptions: grpc.ChannelOptions = {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      'grpc.enable_retries': 1,
+      'grpc.service_config': serviceConfig(service, balance),
       ...options.channelOptions,
     };
     const receive = Number(channelOptions['grpc.max_receive_message_length']);
     this.maxReceiveBytes = Number.isInteger(receive) && receive > 0 ? receive : 0;
-    this.client = new grpc.Client(address, channelCredentials(options), channelOptions);
+    this.client = new grpc.Client(target, channelCredentials(options), channelOptions);
   }
 
   unary<Req, Res>(method: UnaryMethod<Req, Res>, request: NoInfer<Req>, options: CallOptions = {}): Promise<Res> {

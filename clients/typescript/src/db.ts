@@ -131,8 +131,9 @@ export class DBClient {
   private readonly caller: Caller;
   private readonly service: DBServiceDefinition;
 
-  constructor(address: string = DEFAULT_DB_ADDRESS, options: ClientOptions = {}) {
-    this.caller = new Caller(address, options);
+  /** `address`: one server, several replicas ("ip1:port,ip2:port" or an array) or a dns:/// target. */
+  constructor(address: string | readonly string[] = DEFAULT_DB_ADDRESS, options: ClientOptions = {}) {
+    this.caller = new Caller(address, options, 'nachbar.db.v1.DBService');
     this.service = dbService();
   }
 

@@ -9,7 +9,7 @@ export type {
   RerankCallOptions,
   TruncationOptions,
 } from './ai';
-export { DEFAULT_TIMEOUT_MS, MAX_MESSAGE_BYTES } from './call';
+export { DEFAULT_TIMEOUT_MS, MAX_MESSAGE_BYTES, channelTarget } from './call';
 export type { ClientOptions } from './call';
 export { DBClient, DEFAULT_DB_ADDRESS, UPSERT_BATCH } from './db';
 export type {

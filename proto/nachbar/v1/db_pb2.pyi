@@ -935,11 +935,20 @@ class InfoResponse(_message.Message):
     FSYNC_POLICY_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     store_count: _builtins.int
     fsync_policy: _builtins.str
+    """full, normal or off for the embedded engine; "milvus" when Milvus owns durability."""
     max_message_bytes: _builtins.int
     uptime_seconds: _builtins.float
+    engine: _builtins.str
+    """"embedded" (HNSW + SQLite in this process) or "milvus" (stores are Milvus collections)."""
+    consistency: _builtins.str
+    """What a read sees: "strong" (every acknowledged write, from any nachbar-db), or the Milvus
+    consistency level nachbar-db was started with (bounded, session, eventually).
+    """
     def __init__(
         self,
         *,
@@ -948,10 +957,12 @@ class InfoResponse(_message.Message):
         fsync_policy: _builtins.str = ...,
         max_message_bytes: _builtins.int = ...,
         uptime_seconds: _builtins.float = ...,
+        engine: _builtins.str = ...,
+        consistency: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fsync_policy", b"fsync_policy", "max_message_bytes", b"max_message_bytes", "store_count", b"store_count", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "engine", b"engine", "fsync_policy", b"fsync_policy", "max_message_bytes", b"max_message_bytes", "store_count", b"store_count", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -91,8 +91,8 @@ class DatabaseLoader:
             self._done.set()
             return
         except BaseException as error:
-            log.exception("opening %s failed", config.data_dir)
-            self._error = DBError(f"opening {config.data_dir} failed: {error}")
+            log.exception("opening %s failed", storage_location(config))
+            self._error = DBError(f"opening {storage_location(config)} failed: {error}")
             self._done.set()
             return
         with self._lock:
@@ -104,7 +104,7 @@ class DatabaseLoader:
             self._db = db
             self._on_ready()
         elapsed = time.monotonic() - self._began
-        log.info("stores in %s loaded in %.1f s: SERVING", config.data_dir, elapsed)
+        log.info("stores in %s loaded in %.1f s: SERVING", storage_location(config), elapsed)
         self._done.set()
 
     def __call__(self) -> Engine:
@@ -114,7 +114,7 @@ class DatabaseLoader:
         if self._error is not None:
             raise self._error
         raise NotReadyError(
-            f"nachbar-db is loading its stores from {self._config.data_dir} "
+            f"nachbar-db is loading its stores from {storage_location(self._config)} "
             f"({time.monotonic() - self._began:.0f} s so far); retry in a few seconds, or wait "
             "until its health check reports SERVING"
         )
@@ -179,6 +179,11 @@ def open_db_server(config: DBConfig) -> tuple[RunningServer, DatabaseLoader]:
     running.on_stop.append(loader.close)
     loader.start()
     return running, loader
+
+
+def storage_location(config: DBConfig) -> str:
+    """Where the engine keeps the stores: the data dir, or the Milvus URI."""
+    return config.milvus_uri if config.engine == "milvus" else str(config.data_dir)
 
 
 def open_engine(config: DBConfig) -> Engine:

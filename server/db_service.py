@@ -147,9 +147,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
                 metadata=conv.metadata_selection(request),
                 expected_store_id=request.expected_store_id,
             )
-            return responses.search(
-                request.store, result, self._limit(request.max_response_bytes)
-            )
+            return responses.search(request.store, result, self._limit(request.max_response_bytes))
         result = self._db.get_sim_n(
             request.store,
             np.asarray(request.query, dtype=np.float32),

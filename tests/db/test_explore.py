@@ -38,7 +38,8 @@ def sim(metric: Metric, rows: np.ndarray, target: np.ndarray) -> np.ndarray:
         return np.array(
             [float(r @ target) / (np.linalg.norm(r) * np.linalg.norm(target)) for r in rows]
         )
-    return rows @ target
+    dots: np.ndarray = rows @ target
+    return dots
 
 
 def ranked(scores: np.ndarray, allowed: np.ndarray, ids: list[str]) -> list[int]:
@@ -184,11 +185,13 @@ def reference_average(metric: Metric, positives: np.ndarray, negatives: np.ndarr
         rows = rows.astype(np.float64)
         if metric != Metric.COSINE:
             return rows
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        scaled: np.ndarray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return scaled
 
-    average = unit(positives).mean(axis=0)
+    average: np.ndarray = unit(positives).mean(axis=0)
     if len(negatives):
-        return average + (average - unit(negatives).mean(axis=0))
+        combined: np.ndarray = average + (average - unit(negatives).mean(axis=0))
+        return combined
     return average
 
 

@@ -67,6 +67,10 @@ RECOMMEND_STRATEGY_FROM_PROTO = {
 def mmr_options(request: db_pb2.GetSimNRequest) -> types.MmrOptions | None:
     """The request's MMR choice; None for a plain search."""
     if not request.HasField("mmr_lambda"):
+        if request.mmr_candidates:
+            raise RequestError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
         return None
     return types.MmrOptions(lambda_=request.mmr_lambda, candidates=request.mmr_candidates)
 
@@ -74,6 +78,13 @@ def mmr_options(request: db_pb2.GetSimNRequest) -> types.MmrOptions | None:
 def recommend_options(request: db_pb2.GetSimNRequest) -> types.RecommendOptions | None:
     """The request's examples; None without positive or negative ids."""
     if not request.positive_ids and not request.negative_ids:
+        if request.recommend_candidates or (
+            request.recommend_strategy == db_pb2.RECOMMEND_STRATEGY_BEST_SCORE
+        ):
+            raise RequestError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
         return None
     try:
         strategy = RECOMMEND_STRATEGY_FROM_PROTO[request.recommend_strategy]

@@ -135,6 +135,11 @@ class Explore:
             raise ValueError(
                 f"unknown recommend strategy {self.strategy!r}; use average_vector or best_score"
             )
+        if self.mmr_candidates and self.mmr is None:
+            raise ValueError("mmr_candidates needs mmr=<lambda in [0, 1]>")
+        examples = bool(self.positive or self.negative)
+        if not examples and (self.strategy != "average_vector" or self.recommend_candidates):
+            raise ValueError("strategy and recommend_candidates need positive or negative ids")
         if self.mmr is not None:
             request.mmr_lambda = self.mmr
             request.mmr_candidates = self.mmr_candidates

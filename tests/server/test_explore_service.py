@@ -22,7 +22,7 @@ from nachbar.client import (
 )
 from nachbar.server.config import parse_db_config
 from nachbar.server.db_main import start_db_server
-from nachbar.v1 import db_pb2, db_pb2_grpc
+from nachbar.v1 import ai_pb2, ai_pb2_grpc, db_pb2, db_pb2_grpc
 from tests.server.test_ai_service import (
     CROSS_ENCODER,
     IMAGE_MODEL,
@@ -101,6 +101,22 @@ def test_db_service_mmr_and_recommend(db_address: str) -> None:
                 stub.GetSimN(bad, timeout=10)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "unknown recommend strategy 7" in (error.value.details() or "")
+            for stray, message in (
+                (
+                    db_pb2.GetSimNRequest(store="s", k=3, query=list(query), mmr_candidates=9),
+                    "mmr_candidates is set without mmr_lambda",
+                ),
+                (
+                    db_pb2.GetSimNRequest(
+                        store="s", k=3, query=list(query), recommend_candidates=9
+                    ),
+                    "need example ids",
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as error:
+                    stub.GetSimN(stray, timeout=10)
+                assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert message in (error.value.details() or "")
             # A plain request without a query still says what the query must be.
             with pytest.raises(grpc.RpcError) as error:
                 stub.GetSimN(db_pb2.GetSimNRequest(store="s", k=3), timeout=10)
@@ -211,6 +227,15 @@ def test_ai_combinations_and_bad_requests(ai_stack: tuple[str, str], texts: str)
             ai.get_sim_n(texts, None, 3)
         with pytest.raises(NotFound, match="'missing'"):
             ai.get_sim_n(texts, None, 3, positive=["missing"])
+        with pytest.raises(ValueError, match="need positive or negative ids"):
+            ai.get_sim_n(texts, "guitar", 3, strategy="best_score")
+        with grpc.insecure_channel(ai_stack[1]) as channel:
+            stray = ai_pb2.GetSimNRequest(store=texts, k=3, recommend_candidates=5)
+            stray.query.text = "guitar"
+            with pytest.raises(grpc.RpcError) as error:
+                ai_pb2_grpc.AIServiceStub(channel).GetSimN(stray, timeout=30)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "need example ids" in (error.value.details() or "")
         with pytest.raises(InvalidArgument, match="mmr lambda -1.0 is out of range"):
             ai.get_sim_n(texts, "guitar", 3, mmr=-1.0)
         # Examples with a query and rerank: the reranker orders the recommended candidates.

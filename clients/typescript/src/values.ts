@@ -275,6 +275,12 @@ export function exploreToProto(options: ExploreOptions): {
   const positive = options.positive ?? [];
   const negative = options.negative ?? [];
   const examples = positive.length > 0 || negative.length > 0;
+  if (options.mmr === undefined && (options.mmrCandidates ?? 0) !== 0) {
+    throw new InvalidArgumentError('mmrCandidates needs mmr (a lambda in [0, 1])');
+  }
+  if (!examples && ((options.strategy ?? 'average_vector') !== 'average_vector' || (options.recommendCandidates ?? 0) !== 0)) {
+    throw new InvalidArgumentError('strategy and recommendCandidates need positive or negative ids');
+  }
   // As the Python client: the pool sizes and the strategy go only with what they belong to.
   const fields = {
     mmr_candidates: options.mmr === undefined ? 0 : uint32(options.mmrCandidates ?? 0, 'mmrCandidates'),

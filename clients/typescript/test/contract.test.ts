@@ -204,6 +204,8 @@ describe('DBClient against a scripted server', () => {
     assert.equal(search['recommend_strategy'], 'RECOMMEND_STRATEGY_BEST_SCORE');
     assert.equal(search['recommend_candidates'], 30);
     await assert.rejects(client.getSimN('s', null, 3, { positive: ['a'], strategy: 'worst' as never }), InvalidArgumentError);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { strategy: 'best_score' }), /need positive or negative ids/);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { mmrCandidates: 30 }), /mmrCandidates needs mmr/);
   });
 
   it('converts replies to plain values', async () => {

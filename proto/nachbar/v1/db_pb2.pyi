@@ -674,11 +674,14 @@ class GetSimNRequest(_message.Message):
     the order picked and keep their similarity to the query (which then need not decrease).
     """
     mmr_candidates: _builtins.int
-    """The pool MMR picks from: 0 means max(4k, 20); at least k, at most 1000."""
+    """The pool MMR picks from: 0 means max(4k, 20); at least k, at most 1000. Only with
+    mmr_lambda (INVALID_ARGUMENT otherwise).
+    """
     recommend_strategy: Global___RecommendStrategy.ValueType
     recommend_candidates: _builtins.int
     """RECOMMEND_STRATEGY_BEST_SCORE's pool per positive (and the query): 0 means max(4k, 20);
-    at least k, at most 1000.
+    at least k, at most 1000. This and BEST_SCORE need example ids (INVALID_ARGUMENT
+    otherwise).
     """
     @_builtins.property
     def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:

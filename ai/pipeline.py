@@ -32,6 +32,9 @@ from nachbar.ai.fusion import Fusion, fuse
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    RECOMMEND_STRATEGIES,
+    Explore,
     FilterT,
     FloatArray,
     InfoT,
@@ -95,7 +98,7 @@ class RerankSpec:
 
 @dataclass(frozen=True)
 class SearchRequest(Generic[FilterT]):
-    query: Payload
+    query: Payload | None  # None: positive examples in `explore` stand for it
     k: int
     filter: FilterT | None = None
     truncation: str = "error"
@@ -104,6 +107,8 @@ class SearchRequest(Generic[FilterT]):
     ef: int = 0
     # Embed the query with this model (of the store's space) instead of the store's.
     query_model: str = ""
+    # MMR and recommend by examples, done by the store.
+    explore: Explore = NO_EXPLORE
 
 
 @dataclass(frozen=True)
@@ -267,10 +272,43 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         """The k entries most similar to the query, embedded with the store's query model (or
         the request's override of the same space); optionally reranked by a cross-encoder or a
         late-interaction model. Texts get their model's prompt for their role (query here,
-        document on upsert)."""
+        document on upsert). `explore` diversifies (MMR) or searches by example entries; the
+        store does both on stored vectors, so examples work across modalities."""
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
+        explore = request.explore
+        if explore.strategy not in RECOMMEND_STRATEGIES:
+            raise InvalidInputError(
+                f"unknown recommend strategy {explore.strategy!r}; use "
+                f"{' or '.join(RECOMMEND_STRATEGIES)}"
+            )
+        if explore.mmr_candidates and explore.mmr_lambda is None:
+            raise InvalidInputError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
+        if not explore.has_examples and (
+            explore.recommend_candidates or explore.strategy != "average_vector"
+        ):
+            raise InvalidInputError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
+        if request.query is None and not explore.positive_ids:
+            raise InvalidInputError(
+                "give a query or positive example ids (or both); negative examples alone say "
+                "nothing about what to find"
+            )
+        if request.rerank is not None and explore.mmr_lambda is not None:
+            raise InvalidInputError(
+                "MMR does not combine with rerank: the reranker's scores and the similarities "
+                "between results are on different scales; drop mmr or rerank"
+            )
+        if request.rerank is not None and request.query is None:
+            raise InvalidInputError(
+                "rerank needs a text query to compare the candidates with; add a query or drop "
+                "rerank"
+            )
         if request.rerank is not None:
             fetch = request.rerank.candidates or max(request.k, DEFAULT_RERANK_CANDIDATES)
             if fetch < request.k:
@@ -294,17 +332,20 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(
-                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
-            )
+            vector = None
+            if request.query is not None:
+                vector = self.models.embed(
+                    query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+                )[0]
             found = self.store.search(
                 store,
-                vector[0],
+                vector,
                 fetch,
                 filter=request.filter,
                 mode=request.mode,
                 ef=request.ef,
                 expected_store_id=bound.store_id,
+                explore=explore,
             )
             hits = [_hit(m) for m in found.matches]
             if request.rerank is not None:

@@ -21,6 +21,7 @@ from typing import Any, Unpack
 from nachbar.client import _ai_calls as calls
 from nachbar.client._ai_calls import InputLike, Item
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
+from nachbar.client._db_calls import Explore
 from nachbar.client.types import (
     AIGetKeyResult,
     AIInfo,
@@ -122,7 +123,7 @@ class AIClient(SyncClient):
     def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -135,12 +136,21 @@ class AIClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> AISearchResult:
         """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
         by a cross-encoder or late-interaction model, reading the stored original text or
         `rerank_field` from metadata; `rerank_fusion="rrf"` or `"blend"` orders them by the
-        reranker's scores fused with the similarities instead of the reranker's alone."""
+        reranker's scores fused with the similarities instead of the reranker's alone.
+        `mmr=<lambda in [0, 1]>` diversifies the results (maximal marginal relevance; not with
+        rerank); `positive`/`negative` ids of stored entries recommend by examples, with or
+        without a query (None), by `strategy` "average_vector" or "best_score"."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -156,6 +166,14 @@ class AIClient(SyncClient):
                 mode,
                 ef,
                 query_model,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
             ),
             timeout,
         )
@@ -292,7 +310,7 @@ class AsyncAIClient(AsyncClient):
     async def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -305,6 +323,12 @@ class AsyncAIClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> AISearchResult:
         return await self._caller.call(
@@ -322,6 +346,14 @@ class AsyncAIClient(AsyncClient):
                 mode,
                 ef,
                 query_model,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
             ),
             timeout,
         )

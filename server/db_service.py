@@ -137,6 +137,8 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
+            keywords=request.keywords,
+            fusion=conv.hybrid_options(request.hybrid),
         )
         return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
@@ -175,6 +177,18 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store, list(request.fields), missing_ok=request.missing_ok
         )
         return db_pb2.DropPredIndexResponse(dropped=dropped)
+
+    def CreateKeywordIndex(
+        self, request: db_pb2.KeywordIndexCreateRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexCreateResponse:
+        created, indexed = self._db.create_keyword_index(request.store, list(request.index.fields))
+        return db_pb2.KeywordIndexCreateResponse(created=created, indexed=indexed)
+
+    def DropKeywordIndex(
+        self, request: db_pb2.KeywordIndexDropRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexDropResponse:
+        dropped = self._db.drop_keyword_index(request.store, missing_ok=request.missing_ok)
+        return db_pb2.KeywordIndexDropResponse(dropped=dropped)
 
     def Info(
         self, request: db_pb2.InfoRequest, context: grpc.ServicerContext

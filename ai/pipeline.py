@@ -35,6 +35,7 @@ from nachbar.ai.vector_store import (
     FilterT,
     FloatArray,
     InfoT,
+    KeywordSearch,
     Metadata,
     OptionsT,
     StoreChangedError,
@@ -94,6 +95,20 @@ class RerankSpec:
 
 
 @dataclass(frozen=True)
+class HybridSpec:
+    """Search keywords too (the store needs a keyword index) and fuse them with the vector
+    search. keywords: the keyword text; empty: the query text (image queries must give it).
+    keyword_only: no vector search at all."""
+
+    keywords: str = ""
+    keyword_only: bool = False
+    fusion: str = "rrf"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
 class SearchRequest(Generic[FilterT]):
     query: Payload
     k: int
@@ -104,6 +119,7 @@ class SearchRequest(Generic[FilterT]):
     ef: int = 0
     # Embed the query with this model (of the store's space) instead of the store's.
     query_model: str = ""
+    hybrid: HybridSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,11 @@ class Hit:
     rerank_score: float | None = None
     # Set only when the rerank fused: the score that ordered the hits.
     fused_score: float | None = None
+    # Hybrid and keyword-only searches (see StoredMatch); `similarity` is then the score
+    # that ordered the store's search.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +305,8 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     "per request (--max-inputs-per-request); ask for fewer candidates (and k)"
                 )
 
+        keywords = _keyword_search(request)
+
         def run(bound: Bound) -> SearchOutcome:
             binding = bound.binding
             query_model = binding.query_model
@@ -294,17 +317,20 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(
-                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
-            )
+            vector = None
+            if request.hybrid is None or not request.hybrid.keyword_only:
+                vector = self.models.embed(
+                    query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+                )[0]
             found = self.store.search(
                 store,
-                vector[0],
+                vector,
                 fetch,
                 filter=request.filter,
                 mode=request.mode,
                 ef=request.ef,
                 expected_store_id=bound.store_id,
+                keywords=keywords,
             )
             hits = [_hit(m) for m in found.matches]
             if request.rerank is not None:
@@ -448,7 +474,37 @@ def _binding_of(record: StoreRecord[InfoT]) -> StoreBinding:
 
 def _hit(match: StoredMatch) -> Hit:
     user, original = bindings.split_original(match.metadata)
-    return Hit(match.id, match.similarity, user, original)
+    return Hit(
+        match.id,
+        match.similarity,
+        user,
+        original,
+        vector_score=match.vector_score,
+        keyword_score=match.keyword_score,
+        hybrid_score=match.hybrid_score,
+    )
+
+
+def _keyword_search(request: SearchRequest[FilterT]) -> KeywordSearch | None:
+    """The keyword side of a hybrid request: its keywords, else the query text."""
+    hybrid = request.hybrid
+    if hybrid is None:
+        return None
+    text = hybrid.keywords
+    if not text:
+        if not isinstance(request.query, str):
+            raise InvalidInputError(
+                "a hybrid or keyword-only search with an image query needs keywords: give the "
+                "words to search for (for example in a caption field the keyword index covers)"
+            )
+        text = request.query
+    return KeywordSearch(
+        text,
+        fusion=hybrid.fusion,
+        rrf_k=hybrid.rrf_k,
+        vector_weight=hybrid.vector_weight,
+        candidates=hybrid.candidates,
+    )
 
 
 def _entry(entry: StoredEntry) -> AIEntry:

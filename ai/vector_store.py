@@ -71,9 +71,28 @@ class StoredEntry:
 @dataclass(frozen=True)
 class StoredMatch:
     id: str
-    # Higher is more similar (the metric's similarity, see the glossary).
+    # Higher is more similar (the metric's similarity, see the glossary); in hybrid and
+    # keyword-only searches the score that ordered them (hybrid or keyword score).
     similarity: float
     metadata: Metadata
+    # Hybrid and keyword-only searches: each side's own score (None where that side did not
+    # find the entry), and the fused one.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
+
+
+@dataclass(frozen=True)
+class KeywordSearch:
+    """The keyword side of a hybrid (or keyword-only) search and how it is fused with the
+    vector side: fusion "rrf" (rrf_k, 0: the store's default) or "blend" (vector_weight, None:
+    the default); candidates per side, 0: the store's default."""
+
+    text: str
+    fusion: str = "rrf"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,15 +151,17 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: FilterT_contra | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
-        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw"."""
+        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw". With
+        `keywords` a hybrid search, keyword-only when `vector` is None."""
         ...
 
     def get(

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from nachbar.client._db_calls import METRICS, MODES, Call, index_to_proto, store_info, vars_of
+from nachbar.client._db_calls import (
+    METRICS,
+    MODES,
+    Call,
+    hybrid_to_proto,
+    index_to_proto,
+    optional_score,
+    store_info,
+    vars_of,
+)
 from nachbar.client.types import (
     AIEntry,
     AIGetKeyResult,
@@ -19,6 +28,7 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
@@ -138,6 +148,7 @@ def create_store(
     index: Index | None,
     metric: Metric | str | None,
     if_not_exists: bool,
+    keyword_index: Iterable[str] | None = None,
 ) -> Call[CreatedAIStoreInfo]:
     request = ai_pb2.CreateStoreRequest(
         store=store,
@@ -149,6 +160,8 @@ def create_store(
         metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
         if_not_exists=if_not_exists,
     )
+    if keyword_index is not None:
+        request.keyword_index.fields.extend(keyword_index)
     return (
         "CreateStore",
         request,
@@ -209,6 +222,9 @@ def get_sim_n(
     mode: SearchMode | str,
     ef: int,
     query_model: str,
+    hybrid: Hybrid | None = None,
+    keywords: str = "",
+    keyword_only: bool = False,
 ) -> Call[AISearchResult]:
     request = ai_pb2.GetSimNRequest(
         store=store,
@@ -218,7 +234,11 @@ def get_sim_n(
         mode=MODES[SearchMode(mode)],
         ef=ef,
         query_model_override=query_model,
+        keywords=keywords,
+        keyword_only=keyword_only,
     )
+    if hybrid is not None:
+        request.hybrid.CopyFrom(hybrid_to_proto(hybrid))
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
@@ -245,6 +265,9 @@ def get_sim_n(
                     m.rerank_score if m.HasField("rerank_score") else None,
                     from_input(m.original),
                     m.fused_score if m.HasField("fused_score") else None,
+                    optional_score(m, "vector_score"),
+                    optional_score(m, "keyword_score"),
+                    optional_score(m, "hybrid_score"),
                 )
                 for m in r.matches
             ],

@@ -28,6 +28,7 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
@@ -70,6 +71,7 @@ class AIClient(SyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         """index_model defaults to query_model. The result's `created` is False when
@@ -84,6 +86,7 @@ class AIClient(SyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -135,12 +138,18 @@ class AIClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
         by a cross-encoder or late-interaction model, reading the stored original text or
         `rerank_field` from metadata; `rerank_fusion="rrf"` or `"blend"` orders them by the
-        reranker's scores fused with the similarities instead of the reranker's alone."""
+        reranker's scores fused with the similarities instead of the reranker's alone.
+        `hybrid`, `keywords` or `keyword_only` make it a hybrid search over the store's keyword
+        index (keywords default to the query text); a rerank then reads the fused candidates.
+        keyword_index on create_store: metadata fields to index, [] for the original text."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -156,6 +165,9 @@ class AIClient(SyncClient):
                 mode,
                 ef,
                 query_model,
+                hybrid,
+                keywords,
+                keyword_only,
             ),
             timeout,
         )
@@ -244,6 +256,7 @@ class AsyncAIClient(AsyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         return await self._caller.call(
@@ -256,6 +269,7 @@ class AsyncAIClient(AsyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -305,6 +319,9 @@ class AsyncAIClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         return await self._caller.call(
@@ -322,6 +339,9 @@ class AsyncAIClient(AsyncClient):
                 mode,
                 ef,
                 query_model,
+                hybrid,
+                keywords,
+                keyword_only,
             ),
             timeout,
         )

@@ -170,6 +170,11 @@ class AIMatch:
     original: str | bytes | None = None
     # Set when the rerank fused its scores with the similarities; it ordered the matches.
     fused_score: float | None = None
+    # Hybrid and keyword-only searches, as on Match: `similarity` is then the hybrid (or
+    # keyword) score, these each side's own (None where that side did not find the entry).
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 from nachbar.ai.vector_store import (
     FloatArray,
     Hits,
+    KeywordSearch,
     StoreChangedError,
     StoredEntry,
     StoredMatch,
@@ -31,6 +32,8 @@ from nachbar.db.types import (
     Entry,
     ExactConfig,
     HnswConfig,
+    HybridFusion,
+    HybridOptions,
     Metric,
     SearchMode,
     StoreInfo,
@@ -43,6 +46,7 @@ class EngineOptions:
     metric: Metric = Metric.COSINE
     index: HnswConfig | ExactConfig = field(default_factory=ExactConfig)
     predicate_indexes: tuple[str, ...] = ()
+    keyword_fields: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -52,6 +56,7 @@ class EngineStore:
     db: Database
     calls: list[tuple[str, str]] = field(default_factory=list)
     last_k: int = 0
+    last_keywords: KeywordSearch | None = None
 
     def create_store(
         self,
@@ -70,6 +75,7 @@ class EngineStore:
             index=options.index,
             predicate_indexes=options.predicate_indexes,
             store_metadata=dict(store_metadata),
+            keyword_fields=options.keyword_fields,
         )
         info, created = self.db.create_store(spec, if_not_exists=if_not_exists)
         return _record(info), created
@@ -105,16 +111,26 @@ class EngineStore:
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: Filter | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         self.calls.append(("search", store))
         self.last_k = k
+        self.last_keywords = keywords
+        fusion = HybridOptions()
+        if keywords is not None:
+            fusion = HybridOptions(
+                fusion=HybridFusion(keywords.fusion),
+                rrf_k=keywords.rrf_k,
+                vector_weight=0.5 if keywords.vector_weight is None else keywords.vector_weight,
+                candidates=keywords.candidates,
+            )
         with _translated():
             result = self.db.get_sim_n(
                 store,
@@ -124,8 +140,18 @@ class EngineStore:
                 mode=SearchMode(mode),
                 ef=ef,
                 expected_store_id=expected_store_id,
+                keywords=keywords.text if keywords is not None else "",
+                fusion=fusion,
             )
-        return Hits([StoredMatch(m.id, m.score, m.metadata) for m in result.matches], result.plan)
+        return Hits(
+            [
+                StoredMatch(
+                    m.id, m.score, m.metadata, m.vector_score, m.keyword_score, m.hybrid_score
+                )
+                for m in result.matches
+            ],
+            result.plan,
+        )
 
     def get(
         self, store: str, ids: Sequence[str], *, expected_store_id: int

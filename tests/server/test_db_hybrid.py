@@ -77,7 +77,9 @@ def test_keyword_index_created_later_and_errors(db: DBClient) -> None:
     with pytest.raises(InvalidArgument, match="a query vector, keywords, or both"):
         db.get_sim_n("docs", None, k=2)
     with pytest.raises(InvalidArgument, match="vector_weight"):
-        db.get_sim_n("docs", [1, 0, 0], k=2, keywords="apt", hybrid=Hybrid("blend", None, 2.0))
+        db.get_sim_n(
+            "docs", [1, 0, 0], k=2, keywords="apt", hybrid=Hybrid("blend", vector_weight=2.0)
+        )
     # FTS5 syntax in user text is only words
     for text in ['apt" OR', "NEAR(apt", "apt*", "text:apt", "-apt"]:
         assert db.get_sim_n("docs", None, k=5, keywords=text).matches

@@ -475,9 +475,10 @@ class Database:
                 raise NotFoundError(
                     f"store {name!r} has no keyword index; set missing_ok to ignore that"
                 )
-            with self._storage.transaction() as conn:
-                Storage.drop_keyword_index(conn, state.store_id)
+            # Under the write lock: a keyword search in flight must not find its table gone.
             with state.lock.write():
+                with self._storage.transaction() as conn:
+                    Storage.drop_keyword_index(conn, state.store_id)
                 state.keyword_fields = None
         return True
 

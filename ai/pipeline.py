@@ -47,6 +47,9 @@ from nachbar.ai.vector_store import (
     VectorStore,
 )
 
+#: nachbar-db's limit on a keyword query; a query text used as keywords is cut to it (a long
+#: query's first words), explicit keywords are not.
+KEYWORD_TEXT_BYTES = 4096
 #: Vector candidates a rerank reads when the request does not say: max(k, this).
 DEFAULT_RERANK_CANDIDATES = 20
 
@@ -497,7 +500,7 @@ def _keyword_search(request: SearchRequest[FilterT]) -> KeywordSearch | None:
                 "a hybrid or keyword-only search with an image query needs keywords: give the "
                 "words to search for (for example in a caption field the keyword index covers)"
             )
-        text = request.query
+        text = request.query.encode("utf-8")[:KEYWORD_TEXT_BYTES].decode("utf-8", "ignore")
     return KeywordSearch(
         text,
         fusion=hybrid.fusion,

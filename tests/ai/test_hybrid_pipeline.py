@@ -62,6 +62,13 @@ def test_query_text_is_the_default_keyword_query(pipeline: Pipeline, store: Engi
     assert outcome.hits[0].id == "d5"  # found by both sides
     others = [h for h in outcome.hits if h.id != "d5"]
     assert all(h.keyword_score is None for h in others)
+    long_query = "zebra " + "é" * 5000  # over the keyword limit: its first 4096 bytes are used
+    pipeline.search(
+        "docs", SearchRequest(long_query, 1, hybrid=HybridSpec(), truncation="truncate")
+    )
+    assert store.last_keywords is not None
+    assert len(store.last_keywords.text.encode()) == 4096
+    assert store.last_keywords.text.startswith("zebra ")
     plain = pipeline.search("docs", SearchRequest("zebra", 3))
     assert all(h.hybrid_score is None for h in plain.hits)
 

@@ -136,12 +136,12 @@ def evaluate(
         db.create_store(
             StoreSpec(store, index.shape[1], index=ExactConfig(), keyword_fields=(TEXT_FIELD,))
         )
-        for start in range(0, len(doc_ids), 1000):
+        for first in range(0, len(doc_ids), 1000):
             db.upsert(
                 store,
                 [
                     Entry(doc_ids[i], index[i], {TEXT_FIELD: documents[i]})
-                    for i in range(start, min(start + 1000, len(doc_ids)))
+                    for i in range(first, min(first + 1000, len(doc_ids)))
                 ],
             )
         everyone = {stage: Quality() for stage in FIRST_STAGES}

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from nachbar.client import AIClient, DBClient, Hybrid
-from tests.cli.conftest import Cli
-from tests.cli.test_ai_commands import TEXT_MODEL, table_ids
+from tests.cli.conftest import TEXT_MODEL, Cli
+from tests.cli.test_ai_commands import table_ids
 from tests.cli.test_eval_command import QUERIES, expected_scores, write_beir
 
 CORPUS = [
@@ -98,7 +98,7 @@ def test_eval_hybrid_and_keyword_only_score_their_searches(
         reported = json.loads(result.out)
         with AIClient(ai_address, timeout=60) as ai:
             ranked = {
-                q: [m.id for m in ai.get_sim_n(store_name, QUERIES[q], 10, **search).matches]  # type: ignore[arg-type]
+                q: [m.id for m in ai.get_sim_n(store_name, QUERIES[q], 10, **search).matches]
                 for q in QUERIES
             }
         for name, value in expected_scores(ranked, 10).items():

@@ -105,7 +105,7 @@ class HybridSpec:
 
     keywords: str = ""
     keyword_only: bool = False
-    fusion: str = "rrf"
+    fusion: str = "blend"
     rrf_k: int = 0
     vector_weight: float | None = None
     candidates: int = 0

@@ -85,11 +85,11 @@ class StoredMatch:
 @dataclass(frozen=True)
 class KeywordSearch:
     """The keyword side of a hybrid (or keyword-only) search and how it is fused with the
-    vector side: fusion "rrf" (rrf_k, 0: the store's default) or "blend" (vector_weight, None:
-    the default); candidates per side, 0: the store's default."""
+    vector side: fusion "blend" (vector_weight, None: the default) or "rrf" (rrf_k, 0: the
+    default); candidates per side, 0: the default."""
 
     text: str
-    fusion: str = "rrf"
+    fusion: str = "blend"
     rrf_k: int = 0
     vector_weight: float | None = None
     candidates: int = 0

@@ -693,10 +693,10 @@ COMMANDS: tuple[Command, ...] = (
             ),
             arg(
                 "--hybrid",
-                choices=["rrf", "blend"],
+                choices=["blend", "rrf"],
                 default=None,
-                help="fuse vector and keyword (BM25) results by reciprocal rank fusion (rrf) or "
-                "a min-max score blend (blend)",
+                help="fuse vector and keyword (BM25) results by a min-max score blend (blend, "
+                "the server's default) or reciprocal rank fusion (rrf)",
             ),
             arg(
                 "--vector-weight",
@@ -724,7 +724,7 @@ COMMANDS: tuple[Command, ...] = (
         '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
         'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
         "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend; nachbar search "
-        '"apt pinning" --store docs --hybrid rrf (needs a keyword index).',
+        '"apt pinning" --store docs --hybrid blend (needs a keyword index).',
     ),
     Command(
         "delete_keys",
@@ -847,7 +847,7 @@ COMMANDS: tuple[Command, ...] = (
             ),
             arg(
                 "--hybrid",
-                choices=["rrf", "blend"],
+                choices=["blend", "rrf"],
                 default=None,
                 help="hybrid retrieval: the query text on the store's keyword index too, fused "
                 "with the vector results",
@@ -864,7 +864,7 @@ COMMANDS: tuple[Command, ...] = (
         description="Ask every judged query of a BEIR queries.jsonl through GetSimN and print "
         f"recall@k, MRR@{evaluate.CUTOFF} and nDCG@{evaluate.CUTOFF} against the qrels.tsv "
         "(rows query-id, corpus-id, score; store entry ids are the corpus ids), with a "
-        "progress bar. Compare dense, keyword (--keyword-only), hybrid (--hybrid rrf|blend) and "
+        "progress bar. Compare dense, keyword (--keyword-only), hybrid (--hybrid blend|rrf) and "
         "reranked configurations on your own data (keyword and hybrid need a keyword index).",
     ),
     Command(

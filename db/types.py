@@ -29,15 +29,15 @@ class Metric(StrEnum):
 class HybridFusion(StrEnum):
     """How a hybrid search merges its vector and keyword results (nachbar.db.hybrid)."""
 
+    BLEND = "blend"  # min-max normalized scores, weighted (the default)
     RRF = "rrf"  # reciprocal rank fusion
-    BLEND = "blend"  # min-max normalized scores, weighted
 
 
 @dataclass(frozen=True)
 class HybridOptions:
     """How GetSimN fuses vector and keyword results; zero values take the defaults."""
 
-    fusion: HybridFusion = HybridFusion.RRF
+    fusion: HybridFusion = HybridFusion.BLEND
     rrf_k: int = 0  # 0: 60
     vector_weight: float = 0.5  # blend only: the vector side's share, 0..1
     candidates: int = 0  # per side; 0: max(k, 100)

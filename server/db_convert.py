@@ -178,8 +178,8 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
 
 
 HYBRID_FUSION_FROM_PROTO = {
-    db_pb2.HYBRID_FUSION_RRF: types.HybridFusion.RRF,
     db_pb2.HYBRID_FUSION_BLEND: types.HybridFusion.BLEND,
+    db_pb2.HYBRID_FUSION_RRF: types.HybridFusion.RRF,
 }
 
 

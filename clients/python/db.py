@@ -200,7 +200,7 @@ class DBClient(SyncClient):
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
         ResourceExhausted, saying how many fit. keywords: a hybrid search with the store's
-        keyword index, fused as `hybrid` says (default RRF); with query=None, keyword-only.
+        keyword index, fused as `hybrid` says (default: a blend); with query=None, keyword-only.
         Each match then carries vector_score, keyword_score and hybrid_score."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
@@ -397,7 +397,7 @@ class AsyncDBClient(AsyncClient):
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
         ResourceExhausted, saying how many fit. keywords: a hybrid search with the store's
-        keyword index, fused as `hybrid` says (default RRF); with query=None, keyword-only.
+        keyword index, fused as `hybrid` says (default: a blend); with query=None, keyword-only.
         Each match then carries vector_score, keyword_score and hybrid_score."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes

@@ -92,11 +92,11 @@ class Match:
 
 @dataclass(frozen=True)
 class Hybrid:
-    """How a hybrid search fuses its vector and keyword sides. fusion "rrf": reciprocal rank
-    fusion with rrf_k (0: 60); "blend": min-max normalized scores, vector_weight for the vector
-    side (None: 0.5). candidates: per side, 0 means max(k, 100)."""
+    """How a hybrid search fuses its vector and keyword sides. fusion "blend" (the default):
+    min-max normalized scores, vector_weight for the vector side (None: 0.5); "rrf":
+    reciprocal rank fusion with rrf_k (0: 60). candidates: per side, 0 means max(k, 100)."""
 
-    fusion: str = "rrf"
+    fusion: str = "blend"
     rrf_k: int = 0
     vector_weight: float | None = None
     candidates: int = 0

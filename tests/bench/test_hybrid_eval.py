@@ -31,14 +31,10 @@ def test_first_stages_are_the_engine_searches(tmp_path: Path) -> None:
         expected = {
             "dense": db.get_sim_n("s", query, 30),
             "BM25": db.get_sim_n("s", None, 30, keywords="apt bridge"),
-            "hybrid RRF": db.get_sim_n("s", query, 30, keywords="apt bridge"),
-            "hybrid blend": db.get_sim_n(
-                "s",
-                query,
-                30,
-                keywords="apt bridge",
-                fusion=HybridOptions(fusion=HybridFusion.BLEND),
+            "hybrid RRF": db.get_sim_n(
+                "s", query, 30, keywords="apt bridge", fusion=HybridOptions(fusion=HybridFusion.RRF)
             ),
+            "hybrid blend": db.get_sim_n("s", query, 30, keywords="apt bridge"),  # the default
         }
         for stage, result in expected.items():
             ranking = stages[stage]()

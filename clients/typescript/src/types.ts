@@ -71,7 +71,7 @@ export type HybridFusion = 'rrf' | 'blend';
 
 /** Hybrid search fusion; unset fields take the server's defaults. */
 export interface HybridOptions {
-  /** 'rrf' (default): reciprocal rank fusion; 'blend': min-max normalized scores, weighted. */
+  /** 'blend' (default): min-max normalized scores, weighted; 'rrf': reciprocal rank fusion. */
   fusion?: HybridFusion;
   /** RRF's k; 0 or unset: 60. */
   rrfK?: number;

@@ -256,7 +256,7 @@ export function rerankFusionToProto(fusion: RerankFusion | undefined): RerankFus
 /** The HybridOptions message of a GetSimN; undefined leaves the server's defaults. */
 export function hybridToProto(options: HybridOptions | undefined): HybridOptionsMessage | undefined {
   if (options === undefined) return undefined;
-  const fusion = options.fusion ?? 'rrf';
+  const fusion = options.fusion ?? 'blend';
   if (fusion !== 'rrf' && fusion !== 'blend') {
     throw new InvalidArgumentError(`unknown hybrid fusion ${repr(fusion)}; use rrf or blend`);
   }

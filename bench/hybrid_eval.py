@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(evaluate(manager, data, set(ids), args.rerankers, Path(work)))
     after = describe_load("after")
     log(after)
-    command = "python bench/hybrid_eval.py " + " ".join(argv if argv is not None else [])
+    command = "python bench/hybrid_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
     payload = {"machine": benchlib.machine_facts(), "sets": [r.raw for r in results]}
     benchlib.publish("hybrid_eval", payload, report(results, command, f"{before}; {after}"))
     return 0

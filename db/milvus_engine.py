@@ -649,8 +649,10 @@ class MilvusEngine:
         keywords: str = "",
         fusion: HybridOptions = DEFAULT_HYBRID,
     ) -> SearchResult:
-        if keywords or query is None or np.size(query) == 0:
+        if keywords:
             raise _no_keywords(name)
+        if query is None:
+            query = np.zeros(0, dtype=np.float32)  # refused below as a wrong dimension
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
         expr: mf.Expr = True

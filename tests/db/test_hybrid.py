@@ -357,4 +357,6 @@ def test_milvus_refuses_keyword_search(milvus_db: MilvusEngine) -> None:
         milvus_db.get_sim_n("s", vectors(1)[0], 1, keywords="fox")
     with pytest.raises(UnsupportedError, match="embedded engine"):
         milvus_db.get_sim_n("s", None, 1, keywords="fox")
+    with pytest.raises(InvalidArgumentError):  # no vector and no keywords: a bad query
+        milvus_db.get_sim_n("s", None, 1)
     assert [m.id for m in milvus_db.get_sim_n("s", vectors(1)[0], 1).matches] == ["a"]

@@ -632,6 +632,8 @@ class Database:
                 out.append((slot, float(score)))
                 if len(out) == depth:
                     break
+        # Equal BM25 scores rank by id, as equal similarities do.
+        out.sort(key=lambda item: (-item[1], state.ids[item[0]] or ""))
         return out
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -161,6 +161,14 @@ def test_fts5_syntax_in_keywords_is_just_words(database: Database, text: str) ->
         assert words & set(hybrid._WORD.findall(str(row.metadata["text"]).casefold()))
 
 
+def test_equal_keyword_scores_rank_by_id(database: Database) -> None:
+    database.create_store(StoreSpec("s", DIM, keyword_fields=("text",)))
+    vs = vectors(5)
+    database.upsert("s", [Entry(f"e{i}", vs[i], {"text": "same words"}) for i in (3, 1, 4, 0, 2)])
+    found = database.get_sim_n("s", None, 3, keywords="same")
+    assert [m.id for m in found.matches] == ["e0", "e1", "e2"]
+
+
 def test_match_expression_quotes_every_word() -> None:
     assert hybrid.match_expression('fox" OR NEAR(dog*', "s") == '"fox" OR "or" OR "near" OR "dog"'
     assert hybrid.match_expression("a a A b", "s") == '"a" OR "b"'

@@ -38,6 +38,7 @@ from nachbar.ai.vector_store import (
     FilterT,
     FloatArray,
     InfoT,
+    KeywordSearch,
     Metadata,
     OptionsT,
     StoreChangedError,
@@ -49,6 +50,9 @@ from nachbar.ai.vector_store import (
     VectorStore,
 )
 
+#: nachbar-db's limit on a keyword query; a query text used as keywords is cut to it (a long
+#: query's first words), explicit keywords are not.
+KEYWORD_TEXT_BYTES = 4096
 #: Vector candidates a rerank reads when the request does not say: max(k, this).
 DEFAULT_RERANK_CANDIDATES = 20
 
@@ -97,6 +101,20 @@ class RerankSpec:
 
 
 @dataclass(frozen=True)
+class HybridSpec:
+    """Search keywords too (the store needs a keyword index) and fuse them with the vector
+    search. keywords: the keyword text; empty: the query text (image queries must give it).
+    keyword_only: no vector search at all."""
+
+    keywords: str = ""
+    keyword_only: bool = False
+    fusion: str = "blend"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
 class SearchRequest(Generic[FilterT]):
     query: Payload | None  # None: positive examples in `explore` stand for it
     k: int
@@ -109,6 +127,7 @@ class SearchRequest(Generic[FilterT]):
     query_model: str = ""
     # MMR and recommend by examples, done by the store.
     explore: Explore = NO_EXPLORE
+    hybrid: HybridSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,11 @@ class Hit:
     rerank_score: float | None = None
     # Set only when the rerank fused: the score that ordered the hits.
     fused_score: float | None = None
+    # Hybrid and keyword-only searches (see StoredMatch); `similarity` is then the score
+    # that ordered the store's search.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +346,13 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     "per request (--max-inputs-per-request); ask for fewer candidates (and k)"
                 )
 
+        if request.hybrid is not None and explore != NO_EXPLORE:
+            raise InvalidInputError(
+                "MMR and recommend by examples do not combine with keyword or hybrid search; "
+                "send them in separate GetSimN requests"
+            )
+        keywords = _keyword_search(request)
+
         def run(bound: Bound) -> SearchOutcome:
             binding = bound.binding
             query_model = binding.query_model
@@ -333,7 +364,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 )
                 query_model = override.name
             vector = None
-            if request.query is not None:
+            if request.query is not None and (
+                request.hybrid is None or not request.hybrid.keyword_only
+            ):
                 vector = self.models.embed(
                     query_model, [request.query], truncation=request.truncation, role=Role.QUERY
                 )[0]
@@ -346,6 +379,7 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 ef=request.ef,
                 expected_store_id=bound.store_id,
                 explore=explore,
+                keywords=keywords,
             )
             hits = [_hit(m) for m in found.matches]
             if request.rerank is not None:
@@ -489,7 +523,37 @@ def _binding_of(record: StoreRecord[InfoT]) -> StoreBinding:
 
 def _hit(match: StoredMatch) -> Hit:
     user, original = bindings.split_original(match.metadata)
-    return Hit(match.id, match.similarity, user, original)
+    return Hit(
+        match.id,
+        match.similarity,
+        user,
+        original,
+        vector_score=match.vector_score,
+        keyword_score=match.keyword_score,
+        hybrid_score=match.hybrid_score,
+    )
+
+
+def _keyword_search(request: SearchRequest[FilterT]) -> KeywordSearch | None:
+    """The keyword side of a hybrid request: its keywords, else the query text."""
+    hybrid = request.hybrid
+    if hybrid is None:
+        return None
+    text = hybrid.keywords
+    if not text:
+        if not isinstance(request.query, str):
+            raise InvalidInputError(
+                "a hybrid or keyword-only search with an image query needs keywords: give the "
+                "words to search for (for example in a caption field the keyword index covers)"
+            )
+        text = request.query.encode("utf-8")[:KEYWORD_TEXT_BYTES].decode("utf-8", "ignore")
+    return KeywordSearch(
+        text,
+        fusion=hybrid.fusion,
+        rrf_k=hybrid.rrf_k,
+        vector_weight=hybrid.vector_weight,
+        candidates=hybrid.candidates,
+    )
 
 
 def _entry(entry: StoredEntry) -> AIEntry:

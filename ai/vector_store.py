@@ -71,9 +71,28 @@ class StoredEntry:
 @dataclass(frozen=True)
 class StoredMatch:
     id: str
-    # Higher is more similar (the metric's similarity, see the glossary).
+    # Higher is more similar (the metric's similarity, see the glossary); in hybrid and
+    # keyword-only searches the score that ordered them (hybrid or keyword score).
     similarity: float
     metadata: Metadata
+    # Hybrid and keyword-only searches: each side's own score (None where that side did not
+    # find the entry), and the fused one.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
+
+
+@dataclass(frozen=True)
+class KeywordSearch:
+    """The keyword side of a hybrid (or keyword-only) search and how it is fused with the
+    vector side: fusion "blend" (vector_weight, None: the default) or "rrf" (rrf_k, 0: the
+    default); candidates per side, 0: the default."""
+
+    text: str
+    fusion: str = "blend"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,9 +180,11 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
         ef: int,
         expected_store_id: int,
         explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw". With
-        `explore`, diversified and/or by example entries (then `vector` may be None)."""
+        `explore`, diversified and/or by example entries (then `vector` may be None). With
+        `keywords` a hybrid search, keyword-only when `vector` is None (not with `explore`)."""
         ...
 
     def get(

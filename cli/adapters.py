@@ -18,7 +18,7 @@ from rich.table import Table
 from nachbar.cli import render
 from nachbar.cli.context import CliError, UsageError
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
-from nachbar.client import AIClient, DBClient, Exact, Hnsw, Image, Item
+from nachbar.client import AIClient, DBClient, Exact, Hnsw, Hybrid, Image, Item
 from nachbar.client.values import Filter
 from nachbar.v1.codec import Metadata, metadata_to_proto
 
@@ -178,6 +178,7 @@ class AIAdapter:
             index=Exact() if args.exact else None,
             metric=args.metric,
             if_not_exists=args.if_not_exists,
+            keyword_index=args.keyword_index,
         )
         return Shown(
             info,
@@ -225,6 +226,7 @@ class AIAdapter:
             if args.query is None and args.image is None and args.positive
             else text_or_image(args.query, args.image, "query text (or --positive ID)")
         )
+        hybrid = hybrid_arg(args)
         result = self.client.get_sim_n(
             args.store,
             query,
@@ -239,6 +241,9 @@ class AIAdapter:
             ef=args.ef,
             query_model=args.query_model,
             **explore,
+            hybrid=hybrid,
+            keywords=args.keywords or "",
+            keyword_only=args.keyword_only,
         )
         if not result.matches:
             return Shown(result, lines=(f"no matches in {args.store}",))
@@ -283,6 +288,7 @@ class DBAdapter:
             index=index,
             predicate_indexes=args.pred_index,
             if_not_exists=args.if_not_exists,
+            keyword_fields=args.keyword_index or None,
         )
         return Shown(
             info,
@@ -320,10 +326,17 @@ class DBAdapter:
 
     def search(self, args: argparse.Namespace) -> Shown:
         explore = explore_args(args)
-        if args.query is None and not args.positive:
+        hybrid = hybrid_arg(args)
+        if args.keyword_only and args.query is not None:
+            raise UsageError("--keyword-only searches by --keywords alone: leave out QUERY")
+        if args.query is None and not args.keyword_only and not args.positive:
             raise UsageError(
                 "nachbar-db searches by vector: give QUERY as a JSON list of numbers (or "
-                "--positive ID)"
+                "--positive ID, or --keywords TEXT --keyword-only)"
+            )
+        if (args.keyword_only or hybrid is not None) and not args.keywords:
+            raise UsageError(
+                "nachbar-db has no query text: --hybrid and --keyword-only need --keywords TEXT"
             )
         result = self.client.get_sim_n(
             args.store,
@@ -334,6 +347,8 @@ class DBAdapter:
             ef=args.ef,
             include_vectors=args.vectors,
             **explore,
+            keywords=args.keywords or "",
+            hybrid=hybrid,
         )
         return Shown(
             result,
@@ -352,3 +367,12 @@ class DBAdapter:
 
     def ping(self) -> None:
         self.client.ping()
+
+
+def hybrid_arg(args: argparse.Namespace) -> Hybrid | None:
+    """The fusion of --hybrid rrf|blend (with --vector-weight); None: the server's default."""
+    if args.vector_weight is not None and args.hybrid != "blend":
+        raise UsageError("--vector-weight weighs a blend: add --hybrid blend")
+    if args.hybrid is None:
+        return None
+    return Hybrid(args.hybrid, vector_weight=args.vector_weight)

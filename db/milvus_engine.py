@@ -29,7 +29,8 @@ which Milvus does not make atomic against readers or a crash half-way; metadata 
 MAX_METADATA_BYTES is refused (Milvus caps a JSON value at 64 KiB); durability and consistency
 are Milvus's (the consistency level is `--milvus-consistency`); counts, ListStores and
 GetByPredicate pages cost Milvus queries; predicate indexes are recorded but Milvus evaluates
-filters without them (the answers are the same).
+filters without them (the answers are the same); there is no keyword index, so hybrid and
+keyword-only search are refused with UnsupportedError (the embedded engine has them).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from nachbar.db.errors import (
     StoreExistsError,
     StoreNotFoundError,
     UnavailableError,
+    UnsupportedError,
 )
 from nachbar.db.store import select_metadata
 from nachbar.db.types import (
@@ -65,6 +67,7 @@ from nachbar.db.types import (
     EntryBatch,
     ExactConfig,
     HnswConfig,
+    HybridOptions,
     IndexConfig,
     Match,
     MetadataSelection,
@@ -77,6 +80,7 @@ from nachbar.db.types import (
     UpsertResult,
 )
 
+DEFAULT_HYBRID = HybridOptions()
 log = logging.getLogger("nachbar.db")
 
 CONSISTENCY_LEVELS = ("strong", "bounded", "session", "eventually")
@@ -241,6 +245,8 @@ class MilvusEngine:
     ) -> tuple[StoreInfo, bool]:
         spec = validation.store_spec(spec)
         name = spec.name
+        if spec.keyword_fields is not None:
+            raise _no_keywords(name)
         if spec.dimension > MAX_MILVUS_DIMENSION:
             raise InvalidArgumentError(
                 f"store {name!r}: dimension {spec.dimension} is more than Milvus holds "
@@ -622,10 +628,16 @@ class MilvusEngine:
         rows.sort(key=lambda row: str(row[mf.ID_FIELD]))
         return rows[:count]
 
+    def create_keyword_index(self, name: str, fields: Sequence[str]) -> tuple[bool, int]:
+        raise _no_keywords(name)
+
+    def drop_keyword_index(self, name: str, *, missing_ok: bool = False) -> bool:
+        raise _no_keywords(name)
+
     def get_sim_n(
         self,
         name: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         k: int,
         *,
         filter: filters.Filter | None = None,
@@ -634,7 +646,13 @@ class MilvusEngine:
         include_vectors: bool = False,
         metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
+        keywords: str = "",
+        fusion: HybridOptions = DEFAULT_HYBRID,
     ) -> SearchResult:
+        if keywords:
+            raise _no_keywords(name)
+        if query is None:
+            query = np.zeros(0, dtype=np.float32)  # refused below as a wrong dimension
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
         expr: mf.Expr = True
@@ -1017,3 +1035,11 @@ def rank_exactly(
             scores = scores / (norms * np.sqrt(q.dot(q)))
     order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:want]
     return [(i, float(scores[i])) for i in order]
+
+
+def _no_keywords(store: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"store {store!r}: keyword and hybrid search need a keyword index, which the Milvus "
+        "engine does not have; run nachbar-db with the embedded engine (the default) for them, "
+        "or search by vector only"
+    )

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from nachbar.ai.bindings import ORIGINAL_TEXT
 from nachbar.ai.fusion import Fusion
 from nachbar.ai.models import ModelStatus
 from nachbar.ai.pipeline import (
     AIEntry,
     AIStore,
+    HybridSpec,
     Payload,
     RerankSpec,
     SearchOutcome,
@@ -89,10 +91,22 @@ def optional_filter(request: object) -> common_pb2.Filter | None:
 
 
 def store_options(request: ai_pb2.CreateStoreRequest) -> DBStoreOptions:
+    keyword_fields = None
+    if request.HasField("keyword_index"):
+        keyword_fields = tuple(request.keyword_index.fields)
+        if not keyword_fields:
+            if not request.store_original:
+                raise RequestError(
+                    "keyword_index without fields indexes the stored original text, so it "
+                    "needs store_original; set it, or name metadata fields to index (e.g. a "
+                    "caption)"
+                )
+            keyword_fields = (ORIGINAL_TEXT,)
     return DBStoreOptions(
         metric=request.metric or common_pb2.METRIC_COSINE,
         index=request.index,
         predicate_indexes=tuple(request.predicate_indexes),
+        keyword_fields=keyword_fields,
     )
 
 
@@ -163,6 +177,28 @@ def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.F
         mode=search_mode(request.mode),
         ef=request.ef,
         query_model=request.query_model_override,
+        hybrid=hybrid_spec(request),
+    )
+
+
+HYBRID_FUSION_NAMES = {db_pb2.HYBRID_FUSION_RRF: "rrf", db_pb2.HYBRID_FUSION_BLEND: "blend"}
+
+
+def hybrid_spec(request: ai_pb2.GetSimNRequest) -> HybridSpec | None:
+    """Hybrid when the request sets hybrid options, keywords or keyword_only."""
+    if not (request.HasField("hybrid") or request.keywords or request.keyword_only):
+        return None
+    options = request.hybrid
+    fusion = HYBRID_FUSION_NAMES.get(options.fusion)
+    if fusion is None:
+        raise RequestError(f"unknown hybrid fusion {options.fusion}; use rrf or blend")
+    return HybridSpec(
+        keywords=request.keywords,
+        keyword_only=request.keyword_only,
+        fusion=fusion,
+        rrf_k=options.rrf_k,
+        vector_weight=options.vector_weight if options.HasField("vector_weight") else None,
+        candidates=options.candidates,
     )
 
 
@@ -176,6 +212,12 @@ def search_response(outcome: SearchOutcome) -> ai_pb2.GetSimNResponse:
             match.rerank_score = hit.rerank_score
         if hit.fused_score is not None:
             match.fused_score = hit.fused_score
+        if hit.vector_score is not None:
+            match.vector_score = hit.vector_score
+        if hit.keyword_score is not None:
+            match.keyword_score = hit.keyword_score
+        if hit.hybrid_score is not None:
+            match.hybrid_score = hit.hybrid_score
         if hit.original is not None:
             set_input(match.original, hit.original)
     return out

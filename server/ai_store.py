@@ -19,6 +19,7 @@ from nachbar.ai.vector_store import (
     Explore,
     FloatArray,
     Hits,
+    KeywordSearch,
     StoreChangedError,
     StoredEntry,
     StoredMatch,
@@ -52,6 +53,20 @@ class DBStoreOptions:
     metric: common_pb2.Metric.ValueType = common_pb2.METRIC_COSINE
     index: common_pb2.IndexConfig = field(default_factory=common_pb2.IndexConfig)
     predicate_indexes: tuple[str, ...] = ()
+    # Metadata fields of a keyword index; None: no keyword index.
+    keyword_fields: tuple[str, ...] | None = None
+
+
+HYBRID_FUSIONS = {"rrf": db_pb2.HYBRID_FUSION_RRF, "blend": db_pb2.HYBRID_FUSION_BLEND}
+
+
+def _hybrid_options(keywords: KeywordSearch) -> db_pb2.HybridOptions:
+    out = db_pb2.HybridOptions(
+        fusion=HYBRID_FUSIONS[keywords.fusion], rrf_k=keywords.rrf_k, candidates=keywords.candidates
+    )
+    if keywords.vector_weight is not None:
+        out.vector_weight = keywords.vector_weight
+    return out
 
 
 def record(info: db_pb2.StoreInfo) -> StoreRecord[db_pb2.StoreInfo]:
@@ -144,6 +159,8 @@ class DBVectorStore:
             store_metadata=dict(store_metadata),
             if_not_exists=if_not_exists,
         )
+        if options.keyword_fields is not None:
+            request.keyword_index.fields.extend(options.keyword_fields)
         response = self._call("CreateStore", request)
         return record(response.store), response.created
 
@@ -183,6 +200,7 @@ class DBVectorStore:
         ef: int,
         expected_store_id: int,
         explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         request = db_pb2.GetSimNRequest(
             store=store,
@@ -202,9 +220,19 @@ class DBVectorStore:
             request.recommend_strategy = RECOMMEND_STRATEGIES[explore.strategy]
         if filter is not None:
             request.filter.CopyFrom(filter)
+        if keywords is not None:
+            request.keywords = keywords.text
+            request.hybrid.CopyFrom(_hybrid_options(keywords))
         response = self._call("GetSimN", request)
         matches = [
-            StoredMatch(m.id, m.similarity, metadata_from_proto(m.metadata))
+            StoredMatch(
+                m.id,
+                m.similarity,
+                metadata_from_proto(m.metadata),
+                m.vector_score if m.HasField("vector_score") else None,
+                m.keyword_score if m.HasField("keyword_score") else None,
+                m.hybrid_score if m.HasField("hybrid_score") else None,
+            )
             for m in response.matches
         ]
         return Hits(matches, response.plan)

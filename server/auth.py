@@ -308,6 +308,8 @@ METHOD_ROLES: dict[str, Role] = {
     "DropStore": Role.ADMIN,
     "CreatePredIndex": Role.ADMIN,
     "DropPredIndex": Role.ADMIN,
+    "CreateKeywordIndex": Role.ADMIN,
+    "DropKeywordIndex": Role.ADMIN,
     "Upsert": Role.WRITE,
     "DeleteKeys": Role.WRITE,
     "DeleteByPredicate": Role.WRITE,

@@ -132,6 +132,9 @@ def store_spec(request: db_pb2.CreateStoreRequest) -> types.StoreSpec:
         index=index_config(request.index),
         predicate_indexes=tuple(request.predicate_indexes),
         store_metadata=dict(request.store_metadata),
+        keyword_fields=(
+            tuple(request.keyword_index.fields) if request.HasField("keyword_index") else None
+        ),
     )
 
 
@@ -146,6 +149,11 @@ def store_info(info: types.StoreInfo) -> db_pb2.StoreInfo:
         bytes_used=info.bytes_used,
         store_metadata=dict(info.store_metadata),
         store_id=info.store_id,
+        keyword_index=(
+            db_pb2.KeywordIndexConfig(fields=list(info.keyword_fields))
+            if info.keyword_fields is not None
+            else None
+        ),
     )
 
 
@@ -204,7 +212,32 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
             match.vector.extend(value.vector.tolist())
         if value.omitted_keys:
             match.omitted_metadata_keys.extend(value.omitted_keys)
+        if value.vector_score is not None:
+            match.vector_score = value.vector_score
+        if value.keyword_score is not None:
+            match.keyword_score = value.keyword_score
+        if value.hybrid_score is not None:
+            match.hybrid_score = value.hybrid_score
     return out
+
+
+HYBRID_FUSION_FROM_PROTO = {
+    db_pb2.HYBRID_FUSION_BLEND: types.HybridFusion.BLEND,
+    db_pb2.HYBRID_FUSION_RRF: types.HybridFusion.RRF,
+}
+
+
+def hybrid_options(proto: db_pb2.HybridOptions) -> types.HybridOptions:
+    try:
+        fusion = HYBRID_FUSION_FROM_PROTO[proto.fusion]
+    except KeyError:
+        raise RequestError(f"unknown hybrid fusion {proto.fusion}; use rrf or blend") from None
+    return types.HybridOptions(
+        fusion=fusion,
+        rrf_k=proto.rrf_k,
+        vector_weight=proto.vector_weight if proto.HasField("vector_weight") else 0.5,
+        candidates=proto.candidates,
+    )
 
 
 def metadata_selection(
@@ -379,4 +412,9 @@ def entry_size(value: types.Entry | types.Match) -> int:
         size += _delimited(4 * len(value.vector))
     if isinstance(value, types.Match):
         size += 5
+        # vector_score, keyword_score, hybrid_score: 5 bytes each when set
+        size += 5 * sum(
+            score is not None
+            for score in (value.vector_score, value.keyword_score, value.hybrid_score)
+        )
     return _delimited(size)

@@ -131,6 +131,11 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         mmr = conv.mmr_options(request)
         recommend = conv.recommend_options(request)
         if mmr is not None or recommend is not None:
+            if request.keywords or request.HasField("hybrid"):
+                raise RequestError(
+                    "MMR and recommend by examples do not combine with keyword or hybrid search; "
+                    "send them in separate GetSimN requests"
+                )
             # Above the engine: MMR and examples reach it as plain searches.
             query = np.asarray(request.query, dtype=np.float32)
             result = explore.get_sim_n(
@@ -158,6 +163,8 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
+            keywords=request.keywords,
+            fusion=conv.hybrid_options(request.hybrid),
         )
         return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
@@ -196,6 +203,18 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store, list(request.fields), missing_ok=request.missing_ok
         )
         return db_pb2.DropPredIndexResponse(dropped=dropped)
+
+    def CreateKeywordIndex(
+        self, request: db_pb2.KeywordIndexCreateRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexCreateResponse:
+        created, indexed = self._db.create_keyword_index(request.store, list(request.index.fields))
+        return db_pb2.KeywordIndexCreateResponse(created=created, indexed=indexed)
+
+    def DropKeywordIndex(
+        self, request: db_pb2.KeywordIndexDropRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexDropResponse:
+        dropped = self._db.drop_keyword_index(request.store, missing_ok=request.missing_ok)
+        return db_pb2.KeywordIndexDropResponse(dropped=dropped)
 
     def Info(
         self, request: db_pb2.InfoRequest, context: grpc.ServicerContext

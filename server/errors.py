@@ -70,6 +70,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (db_errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (db_errors.DataCorruptionError, grpc.StatusCode.DATA_LOSS),
     (db_errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (db_errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (db_errors.UnsupportedError, grpc.StatusCode.UNIMPLEMENTED),
     (ai_errors.ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (vector_store.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (vector_store.StoreChangedError, grpc.StatusCode.ABORTED),

@@ -20,6 +20,7 @@ from nachbar.client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from nachbar.client.types import (
     AIMatch,
@@ -30,6 +31,8 @@ from nachbar.client.types import (
     Entry,
     Exact,
     Hnsw,
+    Hybrid,
+    KeywordIndexCreated,
     Match,
     Metric,
     ModelInfo,
@@ -62,10 +65,12 @@ __all__ = [
     "Field",
     "Filter",
     "Hnsw",
+    "Hybrid",
     "Image",
     "Internal",
     "InvalidArgument",
     "Item",
+    "KeywordIndexCreated",
     "Match",
     "Metric",
     "ModelInfo",
@@ -82,6 +87,7 @@ __all__ = [
     "Text",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UpsertResult",
     "filter_from_dict",
 ]

@@ -15,7 +15,9 @@ from nachbar.client._db_calls import (
     NO_EXPLORE,
     Call,
     Explore,
+    hybrid_to_proto,
     index_to_proto,
+    optional_score,
     store_info,
     vars_of,
 )
@@ -28,6 +30,7 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
@@ -147,6 +150,7 @@ def create_store(
     index: Index | None,
     metric: Metric | str | None,
     if_not_exists: bool,
+    keyword_index: Iterable[str] | None = None,
 ) -> Call[CreatedAIStoreInfo]:
     request = ai_pb2.CreateStoreRequest(
         store=store,
@@ -158,6 +162,8 @@ def create_store(
         metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
         if_not_exists=if_not_exists,
     )
+    if keyword_index is not None:
+        request.keyword_index.fields.extend(keyword_index)
     return (
         "CreateStore",
         request,
@@ -219,6 +225,9 @@ def get_sim_n(
     ef: int,
     query_model: str,
     explore: Explore = NO_EXPLORE,
+    hybrid: Hybrid | None = None,
+    keywords: str = "",
+    keyword_only: bool = False,
 ) -> Call[AISearchResult]:
     request = ai_pb2.GetSimNRequest(
         store=store,
@@ -227,10 +236,14 @@ def get_sim_n(
         mode=MODES[SearchMode(mode)],
         ef=ef,
         query_model_override=query_model,
+        keywords=keywords,
+        keyword_only=keyword_only,
     )
     if query is not None:
         request.query.CopyFrom(to_input(query))
     explore.apply(request)
+    if hybrid is not None:
+        request.hybrid.CopyFrom(hybrid_to_proto(hybrid))
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
@@ -257,6 +270,9 @@ def get_sim_n(
                     m.rerank_score if m.HasField("rerank_score") else None,
                     from_input(m.original),
                     m.fused_score if m.HasField("fused_score") else None,
+                    optional_score(m, "vector_score"),
+                    optional_score(m, "keyword_score"),
+                    optional_score(m, "hybrid_score"),
                 )
                 for m in r.matches
             ],

@@ -20,7 +20,9 @@ from nachbar.client.types import (
     Exact,
     GetKeyResult,
     Hnsw,
+    Hybrid,
     Index,
+    KeywordIndexCreated,
     Match,
     Metric,
     Page,
@@ -76,6 +78,9 @@ def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
         bytes_used=proto.bytes_used,
         store_metadata=dict(proto.store_metadata),
         store_id=proto.store_id,
+        keyword_fields=(
+            tuple(proto.keyword_index.fields) if proto.HasField("keyword_index") else None
+        ),
     )
 
 
@@ -166,6 +171,7 @@ def create_store(
     predicate_indexes: Iterable[str],
     store_metadata: Mapping[str, str] | None,
     if_not_exists: bool,
+    keyword_fields: Iterable[str] | None = None,
 ) -> Call[CreatedStoreInfo]:
     request = db_pb2.CreateStoreRequest(
         store=store,
@@ -177,6 +183,8 @@ def create_store(
         store_metadata=dict(store_metadata or {}),
         if_not_exists=if_not_exists,
     )
+    if keyword_fields is not None:
+        request.keyword_index.fields.extend(keyword_fields)
     return (
         "CreateStore",
         request,
@@ -252,6 +260,24 @@ def get_by_predicate(
     )
 
 
+HYBRID_FUSIONS = {"rrf": db_pb2.HYBRID_FUSION_RRF, "blend": db_pb2.HYBRID_FUSION_BLEND}
+
+
+def hybrid_to_proto(hybrid: Hybrid) -> db_pb2.HybridOptions:
+    try:
+        fusion = HYBRID_FUSIONS[hybrid.fusion]
+    except KeyError:
+        raise ValueError(f"unknown hybrid fusion {hybrid.fusion!r}; use rrf or blend") from None
+    out = db_pb2.HybridOptions(fusion=fusion, rrf_k=hybrid.rrf_k, candidates=hybrid.candidates)
+    if hybrid.vector_weight is not None:
+        out.vector_weight = hybrid.vector_weight
+    return out
+
+
+def optional_score(message: Any, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
+
+
 def get_sim_n(
     store: str,
     query: VectorLike | None,
@@ -262,6 +288,8 @@ def get_sim_n(
     include_vectors: bool,
     selection: Selection = Selection(),
     explore: Explore = Explore(),
+    keywords: str = "",
+    hybrid: Hybrid | None = None,
 ) -> Call[SearchResult]:
     request = db_pb2.GetSimNRequest(
         store=store,
@@ -270,7 +298,10 @@ def get_sim_n(
         mode=MODES[SearchMode(mode)],
         ef=ef,
         include_vectors=include_vectors,
+        keywords=keywords,
     )
+    if hybrid is not None:
+        request.hybrid.CopyFrom(hybrid_to_proto(hybrid))
     selection.apply(request)
     explore.apply(request)
     proto = filter_to_proto(filter)
@@ -286,6 +317,9 @@ def get_sim_n(
                     metadata_from_proto(m.metadata),
                     list(m.vector) if len(m.vector) else None,
                     list(m.omitted_metadata_keys),
+                    optional_score(m, "vector_score"),
+                    optional_score(m, "keyword_score"),
+                    optional_score(m, "hybrid_score"),
                 )
                 for m in r.matches
             ],
@@ -330,3 +364,19 @@ def info() -> Call[DBInfo]:
 
 def ping() -> Call[None]:
     return "Ping", db_pb2.PingRequest(), lambda r: None
+
+
+def create_keyword_index(store: str, fields: Iterable[str]) -> Call[KeywordIndexCreated]:
+    request = db_pb2.KeywordIndexCreateRequest(
+        store=store, index=db_pb2.KeywordIndexConfig(fields=list(fields))
+    )
+    return (
+        "CreateKeywordIndex",
+        request,
+        lambda r: KeywordIndexCreated(bool(r.created), int(r.indexed)),
+    )
+
+
+def drop_keyword_index(store: str, missing_ok: bool) -> Call[bool]:
+    request = db_pb2.KeywordIndexDropRequest(store=store, missing_ok=missing_ok)
+    return "DropKeywordIndex", request, lambda r: bool(r.dropped)

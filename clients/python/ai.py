@@ -29,6 +29,7 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
@@ -71,6 +72,7 @@ class AIClient(SyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         """index_model defaults to query_model. The result's `created` is False when
@@ -85,6 +87,7 @@ class AIClient(SyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -142,6 +145,9 @@ class AIClient(SyncClient):
         negative: Iterable[str] = (),
         strategy: str = "average_vector",
         recommend_candidates: int = 0,
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
@@ -150,7 +156,10 @@ class AIClient(SyncClient):
         reranker's scores fused with the similarities instead of the reranker's alone.
         `mmr=<lambda in [0, 1]>` diversifies the results (maximal marginal relevance; not with
         rerank); `positive`/`negative` ids of stored entries recommend by examples, with or
-        without a query (None), by `strategy` "average_vector" or "best_score"."""
+        without a query (None), by `strategy` "average_vector" or "best_score".
+        `hybrid`, `keywords` or `keyword_only` make it a hybrid search over the store's keyword
+        index (keywords default to the query text); a rerank then reads the fused candidates.
+        keyword_index on create_store: metadata fields to index, [] for the original text."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -174,6 +183,9 @@ class AIClient(SyncClient):
                     strategy,
                     recommend_candidates,
                 ),
+                hybrid,
+                keywords,
+                keyword_only,
             ),
             timeout,
         )
@@ -262,6 +274,7 @@ class AsyncAIClient(AsyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         return await self._caller.call(
@@ -274,6 +287,7 @@ class AsyncAIClient(AsyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -329,6 +343,9 @@ class AsyncAIClient(AsyncClient):
         negative: Iterable[str] = (),
         strategy: str = "average_vector",
         recommend_candidates: int = 0,
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         return await self._caller.call(
@@ -354,6 +371,9 @@ class AsyncAIClient(AsyncClient):
                     strategy,
                     recommend_candidates,
                 ),
+                hybrid,
+                keywords,
+                keyword_only,
             ),
             timeout,
         )

@@ -17,6 +17,7 @@ from nachbar.ai.vector_store import (
     Explore,
     FloatArray,
     Hits,
+    KeywordSearch,
     StoreChangedError,
     StoredEntry,
     StoredMatch,
@@ -34,6 +35,8 @@ from nachbar.db.types import (
     Entry,
     ExactConfig,
     HnswConfig,
+    HybridFusion,
+    HybridOptions,
     Metric,
     MmrOptions,
     RecommendOptions,
@@ -49,6 +52,7 @@ class EngineOptions:
     metric: Metric = Metric.COSINE
     index: HnswConfig | ExactConfig = field(default_factory=ExactConfig)
     predicate_indexes: tuple[str, ...] = ()
+    keyword_fields: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class EngineStore:
     db: Database
     calls: list[tuple[str, str]] = field(default_factory=list)
     last_k: int = 0
+    last_keywords: KeywordSearch | None = None
 
     def create_store(
         self,
@@ -76,6 +81,7 @@ class EngineStore:
             index=options.index,
             predicate_indexes=options.predicate_indexes,
             store_metadata=dict(store_metadata),
+            keyword_fields=options.keyword_fields,
         )
         info, created = self.db.create_store(spec, if_not_exists=if_not_exists)
         return _record(info), created
@@ -119,12 +125,21 @@ class EngineStore:
         ef: int,
         expected_store_id: int,
         explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         self.calls.append(("search", store))
         self.last_k = k
+        self.last_keywords = keywords
+        fusion = HybridOptions()
+        if keywords is not None:
+            fusion = HybridOptions(
+                fusion=HybridFusion(keywords.fusion),
+                rrf_k=keywords.rrf_k,
+                vector_weight=0.5 if keywords.vector_weight is None else keywords.vector_weight,
+                candidates=keywords.candidates,
+            )
         with _translated():
             if explore == NO_EXPLORE:
-                assert vector is not None
                 result = self.db.get_sim_n(
                     store,
                     vector,
@@ -133,6 +148,8 @@ class EngineStore:
                     mode=SearchMode(mode),
                     ef=ef,
                     expected_store_id=expected_store_id,
+                    keywords=keywords.text if keywords is not None else "",
+                    fusion=fusion,
                 )
             else:
                 result = db_explore.get_sim_n(
@@ -156,7 +173,15 @@ class EngineStore:
                     ef=ef,
                     expected_store_id=expected_store_id,
                 )
-        return Hits([StoredMatch(m.id, m.score, m.metadata) for m in result.matches], result.plan)
+        return Hits(
+            [
+                StoredMatch(
+                    m.id, m.score, m.metadata, m.vector_score, m.keyword_score, m.hybrid_score
+                )
+                for m in result.matches
+            ],
+            result.plan,
+        )
 
     def get(
         self, store: str, ids: Sequence[str], *, expected_store_id: int

@@ -117,6 +117,14 @@ def test_db_service_mmr_and_recommend(db_address: str) -> None:
                     stub.GetSimN(stray, timeout=10)
                 assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert message in (error.value.details() or "")
+            # Examples and MMR do not combine with keywords, on either engine.
+            mixed = db_pb2.GetSimNRequest(
+                store="s", k=3, query=list(query), mmr_lambda=0.5, keywords="guitar"
+            )
+            with pytest.raises(grpc.RpcError) as error:
+                stub.GetSimN(mixed, timeout=10)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "do not combine with keyword" in (error.value.details() or "")
             # A plain request without a query still says what the query must be.
             with pytest.raises(grpc.RpcError) as error:
                 stub.GetSimN(db_pb2.GetSimNRequest(store="s", k=3), timeout=10)
@@ -236,6 +244,8 @@ def test_ai_combinations_and_bad_requests(ai_stack: tuple[str, str], texts: str)
                 ai_pb2_grpc.AIServiceStub(channel).GetSimN(stray, timeout=30)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "need example ids" in (error.value.details() or "")
+        with pytest.raises(InvalidArgument, match="do not combine with keyword"):
+            ai.get_sim_n(texts, "guitar", 3, positive=["guitar1"], keywords="guitar")
         with pytest.raises(InvalidArgument, match="mmr lambda -1.0 is out of range"):
             ai.get_sim_n(texts, "guitar", 3, mmr=-1.0)
         # Examples with a query and rerank: the reranker orders the recommended candidates.

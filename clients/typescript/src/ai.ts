@@ -25,6 +25,7 @@ import type {
   ExploreOptions,
   FilterSpec,
   GetKeyResult,
+  HybridOptions,
   IndexConfig,
   InputLike,
   Metric,
@@ -47,6 +48,8 @@ import {
   metadataToProto,
   metricToProto,
   optionalFilter,
+  hybridToProto,
+  optionalScore,
   rerankFusionToProto,
   searchModeToProto,
   truncationToProto,
@@ -70,6 +73,8 @@ export interface AICreateStoreOptions extends CallOptions {
   /** Unset takes the models' recommended metric. */
   metric?: Metric;
   ifNotExists?: boolean;
+  /** A keyword index for hybrid search: these metadata fields, or [] for the original text. */
+  keywordIndex?: string[];
 }
 
 export interface TruncationOptions extends CallOptions {
@@ -90,6 +95,14 @@ export interface AISearchOptions extends TruncationOptions, ExploreOptions {
   ef?: number;
   /** Embed the query with this model (of the store's space) instead of the store's. */
   queryModelOverride?: string;
+  /**
+   * Hybrid search (the store needs a keyword index): set `hybrid`, `keywords` or `keywordOnly`.
+   * The keyword side searches `keywords`, else the query text (image queries need keywords).
+   */
+  hybrid?: HybridOptions;
+  keywords?: string;
+  /** Search by keywords alone (BM25), without embedding the query. */
+  keywordOnly?: boolean;
 }
 
 export interface AIGetByPredicateOptions extends CallOptions {
@@ -231,6 +244,7 @@ export class AIClient {
         index: indexToProto(options.index),
         metric: metricToProto(options.metric),
         if_not_exists: options.ifNotExists ?? false,
+        keyword_index: options.keywordIndex ? { fields: options.keywordIndex } : undefined,
       },
       options,
     );
@@ -309,6 +323,9 @@ export class AIClient {
         mode: searchModeToProto(options.mode),
         ef: uint32(options.ef ?? 0, 'ef'),
         query_model_override: options.queryModelOverride ?? '',
+        hybrid: hybridToProto(options.hybrid),
+        keywords: options.keywords ?? '',
+        keyword_only: options.keywordOnly ?? false,
       },
       options,
     );
@@ -317,6 +334,12 @@ export class AIClient {
         const result: AIMatch = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (match._rerank_score === 'rerank_score' && match.rerank_score !== undefined) result.rerankScore = match.rerank_score;
         if (match._fused_score === 'fused_score' && match.fused_score !== undefined) result.fusedScore = match.fused_score;
+        const vectorScore = optionalScore(match._vector_score, match.vector_score);
+        const keywordScore = optionalScore(match._keyword_score, match.keyword_score);
+        const hybridScore = optionalScore(match._hybrid_score, match.hybrid_score);
+        if (vectorScore !== undefined) result.vectorScore = vectorScore;
+        if (keywordScore !== undefined) result.keywordScore = keywordScore;
+        if (hybridScore !== undefined) result.hybridScore = hybridScore;
         const original = originalFromProto(match.original);
         if (original !== undefined) result.original = original;
         return result;

@@ -66,6 +66,27 @@ export type SearchMode = 'auto' | 'exact' | 'hnsw';
 export type TruncationPolicy = 'error' | 'truncate';
 /** How a rerank orders its candidates: the reranker's scores alone, or fused with the similarities. */
 export type RerankFusion = 'none' | 'rrf' | 'blend';
+/** How a hybrid search fuses its vector and keyword (BM25) results. */
+export type HybridFusion = 'rrf' | 'blend';
+
+/** Hybrid search fusion; unset fields take the server's defaults. */
+export interface HybridOptions {
+  /** 'blend' (default): min-max normalized scores, weighted; 'rrf': reciprocal rank fusion. */
+  fusion?: HybridFusion;
+  /** RRF's k; 0 or unset: 60. */
+  rrfK?: number;
+  /** blend: the vector side's share, 0 to 1 (default 0.5). */
+  vectorWeight?: number;
+  /** Candidates per side before fusing; 0 or unset: max(k, 100). */
+  candidates?: number;
+}
+
+export interface KeywordIndexCreated {
+  /** False: the store had a keyword index on these fields already. */
+  created: boolean;
+  /** Entries in the index (those with text in its fields). */
+  indexed: number;
+}
 
 /** How GetSimN combines positive and negative examples (see ExploreOptions). */
 export type RecommendStrategy = 'average_vector' | 'best_score';
@@ -124,6 +145,8 @@ export interface StoreInfo {
   storeMetadata: Record<string, string>;
   /** Never reused: a store dropped and created again under its name gets a new id. */
   storeId: number;
+  /** Metadata fields of the store's keyword index; unset when it has none. */
+  keywordFields?: string[];
 }
 
 export interface CreateStoreResult<S> {
@@ -155,6 +178,13 @@ export interface Match {
   vector?: number[];
   /** As on Entry. */
   omittedMetadataKeys?: string[];
+  /**
+   * Hybrid and keyword-only searches: each side's own score (unset where that side did not
+   * find the entry) and the fused score that ordered the results (= similarity).
+   */
+  vectorScore?: number;
+  keywordScore?: number;
+  hybridScore?: number;
 }
 
 export interface SearchResult<M> {
@@ -240,6 +270,10 @@ export interface AIMatch {
   rerankScore?: number;
   /** The fused score that ordered the matches; set only when the rerank fused. */
   fusedScore?: number;
+  /** Hybrid and keyword-only searches, as on Match. */
+  vectorScore?: number;
+  keywordScore?: number;
+  hybridScore?: number;
   metadata: Metadata;
   /** The stored original, when the store keeps originals. */
   original?: Original;

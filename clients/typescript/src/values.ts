@@ -9,9 +9,11 @@ import type { Metric__Output } from './generated/nachbar/common/v1/Metric';
 import type { SearchMode__Output } from './generated/nachbar/common/v1/SearchMode';
 import type { RerankFusion__Output } from './generated/nachbar/ai/v1/RerankFusion';
 import type { RecommendStrategy__Output } from './generated/nachbar/db/v1/RecommendStrategy';
+import type { HybridOptions as HybridOptionsMessage } from './generated/nachbar/db/v1/HybridOptions';
 import type { TruncationPolicy__Output } from './generated/nachbar/ai/v1/TruncationPolicy';
 import type {
   FilterSpec,
+  HybridOptions,
   IndexConfig,
   Metadata,
   MetadataInput,
@@ -290,6 +292,27 @@ export function exploreToProto(options: ExploreOptions): {
     recommend_candidates: examples ? uint32(options.recommendCandidates ?? 0, 'recommendCandidates') : 0,
   };
   return options.mmr === undefined ? fields : { mmr_lambda: options.mmr, ...fields };
+}
+
+/** The HybridOptions message of a GetSimN; undefined leaves the server's defaults. */
+export function hybridToProto(options: HybridOptions | undefined): HybridOptionsMessage | undefined {
+  if (options === undefined) return undefined;
+  const fusion = options.fusion ?? 'blend';
+  if (fusion !== 'rrf' && fusion !== 'blend') {
+    throw new InvalidArgumentError(`unknown hybrid fusion ${repr(fusion)}; use rrf or blend`);
+  }
+  const message: HybridOptionsMessage = {
+    fusion: fusion === 'rrf' ? 'HYBRID_FUSION_RRF' : 'HYBRID_FUSION_BLEND',
+    rrf_k: uint32(options.rrfK ?? 0, 'rrfK'),
+    candidates: uint32(options.candidates ?? 0, 'candidates'),
+  };
+  if (options.vectorWeight !== undefined) message.vector_weight = options.vectorWeight;
+  return message;
+}
+
+/** A match's optional score, present only when the server set it. */
+export function optionalScore(present: string | undefined, value: number | null | undefined): number | undefined {
+  return present !== undefined && value !== null && value !== undefined ? value : undefined;
 }
 
 const TRUNCATION: Record<TruncationPolicy, TruncationPolicy__Output> = {

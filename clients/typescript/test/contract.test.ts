@@ -91,6 +91,8 @@ const DB_CALLS: Record<string, (client: DBClient) => Promise<unknown>> = {
   DeleteByPredicate: (c) => c.deleteByPredicate('s', { n: { eq: 1 } }),
   CreatePredIndex: (c) => c.createPredIndex('s', ['n']),
   DropPredIndex: (c) => c.dropPredIndex('s', ['n'], { missingOk: true }),
+  CreateKeywordIndex: (c) => c.createKeywordIndex('s', ['text']),
+  DropKeywordIndex: (c) => c.dropKeywordIndex('s', { missingOk: true }),
   Info: (c) => c.info(),
   Ping: (c) => c.ping(),
 };
@@ -182,6 +184,15 @@ describe('DBClient against a scripted server', () => {
     assert.equal(search['mode'], 'SEARCH_MODE_EXACT');
     assert.equal(search['ef'], 50);
     assert.equal(search['k'], 2);
+
+    await client.getSimN('s', null, 3, { keywords: 'apt', hybrid: { fusion: 'blend', vectorWeight: 0.25, candidates: 50 } });
+    const hybrid = fake.received.get('GetSimN')!.request;
+    assert.deepEqual(hybrid['query'], []);
+    assert.equal(hybrid['keywords'], 'apt');
+    const options = hybrid['hybrid'] as Record<string, unknown>;
+    assert.equal(options['fusion'], 'HYBRID_FUSION_BLEND');
+    assert.equal(options['vector_weight'], 0.25);
+    assert.equal(options['candidates'], 50);
     assert.equal(search['_mmr_lambda'], undefined, 'no MMR unless asked');
     assert.deepEqual(search['positive_ids'], []);
   });

@@ -3,7 +3,14 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AlreadyExistsError, DBClient, InvalidArgumentError, NachbarError, NotFoundError } from '../src/index';
+import {
+  AlreadyExistsError,
+  DBClient,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NachbarError,
+  NotFoundError,
+} from '../src/index';
 import { ServerProcess, startServer, tempDir } from './servers';
 
 function assertClose(actual: number, expected: number, what: string): void {
@@ -188,6 +195,39 @@ describe('DBClient against nachbar-db', () => {
     const bad = await rejection(db.getSimN('explore', [1, 0], 2, { mmr: 1.5 }));
     assert.ok(bad instanceof InvalidArgumentError);
     assert.match(bad.message, /mmr lambda 1.5 is out of range/);
+  });
+
+  it('searches by keywords, hybrid and keyword-only, with each side\'s score', async () => {
+    const { store } = await db.createStore('hybrid', 2, { keywordFields: ['text'] });
+    assert.deepEqual(store.keywordFields, ['text']);
+    await db.upsert('hybrid', [
+      { id: 'a', vector: [1, 0], metadata: { text: 'apt pinning howto' } },
+      { id: 'b', vector: [0, 1], metadata: { text: 'network bridges' } },
+    ]);
+    const hybrid = await db.getSimN('hybrid', [0, 1], 2, { keywords: 'apt', hybrid: { fusion: 'rrf' } });
+    assert.deepEqual(hybrid.matches.map((m) => m.id).sort(), ['a', 'b']);
+    const a = hybrid.matches.find((m) => m.id === 'a');
+    const b = hybrid.matches.find((m) => m.id === 'b');
+    assert.ok(a?.keywordScore !== undefined && a.keywordScore > 0);
+    assert.equal(b?.keywordScore, undefined);
+    assertClose(b?.hybridScore ?? 0, 1 / 61, 'b: first by vector only');
+    assertClose(a?.hybridScore ?? 0, 1 / 62 + 1 / 61, 'a: second by vector, first by keyword');
+    const only = await db.getSimN('hybrid', null, 5, { keywords: 'NEAR(network" *' });
+    assert.deepEqual(only.matches.map((m) => m.id), ['b']);
+    assert.equal(only.matches[0]?.vectorScore, undefined);
+    assert.equal(only.plan, 'keyword');
+    const blank = await rejection(db.getSimN('hybrid', null, 1, { keywords: '  ' }));
+    assert.ok(blank instanceof InvalidArgumentError && /whitespace/.test(blank.message), blank.message);
+
+    await db.createStore('later', 2);
+    await db.upsert('later', [{ id: 'x', vector: [1, 0], metadata: { title: 'Café' } }]);
+    const missing = await rejection(db.getSimN('later', [1, 0], 1, { keywords: 'cafe' }));
+    assert.ok(missing instanceof FailedPreconditionError, missing.message);
+    assert.deepEqual(await db.createKeywordIndex('later', ['title']), { created: true, indexed: 1 });
+    const found = await db.getSimN('later', null, 1, { keywords: 'cafe' });
+    assert.deepEqual(found.matches.map((m) => m.id), ['x']);
+    assert.equal(await db.dropKeywordIndex('later'), true);
+    assert.equal(await db.dropKeywordIndex('later', { missingOk: true }), false);
   });
 
   it('finds its stores again after a restart', async () => {

@@ -178,6 +178,7 @@ class CreateStoreRequest(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     IF_NOT_EXISTS_FIELD_NUMBER: _builtins.int
+    KEYWORD_INDEX_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     query_model: _builtins.str
     """Embeds GetSimN queries."""
@@ -192,6 +193,12 @@ class CreateStoreRequest(_message.Message):
     def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def index(self) -> _common_pb2.IndexConfig: ...
+    @_builtins.property
+    def keyword_index(self) -> _db_pb2.KeywordIndexConfig:
+        """Set: a keyword index for hybrid search. With no fields it indexes the stored original text
+        (needs store_original); name metadata fields (e.g. an image caption) to index those.
+        """
+
     def __init__(
         self,
         *,
@@ -203,10 +210,11 @@ class CreateStoreRequest(_message.Message):
         index: _common_pb2.IndexConfig | None = ...,
         metric: _common_pb2.Metric.ValueType = ...,
         if_not_exists: _builtins.bool = ...,
+        keyword_index: _db_pb2.KeywordIndexConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "keyword_index", b"keyword_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_not_exists", b"if_not_exists", "index", b"index", "index_model", b"index_model", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "query_model", b"query_model", "store", b"store", "store_original", b"store_original"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_not_exists", b"if_not_exists", "index", b"index", "index_model", b"index_model", "keyword_index", b"keyword_index", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "query_model", b"query_model", "store", b"store", "store_original", b"store_original"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,6 +524,9 @@ class GetSimNRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     EF_FIELD_NUMBER: _builtins.int
     QUERY_MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    HYBRID_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    KEYWORD_ONLY_FIELD_NUMBER: _builtins.int
     MMR_LAMBDA_FIELD_NUMBER: _builtins.int
     MMR_CANDIDATES_FIELD_NUMBER: _builtins.int
     POSITIVE_IDS_FIELD_NUMBER: _builtins.int
@@ -531,6 +542,9 @@ class GetSimNRequest(_message.Message):
     """Embed the query with this model instead of the store's query model. It must share the
     store's embedding space (for example an int8 twin).
     """
+    keywords: _builtins.str
+    keyword_only: _builtins.bool
+    """Search by keywords alone (BM25 order), without embedding the query."""
     mmr_lambda: _builtins.float
     """MMR and recommend by examples as in nachbar-db's GetSimNRequest (same names and limits).
     The example ids are entries of this store; their stored vectors are used, so they work
@@ -550,6 +564,13 @@ class GetSimNRequest(_message.Message):
         """Unset: no reranking."""
 
     @_builtins.property
+    def hybrid(self) -> _db_pb2.HybridOptions:
+        """Hybrid search (the store needs a keyword index): set this, `keywords` or `keyword_only`.
+        The keyword side searches `keywords`, or the query text when it is empty (image queries
+        need `keywords`). A rerank then reranks the fused candidates.
+        """
+
+    @_builtins.property
     def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -565,6 +586,9 @@ class GetSimNRequest(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         ef: _builtins.int = ...,
         query_model_override: _builtins.str = ...,
+        hybrid: _db_pb2.HybridOptions | None = ...,
+        keywords: _builtins.str = ...,
+        keyword_only: _builtins.bool = ...,
         mmr_lambda: _builtins.float | None = ...,
         mmr_candidates: _builtins.int = ...,
         positive_ids: _abc.Iterable[_builtins.str] | None = ...,
@@ -572,9 +596,9 @@ class GetSimNRequest(_message.Message):
         recommend_strategy: _db_pb2.RecommendStrategy.ValueType = ...,
         recommend_candidates: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "mmr_lambda", b"mmr_lambda", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "hybrid", b"hybrid", "mmr_lambda", b"mmr_lambda", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "ef", b"ef", "filter", b"filter", "k", b"k", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "query_model_override", b"query_model_override", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "ef", b"ef", "filter", b"filter", "hybrid", b"hybrid", "k", b"k", "keyword_only", b"keyword_only", "keywords", b"keywords", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "query_model_override", b"query_model_override", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
     _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
@@ -613,6 +637,9 @@ class AIMatch(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     ORIGINAL_FIELD_NUMBER: _builtins.int
     FUSED_SCORE_FIELD_NUMBER: _builtins.int
+    VECTOR_SCORE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
+    HYBRID_SCORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     similarity: _builtins.float
     """Vector similarity (see Metric)."""
@@ -622,6 +649,12 @@ class AIMatch(_message.Message):
     """The fused score that ordered the matches; set only when the rerank fused (see
     RerankFusion).
     """
+    vector_score: _builtins.float
+    """Hybrid and keyword-only searches, as on nachbar.db.v1.Match: `similarity` is then the
+    hybrid (or keyword) score, and these are each side's own.
+    """
+    keyword_score: _builtins.float
+    hybrid_score: _builtins.float
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -637,19 +670,34 @@ class AIMatch(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         original: Global___Input | None = ...,
         fused_score: _builtins.float | None = ...,
+        vector_score: _builtins.float | None = ...,
+        keyword_score: _builtins.float | None = ...,
+        hybrid_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "original", b"original", "rerank_score", b"rerank_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_rerank_score", b"_rerank_score", "_vector_score", b"_vector_score", "fused_score", b"fused_score", "hybrid_score", b"hybrid_score", "keyword_score", b"keyword_score", "original", b"original", "rerank_score", b"rerank_score", "vector_score", b"vector_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "id", b"id", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_rerank_score", b"_rerank_score", "_vector_score", b"_vector_score", "fused_score", b"fused_score", "hybrid_score", b"hybrid_score", "id", b"id", "keyword_score", b"keyword_score", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity", "vector_score", b"vector_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__fused_score: _TypeAlias = _typing.Literal["fused_score"]  # noqa: Y015
     _WhichOneofArgType__fused_score: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score"]  # noqa: Y015
+    _WhichOneofReturnType__hybrid_score: _TypeAlias = _typing.Literal["hybrid_score"]  # noqa: Y015
+    _WhichOneofArgType__hybrid_score: _TypeAlias = _typing.Literal["_hybrid_score", b"_hybrid_score"]  # noqa: Y015
+    _WhichOneofReturnType__keyword_score: _TypeAlias = _typing.Literal["keyword_score"]  # noqa: Y015
+    _WhichOneofArgType__keyword_score: _TypeAlias = _typing.Literal["_keyword_score", b"_keyword_score"]  # noqa: Y015
     _WhichOneofReturnType__rerank_score: _TypeAlias = _typing.Literal["rerank_score"]  # noqa: Y015
     _WhichOneofArgType__rerank_score: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score"]  # noqa: Y015
+    _WhichOneofReturnType__vector_score: _TypeAlias = _typing.Literal["vector_score"]  # noqa: Y015
+    _WhichOneofArgType__vector_score: _TypeAlias = _typing.Literal["_vector_score", b"_vector_score"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fused_score) -> _WhichOneofReturnType__fused_score | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hybrid_score) -> _WhichOneofReturnType__hybrid_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keyword_score) -> _WhichOneofReturnType__keyword_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rerank_score) -> _WhichOneofReturnType__rerank_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vector_score) -> _WhichOneofReturnType__vector_score | None: ...
 
 Global___AIMatch: _TypeAlias = AIMatch  # noqa: Y015
 

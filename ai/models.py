@@ -30,6 +30,7 @@ from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImagePreprocessor
 from nachbar.ai.inference import (
     CrossEncoderScorer,
+    DecoderPool,
     ImageEmbedder,
     LateInteractionScorer,
     TextEmbedder,
@@ -112,7 +113,7 @@ class ModelManager:
                 f"than the {max_loaded} that may be loaded"
             )
         self.max_loaded = max_loaded
-        self._image_decodes = threading.BoundedSemaphore(limits.image_decoders or available_cpus())
+        self._decoders = DecoderPool(limits.image_decoders or available_cpus())
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         # Least recently used first.
@@ -167,6 +168,7 @@ class ModelManager:
             self._loaded.clear()
         for model in loaded:
             model.batcher.close()
+        self._decoders.close()
 
     def __enter__(self) -> ModelManager:
         return self
@@ -298,7 +300,12 @@ class ModelManager:
             assert files.preprocessor is not None  # the registry guarantees it
             preprocessor = _load_preprocessor(spec, directory / files.preprocessor)
             engine = ImageEmbedder(
-                spec, model, preprocessor, self.limits.image, decode_slots=self._image_decodes
+                spec,
+                model,
+                preprocessor,
+                self.limits.image,
+                decoders=self._decoders,
+                decode=self.limits.image_decode,
             )
         batcher: DynamicBatcher[Any] = DynamicBatcher(
             engine, self.batching, name=spec.name, observer=self.observer

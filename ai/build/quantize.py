@@ -43,8 +43,14 @@ def quantize_int8(
     *,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     preprocess: bool = True,
+    per_channel: bool = True,
+    weights_only: bool = True,
 ) -> None:
-    """Write an int8-weight copy of the fp32 ONNX model `source` to `destination`."""
+    """Write an int8-weight copy of the fp32 ONNX model `source` to `destination`.
+
+    `weights_only`: only MatMuls by a weight matrix are quantized, not the attention products
+    of two activations (query x key, probabilities x value)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -57,11 +63,41 @@ def quantize_int8(
             str(prepared),
             str(destination),
             op_types_to_quantize=list(op_types),
-            per_channel=True,
+            per_channel=per_channel,
             reduce_range=False,
             weight_type=QuantType.QInt8,
+            # Contrib ops (a fused Attention) have no ONNX shape inference: their outputs
+            # are float.
+            extra_options={
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+                "MatMulConstBOnly": weights_only,
+            },
         )
     log.debug("quantized %s -> %s", source, destination)
+
+
+def fuse_transformer(
+    source: Path, destination: Path, *, heads: int, hidden: int, skip_layer_norm: bool = False
+) -> None:
+    """Write `source`, a BERT-like fp32 encoder, with onnxruntime's transformer optimizer's
+    fusions (Attention, embedding LayerNorm, GELU, bias adds; SkipLayerNormalization only
+    with `skip_layer_norm`) to `destination`."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = skip_layer_norm
+    with _quiet_root_logger():
+        model = optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            optimization_options=options,
+            opt_level=0,
+            use_gpu=False,
+        )
+        model.save_model_to_file(str(destination))
 
 
 @contextlib.contextmanager

@@ -349,10 +349,11 @@ def image_pass(config: Config, draft: ChildServer, exact: ChildServer, results: 
         "draft": [AIClient(draft.address, timeout=300) for _ in range(2)],
         "exact": [AIClient(exact.address, timeout=300)],
     }
+    pids = {"draft": draft.proc.pid, "exact": exact.proc.pid}
     for set_name, images in image_sets(config).items():
         results.image_bytes[set_name] = sum(len(x) for x in images) / len(images)
         for model in ref.IMAGE_MODELS:
-            rows = image_rows(config, clients, model, images)
+            rows = image_rows(config, clients, pids, model, images)
             results.images[(set_name, model)] = rows
     for group in clients.values():
         for client in group:
@@ -360,8 +361,14 @@ def image_pass(config: Config, draft: ChildServer, exact: ChildServer, results: 
 
 
 def image_rows(
-    config: Config, clients: dict[str, list[Any]], model: str, images: list[bytes]
+    config: Config,
+    clients: dict[str, list[Any]],
+    pids: dict[str, int],
+    model: str,
+    images: list[bytes],
 ) -> list[Row]:
+    """The rows' `server_cpu`: CPU seconds of the process that decodes and runs the model
+    (nachbar-ai for gRPC rows, this one for the raw rows)."""
     batches = in_batches(images, BATCH)
     raw = ref.RawImageModel(ref.built_dir(config.model_dir, model), threads=config.threads)
     expected = raw.embed(images[:8])
@@ -400,13 +407,27 @@ def image_rows(
             raw.run(pixels)
         return len(images)
 
+    def counting_cpu(row: Row, pid: int, work: Callable[[], int]) -> Callable[[], int]:
+        """`work`, adding the CPU seconds process `pid` spends on it to the row."""
+
+        def run() -> int:
+            before = benchlib.cpu_seconds(pid)
+            done = work()
+            after = benchlib.cpu_seconds(pid)
+            if before is not None and after is not None:
+                row.server_cpu = (row.server_cpu or 0.0) + after - before
+            return done
+
+        return run
+
+    here = os.getpid()
     timed_rounds(
         [
-            (rows["draft"], lambda: run_grpc("draft")),
-            (rows["draft2"], run_two_clients),
-            (rows["exact"], lambda: run_grpc("exact")),
-            (rows["raw"], run_raw),
-            (rows["ready"], run_model_only),
+            (rows["draft"], counting_cpu(rows["draft"], pids["draft"], lambda: run_grpc("draft"))),
+            (rows["draft2"], counting_cpu(rows["draft2"], pids["draft"], run_two_clients)),
+            (rows["exact"], counting_cpu(rows["exact"], pids["exact"], lambda: run_grpc("exact"))),
+            (rows["raw"], counting_cpu(rows["raw"], here, run_raw)),
+            (rows["ready"], counting_cpu(rows["ready"], here, run_model_only)),
         ],
         config.rounds,
     )
@@ -851,6 +872,7 @@ def render_images(results: Results) -> list[str]:
                     row.name,
                     f"{row.per_second:,.1f}",
                     f"{row.per_second / ready.per_second:.2f}",
+                    "-" if row.server_cpu is None else f"{1000 * row.server_cpu / row.items:.1f}",
                     "-" if row.agreement is None else f"{row.agreement:.4f}",
                 ]
             )
@@ -863,7 +885,15 @@ def render_images(results: Results) -> list[str]:
         )
     lines.append(
         markdown_table(
-            ["photos", "model", "path", "images/s", "x ready pixels", "min cosine to raw (8)"],
+            [
+                "photos",
+                "model",
+                "path",
+                "images/s",
+                "x ready pixels",
+                "CPU ms / image",
+                "min cosine to raw (8)",
+            ],
             rows,
         )
     )

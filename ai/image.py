@@ -5,8 +5,11 @@ applies the EXIF orientation and converts every colour mode to RGB. Preprocessin
 small transforms (resize -> center crop -> rescale -> normalize) configured exactly as the
 model's Hugging Face image-processor config says, ending in a CHW float32 array.
 
+JPEGs decode at a reduced DCT scale (1/2, 1/4 or 1/8) when the caller passes `draft_size`
+(the preprocessor's `draft_size`: twice its resize target), else at full size.
+
 Every intermediate image is bounded: the decoded one by `max_pixels` (JPEGs much larger than
-any model needs decode at 1/2, 1/4 or 1/8 scale first), colour conversions run band by band, a
+any model needs decode at 1/2, 1/4 or 1/8 scale first, in either mode), colour conversions run band by band, a
 resize whose full result would be huge (an extreme aspect ratio) computes only the centre that
 the crop keeps, and pixels become floats only after the crop, at the model's input size.
 """
@@ -44,7 +47,8 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_IMAGE_LIMITS = ImageLimits()
 # JPEGs whose short side is at least twice this decode at the largest 1/2, 1/4 or 1/8 scale
 # that keeps it: far more than the 224-384 pixels any model here takes, at a quarter of the
-# memory or less. Smaller JPEGs decode at full size, exactly as Hugging Face's processors do.
+# memory or less. Without a draft size, smaller JPEGs decode at full size, exactly as Hugging
+# Face's processors do.
 JPEG_DRAFT_SHORT_SIDE = 2048
 # Draft decoding keeps a JPEG at least this many times the model's resize target. Measured on
 # foolbox's photos with efficientnet-lite0 (bench/RESULTS.md): at 1x, 512-pixel photos

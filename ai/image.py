@@ -9,9 +9,10 @@ JPEGs decode at a reduced DCT scale (1/2, 1/4 or 1/8) when the caller passes `dr
 (the preprocessor's `draft_size`: twice its resize target), else at full size.
 
 Every intermediate image is bounded: the decoded one by `max_pixels` (JPEGs much larger than
-any model needs decode at 1/2, 1/4 or 1/8 scale first, in either mode), colour conversions run band by band, a
-resize whose full result would be huge (an extreme aspect ratio) computes only the centre that
-the crop keeps, and pixels become floats only after the crop, at the model's input size.
+any model needs decode at 1/2, 1/4 or 1/8 scale first, in either mode), colour conversions run
+band by band, a resize whose full result would be huge (an extreme aspect ratio) computes only
+the centre that the crop keeps, and pixels become floats only after the crop, at the model's
+input size.
 """
 
 from __future__ import annotations

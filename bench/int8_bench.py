@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ class Measured:
     cosine_mean: float = 0.0
     cosine_min: float = 0.0
     ops: str = ""
+    cpu_ratio: float = 0.0  # fp32 CPU seconds / int8 CPU seconds for the same texts
 
 
 @dataclass
@@ -311,17 +313,27 @@ def run(names: Sequence[str], config: argparse.Namespace) -> Results:
                 float(cosines.min()),
             )
 
-            def work(model: ref.RawTextModel) -> Callable[[], int]:
+            cpu = {"int8": 0.0, "fp32": 0.0}
+
+            def work(
+                model: ref.RawTextModel, key: str, cpu: dict[str, float] = cpu
+            ) -> Callable[[], int]:
                 def embed_all() -> int:
+                    before = time.process_time()
                     for batch in batches:
                         model.embed(batch)
+                    cpu[key] += time.process_time() - before
                     return len(texts)
 
                 return embed_all
 
-            work(int8)()
-            work(fp32)()  # warm-up
-            timed_rounds([(row.int8, work(int8)), (row.fp32, work(fp32))], config.rounds)
+            work(int8, "int8")()
+            work(fp32, "fp32")()  # warm-up
+            cpu.update(int8=0.0, fp32=0.0)
+            timed_rounds(
+                [(row.int8, work(int8, "int8")), (row.fp32, work(fp32, "fp32"))], config.rounds
+            )
+            row.cpu_ratio = cpu["fp32"] / cpu["int8"]
             row.ops = op_summary(folder / "model.onnx")
             results.measured.append(row)
             log(
@@ -351,6 +363,7 @@ def render(results: Results) -> str:
                 "int8 texts/s",
                 "fp32 texts/s",
                 "int8 / fp32",
+                "by CPU time",
                 "STS-B Spearman int8 (fp32)",
                 "cost, points",
                 "cosine to fp32 mean / min",
@@ -364,6 +377,7 @@ def render(results: Results) -> str:
                     f"{m.int8.per_second:,.0f}",
                     f"{m.fp32.per_second:,.0f}",
                     f"{m.int8.per_second / m.fp32.per_second:.2f}",
+                    f"{m.cpu_ratio:.2f}",
                     f"{m.spearman:.2f} ({m.fp32_spearman:.2f})",
                     f"{m.fp32_spearman - m.spearman:+.2f}",
                     f"{m.cosine_mean:.4f} / {m.cosine_min:.4f}",

@@ -17,7 +17,7 @@ from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.image import DRAFT_MARGIN, ImagePreprocessor, decode_image
 from nachbar.ai.inference import DecoderPool, _consecutive_rows
 from nachbar.ai.limits import ImageDecode, InputLimits
-from nachbar.ai.models import ModelManager
+from nachbar.ai.models import IMAGE_CHUNK, ModelManager
 from tests.ai.test_built_models import built_dir_with
 from tests.ai.tiny_models import BUILT_PREPROCESSOR, CLIP_PREPROCESSOR, RESNET_PREPROCESSOR
 
@@ -110,7 +110,8 @@ def test_draft_embeddings_stay_within_tolerance_of_the_exact_path(photos: list[b
 
 def test_parallel_decoding_gives_the_vectors_of_one_thread(photos: list[bytes]) -> None:
     model_dir = built_dir_with(EFFICIENTNET)
-    images = photos[:6] + photos[-3:]
+    images = photos[:6] + photos[-3:] + photos[6:9]  # more than one chunk, in request order
+    assert len(images) > IMAGE_CHUNK
     parallel = _embed(model_dir, ImageDecode.DRAFT, images)
     with ModelManager(model_dir, limits=InputLimits(image_decoders=1)) as manager:
         serial = np.concatenate([manager.embed(EFFICIENTNET, [image]) for image in images])
@@ -124,6 +125,11 @@ def test_a_bad_image_fails_its_request_by_index_and_the_pool_keeps_serving(
     with ModelManager(tiny_model_dir, limits=InputLimits(image_decoders=2)) as manager:
         with pytest.raises(InvalidInputError, match="Input 5 is not a readable image"):
             manager.embed("efficientnet-lite0", [good] * 5 + [b"not an image"] + [good] * 4)
+        # In a later chunk (IMAGE_CHUNK images are queued while the next ones decode), the
+        # index still counts from the request's first image.
+        late = IMAGE_CHUNK + 2
+        with pytest.raises(InvalidInputError, match=f"Input {late} is not a readable image"):
+            manager.embed("efficientnet-lite0", [good] * late + [b"not an image"] + [good])
         assert manager.embed("efficientnet-lite0", [good] * 3).shape[0] == 3
 
 

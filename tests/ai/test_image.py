@@ -322,7 +322,8 @@ def test_pixels_become_floats_only_at_the_model_input_size(monkeypatch: pytest.M
     pixels = ImagePreprocessor.from_config(CLIP_PREPROCESSOR)(Image.new("RGB", (3000, 2000)))
     # The image's bytes are read once, at the crop's size, and looked up into the floats.
     assert converted == [(224, 224, 3)]
-    assert (pixels.shape, pixels.dtype) == ((3, 224, 224), np.float32)
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == np.dtype(np.float32)
 
 
 def test_huge_jpegs_decode_at_a_reduced_scale_and_count_their_decoded_pixels() -> None:

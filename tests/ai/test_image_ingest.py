@@ -154,7 +154,7 @@ def test_the_pool_bounds_what_each_request_queues() -> None:
         submitted.append(pool._executor._work_queue.qsize())  # queued, not started
         return original(fn)
 
-    pool._executor.submit = counting_submit  # type: ignore[method-assign]
+    pool._executor.submit = counting_submit  # type: ignore[method-assign,assignment]
     try:
         pool.run([job] * 12)
     finally:

@@ -25,7 +25,7 @@ from typing import Any
 import benchlib
 import numpy as np
 import onnx_reference as ref
-from benchlib import Tally, log, markdown_table, timed_rounds
+from benchlib import Tally, log, markdown_table
 
 BATCH = 32
 HEADS, HIDDEN = 12, 384  # all-MiniLM-L6-v2
@@ -266,6 +266,26 @@ def raw_model(folder: Path, threads: int, disabled: tuple[str, ...] | None) -> r
     return model
 
 
+def interleaved(
+    paths: dict[str, tuple[Tally, ref.RawTextModel]], batches: list[list[str]], rounds: int
+) -> dict[str, float]:
+    """Time the paths batch by batch, alternating which goes first, so both see the same
+    machine load however it changes; return each path's CPU seconds."""
+    cpu = dict.fromkeys(paths, 0.0)
+    keys = list(paths)
+    for number in range(rounds):
+        for index, batch in enumerate(batches):
+            order = keys if (number + index) % 2 == 0 else keys[::-1]
+            for key in order:
+                tally, model = paths[key]
+                wall, process = time.perf_counter(), time.process_time()
+                model.embed(batch)
+                tally.seconds += time.perf_counter() - wall
+                cpu[key] += time.process_time() - process
+                tally.items += len(batch)
+    return cpu
+
+
 def run(names: Sequence[str], config: argparse.Namespace) -> Results:
     ref.ensure_built(config.model_dir, [ref.TEXT_MODEL])
     fp32_dir = ref.built_dir(config.model_dir, ref.TEXT_MODEL)
@@ -313,25 +333,10 @@ def run(names: Sequence[str], config: argparse.Namespace) -> Results:
                 float(cosines.min()),
             )
 
-            cpu = {"int8": 0.0, "fp32": 0.0}
-
-            def work(
-                model: ref.RawTextModel, key: str, cpu: dict[str, float] = cpu
-            ) -> Callable[[], int]:
-                def embed_all() -> int:
-                    before = time.process_time()
-                    for batch in batches:
-                        model.embed(batch)
-                    cpu[key] += time.process_time() - before
-                    return len(texts)
-
-                return embed_all
-
-            work(int8, "int8")()
-            work(fp32, "fp32")()  # warm-up
-            cpu.update(int8=0.0, fp32=0.0)
-            timed_rounds(
-                [(row.int8, work(int8, "int8")), (row.fp32, work(fp32, "fp32"))], config.rounds
+            for model in (int8, fp32):  # warm-up
+                model.embed(batches[0])
+            cpu = interleaved(
+                {"int8": (row.int8, int8), "fp32": (row.fp32, fp32)}, batches, config.rounds
             )
             row.cpu_ratio = cpu["fp32"] / cpu["int8"]
             row.ops = op_summary(folder / "model.onnx")
@@ -352,7 +357,7 @@ def render(results: Results) -> str:
         f"{machine['date']}; {machine['cpu_model']}, {machine['cpus']} CPUs, "
         f"{machine['memory_gib']} GiB; load average before {machine['load_average']}, after "
         f"{machine['load_average_after']}; raw onnxruntime, {results.texts} STS-B sentences in "
-        f"batches of {BATCH}, {results.rounds} rounds alternating int8 and fp32, "
+        f"batches of {BATCH}, {results.rounds} rounds alternating int8 and fp32 batch by batch, "
         f"{results.threads} intra-op threads unless the variant says otherwise",
         "",
         markdown_table(

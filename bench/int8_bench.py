@@ -8,6 +8,10 @@ sentences in batches of 32, in rounds that alternate with the fp32 model. Accura
 Spearman (cosine of the two sentences' mean-pooled vectors), in points (rho x 100), as
 bench/rerank_quant_bench.py measures it for the shipped model.
 
+The fused variants need sympy (onnxruntime's transformer optimizer imports it), which nachbar
+does not depend on: `uv pip install --python .venv/bin/python sympy` first, or they are
+reported as failed to build.
+
 Run: .venv/bin/python bench/int8_bench.py [--texts 1024 --rounds 5 --variants a,b]
 """
 

@@ -271,7 +271,9 @@ def raw_model(folder: Path, threads: int, disabled: tuple[str, ...] | None) -> r
 
 
 def interleaved(
-    paths: dict[str, tuple[Tally, ref.RawTextModel]], batches: list[list[str]], rounds: int
+    paths: dict[str, tuple[Tally, Callable[[list[str]], object]]],
+    batches: list[list[str]],
+    rounds: int,
 ) -> dict[str, float]:
     """Time the paths batch by batch, alternating which goes first, so both see the same
     machine load however it changes; return each path's CPU seconds."""
@@ -281,9 +283,9 @@ def interleaved(
         for index, batch in enumerate(batches):
             order = keys if (number + index) % 2 == 0 else keys[::-1]
             for key in order:
-                tally, model = paths[key]
+                tally, embed = paths[key]
                 wall, process = time.perf_counter(), time.process_time()
-                model.embed(batch)
+                embed(batch)
                 tally.seconds += time.perf_counter() - wall
                 cpu[key] += time.process_time() - process
                 tally.items += len(batch)
@@ -340,7 +342,9 @@ def run(names: Sequence[str], config: argparse.Namespace) -> Results:
             for model in (int8, fp32):  # warm-up
                 model.embed(batches[0])
             cpu = interleaved(
-                {"int8": (row.int8, int8), "fp32": (row.fp32, fp32)}, batches, config.rounds
+                {"int8": (row.int8, int8.embed), "fp32": (row.fp32, fp32.embed)},
+                batches,
+                config.rounds,
             )
             row.cpu_ratio = cpu["fp32"] / cpu["int8"]
             row.ops = op_summary(folder / "model.onnx")
@@ -349,8 +353,48 @@ def run(names: Sequence[str], config: argparse.Namespace) -> Results:
                 f"{name}: x{row.int8.per_second / row.fp32.per_second:.2f}, Spearman "
                 f"{row.spearman:.2f} vs {row.fp32_spearman:.2f}"
             )
+    if config.runtime:
+        log("the built int8 model through nachbar's runtime")
+        results.measured.append(runtime_row(config, batches, spearman_cache))
     results.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return results
+
+
+def runtime_row(
+    config: argparse.Namespace,
+    batches: list[list[str]],
+    spearman_cache: dict[tuple[int, tuple[str, ...] | None], float],
+) -> Measured:
+    """all-minilm-l6-v2-int8 as built, against all-minilm-l6-v2, through nachbar's model
+    runtime (ModelManager, dynamic batching on, its own session settings)."""
+    from nachbar.ai.models import ModelManager
+
+    ref.ensure_built(config.model_dir, [ref.TEXT_MODEL_INT8])
+    int8_dir = ref.built_dir(config.model_dir, ref.TEXT_MODEL_INT8)
+    int8_model = raw_model(int8_dir, config.threads, None)
+    row = Measured(
+        "built, nachbar runtime",
+        f"{ref.TEXT_MODEL_INT8} as built, embedded through ModelManager",
+        (int8_dir / "model.onnx").stat().st_size / 1e6,
+        Tally("runtime int8"),
+        Tally("runtime fp32"),
+        stsb_spearman(int8_model),
+        spearman_cache.get((config.threads, None), float("nan")),
+    )
+    with ModelManager(config.model_dir) as manager:
+        for name in (ref.TEXT_MODEL, ref.TEXT_MODEL_INT8):
+            manager.embed(name, batches[0])
+        cpu = interleaved(
+            {
+                "int8": (row.int8, lambda batch: manager.embed(ref.TEXT_MODEL_INT8, batch)),
+                "fp32": (row.fp32, lambda batch: manager.embed(ref.TEXT_MODEL, batch)),
+            },
+            batches,
+            config.rounds,
+        )
+    row.cpu_ratio = cpu["fp32"] / cpu["int8"]
+    row.ops = op_summary(int8_dir / "model.onnx")
+    return row
 
 
 def render(results: Results) -> str:
@@ -409,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=ref.cpu_count())
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--runtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the built int8 model against fp32 through nachbar's runtime",
+    )
     config = parser.parse_args(argv)
     names = [n.strip() for n in config.variants.split(",") if n.strip()]
     unknown = sorted(set(names) - set(VARIANTS))

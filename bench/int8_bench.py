@@ -433,7 +433,7 @@ def render(results: Results) -> str:
                     f"{m.cpu_ratio:.2f}",
                     f"{m.spearman:.2f} ({m.fp32_spearman:.2f})",
                     f"{m.fp32_spearman - m.spearman:+.2f}",
-                    f"{m.cosine_mean:.4f} / {m.cosine_min:.4f}",
+                    f"{m.cosine_mean:.4f} / {m.cosine_min:.4f}" if m.cosine_mean else "-",
                     m.ops,
                 ]
                 for m in results.measured

@@ -15,6 +15,12 @@ Measured with scripts/dev/measure_int8.py (2 CPU cores):
   also shifts slightly with its batch mates. Keeping the feed-forward MatMuls in fp32 lifted
   the worst case to 0.99 in a trial but removed most of the speed-up, so all MatMuls are
   quantized.
+- Variants of the MiniLM build, timed against fp32 batch by batch by bench/int8_bench.py
+  (bench/RESULTS.md, 2026-12-07): per-tensor weights, Gather or the attention products
+  quantized too, onnxruntime's transformer optimizer first (`fuse_transformer`: it fuses only
+  the GELUs of this graph), static QDQ and one thread were none consistently faster than this
+  build (x2.7-2.9 of fp32 by CPU time, x2.8-3.7 wall, -0.25 STS-B points); static QDQ lost
+  1.5 points.
 - EfficientNet-Lite0 (and so ConSE): Conv layers become ConvInteger, which onnxruntime runs
   about 10x slower than fp32 on CPU, and the pooled features drift (cosine 0.90 on average,
   0.77 at worst). An int8 image variant does not pay, so none is built.

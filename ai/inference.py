@@ -14,7 +14,7 @@ import string
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -181,12 +181,12 @@ class DecoderPool:
                     pending.popleft().result()
                 try:
                     pending.append(self._executor.submit(job))
-                except RuntimeError as error:  # shut down
-                    raise ModelUnavailableError(
-                        "The model manager is closed (server shutting down)."
-                    ) from error
+                except RuntimeError as error:  # the pool is shut down
+                    raise _closed() from error
             while pending:
                 pending.popleft().result()
+        except CancelledError as error:  # the pool was shut down meanwhile
+            raise _closed() from error
         finally:
             for future in pending:
                 future.cancel()
@@ -194,6 +194,10 @@ class DecoderPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _closed() -> ModelUnavailableError:
+    return ModelUnavailableError("The model manager is closed (server shutting down).")
 
 
 def _consecutive_rows(items: Sequence[FloatArray]) -> FloatArray | None:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from nachbar.ai.build.imagenet import sample_photos
-from nachbar.ai.errors import InvalidInputError
+from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import DRAFT_MARGIN, ImagePreprocessor, decode_image
 from nachbar.ai.inference import DecoderPool, _consecutive_rows
 from nachbar.ai.limits import ImageDecode, InputLimits
@@ -173,3 +173,13 @@ def test_a_requests_images_reach_the_model_without_a_copy() -> None:
     # Rows out of order, or from two requests, are stacked instead.
     assert _consecutive_rows([rows[1], rows[0]]) is None
     assert _consecutive_rows([rows[0], np.zeros((3, 2, 2), dtype=np.float32)]) is None
+
+
+def test_a_closed_pool_refuses_work_as_a_closed_model_manager() -> None:
+    pool = DecoderPool(1)
+    ran: list[int] = []
+    pool.run([lambda: ran.append(1)])
+    pool.close()
+    with pytest.raises(ModelUnavailableError, match="shutting down"):
+        pool.run([lambda: ran.append(2)])
+    assert ran == [1]

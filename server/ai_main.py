@@ -76,6 +76,7 @@ def _model_manager(config: AIConfig, observer: ModelObserver) -> ModelManager:
                     max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels
                 ),
                 image_decoders=config.image_decoders,
+                image_decode=config.image_decode,
             ),
             max_loaded=config.max_loaded_models,
             pinned=config.models,

@@ -200,8 +200,12 @@ class AIAdapter:
         return Shown(page, render.ai_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if (args.rerank_field or args.candidates or args.fusion != "none") and not args.rerank:
-            raise UsageError("--rerank-field, --candidates and --fusion need --rerank MODEL")
+        if args.rerank and args.rescorer:
+            raise UsageError("give --rerank MODEL or --rescorer NAME, not both")
+        if args.rerank_field and not args.rerank:
+            raise UsageError("--rerank-field needs --rerank MODEL")
+        if (args.candidates or args.fusion != "none") and not (args.rerank or args.rescorer):
+            raise UsageError("--candidates and --fusion need --rerank MODEL or --rescorer NAME")
         query = text_or_image(args.query, args.image, "query text")
         result = self.client.get_sim_n(
             args.store,
@@ -216,6 +220,8 @@ class AIAdapter:
             mode=args.mode,
             ef=args.ef,
             query_model=args.query_model,
+            adapter=args.adapter,
+            rescorer=args.rescorer,
         )
         if not result.matches:
             return Shown(result, lines=(f"no matches in {args.store}",))

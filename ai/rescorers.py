@@ -3,7 +3,10 @@
 A re-scorer reads only vectors: the query's (from the store's query model) and each candidate's
 stored one, so it reranks any modality, text queries over an image store included, without
 embedding anything again. Features per pair: [q, d, q * d, q . d] (unit vectors for cosine
-stores), then Linear-ReLU layers down to one score (256 -> 128 -> 64 -> 1 by default).
+stores), then Linear-ReLU layers down to one score (256 -> 128 -> 64 -> 1 by default), added to
+the frozen similarity: score = SIMILARITY_SCALE * q . d + MLP(features). The last layer starts
+at zero, so an untrained re-scorer ranks exactly as the frozen vectors do and training learns
+corrections to it.
 
 Trained with numpy (manual backprop, Adam) on listwise softmax cross-entropy: each training
 query's relevant entry against hard negatives from its frozen top candidates and random store
@@ -40,6 +43,9 @@ FloatArray = npt.NDArray[np.float32]
 INPUT_QUERY = "query"
 INPUT_DOCUMENTS = "documents"
 OUTPUT_SCORE = "score"
+#: The frozen similarity's weight in the score: 1 / the usual contrastive temperature, so that
+#: cosines span the range of logits the MLP learns to add to.
+SIMILARITY_SCALE = 20.0
 
 
 @dataclass(frozen=True)
@@ -47,14 +53,15 @@ class RescorerSettings:
     hidden: tuple[int, ...] = (256, 128, 64)
     epochs: int = 30
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    # Higher than the adapter's: the last layer starts at zero and has far to go.
+    learning_rate: float = 3e-3
     # Frozen top candidates per training query, where hard negatives come from; also how many
     # candidates the held-out evaluation reranks.
     candidates: int = 50
     negatives: int = 15
     weight_decay: float = 1e-4
     held_out: float = 0.2
-    patience: int = 5
+    patience: int = 8
     seed: int = 0
 
 
@@ -96,11 +103,14 @@ def features(queries: FloatArray, documents: FloatArray) -> FloatArray:
 
 
 def forward(mlp: Mlp, x: FloatArray) -> FloatArray:
+    """Scores of feature rows: the scaled frozen similarity (the last feature) plus the MLP."""
+    similarity = x[:, -1]
     for i, (weight, bias) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
         x = x @ weight + bias
         if i < len(mlp.weights) - 1:
             x = np.maximum(x, 0.0)
-    out: FloatArray = x[:, 0].astype(np.float32)
+    # float32 features and weights give float32; the gradient test runs float64 weights.
+    out: FloatArray = SIMILARITY_SCALE * similarity + x[:, 0]
     return out
 
 
@@ -110,11 +120,14 @@ def score(mlp: Mlp, query: FloatArray, documents: FloatArray) -> FloatArray:
     return forward(mlp, features(q, documents))
 
 
-def initial(dimension: int, hidden: Sequence[int], seed: int) -> Mlp:
+def initial(dimension: int, hidden: Sequence[int], seed: int, *, zero_last: bool = True) -> Mlp:
+    """He-initialized layers; with `zero_last` the MLP adds nothing yet (the frozen order)."""
     rng = np.random.default_rng(seed)
     sizes = [3 * dimension + 1, *hidden, 1]
     weights = tuple(
-        (rng.normal(size=(a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
+        (
+            rng.normal(size=(a, b)) * np.sqrt(2.0 / a) * (0.0 if zero_last and b == 1 else 1.0)
+        ).astype(np.float32)
         for a, b in itertools.pairwise(sizes)
     )
     biases = tuple(np.zeros(b, dtype=np.float32) for b in sizes[1:])
@@ -130,7 +143,8 @@ def fit_rescorer(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> RescorerFit:
     """Train on the examples' training part; keep the epoch with the best held-out MRR of the
-    reranked frozen top `candidates`, and compare it with the frozen order of those."""
+    reranked frozen top `candidates` (epoch 0 is the untrained re-scorer, which keeps the
+    frozen order), and compare it with the frozen order of those."""
     queries = normalize(examples.queries) if renormalize else examples.queries
     corpus = examples.corpus
     rng = np.random.default_rng(settings.seed)
@@ -146,7 +160,7 @@ def fit_rescorer(
     params = mlp.arrays()
     first = [np.zeros_like(p) for p in params]
     second = [np.zeros_like(p) for p in params]
-    best: tuple[RankingMetrics, Mlp, int] | None = None
+    best: tuple[RankingMetrics, Mlp, int] = (before, mlp, 0)
     step = 0
     epochs_run = 0
     for epoch in range(1, settings.epochs + 1):
@@ -177,7 +191,7 @@ def fit_rescorer(
                 ).astype(np.float32)
         current = Mlp.from_arrays([p.copy() for p in params])
         metrics = evaluate(current)
-        if best is None or metrics.mrr > best[0].mrr:
+        if metrics.mrr > best[0].mrr:
             best = (metrics, current, epoch)
         if progress is not None:
             progress(
@@ -187,8 +201,6 @@ def fit_rescorer(
             )
         if epoch - best[2] >= settings.patience:
             break
-    if best is None:
-        raise ValueError("no training epoch ran; give epochs >= 1")
     after, kept, _ = best
     return RescorerFit(kept, before, after, epochs_run, after.mrr > before.mrr)
 
@@ -261,7 +273,8 @@ def _list_gradient(
     for i, (weight, bias) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
         x = activations[-1] @ weight + bias
         activations.append(np.maximum(x, 0.0) if i < len(mlp.weights) - 1 else x)
-    logits = activations[-1].reshape(len(lists), size)
+    scores = activations[-1][:, 0] + SIMILARITY_SCALE * activations[0][:, -1]
+    logits = scores.reshape(len(lists), size)
     logits = logits - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(logits)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -292,6 +305,7 @@ def to_onnx(mlp: Mlp, name: str = "rescorer") -> onnx.ModelProto:
         x = graph.linear(x, weight.T, bias, f"layer{i}")
         if i < len(mlp.weights) - 1:
             x = graph.add("Relu", [x])
+    x = graph.add("Add", [x, graph.add("Mul", [dot, graph.scalar(SIMILARITY_SCALE)])])
     graph.output(graph.add("Squeeze", [x, graph.ints([1])]), OUTPUT_SCORE, FLOAT, ["pairs"])
     return graph.model("nachbar re-scorer: [q, d, q*d, q.d] -> MLP -> score")
 

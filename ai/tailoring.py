@@ -597,7 +597,7 @@ def _check_options(options: TrainOptions) -> None:
     if not 0 <= options.epochs <= MAX_EPOCHS:
         raise InvalidInputError(f"epochs {options.epochs} is out of range; use 1 to {MAX_EPOCHS}")
     if not (0 <= options.learning_rate <= 1):
-        raise InvalidInputError("learning_rate must be in (0, 1]; 0 takes the default 0.001")
+        raise InvalidInputError("learning_rate must be in (0, 1]; 0 takes the default")
     if not (0 <= options.held_out <= 0.5):
         raise InvalidInputError("held_out must be in (0, 0.5]; 0 takes the default 0.2")
     if not (0 <= options.identity_weight <= 1e3):

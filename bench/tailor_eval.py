@@ -105,8 +105,9 @@ def clipart_root() -> Path:
 
 
 def render_png(svg: Path, size: int = 256) -> bytes | None:
-    import cairosvg  # bench-only dependency (the `bench` group)
     from PIL import Image as PilImage
+
+    cairosvg = benchlib.import_peer("cairosvg")  # the `bench` group, not nachbar's own
 
     try:
         png = cairosvg.svg2png(url=str(svg), output_width=size, output_height=size)

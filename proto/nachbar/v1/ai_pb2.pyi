@@ -1366,7 +1366,7 @@ class TrainOptions(_message.Message):
     epochs: _builtins.int
     """0: the server's default (40 adapter, 30 re-scorer)."""
     learning_rate: _builtins.float
-    """0: default 0.001."""
+    """0: the default (0.001 adapter, 0.003 re-scorer)."""
     held_out: _builtins.float
     """Share of the examples held out for early stopping and the metrics; 0: 0.2."""
     seed: _builtins.int

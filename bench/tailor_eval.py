@@ -38,7 +38,7 @@ from typing import Any
 import benchlib
 import numpy as np
 from benchlib import describe_load, log, markdown_table
-from eval_data import DEFAULT_CACHE, load_set, write_set
+from eval_data import load_set, write_set
 
 from nachbar.client import AIClient, Example, Image, TrainedInfo, TrainSettings
 

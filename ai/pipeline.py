@@ -30,6 +30,7 @@ from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.fusion import Fusion, fuse
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
@@ -417,6 +418,9 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     def bound(self, store: str) -> Bound:
         """The store's binding, read afresh."""
         return self._read(store)[1]
+
+    def input_limits(self) -> InputLimits:
+        return self.models.limits
 
     def embed_queries(self, store: str, bound: Bound, payloads: Sequence[Payload]) -> FloatArray:
         """Queries embedded as GetSimN embeds them, in batches the server allows; texts over

@@ -39,6 +39,7 @@ from nachbar.ai.errors import (
     TrainedNotFoundError,
     TrainingBusyError,
 )
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.rescorers import Mlp, OnnxRescorer, RescorerSettings
 from nachbar.ai.vector_store import FloatArray, MetadataValue
 
@@ -169,6 +170,8 @@ class EmbeddingSource(Protocol):
 
     def bound(self, store: str) -> Bound: ...
 
+    def input_limits(self) -> InputLimits: ...
+
     def embed_queries(
         self, store: str, bound: Bound, payloads: Sequence[Payload]
     ) -> FloatArray: ...
@@ -290,6 +293,15 @@ class Tailoring:
         _check_name(kind, name)
         _check_options(options)
         ids = _check_examples(examples)
+        most = self._source.input_limits().image.max_bytes
+        for i, example in enumerate(examples):
+            # Refused now, not when the training embeds it; texts are cut to the model's limit.
+            if isinstance(example.query, bytes) and len(example.query) > most:
+                raise InvalidInputError(
+                    f"examples[{i}]: the query image is {len(example.query)} bytes, over this "
+                    f"server's limit of {most} bytes for one image (--max-image-bytes); send a "
+                    "smaller image"
+                )
         bound = self._source.bound(store)
         metric = self._home.store_metric(store)
         if metric not in ("cosine", "ip"):

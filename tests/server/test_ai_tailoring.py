@@ -198,6 +198,10 @@ def test_bad_examples_and_names_get_precise_statuses(
             ai.train_adapter(text_store, "x", [Example("q", []), *good])
         with pytest.raises(InvalidArgument, match="query is empty"):
             ai.train_rescorer(text_store, "x", [Example("", ["apples-0"]), *good])
+        oversized = b"\x89PNG" + bytes(32 * 1024 * 1024)  # over the 32 MiB default
+        with pytest.raises(InvalidArgument, match="examples\\[1\\]: the query image is .* over"):
+            ai.train_adapter(text_store, "x", [good[0], Example(oversized, ["apples-0"]), *good])
+        del oversized
         with pytest.raises(InvalidArgument, match="name"):
             ai.train_adapter(text_store, "bad name!", good)
         with pytest.raises(InvalidArgument, match="epochs"):

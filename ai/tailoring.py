@@ -329,6 +329,12 @@ class Tailoring:
                 f"{missing[0]!r} in examples[{where}]); give ids of stored entries"
             )
         with self._lock:
+            racing = self._jobs.get((kind, store, name))
+            if racing is not None and racing.info.state in (State.QUEUED, State.TRAINING):
+                raise TrainedExistsError(
+                    f"{kind} {name!r} of store {store!r} started training meanwhile; wait for "
+                    "it or drop it"
+                )
             active = sum(
                 1 for j in self._jobs.values() if j.info.state in (State.QUEUED, State.TRAINING)
             )

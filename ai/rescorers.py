@@ -157,7 +157,8 @@ def fit_rescorer(
 
     before = evaluate(None)
     mlp = initial(corpus.shape[1], settings.hidden, settings.seed)
-    params = mlp.arrays()
+    # Copies: Adam updates them in place, and `mlp` stays the untrained epoch 0.
+    params = [p.copy() for p in mlp.arrays()]
     first = [np.zeros_like(p) for p in params]
     second = [np.zeros_like(p) for p in params]
     best: tuple[RankingMetrics, Mlp, int] = (before, mlp, 0)

@@ -153,3 +153,16 @@ def test_untrained_rescorer_keeps_the_frozen_order() -> None:
     frozen = documents @ query
     assert np.argsort(-scores).tolist() == np.argsort(-frozen).tolist()
     np.testing.assert_allclose(scores, rescorers.SIMILARITY_SCALE * frozen, rtol=1e-5, atol=1e-5)
+
+
+def test_rescorer_that_cannot_improve_keeps_the_frozen_order() -> None:
+    # Every query is its document: the frozen order is perfect already.
+    rng = np.random.default_rng(3)
+    corpus = adapters.normalize(rng.normal(size=(300, 16)).astype(np.float32))
+    examples = Examples(corpus[:60].copy(), [[i] for i in range(60)], corpus)
+    fit = rescorers.fit_rescorer(examples, RescorerSettings(epochs=3, hidden=(8,)))
+    assert fit.before.mrr == 1.0 and not fit.improved
+    # What is kept is epoch 0, the untrained re-scorer, not the last epoch trained.
+    assert not fit.mlp.weights[-1].any()
+    scores = rescorers.score(fit.mlp, corpus[0], corpus)
+    assert np.argsort(-scores)[:10].tolist() == np.argsort(-(corpus @ corpus[0]))[:10].tolist()

@@ -34,6 +34,9 @@ from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    RECOMMEND_STRATEGIES,
+    Explore,
     FilterT,
     FloatArray,
     InfoT,
@@ -102,7 +105,7 @@ class RerankSpec:
 
 @dataclass(frozen=True)
 class SearchRequest(Generic[FilterT]):
-    query: Payload
+    query: Payload | None  # None: positive examples in `explore` stand for it
     k: int
     filter: FilterT | None = None
     truncation: str = "error"
@@ -111,6 +114,8 @@ class SearchRequest(Generic[FilterT]):
     ef: int = 0
     # Embed the query with this model (of the store's space) instead of the store's.
     query_model: str = ""
+    # MMR and recommend by examples, done by the store.
+    explore: Explore = NO_EXPLORE
     # Map the query vector with this adapter of the store before searching.
     adapter: str = ""
 
@@ -296,7 +301,8 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         """The k entries most similar to the query, embedded with the store's query model (or
         the request's override of the same space); optionally reranked by a cross-encoder or a
         late-interaction model. Texts get their model's prompt for their role (query here,
-        document on upsert)."""
+        document on upsert). `explore` diversifies (MMR) or searches by example entries; the
+        store does both on stored vectors, so examples work across modalities."""
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
@@ -307,6 +313,42 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         if request.rerank is not None and request.rerank.rescorer and request.rerank.model:
             raise InvalidInputError(
                 "rerank names both a model and a re-scorer; set one of `model` and `rescorer`"
+            )
+        if request.adapter and request.query is None:
+            raise InvalidInputError(
+                "an adapter maps the query vector; add a query or drop the adapter"
+            )
+        explore = request.explore
+        if explore.strategy not in RECOMMEND_STRATEGIES:
+            raise InvalidInputError(
+                f"unknown recommend strategy {explore.strategy!r}; use "
+                f"{' or '.join(RECOMMEND_STRATEGIES)}"
+            )
+        if explore.mmr_candidates and explore.mmr_lambda is None:
+            raise InvalidInputError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
+        if not explore.has_examples and (
+            explore.recommend_candidates or explore.strategy != "average_vector"
+        ):
+            raise InvalidInputError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
+        if request.query is None and not explore.positive_ids:
+            raise InvalidInputError(
+                "give a query or positive example ids (or both); negative examples alone say "
+                "nothing about what to find"
+            )
+        if request.rerank is not None and explore.mmr_lambda is not None:
+            raise InvalidInputError(
+                "MMR does not combine with rerank: the reranker's scores and the similarities "
+                "between results are on different scales; drop mmr or rerank"
+            )
+        if request.rerank is not None and request.query is None:
+            raise InvalidInputError(
+                "rerank needs a text query to compare the candidates with; add a query or drop "
+                "rerank"
             )
         if request.rerank is not None:
             fetch = request.rerank.candidates or max(request.k, DEFAULT_RERANK_CANDIDATES)
@@ -331,24 +373,28 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(
-                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
-            )
-            query_vector = vector[0]
-            if request.adapter and self.tailoring is not None:
-                query_vector = self.tailoring.adapt(store, bound, request.adapter, vector[0])
+            vector = None
+            if request.query is not None:
+                vector = self.models.embed(
+                    query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+                )[0]
+            search_vector = vector
+            if request.adapter and self.tailoring is not None and vector is not None:
+                search_vector = self.tailoring.adapt(store, bound, request.adapter, vector)
             found = self.store.search(
                 store,
-                query_vector,
+                search_vector,
                 fetch,
                 filter=request.filter,
                 mode=request.mode,
                 ef=request.ef,
                 expected_store_id=bound.store_id,
+                explore=explore,
             )
             hits = [_hit(m) for m in found.matches]
             if request.rerank is not None and request.rerank.rescorer:
-                hits = self._rescore(store, bound, request.rerank, vector[0], hits)
+                assert vector is not None  # rerank needs a query (checked above)
+                hits = self._rescore(store, bound, request.rerank, vector, hits)
             elif request.rerank is not None:
                 hits = self._rerank(store, binding, request, request.rerank, hits)
             return SearchOutcome(hits[: request.k], found.plan)

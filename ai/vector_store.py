@@ -85,6 +85,27 @@ class Hits:
 
 
 @dataclass(frozen=True)
+class Explore:
+    """More ways to ask a search, passed through to the store: MMR diversity and recommend by
+    example entries (nachbar-db's GetSimN fields of the same names)."""
+
+    mmr_lambda: float | None = None  # None: no MMR
+    mmr_candidates: int = 0
+    positive_ids: tuple[str, ...] = ()
+    negative_ids: tuple[str, ...] = ()
+    strategy: str = "average_vector"  # or "best_score"
+    recommend_candidates: int = 0
+
+    @property
+    def has_examples(self) -> bool:
+        return bool(self.positive_ids or self.negative_ids)
+
+
+NO_EXPLORE = Explore()
+RECOMMEND_STRATEGIES = ("average_vector", "best_score")
+
+
+@dataclass(frozen=True)
 class StoredPage:
     entries: list[StoredEntry]
     # Empty when there are no more pages.
@@ -132,15 +153,17 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: FilterT_contra | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
     ) -> Hits:
-        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw"."""
+        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw". With
+        `explore`, diversified and/or by example entries (then `vector` may be None)."""
         ...
 
     def get(

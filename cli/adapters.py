@@ -125,6 +125,23 @@ def text_or_image(text: str | None, image: str | Path | None, what: str) -> str 
     raise UsageError(f"give either {what} or --image PATH (not both)")
 
 
+def explore_args(args: argparse.Namespace) -> dict[str, Any]:
+    """get_sim_n's MMR and recommend-by-examples keywords from the command line."""
+    if args.mmr_candidates and args.mmr is None:
+        raise UsageError("--mmr-candidates needs --mmr LAMBDA")
+    examples = bool(args.positive or args.negative)
+    if (args.recommend_candidates or args.strategy != "average_vector") and not examples:
+        raise UsageError("--strategy and --recommend-candidates need --positive or --negative ID")
+    return {
+        "mmr": args.mmr,
+        "mmr_candidates": args.mmr_candidates,
+        "positive": args.positive or (),
+        "negative": args.negative or (),
+        "strategy": args.strategy,
+        "recommend_candidates": args.recommend_candidates,
+    }
+
+
 def truncation(args: argparse.Namespace) -> str:
     return "truncate" if getattr(args, "truncate", False) else "error"
 
@@ -206,7 +223,12 @@ class AIAdapter:
             raise UsageError("--rerank-field needs --rerank MODEL")
         if (args.candidates or args.fusion != "none") and not (args.rerank or args.rescorer):
             raise UsageError("--candidates and --fusion need --rerank MODEL or --rescorer NAME")
-        query = text_or_image(args.query, args.image, "query text")
+        explore = explore_args(args)
+        query = (
+            None
+            if args.query is None and args.image is None and args.positive
+            else text_or_image(args.query, args.image, "query text (or --positive ID)")
+        )
         result = self.client.get_sim_n(
             args.store,
             query,
@@ -222,6 +244,7 @@ class AIAdapter:
             query_model=args.query_model,
             adapter=args.adapter,
             rescorer=args.rescorer,
+            **explore,
         )
         if not result.matches:
             return Shown(result, lines=(f"no matches in {args.store}",))
@@ -302,16 +325,21 @@ class DBAdapter:
         return Shown(page, render.db_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if args.query is None:
-            raise UsageError("nachbar-db searches by vector: give QUERY as a JSON list of numbers")
+        explore = explore_args(args)
+        if args.query is None and not args.positive:
+            raise UsageError(
+                "nachbar-db searches by vector: give QUERY as a JSON list of numbers (or "
+                "--positive ID)"
+            )
         result = self.client.get_sim_n(
             args.store,
-            vector_arg(args.query),
+            vector_arg(args.query) if args.query is not None else None,
             args.k,
             filter=filter_arg(args.filter),
             mode=args.mode,
             ef=args.ef,
             include_vectors=args.vectors,
+            **explore,
         )
         return Shown(
             result,

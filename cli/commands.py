@@ -659,6 +659,47 @@ COMMANDS: tuple[Command, ...] = (
                 help="rerank the top --candidates by this re-scorer of the store (stored "
                 "vectors only: works for image stores queried with text)",
             ),
+            arg(
+                "--mmr",
+                type=float,
+                metavar="LAMBDA",
+                help="diversify the results by maximal marginal relevance: 1 is a plain search, "
+                "0 the most diverse (e.g. 0.5)",
+            ),
+            arg(
+                "--mmr-candidates",
+                type=int,
+                default=0,
+                metavar="N",
+                help="the pool MMR picks from (default max(4k, 20), at most 1000)",
+            ),
+            arg(
+                "--positive",
+                action="append",
+                metavar="ID",
+                help="recommend by example: find entries like this stored entry (repeatable; "
+                "with or without a query)",
+            ),
+            arg(
+                "--negative",
+                action="append",
+                metavar="ID",
+                help="recommend by example: steer away from this stored entry (repeatable)",
+            ),
+            arg(
+                "--strategy",
+                choices=["average_vector", "best_score"],
+                default="average_vector",
+                help="how examples combine: search for one average vector, or score each "
+                "candidate by its best similarity to a positive against a negative",
+            ),
+            arg(
+                "--recommend-candidates",
+                type=int,
+                default=0,
+                metavar="N",
+                help="best_score's pool per positive (default max(4k, 20), at most 1000)",
+            ),
             TRUNCATE,
             VECTORS,
         ),
@@ -672,7 +713,9 @@ COMMANDS: tuple[Command, ...] = (
         "a vector (nachbar-db) and print the k most similar entries. Examples: nachbar search "
         '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
         'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
-        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend",
+        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend; nachbar search "
+        '"rust" --store docs --mmr 0.5; nachbar search --store docs --positive doc7 '
+        "--negative doc9 --strategy best_score",
     ),
     Command(
         "delete_keys",

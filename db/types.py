@@ -167,6 +167,35 @@ class Match:
     __hash__ = None  # type: ignore[assignment]
 
 
+class RecommendStrategy(StrEnum):
+    """How GetSimN turns positive and negative example entries into results."""
+
+    # One query vector: 2 x mean(positives and the query) - mean(negatives), then a plain search.
+    AVERAGE_VECTOR = "average_vector"
+    # Each candidate scored by its best similarity to a positive (or the query) against its best
+    # similarity to a negative.
+    BEST_SCORE = "best_score"
+
+
+@dataclass(frozen=True)
+class MmrOptions:
+    """Maximal marginal relevance: pick k from a pool of the `candidates` best, each time the
+    one maximizing lambda_ x sim(query, d) - (1 - lambda_) x max sim(d, already picked)."""
+
+    lambda_: float
+    candidates: int = 0  # 0: max(4 x k, 20)
+
+
+@dataclass(frozen=True)
+class RecommendOptions:
+    """Search by example entries (by id) instead of, or together with, a query vector."""
+
+    positive_ids: tuple[str, ...] = ()
+    negative_ids: tuple[str, ...] = ()
+    strategy: RecommendStrategy = RecommendStrategy.AVERAGE_VECTOR
+    candidates: int = 0  # best_score's pool per positive example; 0: max(4 x k, 20)
+
+
 @dataclass(frozen=True)
 class SearchResult:
     matches: list[Match]

@@ -20,7 +20,7 @@ from nachbar.ai.pipeline import (
     UpsertItem,
 )
 from nachbar.ai.tailoring import State, TrainedInfo, TrainExample, TrainOptions
-from nachbar.ai.vector_store import Metadata
+from nachbar.ai.vector_store import Explore, Metadata
 from nachbar.server.ai_store import DBStoreOptions
 from nachbar.server.errors import RequestError
 from nachbar.v1 import ai_pb2, common_pb2, db_pb2
@@ -119,6 +119,22 @@ def upsert_items(request: ai_pb2.UpsertRequest) -> list[UpsertItem]:
     ]
 
 
+RECOMMEND_STRATEGIES = {
+    db_pb2.RECOMMEND_STRATEGY_UNSPECIFIED: "average_vector",
+    db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR: "average_vector",
+    db_pb2.RECOMMEND_STRATEGY_BEST_SCORE: "best_score",
+}
+
+
+def recommend_strategy(value: db_pb2.RecommendStrategy.ValueType) -> str:
+    try:
+        return RECOMMEND_STRATEGIES[value]
+    except KeyError:
+        raise RequestError(
+            f"unknown recommend strategy {value}; use average_vector or best_score"
+        ) from None
+
+
 def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.Filter]:
     rerank = None
     if request.HasField("rerank"):
@@ -132,8 +148,17 @@ def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.F
             fusion=rerank_fusion(options.fusion),
             rescorer=options.rescorer,
         )
+    explore = Explore(
+        mmr_lambda=request.mmr_lambda if request.HasField("mmr_lambda") else None,
+        mmr_candidates=request.mmr_candidates,
+        positive_ids=tuple(request.positive_ids),
+        negative_ids=tuple(request.negative_ids),
+        strategy=recommend_strategy(request.recommend_strategy),
+        recommend_candidates=request.recommend_candidates,
+    )
     return SearchRequest(
-        query=payload(request.query, "query"),
+        query=payload(request.query, "query") if request.HasField("query") else None,
+        explore=explore,
         k=request.k,
         filter=optional_filter(request),
         truncation=truncation(request.truncation),

@@ -15,6 +15,8 @@ import grpc
 from opentelemetry import propagate, trace
 
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    Explore,
     FloatArray,
     Hits,
     StoreChangedError,
@@ -34,6 +36,13 @@ from nachbar.v1.codec import SEARCH_MODES, fill_metadata, metadata_from_proto
 
 PING_TIMEOUT_SECONDS = 2.0
 DB_SERVICE = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
+
+
+# nachbar-ai's recommend strategy names as nachbar-db's enum.
+RECOMMEND_STRATEGIES = {
+    "average_vector": db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR,
+    "best_score": db_pb2.RECOMMEND_STRATEGY_BEST_SCORE,
+}
 
 
 @dataclass(frozen=True)
@@ -166,22 +175,31 @@ class DBVectorStore:
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: common_pb2.Filter | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
     ) -> Hits:
         request = db_pb2.GetSimNRequest(
             store=store,
-            query=vector.tolist(),
+            query=vector.tolist() if vector is not None else [],
             k=k,
             mode=SEARCH_MODES[mode],
             ef=ef,
             expected_store_id=expected_store_id,
+            positive_ids=explore.positive_ids,
+            negative_ids=explore.negative_ids,
+            recommend_candidates=explore.recommend_candidates,
         )
+        if explore.mmr_lambda is not None:
+            request.mmr_lambda = explore.mmr_lambda
+            request.mmr_candidates = explore.mmr_candidates
+        if explore.has_examples:
+            request.recommend_strategy = RECOMMEND_STRATEGIES[explore.strategy]
         if filter is not None:
             request.filter.CopyFrom(filter)
         response = self._call("GetSimN", request)

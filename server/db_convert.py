@@ -57,6 +57,50 @@ def mode(value: common_pb2.SearchMode.ValueType) -> types.SearchMode:
         raise RequestError(f"unknown search mode {value}; use auto, exact or hnsw") from None
 
 
+RECOMMEND_STRATEGY_FROM_PROTO = {
+    db_pb2.RECOMMEND_STRATEGY_UNSPECIFIED: types.RecommendStrategy.AVERAGE_VECTOR,
+    db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR: types.RecommendStrategy.AVERAGE_VECTOR,
+    db_pb2.RECOMMEND_STRATEGY_BEST_SCORE: types.RecommendStrategy.BEST_SCORE,
+}
+
+
+def mmr_options(request: db_pb2.GetSimNRequest) -> types.MmrOptions | None:
+    """The request's MMR choice; None for a plain search."""
+    if not request.HasField("mmr_lambda"):
+        if request.mmr_candidates:
+            raise RequestError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
+        return None
+    return types.MmrOptions(lambda_=request.mmr_lambda, candidates=request.mmr_candidates)
+
+
+def recommend_options(request: db_pb2.GetSimNRequest) -> types.RecommendOptions | None:
+    """The request's examples; None without positive or negative ids."""
+    if not request.positive_ids and not request.negative_ids:
+        if request.recommend_candidates or (
+            request.recommend_strategy == db_pb2.RECOMMEND_STRATEGY_BEST_SCORE
+        ):
+            raise RequestError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
+        return None
+    try:
+        strategy = RECOMMEND_STRATEGY_FROM_PROTO[request.recommend_strategy]
+    except KeyError:
+        raise RequestError(
+            f"unknown recommend strategy {request.recommend_strategy}; use average_vector or "
+            "best_score"
+        ) from None
+    return types.RecommendOptions(
+        positive_ids=tuple(request.positive_ids),
+        negative_ids=tuple(request.negative_ids),
+        strategy=strategy,
+        candidates=request.recommend_candidates,
+    )
+
+
 def index_config(index: common_pb2.IndexConfig) -> types.HnswConfig | types.ExactConfig:
     kind = index.WhichOneof("kind")
     if kind == "exact":

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from nachbar.client._db_calls import METRICS, MODES, Call, index_to_proto, store_info, vars_of
+from nachbar.client._db_calls import (
+    METRICS,
+    MODES,
+    NO_EXPLORE,
+    Call,
+    Explore,
+    index_to_proto,
+    store_info,
+    vars_of,
+)
 from nachbar.client.types import (
     AIEntry,
     AIGetKeyResult,
@@ -199,7 +208,7 @@ def upsert(store: str, items: Sequence[Item], trunc: str) -> Call[UpsertResult]:
 
 def get_sim_n(
     store: str,
-    query: InputLike,
+    query: InputLike | None,
     k: int,
     filter: FilterLike | None,
     trunc: str,
@@ -211,12 +220,12 @@ def get_sim_n(
     mode: SearchMode | str,
     ef: int,
     query_model: str,
+    explore: Explore = NO_EXPLORE,
     adapter: str = "",
     rescorer: str = "",
 ) -> Call[AISearchResult]:
     request = ai_pb2.GetSimNRequest(
         store=store,
-        query=to_input(query),
         k=k,
         truncation=truncation(trunc),
         mode=MODES[SearchMode(mode)],
@@ -224,6 +233,9 @@ def get_sim_n(
         query_model_override=query_model,
         adapter=adapter,
     )
+    if query is not None:
+        request.query.CopyFrom(to_input(query))
+    explore.apply(request)
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)

@@ -36,7 +36,7 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import codec, common_pb2, db_pb2
+from nachbar.v1 import ai_pb2, codec, common_pb2, db_pb2
 
 T = TypeVar("T")
 Call: TypeAlias = tuple[str, Any, Callable[[Any], T]]
@@ -110,6 +110,47 @@ class Selection:
         request.max_metadata_value_bytes = self.max_metadata_value_bytes
         # The server never sends more than this channel accepts.
         request.max_response_bytes = MAX_MESSAGE_BYTES
+
+
+RECOMMEND_STRATEGIES = {
+    "average_vector": db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR,
+    "best_score": db_pb2.RECOMMEND_STRATEGY_BEST_SCORE,
+}
+
+
+@dataclass(frozen=True)
+class Explore:
+    """GetSimN's MMR and recommend-by-examples options (the same fields on nachbar-db and
+    nachbar-ai; see the get_sim_n methods)."""
+
+    mmr: float | None = None
+    mmr_candidates: int = 0
+    positive: Iterable[str] = ()
+    negative: Iterable[str] = ()
+    strategy: str = "average_vector"
+    recommend_candidates: int = 0
+
+    def apply(self, request: db_pb2.GetSimNRequest | ai_pb2.GetSimNRequest) -> None:
+        if self.strategy not in RECOMMEND_STRATEGIES:
+            raise ValueError(
+                f"unknown recommend strategy {self.strategy!r}; use average_vector or best_score"
+            )
+        if self.mmr_candidates and self.mmr is None:
+            raise ValueError("mmr_candidates needs mmr=<lambda in [0, 1]>")
+        examples = bool(self.positive or self.negative)
+        if not examples and (self.strategy != "average_vector" or self.recommend_candidates):
+            raise ValueError("strategy and recommend_candidates need positive or negative ids")
+        if self.mmr is not None:
+            request.mmr_lambda = self.mmr
+            request.mmr_candidates = self.mmr_candidates
+        request.positive_ids.extend(self.positive)
+        request.negative_ids.extend(self.negative)
+        if request.positive_ids or request.negative_ids:
+            request.recommend_strategy = RECOMMEND_STRATEGIES[self.strategy]
+            request.recommend_candidates = self.recommend_candidates
+
+
+NO_EXPLORE = Explore()
 
 
 def _vector(values: VectorLike) -> list[float]:
@@ -213,23 +254,25 @@ def get_by_predicate(
 
 def get_sim_n(
     store: str,
-    query: VectorLike,
+    query: VectorLike | None,
     k: int,
     filter: FilterLike | None,
     mode: SearchMode | str,
     ef: int,
     include_vectors: bool,
     selection: Selection = Selection(),
+    explore: Explore = Explore(),
 ) -> Call[SearchResult]:
     request = db_pb2.GetSimNRequest(
         store=store,
-        query=_vector(query),
+        query=_vector(query) if query is not None else [],
         k=k,
         mode=MODES[SearchMode(mode)],
         ef=ef,
         include_vectors=include_vectors,
     )
     selection.apply(request)
+    explore.apply(request)
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)

@@ -21,6 +21,7 @@ from typing import Any, Unpack
 from nachbar.client import _ai_calls as calls
 from nachbar.client._ai_calls import Example, InputLike, Item, TrainSettings
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
+from nachbar.client._db_calls import Explore
 from nachbar.client.types import (
     AIGetKeyResult,
     AIInfo,
@@ -124,7 +125,7 @@ class AIClient(SyncClient):
     def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -139,6 +140,12 @@ class AIClient(SyncClient):
         query_model: str = "",
         adapter: str = "",
         rescorer: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> AISearchResult:
         """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
@@ -147,7 +154,10 @@ class AIClient(SyncClient):
         reranker's scores fused with the similarities instead of the reranker's alone.
         `adapter="<name>"` searches with the query vector mapped by that adapter of the store;
         `rescorer="<name>"` reranks the top `rerank_candidates` by that re-scorer of the store
-        (stored vectors only, so it works for image stores queried with text)."""
+        (stored vectors only, so it works for image stores queried with text).
+        `mmr=<lambda in [0, 1]>` diversifies the results (maximal marginal relevance; not with
+        rerank); `positive`/`negative` ids of stored entries recommend by examples, with or
+        without a query (None), by `strategy` "average_vector" or "best_score"."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -163,8 +173,16 @@ class AIClient(SyncClient):
                 mode,
                 ef,
                 query_model,
-                adapter,
-                rescorer,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )
@@ -350,7 +368,7 @@ class AsyncAIClient(AsyncClient):
     async def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -365,6 +383,12 @@ class AsyncAIClient(AsyncClient):
         query_model: str = "",
         adapter: str = "",
         rescorer: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> AISearchResult:
         return await self._caller.call(
@@ -382,8 +406,16 @@ class AsyncAIClient(AsyncClient):
                 mode,
                 ef,
                 query_model,
-                adapter,
-                rescorer,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )

@@ -172,7 +172,7 @@ class DBClient(SyncClient):
     def get_sim_n(
         self,
         store: str,
-        query: calls.VectorLike,
+        query: calls.VectorLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -182,16 +182,42 @@ class DBClient(SyncClient):
         include_metadata: bool = True,
         exclude_metadata_keys: Iterable[str] = (),
         max_metadata_value_bytes: int = 0,
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
-        ResourceExhausted, saying how many fit."""
+        ResourceExhausted, saying how many fit. `mmr=<lambda in [0, 1]>` diversifies the k
+        results by maximal marginal relevance over the best `mmr_candidates` (0: max(4k, 20));
+        `positive`/`negative` entry ids recommend by examples (with or without a query, which
+        may then be None), by `strategy` "average_vector" or "best_score"."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
         )
         return self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                mode,
+                ef,
+                include_vectors,
+                selection,
+                calls.Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+            ),
             timeout,
         )
 
@@ -343,7 +369,7 @@ class AsyncDBClient(AsyncClient):
     async def get_sim_n(
         self,
         store: str,
-        query: calls.VectorLike,
+        query: calls.VectorLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -353,16 +379,42 @@ class AsyncDBClient(AsyncClient):
         include_metadata: bool = True,
         exclude_metadata_keys: Iterable[str] = (),
         max_metadata_value_bytes: int = 0,
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
-        ResourceExhausted, saying how many fit."""
+        ResourceExhausted, saying how many fit. `mmr=<lambda in [0, 1]>` diversifies the k
+        results by maximal marginal relevance over the best `mmr_candidates` (0: max(4k, 20));
+        `positive`/`negative` entry ids recommend by examples (with or without a query, which
+        may then be None), by `strategy` "average_vector" or "best_score"."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
         )
         return await self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                mode,
+                ef,
+                include_vectors,
+                selection,
+                calls.Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+            ),
             timeout,
         )
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    Explore,
     FloatArray,
     Hits,
     StoreChangedError,
@@ -25,6 +27,7 @@ from nachbar.ai.vector_store import (
     WriteCounts,
 )
 from nachbar.db import errors as db_errors
+from nachbar.db import explore as db_explore
 from nachbar.db.engine import Database
 from nachbar.db.filters import Filter
 from nachbar.db.types import (
@@ -32,6 +35,9 @@ from nachbar.db.types import (
     ExactConfig,
     HnswConfig,
     Metric,
+    MmrOptions,
+    RecommendOptions,
+    RecommendStrategy,
     SearchMode,
     StoreInfo,
     StoreSpec,
@@ -105,26 +111,51 @@ class EngineStore:
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: Filter | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
     ) -> Hits:
         self.calls.append(("search", store))
         self.last_k = k
         with _translated():
-            result = self.db.get_sim_n(
-                store,
-                vector,
-                k,
-                filter=filter,
-                mode=SearchMode(mode),
-                ef=ef,
-                expected_store_id=expected_store_id,
-            )
+            if explore == NO_EXPLORE:
+                assert vector is not None
+                result = self.db.get_sim_n(
+                    store,
+                    vector,
+                    k,
+                    filter=filter,
+                    mode=SearchMode(mode),
+                    ef=ef,
+                    expected_store_id=expected_store_id,
+                )
+            else:
+                result = db_explore.get_sim_n(
+                    self.db,
+                    store,
+                    vector,
+                    k,
+                    mmr=None
+                    if explore.mmr_lambda is None
+                    else MmrOptions(explore.mmr_lambda, explore.mmr_candidates),
+                    recommend=RecommendOptions(
+                        explore.positive_ids,
+                        explore.negative_ids,
+                        RecommendStrategy(explore.strategy),
+                        explore.recommend_candidates,
+                    )
+                    if explore.has_examples
+                    else None,
+                    filter=filter,
+                    mode=SearchMode(mode),
+                    ef=ef,
+                    expected_store_id=expected_store_id,
+                )
         return Hits([StoredMatch(m.id, m.score, m.metadata) for m in result.matches], result.plan)
 
     def get(

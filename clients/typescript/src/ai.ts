@@ -25,6 +25,7 @@ import type {
   CallOptions,
   CreateStoreResult,
   EmbedResult,
+  ExploreOptions,
   FilterSpec,
   GetKeyResult,
   IndexConfig,
@@ -48,6 +49,7 @@ import type {
   TruncationPolicy,
 } from './types';
 import {
+  exploreToProto,
   filterToProto,
   indexToProto,
   metadataFromProto,
@@ -89,7 +91,7 @@ export interface AIUpsertOptions extends TruncationOptions {
   batchSize?: number;
 }
 
-export interface AISearchOptions extends TruncationOptions {
+export interface AISearchOptions extends TruncationOptions, ExploreOptions {
   filter?: FilterSpec;
   /** Unset: no reranking. */
   rerank?: RerankOptions;
@@ -376,12 +378,17 @@ export class AIClient {
   }
 
   /** Embed `query` with the store's query model and return the `k` best matches. */
-  async getSimN(store: string, query: InputLike, k: number, options: AISearchOptions = {}): Promise<SearchResult<AIMatch>> {
+  /**
+   * The k entries most similar to `query`. `mmr` diversifies them (not with `rerank`); `positive`
+   * and `negative` ids of stored entries recommend by examples (then `query` may be null).
+   */
+  async getSimN(store: string, query: InputLike | null, k: number, options: AISearchOptions = {}): Promise<SearchResult<AIMatch>> {
     const response = await this.caller.unary(
       this.service.GetSimN,
       {
         store,
-        query: inputToProto(query, 'query'),
+        query: query === null ? null : inputToProto(query, 'query'),
+        ...exploreToProto(options),
         k: uint32(k, 'k'),
         filter: optionalFilter(options.filter),
         truncation: truncationToProto(options.truncation),

@@ -13,6 +13,7 @@ import type {
   DBInfo,
   Entry,
   EntryInput,
+  ExploreOptions,
   FilterSpec,
   GetKeyResult,
   IndexConfig,
@@ -25,6 +26,7 @@ import type {
   UpsertResult,
 } from './types';
 import {
+  exploreToProto,
   filterToProto,
   indexFromProto,
   indexToProto,
@@ -90,7 +92,7 @@ export interface GetByPredicateOptions extends ReadOptions {
   pageToken?: string;
 }
 
-export interface DBSearchOptions extends ReadOptions {
+export interface DBSearchOptions extends ReadOptions, ExploreOptions {
   filter?: FilterSpec;
   mode?: SearchMode;
   /** HNSW ef for this query; 0 or unset uses the store's ef_search. */
@@ -260,13 +262,18 @@ export class DBClient {
   }
 
   /** The `k` entries most similar to `query`, best first, optionally among those matching a filter. */
-  async getSimN(store: string, query: ArrayLike<number>, k: number, options: DBSearchOptions = {}): Promise<SearchResult<Match>> {
+  /**
+   * The k entries most similar to `query`, best first. `mmr` diversifies them; `positive` and
+   * `negative` ids recommend by stored examples (then `query` may be null).
+   */
+  async getSimN(store: string, query: ArrayLike<number> | null, k: number, options: DBSearchOptions = {}): Promise<SearchResult<Match>> {
     const includeVectors = options.includeVectors ?? false;
     const response = await this.caller.unary(
       this.service.GetSimN,
       {
         store,
-        query: vectorToProto(query, 'query'),
+        query: query === null ? [] : vectorToProto(query, 'query'),
+        ...exploreToProto(options),
         k: uint32(k, 'k'),
         filter: optionalFilter(options.filter),
         mode: searchModeToProto(options.mode),

@@ -67,6 +67,28 @@ export type TruncationPolicy = 'error' | 'truncate';
 /** How a rerank orders its candidates: the reranker's scores alone, or fused with the similarities. */
 export type RerankFusion = 'none' | 'rrf' | 'blend';
 
+/** How GetSimN combines positive and negative examples (see ExploreOptions). */
+export type RecommendStrategy = 'average_vector' | 'best_score';
+
+/**
+ * More ways to ask GetSimN, on nachbar-db and nachbar-ai alike: MMR diversity and recommend by
+ * example entries (ids of stored entries; with them the query may be null).
+ */
+export interface ExploreOptions {
+  /** Maximal marginal relevance lambda in [0, 1]: 1 is a plain search, 0 the most diverse. */
+  mmr?: number;
+  /** The pool MMR picks from; 0 or unset: max(4k, 20), at most 1000. */
+  mmrCandidates?: number;
+  /** Ids of stored entries the results should resemble (at most 64 examples in all). */
+  positive?: string[];
+  /** Ids of stored entries the results should not resemble. */
+  negative?: string[];
+  /** Default 'average_vector'. */
+  strategy?: RecommendStrategy;
+  /** best_score's pool per positive; 0 or unset: max(4k, 20), at most 1000. */
+  recommendCandidates?: number;
+}
+
 /** HNSW index parameters; an unset or zero field takes the server default. */
 export interface HnswIndex {
   kind: 'hnsw';

@@ -205,6 +205,30 @@ describe('DBClient against a scripted server', () => {
     assert.equal(search['mode'], 'SEARCH_MODE_EXACT');
     assert.equal(search['ef'], 50);
     assert.equal(search['k'], 2);
+    assert.equal(search['_mmr_lambda'], undefined, 'no MMR unless asked');
+    assert.deepEqual(search['positive_ids'], []);
+  });
+
+  it('sends MMR and examples as GetSimN fields, with no query when examples stand for it', async () => {
+    await client.getSimN('s', null, 3, {
+      mmr: 0.25,
+      mmrCandidates: 40,
+      positive: ['a', 'b'],
+      negative: ['c'],
+      strategy: 'best_score',
+      recommendCandidates: 30,
+    });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.deepEqual(search['query'], []);
+    assert.equal(search['mmr_lambda'], 0.25);
+    assert.equal(search['mmr_candidates'], 40);
+    assert.deepEqual(search['positive_ids'], ['a', 'b']);
+    assert.deepEqual(search['negative_ids'], ['c']);
+    assert.equal(search['recommend_strategy'], 'RECOMMEND_STRATEGY_BEST_SCORE');
+    assert.equal(search['recommend_candidates'], 30);
+    await assert.rejects(client.getSimN('s', null, 3, { positive: ['a'], strategy: 'worst' as never }), InvalidArgumentError);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { strategy: 'best_score' }), /need positive or negative ids/);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { mmrCandidates: 30 }), /mmrCandidates needs mmr/);
   });
 
   it('converts replies to plain values', async () => {
@@ -313,6 +337,15 @@ describe('AIClient against a scripted server', () => {
   });
 
   beforeEach(() => fake.received.clear());
+
+  it('sends MMR and examples as GetSimN fields, with no query input when examples stand for it', async () => {
+    await client.getSimN('t', null, 2, { positive: ['p'], mmr: 0.5 });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.equal(search['query'], null);
+    assert.deepEqual(search['positive_ids'], ['p']);
+    assert.equal(search['mmr_lambda'], 0.5);
+    assert.equal(search['recommend_strategy'], 'RECOMMEND_STRATEGY_AVERAGE_VECTOR');
+  });
 
   it('has a method for every RPC of AIService, each sending a deadline', async () => {
     assert.deepEqual(Object.keys(AI_CALLS).sort(), rpcNames(aiService()));

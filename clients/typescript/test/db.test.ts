@@ -165,6 +165,31 @@ describe('DBClient against nachbar-db', () => {
     assert.equal((await db.getStore('dims')).count, 0, 'a refused batch stores nothing');
   });
 
+  it('diversifies with MMR and recommends by examples', async () => {
+    await db.createStore('explore', 2);
+    await db.upsert('explore', [
+      { id: 'a', vector: [1, 0] },
+      { id: 'a2', vector: [0.99, 0.05] },
+      { id: 'a3', vector: [0.98, 0.08] },
+      { id: 'b', vector: [0, 1] },
+    ]);
+    const plain = await db.getSimN('explore', [1, 0.02], 2);
+    assert.deepEqual(plain.matches.map((m) => m.id), ['a', 'a2']);
+    const diverse = await db.getSimN('explore', [1, 0.02], 2, { mmr: 0.3 });
+    assert.deepEqual(diverse.matches.map((m) => m.id), ['a', 'b']);
+    assertClose(diverse.matches[1]!.similarity, 0.02 / Math.hypot(1, 0.02), 'similarity to the query');
+    const liked = await db.getSimN('explore', null, 2, { positive: ['a'], negative: ['b'] });
+    assert.deepEqual(liked.matches.map((m) => m.id), ['a2', 'a3']);
+    const best = await db.getSimN('explore', null, 1, { positive: ['a3'], strategy: 'best_score' });
+    assert.deepEqual(best.matches.map((m) => m.id), ['a2']);
+    const missing = await rejection(db.getSimN('explore', null, 2, { positive: ['zz'] }));
+    assert.ok(missing instanceof NotFoundError);
+    assert.match(missing.message, /'zz'/);
+    const bad = await rejection(db.getSimN('explore', [1, 0], 2, { mmr: 1.5 }));
+    assert.ok(bad instanceof InvalidArgumentError);
+    assert.match(bad.message, /mmr lambda 1.5 is out of range/);
+  });
+
   it('finds its stores again after a restart', async () => {
     await db.createStore('durable', 2);
     await db.upsert('durable', [{ id: 'kept', vector: [0.5, 0.5], metadata: { n: 1 } }]);

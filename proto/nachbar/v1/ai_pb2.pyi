@@ -550,6 +550,12 @@ class GetSimNRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     EF_FIELD_NUMBER: _builtins.int
     QUERY_MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
+    MMR_CANDIDATES_FIELD_NUMBER: _builtins.int
+    POSITIVE_IDS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_IDS_FIELD_NUMBER: _builtins.int
+    RECOMMEND_STRATEGY_FIELD_NUMBER: _builtins.int
+    RECOMMEND_CANDIDATES_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
@@ -560,6 +566,16 @@ class GetSimNRequest(_message.Message):
     """Embed the query with this model instead of the store's query model. It must share the
     store's embedding space (for example an int8 twin).
     """
+    mmr_lambda: _builtins.float
+    """MMR and recommend by examples as in nachbar-db's GetSimNRequest (same names and limits).
+    The example ids are entries of this store; their stored vectors are used, so they work
+    for any store, images and text alike. `query` may be unset when positive_ids are given.
+    MMR does not combine with rerank (INVALID_ARGUMENT): the reranker's scores and the vector
+    similarities between results are on different scales. With examples, rerank needs a query.
+    """
+    mmr_candidates: _builtins.int
+    recommend_strategy: _db_pb2.RecommendStrategy.ValueType
+    recommend_candidates: _builtins.int
     adapter: _builtins.str
     """Search with the query vector mapped by this adapter of the store (TrainAdapter). Empty:
     the frozen query vector. Re-scorers still score the frozen query vector.
@@ -572,6 +588,10 @@ class GetSimNRequest(_message.Message):
     def rerank(self) -> Global___RerankOptions:
         """Unset: no reranking."""
 
+    @_builtins.property
+    def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -584,13 +604,21 @@ class GetSimNRequest(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         ef: _builtins.int = ...,
         query_model_override: _builtins.str = ...,
+        mmr_lambda: _builtins.float | None = ...,
+        mmr_candidates: _builtins.int = ...,
+        positive_ids: _abc.Iterable[_builtins.str] | None = ...,
+        negative_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recommend_strategy: _db_pb2.RecommendStrategy.ValueType = ...,
+        recommend_candidates: _builtins.int = ...,
         adapter: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "mmr_lambda", b"mmr_lambda", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "ef", b"ef", "filter", b"filter", "k", b"k", "mode", b"mode", "query", b"query", "query_model_override", b"query_model_override", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "adapter", b"adapter", "ef", b"ef", "filter", b"filter", "k", b"k", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "query_model_override", b"query_model_override", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
+    _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mmr_lambda) -> _WhichOneofReturnType__mmr_lambda | None: ...
 
 Global___GetSimNRequest: _TypeAlias = GetSimNRequest  # noqa: Y015
 

@@ -190,7 +190,8 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSimN(self, request, context):
-        """Embed the query with the store's query model and search; optionally rerank.
+        """Embed the query with the store's query model and search; optionally rerank. Or search
+        like stored example entries; optionally diversified (MMR).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class AIServiceStub:
     Upsert: _grpc.UnaryUnaryMultiCallable[_ai_pb2.UpsertRequest, _ai_pb2.UpsertResponse]
     """Embed inputs with the store's index model and upsert them."""
     GetSimN: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetSimNRequest, _ai_pb2.GetSimNResponse]
-    """Embed the query with the store's query model and search; optionally rerank."""
+    """Embed the query with the store's query model and search; optionally rerank. Or search
+    like stored example entries; optionally diversified (MMR).
+    """
     GetKey: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetKeyRequest, _ai_pb2.GetKeyResponse]
     GetByPredicate: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetByPredicateRequest, _ai_pb2.GetByPredicateResponse]
     DeleteKeys: _grpc.UnaryUnaryMultiCallable[_ai_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]
@@ -90,7 +92,9 @@ class AIServiceAsyncStub(AIServiceStub):
     Upsert: _aio.UnaryUnaryMultiCallable[_ai_pb2.UpsertRequest, _ai_pb2.UpsertResponse]  # type: ignore[assignment]
     """Embed inputs with the store's index model and upsert them."""
     GetSimN: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetSimNRequest, _ai_pb2.GetSimNResponse]  # type: ignore[assignment]
-    """Embed the query with the store's query model and search; optionally rerank."""
+    """Embed the query with the store's query model and search; optionally rerank. Or search
+    like stored example entries; optionally diversified (MMR).
+    """
     GetKey: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetKeyRequest, _ai_pb2.GetKeyResponse]  # type: ignore[assignment]
     GetByPredicate: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetByPredicateRequest, _ai_pb2.GetByPredicateResponse]  # type: ignore[assignment]
     DeleteKeys: _aio.UnaryUnaryMultiCallable[_ai_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
@@ -168,7 +172,9 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_pb2.GetSimNRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ai_pb2.GetSimNResponse, _abc.Awaitable[_ai_pb2.GetSimNResponse]]:
-        """Embed the query with the store's query model and search; optionally rerank."""
+        """Embed the query with the store's query model and search; optionally rerank. Or search
+        like stored example entries; optionally diversified (MMR).
+        """
 
     @_abc_1.abstractmethod
     def GetKey(

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from nachbar.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RecommendStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecommendStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecommendStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMMEND_STRATEGY_UNSPECIFIED: _RecommendStrategy.ValueType  # 0
+    """RECOMMEND_STRATEGY_AVERAGE_VECTOR."""
+    RECOMMEND_STRATEGY_AVERAGE_VECTOR: _RecommendStrategy.ValueType  # 1
+    """One search for 2 x mean(positives) - mean(negatives) (the mean of the positives without
+    negatives; under cosine each example scaled to unit length first). Similarity is to that
+    vector. Combines with MMR.
+    """
+    RECOMMEND_STRATEGY_BEST_SCORE: _RecommendStrategy.ValueType  # 2
+    """The recommend_candidates nearest of each positive, ordered: those more similar to some
+    positive than to every negative first, by that best positive similarity; then the rest,
+    least similar to a negative first. Similarity is to the most similar positive.
+    """
+
+class RecommendStrategy(_RecommendStrategy, metaclass=_RecommendStrategyEnumTypeWrapper):
+    """How GetSimN uses positive and negative examples."""
+
+RECOMMEND_STRATEGY_UNSPECIFIED: RecommendStrategy.ValueType  # 0
+"""RECOMMEND_STRATEGY_AVERAGE_VECTOR."""
+RECOMMEND_STRATEGY_AVERAGE_VECTOR: RecommendStrategy.ValueType  # 1
+"""One search for 2 x mean(positives) - mean(negatives) (the mean of the positives without
+negatives; under cosine each example scaled to unit length first). Similarity is to that
+vector. Combines with MMR.
+"""
+RECOMMEND_STRATEGY_BEST_SCORE: RecommendStrategy.ValueType  # 2
+"""The recommend_candidates nearest of each positive, ordered: those more similar to some
+positive than to every negative first, by that best positive similarity; then the rest,
+least similar to a negative first. Similarity is to the most similar positive.
+"""
+Global___RecommendStrategy: _TypeAlias = RecommendStrategy  # noqa: Y015
 
 @_typing.final
 class Entry(_message.Message):
@@ -605,6 +642,12 @@ class GetSimNRequest(_message.Message):
     MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
+    MMR_CANDIDATES_FIELD_NUMBER: _builtins.int
+    POSITIVE_IDS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_IDS_FIELD_NUMBER: _builtins.int
+    RECOMMEND_STRATEGY_FIELD_NUMBER: _builtins.int
+    RECOMMEND_CANDIDATES_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
     """How many results; must be >= 1."""
@@ -623,12 +666,41 @@ class GetSimNRequest(_message.Message):
     ABORTED if `store` now names another one (dropped and created again). Field 15 in every
     request that names a store.
     """
+    mmr_lambda: _builtins.float
+    """Maximal marginal relevance (MMR), to diversify the results: when set, k results are picked
+    from the mmr_candidates best, each the one maximizing
+    mmr_lambda x sim(query, d) - (1 - mmr_lambda) x max sim(d, results picked before), with
+    the store's metric. 0 to 1: 1 is a plain search, 0 the most diverse. The matches come in
+    the order picked and keep their similarity to the query (which then need not decrease).
+    """
+    mmr_candidates: _builtins.int
+    """The pool MMR picks from: 0 means max(4k, 20); at least k, at most 1000. Only with
+    mmr_lambda (INVALID_ARGUMENT otherwise).
+    """
+    recommend_strategy: Global___RecommendStrategy.ValueType
+    recommend_candidates: _builtins.int
+    """RECOMMEND_STRATEGY_BEST_SCORE's pool per positive (and the query): 0 means max(4k, 20);
+    at least k, at most 1000. This and BEST_SCORE need example ids (INVALID_ARGUMENT
+    otherwise).
+    """
     @_builtins.property
-    def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """May be empty when positive_ids are given."""
+
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
     @_builtins.property
     def exclude_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Recommend by examples: ids of stored entries the results should resemble (positive) or
+        not (negative), instead of the query or with it (the query then counts as one more
+        positive). At most 64 ids in all; NOT_FOUND names ids the store does not have. The
+        examples themselves are never among the results.
+        """
+
+    @_builtins.property
+    def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -644,14 +716,25 @@ class GetSimNRequest(_message.Message):
         max_metadata_value_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
         expected_store_id: _builtins.int = ...,
+        mmr_lambda: _builtins.float | None = ...,
+        mmr_candidates: _builtins.int = ...,
+        positive_ids: _abc.Iterable[_builtins.str] | None = ...,
+        negative_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recommend_strategy: Global___RecommendStrategy.ValueType = ...,
+        recommend_candidates: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "include_metadata", b"include_metadata", "mmr_lambda", b"mmr_lambda"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "_mmr_lambda", b"_mmr_lambda", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
     _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
+    _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
+    _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__include_metadata) -> _WhichOneofReturnType__include_metadata | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mmr_lambda) -> _WhichOneofReturnType__mmr_lambda | None: ...
 
 Global___GetSimNRequest: _TypeAlias = GetSimNRequest  # noqa: Y015
 
@@ -725,7 +808,9 @@ class GetSimNResponse(_message.Message):
     """Which plan ran: "exact" or "hnsw"."""
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Match]:
-        """Exactly min(k, number of matching entries) results, best first."""
+        """Exactly min(k, number of matching entries, less the examples) results, best first (in
+        MMR's order with mmr_lambda; in the strategy's order with examples).
+        """
 
     def __init__(
         self,

@@ -165,7 +165,8 @@ class DBServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSimN(self, request, context):
-        """The k entries most similar to a query vector, optionally among those matching a filter.
+        """The k entries most similar to a query vector, optionally among those matching a filter;
+        or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,9 @@ class DBServiceStub:
     GetByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]
-    """The k entries most similar to a query vector, optionally among those matching a filter."""
+    """The k entries most similar to a query vector, optionally among those matching a filter;
+    or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+    """
     DeleteKeys: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]
     DeleteByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]
     CreatePredIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]
@@ -92,7 +94,9 @@ class DBServiceAsyncStub(DBServiceStub):
     GetByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]  # type: ignore[assignment]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _aio.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]  # type: ignore[assignment]
-    """The k entries most similar to a query vector, optionally among those matching a filter."""
+    """The k entries most similar to a query vector, optionally among those matching a filter;
+    or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+    """
     DeleteKeys: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     DeleteByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     CreatePredIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]  # type: ignore[assignment]
@@ -175,7 +179,9 @@ class DBServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _db_pb2.GetSimNRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_db_pb2.GetSimNResponse, _abc.Awaitable[_db_pb2.GetSimNResponse]]:
-        """The k entries most similar to a query vector, optionally among those matching a filter."""
+        """The k entries most similar to a query vector, optionally among those matching a filter;
+        or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+        """
 
     @_abc_1.abstractmethod
     def DeleteKeys(

@@ -212,6 +212,10 @@ def test_bad_examples_and_names_get_precise_statuses(
             ai.get_sim_n(text_store, "apples", adapter="nope")
         with pytest.raises(NotFound, match="no rescorer named 'nope'"):
             ai.get_sim_n(text_store, "apples", rescorer="nope")
+        with pytest.raises(InvalidArgument, match="adapter maps the query vector"):
+            ai.get_sim_n(text_store, None, positive=["apples-0"], adapter="v1")
+        with pytest.raises(InvalidArgument, match="rerank needs a text query"):
+            ai.get_sim_n(text_store, None, positive=["apples-0"], rescorer="r1")
         with pytest.raises(NotFound):
             ai.drop_adapter(text_store, "nope")
         assert ai.drop_adapter(text_store, "nope", missing_ok=True) is False

@@ -18,9 +18,10 @@ it, embedding anew: a stale binding is never used.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,7 @@ from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.fusion import Fusion, fuse
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
@@ -49,6 +51,8 @@ from nachbar.ai.vector_store import (
     VectorEntry,
     VectorStore,
 )
+
+log = logging.getLogger("nachbar.ai.pipeline")
 
 #: nachbar-db's limit on a keyword query; a query text used as keywords is cut to it (a long
 #: query's first words), explicit keywords are not.
@@ -98,6 +102,9 @@ class RerankSpec:
     sigmoid: bool = False
     # Order by the reranker alone, or by its scores fused with the similarities.
     fusion: Fusion = Fusion.NONE
+    # A re-scorer of the store (nachbar.ai.tailoring) instead of `model`: scores stored
+    # vectors, so it needs no text.
+    rescorer: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,8 @@ class SearchRequest(Generic[FilterT]):
     # MMR and recommend by examples, done by the store.
     explore: Explore = NO_EXPLORE
     hybrid: HybridSpec | None = None
+    # Map the query vector with this adapter of the store before searching.
+    adapter: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,8 +190,23 @@ class Ranked:
     score: float
 
 
+class SearchTailoring(Protocol):
+    """Adapters and re-scorers at query time (nachbar.ai.tailoring.Tailoring)."""
+
+    def adapt(self, store: str, bound: Bound, name: str, query: FloatArray) -> FloatArray: ...
+
+    def rescore(
+        self, store: str, bound: Bound, name: str, query: FloatArray, ids: Sequence[str]
+    ) -> dict[str, float]: ...
+
+    def forget_store(self, store: str) -> None: ...
+
+
 class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     """Thread-safe when the models and the vector store are."""
+
+    #: Set when adapters and re-scorers are served (they need a durable home).
+    tailoring: SearchTailoring | None = None
 
     def __init__(
         self,
@@ -245,6 +269,11 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 return False
             raise
         self.binding_cache.forget(name)
+        if dropped and self.tailoring is not None:
+            try:
+                self.tailoring.forget_store(name)
+            except Exception:  # left over, they are refused: trained for another store id
+                log.warning("could not drop what was trained for store %r", name, exc_info=True)
         return dropped
 
     def list_stores(self) -> list[AIStore[InfoT]]:
@@ -301,6 +330,18 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
+        if (request.adapter or (request.rerank and request.rerank.rescorer)) and (
+            self.tailoring is None
+        ):
+            raise InvalidInputError("this server does not serve adapters or re-scorers")
+        if request.rerank is not None and request.rerank.rescorer and request.rerank.model:
+            raise InvalidInputError(
+                "rerank names both a model and a re-scorer; set one of `model` and `rescorer`"
+            )
+        if request.adapter and request.query is None:
+            raise InvalidInputError(
+                "an adapter maps the query vector; add a query or drop the adapter"
+            )
         explore = request.explore
         if explore.strategy not in RECOMMEND_STRATEGIES:
             raise InvalidInputError(
@@ -346,6 +387,12 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     "per request (--max-inputs-per-request); ask for fewer candidates (and k)"
                 )
 
+        keyword_only = request.hybrid is not None and request.hybrid.keyword_only
+        if keyword_only and (request.adapter or (request.rerank and request.rerank.rescorer)):
+            raise InvalidInputError(
+                "a keyword-only search has no query vector for an adapter or a re-scorer; drop "
+                "keyword_only (a hybrid search keeps the vector side) or the adapter/re-scorer"
+            )
         if request.hybrid is not None and explore != NO_EXPLORE:
             raise InvalidInputError(
                 "MMR and recommend by examples do not combine with keyword or hybrid search; "
@@ -370,9 +417,12 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 vector = self.models.embed(
                     query_model, [request.query], truncation=request.truncation, role=Role.QUERY
                 )[0]
+            search_vector = vector
+            if request.adapter and self.tailoring is not None and vector is not None:
+                search_vector = self.tailoring.adapt(store, bound, request.adapter, vector)
             found = self.store.search(
                 store,
-                vector,
+                search_vector,
                 fetch,
                 filter=request.filter,
                 mode=request.mode,
@@ -382,7 +432,10 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 keywords=keywords,
             )
             hits = [_hit(m) for m in found.matches]
-            if request.rerank is not None:
+            if request.rerank is not None and request.rerank.rescorer:
+                assert vector is not None  # rerank needs a query (checked above)
+                hits = self._rescore(store, bound, request.rerank, vector, hits)
+            elif request.rerank is not None:
                 hits = self._rerank(store, binding, request, request.rerank, hits)
             return SearchOutcome(hits[: request.k], found.plan)
 
@@ -446,7 +499,57 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     def list_models(self) -> list[ModelStatus]:
         return self.models.list_models()
 
+    # -- tailoring (nachbar.ai.tailoring's EmbeddingSource) --------------------------------------
+
+    def bound(self, store: str) -> Bound:
+        """The store's binding, read afresh."""
+        return self._read(store)[1]
+
+    def input_limits(self) -> InputLimits:
+        return self.models.limits
+
+    def embed_queries(self, store: str, bound: Bound, payloads: Sequence[Payload]) -> FloatArray:
+        """Queries embedded as GetSimN embeds them, in batches the server allows; texts over
+        the model's limit are cut to it."""
+        most = self.models.limits.max_inputs
+        parts = [
+            self.models.embed(
+                bound.binding.query_model,
+                payloads[start : start + most],
+                truncation="truncate",
+                role=Role.QUERY,
+            )
+            for start in range(0, len(payloads), most)
+        ]
+        out: FloatArray = np.concatenate(parts).astype(np.float32)
+        return out
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _rescore(
+        self,
+        store: str,
+        bound: Bound,
+        rerank: RerankSpec,
+        query: FloatArray,
+        hits: list[Hit],
+    ) -> list[Hit]:
+        assert self.tailoring is not None
+        scored = self.tailoring.rescore(store, bound, rerank.rescorer, query, [h.id for h in hits])
+        # Entries deleted since the search have no stored vector to score.
+        hits = [hit for hit in hits if hit.id in scored]
+        if not hits:
+            return hits
+        scores = np.asarray([scored[hit.id] for hit in hits], dtype=np.float32)
+        fused = fuse(rerank.fusion, [hit.similarity for hit in hits], scores)
+        if fused is None:
+            out = [replace(h, rerank_score=float(s)) for h, s in zip(hits, scores, strict=True)]
+            return [out[i] for i in _best_first(scores)]
+        out = [
+            replace(h, rerank_score=float(s), fused_score=float(f))
+            for h, s, f in zip(hits, scores, fused, strict=True)
+        ]
+        return [out[i] for i in _best_first(fused)]
 
     def _read(self, name: str) -> tuple[StoreRecord[InfoT], Bound]:
         """The store as the vector store describes it now; its binding goes into the cache."""

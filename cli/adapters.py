@@ -218,8 +218,12 @@ class AIAdapter:
         return Shown(page, render.ai_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if (args.rerank_field or args.candidates or args.fusion != "none") and not args.rerank:
-            raise UsageError("--rerank-field, --candidates and --fusion need --rerank MODEL")
+        if args.rerank and args.rescorer:
+            raise UsageError("give --rerank MODEL or --rescorer NAME, not both")
+        if args.rerank_field and not args.rerank:
+            raise UsageError("--rerank-field needs --rerank MODEL")
+        if (args.candidates or args.fusion != "none") and not (args.rerank or args.rescorer):
+            raise UsageError("--candidates and --fusion need --rerank MODEL or --rescorer NAME")
         explore = explore_args(args)
         query = (
             None
@@ -240,6 +244,8 @@ class AIAdapter:
             mode=args.mode,
             ef=args.ef,
             query_model=args.query_model,
+            adapter=args.adapter,
+            rescorer=args.rescorer,
             **explore,
             hybrid=hybrid,
             keywords=args.keywords or "",

@@ -686,6 +686,22 @@ COMMANDS: tuple[Command, ...] = (
                 "space, or an int8 twin)",
             ),
             arg(
+                "--adapter",
+                only="ai",
+                default="",
+                metavar="NAME",
+                help="search with the query vector mapped by this adapter of the store "
+                "(`nachbar adapters list`)",
+            ),
+            arg(
+                "--rescorer",
+                only="ai",
+                default="",
+                metavar="NAME",
+                help="rerank the top --candidates by this re-scorer of the store (stored "
+                "vectors only: works for image stores queried with text)",
+            ),
+            arg(
                 "--mmr",
                 type=float,
                 metavar="LAMBDA",

@@ -5,8 +5,9 @@ Conversions only: what a request means is decided by the pipeline and the model 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from nachbar.ai.adapters import RankingMetrics
 from nachbar.ai.bindings import ORIGINAL_TEXT
 from nachbar.ai.fusion import Fusion
 from nachbar.ai.models import ModelStatus
@@ -20,6 +21,7 @@ from nachbar.ai.pipeline import (
     SearchRequest,
     UpsertItem,
 )
+from nachbar.ai.tailoring import State, TrainedInfo, TrainExample, TrainOptions
 from nachbar.ai.vector_store import Explore, Metadata
 from nachbar.server.ai_store import DBStoreOptions
 from nachbar.server.errors import RequestError
@@ -158,6 +160,7 @@ def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.F
             metadata_field=options.metadata_field if source == "metadata_field" else None,
             sigmoid=options.sigmoid,
             fusion=rerank_fusion(options.fusion),
+            rescorer=options.rescorer,
         )
     explore = Explore(
         mmr_lambda=request.mmr_lambda if request.HasField("mmr_lambda") else None,
@@ -178,6 +181,7 @@ def search_request(request: ai_pb2.GetSimNRequest) -> SearchRequest[common_pb2.F
         ef=request.ef,
         query_model=request.query_model_override,
         hybrid=hybrid_spec(request),
+        adapter=request.adapter,
     )
 
 
@@ -246,4 +250,61 @@ def model_info(status: ModelStatus) -> ai_pb2.ModelInfo:
         loaded=status.loaded,
         precision=str(spec.precision),
         description=spec.description,
+    )
+
+
+TRAIN_STATES = {
+    State.QUEUED: ai_pb2.TRAIN_STATE_QUEUED,
+    State.TRAINING: ai_pb2.TRAIN_STATE_TRAINING,
+    State.READY: ai_pb2.TRAIN_STATE_READY,
+    State.FAILED: ai_pb2.TRAIN_STATE_FAILED,
+}
+
+
+def train_examples(examples: Sequence[ai_pb2.TrainExample]) -> list[TrainExample]:
+    return [
+        TrainExample(
+            payload(example.query, f"examples[{i}].query"),
+            tuple(example.relevant_ids),
+            tuple(example.irrelevant_ids),
+        )
+        for i, example in enumerate(examples)
+    ]
+
+
+def train_options(options: ai_pb2.TrainOptions) -> TrainOptions:
+    return TrainOptions(
+        epochs=options.epochs,
+        learning_rate=options.learning_rate,
+        held_out=options.held_out,
+        seed=options.seed,
+        identity_weight=options.identity_weight,
+    )
+
+
+def _metrics(value: RankingMetrics) -> ai_pb2.TrainMetrics:
+    return ai_pb2.TrainMetrics(
+        mrr_at_10=value.mrr, recall_at_10=value.recall, queries=value.queries
+    )
+
+
+def trained_info(info: TrainedInfo) -> ai_pb2.TrainedInfo:
+    return ai_pb2.TrainedInfo(
+        store=info.store,
+        name=info.name,
+        state=TRAIN_STATES[info.state],
+        progress=info.progress,
+        message=info.message,
+        before=_metrics(info.before),
+        after=_metrics(info.after),
+        recommended=info.recommended,
+        train_examples=info.train_examples,
+        held_out_examples=info.held_out_examples,
+        epochs=info.epochs,
+        train_seconds=info.train_seconds,
+        dimension=info.dimension,
+        space=info.space,
+        corpus_size=info.corpus_size,
+        weight_bytes=info.weight_bytes,
+        created_at=info.created_at,
     )

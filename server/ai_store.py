@@ -277,6 +277,10 @@ class DBVectorStore:
             request.filter.CopyFrom(filter)
         return int(self._call("DeleteByPredicate", request).deleted)
 
+    def call(self, method: str, request: Any) -> Any:
+        """Any DBService method, with this channel's key, request id and error mapping."""
+        return self._call(method, request)
+
     # -- internals ------------------------------------------------------------------------------
 
     def _call(self, method: str, request: Any) -> Any:

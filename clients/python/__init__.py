@@ -2,7 +2,7 @@
 `AIClient`/`AsyncAIClient` for nachbar-ai. Results are plain dataclasses; failures raise
 `NachbarError` subclasses named after their gRPC status."""
 
-from nachbar.client._ai_calls import Image, Item, Text
+from nachbar.client._ai_calls import Example, Image, Item, Text, TrainSettings
 from nachbar.client.ai import AIClient, AsyncAIClient
 from nachbar.client.db import AsyncDBClient, DBClient
 from nachbar.client.errors import (
@@ -41,6 +41,8 @@ from nachbar.client.types import (
     SearchMode,
     SearchResult,
     StoreInfo,
+    TrainedInfo,
+    TrainMetrics,
     UpsertResult,
 )
 from nachbar.client.values import Field, Filter, filter_from_dict
@@ -61,6 +63,7 @@ __all__ = [
     "DeadlineExceeded",
     "Entry",
     "Exact",
+    "Example",
     "FailedPrecondition",
     "Field",
     "Filter",
@@ -85,6 +88,9 @@ __all__ = [
     "SearchResult",
     "StoreInfo",
     "Text",
+    "TrainMetrics",
+    "TrainSettings",
+    "TrainedInfo",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Unpack
 
 from nachbar.client import _ai_calls as calls
-from nachbar.client._ai_calls import InputLike, Item
+from nachbar.client._ai_calls import Example, InputLike, Item, TrainSettings
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
 from nachbar.client._db_calls import Explore
 from nachbar.client.types import (
@@ -35,6 +35,7 @@ from nachbar.client.types import (
     ModelInfo,
     RerankResult,
     SearchMode,
+    TrainedInfo,
     UpsertResult,
 )
 from nachbar.client.values import FilterLike
@@ -43,6 +44,7 @@ from nachbar.v1 import ai_pb2_grpc, defaults
 DEFAULT_AI_ADDRESS = defaults.AI_ADDRESS
 UPSERT_BATCH = defaults.AI_UPSERT_BATCH
 ItemLike = Item | InputLike | tuple[Any, ...]
+DEFAULT_TRAIN_SETTINGS = TrainSettings()
 
 
 class AIClient(SyncClient):
@@ -139,6 +141,8 @@ class AIClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        adapter: str = "",
+        rescorer: str = "",
         mmr: float | None = None,
         mmr_candidates: int = 0,
         positive: Iterable[str] = (),
@@ -154,6 +158,9 @@ class AIClient(SyncClient):
         by a cross-encoder or late-interaction model, reading the stored original text or
         `rerank_field` from metadata; `rerank_fusion="rrf"` or `"blend"` orders them by the
         reranker's scores fused with the similarities instead of the reranker's alone.
+        `adapter="<name>"` searches with the query vector mapped by that adapter of the store;
+        `rescorer="<name>"` reranks the top `rerank_candidates` by that re-scorer of the store
+        (stored vectors only, so it works for image stores queried with text).
         `mmr=<lambda in [0, 1]>` diversifies the results (maximal marginal relevance; not with
         rerank); `positive`/`negative` ids of stored entries recommend by examples, with or
         without a query (None), by `strategy` "average_vector" or "best_score".
@@ -186,6 +193,8 @@ class AIClient(SyncClient):
                 hybrid,
                 keywords,
                 keyword_only,
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )
@@ -247,6 +256,55 @@ class AIClient(SyncClient):
 
     def ping(self, *, timeout: float | None = None) -> None:
         self._caller.call(*calls.ping(), timeout)
+
+    # -- adapters and re-scorers --------------------------------------------------------------
+
+    def train_adapter(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a query adapter in the background; poll `get_adapter` for its state.
+        Each example is an `Example(query, relevant_ids, irrelevant_ids)` or such a tuple."""
+        return self._caller.call(*calls.train("adapter", store, name, examples, settings), timeout)
+
+    def get_adapter(self, store: str, name: str, *, timeout: float | None = None) -> TrainedInfo:
+        return self._caller.call(*calls.get_trained("adapter", store, name), timeout)
+
+    def list_adapters(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return self._caller.call(*calls.list_trained("adapter", store), timeout)
+
+    def drop_adapter(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_trained("adapter", store, name, missing_ok), timeout)
+
+    def train_rescorer(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a re-scorer in the background; poll `get_rescorer` for its state."""
+        return self._caller.call(*calls.train("rescorer", store, name, examples, settings), timeout)
+
+    def get_rescorer(self, store: str, name: str, *, timeout: float | None = None) -> TrainedInfo:
+        return self._caller.call(*calls.get_trained("rescorer", store, name), timeout)
+
+    def list_rescorers(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return self._caller.call(*calls.list_trained("rescorer", store), timeout)
+
+    def drop_rescorer(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_trained("rescorer", store, name, missing_ok), timeout)
 
 
 class AsyncAIClient(AsyncClient):
@@ -337,6 +395,8 @@ class AsyncAIClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        adapter: str = "",
+        rescorer: str = "",
         mmr: float | None = None,
         mmr_candidates: int = 0,
         positive: Iterable[str] = (),
@@ -374,6 +434,8 @@ class AsyncAIClient(AsyncClient):
                 hybrid,
                 keywords,
                 keyword_only,
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )
@@ -439,3 +501,66 @@ class AsyncAIClient(AsyncClient):
 
     async def ping(self, *, timeout: float | None = None) -> None:
         await self._caller.call(*calls.ping(), timeout)
+
+    # -- adapters and re-scorers --------------------------------------------------------------
+
+    async def train_adapter(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a query adapter in the background; poll `get_adapter` for its state.
+        Each example is an `Example(query, relevant_ids, irrelevant_ids)` or such a tuple."""
+        return await self._caller.call(
+            *calls.train("adapter", store, name, examples, settings), timeout
+        )
+
+    async def get_adapter(
+        self, store: str, name: str, *, timeout: float | None = None
+    ) -> TrainedInfo:
+        return await self._caller.call(*calls.get_trained("adapter", store, name), timeout)
+
+    async def list_adapters(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return await self._caller.call(*calls.list_trained("adapter", store), timeout)
+
+    async def drop_adapter(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(
+            *calls.drop_trained("adapter", store, name, missing_ok), timeout
+        )
+
+    async def train_rescorer(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a re-scorer in the background; poll `get_rescorer` for its state."""
+        return await self._caller.call(
+            *calls.train("rescorer", store, name, examples, settings), timeout
+        )
+
+    async def get_rescorer(
+        self, store: str, name: str, *, timeout: float | None = None
+    ) -> TrainedInfo:
+        return await self._caller.call(*calls.get_trained("rescorer", store, name), timeout)
+
+    async def list_rescorers(
+        self, store: str, *, timeout: float | None = None
+    ) -> list[TrainedInfo]:
+        return await self._caller.call(*calls.list_trained("rescorer", store), timeout)
+
+    async def drop_rescorer(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(
+            *calls.drop_trained("rescorer", store, name, missing_ok), timeout
+        )

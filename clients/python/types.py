@@ -231,3 +231,36 @@ class AIInfo:
     db_address: str
     db_reachable: bool
     max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """MRR@10 and recall@10 over the held-out examples."""
+
+    mrr_at_10: float
+    recall_at_10: float
+    queries: int
+
+
+@dataclass(frozen=True)
+class TrainedInfo:
+    """An adapter or re-scorer of a store: "queued", "training", "ready" or "failed"."""
+
+    store: str
+    name: str
+    state: str
+    progress: float
+    message: str
+    before: TrainMetrics
+    after: TrainMetrics
+    # The held-out metric improved on the frozen baseline: use it only when True.
+    recommended: bool
+    train_examples: int
+    held_out_examples: int
+    epochs: int
+    train_seconds: float
+    dimension: int
+    space: str
+    corpus_size: int
+    weight_bytes: int
+    created_at: float

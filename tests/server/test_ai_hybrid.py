@@ -72,4 +72,8 @@ def test_bad_hybrid_requests(client: AIClient) -> None:
     client.upsert("plain", [("some text", "a")])
     with pytest.raises(FailedPrecondition, match="no keyword index"):
         client.get_sim_n("plain", "text", k=1, hybrid=Hybrid())
+    with pytest.raises(InvalidArgument, match="keyword-only search has no query vector"):
+        client.get_sim_n("docs", "zebra", k=1, keyword_only=True, adapter="tuned")
+    with pytest.raises(InvalidArgument, match="keyword-only search has no query vector"):
+        client.get_sim_n("docs", "zebra", k=1, keyword_only=True, rescorer="tuned")
     assert client.get_sim_n("docs", "zebra", k=1).matches  # still serving

@@ -133,6 +133,7 @@ def test_every_rpc_of_both_services_has_a_role() -> None:
     }
     assert methods - set(auth.METHOD_ROLES) == set()
     writes = {"Upsert", "DeleteKeys", "DeleteByPredicate"}
+    writes |= {"TrainAdapter", "DropAdapter", "TrainRescorer", "DropRescorer"}
     admin = {
         "CreateStore",
         "DropStore",

@@ -11,6 +11,9 @@ import type { AIStoreInfo__Output } from './generated/nachbar/ai/v1/AIStoreInfo'
 import type { Input, Input__Output } from './generated/nachbar/ai/v1/Input';
 import type { ModelInfo__Output } from './generated/nachbar/ai/v1/ModelInfo';
 import type { RerankOptions as RerankOptionsMessage } from './generated/nachbar/ai/v1/RerankOptions';
+import type { TrainExample as TrainExampleMessage } from './generated/nachbar/ai/v1/TrainExample';
+import type { TrainMetrics__Output } from './generated/nachbar/ai/v1/TrainMetrics';
+import type { TrainedInfo__Output } from './generated/nachbar/ai/v1/TrainedInfo';
 import { aiService } from './protos';
 import type {
   AIEntry,
@@ -36,8 +39,14 @@ import type {
   Page,
   RerankOptions,
   RerankResult,
+  RescorerOptions,
   SearchMode,
   SearchResult,
+  TrainExample,
+  TrainMetrics,
+  TrainSettings,
+  TrainState,
+  TrainedInfo,
   TruncationPolicy,
 } from './types';
 import {
@@ -103,6 +112,18 @@ export interface AISearchOptions extends TruncationOptions, ExploreOptions {
   keywords?: string;
   /** Search by keywords alone (BM25), without embedding the query. */
   keywordOnly?: boolean;
+  /** Search with the query vector mapped by this adapter of the store (trainAdapter). */
+  adapter?: string;
+  /** Rerank by a re-scorer of the store instead of `rerank`. */
+  rescorer?: RescorerOptions;
+}
+
+export interface MissingOkCallOptions extends CallOptions {
+  missingOk?: boolean;
+}
+
+export interface TrainCallOptions extends CallOptions {
+  settings?: TrainSettings;
 }
 
 export interface AIGetByPredicateOptions extends CallOptions {
@@ -182,6 +203,72 @@ function rerankToProto(rerank: RerankOptions | undefined): RerankOptionsMessage 
     );
   }
   return message;
+}
+
+function searchRerankToProto(options: AISearchOptions): RerankOptionsMessage | null {
+  if (options.rescorer === undefined) return rerankToProto(options.rerank);
+  if (options.rerank !== undefined) {
+    throw new InvalidArgumentError('give rerank (a model) or rescorer, not both');
+  }
+  return {
+    rescorer: options.rescorer.name,
+    candidates: uint32(options.rescorer.candidates ?? 0, 'rescorer.candidates'),
+    fusion: rerankFusionToProto(options.rescorer.fusion),
+  };
+}
+
+function trainExampleToProto(example: TrainExample, i: number): TrainExampleMessage {
+  return {
+    query: inputToProto(example.query, `examples[${i}].query`),
+    relevant_ids: example.relevantIds,
+    irrelevant_ids: example.irrelevantIds ?? [],
+  };
+}
+
+function metricsFromProto(metrics: TrainMetrics__Output | null): TrainMetrics {
+  return {
+    mrrAt10: metrics?.mrr_at_10 ?? 0,
+    recallAt10: metrics?.recall_at_10 ?? 0,
+    queries: metrics?.queries ?? 0,
+  };
+}
+
+function trainedFromProto(info: TrainedInfo__Output | null): TrainedInfo {
+  if (info === null) throw new InternalError('the response has no adapter or re-scorer');
+  return {
+    store: info.store,
+    name: info.name,
+    state: info.state.replace(/^TRAIN_STATE_/, '').toLowerCase() as TrainState,
+    progress: info.progress,
+    message: info.message,
+    before: metricsFromProto(info.before),
+    after: metricsFromProto(info.after),
+    recommended: info.recommended,
+    trainExamples: info.train_examples,
+    heldOutExamples: info.held_out_examples,
+    epochs: info.epochs,
+    trainSeconds: info.train_seconds,
+    dimension: info.dimension,
+    space: info.space,
+    corpusSize: uint64(info.corpus_size),
+    weightBytes: uint64(info.weight_bytes),
+    createdAt: info.created_at,
+  };
+}
+
+function trainRequest(store: string, name: string, examples: TrainExample[], settings: TrainSettings = {}) {
+  return {
+    store,
+    name,
+    examples: examples.map(trainExampleToProto),
+    options: {
+      epochs: uint32(settings.epochs ?? 0, 'epochs'),
+      learning_rate: settings.learningRate ?? 0,
+      held_out: settings.heldOut ?? 0,
+      seed: uint32(settings.seed ?? 0, 'seed'),
+      identity_weight: settings.identityWeight ?? 0,
+    },
+  };
 }
 
 function modelFromProto(model: ModelInfo__Output): ModelInfo {
@@ -319,13 +406,14 @@ export class AIClient {
         k: uint32(k, 'k'),
         filter: optionalFilter(options.filter),
         truncation: truncationToProto(options.truncation),
-        rerank: rerankToProto(options.rerank),
+        rerank: searchRerankToProto(options),
         mode: searchModeToProto(options.mode),
         ef: uint32(options.ef ?? 0, 'ef'),
         query_model_override: options.queryModelOverride ?? '',
         hybrid: hybridToProto(options.hybrid),
         keywords: options.keywords ?? '',
         keyword_only: options.keywordOnly ?? false,
+        adapter: options.adapter ?? '',
       },
       options,
     );
@@ -426,5 +514,55 @@ export class AIClient {
 
   async ping(options: CallOptions = {}): Promise<void> {
     await this.caller.unary(this.service.Ping, {}, options);
+  }
+
+  /** Start training a query adapter in the background; `getAdapter` shows its state. */
+  async trainAdapter(store: string, name: string, examples: TrainExample[], options: TrainCallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.TrainAdapter, trainRequest(store, name, examples, options.settings), options);
+    return trainedFromProto(response.adapter);
+  }
+
+  async getAdapter(store: string, name: string, options: CallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.GetAdapter, { store, name }, options);
+    return trainedFromProto(response.adapter);
+  }
+
+  async listAdapters(store: string, options: CallOptions = {}): Promise<TrainedInfo[]> {
+    const response = await this.caller.unary(this.service.ListAdapters, { store }, options);
+    return response.adapters.map(trainedFromProto);
+  }
+
+  async dropAdapter(store: string, name: string, options: MissingOkCallOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(
+      this.service.DropAdapter,
+      { store, name, missing_ok: options.missingOk ?? false },
+      options,
+    );
+    return response.dropped;
+  }
+
+  /** Start training a re-scorer in the background; `getRescorer` shows its state. */
+  async trainRescorer(store: string, name: string, examples: TrainExample[], options: TrainCallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.TrainRescorer, trainRequest(store, name, examples, options.settings), options);
+    return trainedFromProto(response.rescorer);
+  }
+
+  async getRescorer(store: string, name: string, options: CallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.GetRescorer, { store, name }, options);
+    return trainedFromProto(response.rescorer);
+  }
+
+  async listRescorers(store: string, options: CallOptions = {}): Promise<TrainedInfo[]> {
+    const response = await this.caller.unary(this.service.ListRescorers, { store }, options);
+    return response.rescorers.map(trainedFromProto);
+  }
+
+  async dropRescorer(store: string, name: string, options: MissingOkCallOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(
+      this.service.DropRescorer,
+      { store, name, missing_ok: options.missingOk ?? false },
+      options,
+    );
+    return response.dropped;
   }
 }

@@ -262,11 +262,72 @@ export interface RerankOptions {
   fusion?: RerankFusion;
 }
 
+/** Rerank by a re-scorer trained for the store (AIClient.trainRescorer): it scores stored
+ * vectors, so it needs no text and reranks image stores queried with text. */
+export interface RescorerOptions {
+  name: string;
+  /** How many vector candidates to rerank; 0 or unset means max(k, 20). */
+  candidates?: number;
+  /** Order by the re-scorer alone ('none', the default) or fused with the similarities. */
+  fusion?: RerankFusion;
+}
+
+/** One training example: a query and the ids of the store's entries that answer it. */
+export interface TrainExample {
+  query: InputLike;
+  relevantIds: string[];
+  /** Optional hard negatives. */
+  irrelevantIds?: string[];
+}
+
+/** Zero or unset values take the server's defaults. */
+export interface TrainSettings {
+  epochs?: number;
+  learningRate?: number;
+  /** Share of the examples held out to measure the result (default 0.2). */
+  heldOut?: number;
+  seed?: number;
+  /** Adapters: the weight pulling W toward the identity (default 0.01). */
+  identityWeight?: number;
+}
+
+/** MRR@10 and recall@10 over the held-out examples. */
+export interface TrainMetrics {
+  mrrAt10: number;
+  recallAt10: number;
+  queries: number;
+}
+
+export type TrainState = 'queued' | 'training' | 'ready' | 'failed' | 'unspecified';
+
+/** An adapter or re-scorer of a store. */
+export interface TrainedInfo {
+  store: string;
+  name: string;
+  state: TrainState;
+  /** 0 to 1 while training. */
+  progress: number;
+  message: string;
+  before: TrainMetrics;
+  after: TrainMetrics;
+  /** The held-out metric improved on the frozen baseline: use it only when true. */
+  recommended: boolean;
+  trainExamples: number;
+  heldOutExamples: number;
+  epochs: number;
+  trainSeconds: number;
+  dimension: number;
+  space: string;
+  corpusSize: number;
+  weightBytes: number;
+  createdAt: number;
+}
+
 export interface AIMatch {
   id: string;
   /** Vector similarity (see Metric). */
   similarity: number;
-  /** The reranker's score; set only when the search reranked. */
+  /** The reranker's (or re-scorer's) score; set only when the search reranked. */
   rerankScore?: number;
   /** The fused score that ordered the matches; set only when the rerank fused. */
   fusedScore?: number;

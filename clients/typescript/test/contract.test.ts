@@ -97,6 +97,18 @@ const DB_CALLS: Record<string, (client: DBClient) => Promise<unknown>> = {
   Ping: (c) => c.ping(),
 };
 
+const TRAINED = {
+  store: 't',
+  name: 'v1',
+  state: 'TRAIN_STATE_READY',
+  progress: 1,
+  before: { mrr_at_10: 0.25, recall_at_10: 0.5, queries: 4 },
+  after: { mrr_at_10: 0.5, recall_at_10: 0.75, queries: 4 },
+  recommended: true,
+  dimension: 384,
+  weight_bytes: '589824',
+};
+
 const AI_CALLS: Record<string, (client: AIClient) => Promise<unknown>> = {
   CreateStore: (c) => c.createStore('t', { queryModel: 'q', indexModel: 'i', storeOriginal: true }),
   DropStore: (c) => c.dropStore('t'),
@@ -113,6 +125,17 @@ const AI_CALLS: Record<string, (client: AIClient) => Promise<unknown>> = {
   ListModels: (c) => c.listModels(),
   Info: (c) => c.info(),
   Ping: (c) => c.ping(),
+  TrainAdapter: (c) =>
+    c.trainAdapter('t', 'v1', [{ query: 'q', relevantIds: ['a'], irrelevantIds: ['b'] }, { query: Buffer.from([1]), relevantIds: ['c'] }], {
+      settings: { epochs: 5, identityWeight: 0.5 },
+    }),
+  GetAdapter: (c) => c.getAdapter('t', 'v1'),
+  ListAdapters: (c) => c.listAdapters('t'),
+  DropAdapter: (c) => c.dropAdapter('t', 'v1', { missingOk: true }),
+  TrainRescorer: (c) => c.trainRescorer('t', 'r1', [{ query: 'q', relevantIds: ['a'] }]),
+  GetRescorer: (c) => c.getRescorer('t', 'r1'),
+  ListRescorers: (c) => c.listRescorers('t'),
+  DropRescorer: (c) => c.dropRescorer('t', 'r1'),
 };
 
 describe('DBClient against a scripted server', () => {
@@ -309,6 +332,10 @@ describe('AIClient against a scripted server', () => {
     };
     fake.replies['Embed'] = { embeddings: [{ values: [0.5, 0.5] }, { values: [1, 0] }], dimension: 2 };
     fake.replies['Rerank'] = { results: [{ index: 1, score: 0.75 }] };
+    for (const rpc of ['TrainAdapter', 'GetAdapter']) fake.replies[rpc] = { adapter: TRAINED };
+    for (const rpc of ['TrainRescorer', 'GetRescorer']) fake.replies[rpc] = { rescorer: TRAINED };
+    fake.replies['ListAdapters'] = { adapters: [TRAINED] };
+    fake.replies['ListRescorers'] = { rescorers: [] };
     fake.replies['ListModels'] = {
       models: [{ name: 'm', kind: 'MODEL_KIND_CROSS_ENCODER', modality: 'MODALITY_TEXT', max_tokens: 512, precision: 'int8' }],
     };
@@ -357,7 +384,32 @@ describe('AIClient against a scripted server', () => {
     assert.equal(search['query_model_override'], 'q8');
     assert.deepEqual(
       { ...(search['rerank'] as object) },
-      { model: 'ce', candidates: 0, sigmoid: false, fusion: 'RERANK_FUSION_BLEND', metadata_field: 'caption', text_source: 'metadata_field' },
+      { model: 'ce', candidates: 0, sigmoid: false, fusion: 'RERANK_FUSION_BLEND', metadata_field: 'caption', text_source: 'metadata_field', rescorer: '' },
+    );
+  });
+
+  it('sends adapters, re-scorers and training examples, and reads what was trained', async () => {
+    await client.getSimN('t', 'a dog', 3, { adapter: 'v1', rescorer: { name: 'r1', candidates: 30 } });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.equal(search['adapter'], 'v1');
+    assert.equal((search['rerank'] as Record<string, unknown>)['rescorer'], 'r1');
+    assert.equal((search['rerank'] as Record<string, unknown>)['candidates'], 30);
+    const info = await AI_CALLS['TrainAdapter']!(client);
+    const train = fake.received.get('TrainAdapter')!.request;
+    const [text, image] = train['examples'] as Array<Record<string, unknown>>;
+    assert.deepEqual(text!['relevant_ids'], ['a']);
+    assert.deepEqual(text!['irrelevant_ids'], ['b']);
+    assert.deepEqual((image!['query'] as Record<string, unknown>)['image'], Buffer.from([1]));
+    assert.equal((train['options'] as Record<string, unknown>)['epochs'], 5);
+    assert.equal((train['options'] as Record<string, unknown>)['identity_weight'], 0.5);
+    assert.deepEqual(
+      { state: (info as { state: string }).state, mrr: (info as { after: { mrrAt10: number } }).after.mrrAt10 },
+      { state: 'ready', mrr: 0.5 },
+    );
+    assert.equal((await client.getAdapter('t', 'v1')).weightBytes, 589824);
+    await assert.rejects(
+      client.getSimN('t', 'q', 1, { rerank: { model: 'ce', originalText: true }, rescorer: { name: 'r1' } }),
+      /not both/,
     );
   });
 

@@ -10,9 +10,14 @@ Layout in Milvus (database `--milvus-db`):
         id      VARCHAR primary key (nachbar's string id, up to 1024 characters)
         vector  FLOAT_VECTOR(dimension), index HNSW(M, efConstruction) or FLAT, the store's metric
         meta    JSON: typed metadata (nachbar.db.milvus_filters has the layout)
+        p<n>_t, p<n>_i, p<n>_f, p<n>_s   INT8, INT64, DOUBLE, VARCHAR: typed columns of the
+                    fields the store was created with predicate indexes on (up to
+                    MAX_TYPED_FIELDS), which filters on them read instead of the JSON
         properties: "nachbar.store" (JSON: name, store_id, dimension, metric, index,
                     store_metadata),
-                    "nachbar.predicate_indexes" (JSON list of field names)
+                    "nachbar.predicate_indexes" (JSON list of field names),
+                    "nachbar.typed_fields" (JSON list: the fields of p0, p1, ...; absent on
+                    collections made before typed columns, which have none)
 
 Semantics are the embedded engine's (the tests under tests/db run over both):
 - Filters are translated by nachbar.db.milvus_filters, exact for every type and missing field.
@@ -20,16 +25,19 @@ Semantics are the embedded engine's (the tests under tests/db run over both):
   Exact plans score in float64 from the vectors, as the embedded engine does; the HNSW plan keeps
   Milvus's float32 scores (what the wire carries anyway) and so fetches no vectors.
 - Planner: a filtered search counts its matches first; few matches are scored exactly here, more
-  go to Milvus's HNSW with ef >= k; a short answer falls back to the exact scan, so a search
-  returns exactly min(k, matches).
+  go to Milvus's HNSW with ef >= k, widened by the filter's selectivity (against the store's
+  size, counted at most every STORE_SIZE_SECONDS: it only sizes the beam); a short answer falls
+  back to the exact scan, so a search returns exactly min(k, matches).
 - Upsert reports inserted/updated by looking the ids up first.
 
 What differs (README "Engines"): a batch is validated whole, then written by one Milvus upsert,
 which Milvus does not make atomic against readers or a crash half-way; metadata over
 MAX_METADATA_BYTES is refused (Milvus caps a JSON value at 64 KiB); durability and consistency
 are Milvus's (the consistency level is `--milvus-consistency`); counts, ListStores and
-GetByPredicate pages cost Milvus queries; predicate indexes are recorded but Milvus evaluates
-filters without them (the answers are the same).
+GetByPredicate pages cost Milvus queries; a predicate index declared when the store is created
+gives its field typed columns (fast filters), one created later is recorded but its field is
+filtered through the JSON (Milvus 2.3 cannot add a field to a collection; the answers are the
+same).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -83,6 +91,14 @@ CONSISTENCY_LEVELS = ("strong", "bounded", "session", "eventually")
 COLLECTION_PREFIX = "nachbar_"
 STORE_PROPERTY = "nachbar.store"
 PRED_INDEX_PROPERTY = "nachbar.predicate_indexes"
+TYPED_FIELDS_PROPERTY = "nachbar.typed_fields"
+# Fields with typed columns per store: 4 Milvus fields each, under Milvus's default limit of 64
+# fields per collection.
+MAX_TYPED_FIELDS = 8
+# A VARCHAR column holds any metadata string: the whole JSON is at most MAX_METADATA_BYTES.
+MAX_VARCHAR_BYTES = 65535
+# The store's size sizes the filtered HNSW beam only, so a count this old is good enough.
+STORE_SIZE_SECONDS = 5.0
 FORMAT = 1
 MAX_ID_BYTES = 4096  # 1024 characters of up to 4 UTF-8 bytes
 # Milvus refuses a JSON value over 64 KiB (measured on a 2.3 server); checked here first so the
@@ -135,6 +151,8 @@ class _Store:
     # Never reused for a name: the creation time in microseconds (below 2^53, so JavaScript
     # numbers hold it), later than any id the name had before.
     store_id: int
+    # Field name -> prefix of its typed columns (nachbar.db.milvus_filters.columns_of).
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 class MilvusEngine:
@@ -156,6 +174,8 @@ class MilvusEngine:
         self._client: Any = None
         self._lite = False
         self._stores: dict[str, _Store] = {}
+        # collection -> (entries, time.monotonic() when counted)
+        self._sizes: dict[str, tuple[int, float]] = {}
         self._closed = False
 
     @classmethod
@@ -249,7 +269,10 @@ class MilvusEngine:
             )
         existing = self._describe(name)
         if existing is None:
-            created = _Store(collection_name(name), spec, _new_store_id())
+            typed = list(spec.predicate_indexes)[:MAX_TYPED_FIELDS]
+            created = _Store(
+                collection_name(name), spec, _new_store_id(), mf.columns_of(sorted(typed))
+            )
             try:
                 self._create_collection(created)
             except StoreExistsError:
@@ -278,6 +301,11 @@ class MilvusEngine:
         schema.add_field(mf.ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dimension)
         schema.add_field(mf.META_FIELD, DataType.JSON)
+        for prefix in store.columns.values():
+            schema.add_field(f"{prefix}_t", DataType.INT8)
+            schema.add_field(f"{prefix}_i", DataType.INT64)
+            schema.add_field(f"{prefix}_f", DataType.DOUBLE)
+            schema.add_field(f"{prefix}_s", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
         index = MilvusClient.prepare_index_params()
         if isinstance(spec.index, HnswConfig):
             index.add_index(
@@ -291,6 +319,7 @@ class MilvusEngine:
         properties = {
             STORE_PROPERTY: _spec_json(spec, store.store_id),
             PRED_INDEX_PROPERTY: json.dumps(list(spec.predicate_indexes)),
+            TYPED_FIELDS_PROPERTY: json.dumps(list(store.columns)),
         }
         try:
             self._call(
@@ -315,6 +344,7 @@ class MilvusEngine:
         validation.store_name(name)
         collection = collection_name(name)
         self._stores.pop(name, None)
+        self._sizes.pop(collection, None)
         current = self._describe(name)
         if current is None:
             if missing_ok:
@@ -418,6 +448,7 @@ class MilvusEngine:
         spec = store.spec
         if count is None:
             count = self._count(store.collection, "", spec.name)
+        self._sizes[store.collection] = (count, time.monotonic())
         return StoreInfo(
             name=spec.name,
             dimension=spec.dimension,
@@ -449,9 +480,10 @@ class MilvusEngine:
                         "texts and images outside the store (for example store_original=false "
                         "and a reference in metadata)"
                     )
-                rows.append(
-                    {mf.ID_FIELD: entry_id, "vector": vector.tolist(), mf.META_FIELD: stored}
-                )
+                row = {mf.ID_FIELD: entry_id, "vector": vector, mf.META_FIELD: stored}
+                if store.columns:
+                    row.update(mf.encode_columns(meta, store.columns))
+                rows.append(row)
             existing = self._existing(store, ids)
             # A batch of new ids is inserted: Milvus's upsert is a delete plus an insert, and
             # the deletes would only cost (its compaction has to apply them).
@@ -483,9 +515,9 @@ class MilvusEngine:
                 "the store"
             )
         filters.validate(filter, self.filter_limits)
-        expr = mf.to_query(mf.translate(filter))
 
         def run(store: _Store) -> int:
+            expr = mf.to_query(mf.translate(filter, store.columns))
             if expr is None:
                 return 0
             ids = [row[mf.ID_FIELD] for row in self._scan(store, expr, [mf.ID_FIELD])]
@@ -589,15 +621,14 @@ class MilvusEngine:
         limit = validation.page_limit(name, limit)
         metadata = validation.metadata_selection(name, metadata)
         after = validation.decode_page_token(name, page_token)
-        expr: mf.Expr = True
         if filter is not None:
             filters.validate(filter, self.filter_limits)
-            expr = mf.translate(filter)
-        if after is not None:
-            expr = mf.all_of([expr, mf.id_after(after)])
-        query = mf.to_query(expr)
 
         def run(store: _Store) -> Page:
+            expr: mf.Expr = True if filter is None else mf.translate(filter, store.columns)
+            if after is not None:
+                expr = mf.all_of([expr, mf.id_after(after)])
+            query = mf.to_query(expr)
             if query is None:
                 return Page(entries=[], next_page_token="")
             fields = [mf.ID_FIELD, mf.META_FIELD] + (["vector"] if include_vectors else [])
@@ -637,16 +668,15 @@ class MilvusEngine:
     ) -> SearchResult:
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
-        expr: mf.Expr = True
         if filter is not None:
             filters.validate(filter, self.filter_limits)
-            expr = mf.translate(filter)
 
         def run(store: _Store) -> SearchResult:
             spec = store.spec
             q = validation.vector(
                 query, store=name, dimension=spec.dimension, metric=spec.metric, what="the query"
             )
+            expr: mf.Expr = True if filter is None else mf.translate(filter, store.columns)
             condition = mf.to_query(expr)
             if condition is None:
                 return SearchResult(matches=[], plan="exact")
@@ -671,7 +701,7 @@ class MilvusEngine:
             if matching is not None:
                 # Milvus's filtered HNSW walks past the excluded entries: fewer matches near the
                 # query need a wider beam for the same recall (x2 at 25%, x3.2 at 10%).
-                total = max(matching, self._count(store.collection, "", name))
+                total = max(matching, self._store_size(store))
                 factor = min(MAX_FILTER_EF_FACTOR, math.sqrt(total / matching))
                 beam = min(MAX_MILVUS_EF, math.ceil(beam * factor))
             approximate = condition if filtered else ""
@@ -785,6 +815,16 @@ class MilvusEngine:
             self._stores.pop(name, None)
             raise StoreNotFoundError(name) from None
         return int(rows[0]["count(*)"])
+
+    def _store_size(self, store: _Store) -> int:
+        """The store's entry count, counted at most every STORE_SIZE_SECONDS."""
+        now = time.monotonic()
+        cached = self._sizes.get(store.collection)
+        if cached is not None and now - cached[1] < STORE_SIZE_SECONDS:
+            return cached[0]
+        size = self._count(store.collection, "", store.spec.name)
+        self._sizes[store.collection] = (size, now)
+        return size
 
     def _existing(self, store: _Store, ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -987,6 +1027,7 @@ def _store_from_properties(collection: str, properties: dict[str, str]) -> _Stor
                 ef_search=int(index_data["ef_search"]),
             )
         fields = json.loads(properties.get(PRED_INDEX_PROPERTY, "[]"))
+        typed = json.loads(properties.get(TYPED_FIELDS_PROPERTY, "[]"))
         spec = StoreSpec(
             name=str(data["name"]),
             dimension=int(data["dimension"]),
@@ -995,7 +1036,9 @@ def _store_from_properties(collection: str, properties: dict[str, str]) -> _Stor
             predicate_indexes=tuple(sorted(str(f) for f in fields)),
             store_metadata={str(k): str(v) for k, v in data["store_metadata"].items()},
         )
-        return _Store(collection, spec, int(data["store_id"]))
+        return _Store(
+            collection, spec, int(data["store_id"]), mf.columns_of([str(f) for f in typed])
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{STORE_PROPERTY} is not what nachbar wrote ({error})") from None
 

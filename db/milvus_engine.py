@@ -28,7 +28,7 @@ Semantics are the embedded engine's (the tests under tests/db run over both):
   go to Milvus's HNSW with ef >= k, widened by the filter's selectivity (against the store's
   size, counted at most every STORE_SIZE_SECONDS: it only sizes the beam); a short answer falls
   back to the exact scan, so a search returns exactly min(k, matches).
-- Upsert reports inserted/updated by looking the ids up first.
+- Upsert reports inserted/updated by counting which of its ids exist first.
 
 What differs (README "Engines"): a batch is validated whole, then written by one Milvus upsert,
 which Milvus does not make atomic against readers or a crash half-way; metadata over
@@ -484,7 +484,12 @@ class MilvusEngine:
                 if store.columns:
                     row.update(mf.encode_columns(meta, store.columns))
                 rows.append(row)
-            existing = self._existing(store, ids)
+            # The ids are distinct (validated), so counting them is enough; a count answers
+            # with one row, not with the ids.
+            existing = sum(
+                self._matching(store, mf.ids_in(ids[start : start + BATCH]))
+                for start in range(0, len(ids), BATCH)
+            )
             # A batch of new ids is inserted: Milvus's upsert is a delete plus an insert, and
             # the deletes would only cost (its compaction has to apply them).
             write = "upsert" if existing else "insert"
@@ -492,7 +497,7 @@ class MilvusEngine:
                 store,
                 lambda c: getattr(c, write)(store.collection, rows, timeout=self._timeout),
             )
-            return UpsertResult(inserted=len(ids) - len(existing), updated=len(existing))
+            return UpsertResult(inserted=len(ids) - existing, updated=existing)
 
         return self._on_store(name, run, expected_store_id)
 
@@ -816,6 +821,21 @@ class MilvusEngine:
             raise StoreNotFoundError(name) from None
         return int(rows[0]["count(*)"])
 
+    def _matching(self, store: _Store, expr: str) -> int:
+        """How many rows match `expr` (a data call: a stale store or an unloaded collection is
+        handled as for queries)."""
+        rows: list[dict[str, Any]] = self._data_call(
+            store,
+            lambda c: c.query(
+                store.collection,
+                filter=expr,
+                output_fields=["count(*)"],
+                consistency_level=self._consistency,
+                timeout=self._timeout,
+            ),
+        )
+        return int(rows[0]["count(*)"])
+
     def _store_size(self, store: _Store) -> int:
         """The store's entry count, counted at most every STORE_SIZE_SECONDS."""
         now = time.monotonic()
@@ -868,6 +888,8 @@ class MilvusEngine:
                 output_fields=fields,
                 consistency_level=self._consistency,
                 timeout=self._timeout,
+                # Vectors as views of one float32 array, not as lists of Python floats.
+                strict_float32=True,
                 **kwargs,
             ),
         )

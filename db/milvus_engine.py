@@ -24,9 +24,10 @@ Semantics are the embedded engine's (the tests under tests/db run over both):
 - Scores have nachbar's direction (cosine similarity, -squared L2, dot product), ties by id.
   Exact plans score in float64 from the vectors, as the embedded engine does; the HNSW plan keeps
   Milvus's float32 scores (what the wire carries anyway) and so fetches no vectors.
-- Planner: a filtered search counts its matches first; few matches are scored exactly here, more
-  go to Milvus's HNSW with ef >= k, widened by the filter's selectivity (against the store's
-  size, counted at most every STORE_SIZE_SECONDS: it only sizes the beam); a short answer falls
+- Planner: a filtered search counts its matches first (a count of the same filter from the last
+  COUNT_SECONDS is reused: the count only picks the plan); few matches are scored exactly here,
+  more go to Milvus's HNSW with ef >= k, widened by the filter's selectivity (against the
+  store's size, counted at most every STORE_SIZE_SECONDS); a short answer recounts and falls
   back to the exact scan, so a search returns exactly min(k, matches).
 - Upsert reports inserted/updated by counting which of its ids exist first.
 
@@ -48,6 +49,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -99,6 +101,10 @@ MAX_TYPED_FIELDS = 8
 MAX_VARCHAR_BYTES = 65535
 # The store's size sizes the filtered HNSW beam only, so a count this old is good enough.
 STORE_SIZE_SECONDS = 5.0
+# A filter's match count picks the search plan only (a short answer recounts), so one counted
+# this long ago is reused: searches repeating a filter skip the count query.
+COUNT_SECONDS = 5.0
+MAX_CACHED_COUNTS = 1024
 FORMAT = 1
 MAX_ID_BYTES = 4096  # 1024 characters of up to 4 UTF-8 bytes
 # Milvus refuses a JSON value over 64 KiB (measured on a 2.3 server); checked here first so the
@@ -176,6 +182,10 @@ class MilvusEngine:
         self._stores: dict[str, _Store] = {}
         # collection -> (entries, time.monotonic() when counted)
         self._sizes: dict[str, tuple[int, float]] = {}
+        # (collection, filter expression) -> (matches, time.monotonic() when counted), oldest
+        # use first
+        self._counts: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._counts_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -497,6 +507,7 @@ class MilvusEngine:
                 store,
                 lambda c: getattr(c, write)(store.collection, rows, timeout=self._timeout),
             )
+            self._forget_counts(store)
             return UpsertResult(inserted=len(ids) - existing, updated=existing)
 
         return self._on_store(name, run, expected_store_id)
@@ -539,6 +550,7 @@ class MilvusEngine:
                 return client.delete(store.collection, filter=expr, timeout=self._timeout)
 
             self._data_call(store, delete)
+        self._forget_counts(store)
 
     def create_pred_index(self, name: str, fields: Sequence[str]) -> int:
         wanted = validation.field_names(fields, f"store {name!r}")
@@ -694,8 +706,11 @@ class MilvusEngine:
             if mode == SearchMode.EXACT:
                 return self._exact(store, q, k, condition, include_vectors)
             matching: int | None = None
+            fresh = True
             if filtered:
-                matching = self._count(store.collection, condition, name)
+                matching, fresh = self._filter_count(store, condition)
+                if matching == 0 and not fresh:
+                    matching, fresh = self._filter_count(store, condition, recount=True)
                 if matching == 0:
                     return SearchResult(matches=[], plan="exact")
                 if mode == SearchMode.AUTO and matching <= EXACT_SCAN_MAX_ENTRIES:
@@ -712,8 +727,8 @@ class MilvusEngine:
             approximate = condition if filtered else ""
             found = self._search(store, q, want, approximate, beam, vectors=include_vectors)
             if len(found) < want:
-                if matching is None:
-                    matching = self._count(store.collection, condition, name)
+                if matching is None or not fresh:
+                    matching, fresh = self._filter_count(store, condition, recount=True)
                     want = min(k, matching)
                 if len(found) < want and beam < MAX_MILVUS_EF:
                     beam = min(MAX_MILVUS_EF, beam * RETRY_EF_FACTOR)
@@ -835,6 +850,31 @@ class MilvusEngine:
             ),
         )
         return int(rows[0]["count(*)"])
+
+    def _filter_count(self, store: _Store, expr: str, *, recount: bool = False) -> tuple[int, bool]:
+        """How many entries match `expr`, and whether that was counted now: a count of the last
+        COUNT_SECONDS is reused unless `recount`. It only picks the plan and sizes the beam; the
+        answers come from Milvus at the read's consistency level, and a short answer recounts."""
+        key = (store.collection, expr)
+        if not recount:
+            with self._counts_lock:
+                cached = self._counts.get(key)
+            if cached is not None and time.monotonic() - cached[1] < COUNT_SECONDS:
+                return cached[0], False
+        count = self._matching(store, expr)
+        with self._counts_lock:
+            self._counts[key] = (count, time.monotonic())
+            self._counts.move_to_end(key)
+            while len(self._counts) > MAX_CACHED_COUNTS:
+                self._counts.popitem(last=False)
+        return count, True
+
+    def _forget_counts(self, store: _Store) -> None:
+        """After this process wrote to the store: its cached counts are off."""
+        with self._counts_lock:
+            for key in [key for key in self._counts if key[0] == store.collection]:
+                del self._counts[key]
+            self._sizes.pop(store.collection, None)
 
     def _store_size(self, store: _Store) -> int:
         """The store's entry count, counted at most every STORE_SIZE_SECONDS."""

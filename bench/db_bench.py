@@ -27,6 +27,7 @@ Both read with consistency "bounded" (Milvus's default), so neither waits for ti
 
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
      bench/.venv/bin/python bench/db_bench.py --engine milvus [--milvus-uri http://...]
+         [--baseline-rev REV]   # REV's nachbar-db as one more system, same run
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class Config:
     pauses_ms: tuple[float, ...]
     engine: str = "embedded"
     milvus_uri: str = ""
-    # Another checkout's .venv/bin: its nachbar-db runs as one more system, in the same run.
-    baseline_bin: str = ""
+    # A git revision of this repo: its nachbar-db runs as one more system, in the same run.
+    baseline_rev: str = ""
 
 
 @dataclass(frozen=True)
@@ -240,25 +241,23 @@ class NachbarSystem:
     name = "nachbar-db (gRPC)"
     durability = "fsync=full (SQLite)"
 
-    def __init__(self, config: Config, dim: int, workdir: Path, *, baseline_bin: str = "") -> None:
+    def __init__(self, config: Config, dim: int, workdir: Path, *, baseline_rev: str = "") -> None:
         from nachbar.client import DBClient, Hnsw, Metric
 
         self._config = config
-        # The baseline's store has its own name: on Milvus both systems share one server.
-        self._store = STORE + ("_baseline" if baseline_bin else "")
+        # The baseline's store has its own name (letters only, so its collection is
+        # nachbar_<name>): on Milvus both systems share one server.
+        self._store = STORE + ("base" if baseline_rev else "")
         args = ["--data-dir", str(workdir / "data"), "--fsync", "full"]
         if config.engine == "milvus":
             self.name = "nachbar-db on Milvus (gRPC)"
             self.durability = "Milvus's (consistency bounded)"
             args = ["--engine", "milvus", "--milvus-uri", config.milvus_uri]
             args += ["--milvus-consistency", "bounded"]
-        if baseline_bin:
-            self.name = "baseline " + self.name
-            self.server: ChildServer = benchlib.start_nachbar(
-                "nachbar-db", args, workdir, bin_dir=Path(baseline_bin)
-            )
-        else:
-            self.server = benchlib.start_nachbar("nachbar-db", args, workdir)
+        env = benchlib.baseline_tree(baseline_rev, workdir) if baseline_rev else None
+        if baseline_rev:
+            self.name = f"baseline {baseline_rev} {self.name}"
+        self.server: ChildServer = benchlib.start_nachbar("nachbar-db", args, workdir, env=env)
         self._client = DBClient(self.server.address, timeout=600)
         self._client.create_store(
             self._store,
@@ -622,10 +621,10 @@ def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
     for name in config.systems:
         if name == "nachbar":
             systems.append(NachbarSystem(config, dim, workdir / "nachbar"))
-            if config.baseline_bin:
+            if config.baseline_rev:
                 systems.append(
                     NachbarSystem(
-                        config, dim, workdir / "baseline", baseline_bin=config.baseline_bin
+                        config, dim, workdir / "baseline", baseline_rev=config.baseline_rev
                     )
                 )
         elif name == "hnswlib":
@@ -1007,9 +1006,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="with --engine milvus: the Milvus to use; default: a milvus-lite server started here",
     )
     parser.add_argument(
-        "--baseline-bin",
+        "--baseline-rev",
         default="",
-        help="another checkout's .venv/bin: its nachbar-db runs as one more system in the same "
+        help="a git revision of this repo: its nachbar-db runs as one more system in the same "
         "run (before/after a change)",
     )
     ns = parser.parse_args(argv)
@@ -1042,7 +1041,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         pauses_ms=tuple(float(p) for p in ns.pauses_ms.split(",") if p.strip()),
         engine=ns.engine,
         milvus_uri=ns.milvus_uri,
-        baseline_bin=ns.baseline_bin,
+        baseline_rev=ns.baseline_rev,
     )
 
 

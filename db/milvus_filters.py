@@ -152,25 +152,32 @@ def encode_columns(metadata: Mapping[str, MetadataValue], columns: Columns) -> d
     return out
 
 
+def _string_list(items: Any) -> list[str]:
+    return [str(item) for item in items]
+
+
+# Type tag -> its decoder, in the order a value's tags are tried ("L" always comes with "l").
+_DECODERS: dict[str, Any] = {
+    "b": bool,
+    "i": int,
+    "f": float,
+    "s": str,
+    "y": bytes.fromhex,
+    "l": _string_list,
+}
+
+
 def decode_metadata(stored: Mapping[str, Any]) -> Metadata:
     """Inverse of `encode_metadata`; ValueError for anything it did not write."""
     out: Metadata = {}
     for key, typed in stored.items():
-        if not isinstance(typed, Mapping):
+        if not isinstance(typed, dict | Mapping):
             raise ValueError(f"metadata key {key!r} does not hold a typed value")
-        name = _field_name(key)
-        if "b" in typed:
-            out[name] = bool(typed["b"])
-        elif "i" in typed:
-            out[name] = int(typed["i"])
-        elif "f" in typed:
-            out[name] = float(typed["f"])
-        elif "s" in typed:
-            out[name] = str(typed["s"])
-        elif "y" in typed:
-            out[name] = bytes.fromhex(typed["y"])
-        elif "l" in typed:
-            out[name] = [str(item) for item in typed["l"]]
+        name = _field_name(key) if key.startswith(_HEX_KEY_PREFIX) else key
+        for tag, decode in _DECODERS.items():
+            if tag in typed:
+                out[name] = decode(typed[tag])
+                break
         else:
             raise ValueError(f"metadata key {key!r} has no known type tag")
     return out

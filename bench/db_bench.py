@@ -21,8 +21,9 @@ With --engine milvus the systems are nachbar-db on the Milvus engine and the sam
 directly through pymilvus (a collection as a Milvus user would make it: the "bucket" metadata a
 typed scalar field), both on one Milvus: a milvus-lite server started here, or --milvus-uri
 (`bash scripts/milvus_server.sh bench` runs this on a fresh Milvus standalone server). What the
-ratio shows is the cost of nachbar's translation: typed JSON metadata and guarded filters, the
-planner's counts, the extra gRPC hop, the upsert's lookup of existing ids.
+ratio shows is the cost of nachbar's translation: typed JSON metadata (and typed columns for
+"bucket", declared as a predicate index at creation) and guarded filters, the planner's counts,
+the extra gRPC hop, the upsert's count of existing ids.
 Both read with consistency "bounded" (Milvus's default), so neither waits for time ticks.
 
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]

@@ -560,6 +560,15 @@ class MilvusEngine:
             new = [f for f in wanted if f not in current]
             if new:
                 self._set_pred_indexes(store, current | set(new))
+                untyped = [f for f in new if f not in store.columns]
+                if untyped:
+                    log.info(
+                        "store %r: %s filtered through the JSON metadata; Milvus cannot add "
+                        "typed columns to a collection, so declare predicate indexes when "
+                        "creating a store",
+                        name,
+                        ", ".join(repr(f) for f in untyped),
+                    )
             return len(new)
 
         return self._on_store(name, run)

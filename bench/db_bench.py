@@ -324,7 +324,9 @@ def settle_milvus(uri: str, collection: str, timeout: float = 600.0) -> float:
     is measured while the other's index is still being built."""
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=uri)
+    # Its own channel: a shared one left idle through a long ingest may have been closed by
+    # the server (milvus-lite answers keepalive pings with GOAWAY "too_many_pings").
+    client = MilvusClient(uri=uri, dedicated=True)
     start = time.monotonic()
     try:
         client.flush(collection)

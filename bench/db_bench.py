@@ -324,9 +324,7 @@ def settle_milvus(uri: str, collection: str, timeout: float = 600.0) -> float:
     is measured while the other's index is still being built."""
     from pymilvus import MilvusClient
 
-    # Its own channel: a shared one left idle through a long ingest may have been closed by
-    # the server (milvus-lite answers keepalive pings with GOAWAY "too_many_pings").
-    client = MilvusClient(uri=uri, dedicated=True)
+    client = MilvusClient(uri=uri)
     start = time.monotonic()
     try:
         client.flush(collection)

@@ -199,10 +199,17 @@ class DynamicBatcher(Generic[ItemT]):
 
     def submit(self, items: Sequence[ItemT]) -> FloatArray:
         """Rows for `items`, in order (one ONNX output row per item)."""
+        return self.enqueue(items).result()
+
+    def enqueue(self, items: Sequence[ItemT]) -> Future[FloatArray]:
+        """`submit` without waiting: the future of the rows for `items`, so the caller can
+        prepare more inputs while these run. Without batching they run now, in this thread."""
         if not items:
             raise ValueError("submit needs at least one item")
         if not self._config.enabled:
-            return self._run_now(items)
+            done: Future[FloatArray] = Future()
+            done.set_result(self._run_now(items))
+            return done
         request = _Request(len(items))
         now = time.monotonic()
         # Measured outside the lock: the lock is the one thing every caller shares. Sorted so
@@ -219,7 +226,7 @@ class DynamicBatcher(Generic[ItemT]):
                 raise self._closed_error()
             self._queue.add(waiting)
             self._cond.notify_all()
-        return request.future.result()
+        return request.future
 
     @property
     def queued(self) -> int:

@@ -90,3 +90,20 @@ class TextTooLargeError(InputTooLongError):
 
 class IncompatibleModelsError(AIError):
     """Two models were paired whose vectors live in different embedding spaces."""
+
+
+class TrainedNotFoundError(AIError):
+    """A store has no adapter or re-scorer of that name."""
+
+
+class TrainedExistsError(AIError):
+    """An adapter or re-scorer of that name is stored or training already."""
+
+
+class StaleTrainedError(AIError):
+    """An adapter or re-scorer no longer fits its store (the store was created again, or its
+    space or dimension differ)."""
+
+
+class TrainingBusyError(AIError):
+    """The training queue is full."""

@@ -5,10 +5,14 @@ applies the EXIF orientation and converts every colour mode to RGB. Preprocessin
 small transforms (resize -> center crop -> rescale -> normalize) configured exactly as the
 model's Hugging Face image-processor config says, ending in a CHW float32 array.
 
+JPEGs decode at a reduced DCT scale (1/2, 1/4 or 1/8) when the caller passes `draft_size`
+(the preprocessor's `draft_size`: twice its resize target), else at full size.
+
 Every intermediate image is bounded: the decoded one by `max_pixels` (JPEGs much larger than
-any model needs decode at 1/2, 1/4 or 1/8 scale first), colour conversions run band by band, a
-resize whose full result would be huge (an extreme aspect ratio) computes only the centre that
-the crop keeps, and pixels become floats only after the crop, at the model's input size.
+any model needs decode at 1/2, 1/4 or 1/8 scale first, in either mode), colour conversions run
+band by band, a resize whose full result would be huge (an extreme aspect ratio) computes only
+the centre that the crop keeps, and pixels become floats only after the crop, at the model's
+input size.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,8 +48,14 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_IMAGE_LIMITS = ImageLimits()
 # JPEGs whose short side is at least twice this decode at the largest 1/2, 1/4 or 1/8 scale
 # that keeps it: far more than the 224-384 pixels any model here takes, at a quarter of the
-# memory or less. Smaller JPEGs decode at full size, exactly as Hugging Face's processors do.
+# memory or less. Without a draft size, smaller JPEGs decode at full size, exactly as Hugging
+# Face's processors do.
 JPEG_DRAFT_SHORT_SIDE = 2048
+# Draft decoding keeps a JPEG at least this many times the model's resize target. Measured on
+# foolbox's photos with efficientnet-lite0 (bench/RESULTS.md): at 1x, 512-pixel photos
+# decoded at 1/2 scale straight to the 256-pixel target and their embeddings fell to cosine
+# 0.935 of the exact path; at 2x every photo, 0.5 to 12 MP, stayed at 0.999 or above.
+DRAFT_MARGIN = 2
 # Colour conversions of large images run over bands of about this many pixels.
 _BAND_PIXELS = 1 << 20
 # A shortest-edge resize whose full result would exceed this computes only the centre the
@@ -63,9 +73,18 @@ _SHORTEST_EDGE_FAMILIES = ("CLIP", "ChineseCLIP", "ConvNext", "Bit")
 
 
 def decode_image(
-    data: bytes, limits: ImageLimits = DEFAULT_IMAGE_LIMITS, *, what: str = "The image"
+    data: bytes,
+    limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+    *,
+    what: str = "The image",
+    draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Decode encoded image bytes to an upright RGB image (first frame of an animation)."""
+    """Decode encoded image bytes to an upright RGB image (first frame of an animation).
+
+    With `draft_size` (width, height), a JPEG decodes at the smallest 1/2, 1/4 or 1/8 DCT scale
+    that keeps both sides at least that large (`ImagePreprocessor.draft_size`); else at full
+    size, except for the huge JPEGs reduced to bound memory.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidInputError(f"{what} must be encoded image bytes, got {type(data).__name__}.")
     if len(data) == 0:
@@ -90,10 +109,18 @@ def decode_image(
     width, height = image.size
     if width == 0 or height == 0:
         raise InvalidInputError(f"{what} has no pixels ({width}x{height}).")
-    if isinstance(image, JpegImagePlugin.JpegImageFile) and min(width, height) >= (
-        2 * JPEG_DRAFT_SHORT_SIDE
-    ):
-        image.draft(image.mode, (JPEG_DRAFT_SHORT_SIDE, JPEG_DRAFT_SHORT_SIDE))
+    if isinstance(image, JpegImagePlugin.JpegImageFile):
+        if draft_size is not None:
+            # Never larger a request than the memory cap's, so never a larger decode.
+            image.draft(
+                image.mode,
+                (
+                    min(draft_size[0], JPEG_DRAFT_SHORT_SIDE),
+                    min(draft_size[1], JPEG_DRAFT_SHORT_SIDE),
+                ),
+            )
+        elif min(width, height) >= 2 * JPEG_DRAFT_SHORT_SIDE:
+            image.draft(image.mode, (JPEG_DRAFT_SHORT_SIDE, JPEG_DRAFT_SHORT_SIDE))
     decoded_width, decoded_height = image.size
     if decoded_width * decoded_height > limits.max_pixels:
         raise ImageTooLargeError(
@@ -300,26 +327,63 @@ class Normalize:
 
 @dataclass(frozen=True)
 class ImagePreprocessor:
-    """RGB image -> CHW float32 array of a fixed size."""
+    """RGB image -> CHW float32 array of a fixed size.
+
+    The array steps act on each pixel's channels alone (rescale, normalize), so they are
+    applied once to the 256 possible values of each channel, and the image's bytes are then
+    looked up in that table straight into the output: the same float32 arithmetic, so the same
+    bits, without the float copies of the whole image each step would make.
+    """
 
     image_steps: tuple[ImageTransform, ...]
     array_steps: tuple[ArrayTransform, ...]
     output_size: tuple[int, int]  # (height, width)
+    # [channel, byte value] -> the float the array steps make of it.
+    _lookup: FloatArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        levels = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+        for array_step in self.array_steps:
+            levels = array_step(levels)
+        lookup = np.ascontiguousarray(levels.T, dtype=np.float32)
+        lookup.setflags(write=False)
+        object.__setattr__(self, "_lookup", lookup)
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """The smallest (width, height) a JPEG may be decoded at by DCT scaling: twice the
+        resize target, so the resize still downscales at least 2x and its antialiasing filter,
+        not the DCT, decides what the model sees. None: full size (no resize)."""
+        for step in self.image_steps:
+            if isinstance(step, ResizeShortestEdge):
+                side = DRAFT_MARGIN * step.size
+                return (side, side)
+            if isinstance(step, ResizeExact):
+                # An EXIF rotation may swap the sides after decoding.
+                side = DRAFT_MARGIN * max(step.width, step.height)
+                return (side, side)
+        return None
 
     def __call__(self, image: Image.Image) -> FloatArray:
+        pixels = np.empty((3, *self.output_size), dtype=np.float32)
+        self.into(image, pixels)
+        return pixels
+
+    def into(self, image: Image.Image, out: FloatArray) -> None:
+        """Preprocess `image` into `out`, a [3, height, width] float32 array (e.g. a row of a
+        batch), so the model input is written once."""
         for image_step in self.image_steps:
             image = image_step(image)
-        # Only now, at the model's input size, do pixels become floats.
-        pixels: FloatArray = np.asarray(image, dtype=np.float32)
-        for array_step in self.array_steps:
-            pixels = array_step(pixels)
-        if pixels.shape[:2] != self.output_size:
+        if (image.height, image.width) != self.output_size:
             # Only possible when the config resizes without cropping to a fixed size.
             raise InvalidInputError(
-                f"preprocessing produced {pixels.shape[0]}x{pixels.shape[1]} pixels, "
+                f"preprocessing produced {image.height}x{image.width} pixels, "
                 f"expected {self.output_size[0]}x{self.output_size[1]}"
             )
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+        # Only now, at the model's input size, do pixels become floats.
+        channels = np.asarray(image, dtype=np.uint8)
+        for channel in range(3):
+            np.take(self._lookup[channel], channels[:, :, channel], out=out[channel])
 
     @staticmethod
     def from_config(config: Mapping[str, Any]) -> ImagePreprocessor:

@@ -9,10 +9,12 @@ any list of items, possibly from several requests, into output rows with one ONN
 
 from __future__ import annotations
 
+import functools
 import string
 import threading
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -21,8 +23,8 @@ import numpy.typing as npt
 
 from nachbar.ai.errors import ModelUnavailableError
 from nachbar.ai.image import ImagePreprocessor, decode_image
-from nachbar.ai.limits import ImageLimits
-from nachbar.ai.onnx_model import OnnxModel, available_cpus
+from nachbar.ai.limits import ImageDecode, ImageLimits
+from nachbar.ai.onnx_model import OnnxModel
 from nachbar.ai.registry import LateInteraction, ModelSpec, Pooling, Role
 from nachbar.ai.text import TextTokenizer, TokenizedText, Truncation
 
@@ -110,10 +112,13 @@ class ImageEmbedder:
         preprocessor: ImagePreprocessor,
         limits: ImageLimits,
         *,
-        decode_slots: threading.BoundedSemaphore | None = None,
+        decoders: DecoderPool | None = None,
+        decode: ImageDecode = ImageDecode.DRAFT,
     ) -> None:
-        """`decode_slots` bounds how many images are decoded at once (shared between models):
-        a decoded image is the largest thing a request makes, so this bounds their sum."""
+        """`decoders` decode and preprocess images in parallel (Pillow releases the GIL while
+        it decodes and resizes); shared between models, its thread count bounds how many
+        images are decoded at once, and so their memory. None: this request's thread decodes.
+        `decode` says whether large JPEGs decode at a reduced DCT scale (`ImageDecode`)."""
         if len(model.input_names) != 1:
             raise ModelUnavailableError(
                 f"Image model {spec.name!r} must take one pixel input, it takes "
@@ -121,27 +126,98 @@ class ImageEmbedder:
             )
         (self._input_name,) = model.input_names
         self.spec, self.model, self.preprocessor, self.limits = spec, model, preprocessor, limits
-        self._decode_slots = decode_slots or threading.BoundedSemaphore(available_cpus())
+        self._decoders = decoders
+        self._draft_size = preprocessor.draft_size if decode is ImageDecode.DRAFT else None
 
     def prepare(self, images: Sequence[bytes], first_index: int = 0) -> list[FloatArray]:
-        return [
-            self._prepare_one(data, f"Input {first_index + i}") for i, data in enumerate(images)
+        """One [3, height, width] array per image, rows of one batch array, so a request's
+        images reach the model without another copy."""
+        batch = np.empty((len(images), 3, *self.preprocessor.output_size), dtype=np.float32)
+        jobs = [
+            functools.partial(self._prepare_one, data, f"Input {first_index + i}", batch[i])
+            for i, data in enumerate(images)
         ]
+        if self._decoders is None:
+            for job in jobs:
+                job()
+        else:
+            self._decoders.run(jobs)
+        return list(batch)
 
-    def _prepare_one(self, data: bytes, what: str) -> FloatArray:
-        with self._decode_slots:
-            return self.preprocessor(decode_image(data, self.limits, what=what))
+    def _prepare_one(self, data: bytes, what: str, out: FloatArray) -> None:
+        image = decode_image(data, self.limits, what=what, draft_size=self._draft_size)
+        self.preprocessor.into(image, out)
 
     def length(self, item: FloatArray) -> int:
         return 0  # every image has the model's input size
 
     def run(self, items: Sequence[FloatArray]) -> FloatArray:
-        output = self.model.run({self._input_name: np.stack(items)})
+        pixels = _consecutive_rows(items)
+        output = self.model.run({self._input_name: np.stack(items) if pixels is None else pixels})
         # Graphs output [batch, dim] or, for conv nets without their head, [batch, dim, 1, 1].
         vectors = _check_rows(
             self.spec, self.model, output.reshape(len(items), -1).astype(np.float32, copy=False)
         )
         return l2_normalize(vectors) if self.spec.normalize else vectors
+
+
+class DecoderPool:
+    """Threads that decode and preprocess images, shared by every image model of a server."""
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="nachbar-decode")
+
+    def run(self, jobs: Sequence[Callable[[], None]]) -> None:
+        """Run `jobs`, at most `threads` of them submitted at a time, so the pool's queue stays
+        bounded by requests x threads; raise the first failure in input order, after cancelling
+        or waiting for the rest, so no job still writes into the caller's arrays."""
+        pending: deque[Future[None]] = deque()
+        try:
+            for job in jobs:
+                if len(pending) >= self.threads:
+                    pending.popleft().result()
+                try:
+                    pending.append(self._executor.submit(job))
+                except RuntimeError as error:  # the pool is shut down
+                    raise _closed() from error
+            while pending:
+                pending.popleft().result()
+        except CancelledError as error:  # the pool was shut down meanwhile
+            raise _closed() from error
+        finally:
+            for future in pending:
+                future.cancel()
+            wait(pending)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _closed() -> ModelUnavailableError:
+    return ModelUnavailableError("The model manager is closed (server shutting down).")
+
+
+def _consecutive_rows(items: Sequence[FloatArray]) -> FloatArray | None:
+    """`items` as one array without copying when they are consecutive rows of one array (the
+    images of one request, as `prepare` makes them), else None."""
+    base = items[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != items[0].ndim + 1:
+        return None
+    if not base.flags.c_contiguous:
+        return None
+    stride = base.strides[0]
+    start, remainder = divmod(items[0].ctypes.data - base.ctypes.data, stride)
+    if remainder or start < 0 or start + len(items) > base.shape[0]:
+        return None
+    first = base.ctypes.data + start * stride
+    for offset, item in enumerate(items):
+        if item.base is not base or item.ctypes.data != first + offset * stride:
+            return None
+    rows: FloatArray = base[start : start + len(items)]
+    return rows
 
 
 class CrossEncoderScorer:

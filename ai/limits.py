@@ -7,6 +7,7 @@ loading the model runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 # One text's UTF-8 size: 25 times what 512 tokens of prose take, so it refuses no text a model
 # could take whole, while a text at the cap costs the tokenizer a few MB at most.
@@ -18,6 +19,18 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_INPUTS = 256
 # The offline defaults with their int8 twins, or two models and a reranker, without unloading.
 DEFAULT_MAX_LOADED_MODELS = 4
+
+
+class ImageDecode(StrEnum):
+    """How JPEGs larger than a model needs are decoded."""
+
+    # At the smallest 1/2, 1/4 or 1/8 DCT scale that still leaves the model's resize a
+    # downscale: several times faster on camera photos, embeddings within the tolerance
+    # measured in bench/RESULTS.md (cosine to EXACT >= 0.99 on the photos there).
+    DRAFT = "draft"
+    # At full size (only JPEGs with a short side of 4096 or more are reduced, to bound memory),
+    # as Hugging Face's processors decode them.
+    EXACT = "exact"
 
 
 @dataclass(frozen=True)
@@ -38,9 +51,11 @@ class InputLimits:
     # UTF-8 bytes of one text; longer ones are refused, or read only this far when truncating.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     image: ImageLimits = field(default_factory=ImageLimits)
-    # Images decoded at once across all requests: the decoded image is the largest thing a
-    # request makes, so this bounds their sum; 0: one per CPU, as more gain no speed.
+    # Threads that decode and preprocess images, shared by all requests: at most this many
+    # images are decoded at once, and the decoded image is the largest thing a request makes,
+    # so this bounds their sum; 0: one per CPU, as more gain no speed.
     image_decoders: int = 0
+    image_decode: ImageDecode = ImageDecode.DRAFT
 
     def __post_init__(self) -> None:
         for name, value in (

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from nachbar.ai.errors import InvalidInputError, ModelUnavailableError
 from nachbar.ai.image import ImagePreprocessor
 from nachbar.ai.inference import (
     CrossEncoderScorer,
+    DecoderPool,
     ImageEmbedder,
     LateInteractionScorer,
     TextEmbedder,
@@ -55,6 +57,8 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_BATCHING = BatchingConfig()
 DEFAULT_SESSION_OPTIONS = SessionOptions()
 DEFAULT_INPUT_LIMITS = InputLimits()
+#: Images decoded before they are queued for the model, while the next ones are decoded.
+IMAGE_CHUNK = 8
 _IMAGE_TYPES = (bytes, bytearray, memoryview)
 
 
@@ -112,7 +116,7 @@ class ModelManager:
                 f"than the {max_loaded} that may be loaded"
             )
         self.max_loaded = max_loaded
-        self._image_decodes = threading.BoundedSemaphore(limits.image_decoders or available_cpus())
+        self._decoders = DecoderPool(limits.image_decoders or available_cpus())
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         # Least recently used first.
@@ -167,6 +171,7 @@ class ModelManager:
             self._loaded.clear()
         for model in loaded:
             model.batcher.close()
+        self._decoders.close()
 
     def __enter__(self) -> ModelManager:
         return self
@@ -298,7 +303,12 @@ class ModelManager:
             assert files.preprocessor is not None  # the registry guarantees it
             preprocessor = _load_preprocessor(spec, directory / files.preprocessor)
             engine = ImageEmbedder(
-                spec, model, preprocessor, self.limits.image, decode_slots=self._image_decodes
+                spec,
+                model,
+                preprocessor,
+                self.limits.image,
+                decoders=self._decoders,
+                decode=self.limits.image_decode,
             )
         batcher: DynamicBatcher[Any] = DynamicBatcher(
             engine, self.batching, name=spec.name, observer=self.observer
@@ -346,12 +356,31 @@ class ModelManager:
                     items: list[Any] = engine.prepare([str(x) for x in inputs], policy, text_role)
             elif isinstance(engine, ImageEmbedder):
                 # _check_modality made sure every input is binary.
-                with self.observer.stage("nachbar.ai.decode_images", attributes):
-                    items = engine.prepare([bytes(x) for x in inputs if not isinstance(x, str)])
+                images = [bytes(x) for x in inputs if not isinstance(x, str)]
+                return self._embed_images(engine, loaded.batcher, images, attributes)
             else:  # unreachable: kind was checked above
                 raise InvalidInputError(f"Model {spec.name!r} does not embed.")
             with self.observer.stage("nachbar.ai.inference", attributes):
                 return loaded.batcher.submit(items)
+
+    def _embed_images(
+        self,
+        engine: ImageEmbedder,
+        batcher: DynamicBatcher[Any],
+        images: Sequence[bytes],
+        attributes: dict[str, str | int],
+    ) -> FloatArray:
+        """Decode the images in chunks, each queued for the model as soon as it is ready, so
+        the model runs on one chunk while the decoders work on the next."""
+        chunk = max(IMAGE_CHUNK, self._decoders.threads)
+        pending: list[Future[FloatArray]] = []
+        for start in range(0, len(images), chunk):
+            with self.observer.stage("nachbar.ai.decode_images", attributes):
+                items = engine.prepare(images[start : start + chunk], first_index=start)
+            pending.append(batcher.enqueue(items))
+        with self.observer.stage("nachbar.ai.inference", attributes):
+            rows = [future.result() for future in pending]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
     def rerank(
         self,

@@ -18,9 +18,10 @@ it, embedding anew: a stale binding is never used.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,12 +30,17 @@ from nachbar.ai import bindings
 from nachbar.ai.bindings import BindingCache, Bound, StoreBinding
 from nachbar.ai.errors import InvalidInputError
 from nachbar.ai.fusion import Fusion, fuse
+from nachbar.ai.limits import InputLimits
 from nachbar.ai.models import ModelManager, ModelStatus
 from nachbar.ai.registry import Role, require_same_space
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    RECOMMEND_STRATEGIES,
+    Explore,
     FilterT,
     FloatArray,
     InfoT,
+    KeywordSearch,
     Metadata,
     OptionsT,
     StoreChangedError,
@@ -46,6 +52,11 @@ from nachbar.ai.vector_store import (
     VectorStore,
 )
 
+log = logging.getLogger("nachbar.ai.pipeline")
+
+#: nachbar-db's limit on a keyword query; a query text used as keywords is cut to it (a long
+#: query's first words), explicit keywords are not.
+KEYWORD_TEXT_BYTES = 4096
 #: Vector candidates a rerank reads when the request does not say: max(k, this).
 DEFAULT_RERANK_CANDIDATES = 20
 
@@ -91,11 +102,28 @@ class RerankSpec:
     sigmoid: bool = False
     # Order by the reranker alone, or by its scores fused with the similarities.
     fusion: Fusion = Fusion.NONE
+    # A re-scorer of the store (nachbar.ai.tailoring) instead of `model`: scores stored
+    # vectors, so it needs no text.
+    rescorer: str = ""
+
+
+@dataclass(frozen=True)
+class HybridSpec:
+    """Search keywords too (the store needs a keyword index) and fuse them with the vector
+    search. keywords: the keyword text; empty: the query text (image queries must give it).
+    keyword_only: no vector search at all."""
+
+    keywords: str = ""
+    keyword_only: bool = False
+    fusion: str = "blend"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
 
 
 @dataclass(frozen=True)
 class SearchRequest(Generic[FilterT]):
-    query: Payload
+    query: Payload | None  # None: positive examples in `explore` stand for it
     k: int
     filter: FilterT | None = None
     truncation: str = "error"
@@ -104,6 +132,11 @@ class SearchRequest(Generic[FilterT]):
     ef: int = 0
     # Embed the query with this model (of the store's space) instead of the store's.
     query_model: str = ""
+    # MMR and recommend by examples, done by the store.
+    explore: Explore = NO_EXPLORE
+    hybrid: HybridSpec | None = None
+    # Map the query vector with this adapter of the store before searching.
+    adapter: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +149,11 @@ class Hit:
     rerank_score: float | None = None
     # Set only when the rerank fused: the score that ordered the hits.
     fused_score: float | None = None
+    # Hybrid and keyword-only searches (see StoredMatch); `similarity` is then the score
+    # that ordered the store's search.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +190,23 @@ class Ranked:
     score: float
 
 
+class SearchTailoring(Protocol):
+    """Adapters and re-scorers at query time (nachbar.ai.tailoring.Tailoring)."""
+
+    def adapt(self, store: str, bound: Bound, name: str, query: FloatArray) -> FloatArray: ...
+
+    def rescore(
+        self, store: str, bound: Bound, name: str, query: FloatArray, ids: Sequence[str]
+    ) -> dict[str, float]: ...
+
+    def forget_store(self, store: str) -> None: ...
+
+
 class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     """Thread-safe when the models and the vector store are."""
+
+    #: Set when adapters and re-scorers are served (they need a durable home).
+    tailoring: SearchTailoring | None = None
 
     def __init__(
         self,
@@ -216,6 +269,11 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 return False
             raise
         self.binding_cache.forget(name)
+        if dropped and self.tailoring is not None:
+            try:
+                self.tailoring.forget_store(name)
+            except Exception:  # left over, they are refused: trained for another store id
+                log.warning("could not drop what was trained for store %r", name, exc_info=True)
         return dropped
 
     def list_stores(self) -> list[AIStore[InfoT]]:
@@ -267,10 +325,55 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
         """The k entries most similar to the query, embedded with the store's query model (or
         the request's override of the same space); optionally reranked by a cross-encoder or a
         late-interaction model. Texts get their model's prompt for their role (query here,
-        document on upsert)."""
+        document on upsert). `explore` diversifies (MMR) or searches by example entries; the
+        store does both on stored vectors, so examples work across modalities."""
         if request.k < 1:
             raise InvalidInputError(f"k must be at least 1 (got {request.k})")
         fetch = request.k
+        if (request.adapter or (request.rerank and request.rerank.rescorer)) and (
+            self.tailoring is None
+        ):
+            raise InvalidInputError("this server does not serve adapters or re-scorers")
+        if request.rerank is not None and request.rerank.rescorer and request.rerank.model:
+            raise InvalidInputError(
+                "rerank names both a model and a re-scorer; set one of `model` and `rescorer`"
+            )
+        if request.adapter and request.query is None:
+            raise InvalidInputError(
+                "an adapter maps the query vector; add a query or drop the adapter"
+            )
+        explore = request.explore
+        if explore.strategy not in RECOMMEND_STRATEGIES:
+            raise InvalidInputError(
+                f"unknown recommend strategy {explore.strategy!r}; use "
+                f"{' or '.join(RECOMMEND_STRATEGIES)}"
+            )
+        if explore.mmr_candidates and explore.mmr_lambda is None:
+            raise InvalidInputError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
+        if not explore.has_examples and (
+            explore.recommend_candidates or explore.strategy != "average_vector"
+        ):
+            raise InvalidInputError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
+        if request.query is None and not explore.positive_ids:
+            raise InvalidInputError(
+                "give a query or positive example ids (or both); negative examples alone say "
+                "nothing about what to find"
+            )
+        if request.rerank is not None and explore.mmr_lambda is not None:
+            raise InvalidInputError(
+                "MMR does not combine with rerank: the reranker's scores and the similarities "
+                "between results are on different scales; drop mmr or rerank"
+            )
+        if request.rerank is not None and request.query is None:
+            raise InvalidInputError(
+                "rerank needs a text query to compare the candidates with; add a query or drop "
+                "rerank"
+            )
         if request.rerank is not None:
             fetch = request.rerank.candidates or max(request.k, DEFAULT_RERANK_CANDIDATES)
             if fetch < request.k:
@@ -284,6 +387,19 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     "per request (--max-inputs-per-request); ask for fewer candidates (and k)"
                 )
 
+        keyword_only = request.hybrid is not None and request.hybrid.keyword_only
+        if keyword_only and (request.adapter or (request.rerank and request.rerank.rescorer)):
+            raise InvalidInputError(
+                "a keyword-only search has no query vector for an adapter or a re-scorer; drop "
+                "keyword_only (a hybrid search keeps the vector side) or the adapter/re-scorer"
+            )
+        if request.hybrid is not None and explore != NO_EXPLORE:
+            raise InvalidInputError(
+                "MMR and recommend by examples do not combine with keyword or hybrid search; "
+                "send them in separate GetSimN requests"
+            )
+        keywords = _keyword_search(request)
+
         def run(bound: Bound) -> SearchOutcome:
             binding = bound.binding
             query_model = binding.query_model
@@ -294,20 +410,32 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                     roles=("query_model_override", f"store {store!r}'s index model"),
                 )
                 query_model = override.name
-            vector = self.models.embed(
-                query_model, [request.query], truncation=request.truncation, role=Role.QUERY
-            )
+            vector = None
+            if request.query is not None and (
+                request.hybrid is None or not request.hybrid.keyword_only
+            ):
+                vector = self.models.embed(
+                    query_model, [request.query], truncation=request.truncation, role=Role.QUERY
+                )[0]
+            search_vector = vector
+            if request.adapter and self.tailoring is not None and vector is not None:
+                search_vector = self.tailoring.adapt(store, bound, request.adapter, vector)
             found = self.store.search(
                 store,
-                vector[0],
+                search_vector,
                 fetch,
                 filter=request.filter,
                 mode=request.mode,
                 ef=request.ef,
                 expected_store_id=bound.store_id,
+                explore=explore,
+                keywords=keywords,
             )
             hits = [_hit(m) for m in found.matches]
-            if request.rerank is not None:
+            if request.rerank is not None and request.rerank.rescorer:
+                assert vector is not None  # rerank needs a query (checked above)
+                hits = self._rescore(store, bound, request.rerank, vector, hits)
+            elif request.rerank is not None:
                 hits = self._rerank(store, binding, request, request.rerank, hits)
             return SearchOutcome(hits[: request.k], found.plan)
 
@@ -371,7 +499,57 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
     def list_models(self) -> list[ModelStatus]:
         return self.models.list_models()
 
+    # -- tailoring (nachbar.ai.tailoring's EmbeddingSource) --------------------------------------
+
+    def bound(self, store: str) -> Bound:
+        """The store's binding, read afresh."""
+        return self._read(store)[1]
+
+    def input_limits(self) -> InputLimits:
+        return self.models.limits
+
+    def embed_queries(self, store: str, bound: Bound, payloads: Sequence[Payload]) -> FloatArray:
+        """Queries embedded as GetSimN embeds them, in batches the server allows; texts over
+        the model's limit are cut to it."""
+        most = self.models.limits.max_inputs
+        parts = [
+            self.models.embed(
+                bound.binding.query_model,
+                payloads[start : start + most],
+                truncation="truncate",
+                role=Role.QUERY,
+            )
+            for start in range(0, len(payloads), most)
+        ]
+        out: FloatArray = np.concatenate(parts).astype(np.float32)
+        return out
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _rescore(
+        self,
+        store: str,
+        bound: Bound,
+        rerank: RerankSpec,
+        query: FloatArray,
+        hits: list[Hit],
+    ) -> list[Hit]:
+        assert self.tailoring is not None
+        scored = self.tailoring.rescore(store, bound, rerank.rescorer, query, [h.id for h in hits])
+        # Entries deleted since the search have no stored vector to score.
+        hits = [hit for hit in hits if hit.id in scored]
+        if not hits:
+            return hits
+        scores = np.asarray([scored[hit.id] for hit in hits], dtype=np.float32)
+        fused = fuse(rerank.fusion, [hit.similarity for hit in hits], scores)
+        if fused is None:
+            out = [replace(h, rerank_score=float(s)) for h, s in zip(hits, scores, strict=True)]
+            return [out[i] for i in _best_first(scores)]
+        out = [
+            replace(h, rerank_score=float(s), fused_score=float(f))
+            for h, s, f in zip(hits, scores, fused, strict=True)
+        ]
+        return [out[i] for i in _best_first(fused)]
 
     def _read(self, name: str) -> tuple[StoreRecord[InfoT], Bound]:
         """The store as the vector store describes it now; its binding goes into the cache."""
@@ -448,7 +626,37 @@ def _binding_of(record: StoreRecord[InfoT]) -> StoreBinding:
 
 def _hit(match: StoredMatch) -> Hit:
     user, original = bindings.split_original(match.metadata)
-    return Hit(match.id, match.similarity, user, original)
+    return Hit(
+        match.id,
+        match.similarity,
+        user,
+        original,
+        vector_score=match.vector_score,
+        keyword_score=match.keyword_score,
+        hybrid_score=match.hybrid_score,
+    )
+
+
+def _keyword_search(request: SearchRequest[FilterT]) -> KeywordSearch | None:
+    """The keyword side of a hybrid request: its keywords, else the query text."""
+    hybrid = request.hybrid
+    if hybrid is None:
+        return None
+    text = hybrid.keywords
+    if not text:
+        if not isinstance(request.query, str):
+            raise InvalidInputError(
+                "a hybrid or keyword-only search with an image query needs keywords: give the "
+                "words to search for (for example in a caption field the keyword index covers)"
+            )
+        text = request.query.encode("utf-8")[:KEYWORD_TEXT_BYTES].decode("utf-8", "ignore")
+    return KeywordSearch(
+        text,
+        fusion=hybrid.fusion,
+        rrf_k=hybrid.rrf_k,
+        vector_weight=hybrid.vector_weight,
+        candidates=hybrid.candidates,
+    )
 
 
 def _entry(entry: StoredEntry) -> AIEntry:

@@ -71,9 +71,28 @@ class StoredEntry:
 @dataclass(frozen=True)
 class StoredMatch:
     id: str
-    # Higher is more similar (the metric's similarity, see the glossary).
+    # Higher is more similar (the metric's similarity, see the glossary); in hybrid and
+    # keyword-only searches the score that ordered them (hybrid or keyword score).
     similarity: float
     metadata: Metadata
+    # Hybrid and keyword-only searches: each side's own score (None where that side did not
+    # find the entry), and the fused one.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
+
+
+@dataclass(frozen=True)
+class KeywordSearch:
+    """The keyword side of a hybrid (or keyword-only) search and how it is fused with the
+    vector side: fusion "blend" (vector_weight, None: the default) or "rrf" (rrf_k, 0: the
+    default); candidates per side, 0: the default."""
+
+    text: str
+    fusion: str = "blend"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,27 @@ class Hits:
 
     matches: list[StoredMatch]
     plan: str
+
+
+@dataclass(frozen=True)
+class Explore:
+    """More ways to ask a search, passed through to the store: MMR diversity and recommend by
+    example entries (nachbar-db's GetSimN fields of the same names)."""
+
+    mmr_lambda: float | None = None  # None: no MMR
+    mmr_candidates: int = 0
+    positive_ids: tuple[str, ...] = ()
+    negative_ids: tuple[str, ...] = ()
+    strategy: str = "average_vector"  # or "best_score"
+    recommend_candidates: int = 0
+
+    @property
+    def has_examples(self) -> bool:
+        return bool(self.positive_ids or self.negative_ids)
+
+
+NO_EXPLORE = Explore()
+RECOMMEND_STRATEGIES = ("average_vector", "best_score")
 
 
 @dataclass(frozen=True)
@@ -132,15 +172,19 @@ class VectorStore(Protocol[FilterT_contra, OptionsT_contra, InfoT]):
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: FilterT_contra | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
-        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw"."""
+        """The k entries most similar to `vector`; mode is "auto", "exact" or "hnsw". With
+        `explore`, diversified and/or by example entries (then `vector` may be None). With
+        `keywords` a hybrid search, keyword-only when `vector` is None (not with `explore`)."""
         ...
 
     def get(

@@ -42,7 +42,7 @@ import onnx_reference as ref
 from benchlib import ChildServer, Tally, log, markdown_table, timed_rounds
 
 BATCH = 32
-PASSES = ("embed", "getsimn")
+PASSES = ("embed", "images", "getsimn")
 SEARCH_STORE = "bench-sts"
 SEARCH_K = 10
 
@@ -79,7 +79,11 @@ class Results:
     text_batch: list[Row] = field(default_factory=list)
     concurrent: list[Row] = field(default_factory=list)
     raw_batching: list[Row] = field(default_factory=list)
-    images: dict[str, list[Row]] = field(default_factory=dict)
+    # (photo set, model) -> rows
+    images: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
+    image_bytes: dict[str, float] = field(default_factory=dict)  # mean JPEG size per set
+    image_quality: list[dict[str, str]] = field(default_factory=list)
+    retrieval: list[list[str]] = field(default_factory=list)
     search: list[SearchRow] = field(default_factory=list)
     search_facts: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -322,46 +326,186 @@ def raw_batching_pass(config: Config, texts: list[str], results: Results) -> Non
     results.raw_batching = [singles, one_thread, side_by_side, by_length_row]
 
 
-def image_pass(config: Config, ai: ChildServer, results: Results) -> None:
+def image_sets(config: Config) -> dict[str, list[bytes]]:
+    """The photo sets timed: foolbox's 512x512 photos alone, and the mixed folder (those plus
+    larger JPEGs made from them), each repeated to `config.images`."""
+    folder = ref.photo_folder()
+    distinct = {
+        "foolbox 512x512 photos": [p.data for p in folder if p.size_class == "512x512"],
+        "mixed folder": [p.data for p in folder],
+    }
+    return {
+        name: [photos[i % len(photos)] for i in range(config.images)]
+        for name, photos in distinct.items()
+    }
+
+
+def image_pass(config: Config, draft: ChildServer, exact: ChildServer, results: Results) -> None:
+    """Per model and photo set: nachbar-ai over gRPC (draft and exact decoding; one client
+    sending batches of 32, and two clients at once) vs raw onnxruntime on ready pixels."""
     from nachbar.client import AIClient
 
-    images = ref.sample_photo_bytes(config.images)
+    clients = {
+        "draft": [AIClient(draft.address, timeout=300) for _ in range(2)],
+        "exact": [AIClient(exact.address, timeout=300)],
+    }
+    pids = {"draft": draft.proc.pid, "exact": exact.proc.pid}
+    for set_name, images in image_sets(config).items():
+        results.image_bytes[set_name] = sum(len(x) for x in images) / len(images)
+        for model in ref.IMAGE_MODELS:
+            rows = image_rows(config, clients, pids, model, images)
+            results.images[(set_name, model)] = rows
+    for group in clients.values():
+        for client in group:
+            client.close()
+
+
+def image_rows(
+    config: Config,
+    clients: dict[str, list[Any]],
+    pids: dict[str, int],
+    model: str,
+    images: list[bytes],
+) -> list[Row]:
+    """The rows' `server_cpu`: CPU seconds of the process that decodes and runs the model
+    (nachbar-ai for gRPC rows, this one for the raw rows)."""
     batches = in_batches(images, BATCH)
-    client = AIClient(ai.address, timeout=300)
+    raw = ref.RawImageModel(ref.built_dir(config.model_dir, model), threads=config.threads)
+    expected = raw.embed(images[:8])
+    ready = [raw.preprocess(batch) for batch in batches]
+    rows = {
+        "draft": Row("nachbar-ai gRPC, draft decoding, batch 32"),
+        "draft2": Row("nachbar-ai gRPC, draft decoding, batch 32, 2 clients"),
+        "exact": Row("nachbar-ai gRPC, exact decoding, batch 32"),
+        "raw": Row("raw onnxruntime, decode + preprocess + run", agreement=1.0),
+        "ready": Row("raw onnxruntime, run only (pixels ready)", agreement=1.0),
+    }
+    for key in ("draft", "exact"):
+        got = np.asarray(clients[key][0].embed(model, images[:8]), np.float32)
+        rows[key].agreement = ref.min_cosine(got, expected)
+    rows["draft2"].agreement = rows["draft"].agreement
+
+    def run_grpc(key: str) -> int:
+        for batch in batches:
+            clients[key][0].embed(model, batch)
+        return len(images)
+
+    def run_two_clients() -> int:
+        def make_worker(thread: int) -> Callable[[int], object]:
+            return lambda index: clients["draft"][thread].embed(model, batches[index])
+
+        benchlib.run_threads(make_worker, 2, len(batches))
+        return len(images)
+
+    def run_raw() -> int:
+        for batch in batches:
+            raw.embed(batch)
+        return len(images)
+
+    def run_model_only() -> int:
+        for pixels in ready:
+            raw.run(pixels)
+        return len(images)
+
+    def counting_cpu(row: Row, pid: int, work: Callable[[], int]) -> Callable[[], int]:
+        """`work`, adding the CPU seconds process `pid` spends on it to the row."""
+
+        def run() -> int:
+            before = benchlib.cpu_seconds(pid)
+            done = work()
+            after = benchlib.cpu_seconds(pid)
+            if before is not None and after is not None:
+                row.server_cpu = (row.server_cpu or 0.0) + after - before
+            return done
+
+        return run
+
+    here = os.getpid()
+    timed_rounds(
+        [
+            (rows["draft"], counting_cpu(rows["draft"], pids["draft"], lambda: run_grpc("draft"))),
+            (rows["draft2"], counting_cpu(rows["draft2"], pids["draft"], run_two_clients)),
+            (rows["exact"], counting_cpu(rows["exact"], pids["exact"], lambda: run_grpc("exact"))),
+            (rows["raw"], counting_cpu(rows["raw"], here, run_raw)),
+            (rows["ready"], counting_cpu(rows["ready"], here, run_model_only)),
+        ],
+        config.rounds,
+    )
+    return list(rows.values())
+
+
+def image_quality_pass(config: Config, results: Results) -> None:
+    """Draft vs exact decoding in nachbar's runtime, on the distinct photos of the folder:
+    cosine of each photo's vector to its exact-decoded one, and what a search returns."""
+    from nachbar.ai.limits import ImageDecode, InputLimits
+    from nachbar.ai.models import ModelManager
+
+    folder = ref.photo_folder()
+    images = [p.data for p in folder]
+    vectors: dict[tuple[str, str], ref.FloatArray] = {}
+    for decode in (ImageDecode.DRAFT, ImageDecode.EXACT):
+        limits = InputLimits(image_decode=decode)
+        with ModelManager(config.model_dir, limits=limits) as manager:
+            for model in ref.IMAGE_MODELS:
+                vectors[(model, decode.value)] = np.concatenate(
+                    [manager.embed(model, list(batch)) for batch in in_batches(images, BATCH)]
+                )
+            if decode is ImageDecode.DRAFT:
+                from nachbar.ai.build.imagenet import imagenet_class_names
+
+                names = imagenet_class_names()
+                labels = sorted({p.label for p in folder})
+                queries = manager.embed(
+                    ref.TEXT_MODEL, [f"a photo of a {names[label]}." for label in labels]
+                )
     for model in ref.IMAGE_MODELS:
-        raw = ref.RawImageModel(ref.built_dir(config.model_dir, model), threads=config.threads)
-        expected = raw.embed(images[:8])
-        grpc_row = Row(f"{model}: nachbar-ai gRPC, batch 32")
-        grpc_row.agreement = ref.min_cosine(
-            np.asarray(client.embed(model, images[:8]), np.float32), expected
+        draft, exact = vectors[(model, "draft")], vectors[(model, "exact")]
+        cosines = np.sum(draft * exact, axis=1)
+        for size_class in dict.fromkeys(p.size_class for p in folder):
+            picked = np.array([p.size_class == size_class for p in folder])
+            results.image_quality.append(
+                {
+                    "model": model,
+                    "photos": f"{size_class} ({int(picked.sum())})",
+                    "cosine min": f"{cosines[picked].min():.4f}",
+                    "cosine mean": f"{cosines[picked].mean():.4f}",
+                }
+            )
+        # image -> image: each photo's 10 nearest other photos, draft vs exact.
+        overlap = _top_k_overlap(draft @ draft.T, exact @ exact.T, k=10, skip_self=True)
+        results.retrieval.append(
+            [f"{model}: image -> image, 10 nearest of {len(images)} photos", f"{overlap:.3f}", "-"]
         )
-        raw_row = Row(f"{model}: raw onnxruntime, decode + preprocess + run", agreement=1.0)
-        model_only = Row(f"{model}: raw onnxruntime, run only (pixels ready)", agreement=1.0)
-        ready = [raw.preprocess(batch) for batch in batches]
+    conse = ref.IMAGE_MODELS[1]
+    labels_of = np.array([p.label for p in folder])
+    draft_scores = queries @ vectors[(conse, "draft")].T
+    exact_scores = queries @ vectors[(conse, "exact")].T
+    overlap = _top_k_overlap(draft_scores, exact_scores, k=10)
+    first_right = [
+        float(np.mean(labels_of[np.argmax(scores, axis=1)] == np.array(labels)))
+        for scores in (draft_scores, exact_scores)
+    ]
+    results.retrieval.append(
+        [
+            f"{conse}: text -> image, {len(labels)} class prompts over {len(images)} photos",
+            f"{overlap:.3f}",
+            f"{first_right[0]:.3f} / {first_right[1]:.3f}",
+        ]
+    )
 
-        def run_grpc(model: str = model) -> int:
-            for batch in batches:
-                client.embed(model, batch)
-            return len(images)
 
-        def run_raw(raw: ref.RawImageModel = raw) -> int:
-            for batch in batches:
-                raw.embed(batch)
-            return len(images)
-
-        def run_model_only(
-            raw: ref.RawImageModel = raw, pixels: list[ref.FloatArray] = ready
-        ) -> int:
-            for batch in pixels:
-                raw.run(batch)
-            return len(images)
-
-        timed_rounds(
-            [(grpc_row, run_grpc), (raw_row, run_raw), (model_only, run_model_only)],
-            config.rounds,
-        )
-        results.images[model] = [grpc_row, raw_row, model_only]
-    client.close()
+def _top_k_overlap(
+    draft: ref.FloatArray, exact: ref.FloatArray, *, k: int, skip_self: bool = False
+) -> float:
+    """Mean share of each query's k best (by `exact` scores) that `draft` scores also rank in
+    its k best."""
+    if skip_self:
+        draft, exact = draft.copy(), exact.copy()
+        np.fill_diagonal(draft, -np.inf)
+        np.fill_diagonal(exact, -np.inf)
+    found = np.argsort(-draft, axis=1)[:, :k]
+    truth = np.argsort(-exact, axis=1)[:, :k]
+    return float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
 
 
 def interleaved_blocks(count: int, systems: int, block: int) -> list[tuple[int, range]]:
@@ -469,6 +613,18 @@ def search_pass(config: Config, workdir: Path, results: Results) -> None:
             server.stop()
 
 
+def start_image_servers(config: Config, workdir: Path, db_port: int) -> list[ChildServer]:
+    """nachbar-ai with the image models, draft decoding (the default) and exact decoding."""
+    common = ["--db-port", str(db_port), "--model-dir", str(config.model_dir), "--hub-offline"]
+    common += ["--models", ",".join(ref.IMAGE_MODELS)]
+    return [
+        benchlib.start_nachbar(
+            "nachbar-ai", [*common, "--image-decode", mode], workdir / f"ai-images-{mode}"
+        )
+        for mode in ("draft", "exact")
+    ]
+
+
 def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServer, ChildServer]:
     db = benchlib.start_nachbar("nachbar-db", ["--data-dir", str(workdir / "db")], workdir / "db")
     common = [
@@ -482,7 +638,7 @@ def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServ
     ]
     on = benchlib.start_nachbar(
         "nachbar-ai",
-        [*common, "--batching", "--models", ",".join((ref.TEXT_MODEL, *ref.IMAGE_MODELS))],
+        [*common, "--batching", "--models", ref.TEXT_MODEL],
         workdir / "ai-batching",
     )
     off = benchlib.start_nachbar(
@@ -494,7 +650,7 @@ def start_servers(config: Config, workdir: Path) -> tuple[ChildServer, ChildServ
 
 
 def run(config: Config) -> Results:
-    models = (ref.TEXT_MODEL, *(ref.IMAGE_MODELS if "embed" in config.passes else ()))
+    models = (ref.TEXT_MODEL, *(ref.IMAGE_MODELS if "images" in config.passes else ()))
     ref.ensure_built(config.model_dir, models)
     results = Results(config, benchlib.machine_facts())
     texts = ref.sts_sentences(config.texts)
@@ -517,10 +673,22 @@ def run(config: Config) -> Results:
                 concurrent_pass(config, on, off, texts, results)
                 in_process_concurrent_pass(config, texts, results)
                 raw_batching_pass(config, texts, results)
-                log(f"images: {config.images} photos x {config.rounds} rounds per path")
-                image_pass(config, on, results)
             finally:
                 for server in reversed(servers):
+                    server.stop()
+        if "images" in config.passes:
+            log("images: draft vs exact decoding in-process (cosine, retrieval)")
+            image_quality_pass(config, results)
+            db = benchlib.start_nachbar(
+                "nachbar-db", ["--data-dir", str(workdir / "db-images")], workdir / "db-images"
+            )
+            image_servers = [db]
+            try:
+                image_servers += start_image_servers(config, workdir, db.port)
+                log(f"images: {config.images} photos x {config.rounds} rounds per path and set")
+                image_pass(config, image_servers[1], image_servers[2], results)
+            finally:
+                for server in reversed(image_servers):
                     server.stop()
     results.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return results
@@ -531,7 +699,11 @@ def render(results: Results) -> str:
     lines = [
         "## ai_bench: "
         + " and ".join(
-            {"embed": "embedding throughput", "getsimn": "GetSimN latency"}[p]
+            {
+                "embed": "text embedding throughput",
+                "images": "image ingest throughput",
+                "getsimn": "GetSimN latency",
+            }[p]
             for p in config.passes
         ),
         "",
@@ -540,7 +712,7 @@ def render(results: Results) -> str:
         f"after {machine['load_average_after']}"
         + (
             f"; onnxruntime threads {config.threads}; {config.rounds} alternating rounds per path"
-            if "embed" in config.passes
+            if "embed" in config.passes or "images" in config.passes
             else ""
         ),
         "",
@@ -549,6 +721,8 @@ def render(results: Results) -> str:
         lines += render_search(results)
     if results.text_batch:
         lines += render_embed(results)
+    if results.images:
+        lines += render_images(results)
     if results.notes:
         lines += ["", "notes:", *(f"- {n}" for n in results.notes)]
     return "\n".join(lines)
@@ -632,11 +806,6 @@ def render_embed(results: Results) -> list[str]:
         )
     )
     lines.append("")
-    for model, rows in results.images.items():
-        lines.append(f"### {model}, {config.images} photos per round")
-        lines.append("")
-        lines.append(table(rows, "images", rows[1]))
-        lines.append("")
     grpc_ratio = grpc_row.per_second / raw_row.per_second
     batching_ratio = on.per_second / off.per_second
     lines += [
@@ -671,6 +840,86 @@ def render_embed(results: Results) -> list[str]:
             f"x{by_length.per_second / singles.per_second:.2f} with the whole stream sorted by "
             "length (out of a batcher's reach)"
         )
+    return lines
+
+
+def render_images(results: Results) -> list[str]:
+    config = results.config
+    folder = ref.photo_folder()
+    counts = {
+        c: sum(p.size_class == c for p in folder)
+        for c in dict.fromkeys(p.size_class for p in folder)
+    }
+    lines = [
+        "### image ingest",
+        "",
+        "mixed folder: "
+        + ", ".join(f"{n} x {c}" for c, n in counts.items())
+        + f" JPEGs (the larger ones made from foolbox's photos); {config.images} images per "
+        "round and path, repeated in folder order; mean JPEG size "
+        + ", ".join(f"{name} {size / 1e3:,.0f} kB" for name, size in results.image_bytes.items()),
+        "",
+    ]
+    rows = []
+    targets = []
+    for (set_name, model), paths in results.images.items():
+        ready = paths[-1]
+        for row in paths:
+            rows.append(
+                [
+                    set_name,
+                    model,
+                    row.name,
+                    f"{row.per_second:,.1f}",
+                    f"{row.per_second / ready.per_second:.2f}",
+                    "-" if row.server_cpu is None else f"{1000 * row.server_cpu / row.items:.1f}",
+                    "-" if row.agreement is None else f"{row.agreement:.4f}",
+                ]
+            )
+        best = max(paths[:2], key=lambda r: r.per_second)
+        ratio = best.per_second / ready.per_second
+        targets.append(
+            f"- {model}, {set_name}: nachbar-ai {best.per_second:,.1f} images/s ({best.name}) vs "
+            f"raw onnxruntime on ready pixels {ready.per_second:,.1f}: x{ratio:.2f} -> "
+            f"{benchlib.verdict(ratio >= 0.8)}"
+        )
+    lines.append(
+        markdown_table(
+            [
+                "photos",
+                "model",
+                "path",
+                "images/s",
+                "x ready pixels",
+                "CPU ms / image",
+                "min cosine to raw (8)",
+            ],
+            rows,
+        )
+    )
+    lines += [
+        "",
+        "draft vs exact decoding, nachbar's runtime, each distinct photo of the folder:",
+        "",
+    ]
+    if results.image_quality:
+        headers = list(results.image_quality[0])
+        lines.append(
+            markdown_table(headers, [[q[h] for h in headers] for q in results.image_quality])
+        )
+        lines.append("")
+        lines.append(
+            markdown_table(
+                [
+                    "search",
+                    "top-10 overlap, draft vs exact",
+                    "right class at rank 1, draft / exact",
+                ],
+                results.retrieval,
+            )
+        )
+        lines.append("")
+    lines += ["targets (nachbar-ai >= 0.8x raw onnxruntime on ready pixels):", *targets]
     return lines
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,55 @@ def sample_photo_bytes(count: int) -> list[bytes]:
 
     photos = [photo.path.read_bytes() for photo in sample_photos()]
     return [photos[i % len(photos)] for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One photo of the benchmark's folder: its JPEG bytes, where it came from, its class."""
+
+    data: bytes
+    size_class: str
+    label: int
+
+
+# The larger JPEGs made from foolbox's 512x512 photos: (size class, width, height, grain
+# sigma, how many). Upscaled photos are smoother than a camera's, so the larger classes get
+# sensor-like grain (Gaussian noise) for the fine detail that DCT scaling drops.
+LARGER_PHOTOS = (
+    ("1.6-2 MP", 1728, 1152, 0.0, 8),
+    ("3 MP, grain", 2048, 1536, 6.0, 6),
+    ("12 MP, grain", 4000, 3000, 4.0, 2),
+)
+
+
+def photo_folder() -> list[Photo]:
+    """foolbox's 20 ImageNet photos (512x512) and larger JPEGs (quality 90) made from them, in
+    the proportions of LARGER_PHOTOS: a folder of real photos of mixed sizes."""
+    import io
+
+    from PIL import Image
+
+    from nachbar.ai.build.imagenet import sample_photos
+
+    originals = sample_photos()
+    folder = [Photo(p.path.read_bytes(), "512x512", p.class_index) for p in originals]
+    rng = np.random.default_rng(16)
+    index = 0
+    for size_class, width, height, grain, count in LARGER_PHOTOS:
+        for _ in range(count):
+            source = originals[index % len(originals)]
+            index += 1
+            image = Image.open(source.path).convert("RGB")
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+            if grain:
+                noisy = np.asarray(image, dtype=np.float32) + rng.normal(
+                    0.0, grain, (height, width, 3)
+                ).astype(np.float32)
+                image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=90)
+            folder.append(Photo(buffer.getvalue(), size_class, source.class_index))
+    return folder
 
 
 def min_cosine(a: FloatArray, b: FloatArray) -> float:

@@ -18,7 +18,7 @@ from rich.table import Table
 from nachbar.cli import render
 from nachbar.cli.context import CliError, UsageError
 from nachbar.cli.filters import FilterSyntaxError, parse_filter
-from nachbar.client import AIClient, DBClient, Exact, Hnsw, Image, Item
+from nachbar.client import AIClient, DBClient, Exact, Hnsw, Hybrid, Image, Item
 from nachbar.client.values import Filter
 from nachbar.v1.codec import Metadata, metadata_to_proto
 
@@ -125,6 +125,23 @@ def text_or_image(text: str | None, image: str | Path | None, what: str) -> str 
     raise UsageError(f"give either {what} or --image PATH (not both)")
 
 
+def explore_args(args: argparse.Namespace) -> dict[str, Any]:
+    """get_sim_n's MMR and recommend-by-examples keywords from the command line."""
+    if args.mmr_candidates and args.mmr is None:
+        raise UsageError("--mmr-candidates needs --mmr LAMBDA")
+    examples = bool(args.positive or args.negative)
+    if (args.recommend_candidates or args.strategy != "average_vector") and not examples:
+        raise UsageError("--strategy and --recommend-candidates need --positive or --negative ID")
+    return {
+        "mmr": args.mmr,
+        "mmr_candidates": args.mmr_candidates,
+        "positive": args.positive or (),
+        "negative": args.negative or (),
+        "strategy": args.strategy,
+        "recommend_candidates": args.recommend_candidates,
+    }
+
+
 def truncation(args: argparse.Namespace) -> str:
     return "truncate" if getattr(args, "truncate", False) else "error"
 
@@ -161,6 +178,7 @@ class AIAdapter:
             index=Exact() if args.exact else None,
             metric=args.metric,
             if_not_exists=args.if_not_exists,
+            keyword_index=args.keyword_index,
         )
         return Shown(
             info,
@@ -200,9 +218,19 @@ class AIAdapter:
         return Shown(page, render.ai_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if (args.rerank_field or args.candidates or args.fusion != "none") and not args.rerank:
-            raise UsageError("--rerank-field, --candidates and --fusion need --rerank MODEL")
-        query = text_or_image(args.query, args.image, "query text")
+        if args.rerank and args.rescorer:
+            raise UsageError("give --rerank MODEL or --rescorer NAME, not both")
+        if args.rerank_field and not args.rerank:
+            raise UsageError("--rerank-field needs --rerank MODEL")
+        if (args.candidates or args.fusion != "none") and not (args.rerank or args.rescorer):
+            raise UsageError("--candidates and --fusion need --rerank MODEL or --rescorer NAME")
+        explore = explore_args(args)
+        query = (
+            None
+            if args.query is None and args.image is None and args.positive
+            else text_or_image(args.query, args.image, "query text (or --positive ID)")
+        )
+        hybrid = hybrid_arg(args)
         result = self.client.get_sim_n(
             args.store,
             query,
@@ -216,6 +244,12 @@ class AIAdapter:
             mode=args.mode,
             ef=args.ef,
             query_model=args.query_model,
+            adapter=args.adapter,
+            rescorer=args.rescorer,
+            **explore,
+            hybrid=hybrid,
+            keywords=args.keywords or "",
+            keyword_only=args.keyword_only,
         )
         if not result.matches:
             return Shown(result, lines=(f"no matches in {args.store}",))
@@ -260,6 +294,7 @@ class DBAdapter:
             index=index,
             predicate_indexes=args.pred_index,
             if_not_exists=args.if_not_exists,
+            keyword_fields=args.keyword_index or None,
         )
         return Shown(
             info,
@@ -296,16 +331,30 @@ class DBAdapter:
         return Shown(page, render.db_entries_table(page.entries)), page.next_page_token
 
     def search(self, args: argparse.Namespace) -> Shown:
-        if args.query is None:
-            raise UsageError("nachbar-db searches by vector: give QUERY as a JSON list of numbers")
+        explore = explore_args(args)
+        hybrid = hybrid_arg(args)
+        if args.keyword_only and args.query is not None:
+            raise UsageError("--keyword-only searches by --keywords alone: leave out QUERY")
+        if args.query is None and not args.keyword_only and not args.positive:
+            raise UsageError(
+                "nachbar-db searches by vector: give QUERY as a JSON list of numbers (or "
+                "--positive ID, or --keywords TEXT --keyword-only)"
+            )
+        if (args.keyword_only or hybrid is not None) and not args.keywords:
+            raise UsageError(
+                "nachbar-db has no query text: --hybrid and --keyword-only need --keywords TEXT"
+            )
         result = self.client.get_sim_n(
             args.store,
-            vector_arg(args.query),
+            vector_arg(args.query) if args.query is not None else None,
             args.k,
             filter=filter_arg(args.filter),
             mode=args.mode,
             ef=args.ef,
             include_vectors=args.vectors,
+            **explore,
+            keywords=args.keywords or "",
+            hybrid=hybrid,
         )
         return Shown(
             result,
@@ -324,3 +373,12 @@ class DBAdapter:
 
     def ping(self) -> None:
         self.client.ping()
+
+
+def hybrid_arg(args: argparse.Namespace) -> Hybrid | None:
+    """The fusion of --hybrid rrf|blend (with --vector-weight); None: the server's default."""
+    if args.vector_weight is not None and args.hybrid != "blend":
+        raise UsageError("--vector-weight weighs a blend: add --hybrid blend")
+    if args.hybrid is None:
+        return None
+    return Hybrid(args.hybrid, vector_weight=args.vector_weight)

@@ -37,7 +37,14 @@ from nachbar.cli.adapters import (
 )
 from nachbar.cli.context import CliContext, UsageError, explain_unavailable
 from nachbar.cli.health import check_health
-from nachbar.client import AIClient, DBClient, NachbarError, PermissionDenied, Unauthenticated
+from nachbar.client import (
+    AIClient,
+    DBClient,
+    Hybrid,
+    NachbarError,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 EMBED_PREVIEW_VALUES = 8
 
@@ -330,6 +337,22 @@ def _drop_pred_index(inv: Invocation) -> int:
     return inv.report({"dropped": dropped}, f"dropped {dropped} predicate index(es)")
 
 
+def _create_keyword_index(inv: Invocation) -> int:
+    result = _db(inv).create_keyword_index(inv.args.store, inv.args.fields)
+    line = (
+        f"keyword index on {', '.join(inv.args.fields)}: {result.indexed} entries"
+        if result.created
+        else f"{inv.args.store} has that keyword index already ({result.indexed} entries)"
+    )
+    return inv.report({"created": result.created, "indexed": result.indexed}, line)
+
+
+def _drop_keyword_index(inv: Invocation) -> int:
+    dropped = _db(inv).drop_keyword_index(inv.args.store, missing_ok=inv.args.missing_ok)
+    line = "dropped the keyword index" if dropped else "no keyword index; nothing dropped"
+    return inv.report({"dropped": dropped}, line)
+
+
 def _embed(inv: Invocation) -> int:
     args = inv.args
     images: list[str] = args.image
@@ -389,6 +412,9 @@ def _eval(inv: Invocation) -> int:
         raise UsageError(f"-k must be at least 1 (got {args.k})")
     if (args.candidates or args.fusion != "none") and not args.rerank:
         raise UsageError("--candidates and --fusion need --rerank MODEL")
+    if args.hybrid and args.keyword_only:
+        raise UsageError("choose --hybrid or --keyword-only, not both")
+    hybrid = Hybrid(args.hybrid) if args.hybrid else None
     queries = evaluate.read_queries(args.queries)
     qrels = evaluate.read_qrels(args.qrels)
     asked = evaluate.judged(queries, qrels)
@@ -403,6 +429,8 @@ def _eval(inv: Invocation) -> int:
             rerank=args.rerank,
             rerank_candidates=args.candidates,
             rerank_fusion=args.fusion,
+            hybrid=hybrid,
+            keyword_only=args.keyword_only,
         )
         return [match.id for match in found.matches]
 
@@ -422,7 +450,13 @@ def _eval(inv: Invocation) -> int:
                 progress.advance(task)
 
         scores = evaluate.evaluate(each_query(), qrels, args.k, search, time.perf_counter)
-    setup = {"store": args.store, "rerank": args.rerank or "", "fusion": args.fusion}
+    retrieval = "keyword" if args.keyword_only else f"hybrid-{args.hybrid}" if hybrid else "dense"
+    setup = {
+        "store": args.store,
+        "retrieval": retrieval,
+        "rerank": args.rerank or "",
+        "fusion": args.fusion,
+    }
     value = {**setup, **scores.as_dict()}
     rows = {name: f"{v:.4f}" for name, v in scores.as_dict().items() if "@" in name}
     table = render.key_value_table(rows, title=f"{args.store}: {scores.queries} queries")
@@ -526,6 +560,14 @@ COMMANDS: tuple[Command, ...] = (
                 default=[],
                 metavar="FIELD",
                 help="metadata fields to index for fast filters",
+            ),
+            arg(
+                "--keyword-index",
+                nargs="*",
+                default=None,
+                metavar="FIELD",
+                help="a keyword (BM25) index for hybrid search over these metadata text fields "
+                "(nachbar-ai: no FIELD indexes the stored original text)",
             ),
             arg(
                 "--if-not-exists",
@@ -643,6 +685,88 @@ COMMANDS: tuple[Command, ...] = (
                 "must share the store's embedding space (e.g. an image model of a text store's "
                 "space, or an int8 twin)",
             ),
+            arg(
+                "--adapter",
+                only="ai",
+                default="",
+                metavar="NAME",
+                help="search with the query vector mapped by this adapter of the store "
+                "(`nachbar adapters list`)",
+            ),
+            arg(
+                "--rescorer",
+                only="ai",
+                default="",
+                metavar="NAME",
+                help="rerank the top --candidates by this re-scorer of the store (stored "
+                "vectors only: works for image stores queried with text)",
+            ),
+            arg(
+                "--mmr",
+                type=float,
+                metavar="LAMBDA",
+                help="diversify the results by maximal marginal relevance: 1 is a plain search, "
+                "0 the most diverse (e.g. 0.5)",
+            ),
+            arg(
+                "--mmr-candidates",
+                type=int,
+                default=0,
+                metavar="N",
+                help="the pool MMR picks from (default max(4k, 20), at most 1000)",
+            ),
+            arg(
+                "--positive",
+                action="append",
+                metavar="ID",
+                help="recommend by example: find entries like this stored entry (repeatable; "
+                "with or without a query)",
+            ),
+            arg(
+                "--negative",
+                action="append",
+                metavar="ID",
+                help="recommend by example: steer away from this stored entry (repeatable)",
+            ),
+            arg(
+                "--strategy",
+                choices=["average_vector", "best_score"],
+                default="average_vector",
+                help="how examples combine: search for one average vector, or score each "
+                "candidate by its best similarity to a positive against a negative",
+            ),
+            arg(
+                "--recommend-candidates",
+                type=int,
+                default=0,
+                metavar="N",
+                help="best_score's pool per positive (default max(4k, 20), at most 1000)",
+            ),
+            arg(
+                "--keywords",
+                metavar="TEXT",
+                help="hybrid search: these words on the store's keyword index too (nachbar-ai "
+                "default with --hybrid: the query text)",
+            ),
+            arg(
+                "--hybrid",
+                choices=["blend", "rrf"],
+                default=None,
+                help="fuse vector and keyword (BM25) results by a min-max score blend (blend, "
+                "the server's default) or reciprocal rank fusion (rrf)",
+            ),
+            arg(
+                "--vector-weight",
+                type=float,
+                default=None,
+                metavar="W",
+                help="--hybrid blend: the vector side's share, 0 to 1 (default 0.5)",
+            ),
+            arg(
+                "--keyword-only",
+                action="store_true",
+                help="search by keywords alone (BM25), no vector search",
+            ),
             TRUNCATE,
             VECTORS,
         ),
@@ -656,7 +780,10 @@ COMMANDS: tuple[Command, ...] = (
         "a vector (nachbar-db) and print the k most similar entries. Examples: nachbar search "
         '"a photo of a dog" --store photos -k 3; nachbar search --image dog.jpg --store photos; '
         'nachbar search "rust" --store docs --filter \'year >= 2020 and lang = "en"\' '
-        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend",
+        "--rerank ms-marco-minilm-l12-cross-encoder-int8 --fusion blend; nachbar search "
+        '"rust" --store docs --mmr 0.5; nachbar search --store docs --positive doc7 '
+        "--negative doc9 --strategy best_score; "
+        'nachbar search "apt pinning" --store docs --hybrid blend (needs a keyword index).',
     ),
     Command(
         "delete_keys",
@@ -691,6 +818,28 @@ COMMANDS: tuple[Command, ...] = (
         (STORE, arg("fields", nargs="+", metavar="FIELD"), MISSING_OK),
         _drop_pred_index,
         {"db": "drop_pred_index vecs year"},
+        default_service="db",
+    ),
+    Command(
+        "create_keyword_index",
+        "give a store a keyword (BM25) index over metadata text fields, for hybrid search",
+        ("db",),
+        (STORE, arg("fields", nargs="+", metavar="FIELD")),
+        _create_keyword_index,
+        {"db": "create_keyword_index docs _nachbar_text caption"},
+        default_service="db",
+        description="Indexes the string (and string-list) values of the fields, joined, with "
+        "SQLite FTS5 (unicode61 tokenizer, diacritics removed, no stemming); entries already "
+        "in the store are indexed at once. A nachbar-ai store keeps its original text in "
+        "_nachbar_text. Embedded engine only.",
+    ),
+    Command(
+        "drop_keyword_index",
+        "drop a store's keyword index",
+        ("db",),
+        (STORE, MISSING_OK),
+        _drop_keyword_index,
+        {"db": "drop_keyword_index docs"},
         default_service="db",
     ),
     Command(
@@ -755,6 +904,18 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="N",
                 help="how many vector hits to rerank (default max(k, 20))",
             ),
+            arg(
+                "--hybrid",
+                choices=["blend", "rrf"],
+                default=None,
+                help="hybrid retrieval: the query text on the store's keyword index too, fused "
+                "with the vector results",
+            ),
+            arg(
+                "--keyword-only",
+                action="store_true",
+                help="keyword (BM25) retrieval alone, no vectors",
+            ),
             TRUNCATE,
         ),
         _eval,
@@ -762,7 +923,8 @@ COMMANDS: tuple[Command, ...] = (
         description="Ask every judged query of a BEIR queries.jsonl through GetSimN and print "
         f"recall@k, MRR@{evaluate.CUTOFF} and nDCG@{evaluate.CUTOFF} against the qrels.tsv "
         "(rows query-id, corpus-id, score; store entry ids are the corpus ids), with a "
-        "progress bar. Compare dense, reranked and fused configurations on your own data.",
+        "progress bar. Compare dense, keyword (--keyword-only), hybrid (--hybrid blend|rrf) and "
+        "reranked configurations on your own data (keyword and hybrid need a keyword index).",
     ),
     Command(
         "list_models",

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from rich.console import Console
 from rich.markup import escape
 
-from nachbar.cli import commands, ingest, keys_cmd, models_cmd, serve, shell, stack
+from nachbar.cli import commands, ingest, keys_cmd, models_cmd, serve, shell, stack, tailoring
 from nachbar.cli.context import (
     CONNECTION_ENV,
     CliContext,
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.register(sub, [common], json_flag)
     models_cmd.register(sub, [common], json_flag)
     keys_cmd.register(sub, json_flag)
+    tailoring.register(sub, [common], json_flag)
     shell.register(sub, [common])
     return parser
 

@@ -165,13 +165,30 @@ def db_stores_table(stores: Sequence[StoreInfo]) -> Table:
     return table
 
 
+def _side_scores(matches: Sequence[AIMatch] | Sequence[Match]) -> bool:
+    """Whether the search was hybrid or keyword-only (its matches carry per-side scores)."""
+    return any(m.keyword_score is not None or m.hybrid_score is not None for m in matches)
+
+
+def _side_cells(m: AIMatch | Match) -> list[str]:
+    return [
+        "" if score is None else f"{score:.4f}"
+        for score in (m.vector_score, m.keyword_score, m.hybrid_score)
+    ]
+
+
+SIDE_COLUMNS = ["vector", "keyword", "hybrid"]
+
+
 def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
     reranked = any(m.rerank_score is not None for m in matches)
     fused = any(m.fused_score is not None for m in matches)
+    sides = _side_scores(matches)
     columns = [
         "rank",
         "id",
         "similarity",
+        *(SIDE_COLUMNS if sides else []),
         *(["rerank"] if reranked else []),
         *(["fused"] if fused else []),
         "metadata",
@@ -182,6 +199,8 @@ def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
     table = new_table(*columns)
     for rank, m in enumerate(matches, 1):
         row = [str(rank), escape(m.id), f"{m.similarity:.4f}"]
+        if sides:
+            row.extend(_side_cells(m))
         if reranked:
             row.append("" if m.rerank_score is None else f"{m.rerank_score:.4f}")
         if fused:
@@ -194,10 +213,15 @@ def ai_matches_table(matches: Sequence[AIMatch]) -> Table:
 
 
 def db_matches_table(matches: Sequence[Match]) -> Table:
-    table = new_table("rank", "id", "similarity", "metadata")
+    sides = _side_scores(matches)
+    table = new_table("rank", "id", "similarity", *(SIDE_COLUMNS if sides else []), "metadata")
     for rank, m in enumerate(matches, 1):
         table.add_row(
-            str(rank), escape(m.id), f"{m.similarity:.4f}", escape(format_metadata(m.metadata))
+            str(rank),
+            escape(m.id),
+            f"{m.similarity:.4f}",
+            *(_side_cells(m) if sides else []),
+            escape(format_metadata(m.metadata)),
         )
     return table
 

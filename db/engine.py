@@ -64,9 +64,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from nachbar.db import codec, filters, recovery, validation
+from nachbar.db import codec, filters, hybrid, recovery, validation
 from nachbar.db.errors import (
     DBError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     StoreChangedError,
@@ -82,7 +83,10 @@ from nachbar.db.types import (
     Entry,
     EntryBatch,
     FsyncPolicy,
+    HybridOptions,
     IndexLoadReport,
+    Match,
+    Metadata,
     MetadataSelection,
     Page,
     SearchMode,
@@ -106,6 +110,7 @@ T = TypeVar("T")
 # takes 0.2-5 ms, so a 1000-vector batch applied at once would stall searches for seconds).
 GRAPH_PIECE_SECONDS = 0.002
 MAX_GRAPH_PIECE = 256
+DEFAULT_HYBRID = HybridOptions()
 
 
 class Database:
@@ -326,6 +331,7 @@ class Database:
         ]
         with self._writing(state):
             slots, is_new = state.assign_slots(ids)
+            keyword_rows = _keyword_rows(state, ids, slots, metas)
             if not state.has_room(max(slots) + 1):
                 with state.lock.write():  # growing the graph must not run beside a search
                     state.reserve(max(slots) + 1)
@@ -334,6 +340,8 @@ class Database:
             rows = zip(ids, slots, blobs, jsons, checksums, strict=True)
             with self._storage.transaction() as conn:  # the fsync: searches go on meanwhile
                 Storage.upsert_entries(conn, state.store_id, seq, rows)
+                if keyword_rows is not None:
+                    Storage.upsert_keywords(conn, state.store_id, keyword_rows)
                 Storage.set_seq(conn, state.store_id, seq)
             with state.lock.write():
                 pending = state.apply_upsert(ids, vectors, metas, slots, is_new, sizes, seq)
@@ -376,6 +384,8 @@ class Database:
         seq = state.seq + 1
         with self._storage.transaction() as conn:
             Storage.delete_entries(conn, state.store_id, ids)
+            if state.keyword_fields is not None:
+                Storage.delete_keywords(conn, state.store_id, slots)
             Storage.set_seq(conn, state.store_id, seq)
         with state.lock.write():
             state.apply_delete(slots, seq)
@@ -424,6 +434,63 @@ class Database:
                 with state.lock.write():
                     state.drop_field_indexes(present)
             return len(present)
+
+    def create_keyword_index(self, name: str, fields: Sequence[str]) -> tuple[bool, int]:
+        """Give the store a keyword (FTS5/BM25) index over these metadata fields, filled from
+        the entries already there in the same transaction. Returns whether it was created
+        (False: the store has one on exactly these fields) and how many entries it holds."""
+        state = self._state(name)
+        wanted = tuple(validation.field_names(fields, f"store {name!r} keyword index"))
+        with self._writing(state):
+            if state.keyword_fields is not None:
+                if state.keyword_fields == wanted:
+                    return False, self._storage_keyword_count(state)
+                raise FailedPreconditionError(
+                    f"store {name!r} has a keyword index on "
+                    f"{', '.join(repr(f) for f in state.keyword_fields)} already; drop it with "
+                    "DropKeywordIndex first to index other fields"
+                )
+            live = [s for s, i in enumerate(state.ids) if i is not None]
+            rows = _keyword_rows_of(
+                wanted,
+                [state.ids[s] or "" for s in live],
+                live,
+                [state.metas[s] or {} for s in live],
+            )
+            with self._storage.transaction() as conn:
+                Storage.create_keyword_index(conn, state.store_id, wanted)
+                Storage.upsert_keywords(conn, state.store_id, rows)
+            with state.lock.write():
+                state.keyword_fields = wanted
+        log.info("store %r: keyword index on %s created", name, ", ".join(wanted))
+        return True, sum(1 for row in rows if row[2])
+
+    def drop_keyword_index(self, name: str, *, missing_ok: bool = False) -> bool:
+        """Drop the store's keyword index; NotFoundError if it has none unless missing_ok."""
+        state = self._state(name)
+        with self._writing(state):
+            if state.keyword_fields is None:
+                if missing_ok:
+                    return False
+                raise NotFoundError(
+                    f"store {name!r} has no keyword index; set missing_ok to ignore that"
+                )
+            # Under the write lock: a keyword search in flight must not find its table gone.
+            with state.lock.write():
+                with self._storage.transaction() as conn:
+                    Storage.drop_keyword_index(conn, state.store_id)
+                state.keyword_fields = None
+        return True
+
+    def keyword_index_rows(self, name: str) -> dict[int, tuple[str, str]]:
+        """The store's keyword index rows as committed: slot -> (id, text). For checks."""
+        state = self._state(name)
+        if state.keyword_fields is None:
+            return {}
+        return self._storage.keyword_rows(state.store_id)
+
+    def _storage_keyword_count(self, state: StoreState) -> int:
+        return len(self._storage.keyword_rows(state.store_id))
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -476,7 +543,7 @@ class Database:
     def get_sim_n(
         self,
         name: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         k: int,
         *,
         filter: filters.Filter | None = None,
@@ -485,23 +552,89 @@ class Database:
         include_vectors: bool = False,
         metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
+        keywords: str = "",
+        fusion: HybridOptions = DEFAULT_HYBRID,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
-        exactly min(k, matching entries) of them."""
+        exactly min(k, matching entries) of them.
+
+        With `keywords` (the store needs a keyword index) the search is hybrid: the best
+        `candidates` of each side (vector and BM25, both filtered) are fused as `fusion` says,
+        and every match carries vector_score, keyword_score and hybrid_score. With keywords and
+        no query vector (None or empty) it is keyword-only: min(k, entries that match the filter
+        and at least one word), ordered by BM25."""
         state = self._state(name, expected_store_id)
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
-        q = validation.vector(
-            query,
-            store=name,
-            dimension=state.spec.dimension,
-            metric=state.spec.metric,
-            what="the query",
-        )
+        has_vector = query is not None and np.size(query) > 0
+        if not has_vector and not keywords:
+            raise InvalidArgumentError(
+                f"store {name!r}: GetSimN needs a query vector, keywords, or both"
+            )
+        q = None
+        if has_vector:
+            q = validation.vector(
+                query,
+                store=name,
+                dimension=state.spec.dimension,
+                metric=state.spec.metric,
+                what="the query",
+            )
+        expression = hybrid.match_expression(keywords, name) if keywords else ""
         if filter is not None:
             filters.validate(filter, self.filter_limits)
+        if not expression:
+            assert q is not None
+            with self._read_locked(state):
+                return state.search(q, k, filter, mode, ef, include_vectors, metadata)
+        options, depth = hybrid.hybrid_options(name, fusion, k)
         with self._read_locked(state):
-            return state.search(q, k, filter, mode, ef, include_vectors, metadata)
+            if state.keyword_fields is None:
+                raise FailedPreconditionError(
+                    f"store {name!r} has no keyword index; create one with CreateKeywordIndex "
+                    "(the metadata fields holding its text) before searching by keywords"
+                )
+            mask = state.matching(filter) if filter is not None else None
+            vector_side: list[tuple[int, float]] = []
+            plan = "keyword"
+            if q is not None:
+                found = state.search(q, depth, filter, mode, ef, False, _NO_METADATA)
+                vector_side = [(state.slot_of[m.id], m.score) for m in found.matches]
+                plan = f"hybrid({found.plan})"
+            keyword_side = self._keyword_candidates(state, expression, mask, depth)
+            if q is None:
+                return SearchResult(
+                    matches=[
+                        state.match(slot, score, include_vectors, metadata, keyword_score=score)
+                        for slot, score in keyword_side[:k]
+                    ],
+                    plan=plan,
+                )
+            fused = hybrid.fuse(vector_side, keyword_side, options, lambda s: state.ids[s] or "")
+            return SearchResult(
+                matches=[_fused_match(state, f, include_vectors, metadata) for f in fused[:k]],
+                plan=plan,
+            )
+
+    def _keyword_candidates(
+        self, state: StoreState, expression: str, mask: np.ndarray | None, depth: int
+    ) -> list[tuple[int, float]]:
+        """The best `depth` keyword matches among the live entries (in `mask`), best first.
+        Rows committed but not yet applied in memory (or replaced since) are skipped, so the
+        answer agrees with the entries this search sees."""
+        out: list[tuple[int, float]] = []
+        with contextlib.closing(self._storage.keyword_search(state.store_id, expression)) as rows:
+            for slot, entry_id, score in rows:
+                if state.slot_of.get(entry_id) != slot:
+                    continue
+                if mask is not None and not mask[slot]:
+                    continue
+                out.append((slot, float(score)))
+                if len(out) == depth:
+                    break
+        # Equal BM25 scores rank by id, as equal similarities do.
+        out.sort(key=lambda item: (-item[1], state.ids[item[0]] or ""))
+        return out
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -692,6 +825,44 @@ def _index_piece(state: StoreState, slots: np.ndarray, start: int, seq: int, wri
     return end
 
 
+_NO_METADATA = MetadataSelection(include=False)
+
+
+def _fused_match(
+    state: StoreState,
+    fused: hybrid.Fused[int],
+    include_vectors: bool,
+    metadata: MetadataSelection,
+) -> Match:
+    return state.match(
+        fused.key,
+        fused.score,
+        include_vectors,
+        metadata,
+        vector_score=fused.vector_score,
+        keyword_score=fused.keyword_score,
+        hybrid_score=fused.score,
+    )
+
+
+def _keyword_rows(
+    state: StoreState, ids: Sequence[str], slots: Sequence[int], metas: Sequence[Metadata]
+) -> list[tuple[int, str, str]] | None:
+    if state.keyword_fields is None:
+        return None
+    return _keyword_rows_of(state.keyword_fields, ids, slots, metas)
+
+
+def _keyword_rows_of(
+    fields: Sequence[str], ids: Sequence[str], slots: Sequence[int], metas: Sequence[Metadata]
+) -> list[tuple[int, str, str]]:
+    """(slot, id, text) keyword index rows; an empty text means "not in the index"."""
+    return [
+        (slot, entry_id, hybrid.document(meta, fields))
+        for entry_id, slot, meta in zip(ids, slots, metas, strict=True)
+    ]
+
+
 def _info(state: StoreState) -> StoreInfo:
     spec = state.spec
     return StoreInfo(
@@ -704,6 +875,7 @@ def _info(state: StoreState) -> StoreInfo:
         count=state.count,
         bytes_used=state.bytes_used,
         store_id=state.store_id,
+        keyword_fields=state.keyword_fields,
     )
 
 

@@ -67,3 +67,13 @@ class ResourceExhaustedError(DBError):
 
 class UnavailableError(DBError):
     """A backing service (a Milvus cluster) cannot be reached now; retrying later may work."""
+
+
+class FailedPreconditionError(DBError):
+    """The store is not in the state the request needs (e.g. a keyword search on a store
+    without a keyword index); the message says what to set up first."""
+
+
+class UnsupportedError(DBError):
+    """The engine serving the request cannot do it (e.g. keyword search on Milvus); the message
+    names the engine that can."""

@@ -21,6 +21,7 @@ from nachbar.db.types import (
     ALL_METADATA,
     Entry,
     EntryBatch,
+    HybridOptions,
     MetadataSelection,
     Page,
     SearchMode,
@@ -81,6 +82,16 @@ class Engine(Protocol):
         """Drop predicate indexes; NotFoundError for a field without one unless missing_ok."""
         ...
 
+    def create_keyword_index(self, name: str, fields: Sequence[str]) -> tuple[bool, int]:
+        """Give the store a keyword (BM25) index over metadata text fields, filled from its
+        entries; returns whether it was created (False: one on these fields exists) and how
+        many entries it holds. UnsupportedError on engines without keyword search."""
+        ...
+
+    def drop_keyword_index(self, name: str, *, missing_ok: bool = False) -> bool:
+        """Drop the store's keyword index; NotFoundError if it has none unless missing_ok."""
+        ...
+
     def get_keys(
         self,
         name: str,
@@ -110,7 +121,7 @@ class Engine(Protocol):
     def get_sim_n(
         self,
         name: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         k: int,
         *,
         filter: Filter | None = None,
@@ -119,9 +130,13 @@ class Engine(Protocol):
         include_vectors: bool = False,
         metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
+        keywords: str = "",
+        fusion: HybridOptions = ...,
     ) -> SearchResult:
         """The k entries most similar to `query` (among those matching `filter`), best first:
-        exactly min(k, matching entries) of them, ties by id."""
+        exactly min(k, matching entries) of them, ties by id. With `keywords`, a hybrid search
+        (or keyword-only without a query vector) fused as `fusion` says; UnsupportedError on
+        engines without keyword search."""
         ...
 
     def flush(self) -> None:

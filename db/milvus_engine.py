@@ -38,7 +38,8 @@ are Milvus's (the consistency level is `--milvus-consistency`); counts, ListStor
 GetByPredicate pages cost Milvus queries; a predicate index declared when the store is created
 gives its field typed columns (fast filters), one created later is recorded but its field is
 filtered through the JSON (Milvus 2.3 cannot add a field to a collection; the answers are the
-same).
+same); there is no keyword index, so hybrid and keyword-only search are refused with
+UnsupportedError (the embedded engine has them).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from nachbar.db.errors import (
     StoreExistsError,
     StoreNotFoundError,
     UnavailableError,
+    UnsupportedError,
 )
 from nachbar.db.store import select_metadata
 from nachbar.db.types import (
@@ -75,6 +77,7 @@ from nachbar.db.types import (
     EntryBatch,
     ExactConfig,
     HnswConfig,
+    HybridOptions,
     IndexConfig,
     Match,
     MetadataSelection,
@@ -87,6 +90,7 @@ from nachbar.db.types import (
     UpsertResult,
 )
 
+DEFAULT_HYBRID = HybridOptions()
 log = logging.getLogger("nachbar.db")
 
 CONSISTENCY_LEVELS = ("strong", "bounded", "session", "eventually")
@@ -271,6 +275,8 @@ class MilvusEngine:
     ) -> tuple[StoreInfo, bool]:
         spec = validation.store_spec(spec)
         name = spec.name
+        if spec.keyword_fields is not None:
+            raise _no_keywords(name)
         if spec.dimension > MAX_MILVUS_DIMENSION:
             raise InvalidArgumentError(
                 f"store {name!r}: dimension {spec.dimension} is more than Milvus holds "
@@ -679,10 +685,16 @@ class MilvusEngine:
         rows.sort(key=lambda row: str(row[mf.ID_FIELD]))
         return rows[:count]
 
+    def create_keyword_index(self, name: str, fields: Sequence[str]) -> tuple[bool, int]:
+        raise _no_keywords(name)
+
+    def drop_keyword_index(self, name: str, *, missing_ok: bool = False) -> bool:
+        raise _no_keywords(name)
+
     def get_sim_n(
         self,
         name: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         k: int,
         *,
         filter: filters.Filter | None = None,
@@ -691,7 +703,13 @@ class MilvusEngine:
         include_vectors: bool = False,
         metadata: MetadataSelection = ALL_METADATA,
         expected_store_id: int = 0,
+        keywords: str = "",
+        fusion: HybridOptions = DEFAULT_HYBRID,
     ) -> SearchResult:
+        if keywords:
+            raise _no_keywords(name)
+        if query is None:
+            query = np.zeros(0, dtype=np.float32)  # refused below as a wrong dimension
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
         if filter is not None:
@@ -1131,3 +1149,11 @@ def rank_exactly(
             scores = scores / (norms * np.sqrt(q.dot(q)))
     order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:want]
     return [(i, float(scores[i])) for i in order]
+
+
+def _no_keywords(store: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"store {store!r}: keyword and hybrid search need a keyword index, which the Milvus "
+        "engine does not have; run nachbar-db with the embedded engine (the default) for them, "
+        "or search by vector only"
+    )

@@ -7,11 +7,16 @@ Schema (format 1):
            store_metadata, seq)          one row per store; seq = its last change sequence
     pred_indexes(store_id, field)        fields with a predicate index
     entries(store_id, id, slot, seq, vector, metadata, checksum)
+    keyword_indexes(store_id, fields)    stores with a keyword index, its fields (JSON list)
+    keywords_<store_id>(rowid, id, body) that store's FTS5 keyword index: rowid = the entry's
+                                         slot, body = its text (nachbar.db.hybrid)
 
 `store_id` is never reused (AUTOINCREMENT), so files named after it cannot be mistaken for those
 of a dropped store with the same name. Every write request is one `BEGIN IMMEDIATE` transaction
 that also bumps the store's `seq`; an entry row records the `seq` that last wrote it, which is how
-a saved HNSW graph finds the entries written after it.
+a saved HNSW graph finds the entries written after it. A store's keyword index rows are
+written in the same transaction as its entry rows, so the two never disagree, after a crash
+too. (`keyword_indexes` came after format 1 was fixed: opening an older file adds it.)
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nachbar.db import hybrid
 from nachbar.db.errors import DataCorruptionError, DBError, ResourceExhaustedError
 from nachbar.db.observe import NO_OBSERVER, StorageObserver
 from nachbar.db.types import ExactConfig, FsyncPolicy, HnswConfig, Metric, StoreSpec
@@ -65,7 +71,12 @@ CREATE TABLE entries (
     checksum INTEGER NOT NULL,
     UNIQUE (store_id, id)
 );
+CREATE TABLE IF NOT EXISTS keyword_indexes (
+    store_id INTEGER PRIMARY KEY,
+    fields TEXT NOT NULL
+);
 """
+_KEYWORD_SCHEMA = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS keyword_indexes") :]
 
 _UPSERT = """
 INSERT INTO entries (store_id, id, slot, seq, vector, metadata, checksum)
@@ -109,6 +120,10 @@ class Storage:
         self._conn = connection
         self._lock = threading.Lock()
         self.observer: StorageObserver = NO_OBSERVER
+        # Keyword searches read on a connection of their own (WAL readers never wait for a
+        # commit); opened on first use.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, *, fsync: FsyncPolicy, marker: Path) -> Storage:
@@ -161,6 +176,8 @@ class Storage:
                     f"{self.path} has storage format {row[0]}, this version reads format "
                     f"{FORMAT}; run a matching nachbar version"
                 )
+            if "keyword_indexes" not in tables:
+                self._conn.execute(_KEYWORD_SCHEMA)
 
     def quick_check(self) -> None:
         """SQLite's structural check of the whole file; DataCorruptionError if it finds damage.
@@ -189,6 +206,10 @@ class Storage:
             conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (str(FORMAT),))
 
     def close(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self._conn.close()
 
@@ -226,6 +247,9 @@ class Storage:
                 "SELECT store_id, field FROM pred_indexes ORDER BY field"
             ):
                 indexed.setdefault(store_id, []).append(field_name)
+            keyword_fields = dict(
+                self._conn.execute("SELECT store_id, fields FROM keyword_indexes").fetchall()
+            )
         out = []
         for store_id, name, dim, metric, kind, m, efc, efs, meta_json, seq in rows:
             try:
@@ -239,6 +263,11 @@ class Storage:
                     index=index,
                     predicate_indexes=tuple(indexed.get(store_id, ())),
                     store_metadata=json.loads(meta_json),
+                    keyword_fields=(
+                        tuple(json.loads(keyword_fields[store_id]))
+                        if store_id in keyword_fields
+                        else None
+                    ),
                 )
             except ValueError as error:
                 raise DataCorruptionError(
@@ -278,6 +307,40 @@ class Storage:
                 "SELECT seq FROM sqlite_sequence WHERE name = 'stores'"
             ).fetchone()
         return int(row[0]) if row is not None else 0
+
+    def keyword_search(
+        self, store_id: int, expression: str
+    ) -> Generator[tuple[int, str, float], None, None]:
+        """(slot, id, score) of the store's keyword index rows matching an FTS5 expression
+        (made by nachbar.db.hybrid.match_expression), best first; score = -bm25, higher is
+        better. Reads the latest commit; holds the reader connection until closed."""
+        with self._reader_lock, self._errors():
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    f"{self.path.as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30,
+                )
+            table = keyword_table(store_id)
+            cursor = self._reader.execute(
+                f"SELECT rowid, id, -bm25({table}) FROM {table} WHERE {table} MATCH ? "
+                "ORDER BY rank",
+                (expression,),
+            )
+            try:
+                while rows := cursor.fetchmany(256):
+                    yield from rows
+            finally:
+                cursor.close()
+
+    def keyword_rows(self, store_id: int) -> dict[int, tuple[str, str]]:
+        """Every row of the store's keyword index: slot -> (id, text). For checks and tests."""
+        table = keyword_table(store_id)
+        with self._lock, self._errors():
+            rows = self._conn.execute(f"SELECT rowid, id, body FROM {table}").fetchall()
+        return {slot: (entry_id, body) for slot, entry_id, body in rows}
 
     @property
     def wal_path(self) -> Path:
@@ -322,10 +385,13 @@ class Storage:
             "INSERT INTO pred_indexes (store_id, field) VALUES (?, ?)",
             [(store_id, f) for f in spec.predicate_indexes],
         )
+        if spec.keyword_fields is not None:
+            Storage.create_keyword_index(conn, store_id, spec.keyword_fields)
         return store_id
 
     @staticmethod
     def delete_store(conn: sqlite3.Connection, store_id: int) -> None:
+        Storage.drop_keyword_index(conn, store_id)
         conn.execute("DELETE FROM entries WHERE store_id = ?", (store_id,))
         conn.execute("DELETE FROM pred_indexes WHERE store_id = ?", (store_id,))
         conn.execute("DELETE FROM stores WHERE store_id = ?", (store_id,))
@@ -365,6 +431,49 @@ class Storage:
             "DELETE FROM pred_indexes WHERE store_id = ? AND field = ?",
             [(store_id, f) for f in fields],
         )
+
+    @staticmethod
+    def create_keyword_index(
+        conn: sqlite3.Connection, store_id: int, fields: Sequence[str]
+    ) -> None:
+        conn.execute(
+            f"CREATE VIRTUAL TABLE {keyword_table(store_id)} USING fts5("
+            f"id UNINDEXED, body, tokenize='{hybrid.TOKENIZER}')"
+        )
+        conn.execute(
+            "INSERT INTO keyword_indexes (store_id, fields) VALUES (?, ?)",
+            (store_id, json.dumps(list(fields))),
+        )
+
+    @staticmethod
+    def drop_keyword_index(conn: sqlite3.Connection, store_id: int) -> None:
+        conn.execute(f"DROP TABLE IF EXISTS {keyword_table(store_id)}")
+        conn.execute("DELETE FROM keyword_indexes WHERE store_id = ?", (store_id,))
+
+    @staticmethod
+    def upsert_keywords(
+        conn: sqlite3.Connection, store_id: int, rows: Sequence[tuple[int, str, str]]
+    ) -> None:
+        """rows: (slot, id, text); an empty text removes the slot's row (nothing to find)."""
+        table = keyword_table(store_id)
+        conn.executemany(
+            f"INSERT OR REPLACE INTO {table} (rowid, id, body) VALUES (?, ?, ?)",
+            [row for row in rows if row[2]],
+        )
+        conn.executemany(
+            f"DELETE FROM {table} WHERE rowid = ?", [(slot,) for slot, _, text in rows if not text]
+        )
+
+    @staticmethod
+    def delete_keywords(conn: sqlite3.Connection, store_id: int, slots: Sequence[int]) -> None:
+        conn.executemany(
+            f"DELETE FROM {keyword_table(store_id)} WHERE rowid = ?", [(s,) for s in slots]
+        )
+
+
+def keyword_table(store_id: int) -> str:
+    """The FTS5 table of a store's keyword index (an int in the name: never injected text)."""
+    return f"keywords_{int(store_id)}"
 
 
 def _lost(path: Path, marker: Path) -> DataCorruptionError:

@@ -176,6 +176,8 @@ class StoreState:
         self.field_indexes: dict[str, FieldIndex] = {
             f: FieldIndex(f) for f in spec.predicate_indexes
         }
+        # Fields of the keyword index (its rows live in SQLite only); None: no keyword index.
+        self.keyword_fields: tuple[str, ...] | None = spec.keyword_fields
         self._id_order: tuple[list[str], np.ndarray] | None = None
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -626,6 +628,27 @@ class StoreState:
                 )
             )
         return SearchResult(matches=matches, plan=plan)
+
+    def match(
+        self,
+        slot: int,
+        score: float,
+        include_vectors: bool,
+        selection: MetadataSelection,
+        **side_scores: float | None,
+    ) -> Match:
+        """The entry in `slot` as a search result; side_scores: Match's vector_score,
+        keyword_score and hybrid_score."""
+        selected, omitted = select_metadata(self.metas[slot], selection)  # type: ignore[arg-type]
+        return Match(
+            id=self.ids[slot],  # type: ignore[arg-type]
+            score=score,
+            metadata=selected,
+            vector=self._vectors[slot].copy() if include_vectors else None,
+            omitted_keys=omitted,
+            stored_bytes=int(self._row_bytes[slot]),
+            **side_scores,
+        )
 
     def _plan(self, mode: SearchMode, matching: int) -> str:
         if self.graph is None or self.graph_broken or mode == SearchMode.EXACT:

@@ -26,6 +26,23 @@ class Metric(StrEnum):
     INNER_PRODUCT = "ip"  # score = dot product (common.proto's METRIC_INNER_PRODUCT)
 
 
+class HybridFusion(StrEnum):
+    """How a hybrid search merges its vector and keyword results (nachbar.db.hybrid)."""
+
+    BLEND = "blend"  # min-max normalized scores, weighted (the default)
+    RRF = "rrf"  # reciprocal rank fusion
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    """How GetSimN fuses vector and keyword results; zero values take the defaults."""
+
+    fusion: HybridFusion = HybridFusion.BLEND
+    rrf_k: int = 0  # 0: 60
+    vector_weight: float = 0.5  # blend only: the vector side's share, 0..1
+    candidates: int = 0  # per side; 0: max(k, 100)
+
+
 class SearchMode(StrEnum):
     AUTO = "auto"  # the planner picks exact or HNSW
     EXACT = "exact"
@@ -55,6 +72,8 @@ class StoreSpec:
     index: IndexConfig = field(default_factory=HnswConfig)
     predicate_indexes: tuple[str, ...] = ()
     store_metadata: Mapping[str, str] = field(default_factory=dict)
+    # Metadata fields of the store's keyword (FTS5) index; None: the store has none.
+    keyword_fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,7 @@ class StoreInfo:
     bytes_used: int
     # Never reused: a store dropped and created again under its name gets a new id.
     store_id: int = 0
+    keyword_fields: tuple[str, ...] | None = None  # as on StoreSpec
 
     @property
     def spec(self) -> StoreSpec:
@@ -79,6 +99,7 @@ class StoreInfo:
             index=self.index,
             predicate_indexes=self.predicate_indexes,
             store_metadata=self.store_metadata,
+            keyword_fields=self.keyword_fields,
         )
 
 
@@ -152,6 +173,12 @@ class Match:
     vector: np.ndarray | None = None
     omitted_keys: tuple[str, ...] = ()  # as on Entry
     stored_bytes: int = 0  # as on Entry
+    # Hybrid and keyword-only searches: each side's own score, None where that side did not
+    # find the entry among its candidates (or did not run); `score` is then the fused score
+    # (hybrid) or the keyword score (keyword only). None in vector-only searches.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Match):
@@ -165,6 +192,35 @@ class Match:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class RecommendStrategy(StrEnum):
+    """How GetSimN turns positive and negative example entries into results."""
+
+    # One query vector: 2 x mean(positives and the query) - mean(negatives), then a plain search.
+    AVERAGE_VECTOR = "average_vector"
+    # Each candidate scored by its best similarity to a positive (or the query) against its best
+    # similarity to a negative.
+    BEST_SCORE = "best_score"
+
+
+@dataclass(frozen=True)
+class MmrOptions:
+    """Maximal marginal relevance: pick k from a pool of the `candidates` best, each time the
+    one maximizing lambda_ x sim(query, d) - (1 - lambda_) x max sim(d, already picked)."""
+
+    lambda_: float
+    candidates: int = 0  # 0: max(4 x k, 20)
+
+
+@dataclass(frozen=True)
+class RecommendOptions:
+    """Search by example entries (by id) instead of, or together with, a query vector."""
+
+    positive_ids: tuple[str, ...] = ()
+    negative_ids: tuple[str, ...] = ()
+    strategy: RecommendStrategy = RecommendStrategy.AVERAGE_VECTOR
+    candidates: int = 0  # best_score's pool per positive example; 0: max(4 x k, 20)
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ def store_spec(spec: StoreSpec) -> StoreSpec:
         raise InvalidArgumentError(
             f"store {name!r}: store_metadata must map non-empty strings to strings"
         )
+    keyword_fields = None
+    if spec.keyword_fields is not None:
+        keyword_fields = tuple(field_names(spec.keyword_fields, f"store {name!r} keyword index"))
     return StoreSpec(
         name=name,
         dimension=dim,
@@ -86,6 +89,7 @@ def store_spec(spec: StoreSpec) -> StoreSpec:
         index=index,
         predicate_indexes=tuple(sorted(set(fields))),
         store_metadata=dict(meta),
+        keyword_fields=keyword_fields,
     )
 
 

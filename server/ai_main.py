@@ -12,9 +12,11 @@ from nachbar.ai.limits import ImageLimits, InputLimits
 from nachbar.ai.models import ModelManager
 from nachbar.ai.observe import ModelObserver
 from nachbar.ai.pipeline import AIPipeline
+from nachbar.ai.tailoring import Tailoring
 from nachbar.server.admission import ServicePolicy
-from nachbar.server.ai_service import AIServicer
+from nachbar.server.ai_service import AIServicer, Pipeline
 from nachbar.server.ai_store import DBVectorStore
+from nachbar.server.ai_trained import DBTrainedHome
 from nachbar.server.app import RunningServer, run_until_signalled, start_server, write_port_file
 from nachbar.server.config import AIConfig, parse_ai_config
 from nachbar.server.errors import keep_private
@@ -76,6 +78,7 @@ def _model_manager(config: AIConfig, observer: ModelObserver) -> ModelManager:
                     max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels
                 ),
                 image_decoders=config.image_decoders,
+                image_decode=config.image_decode,
             ),
             max_loaded=config.max_loaded_models,
             pinned=config.models,
@@ -121,7 +124,12 @@ def start_ai_server(config: AIConfig) -> RunningServer:
         credentials=db_link_credentials(link),
         traced=ops.traced,
     )
-    service = AIServicer(AIPipeline(models, db), db, max_message_bytes=config.max_message_bytes)
+    pipeline: Pipeline = AIPipeline(models, db)
+    tailoring = Tailoring(pipeline, DBTrainedHome(db))
+    pipeline.tailoring = tailoring
+    service = AIServicer(
+        pipeline, db, max_message_bytes=config.max_message_bytes, tailoring=tailoring
+    )
     running = start_server(
         config,
         lambda server: ai_pb2_grpc.add_AIServiceServicer_to_server(service, server),
@@ -157,6 +165,7 @@ def start_ai_server(config: AIConfig) -> RunningServer:
     watcher = threading.Thread(target=watch_health, name="health", daemon=True)
     watcher.start()
     running.on_stop.insert(0, stopping.set)
+    running.on_stop.append(tailoring.close)
     running.on_stop.append(db.close)
     running.on_stop.append(models.close)
     return running

@@ -8,6 +8,7 @@ from importlib.metadata import version
 import grpc
 
 from nachbar.ai.pipeline import AIPipeline
+from nachbar.ai.tailoring import Kind, Tailoring
 from nachbar.server import ai_convert as conv
 from nachbar.server.ai_store import DBStoreOptions, DBVectorStore
 from nachbar.server.errors import servicer
@@ -18,8 +19,16 @@ Pipeline = AIPipeline[common_pb2.Filter, DBStoreOptions, db_pb2.StoreInfo]
 
 @servicer
 class AIServicer(ai_pb2_grpc.AIServiceServicer):
-    def __init__(self, pipeline: Pipeline, db: DBVectorStore, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        db: DBVectorStore,
+        *,
+        max_message_bytes: int,
+        tailoring: Tailoring,
+    ) -> None:
         self._pipeline = pipeline
+        self._tailoring = tailoring
         self._db = db
         self._max_message_bytes = max_message_bytes
 
@@ -152,3 +161,69 @@ class AIServicer(ai_pb2_grpc.AIServiceServicer):
         self, request: ai_pb2.PingRequest, context: grpc.ServicerContext
     ) -> ai_pb2.PingResponse:
         return ai_pb2.PingResponse()
+
+    # -- adapters and re-scorers (nachbar.ai.tailoring) -----------------------------------------
+
+    def TrainAdapter(
+        self, request: ai_pb2.TrainAdapterRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.TrainAdapterResponse:
+        info = self._tailoring.train(
+            Kind.ADAPTER,
+            request.store,
+            request.name,
+            conv.train_examples(request.examples),
+            conv.train_options(request.options),
+        )
+        return ai_pb2.TrainAdapterResponse(adapter=conv.trained_info(info))
+
+    def GetAdapter(
+        self, request: ai_pb2.GetAdapterRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.GetAdapterResponse:
+        info = self._tailoring.get(Kind.ADAPTER, request.store, request.name)
+        return ai_pb2.GetAdapterResponse(adapter=conv.trained_info(info))
+
+    def ListAdapters(
+        self, request: ai_pb2.ListAdaptersRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.ListAdaptersResponse:
+        infos = self._tailoring.list(Kind.ADAPTER, request.store)
+        return ai_pb2.ListAdaptersResponse(adapters=[conv.trained_info(i) for i in infos])
+
+    def DropAdapter(
+        self, request: ai_pb2.DropAdapterRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.DropAdapterResponse:
+        dropped = self._tailoring.drop(
+            Kind.ADAPTER, request.store, request.name, missing_ok=request.missing_ok
+        )
+        return ai_pb2.DropAdapterResponse(dropped=dropped)
+
+    def TrainRescorer(
+        self, request: ai_pb2.TrainRescorerRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.TrainRescorerResponse:
+        info = self._tailoring.train(
+            Kind.RESCORER,
+            request.store,
+            request.name,
+            conv.train_examples(request.examples),
+            conv.train_options(request.options),
+        )
+        return ai_pb2.TrainRescorerResponse(rescorer=conv.trained_info(info))
+
+    def GetRescorer(
+        self, request: ai_pb2.GetRescorerRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.GetRescorerResponse:
+        info = self._tailoring.get(Kind.RESCORER, request.store, request.name)
+        return ai_pb2.GetRescorerResponse(rescorer=conv.trained_info(info))
+
+    def ListRescorers(
+        self, request: ai_pb2.ListRescorersRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.ListRescorersResponse:
+        infos = self._tailoring.list(Kind.RESCORER, request.store)
+        return ai_pb2.ListRescorersResponse(rescorers=[conv.trained_info(i) for i in infos])
+
+    def DropRescorer(
+        self, request: ai_pb2.DropRescorerRequest, context: grpc.ServicerContext
+    ) -> ai_pb2.DropRescorerResponse:
+        dropped = self._tailoring.drop(
+            Kind.RESCORER, request.store, request.name, missing_ok=request.missing_ok
+        )
+        return ai_pb2.DropRescorerResponse(dropped=dropped)

@@ -15,8 +15,11 @@ import grpc
 from opentelemetry import propagate, trace
 
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    Explore,
     FloatArray,
     Hits,
+    KeywordSearch,
     StoreChangedError,
     StoredEntry,
     StoredMatch,
@@ -36,6 +39,13 @@ PING_TIMEOUT_SECONDS = 2.0
 DB_SERVICE = db_pb2.DESCRIPTOR.services_by_name["DBService"].full_name
 
 
+# nachbar-ai's recommend strategy names as nachbar-db's enum.
+RECOMMEND_STRATEGIES = {
+    "average_vector": db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR,
+    "best_score": db_pb2.RECOMMEND_STRATEGY_BEST_SCORE,
+}
+
+
 @dataclass(frozen=True)
 class DBStoreOptions:
     """The db settings of a store nachbar-ai creates; the pipeline picks its dimension."""
@@ -43,6 +53,20 @@ class DBStoreOptions:
     metric: common_pb2.Metric.ValueType = common_pb2.METRIC_COSINE
     index: common_pb2.IndexConfig = field(default_factory=common_pb2.IndexConfig)
     predicate_indexes: tuple[str, ...] = ()
+    # Metadata fields of a keyword index; None: no keyword index.
+    keyword_fields: tuple[str, ...] | None = None
+
+
+HYBRID_FUSIONS = {"rrf": db_pb2.HYBRID_FUSION_RRF, "blend": db_pb2.HYBRID_FUSION_BLEND}
+
+
+def _hybrid_options(keywords: KeywordSearch) -> db_pb2.HybridOptions:
+    out = db_pb2.HybridOptions(
+        fusion=HYBRID_FUSIONS[keywords.fusion], rrf_k=keywords.rrf_k, candidates=keywords.candidates
+    )
+    if keywords.vector_weight is not None:
+        out.vector_weight = keywords.vector_weight
+    return out
 
 
 def record(info: db_pb2.StoreInfo) -> StoreRecord[db_pb2.StoreInfo]:
@@ -135,6 +159,8 @@ class DBVectorStore:
             store_metadata=dict(store_metadata),
             if_not_exists=if_not_exists,
         )
+        if options.keyword_fields is not None:
+            request.keyword_index.fields.extend(options.keyword_fields)
         response = self._call("CreateStore", request)
         return record(response.store), response.created
 
@@ -166,27 +192,47 @@ class DBVectorStore:
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: common_pb2.Filter | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         request = db_pb2.GetSimNRequest(
             store=store,
-            query=vector.tolist(),
+            query=vector.tolist() if vector is not None else [],
             k=k,
             mode=SEARCH_MODES[mode],
             ef=ef,
             expected_store_id=expected_store_id,
+            positive_ids=explore.positive_ids,
+            negative_ids=explore.negative_ids,
+            recommend_candidates=explore.recommend_candidates,
         )
+        if explore.mmr_lambda is not None:
+            request.mmr_lambda = explore.mmr_lambda
+            request.mmr_candidates = explore.mmr_candidates
+        if explore.has_examples:
+            request.recommend_strategy = RECOMMEND_STRATEGIES[explore.strategy]
         if filter is not None:
             request.filter.CopyFrom(filter)
+        if keywords is not None:
+            request.keywords = keywords.text
+            request.hybrid.CopyFrom(_hybrid_options(keywords))
         response = self._call("GetSimN", request)
         matches = [
-            StoredMatch(m.id, m.similarity, metadata_from_proto(m.metadata))
+            StoredMatch(
+                m.id,
+                m.similarity,
+                metadata_from_proto(m.metadata),
+                m.vector_score if m.HasField("vector_score") else None,
+                m.keyword_score if m.HasField("keyword_score") else None,
+                m.hybrid_score if m.HasField("hybrid_score") else None,
+            )
             for m in response.matches
         ]
         return Hits(matches, response.plan)
@@ -230,6 +276,10 @@ class DBVectorStore:
         if filter is not None:
             request.filter.CopyFrom(filter)
         return int(self._call("DeleteByPredicate", request).deleted)
+
+    def call(self, method: str, request: Any) -> Any:
+        """Any DBService method, with this channel's key, request id and error mapping."""
+        return self._call(method, request)
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -308,6 +308,8 @@ METHOD_ROLES: dict[str, Role] = {
     "DropStore": Role.ADMIN,
     "CreatePredIndex": Role.ADMIN,
     "DropPredIndex": Role.ADMIN,
+    "CreateKeywordIndex": Role.ADMIN,
+    "DropKeywordIndex": Role.ADMIN,
     "Upsert": Role.WRITE,
     "DeleteKeys": Role.WRITE,
     "DeleteByPredicate": Role.WRITE,
@@ -322,6 +324,15 @@ METHOD_ROLES: dict[str, Role] = {
     "Info": Role.READ,
     "Ping": Role.READ,
     "ServerReflectionInfo": Role.READ,
+    # Adapters and re-scorers: trained and dropped like data written to the store.
+    "TrainAdapter": Role.WRITE,
+    "DropAdapter": Role.WRITE,
+    "TrainRescorer": Role.WRITE,
+    "DropRescorer": Role.WRITE,
+    "GetAdapter": Role.READ,
+    "ListAdapters": Role.READ,
+    "GetRescorer": Role.READ,
+    "ListRescorers": Role.READ,
 }
 # Orchestrators probe health without credentials.
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})

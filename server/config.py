@@ -20,6 +20,7 @@ from nachbar.ai.limits import (
     DEFAULT_MAX_INPUTS,
     DEFAULT_MAX_LOADED_MODELS,
     DEFAULT_MAX_TEXT_BYTES,
+    ImageDecode,
 )
 from nachbar.db.filters import DEFAULT_LIMITS, FilterLimits
 from nachbar.server.exposure import (
@@ -97,6 +98,7 @@ class AIConfig(CommonConfig):
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     image_decoders: int = 0
+    image_decode: ImageDecode = ImageDecode.DRAFT
     batching: bool = True
     max_batch_size: int = 32
     max_batch_wait_ms: float = 0.0
@@ -511,8 +513,18 @@ def ai_parser(prog: str = "nachbar-ai") -> argparse.ArgumentParser:
         "--image-decoders",
         type=int,
         default=int(_env("IMAGE_DECODERS", 0)),
-        help="images decoded at once across all requests, which bounds their memory; 0: one "
-        "per CPU [env NACHBAR_IMAGE_DECODERS]",
+        help="threads that decode and preprocess images in parallel, shared by all requests; "
+        "also how many images are decoded at once, which bounds their memory; 0: one per CPU "
+        "[env NACHBAR_IMAGE_DECODERS]",
+    )
+    parser.add_argument(
+        "--image-decode",
+        choices=[mode.value for mode in ImageDecode],
+        default=_env("IMAGE_DECODE", ImageDecode.DRAFT.value),
+        help="draft: JPEGs larger than the model needs decode at a reduced DCT scale (1/2 to "
+        "1/8, never below twice the model's resize target), a quarter of the CPU for a 12 MP "
+        "photo, embeddings within the tolerance in bench/RESULTS.md; exact: at full size, as "
+        "Hugging Face's processors do [env NACHBAR_IMAGE_DECODE]",
     )
     parser.add_argument(
         "--batching",
@@ -558,6 +570,11 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
     for flag in ("max_inputs_per_request", "max_text_bytes", "max_image_bytes", "max_image_pixels"):
         if getattr(ns, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(ns, flag)}")
+    if ns.image_decode not in {mode.value for mode in ImageDecode}:
+        parser.error(
+            f"--image-decode (or NACHBAR_IMAGE_DECODE) takes draft or exact, not "
+            f"{ns.image_decode!r}"
+        )
     if ns.image_decoders < 0:
         parser.error(f"--image-decoders must be 0 (one per CPU) or more, got {ns.image_decoders}")
     models = tuple(m.strip() for m in ns.models.split(",") if m.strip())
@@ -586,6 +603,7 @@ def parse_ai_config(argv: Sequence[str] | None = None) -> AIConfig:
         max_image_bytes=ns.max_image_bytes,
         max_image_pixels=ns.max_image_pixels,
         image_decoders=ns.image_decoders,
+        image_decode=ImageDecode(ns.image_decode),
         batching=ns.batching,
         max_batch_size=ns.max_batch_size,
         max_batch_wait_ms=ns.max_batch_wait_ms,

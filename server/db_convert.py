@@ -57,6 +57,50 @@ def mode(value: common_pb2.SearchMode.ValueType) -> types.SearchMode:
         raise RequestError(f"unknown search mode {value}; use auto, exact or hnsw") from None
 
 
+RECOMMEND_STRATEGY_FROM_PROTO = {
+    db_pb2.RECOMMEND_STRATEGY_UNSPECIFIED: types.RecommendStrategy.AVERAGE_VECTOR,
+    db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR: types.RecommendStrategy.AVERAGE_VECTOR,
+    db_pb2.RECOMMEND_STRATEGY_BEST_SCORE: types.RecommendStrategy.BEST_SCORE,
+}
+
+
+def mmr_options(request: db_pb2.GetSimNRequest) -> types.MmrOptions | None:
+    """The request's MMR choice; None for a plain search."""
+    if not request.HasField("mmr_lambda"):
+        if request.mmr_candidates:
+            raise RequestError(
+                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
+            )
+        return None
+    return types.MmrOptions(lambda_=request.mmr_lambda, candidates=request.mmr_candidates)
+
+
+def recommend_options(request: db_pb2.GetSimNRequest) -> types.RecommendOptions | None:
+    """The request's examples; None without positive or negative ids."""
+    if not request.positive_ids and not request.negative_ids:
+        if request.recommend_candidates or (
+            request.recommend_strategy == db_pb2.RECOMMEND_STRATEGY_BEST_SCORE
+        ):
+            raise RequestError(
+                "recommend_strategy best_score and recommend_candidates need example ids; "
+                "add positive_ids (or negative_ids with a query)"
+            )
+        return None
+    try:
+        strategy = RECOMMEND_STRATEGY_FROM_PROTO[request.recommend_strategy]
+    except KeyError:
+        raise RequestError(
+            f"unknown recommend strategy {request.recommend_strategy}; use average_vector or "
+            "best_score"
+        ) from None
+    return types.RecommendOptions(
+        positive_ids=tuple(request.positive_ids),
+        negative_ids=tuple(request.negative_ids),
+        strategy=strategy,
+        candidates=request.recommend_candidates,
+    )
+
+
 def index_config(index: common_pb2.IndexConfig) -> types.HnswConfig | types.ExactConfig:
     kind = index.WhichOneof("kind")
     if kind == "exact":
@@ -88,6 +132,9 @@ def store_spec(request: db_pb2.CreateStoreRequest) -> types.StoreSpec:
         index=index_config(request.index),
         predicate_indexes=tuple(request.predicate_indexes),
         store_metadata=dict(request.store_metadata),
+        keyword_fields=(
+            tuple(request.keyword_index.fields) if request.HasField("keyword_index") else None
+        ),
     )
 
 
@@ -102,6 +149,11 @@ def store_info(info: types.StoreInfo) -> db_pb2.StoreInfo:
         bytes_used=info.bytes_used,
         store_metadata=dict(info.store_metadata),
         store_id=info.store_id,
+        keyword_index=(
+            db_pb2.KeywordIndexConfig(fields=list(info.keyword_fields))
+            if info.keyword_fields is not None
+            else None
+        ),
     )
 
 
@@ -160,7 +212,32 @@ def search_response(result: types.SearchResult) -> db_pb2.GetSimNResponse:
             match.vector.extend(value.vector.tolist())
         if value.omitted_keys:
             match.omitted_metadata_keys.extend(value.omitted_keys)
+        if value.vector_score is not None:
+            match.vector_score = value.vector_score
+        if value.keyword_score is not None:
+            match.keyword_score = value.keyword_score
+        if value.hybrid_score is not None:
+            match.hybrid_score = value.hybrid_score
     return out
+
+
+HYBRID_FUSION_FROM_PROTO = {
+    db_pb2.HYBRID_FUSION_BLEND: types.HybridFusion.BLEND,
+    db_pb2.HYBRID_FUSION_RRF: types.HybridFusion.RRF,
+}
+
+
+def hybrid_options(proto: db_pb2.HybridOptions) -> types.HybridOptions:
+    try:
+        fusion = HYBRID_FUSION_FROM_PROTO[proto.fusion]
+    except KeyError:
+        raise RequestError(f"unknown hybrid fusion {proto.fusion}; use rrf or blend") from None
+    return types.HybridOptions(
+        fusion=fusion,
+        rrf_k=proto.rrf_k,
+        vector_weight=proto.vector_weight if proto.HasField("vector_weight") else 0.5,
+        candidates=proto.candidates,
+    )
 
 
 def metadata_selection(
@@ -335,4 +412,9 @@ def entry_size(value: types.Entry | types.Match) -> int:
         size += _delimited(4 * len(value.vector))
     if isinstance(value, types.Match):
         size += 5
+        # vector_score, keyword_score, hybrid_score: 5 bytes each when set
+        size += 5 * sum(
+            score is not None
+            for score in (value.vector_score, value.keyword_score, value.hybrid_score)
+        )
     return _delimited(size)

@@ -49,6 +49,8 @@ DB_ADMISSION = ServicePolicy(
             "DeleteByPredicate",
             "CreatePredIndex",
             "DropPredIndex",
+            "CreateKeywordIndex",
+            "DropKeywordIndex",
             "CreateStore",
             "DropStore",
             "GetByPredicate",

@@ -9,6 +9,7 @@ from importlib.metadata import version
 import grpc
 import numpy as np
 
+from nachbar.db import explore
 from nachbar.db.filters import Filter
 from nachbar.db.interface import Engine
 from nachbar.server import db_convert as conv
@@ -127,6 +128,31 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
     def GetSimN(
         self, request: db_pb2.GetSimNRequest, context: grpc.ServicerContext
     ) -> db_pb2.GetSimNResponse:
+        mmr = conv.mmr_options(request)
+        recommend = conv.recommend_options(request)
+        if mmr is not None or recommend is not None:
+            if request.keywords or request.HasField("hybrid"):
+                raise RequestError(
+                    "MMR and recommend by examples do not combine with keyword or hybrid search; "
+                    "send them in separate GetSimN requests"
+                )
+            # Above the engine: MMR and examples reach it as plain searches.
+            query = np.asarray(request.query, dtype=np.float32)
+            result = explore.get_sim_n(
+                self._db,
+                request.store,
+                query if len(query) or recommend is None else None,
+                request.k,
+                mmr=mmr,
+                recommend=recommend,
+                filter=self._filter(request),
+                mode=conv.mode(request.mode),
+                ef=request.ef,
+                include_vectors=request.include_vectors,
+                metadata=conv.metadata_selection(request),
+                expected_store_id=request.expected_store_id,
+            )
+            return responses.search(request.store, result, self._limit(request.max_response_bytes))
         result = self._db.get_sim_n(
             request.store,
             np.asarray(request.query, dtype=np.float32),
@@ -137,6 +163,8 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             include_vectors=request.include_vectors,
             metadata=conv.metadata_selection(request),
             expected_store_id=request.expected_store_id,
+            keywords=request.keywords,
+            fusion=conv.hybrid_options(request.hybrid),
         )
         return responses.search(request.store, result, self._limit(request.max_response_bytes))
 
@@ -175,6 +203,18 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
             request.store, list(request.fields), missing_ok=request.missing_ok
         )
         return db_pb2.DropPredIndexResponse(dropped=dropped)
+
+    def CreateKeywordIndex(
+        self, request: db_pb2.KeywordIndexCreateRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexCreateResponse:
+        created, indexed = self._db.create_keyword_index(request.store, list(request.index.fields))
+        return db_pb2.KeywordIndexCreateResponse(created=created, indexed=indexed)
+
+    def DropKeywordIndex(
+        self, request: db_pb2.KeywordIndexDropRequest, context: grpc.ServicerContext
+    ) -> db_pb2.KeywordIndexDropResponse:
+        dropped = self._db.drop_keyword_index(request.store, missing_ok=request.missing_ok)
+        return db_pb2.KeywordIndexDropResponse(dropped=dropped)
 
     def Info(
         self, request: db_pb2.InfoRequest, context: grpc.ServicerContext

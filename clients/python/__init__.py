@@ -2,7 +2,7 @@
 `AIClient`/`AsyncAIClient` for nachbar-ai. Results are plain dataclasses; failures raise
 `NachbarError` subclasses named after their gRPC status."""
 
-from nachbar.client._ai_calls import Image, Item, Text
+from nachbar.client._ai_calls import Example, Image, Item, Text, TrainSettings
 from nachbar.client.ai import AIClient, AsyncAIClient
 from nachbar.client.db import AsyncDBClient, DBClient
 from nachbar.client.errors import (
@@ -20,6 +20,7 @@ from nachbar.client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from nachbar.client.types import (
     AIMatch,
@@ -30,6 +31,8 @@ from nachbar.client.types import (
     Entry,
     Exact,
     Hnsw,
+    Hybrid,
+    KeywordIndexCreated,
     Match,
     Metric,
     ModelInfo,
@@ -38,6 +41,8 @@ from nachbar.client.types import (
     SearchMode,
     SearchResult,
     StoreInfo,
+    TrainedInfo,
+    TrainMetrics,
     UpsertResult,
 )
 from nachbar.client.values import Field, Filter, filter_from_dict
@@ -58,14 +63,17 @@ __all__ = [
     "DeadlineExceeded",
     "Entry",
     "Exact",
+    "Example",
     "FailedPrecondition",
     "Field",
     "Filter",
     "Hnsw",
+    "Hybrid",
     "Image",
     "Internal",
     "InvalidArgument",
     "Item",
+    "KeywordIndexCreated",
     "Match",
     "Metric",
     "ModelInfo",
@@ -80,8 +88,12 @@ __all__ = [
     "SearchResult",
     "StoreInfo",
     "Text",
+    "TrainMetrics",
+    "TrainSettings",
+    "TrainedInfo",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UpsertResult",
     "filter_from_dict",
 ]

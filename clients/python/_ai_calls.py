@@ -9,7 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from nachbar.client._db_calls import METRICS, MODES, Call, index_to_proto, store_info, vars_of
+from nachbar.client._db_calls import (
+    METRICS,
+    MODES,
+    NO_EXPLORE,
+    Call,
+    Explore,
+    hybrid_to_proto,
+    index_to_proto,
+    optional_score,
+    store_info,
+    vars_of,
+)
 from nachbar.client.types import (
     AIEntry,
     AIGetKeyResult,
@@ -19,11 +30,14 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
     RerankResult,
     SearchMode,
+    TrainedInfo,
+    TrainMetrics,
     UpsertResult,
 )
 from nachbar.client.values import (
@@ -138,6 +152,7 @@ def create_store(
     index: Index | None,
     metric: Metric | str | None,
     if_not_exists: bool,
+    keyword_index: Iterable[str] | None = None,
 ) -> Call[CreatedAIStoreInfo]:
     request = ai_pb2.CreateStoreRequest(
         store=store,
@@ -149,6 +164,8 @@ def create_store(
         metric=METRICS[Metric(metric)] if metric else common_pb2.METRIC_UNSPECIFIED,
         if_not_exists=if_not_exists,
     )
+    if keyword_index is not None:
+        request.keyword_index.fields.extend(keyword_index)
     return (
         "CreateStore",
         request,
@@ -197,7 +214,7 @@ def upsert(store: str, items: Sequence[Item], trunc: str) -> Call[UpsertResult]:
 
 def get_sim_n(
     store: str,
-    query: InputLike,
+    query: InputLike | None,
     k: int,
     filter: FilterLike | None,
     trunc: str,
@@ -209,19 +226,40 @@ def get_sim_n(
     mode: SearchMode | str,
     ef: int,
     query_model: str,
+    explore: Explore = NO_EXPLORE,
+    hybrid: Hybrid | None = None,
+    keywords: str = "",
+    keyword_only: bool = False,
+    adapter: str = "",
+    rescorer: str = "",
 ) -> Call[AISearchResult]:
     request = ai_pb2.GetSimNRequest(
         store=store,
-        query=to_input(query),
         k=k,
         truncation=truncation(trunc),
         mode=MODES[SearchMode(mode)],
         ef=ef,
         query_model_override=query_model,
+        keywords=keywords,
+        keyword_only=keyword_only,
+        adapter=adapter,
     )
+    if query is not None:
+        request.query.CopyFrom(to_input(query))
+    explore.apply(request)
+    if hybrid is not None:
+        request.hybrid.CopyFrom(hybrid_to_proto(hybrid))
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
+    if rescorer:
+        if rerank:
+            raise ValueError("give rerank (a model) or rescorer, not both")
+        request.rerank.CopyFrom(
+            ai_pb2.RerankOptions(
+                rescorer=rescorer, candidates=rerank_candidates, fusion=rerank_fusion(fusion)
+            )
+        )
     if rerank:
         options = ai_pb2.RerankOptions(
             model=rerank,
@@ -245,6 +283,9 @@ def get_sim_n(
                     m.rerank_score if m.HasField("rerank_score") else None,
                     from_input(m.original),
                     m.fused_score if m.HasField("fused_score") else None,
+                    optional_score(m, "vector_score"),
+                    optional_score(m, "keyword_score"),
+                    optional_score(m, "hybrid_score"),
                 )
                 for m in r.matches
             ],
@@ -372,3 +413,133 @@ def chunk_items(
             batch = []
     if batch or not sent:
         yield batch
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training query (text or image) and the ids of the store's entries that answer it."""
+
+    query: InputLike
+    relevant_ids: Sequence[str]
+    irrelevant_ids: Sequence[str] = ()
+
+
+TRAIN_STATES = {
+    ai_pb2.TRAIN_STATE_QUEUED: "queued",
+    ai_pb2.TRAIN_STATE_TRAINING: "training",
+    ai_pb2.TRAIN_STATE_READY: "ready",
+    ai_pb2.TRAIN_STATE_FAILED: "failed",
+}
+
+
+def _metrics(proto: ai_pb2.TrainMetrics) -> TrainMetrics:
+    return TrainMetrics(proto.mrr_at_10, proto.recall_at_10, proto.queries)
+
+
+def trained_info(proto: ai_pb2.TrainedInfo) -> TrainedInfo:
+    return TrainedInfo(
+        store=proto.store,
+        name=proto.name,
+        state=TRAIN_STATES.get(proto.state, "unspecified"),
+        progress=proto.progress,
+        message=proto.message,
+        before=_metrics(proto.before),
+        after=_metrics(proto.after),
+        recommended=proto.recommended,
+        train_examples=proto.train_examples,
+        held_out_examples=proto.held_out_examples,
+        epochs=proto.epochs,
+        train_seconds=proto.train_seconds,
+        dimension=proto.dimension,
+        space=proto.space,
+        corpus_size=proto.corpus_size,
+        weight_bytes=proto.weight_bytes,
+        created_at=proto.created_at,
+    )
+
+
+def _example(value: Example | tuple[Any, ...]) -> ai_pb2.TrainExample:
+    example = value if isinstance(value, Example) else Example(*value)
+    if isinstance(example.relevant_ids, str) or isinstance(example.irrelevant_ids, str):
+        raise TypeError("relevant_ids and irrelevant_ids are lists of ids, not one string")
+    return ai_pb2.TrainExample(
+        query=to_input(example.query),
+        relevant_ids=list(example.relevant_ids),
+        irrelevant_ids=list(example.irrelevant_ids),
+    )
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Zero values take the server's defaults."""
+
+    epochs: int = 0
+    learning_rate: float = 0.0
+    held_out: float = 0.0
+    seed: int = 0
+    identity_weight: float = 0.0
+
+
+def train(
+    kind: str,
+    store: str,
+    name: str,
+    examples: Iterable[Example | tuple[Any, ...]],
+    settings: TrainSettings,
+) -> Call[TrainedInfo]:
+    """kind: "adapter" or "rescorer"."""
+    options = ai_pb2.TrainOptions(**vars_of(settings))
+    protos = [_example(e) for e in examples]
+    if kind == "adapter":
+        return (
+            "TrainAdapter",
+            ai_pb2.TrainAdapterRequest(store=store, name=name, examples=protos, options=options),
+            lambda r: trained_info(r.adapter),
+        )
+    return (
+        "TrainRescorer",
+        ai_pb2.TrainRescorerRequest(store=store, name=name, examples=protos, options=options),
+        lambda r: trained_info(r.rescorer),
+    )
+
+
+def get_trained(kind: str, store: str, name: str) -> Call[TrainedInfo]:
+    if kind == "adapter":
+        return (
+            "GetAdapter",
+            ai_pb2.GetAdapterRequest(store=store, name=name),
+            lambda r: trained_info(r.adapter),
+        )
+    return (
+        "GetRescorer",
+        ai_pb2.GetRescorerRequest(store=store, name=name),
+        lambda r: trained_info(r.rescorer),
+    )
+
+
+def list_trained(kind: str, store: str) -> Call[list[TrainedInfo]]:
+    if kind == "adapter":
+        return (
+            "ListAdapters",
+            ai_pb2.ListAdaptersRequest(store=store),
+            lambda r: [trained_info(i) for i in r.adapters],
+        )
+    return (
+        "ListRescorers",
+        ai_pb2.ListRescorersRequest(store=store),
+        lambda r: [trained_info(i) for i in r.rescorers],
+    )
+
+
+def drop_trained(kind: str, store: str, name: str, missing_ok: bool) -> Call[bool]:
+    if kind == "adapter":
+        return (
+            "DropAdapter",
+            ai_pb2.DropAdapterRequest(store=store, name=name, missing_ok=missing_ok),
+            lambda r: bool(r.dropped),
+        )
+    return (
+        "DropRescorer",
+        ai_pb2.DropRescorerRequest(store=store, name=name, missing_ok=missing_ok),
+        lambda r: bool(r.dropped),
+    )

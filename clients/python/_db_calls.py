@@ -20,7 +20,9 @@ from nachbar.client.types import (
     Exact,
     GetKeyResult,
     Hnsw,
+    Hybrid,
     Index,
+    KeywordIndexCreated,
     Match,
     Metric,
     Page,
@@ -36,7 +38,7 @@ from nachbar.client.values import (
     metadata_from_proto,
     metadata_to_proto,
 )
-from nachbar.v1 import codec, common_pb2, db_pb2
+from nachbar.v1 import ai_pb2, codec, common_pb2, db_pb2
 
 T = TypeVar("T")
 Call: TypeAlias = tuple[str, Any, Callable[[Any], T]]
@@ -76,6 +78,9 @@ def store_info(proto: db_pb2.StoreInfo) -> StoreInfo:
         bytes_used=proto.bytes_used,
         store_metadata=dict(proto.store_metadata),
         store_id=proto.store_id,
+        keyword_fields=(
+            tuple(proto.keyword_index.fields) if proto.HasField("keyword_index") else None
+        ),
     )
 
 
@@ -112,6 +117,47 @@ class Selection:
         request.max_response_bytes = MAX_MESSAGE_BYTES
 
 
+RECOMMEND_STRATEGIES = {
+    "average_vector": db_pb2.RECOMMEND_STRATEGY_AVERAGE_VECTOR,
+    "best_score": db_pb2.RECOMMEND_STRATEGY_BEST_SCORE,
+}
+
+
+@dataclass(frozen=True)
+class Explore:
+    """GetSimN's MMR and recommend-by-examples options (the same fields on nachbar-db and
+    nachbar-ai; see the get_sim_n methods)."""
+
+    mmr: float | None = None
+    mmr_candidates: int = 0
+    positive: Iterable[str] = ()
+    negative: Iterable[str] = ()
+    strategy: str = "average_vector"
+    recommend_candidates: int = 0
+
+    def apply(self, request: db_pb2.GetSimNRequest | ai_pb2.GetSimNRequest) -> None:
+        if self.strategy not in RECOMMEND_STRATEGIES:
+            raise ValueError(
+                f"unknown recommend strategy {self.strategy!r}; use average_vector or best_score"
+            )
+        if self.mmr_candidates and self.mmr is None:
+            raise ValueError("mmr_candidates needs mmr=<lambda in [0, 1]>")
+        examples = bool(self.positive or self.negative)
+        if not examples and (self.strategy != "average_vector" or self.recommend_candidates):
+            raise ValueError("strategy and recommend_candidates need positive or negative ids")
+        if self.mmr is not None:
+            request.mmr_lambda = self.mmr
+            request.mmr_candidates = self.mmr_candidates
+        request.positive_ids.extend(self.positive)
+        request.negative_ids.extend(self.negative)
+        if request.positive_ids or request.negative_ids:
+            request.recommend_strategy = RECOMMEND_STRATEGIES[self.strategy]
+            request.recommend_candidates = self.recommend_candidates
+
+
+NO_EXPLORE = Explore()
+
+
 def _vector(values: VectorLike) -> list[float]:
     result: list[float] = np.asarray(values, dtype=np.float32).ravel().tolist()
     return result
@@ -125,6 +171,7 @@ def create_store(
     predicate_indexes: Iterable[str],
     store_metadata: Mapping[str, str] | None,
     if_not_exists: bool,
+    keyword_fields: Iterable[str] | None = None,
 ) -> Call[CreatedStoreInfo]:
     request = db_pb2.CreateStoreRequest(
         store=store,
@@ -136,6 +183,8 @@ def create_store(
         store_metadata=dict(store_metadata or {}),
         if_not_exists=if_not_exists,
     )
+    if keyword_fields is not None:
+        request.keyword_index.fields.extend(keyword_fields)
     return (
         "CreateStore",
         request,
@@ -211,25 +260,50 @@ def get_by_predicate(
     )
 
 
+HYBRID_FUSIONS = {"rrf": db_pb2.HYBRID_FUSION_RRF, "blend": db_pb2.HYBRID_FUSION_BLEND}
+
+
+def hybrid_to_proto(hybrid: Hybrid) -> db_pb2.HybridOptions:
+    try:
+        fusion = HYBRID_FUSIONS[hybrid.fusion]
+    except KeyError:
+        raise ValueError(f"unknown hybrid fusion {hybrid.fusion!r}; use rrf or blend") from None
+    out = db_pb2.HybridOptions(fusion=fusion, rrf_k=hybrid.rrf_k, candidates=hybrid.candidates)
+    if hybrid.vector_weight is not None:
+        out.vector_weight = hybrid.vector_weight
+    return out
+
+
+def optional_score(message: Any, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
+
+
 def get_sim_n(
     store: str,
-    query: VectorLike,
+    query: VectorLike | None,
     k: int,
     filter: FilterLike | None,
     mode: SearchMode | str,
     ef: int,
     include_vectors: bool,
     selection: Selection = Selection(),
+    explore: Explore = Explore(),
+    keywords: str = "",
+    hybrid: Hybrid | None = None,
 ) -> Call[SearchResult]:
     request = db_pb2.GetSimNRequest(
         store=store,
-        query=_vector(query),
+        query=_vector(query) if query is not None else [],
         k=k,
         mode=MODES[SearchMode(mode)],
         ef=ef,
         include_vectors=include_vectors,
+        keywords=keywords,
     )
+    if hybrid is not None:
+        request.hybrid.CopyFrom(hybrid_to_proto(hybrid))
     selection.apply(request)
+    explore.apply(request)
     proto = filter_to_proto(filter)
     if proto is not None:
         request.filter.CopyFrom(proto)
@@ -243,6 +317,9 @@ def get_sim_n(
                     metadata_from_proto(m.metadata),
                     list(m.vector) if len(m.vector) else None,
                     list(m.omitted_metadata_keys),
+                    optional_score(m, "vector_score"),
+                    optional_score(m, "keyword_score"),
+                    optional_score(m, "hybrid_score"),
                 )
                 for m in r.matches
             ],
@@ -287,3 +364,19 @@ def info() -> Call[DBInfo]:
 
 def ping() -> Call[None]:
     return "Ping", db_pb2.PingRequest(), lambda r: None
+
+
+def create_keyword_index(store: str, fields: Iterable[str]) -> Call[KeywordIndexCreated]:
+    request = db_pb2.KeywordIndexCreateRequest(
+        store=store, index=db_pb2.KeywordIndexConfig(fields=list(fields))
+    )
+    return (
+        "CreateKeywordIndex",
+        request,
+        lambda r: KeywordIndexCreated(bool(r.created), int(r.indexed)),
+    )
+
+
+def drop_keyword_index(store: str, missing_ok: bool) -> Call[bool]:
+    request = db_pb2.KeywordIndexDropRequest(store=store, missing_ok=missing_ok)
+    return "DropKeywordIndex", request, lambda r: bool(r.dropped)

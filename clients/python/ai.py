@@ -19,8 +19,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Unpack
 
 from nachbar.client import _ai_calls as calls
-from nachbar.client._ai_calls import InputLike, Item
+from nachbar.client._ai_calls import Example, InputLike, Item, TrainSettings
 from nachbar.client._channel import DEFAULT_TIMEOUT, AsyncClient, ConnectionKwargs, SyncClient
+from nachbar.client._db_calls import Explore
 from nachbar.client.types import (
     AIGetKeyResult,
     AIInfo,
@@ -28,11 +29,13 @@ from nachbar.client.types import (
     AISearchResult,
     AIStoreInfo,
     CreatedAIStoreInfo,
+    Hybrid,
     Index,
     Metric,
     ModelInfo,
     RerankResult,
     SearchMode,
+    TrainedInfo,
     UpsertResult,
 )
 from nachbar.client.values import FilterLike
@@ -41,6 +44,7 @@ from nachbar.v1 import ai_pb2_grpc, defaults
 DEFAULT_AI_ADDRESS = defaults.AI_ADDRESS
 UPSERT_BATCH = defaults.AI_UPSERT_BATCH
 ItemLike = Item | InputLike | tuple[Any, ...]
+DEFAULT_TRAIN_SETTINGS = TrainSettings()
 
 
 class AIClient(SyncClient):
@@ -70,6 +74,7 @@ class AIClient(SyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         """index_model defaults to query_model. The result's `created` is False when
@@ -84,6 +89,7 @@ class AIClient(SyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -122,7 +128,7 @@ class AIClient(SyncClient):
     def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -135,12 +141,32 @@ class AIClient(SyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        adapter: str = "",
+        rescorer: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         """k most similar entries. `rerank="<reranker>"` reorders the top `rerank_candidates`
         by a cross-encoder or late-interaction model, reading the stored original text or
         `rerank_field` from metadata; `rerank_fusion="rrf"` or `"blend"` orders them by the
-        reranker's scores fused with the similarities instead of the reranker's alone."""
+        reranker's scores fused with the similarities instead of the reranker's alone.
+        `adapter="<name>"` searches with the query vector mapped by that adapter of the store;
+        `rescorer="<name>"` reranks the top `rerank_candidates` by that re-scorer of the store
+        (stored vectors only, so it works for image stores queried with text).
+        `mmr=<lambda in [0, 1]>` diversifies the results (maximal marginal relevance; not with
+        rerank); `positive`/`negative` ids of stored entries recommend by examples, with or
+        without a query (None), by `strategy` "average_vector" or "best_score".
+        `hybrid`, `keywords` or `keyword_only` make it a hybrid search over the store's keyword
+        index (keywords default to the query text); a rerank then reads the fused candidates.
+        keyword_index on create_store: metadata fields to index, [] for the original text."""
         return self._caller.call(
             *calls.get_sim_n(
                 store,
@@ -156,6 +182,19 @@ class AIClient(SyncClient):
                 mode,
                 ef,
                 query_model,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                hybrid,
+                keywords,
+                keyword_only,
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )
@@ -218,6 +257,55 @@ class AIClient(SyncClient):
     def ping(self, *, timeout: float | None = None) -> None:
         self._caller.call(*calls.ping(), timeout)
 
+    # -- adapters and re-scorers --------------------------------------------------------------
+
+    def train_adapter(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a query adapter in the background; poll `get_adapter` for its state.
+        Each example is an `Example(query, relevant_ids, irrelevant_ids)` or such a tuple."""
+        return self._caller.call(*calls.train("adapter", store, name, examples, settings), timeout)
+
+    def get_adapter(self, store: str, name: str, *, timeout: float | None = None) -> TrainedInfo:
+        return self._caller.call(*calls.get_trained("adapter", store, name), timeout)
+
+    def list_adapters(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return self._caller.call(*calls.list_trained("adapter", store), timeout)
+
+    def drop_adapter(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_trained("adapter", store, name, missing_ok), timeout)
+
+    def train_rescorer(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a re-scorer in the background; poll `get_rescorer` for its state."""
+        return self._caller.call(*calls.train("rescorer", store, name, examples, settings), timeout)
+
+    def get_rescorer(self, store: str, name: str, *, timeout: float | None = None) -> TrainedInfo:
+        return self._caller.call(*calls.get_trained("rescorer", store, name), timeout)
+
+    def list_rescorers(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return self._caller.call(*calls.list_trained("rescorer", store), timeout)
+
+    def drop_rescorer(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_trained("rescorer", store, name, missing_ok), timeout)
+
 
 class AsyncAIClient(AsyncClient):
     """asyncio client with the same methods as AIClient, as coroutines."""
@@ -244,6 +332,7 @@ class AsyncAIClient(AsyncClient):
         index: Index | None = None,
         metric: Metric | str | None = None,
         if_not_exists: bool = False,
+        keyword_index: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedAIStoreInfo:
         return await self._caller.call(
@@ -256,6 +345,7 @@ class AsyncAIClient(AsyncClient):
                 index,
                 metric,
                 if_not_exists,
+                keyword_index,
             ),
             timeout,
         )
@@ -292,7 +382,7 @@ class AsyncAIClient(AsyncClient):
     async def get_sim_n(
         self,
         store: str,
-        query: InputLike,
+        query: InputLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -305,6 +395,17 @@ class AsyncAIClient(AsyncClient):
         mode: SearchMode | str = SearchMode.AUTO,
         ef: int = 0,
         query_model: str = "",
+        adapter: str = "",
+        rescorer: str = "",
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
+        hybrid: Hybrid | None = None,
+        keywords: str = "",
+        keyword_only: bool = False,
         timeout: float | None = None,
     ) -> AISearchResult:
         return await self._caller.call(
@@ -322,6 +423,19 @@ class AsyncAIClient(AsyncClient):
                 mode,
                 ef,
                 query_model,
+                Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                hybrid,
+                keywords,
+                keyword_only,
+                adapter=adapter,
+                rescorer=rescorer,
             ),
             timeout,
         )
@@ -387,3 +501,66 @@ class AsyncAIClient(AsyncClient):
 
     async def ping(self, *, timeout: float | None = None) -> None:
         await self._caller.call(*calls.ping(), timeout)
+
+    # -- adapters and re-scorers --------------------------------------------------------------
+
+    async def train_adapter(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a query adapter in the background; poll `get_adapter` for its state.
+        Each example is an `Example(query, relevant_ids, irrelevant_ids)` or such a tuple."""
+        return await self._caller.call(
+            *calls.train("adapter", store, name, examples, settings), timeout
+        )
+
+    async def get_adapter(
+        self, store: str, name: str, *, timeout: float | None = None
+    ) -> TrainedInfo:
+        return await self._caller.call(*calls.get_trained("adapter", store, name), timeout)
+
+    async def list_adapters(self, store: str, *, timeout: float | None = None) -> list[TrainedInfo]:
+        return await self._caller.call(*calls.list_trained("adapter", store), timeout)
+
+    async def drop_adapter(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(
+            *calls.drop_trained("adapter", store, name, missing_ok), timeout
+        )
+
+    async def train_rescorer(
+        self,
+        store: str,
+        name: str,
+        examples: Iterable[Example | tuple[Any, ...]],
+        *,
+        settings: TrainSettings = DEFAULT_TRAIN_SETTINGS,
+        timeout: float | None = None,
+    ) -> TrainedInfo:
+        """Start training a re-scorer in the background; poll `get_rescorer` for its state."""
+        return await self._caller.call(
+            *calls.train("rescorer", store, name, examples, settings), timeout
+        )
+
+    async def get_rescorer(
+        self, store: str, name: str, *, timeout: float | None = None
+    ) -> TrainedInfo:
+        return await self._caller.call(*calls.get_trained("rescorer", store, name), timeout)
+
+    async def list_rescorers(
+        self, store: str, *, timeout: float | None = None
+    ) -> list[TrainedInfo]:
+        return await self._caller.call(*calls.list_trained("rescorer", store), timeout)
+
+    async def drop_rescorer(
+        self, store: str, name: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(
+            *calls.drop_trained("rescorer", store, name, missing_ok), timeout
+        )

@@ -24,7 +24,9 @@ from nachbar.client.types import (
     DBInfo,
     Entry,
     GetKeyResult,
+    Hybrid,
     Index,
+    KeywordIndexCreated,
     Metric,
     Page,
     SearchMode,
@@ -74,13 +76,22 @@ class DBClient(SyncClient):
         predicate_indexes: Iterable[str] = (),
         store_metadata: Mapping[str, str] | None = None,
         if_not_exists: bool = False,
+        keyword_fields: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedStoreInfo:
         """metric: unset takes the server's default, cosine. The result's `created` is False
-        when `if_not_exists` found the store there already."""
+        when `if_not_exists` found the store there already. keyword_fields: give the store a
+        keyword index over these metadata fields (see create_keyword_index)."""
         return self._caller.call(
             *calls.create_store(
-                store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
+                store,
+                dimension,
+                metric,
+                index,
+                predicate_indexes,
+                store_metadata,
+                if_not_exists,
+                keyword_fields,
             ),
             timeout,
         )
@@ -172,7 +183,7 @@ class DBClient(SyncClient):
     def get_sim_n(
         self,
         store: str,
-        query: calls.VectorLike,
+        query: calls.VectorLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -182,16 +193,49 @@ class DBClient(SyncClient):
         include_metadata: bool = True,
         exclude_metadata_keys: Iterable[str] = (),
         max_metadata_value_bytes: int = 0,
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
+        keywords: str = "",
+        hybrid: Hybrid | None = None,
         timeout: float | None = None,
     ) -> SearchResult:
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
-        ResourceExhausted, saying how many fit."""
+        ResourceExhausted, saying how many fit. `mmr=<lambda in [0, 1]>` diversifies the k
+        results by maximal marginal relevance over the best `mmr_candidates` (0: max(4k, 20));
+        `positive`/`negative` entry ids recommend by examples (with or without a query, which
+        may then be None), by `strategy` "average_vector" or "best_score". keywords: a hybrid
+        search with the store's keyword index, fused as `hybrid` says (default: a blend); with
+        query=None, keyword-only. Each match then carries vector_score, keyword_score and
+        hybrid_score. Keywords do not combine with mmr or examples."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
         )
         return self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                mode,
+                ef,
+                include_vectors,
+                selection,
+                calls.Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                keywords,
+                hybrid,
+            ),
             timeout,
         )
 
@@ -217,6 +261,18 @@ class DBClient(SyncClient):
         timeout: float | None = None,
     ) -> int:
         return self._caller.call(*calls.drop_pred_index(store, fields, missing_ok), timeout)
+
+    def create_keyword_index(
+        self, store: str, fields: Iterable[str], *, timeout: float | None = None
+    ) -> KeywordIndexCreated:
+        """A keyword (BM25) index over these metadata text fields, filled from the entries
+        already in the store and kept with every write."""
+        return self._caller.call(*calls.create_keyword_index(store, fields), timeout)
+
+    def drop_keyword_index(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return self._caller.call(*calls.drop_keyword_index(store, missing_ok), timeout)
 
     def info(self, *, timeout: float | None = None) -> DBInfo:
         return self._caller.call(*calls.info(), timeout)
@@ -249,11 +305,19 @@ class AsyncDBClient(AsyncClient):
         predicate_indexes: Iterable[str] = (),
         store_metadata: Mapping[str, str] | None = None,
         if_not_exists: bool = False,
+        keyword_fields: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> CreatedStoreInfo:
         return await self._caller.call(
             *calls.create_store(
-                store, dimension, metric, index, predicate_indexes, store_metadata, if_not_exists
+                store,
+                dimension,
+                metric,
+                index,
+                predicate_indexes,
+                store_metadata,
+                if_not_exists,
+                keyword_fields,
             ),
             timeout,
         )
@@ -343,7 +407,7 @@ class AsyncDBClient(AsyncClient):
     async def get_sim_n(
         self,
         store: str,
-        query: calls.VectorLike,
+        query: calls.VectorLike | None,
         k: int = 10,
         *,
         filter: FilterLike | None = None,
@@ -353,16 +417,49 @@ class AsyncDBClient(AsyncClient):
         include_metadata: bool = True,
         exclude_metadata_keys: Iterable[str] = (),
         max_metadata_value_bytes: int = 0,
+        mmr: float | None = None,
+        mmr_candidates: int = 0,
+        positive: Iterable[str] = (),
+        negative: Iterable[str] = (),
+        strategy: str = "average_vector",
+        recommend_candidates: int = 0,
+        keywords: str = "",
+        hybrid: Hybrid | None = None,
         timeout: float | None = None,
     ) -> SearchResult:
         """The k entries most similar to `query`, best first. The metadata options are those
         of get_key; when the k matches would not fit into one response the call raises
-        ResourceExhausted, saying how many fit."""
+        ResourceExhausted, saying how many fit. `mmr=<lambda in [0, 1]>` diversifies the k
+        results by maximal marginal relevance over the best `mmr_candidates` (0: max(4k, 20));
+        `positive`/`negative` entry ids recommend by examples (with or without a query, which
+        may then be None), by `strategy` "average_vector" or "best_score". keywords: a hybrid
+        search with the store's keyword index, fused as `hybrid` says (default: a blend); with
+        query=None, keyword-only. Each match then carries vector_score, keyword_score and
+        hybrid_score. Keywords do not combine with mmr or examples."""
         selection = calls.Selection(
             include_metadata, tuple(exclude_metadata_keys), max_metadata_value_bytes
         )
         return await self._caller.call(
-            *calls.get_sim_n(store, query, k, filter, mode, ef, include_vectors, selection),
+            *calls.get_sim_n(
+                store,
+                query,
+                k,
+                filter,
+                mode,
+                ef,
+                include_vectors,
+                selection,
+                calls.Explore(
+                    mmr,
+                    mmr_candidates,
+                    tuple(positive),
+                    tuple(negative),
+                    strategy,
+                    recommend_candidates,
+                ),
+                keywords,
+                hybrid,
+            ),
             timeout,
         )
 
@@ -390,6 +487,16 @@ class AsyncDBClient(AsyncClient):
         timeout: float | None = None,
     ) -> int:
         return await self._caller.call(*calls.drop_pred_index(store, fields, missing_ok), timeout)
+
+    async def create_keyword_index(
+        self, store: str, fields: Iterable[str], *, timeout: float | None = None
+    ) -> KeywordIndexCreated:
+        return await self._caller.call(*calls.create_keyword_index(store, fields), timeout)
+
+    async def drop_keyword_index(
+        self, store: str, *, missing_ok: bool = False, timeout: float | None = None
+    ) -> bool:
+        return await self._caller.call(*calls.drop_keyword_index(store, missing_ok), timeout)
 
     async def info(self, *, timeout: float | None = None) -> DBInfo:
         return await self._caller.call(*calls.info(), timeout)

@@ -49,6 +49,8 @@ class StoreInfo:
     store_metadata: dict[str, str] = field(default_factory=dict)
     # Never reused: a store dropped and created again under its name gets a new id.
     store_id: int = 0
+    # Metadata fields of the store's keyword index; None: it has none.
+    keyword_fields: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,36 @@ class Match:
     metadata: Metadata
     vector: list[float] | None = None
     omitted_metadata_keys: list[str] = field(default_factory=list)
+    # Hybrid and keyword-only searches: each side's own score (None where that side did not
+    # find the entry) and the fused score (= similarity) that ordered a hybrid search.
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
     @property
     def score(self) -> float:
         """The former name of `similarity`, kept for existing callers."""
         return self.similarity
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """How a hybrid search fuses its vector and keyword sides. fusion "blend" (the default):
+    min-max normalized scores, vector_weight for the vector side (None: 0.5); "rrf":
+    reciprocal rank fusion with rrf_k (0: 60). candidates: per side, 0 means max(k, 100)."""
+
+    fusion: str = "blend"
+    rrf_k: int = 0
+    vector_weight: float | None = None
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
+class KeywordIndexCreated:
+    # False: the store had a keyword index on these fields already.
+    created: bool
+    # Entries in the index (those with text in its fields).
+    indexed: int
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,11 @@ class AIMatch:
     original: str | bytes | None = None
     # Set when the rerank fused its scores with the similarities; it ordered the matches.
     fused_score: float | None = None
+    # Hybrid and keyword-only searches, as on Match: `similarity` is then the hybrid (or
+    # keyword) score, these each side's own (None where that side did not find the entry).
+    vector_score: float | None = None
+    keyword_score: float | None = None
+    hybrid_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -199,3 +231,36 @@ class AIInfo:
     db_address: str
     db_reachable: bool
     max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """MRR@10 and recall@10 over the held-out examples."""
+
+    mrr_at_10: float
+    recall_at_10: float
+    queries: int
+
+
+@dataclass(frozen=True)
+class TrainedInfo:
+    """An adapter or re-scorer of a store: "queued", "training", "ready" or "failed"."""
+
+    store: str
+    name: str
+    state: str
+    progress: float
+    message: str
+    before: TrainMetrics
+    after: TrainMetrics
+    # The held-out metric improved on the frozen baseline: use it only when True.
+    recommended: bool
+    train_examples: int
+    held_out_examples: int
+    epochs: int
+    train_seconds: float
+    dimension: int
+    space: str
+    corpus_size: int
+    weight_bytes: int
+    created_at: float

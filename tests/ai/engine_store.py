@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nachbar.ai.vector_store import (
+    NO_EXPLORE,
+    Explore,
     FloatArray,
     Hits,
+    KeywordSearch,
     StoreChangedError,
     StoredEntry,
     StoredMatch,
@@ -25,13 +28,19 @@ from nachbar.ai.vector_store import (
     WriteCounts,
 )
 from nachbar.db import errors as db_errors
+from nachbar.db import explore as db_explore
 from nachbar.db.engine import Database
 from nachbar.db.filters import Filter
 from nachbar.db.types import (
     Entry,
     ExactConfig,
     HnswConfig,
+    HybridFusion,
+    HybridOptions,
     Metric,
+    MmrOptions,
+    RecommendOptions,
+    RecommendStrategy,
     SearchMode,
     StoreInfo,
     StoreSpec,
@@ -43,6 +52,7 @@ class EngineOptions:
     metric: Metric = Metric.COSINE
     index: HnswConfig | ExactConfig = field(default_factory=ExactConfig)
     predicate_indexes: tuple[str, ...] = ()
+    keyword_fields: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -52,6 +62,7 @@ class EngineStore:
     db: Database
     calls: list[tuple[str, str]] = field(default_factory=list)
     last_k: int = 0
+    last_keywords: KeywordSearch | None = None
 
     def create_store(
         self,
@@ -70,6 +81,7 @@ class EngineStore:
             index=options.index,
             predicate_indexes=options.predicate_indexes,
             store_metadata=dict(store_metadata),
+            keyword_fields=options.keyword_fields,
         )
         info, created = self.db.create_store(spec, if_not_exists=if_not_exists)
         return _record(info), created
@@ -105,27 +117,71 @@ class EngineStore:
     def search(
         self,
         store: str,
-        vector: FloatArray,
+        vector: FloatArray | None,
         k: int,
         *,
         filter: Filter | None,
         mode: str,
         ef: int,
         expected_store_id: int,
+        explore: Explore = NO_EXPLORE,
+        keywords: KeywordSearch | None = None,
     ) -> Hits:
         self.calls.append(("search", store))
         self.last_k = k
-        with _translated():
-            result = self.db.get_sim_n(
-                store,
-                vector,
-                k,
-                filter=filter,
-                mode=SearchMode(mode),
-                ef=ef,
-                expected_store_id=expected_store_id,
+        self.last_keywords = keywords
+        fusion = HybridOptions()
+        if keywords is not None:
+            fusion = HybridOptions(
+                fusion=HybridFusion(keywords.fusion),
+                rrf_k=keywords.rrf_k,
+                vector_weight=0.5 if keywords.vector_weight is None else keywords.vector_weight,
+                candidates=keywords.candidates,
             )
-        return Hits([StoredMatch(m.id, m.score, m.metadata) for m in result.matches], result.plan)
+        with _translated():
+            if explore == NO_EXPLORE:
+                result = self.db.get_sim_n(
+                    store,
+                    vector,
+                    k,
+                    filter=filter,
+                    mode=SearchMode(mode),
+                    ef=ef,
+                    expected_store_id=expected_store_id,
+                    keywords=keywords.text if keywords is not None else "",
+                    fusion=fusion,
+                )
+            else:
+                result = db_explore.get_sim_n(
+                    self.db,
+                    store,
+                    vector,
+                    k,
+                    mmr=None
+                    if explore.mmr_lambda is None
+                    else MmrOptions(explore.mmr_lambda, explore.mmr_candidates),
+                    recommend=RecommendOptions(
+                        explore.positive_ids,
+                        explore.negative_ids,
+                        RecommendStrategy(explore.strategy),
+                        explore.recommend_candidates,
+                    )
+                    if explore.has_examples
+                    else None,
+                    filter=filter,
+                    mode=SearchMode(mode),
+                    ef=ef,
+                    expected_store_id=expected_store_id,
+                )
+        return Hits(
+            [
+                StoredMatch(
+                    m.id, m.score, m.metadata, m.vector_score, m.keyword_score, m.hybrid_score
+                )
+                for m in result.matches
+            ],
+            result.plan,
+        )
 
     def get(
         self, store: str, ids: Sequence[str], *, expected_store_id: int

@@ -314,13 +314,16 @@ def test_pixels_become_floats_only_at_the_model_input_size(monkeypatch: pytest.M
 
     def watching_asarray(value: Any, dtype: Any = None, **options: Any) -> Any:
         array = original(value, dtype=dtype, **options)
-        if isinstance(value, Image.Image) and dtype == np.float32:
+        if isinstance(value, Image.Image):
             converted.append(array.shape)
         return array
 
     monkeypatch.setattr(np, "asarray", watching_asarray)
-    ImagePreprocessor.from_config(CLIP_PREPROCESSOR)(Image.new("RGB", (3000, 2000)))
+    pixels = ImagePreprocessor.from_config(CLIP_PREPROCESSOR)(Image.new("RGB", (3000, 2000)))
+    # The image's bytes are read once, at the crop's size, and looked up into the floats.
     assert converted == [(224, 224, 3)]
+    assert pixels.shape == (3, 224, 224)
+    assert pixels.dtype == np.dtype(np.float32)
 
 
 def test_huge_jpegs_decode_at_a_reduced_scale_and_count_their_decoded_pixels() -> None:

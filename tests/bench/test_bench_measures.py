@@ -222,3 +222,31 @@ def test_recovery_bench_checks_the_scenarios_asked_for() -> None:
     assert recovery_bench.parse_args([]).scenarios == recovery_bench.SCENARIOS
     with pytest.raises(SystemExit):
         recovery_bench.parse_args(["--scenarios", "after-ingest,mid-flight"])
+
+
+def test_ai_bench_top_k_overlap_counts_shared_neighbours_and_skips_self() -> None:
+    import ai_bench
+
+    exact = np.array([[9.0, 3.0, 2.0, 1.0], [3.0, 9.0, 1.0, 2.0], [2.0, 1.0, 9.0, 3.0]])
+    assert ai_bench._top_k_overlap(exact, exact, k=2) == 1.0
+    # Row 0: self skipped, exact's best two are columns 1, 2; draft's are 1, 3.
+    draft = exact.copy()
+    draft[0] = [9.0, 3.0, 1.0, 2.0]
+    overlap = ai_bench._top_k_overlap(draft, exact, k=2, skip_self=True)
+    assert overlap == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+
+
+def test_int8_bench_times_every_batch_on_both_paths_in_alternating_order() -> None:
+    import int8_bench
+
+    calls: list[tuple[str, str]] = []
+    paths = {
+        key: (benchlib.Tally(key), lambda batch, key=key: calls.append((key, batch[0])))
+        for key in ("int8", "fp32")
+    }
+    cpu = int8_bench.interleaved(paths, [["a"], ["b"], ["c"]], rounds=2)  # type: ignore[arg-type]
+    assert set(cpu) == {"int8", "fp32"}
+    assert [tally.items for tally, _ in paths.values()] == [6, 6]
+    firsts = [calls[i][0] for i in range(0, len(calls), 2)]
+    assert firsts == ["int8", "fp32", "int8", "fp32", "int8", "fp32"]
+    assert [batch for _, batch in calls[::2]] == ["a", "b", "c", "a", "b", "c"]

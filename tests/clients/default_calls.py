@@ -25,6 +25,9 @@ def run(address: str) -> None:
         ai.delete_keys("t", ["a"])
         ai.embed("m", ["x"])
         ai.rerank("ce", "q", ["a", "b"])
+        ai.list_adapters("t")
+        ai.drop_adapter("t", "v1")
+        ai.drop_rescorer("t", "r1")
     with DBClient(address) as db:
         db.create_store("s", 3)
         db.drop_store("s")

@@ -114,6 +114,11 @@ def test_async_db_client_answers_like_the_blocking_one(servers: tuple[str, str])
             assert {h.matches[0].id for h in hits} == {"a"}
             assert await db.create_pred_index("v", ["n"]) == 1
             assert await db.drop_pred_index("v", ["n", "x"], missing_ok=True) == 1
+            made = await db.create_keyword_index("v", ["lang"])
+            assert (made.created, made.indexed) == (True, 2)
+            found = await db.get_sim_n("v", None, k=5, keywords="de")
+            assert [m.id for m in found.matches] == ["b"] and found.matches[0].keyword_score
+            assert await db.drop_keyword_index("v") is True
             assert await db.delete_by_predicate("v", {"lang": {"eq": "de"}}) == 1
             assert await db.delete_keys("v", ["a", "zz"]) == 1
             assert (await db.info()).store_count == 1

@@ -84,7 +84,7 @@ def test_restart_restores_stores_and_loads_graphs(data_dir: Path) -> None:
         assert db.get_store("h").store_metadata == {"model": "m1"}
         # The restored store keeps working: writes, filters, slot reuse.
         db.upsert("h", entries(3, 4, seed=2))
-        hits = db.get_sim_n("h", entries(3, 4, seed=2)[0].vector, 1, mode=SearchMode.HNSW)  # type: ignore[arg-type]
+        hits = db.get_sim_n("h", entries(3, 4, seed=2)[0].vector, 1, mode=SearchMode.HNSW)
         assert hits.matches[0].id == "e00003"
         assert len(db.get_by_predicate("h", Condition("n", Op.LT, 10)).entries) == 10
 

@@ -152,7 +152,7 @@ def test_graph_unchanged_since_its_save_is_not_saved_again(data_dir: Path) -> No
         db.upsert("s", entries(0, 50))
     (first,) = graph_files(data_dir)
     with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
-        db.get_sim_n("s", entries(0, 1)[0].vector, 3)  # type: ignore[arg-type]
+        db.get_sim_n("s", entries(0, 1)[0].vector, 3)
     assert graph_files(data_dir) == [first]
 
 

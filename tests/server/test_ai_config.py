@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from nachbar.ai.limits import ImageDecode
 from nachbar.server.config import parse_ai_config
 
 
@@ -80,3 +81,17 @@ def test_bad_limits_are_refused_at_parse_time(
         parse_ai_config(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_image_decode_mode_flag_and_its_environment_twin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_ai_config([]).image_decode is ImageDecode.DRAFT
+    assert parse_ai_config(["--image-decode", "exact"]).image_decode is ImageDecode.EXACT
+    monkeypatch.setenv("NACHBAR_IMAGE_DECODE", "exact")
+    assert parse_ai_config([]).image_decode is ImageDecode.EXACT
+    assert parse_ai_config(["--image-decode", "draft"]).image_decode is ImageDecode.DRAFT
+    monkeypatch.setenv("NACHBAR_IMAGE_DECODE", "fast")
+    with pytest.raises(SystemExit):
+        parse_ai_config([])
+    assert "takes draft or exact, not 'fast'" in capsys.readouterr().err

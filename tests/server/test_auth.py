@@ -133,7 +133,15 @@ def test_every_rpc_of_both_services_has_a_role() -> None:
     }
     assert methods - set(auth.METHOD_ROLES) == set()
     writes = {"Upsert", "DeleteKeys", "DeleteByPredicate"}
-    admin = {"CreateStore", "DropStore", "CreatePredIndex", "DropPredIndex"}
+    writes |= {"TrainAdapter", "DropAdapter", "TrainRescorer", "DropRescorer"}
+    admin = {
+        "CreateStore",
+        "DropStore",
+        "CreatePredIndex",
+        "DropPredIndex",
+        "CreateKeywordIndex",
+        "DropKeywordIndex",
+    }
     for name in methods:
         expected = Role.ADMIN if name in admin else Role.WRITE if name in writes else Role.READ
         assert auth.required_role(name) is expected, name

@@ -11,6 +11,9 @@ import type { AIStoreInfo__Output } from './generated/nachbar/ai/v1/AIStoreInfo'
 import type { Input, Input__Output } from './generated/nachbar/ai/v1/Input';
 import type { ModelInfo__Output } from './generated/nachbar/ai/v1/ModelInfo';
 import type { RerankOptions as RerankOptionsMessage } from './generated/nachbar/ai/v1/RerankOptions';
+import type { TrainExample as TrainExampleMessage } from './generated/nachbar/ai/v1/TrainExample';
+import type { TrainMetrics__Output } from './generated/nachbar/ai/v1/TrainMetrics';
+import type { TrainedInfo__Output } from './generated/nachbar/ai/v1/TrainedInfo';
 import { aiService } from './protos';
 import type {
   AIEntry,
@@ -22,8 +25,10 @@ import type {
   CallOptions,
   CreateStoreResult,
   EmbedResult,
+  ExploreOptions,
   FilterSpec,
   GetKeyResult,
+  HybridOptions,
   IndexConfig,
   InputLike,
   Metric,
@@ -34,17 +39,26 @@ import type {
   Page,
   RerankOptions,
   RerankResult,
+  RescorerOptions,
   SearchMode,
   SearchResult,
+  TrainExample,
+  TrainMetrics,
+  TrainSettings,
+  TrainState,
+  TrainedInfo,
   TruncationPolicy,
 } from './types';
 import {
+  exploreToProto,
   filterToProto,
   indexToProto,
   metadataFromProto,
   metadataToProto,
   metricToProto,
   optionalFilter,
+  hybridToProto,
+  optionalScore,
   rerankFusionToProto,
   searchModeToProto,
   truncationToProto,
@@ -68,6 +82,8 @@ export interface AICreateStoreOptions extends CallOptions {
   /** Unset takes the models' recommended metric. */
   metric?: Metric;
   ifNotExists?: boolean;
+  /** A keyword index for hybrid search: these metadata fields, or [] for the original text. */
+  keywordIndex?: string[];
 }
 
 export interface TruncationOptions extends CallOptions {
@@ -80,7 +96,7 @@ export interface AIUpsertOptions extends TruncationOptions {
   batchSize?: number;
 }
 
-export interface AISearchOptions extends TruncationOptions {
+export interface AISearchOptions extends TruncationOptions, ExploreOptions {
   filter?: FilterSpec;
   /** Unset: no reranking. */
   rerank?: RerankOptions;
@@ -88,6 +104,26 @@ export interface AISearchOptions extends TruncationOptions {
   ef?: number;
   /** Embed the query with this model (of the store's space) instead of the store's. */
   queryModelOverride?: string;
+  /**
+   * Hybrid search (the store needs a keyword index): set `hybrid`, `keywords` or `keywordOnly`.
+   * The keyword side searches `keywords`, else the query text (image queries need keywords).
+   */
+  hybrid?: HybridOptions;
+  keywords?: string;
+  /** Search by keywords alone (BM25), without embedding the query. */
+  keywordOnly?: boolean;
+  /** Search with the query vector mapped by this adapter of the store (trainAdapter). */
+  adapter?: string;
+  /** Rerank by a re-scorer of the store instead of `rerank`. */
+  rescorer?: RescorerOptions;
+}
+
+export interface MissingOkCallOptions extends CallOptions {
+  missingOk?: boolean;
+}
+
+export interface TrainCallOptions extends CallOptions {
+  settings?: TrainSettings;
 }
 
 export interface AIGetByPredicateOptions extends CallOptions {
@@ -169,6 +205,72 @@ function rerankToProto(rerank: RerankOptions | undefined): RerankOptionsMessage 
   return message;
 }
 
+function searchRerankToProto(options: AISearchOptions): RerankOptionsMessage | null {
+  if (options.rescorer === undefined) return rerankToProto(options.rerank);
+  if (options.rerank !== undefined) {
+    throw new InvalidArgumentError('give rerank (a model) or rescorer, not both');
+  }
+  return {
+    rescorer: options.rescorer.name,
+    candidates: uint32(options.rescorer.candidates ?? 0, 'rescorer.candidates'),
+    fusion: rerankFusionToProto(options.rescorer.fusion),
+  };
+}
+
+function trainExampleToProto(example: TrainExample, i: number): TrainExampleMessage {
+  return {
+    query: inputToProto(example.query, `examples[${i}].query`),
+    relevant_ids: example.relevantIds,
+    irrelevant_ids: example.irrelevantIds ?? [],
+  };
+}
+
+function metricsFromProto(metrics: TrainMetrics__Output | null): TrainMetrics {
+  return {
+    mrrAt10: metrics?.mrr_at_10 ?? 0,
+    recallAt10: metrics?.recall_at_10 ?? 0,
+    queries: metrics?.queries ?? 0,
+  };
+}
+
+function trainedFromProto(info: TrainedInfo__Output | null): TrainedInfo {
+  if (info === null) throw new InternalError('the response has no adapter or re-scorer');
+  return {
+    store: info.store,
+    name: info.name,
+    state: info.state.replace(/^TRAIN_STATE_/, '').toLowerCase() as TrainState,
+    progress: info.progress,
+    message: info.message,
+    before: metricsFromProto(info.before),
+    after: metricsFromProto(info.after),
+    recommended: info.recommended,
+    trainExamples: info.train_examples,
+    heldOutExamples: info.held_out_examples,
+    epochs: info.epochs,
+    trainSeconds: info.train_seconds,
+    dimension: info.dimension,
+    space: info.space,
+    corpusSize: uint64(info.corpus_size),
+    weightBytes: uint64(info.weight_bytes),
+    createdAt: info.created_at,
+  };
+}
+
+function trainRequest(store: string, name: string, examples: TrainExample[], settings: TrainSettings = {}) {
+  return {
+    store,
+    name,
+    examples: examples.map(trainExampleToProto),
+    options: {
+      epochs: uint32(settings.epochs ?? 0, 'epochs'),
+      learning_rate: settings.learningRate ?? 0,
+      held_out: settings.heldOut ?? 0,
+      seed: uint32(settings.seed ?? 0, 'seed'),
+      identity_weight: settings.identityWeight ?? 0,
+    },
+  };
+}
+
 function modelFromProto(model: ModelInfo__Output): ModelInfo {
   const kind = model.kind.replace(/^MODEL_KIND_/, '').toLowerCase() as ModelKind;
   const modality = model.modality.replace(/^MODALITY_/, '').toLowerCase() as Modality;
@@ -229,6 +331,7 @@ export class AIClient {
         index: indexToProto(options.index),
         metric: metricToProto(options.metric),
         if_not_exists: options.ifNotExists ?? false,
+        keyword_index: options.keywordIndex ? { fields: options.keywordIndex } : undefined,
       },
       options,
     );
@@ -289,19 +392,28 @@ export class AIClient {
   }
 
   /** Embed `query` with the store's query model and return the `k` best matches. */
-  async getSimN(store: string, query: InputLike, k: number, options: AISearchOptions = {}): Promise<SearchResult<AIMatch>> {
+  /**
+   * The k entries most similar to `query`. `mmr` diversifies them (not with `rerank`); `positive`
+   * and `negative` ids of stored entries recommend by examples (then `query` may be null).
+   */
+  async getSimN(store: string, query: InputLike | null, k: number, options: AISearchOptions = {}): Promise<SearchResult<AIMatch>> {
     const response = await this.caller.unary(
       this.service.GetSimN,
       {
         store,
-        query: inputToProto(query, 'query'),
+        query: query === null ? null : inputToProto(query, 'query'),
+        ...exploreToProto(options),
         k: uint32(k, 'k'),
         filter: optionalFilter(options.filter),
         truncation: truncationToProto(options.truncation),
-        rerank: rerankToProto(options.rerank),
+        rerank: searchRerankToProto(options),
         mode: searchModeToProto(options.mode),
         ef: uint32(options.ef ?? 0, 'ef'),
         query_model_override: options.queryModelOverride ?? '',
+        hybrid: hybridToProto(options.hybrid),
+        keywords: options.keywords ?? '',
+        keyword_only: options.keywordOnly ?? false,
+        adapter: options.adapter ?? '',
       },
       options,
     );
@@ -310,6 +422,12 @@ export class AIClient {
         const result: AIMatch = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (match._rerank_score === 'rerank_score' && match.rerank_score !== undefined) result.rerankScore = match.rerank_score;
         if (match._fused_score === 'fused_score' && match.fused_score !== undefined) result.fusedScore = match.fused_score;
+        const vectorScore = optionalScore(match._vector_score, match.vector_score);
+        const keywordScore = optionalScore(match._keyword_score, match.keyword_score);
+        const hybridScore = optionalScore(match._hybrid_score, match.hybrid_score);
+        if (vectorScore !== undefined) result.vectorScore = vectorScore;
+        if (keywordScore !== undefined) result.keywordScore = keywordScore;
+        if (hybridScore !== undefined) result.hybridScore = hybridScore;
         const original = originalFromProto(match.original);
         if (original !== undefined) result.original = original;
         return result;
@@ -396,5 +514,55 @@ export class AIClient {
 
   async ping(options: CallOptions = {}): Promise<void> {
     await this.caller.unary(this.service.Ping, {}, options);
+  }
+
+  /** Start training a query adapter in the background; `getAdapter` shows its state. */
+  async trainAdapter(store: string, name: string, examples: TrainExample[], options: TrainCallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.TrainAdapter, trainRequest(store, name, examples, options.settings), options);
+    return trainedFromProto(response.adapter);
+  }
+
+  async getAdapter(store: string, name: string, options: CallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.GetAdapter, { store, name }, options);
+    return trainedFromProto(response.adapter);
+  }
+
+  async listAdapters(store: string, options: CallOptions = {}): Promise<TrainedInfo[]> {
+    const response = await this.caller.unary(this.service.ListAdapters, { store }, options);
+    return response.adapters.map(trainedFromProto);
+  }
+
+  async dropAdapter(store: string, name: string, options: MissingOkCallOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(
+      this.service.DropAdapter,
+      { store, name, missing_ok: options.missingOk ?? false },
+      options,
+    );
+    return response.dropped;
+  }
+
+  /** Start training a re-scorer in the background; `getRescorer` shows its state. */
+  async trainRescorer(store: string, name: string, examples: TrainExample[], options: TrainCallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.TrainRescorer, trainRequest(store, name, examples, options.settings), options);
+    return trainedFromProto(response.rescorer);
+  }
+
+  async getRescorer(store: string, name: string, options: CallOptions = {}): Promise<TrainedInfo> {
+    const response = await this.caller.unary(this.service.GetRescorer, { store, name }, options);
+    return trainedFromProto(response.rescorer);
+  }
+
+  async listRescorers(store: string, options: CallOptions = {}): Promise<TrainedInfo[]> {
+    const response = await this.caller.unary(this.service.ListRescorers, { store }, options);
+    return response.rescorers.map(trainedFromProto);
+  }
+
+  async dropRescorer(store: string, name: string, options: MissingOkCallOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(
+      this.service.DropRescorer,
+      { store, name, missing_ok: options.missingOk ?? false },
+      options,
+    );
+    return response.dropped;
   }
 }

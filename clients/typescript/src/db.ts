@@ -13,9 +13,12 @@ import type {
   DBInfo,
   Entry,
   EntryInput,
+  ExploreOptions,
   FilterSpec,
   GetKeyResult,
+  HybridOptions,
   IndexConfig,
+  KeywordIndexCreated,
   Match,
   Metric,
   Page,
@@ -25,7 +28,9 @@ import type {
   UpsertResult,
 } from './types';
 import {
+  exploreToProto,
   filterToProto,
+  hybridToProto,
   indexFromProto,
   indexToProto,
   metadataFromProto,
@@ -33,6 +38,7 @@ import {
   metricFromProto,
   metricToProto,
   optionalFilter,
+  optionalScore,
   searchModeToProto,
   uint32,
   uint64,
@@ -52,6 +58,8 @@ export interface CreateStoreOptions extends CallOptions {
   storeMetadata?: Record<string, string>;
   /** Succeed without change when a store of that name, dimension and metric exists. */
   ifNotExists?: boolean;
+  /** Give the store a keyword (BM25) index over these metadata text fields. */
+  keywordFields?: string[];
 }
 
 export interface MissingOkOptions extends CallOptions {
@@ -90,11 +98,17 @@ export interface GetByPredicateOptions extends ReadOptions {
   pageToken?: string;
 }
 
-export interface DBSearchOptions extends ReadOptions {
+export interface DBSearchOptions extends ReadOptions, ExploreOptions {
   filter?: FilterSpec;
   mode?: SearchMode;
   /** HNSW ef for this query; 0 or unset uses the store's ef_search. */
   ef?: number;
+  /**
+   * Hybrid search: these words on the store's keyword index too, fused with the vector
+   * results; with a null query, keyword-only.
+   */
+  keywords?: string;
+  hybrid?: HybridOptions;
 }
 
 export function storeInfoFromProto(info: StoreInfo__Output | null): StoreInfo {
@@ -111,6 +125,7 @@ export function storeInfoFromProto(info: StoreInfo__Output | null): StoreInfo {
     bytesUsed: uint64(info.bytes_used),
     storeMetadata: { ...info.store_metadata },
     storeId: uint64(info.store_id),
+    ...(info.keyword_index ? { keywordFields: [...info.keyword_index.fields] } : {}),
   };
 }
 
@@ -161,6 +176,7 @@ export class DBClient {
         predicate_indexes: options.predicateIndexes ?? [],
         store_metadata: options.storeMetadata ?? {},
         if_not_exists: options.ifNotExists ?? false,
+        keyword_index: options.keywordFields ? { fields: options.keywordFields } : undefined,
       },
       options,
     );
@@ -259,19 +275,27 @@ export class DBClient {
     };
   }
 
-  /** The `k` entries most similar to `query`, best first, optionally among those matching a filter. */
-  async getSimN(store: string, query: ArrayLike<number>, k: number, options: DBSearchOptions = {}): Promise<SearchResult<Match>> {
+  /**
+   * The `k` entries most similar to `query`, best first, optionally among those matching a
+   * filter. With `keywords` a hybrid search; with a null query and `keywords`, keyword-only.
+   * `mmr` diversifies them; `positive` and `negative` ids recommend by stored examples (then
+   * `query` may be null).
+   */
+  async getSimN(store: string, query: ArrayLike<number> | null, k: number, options: DBSearchOptions = {}): Promise<SearchResult<Match>> {
     const includeVectors = options.includeVectors ?? false;
     const response = await this.caller.unary(
       this.service.GetSimN,
       {
         store,
-        query: vectorToProto(query, 'query'),
+        query: query === null ? [] : vectorToProto(query, 'query'),
+        ...exploreToProto(options),
         k: uint32(k, 'k'),
         filter: optionalFilter(options.filter),
         mode: searchModeToProto(options.mode),
         ef: uint32(options.ef ?? 0, 'ef'),
         include_vectors: includeVectors,
+        keywords: options.keywords ?? '',
+        hybrid: hybridToProto(options.hybrid),
         ...this.readFields(options),
       },
       options,
@@ -281,6 +305,12 @@ export class DBClient {
         const result: Match = { id: match.id, similarity: match.similarity, metadata: metadataFromProto(match.metadata) };
         if (includeVectors) result.vector = [...match.vector];
         if (match.omitted_metadata_keys.length > 0) result.omittedMetadataKeys = [...match.omitted_metadata_keys];
+        const vectorScore = optionalScore(match._vector_score, match.vector_score);
+        const keywordScore = optionalScore(match._keyword_score, match.keyword_score);
+        const hybridScore = optionalScore(match._hybrid_score, match.hybrid_score);
+        if (vectorScore !== undefined) result.vectorScore = vectorScore;
+        if (keywordScore !== undefined) result.keywordScore = keywordScore;
+        if (hybridScore !== undefined) result.hybridScore = hybridScore;
         return result;
       }),
       plan: response.plan,
@@ -330,6 +360,17 @@ export class DBClient {
       { store, fields, missing_ok: options.missingOk ?? false },
       options,
     );
+    return response.dropped;
+  }
+
+  /** A keyword (BM25) index over these metadata text fields, filled from the entries already there. */
+  async createKeywordIndex(store: string, fields: string[], options: CallOptions = {}): Promise<KeywordIndexCreated> {
+    const response = await this.caller.unary(this.service.CreateKeywordIndex, { store, index: { fields } }, options);
+    return { created: response.created, indexed: uint64(response.indexed) };
+  }
+
+  async dropKeywordIndex(store: string, options: MissingOkOptions = {}): Promise<boolean> {
+    const response = await this.caller.unary(this.service.DropKeywordIndex, { store, missing_ok: options.missingOk ?? false }, options);
     return response.dropped;
   }
 

@@ -6,7 +6,9 @@ export type {
   AIGetByPredicateOptions,
   AISearchOptions,
   AIUpsertOptions,
+  MissingOkCallOptions,
   RerankCallOptions,
+  TrainCallOptions,
   TruncationOptions,
 } from './ai';
 export { DEFAULT_TIMEOUT_MS, MAX_MESSAGE_BYTES, channelTarget } from './call';

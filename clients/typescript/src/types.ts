@@ -66,6 +66,49 @@ export type SearchMode = 'auto' | 'exact' | 'hnsw';
 export type TruncationPolicy = 'error' | 'truncate';
 /** How a rerank orders its candidates: the reranker's scores alone, or fused with the similarities. */
 export type RerankFusion = 'none' | 'rrf' | 'blend';
+/** How a hybrid search fuses its vector and keyword (BM25) results. */
+export type HybridFusion = 'rrf' | 'blend';
+
+/** Hybrid search fusion; unset fields take the server's defaults. */
+export interface HybridOptions {
+  /** 'blend' (default): min-max normalized scores, weighted; 'rrf': reciprocal rank fusion. */
+  fusion?: HybridFusion;
+  /** RRF's k; 0 or unset: 60. */
+  rrfK?: number;
+  /** blend: the vector side's share, 0 to 1 (default 0.5). */
+  vectorWeight?: number;
+  /** Candidates per side before fusing; 0 or unset: max(k, 100). */
+  candidates?: number;
+}
+
+export interface KeywordIndexCreated {
+  /** False: the store had a keyword index on these fields already. */
+  created: boolean;
+  /** Entries in the index (those with text in its fields). */
+  indexed: number;
+}
+
+/** How GetSimN combines positive and negative examples (see ExploreOptions). */
+export type RecommendStrategy = 'average_vector' | 'best_score';
+
+/**
+ * More ways to ask GetSimN, on nachbar-db and nachbar-ai alike: MMR diversity and recommend by
+ * example entries (ids of stored entries; with them the query may be null).
+ */
+export interface ExploreOptions {
+  /** Maximal marginal relevance lambda in [0, 1]: 1 is a plain search, 0 the most diverse. */
+  mmr?: number;
+  /** The pool MMR picks from; 0 or unset: max(4k, 20), at most 1000. */
+  mmrCandidates?: number;
+  /** Ids of stored entries the results should resemble (at most 64 examples in all). */
+  positive?: string[];
+  /** Ids of stored entries the results should not resemble. */
+  negative?: string[];
+  /** Default 'average_vector'. */
+  strategy?: RecommendStrategy;
+  /** best_score's pool per positive; 0 or unset: max(4k, 20), at most 1000. */
+  recommendCandidates?: number;
+}
 
 /** HNSW index parameters; an unset or zero field takes the server default. */
 export interface HnswIndex {
@@ -102,6 +145,8 @@ export interface StoreInfo {
   storeMetadata: Record<string, string>;
   /** Never reused: a store dropped and created again under its name gets a new id. */
   storeId: number;
+  /** Metadata fields of the store's keyword index; unset when it has none. */
+  keywordFields?: string[];
 }
 
 export interface CreateStoreResult<S> {
@@ -133,6 +178,13 @@ export interface Match {
   vector?: number[];
   /** As on Entry. */
   omittedMetadataKeys?: string[];
+  /**
+   * Hybrid and keyword-only searches: each side's own score (unset where that side did not
+   * find the entry) and the fused score that ordered the results (= similarity).
+   */
+  vectorScore?: number;
+  keywordScore?: number;
+  hybridScore?: number;
 }
 
 export interface SearchResult<M> {
@@ -210,14 +262,79 @@ export interface RerankOptions {
   fusion?: RerankFusion;
 }
 
+/** Rerank by a re-scorer trained for the store (AIClient.trainRescorer): it scores stored
+ * vectors, so it needs no text and reranks image stores queried with text. */
+export interface RescorerOptions {
+  name: string;
+  /** How many vector candidates to rerank; 0 or unset means max(k, 20). */
+  candidates?: number;
+  /** Order by the re-scorer alone ('none', the default) or fused with the similarities. */
+  fusion?: RerankFusion;
+}
+
+/** One training example: a query and the ids of the store's entries that answer it. */
+export interface TrainExample {
+  query: InputLike;
+  relevantIds: string[];
+  /** Optional hard negatives. */
+  irrelevantIds?: string[];
+}
+
+/** Zero or unset values take the server's defaults. */
+export interface TrainSettings {
+  epochs?: number;
+  learningRate?: number;
+  /** Share of the examples held out to measure the result (default 0.2). */
+  heldOut?: number;
+  seed?: number;
+  /** Adapters: the weight pulling W toward the identity (default 0.01). */
+  identityWeight?: number;
+}
+
+/** MRR@10 and recall@10 over the held-out examples. */
+export interface TrainMetrics {
+  mrrAt10: number;
+  recallAt10: number;
+  queries: number;
+}
+
+export type TrainState = 'queued' | 'training' | 'ready' | 'failed' | 'unspecified';
+
+/** An adapter or re-scorer of a store. */
+export interface TrainedInfo {
+  store: string;
+  name: string;
+  state: TrainState;
+  /** 0 to 1 while training. */
+  progress: number;
+  message: string;
+  before: TrainMetrics;
+  after: TrainMetrics;
+  /** The held-out metric improved on the frozen baseline: use it only when true. */
+  recommended: boolean;
+  trainExamples: number;
+  heldOutExamples: number;
+  epochs: number;
+  trainSeconds: number;
+  dimension: number;
+  space: string;
+  corpusSize: number;
+  weightBytes: number;
+  createdAt: number;
+}
+
 export interface AIMatch {
   id: string;
   /** Vector similarity (see Metric). */
   similarity: number;
-  /** The reranker's score; set only when the search reranked. */
+  /** The reranker's (or re-scorer's) score; set only when the search reranked. */
   rerankScore?: number;
   /** The fused score that ordered the matches; set only when the rerank fused. */
   fusedScore?: number;
+  /** Hybrid and keyword-only searches, as on Match. */
+  vectorScore?: number;
+  keywordScore?: number;
+  hybridScore?: number;
   metadata: Metadata;
   /** The stored original, when the store keeps originals. */
   original?: Original;

@@ -8,15 +8,20 @@ import type { MetadataValue as MetadataValueMessage, MetadataValue__Output } fro
 import type { Metric__Output } from './generated/nachbar/common/v1/Metric';
 import type { SearchMode__Output } from './generated/nachbar/common/v1/SearchMode';
 import type { RerankFusion__Output } from './generated/nachbar/ai/v1/RerankFusion';
+import type { RecommendStrategy__Output } from './generated/nachbar/db/v1/RecommendStrategy';
+import type { HybridOptions as HybridOptionsMessage } from './generated/nachbar/db/v1/HybridOptions';
 import type { TruncationPolicy__Output } from './generated/nachbar/ai/v1/TruncationPolicy';
 import type {
   FilterSpec,
+  HybridOptions,
   IndexConfig,
   Metadata,
   MetadataInput,
   MetadataValue,
   MetadataValueInput,
+  ExploreOptions,
   Metric,
+  RecommendStrategy,
   RerankFusion,
   SearchMode,
   TruncationPolicy,
@@ -249,6 +254,65 @@ export function rerankFusionToProto(fusion: RerankFusion | undefined): RerankFus
     throw new InvalidArgumentError(`unknown rerank fusion ${repr(fusion)}; use one of none, rrf, blend`);
   }
   return name;
+}
+
+const RECOMMEND_STRATEGIES: Record<RecommendStrategy, RecommendStrategy__Output> = {
+  average_vector: 'RECOMMEND_STRATEGY_AVERAGE_VECTOR',
+  best_score: 'RECOMMEND_STRATEGY_BEST_SCORE',
+};
+
+/** GetSimN's MMR and recommend fields (the same on nachbar-db and nachbar-ai). */
+export function exploreToProto(options: ExploreOptions): {
+  mmr_lambda?: number;
+  mmr_candidates: number;
+  positive_ids: string[];
+  negative_ids: string[];
+  recommend_strategy: RecommendStrategy__Output;
+  recommend_candidates: number;
+} {
+  const strategy = RECOMMEND_STRATEGIES[options.strategy ?? 'average_vector'];
+  if (strategy === undefined) {
+    throw new InvalidArgumentError(`unknown recommend strategy ${repr(options.strategy)}; use average_vector or best_score`);
+  }
+  const positive = options.positive ?? [];
+  const negative = options.negative ?? [];
+  const examples = positive.length > 0 || negative.length > 0;
+  if (options.mmr === undefined && (options.mmrCandidates ?? 0) !== 0) {
+    throw new InvalidArgumentError('mmrCandidates needs mmr (a lambda in [0, 1])');
+  }
+  if (!examples && ((options.strategy ?? 'average_vector') !== 'average_vector' || (options.recommendCandidates ?? 0) !== 0)) {
+    throw new InvalidArgumentError('strategy and recommendCandidates need positive or negative ids');
+  }
+  // As the Python client: the pool sizes and the strategy go only with what they belong to.
+  const fields = {
+    mmr_candidates: options.mmr === undefined ? 0 : uint32(options.mmrCandidates ?? 0, 'mmrCandidates'),
+    positive_ids: positive,
+    negative_ids: negative,
+    recommend_strategy: examples ? strategy : ('RECOMMEND_STRATEGY_UNSPECIFIED' as const),
+    recommend_candidates: examples ? uint32(options.recommendCandidates ?? 0, 'recommendCandidates') : 0,
+  };
+  return options.mmr === undefined ? fields : { mmr_lambda: options.mmr, ...fields };
+}
+
+/** The HybridOptions message of a GetSimN; undefined leaves the server's defaults. */
+export function hybridToProto(options: HybridOptions | undefined): HybridOptionsMessage | undefined {
+  if (options === undefined) return undefined;
+  const fusion = options.fusion ?? 'blend';
+  if (fusion !== 'rrf' && fusion !== 'blend') {
+    throw new InvalidArgumentError(`unknown hybrid fusion ${repr(fusion)}; use rrf or blend`);
+  }
+  const message: HybridOptionsMessage = {
+    fusion: fusion === 'rrf' ? 'HYBRID_FUSION_RRF' : 'HYBRID_FUSION_BLEND',
+    rrf_k: uint32(options.rrfK ?? 0, 'rrfK'),
+    candidates: uint32(options.candidates ?? 0, 'candidates'),
+  };
+  if (options.vectorWeight !== undefined) message.vector_weight = options.vectorWeight;
+  return message;
+}
+
+/** A match's optional score, present only when the server set it. */
+export function optionalScore(present: string | undefined, value: number | null | undefined): number | undefined {
+  return present !== undefined && value !== null && value !== undefined ? value : undefined;
 }
 
 const TRUNCATION: Record<TruncationPolicy, TruncationPolicy__Output> = {

@@ -189,4 +189,47 @@ describe('AIClient against nachbar-ai', { skip: SKIP }, () => {
     assert.ok(found.matches.every((m) => typeof m.rerankScore === 'number'));
     await ai.dropStore('reranked');
   });
+
+  it('trains, serves, lists and drops an adapter and a re-scorer', async () => {
+    const topics = ['apples', 'rivers', 'engines', 'violins', 'glaciers', 'tigers'];
+    const aspects = ['the history of', 'how to clean', 'the price of', 'drawings of'];
+    const codes = ['zork', 'blip', 'quux', 'frob'];
+    await ai.createStore('tailored', { queryModel: TEXT_MODEL, storeOriginal: false });
+    await ai.upsert('tailored', topics.flatMap((t) => aspects.map((a, i) => ({ id: `${t}-${i}`, input: `${a} ${t}` }))));
+    const examples = topics.flatMap((t) => codes.map((c, i) => ({ query: `${t} ${c}`, relevantIds: [`${t}-${i}`] })));
+
+    const started = await ai.trainAdapter('tailored', 'v1', examples, { settings: { epochs: 20 } });
+    assert.ok(['queued', 'training'].includes(started.state));
+    let info = started;
+    while (info.state === 'queued' || info.state === 'training') {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      info = await ai.getAdapter('tailored', 'v1');
+    }
+    assert.equal(info.state, 'ready', info.message);
+    assert.equal(info.dimension, 384);
+    assert.equal(info.weightBytes, 384 * 384 * 4);
+    assert.ok(info.after.mrrAt10 >= info.before.mrrAt10);
+    assert.deepEqual((await ai.listAdapters('tailored')).map((a) => a.name), ['v1']);
+
+    const plain = await ai.getSimN('tailored', 'rivers frob', 3, { mode: 'exact' });
+    const adapted = await ai.getSimN('tailored', 'rivers frob', 3, { mode: 'exact', adapter: 'v1' });
+    assert.notDeepEqual(plain.matches.map((m) => m.similarity), adapted.matches.map((m) => m.similarity));
+    assert.ok((await rejection(ai.getSimN('tailored', 'x', 1, { adapter: 'nope' }))) instanceof NotFoundError);
+
+    await ai.trainRescorer('tailored', 'r1', examples, { settings: { epochs: 2 } });
+    let rescorer = await ai.getRescorer('tailored', 'r1');
+    while (rescorer.state === 'queued' || rescorer.state === 'training') {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      rescorer = await ai.getRescorer('tailored', 'r1');
+    }
+    assert.equal(rescorer.state, 'ready', rescorer.message);
+    const reranked = await ai.getSimN('tailored', 'rivers frob', 3, { rescorer: { name: 'r1', candidates: 10 } });
+    assert.ok(reranked.matches.every((m) => typeof m.rerankScore === 'number'));
+
+    assert.equal(await ai.dropAdapter('tailored', 'v1'), true);
+    assert.equal(await ai.dropAdapter('tailored', 'v1', { missingOk: true }), false);
+    assert.equal(await ai.dropRescorer('tailored', 'r1'), true);
+    assert.deepEqual(await ai.listRescorers('tailored'), []);
+    await ai.dropStore('tailored');
+  });
 });

@@ -91,8 +91,22 @@ const DB_CALLS: Record<string, (client: DBClient) => Promise<unknown>> = {
   DeleteByPredicate: (c) => c.deleteByPredicate('s', { n: { eq: 1 } }),
   CreatePredIndex: (c) => c.createPredIndex('s', ['n']),
   DropPredIndex: (c) => c.dropPredIndex('s', ['n'], { missingOk: true }),
+  CreateKeywordIndex: (c) => c.createKeywordIndex('s', ['text']),
+  DropKeywordIndex: (c) => c.dropKeywordIndex('s', { missingOk: true }),
   Info: (c) => c.info(),
   Ping: (c) => c.ping(),
+};
+
+const TRAINED = {
+  store: 't',
+  name: 'v1',
+  state: 'TRAIN_STATE_READY',
+  progress: 1,
+  before: { mrr_at_10: 0.25, recall_at_10: 0.5, queries: 4 },
+  after: { mrr_at_10: 0.5, recall_at_10: 0.75, queries: 4 },
+  recommended: true,
+  dimension: 384,
+  weight_bytes: '589824',
 };
 
 const AI_CALLS: Record<string, (client: AIClient) => Promise<unknown>> = {
@@ -111,6 +125,17 @@ const AI_CALLS: Record<string, (client: AIClient) => Promise<unknown>> = {
   ListModels: (c) => c.listModels(),
   Info: (c) => c.info(),
   Ping: (c) => c.ping(),
+  TrainAdapter: (c) =>
+    c.trainAdapter('t', 'v1', [{ query: 'q', relevantIds: ['a'], irrelevantIds: ['b'] }, { query: Buffer.from([1]), relevantIds: ['c'] }], {
+      settings: { epochs: 5, identityWeight: 0.5 },
+    }),
+  GetAdapter: (c) => c.getAdapter('t', 'v1'),
+  ListAdapters: (c) => c.listAdapters('t'),
+  DropAdapter: (c) => c.dropAdapter('t', 'v1', { missingOk: true }),
+  TrainRescorer: (c) => c.trainRescorer('t', 'r1', [{ query: 'q', relevantIds: ['a'] }]),
+  GetRescorer: (c) => c.getRescorer('t', 'r1'),
+  ListRescorers: (c) => c.listRescorers('t'),
+  DropRescorer: (c) => c.dropRescorer('t', 'r1'),
 };
 
 describe('DBClient against a scripted server', () => {
@@ -182,6 +207,39 @@ describe('DBClient against a scripted server', () => {
     assert.equal(search['mode'], 'SEARCH_MODE_EXACT');
     assert.equal(search['ef'], 50);
     assert.equal(search['k'], 2);
+
+    await client.getSimN('s', null, 3, { keywords: 'apt', hybrid: { fusion: 'blend', vectorWeight: 0.25, candidates: 50 } });
+    const hybrid = fake.received.get('GetSimN')!.request;
+    assert.deepEqual(hybrid['query'], []);
+    assert.equal(hybrid['keywords'], 'apt');
+    const options = hybrid['hybrid'] as Record<string, unknown>;
+    assert.equal(options['fusion'], 'HYBRID_FUSION_BLEND');
+    assert.equal(options['vector_weight'], 0.25);
+    assert.equal(options['candidates'], 50);
+    assert.equal(search['_mmr_lambda'], undefined, 'no MMR unless asked');
+    assert.deepEqual(search['positive_ids'], []);
+  });
+
+  it('sends MMR and examples as GetSimN fields, with no query when examples stand for it', async () => {
+    await client.getSimN('s', null, 3, {
+      mmr: 0.25,
+      mmrCandidates: 40,
+      positive: ['a', 'b'],
+      negative: ['c'],
+      strategy: 'best_score',
+      recommendCandidates: 30,
+    });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.deepEqual(search['query'], []);
+    assert.equal(search['mmr_lambda'], 0.25);
+    assert.equal(search['mmr_candidates'], 40);
+    assert.deepEqual(search['positive_ids'], ['a', 'b']);
+    assert.deepEqual(search['negative_ids'], ['c']);
+    assert.equal(search['recommend_strategy'], 'RECOMMEND_STRATEGY_BEST_SCORE');
+    assert.equal(search['recommend_candidates'], 30);
+    await assert.rejects(client.getSimN('s', null, 3, { positive: ['a'], strategy: 'worst' as never }), InvalidArgumentError);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { strategy: 'best_score' }), /need positive or negative ids/);
+    await assert.rejects(client.getSimN('s', [1, 0, 0], 3, { mmrCandidates: 30 }), /mmrCandidates needs mmr/);
   });
 
   it('converts replies to plain values', async () => {
@@ -274,6 +332,10 @@ describe('AIClient against a scripted server', () => {
     };
     fake.replies['Embed'] = { embeddings: [{ values: [0.5, 0.5] }, { values: [1, 0] }], dimension: 2 };
     fake.replies['Rerank'] = { results: [{ index: 1, score: 0.75 }] };
+    for (const rpc of ['TrainAdapter', 'GetAdapter']) fake.replies[rpc] = { adapter: TRAINED };
+    for (const rpc of ['TrainRescorer', 'GetRescorer']) fake.replies[rpc] = { rescorer: TRAINED };
+    fake.replies['ListAdapters'] = { adapters: [TRAINED] };
+    fake.replies['ListRescorers'] = { rescorers: [] };
     fake.replies['ListModels'] = {
       models: [{ name: 'm', kind: 'MODEL_KIND_CROSS_ENCODER', modality: 'MODALITY_TEXT', max_tokens: 512, precision: 'int8' }],
     };
@@ -286,6 +348,15 @@ describe('AIClient against a scripted server', () => {
   });
 
   beforeEach(() => fake.received.clear());
+
+  it('sends MMR and examples as GetSimN fields, with no query input when examples stand for it', async () => {
+    await client.getSimN('t', null, 2, { positive: ['p'], mmr: 0.5 });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.equal(search['query'], null);
+    assert.deepEqual(search['positive_ids'], ['p']);
+    assert.equal(search['mmr_lambda'], 0.5);
+    assert.equal(search['recommend_strategy'], 'RECOMMEND_STRATEGY_AVERAGE_VECTOR');
+  });
 
   it('has a method for every RPC of AIService, each sending a deadline', async () => {
     assert.deepEqual(Object.keys(AI_CALLS).sort(), rpcNames(aiService()));
@@ -313,7 +384,32 @@ describe('AIClient against a scripted server', () => {
     assert.equal(search['query_model_override'], 'q8');
     assert.deepEqual(
       { ...(search['rerank'] as object) },
-      { model: 'ce', candidates: 0, sigmoid: false, fusion: 'RERANK_FUSION_BLEND', metadata_field: 'caption', text_source: 'metadata_field' },
+      { model: 'ce', candidates: 0, sigmoid: false, fusion: 'RERANK_FUSION_BLEND', metadata_field: 'caption', text_source: 'metadata_field', rescorer: '' },
+    );
+  });
+
+  it('sends adapters, re-scorers and training examples, and reads what was trained', async () => {
+    await client.getSimN('t', 'a dog', 3, { adapter: 'v1', rescorer: { name: 'r1', candidates: 30 } });
+    const search = fake.received.get('GetSimN')!.request;
+    assert.equal(search['adapter'], 'v1');
+    assert.equal((search['rerank'] as Record<string, unknown>)['rescorer'], 'r1');
+    assert.equal((search['rerank'] as Record<string, unknown>)['candidates'], 30);
+    const info = await AI_CALLS['TrainAdapter']!(client);
+    const train = fake.received.get('TrainAdapter')!.request;
+    const [text, image] = train['examples'] as Array<Record<string, unknown>>;
+    assert.deepEqual(text!['relevant_ids'], ['a']);
+    assert.deepEqual(text!['irrelevant_ids'], ['b']);
+    assert.deepEqual((image!['query'] as Record<string, unknown>)['image'], Buffer.from([1]));
+    assert.equal((train['options'] as Record<string, unknown>)['epochs'], 5);
+    assert.equal((train['options'] as Record<string, unknown>)['identity_weight'], 0.5);
+    assert.deepEqual(
+      { state: (info as { state: string }).state, mrr: (info as { after: { mrrAt10: number } }).after.mrrAt10 },
+      { state: 'ready', mrr: 0.5 },
+    );
+    assert.equal((await client.getAdapter('t', 'v1')).weightBytes, 589824);
+    await assert.rejects(
+      client.getSimN('t', 'q', 1, { rerank: { model: 'ce', originalText: true }, rescorer: { name: 'r1' } }),
+      /not both/,
     );
   });
 

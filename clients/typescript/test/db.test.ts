@@ -3,7 +3,14 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { AlreadyExistsError, DBClient, InvalidArgumentError, NachbarError, NotFoundError } from '../src/index';
+import {
+  AlreadyExistsError,
+  DBClient,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NachbarError,
+  NotFoundError,
+} from '../src/index';
 import { ServerProcess, startServer, tempDir } from './servers';
 
 function assertClose(actual: number, expected: number, what: string): void {
@@ -163,6 +170,64 @@ describe('DBClient against nachbar-db', () => {
     const search = await rejection(db.getSimN('dims', [1, 2, 3, 4], 1));
     assert.equal(search.code, 'INVALID_ARGUMENT');
     assert.equal((await db.getStore('dims')).count, 0, 'a refused batch stores nothing');
+  });
+
+  it('diversifies with MMR and recommends by examples', async () => {
+    await db.createStore('explore', 2);
+    await db.upsert('explore', [
+      { id: 'a', vector: [1, 0] },
+      { id: 'a2', vector: [0.99, 0.05] },
+      { id: 'a3', vector: [0.98, 0.08] },
+      { id: 'b', vector: [0, 1] },
+    ]);
+    const plain = await db.getSimN('explore', [1, 0.02], 2);
+    assert.deepEqual(plain.matches.map((m) => m.id), ['a', 'a2']);
+    const diverse = await db.getSimN('explore', [1, 0.02], 2, { mmr: 0.3 });
+    assert.deepEqual(diverse.matches.map((m) => m.id), ['a', 'b']);
+    assertClose(diverse.matches[1]!.similarity, 0.02 / Math.hypot(1, 0.02), 'similarity to the query');
+    const liked = await db.getSimN('explore', null, 2, { positive: ['a'], negative: ['b'] });
+    assert.deepEqual(liked.matches.map((m) => m.id), ['a2', 'a3']);
+    const best = await db.getSimN('explore', null, 1, { positive: ['a3'], strategy: 'best_score' });
+    assert.deepEqual(best.matches.map((m) => m.id), ['a2']);
+    const missing = await rejection(db.getSimN('explore', null, 2, { positive: ['zz'] }));
+    assert.ok(missing instanceof NotFoundError);
+    assert.match(missing.message, /'zz'/);
+    const bad = await rejection(db.getSimN('explore', [1, 0], 2, { mmr: 1.5 }));
+    assert.ok(bad instanceof InvalidArgumentError);
+    assert.match(bad.message, /mmr lambda 1.5 is out of range/);
+  });
+
+  it('searches by keywords, hybrid and keyword-only, with each side\'s score', async () => {
+    const { store } = await db.createStore('hybrid', 2, { keywordFields: ['text'] });
+    assert.deepEqual(store.keywordFields, ['text']);
+    await db.upsert('hybrid', [
+      { id: 'a', vector: [1, 0], metadata: { text: 'apt pinning howto' } },
+      { id: 'b', vector: [0, 1], metadata: { text: 'network bridges' } },
+    ]);
+    const hybrid = await db.getSimN('hybrid', [0, 1], 2, { keywords: 'apt', hybrid: { fusion: 'rrf' } });
+    assert.deepEqual(hybrid.matches.map((m) => m.id).sort(), ['a', 'b']);
+    const a = hybrid.matches.find((m) => m.id === 'a');
+    const b = hybrid.matches.find((m) => m.id === 'b');
+    assert.ok(a?.keywordScore !== undefined && a.keywordScore > 0);
+    assert.equal(b?.keywordScore, undefined);
+    assertClose(b?.hybridScore ?? 0, 1 / 61, 'b: first by vector only');
+    assertClose(a?.hybridScore ?? 0, 1 / 62 + 1 / 61, 'a: second by vector, first by keyword');
+    const only = await db.getSimN('hybrid', null, 5, { keywords: 'NEAR(network" *' });
+    assert.deepEqual(only.matches.map((m) => m.id), ['b']);
+    assert.equal(only.matches[0]?.vectorScore, undefined);
+    assert.equal(only.plan, 'keyword');
+    const blank = await rejection(db.getSimN('hybrid', null, 1, { keywords: '  ' }));
+    assert.ok(blank instanceof InvalidArgumentError && /whitespace/.test(blank.message), blank.message);
+
+    await db.createStore('later', 2);
+    await db.upsert('later', [{ id: 'x', vector: [1, 0], metadata: { title: 'Café' } }]);
+    const missing = await rejection(db.getSimN('later', [1, 0], 1, { keywords: 'cafe' }));
+    assert.ok(missing instanceof FailedPreconditionError, missing.message);
+    assert.deepEqual(await db.createKeywordIndex('later', ['title']), { created: true, indexed: 1 });
+    const found = await db.getSimN('later', null, 1, { keywords: 'cafe' });
+    assert.deepEqual(found.matches.map((m) => m.id), ['x']);
+    assert.equal(await db.dropKeywordIndex('later'), true);
+    assert.equal(await db.dropKeywordIndex('later', { missingOk: true }), false);
   });
 
   it('finds its stores again after a restart', async () => {

@@ -74,6 +74,9 @@ async function typescriptCalls(address: string): Promise<void> {
     await ai.deleteKeys('t', ['a']);
     await ai.embed('m', ['x']);
     await ai.rerank('ce', 'q', ['a', 'b']);
+    await ai.listAdapters('t');
+    await ai.dropAdapter('t', 'v1');
+    await ai.dropRescorer('t', 'r1');
     await db.createStore('s', 3);
     await db.dropStore('s');
     await db.upsert('s', [{ id: 'a', vector: [1, 0, 0.5] }]);

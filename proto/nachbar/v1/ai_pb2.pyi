@@ -105,6 +105,33 @@ cross-encoder (Rerank, GetSimN's rerank).
 """
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
+class _TrainState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrainStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrainState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAIN_STATE_UNSPECIFIED: _TrainState.ValueType  # 0
+    TRAIN_STATE_QUEUED: _TrainState.ValueType  # 1
+    """Waiting for the training worker."""
+    TRAIN_STATE_TRAINING: _TrainState.ValueType  # 2
+    TRAIN_STATE_READY: _TrainState.ValueType  # 3
+    """Stored in the db and usable in GetSimN."""
+    TRAIN_STATE_FAILED: _TrainState.ValueType  # 4
+    """See `message`; nothing was stored."""
+
+class TrainState(_TrainState, metaclass=_TrainStateEnumTypeWrapper): ...
+
+TRAIN_STATE_UNSPECIFIED: TrainState.ValueType  # 0
+TRAIN_STATE_QUEUED: TrainState.ValueType  # 1
+"""Waiting for the training worker."""
+TRAIN_STATE_TRAINING: TrainState.ValueType  # 2
+TRAIN_STATE_READY: TrainState.ValueType  # 3
+"""Stored in the db and usable in GetSimN."""
+TRAIN_STATE_FAILED: TrainState.ValueType  # 4
+"""See `message`; nothing was stored."""
+Global___TrainState: _TypeAlias = TrainState  # noqa: Y015
+
 @_typing.final
 class Input(_message.Message):
     """One thing to embed."""
@@ -178,6 +205,7 @@ class CreateStoreRequest(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     IF_NOT_EXISTS_FIELD_NUMBER: _builtins.int
+    KEYWORD_INDEX_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     query_model: _builtins.str
     """Embeds GetSimN queries."""
@@ -192,6 +220,12 @@ class CreateStoreRequest(_message.Message):
     def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def index(self) -> _common_pb2.IndexConfig: ...
+    @_builtins.property
+    def keyword_index(self) -> _db_pb2.KeywordIndexConfig:
+        """Set: a keyword index for hybrid search. With no fields it indexes the stored original text
+        (needs store_original); name metadata fields (e.g. an image caption) to index those.
+        """
+
     def __init__(
         self,
         *,
@@ -203,10 +237,11 @@ class CreateStoreRequest(_message.Message):
         index: _common_pb2.IndexConfig | None = ...,
         metric: _common_pb2.Metric.ValueType = ...,
         if_not_exists: _builtins.bool = ...,
+        keyword_index: _db_pb2.KeywordIndexConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "keyword_index", b"keyword_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_not_exists", b"if_not_exists", "index", b"index", "index_model", b"index_model", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "query_model", b"query_model", "store", b"store", "store_original", b"store_original"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_not_exists", b"if_not_exists", "index", b"index", "index_model", b"index_model", "keyword_index", b"keyword_index", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "query_model", b"query_model", "store", b"store", "store_original", b"store_original"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,6 +502,7 @@ class RerankOptions(_message.Message):
     METADATA_FIELD_FIELD_NUMBER: _builtins.int
     SIGMOID_FIELD_NUMBER: _builtins.int
     FUSION_FIELD_NUMBER: _builtins.int
+    RESCORER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A reranker: a cross-encoder or a late-interaction model (see ListModels)."""
     candidates: _builtins.int
@@ -483,6 +519,11 @@ class RerankOptions(_message.Message):
     """How the reranker's scores and the vector similarities decide the order. NONE: the
     reranker's alone. Fusing keeps what the vector search knew where the reranker is weak.
     """
+    rescorer: _builtins.str
+    """A re-scorer trained for the store (TrainRescorer) instead of `model`: it scores the
+    query vector against each candidate's stored vector, so it needs no text and reranks
+    image stores queried with text. Leave `model` and the text source unset.
+    """
     def __init__(
         self,
         *,
@@ -492,10 +533,11 @@ class RerankOptions(_message.Message):
         metadata_field: _builtins.str = ...,
         sigmoid: _builtins.bool = ...,
         fusion: Global___RerankFusion.ValueType = ...,
+        rescorer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata_field", b"metadata_field", "original_text", b"original_text", "text_source", b"text_source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fusion", b"fusion", "metadata_field", b"metadata_field", "model", b"model", "original_text", b"original_text", "sigmoid", b"sigmoid", "text_source", b"text_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "fusion", b"fusion", "metadata_field", b"metadata_field", "model", b"model", "original_text", b"original_text", "rescorer", b"rescorer", "sigmoid", b"sigmoid", "text_source", b"text_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_text_source: _TypeAlias = _typing.Literal["original_text", "metadata_field"]  # noqa: Y015
     _WhichOneofArgType_text_source: _TypeAlias = _typing.Literal["text_source", b"text_source"]  # noqa: Y015
@@ -516,6 +558,16 @@ class GetSimNRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     EF_FIELD_NUMBER: _builtins.int
     QUERY_MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    HYBRID_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    KEYWORD_ONLY_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
+    MMR_CANDIDATES_FIELD_NUMBER: _builtins.int
+    POSITIVE_IDS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_IDS_FIELD_NUMBER: _builtins.int
+    RECOMMEND_STRATEGY_FIELD_NUMBER: _builtins.int
+    RECOMMEND_CANDIDATES_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
     truncation: Global___TruncationPolicy.ValueType
@@ -525,6 +577,23 @@ class GetSimNRequest(_message.Message):
     """Embed the query with this model instead of the store's query model. It must share the
     store's embedding space (for example an int8 twin).
     """
+    keywords: _builtins.str
+    keyword_only: _builtins.bool
+    """Search by keywords alone (BM25 order), without embedding the query."""
+    mmr_lambda: _builtins.float
+    """MMR and recommend by examples as in nachbar-db's GetSimNRequest (same names and limits).
+    The example ids are entries of this store; their stored vectors are used, so they work
+    for any store, images and text alike. `query` may be unset when positive_ids are given.
+    MMR does not combine with rerank (INVALID_ARGUMENT): the reranker's scores and the vector
+    similarities between results are on different scales. With examples, rerank needs a query.
+    """
+    mmr_candidates: _builtins.int
+    recommend_strategy: _db_pb2.RecommendStrategy.ValueType
+    recommend_candidates: _builtins.int
+    adapter: _builtins.str
+    """Search with the query vector mapped by this adapter of the store (TrainAdapter). Empty:
+    the frozen query vector. Re-scorers still score the frozen query vector.
+    """
     @_builtins.property
     def query(self) -> Global___Input: ...
     @_builtins.property
@@ -533,6 +602,17 @@ class GetSimNRequest(_message.Message):
     def rerank(self) -> Global___RerankOptions:
         """Unset: no reranking."""
 
+    @_builtins.property
+    def hybrid(self) -> _db_pb2.HybridOptions:
+        """Hybrid search (the store needs a keyword index): set this, `keywords` or `keyword_only`.
+        The keyword side searches `keywords`, or the query text when it is empty (image queries
+        need `keywords`). A rerank then reranks the fused candidates.
+        """
+
+    @_builtins.property
+    def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -545,12 +625,24 @@ class GetSimNRequest(_message.Message):
         mode: _common_pb2.SearchMode.ValueType = ...,
         ef: _builtins.int = ...,
         query_model_override: _builtins.str = ...,
+        hybrid: _db_pb2.HybridOptions | None = ...,
+        keywords: _builtins.str = ...,
+        keyword_only: _builtins.bool = ...,
+        mmr_lambda: _builtins.float | None = ...,
+        mmr_candidates: _builtins.int = ...,
+        positive_ids: _abc.Iterable[_builtins.str] | None = ...,
+        negative_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recommend_strategy: _db_pb2.RecommendStrategy.ValueType = ...,
+        recommend_candidates: _builtins.int = ...,
+        adapter: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "hybrid", b"hybrid", "mmr_lambda", b"mmr_lambda", "query", b"query", "rerank", b"rerank"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef", b"ef", "filter", b"filter", "k", b"k", "mode", b"mode", "query", b"query", "query_model_override", b"query_model_override", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda", "adapter", b"adapter", "ef", b"ef", "filter", b"filter", "hybrid", b"hybrid", "k", b"k", "keyword_only", b"keyword_only", "keywords", b"keywords", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "query_model_override", b"query_model_override", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "rerank", b"rerank", "store", b"store", "truncation", b"truncation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
+    _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mmr_lambda) -> _WhichOneofReturnType__mmr_lambda | None: ...
 
 Global___GetSimNRequest: _TypeAlias = GetSimNRequest  # noqa: Y015
 
@@ -585,15 +677,24 @@ class AIMatch(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     ORIGINAL_FIELD_NUMBER: _builtins.int
     FUSED_SCORE_FIELD_NUMBER: _builtins.int
+    VECTOR_SCORE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
+    HYBRID_SCORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     similarity: _builtins.float
     """Vector similarity (see Metric)."""
     rerank_score: _builtins.float
-    """The reranker's score; set only when reranked."""
+    """The reranker's (or re-scorer's) score; set only when reranked."""
     fused_score: _builtins.float
     """The fused score that ordered the matches; set only when the rerank fused (see
     RerankFusion).
     """
+    vector_score: _builtins.float
+    """Hybrid and keyword-only searches, as on nachbar.db.v1.Match: `similarity` is then the
+    hybrid (or keyword) score, and these are each side's own.
+    """
+    keyword_score: _builtins.float
+    hybrid_score: _builtins.float
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -609,19 +710,34 @@ class AIMatch(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         original: Global___Input | None = ...,
         fused_score: _builtins.float | None = ...,
+        vector_score: _builtins.float | None = ...,
+        keyword_score: _builtins.float | None = ...,
+        hybrid_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "original", b"original", "rerank_score", b"rerank_score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_rerank_score", b"_rerank_score", "_vector_score", b"_vector_score", "fused_score", b"fused_score", "hybrid_score", b"hybrid_score", "keyword_score", b"keyword_score", "original", b"original", "rerank_score", b"rerank_score", "vector_score", b"vector_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_rerank_score", b"_rerank_score", "fused_score", b"fused_score", "id", b"id", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score", "_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_rerank_score", b"_rerank_score", "_vector_score", b"_vector_score", "fused_score", b"fused_score", "hybrid_score", b"hybrid_score", "id", b"id", "keyword_score", b"keyword_score", "metadata", b"metadata", "original", b"original", "rerank_score", b"rerank_score", "similarity", b"similarity", "vector_score", b"vector_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__fused_score: _TypeAlias = _typing.Literal["fused_score"]  # noqa: Y015
     _WhichOneofArgType__fused_score: _TypeAlias = _typing.Literal["_fused_score", b"_fused_score"]  # noqa: Y015
+    _WhichOneofReturnType__hybrid_score: _TypeAlias = _typing.Literal["hybrid_score"]  # noqa: Y015
+    _WhichOneofArgType__hybrid_score: _TypeAlias = _typing.Literal["_hybrid_score", b"_hybrid_score"]  # noqa: Y015
+    _WhichOneofReturnType__keyword_score: _TypeAlias = _typing.Literal["keyword_score"]  # noqa: Y015
+    _WhichOneofArgType__keyword_score: _TypeAlias = _typing.Literal["_keyword_score", b"_keyword_score"]  # noqa: Y015
     _WhichOneofReturnType__rerank_score: _TypeAlias = _typing.Literal["rerank_score"]  # noqa: Y015
     _WhichOneofArgType__rerank_score: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score"]  # noqa: Y015
+    _WhichOneofReturnType__vector_score: _TypeAlias = _typing.Literal["vector_score"]  # noqa: Y015
+    _WhichOneofArgType__vector_score: _TypeAlias = _typing.Literal["_vector_score", b"_vector_score"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fused_score) -> _WhichOneofReturnType__fused_score | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hybrid_score) -> _WhichOneofReturnType__hybrid_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keyword_score) -> _WhichOneofReturnType__keyword_score | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rerank_score) -> _WhichOneofReturnType__rerank_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vector_score) -> _WhichOneofReturnType__vector_score | None: ...
 
 Global___AIMatch: _TypeAlias = AIMatch  # noqa: Y015
 
@@ -1168,3 +1284,536 @@ class PingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PingResponse: _TypeAlias = PingResponse  # noqa: Y015
+
+@_typing.final
+class TrainExample(_message.Message):
+    """One training example: a query and the entries of the store that answer it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    RELEVANT_IDS_FIELD_NUMBER: _builtins.int
+    IRRELEVANT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> Global___Input:
+        """Embedded with the store's query model (texts longer than its limit are cut to it)."""
+
+    @_builtins.property
+    def relevant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of entries of the store that are relevant to the query: at least one."""
+
+    @_builtins.property
+    def irrelevant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional: ids known to be irrelevant, used as hard negatives."""
+
+    def __init__(
+        self,
+        *,
+        query: Global___Input | None = ...,
+        relevant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        irrelevant_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["irrelevant_ids", b"irrelevant_ids", "query", b"query", "relevant_ids", b"relevant_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainExample: _TypeAlias = TrainExample  # noqa: Y015
+
+@_typing.final
+class TrainMetrics(_message.Message):
+    """MRR@10 and recall@10 over the held-out examples, against the store's vectors."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MRR_AT_10_FIELD_NUMBER: _builtins.int
+    RECALL_AT_10_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    mrr_at_10: _builtins.float
+    recall_at_10: _builtins.float
+    queries: _builtins.int
+    def __init__(
+        self,
+        *,
+        mrr_at_10: _builtins.float = ...,
+        recall_at_10: _builtins.float = ...,
+        queries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mrr_at_10", b"mrr_at_10", "queries", b"queries", "recall_at_10", b"recall_at_10"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainMetrics: _TypeAlias = TrainMetrics  # noqa: Y015
+
+@_typing.final
+class TrainedInfo(_message.Message):
+    """An adapter or a re-scorer of a store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_FIELD_NUMBER: _builtins.int
+    TRAIN_EXAMPLES_FIELD_NUMBER: _builtins.int
+    HELD_OUT_EXAMPLES_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
+    CORPUS_SIZE_FIELD_NUMBER: _builtins.int
+    WEIGHT_BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    state: Global___TrainState.ValueType
+    progress: _builtins.float
+    """0 to 1 while training."""
+    message: _builtins.str
+    """The latest progress line, or why training failed."""
+    recommended: _builtins.bool
+    """The held-out MRR@10 improved on the frozen baseline. Use it only when true."""
+    train_examples: _builtins.int
+    held_out_examples: _builtins.int
+    epochs: _builtins.int
+    train_seconds: _builtins.float
+    dimension: _builtins.int
+    """The store's dimension and embedding space the model is tied to."""
+    space: _builtins.str
+    corpus_size: _builtins.int
+    """Store vectors it was trained against (the store's count up to a cap)."""
+    weight_bytes: _builtins.int
+    """Bytes of weights kept in the db."""
+    created_at: _builtins.float
+    """Unix seconds."""
+    @_builtins.property
+    def before(self) -> Global___TrainMetrics:
+        """The frozen baseline on the held-out examples (for re-scorers: the frozen order of the
+        top `candidates`), and the trained model on them.
+        """
+
+    @_builtins.property
+    def after(self) -> Global___TrainMetrics: ...
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: Global___TrainState.ValueType = ...,
+        progress: _builtins.float = ...,
+        message: _builtins.str = ...,
+        before: Global___TrainMetrics | None = ...,
+        after: Global___TrainMetrics | None = ...,
+        recommended: _builtins.bool = ...,
+        train_examples: _builtins.int = ...,
+        held_out_examples: _builtins.int = ...,
+        epochs: _builtins.int = ...,
+        train_seconds: _builtins.float = ...,
+        dimension: _builtins.int = ...,
+        space: _builtins.str = ...,
+        corpus_size: _builtins.int = ...,
+        weight_bytes: _builtins.int = ...,
+        created_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "corpus_size", b"corpus_size", "created_at", b"created_at", "dimension", b"dimension", "epochs", b"epochs", "held_out_examples", b"held_out_examples", "message", b"message", "name", b"name", "progress", b"progress", "recommended", b"recommended", "space", b"space", "state", b"state", "store", b"store", "train_examples", b"train_examples", "train_seconds", b"train_seconds", "weight_bytes", b"weight_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainedInfo: _TypeAlias = TrainedInfo  # noqa: Y015
+
+@_typing.final
+class TrainOptions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    HELD_OUT_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    IDENTITY_WEIGHT_FIELD_NUMBER: _builtins.int
+    epochs: _builtins.int
+    """0: the server's default (40 adapter, 30 re-scorer)."""
+    learning_rate: _builtins.float
+    """0: the default (0.001 adapter, 0.003 re-scorer)."""
+    held_out: _builtins.float
+    """Share of the examples held out for early stopping and the metrics; 0: 0.2."""
+    seed: _builtins.int
+    identity_weight: _builtins.float
+    """Adapters: the weight of ||W - I||^2; 0: default 0.01."""
+    def __init__(
+        self,
+        *,
+        epochs: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
+        held_out: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        identity_weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epochs", b"epochs", "held_out", b"held_out", "identity_weight", b"identity_weight", "learning_rate", b"learning_rate", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainOptions: _TypeAlias = TrainOptions  # noqa: Y015
+
+@_typing.final
+class TrainAdapterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    """1 to 64 characters from A-Z, a-z, 0-9, '_', '.' and '-'. A new name is a new version."""
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainExample]: ...
+    @_builtins.property
+    def options(self) -> Global___TrainOptions: ...
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+        examples: _abc.Iterable[Global___TrainExample] | None = ...,
+        options: Global___TrainOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples", "name", b"name", "options", b"options", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainAdapterRequest: _TypeAlias = TrainAdapterRequest  # noqa: Y015
+
+@_typing.final
+class TrainAdapterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapter(self) -> Global___TrainedInfo: ...
+    def __init__(
+        self,
+        *,
+        adapter: Global___TrainedInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainAdapterResponse: _TypeAlias = TrainAdapterResponse  # noqa: Y015
+
+@_typing.final
+class GetAdapterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterRequest: _TypeAlias = GetAdapterRequest  # noqa: Y015
+
+@_typing.final
+class GetAdapterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapter(self) -> Global___TrainedInfo: ...
+    def __init__(
+        self,
+        *,
+        adapter: Global___TrainedInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterResponse: _TypeAlias = GetAdapterResponse  # noqa: Y015
+
+@_typing.final
+class ListAdaptersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdaptersRequest: _TypeAlias = ListAdaptersRequest  # noqa: Y015
+
+@_typing.final
+class ListAdaptersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainedInfo]:
+        """Stored ones and those training, by name."""
+
+    def __init__(
+        self,
+        *,
+        adapters: _abc.Iterable[Global___TrainedInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdaptersResponse: _TypeAlias = ListAdaptersResponse  # noqa: Y015
+
+@_typing.final
+class DropAdapterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MISSING_OK_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    missing_ok: _builtins.bool
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+        missing_ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_ok", b"missing_ok", "name", b"name", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropAdapterRequest: _TypeAlias = DropAdapterRequest  # noqa: Y015
+
+@_typing.final
+class DropAdapterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dropped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropAdapterResponse: _TypeAlias = DropAdapterResponse  # noqa: Y015
+
+@_typing.final
+class TrainRescorerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainExample]: ...
+    @_builtins.property
+    def options(self) -> Global___TrainOptions: ...
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+        examples: _abc.Iterable[Global___TrainExample] | None = ...,
+        options: Global___TrainOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples", "name", b"name", "options", b"options", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainRescorerRequest: _TypeAlias = TrainRescorerRequest  # noqa: Y015
+
+@_typing.final
+class TrainRescorerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESCORER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rescorer(self) -> Global___TrainedInfo: ...
+    def __init__(
+        self,
+        *,
+        rescorer: Global___TrainedInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rescorer", b"rescorer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rescorer", b"rescorer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainRescorerResponse: _TypeAlias = TrainRescorerResponse  # noqa: Y015
+
+@_typing.final
+class GetRescorerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRescorerRequest: _TypeAlias = GetRescorerRequest  # noqa: Y015
+
+@_typing.final
+class GetRescorerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESCORER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rescorer(self) -> Global___TrainedInfo: ...
+    def __init__(
+        self,
+        *,
+        rescorer: Global___TrainedInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rescorer", b"rescorer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rescorer", b"rescorer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRescorerResponse: _TypeAlias = GetRescorerResponse  # noqa: Y015
+
+@_typing.final
+class ListRescorersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRescorersRequest: _TypeAlias = ListRescorersRequest  # noqa: Y015
+
+@_typing.final
+class ListRescorersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESCORERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rescorers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainedInfo]: ...
+    def __init__(
+        self,
+        *,
+        rescorers: _abc.Iterable[Global___TrainedInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rescorers", b"rescorers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRescorersResponse: _TypeAlias = ListRescorersResponse  # noqa: Y015
+
+@_typing.final
+class DropRescorerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MISSING_OK_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    name: _builtins.str
+    missing_ok: _builtins.bool
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        name: _builtins.str = ...,
+        missing_ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_ok", b"missing_ok", "name", b"name", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropRescorerRequest: _TypeAlias = DropRescorerRequest  # noqa: Y015
+
+@_typing.final
+class DropRescorerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dropped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DropRescorerResponse: _TypeAlias = DropRescorerResponse  # noqa: Y015

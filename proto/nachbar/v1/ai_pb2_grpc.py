@@ -110,6 +110,46 @@ class AIServiceStub:
                 request_serializer=nachbar_dot_v1_dot_ai__pb2.PingRequest.SerializeToString,
                 response_deserializer=nachbar_dot_v1_dot_ai__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.TrainAdapter = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/TrainAdapter',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.TrainAdapterRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.TrainAdapterResponse.FromString,
+                _registered_method=True)
+        self.GetAdapter = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/GetAdapter',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.GetAdapterResponse.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/ListAdapters',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
+        self.DropAdapter = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/DropAdapter',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.DropAdapterRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.DropAdapterResponse.FromString,
+                _registered_method=True)
+        self.TrainRescorer = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/TrainRescorer',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.TrainRescorerRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.TrainRescorerResponse.FromString,
+                _registered_method=True)
+        self.GetRescorer = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/GetRescorer',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.GetRescorerRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.GetRescorerResponse.FromString,
+                _registered_method=True)
+        self.ListRescorers = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/ListRescorers',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.ListRescorersRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.ListRescorersResponse.FromString,
+                _registered_method=True)
+        self.DropRescorer = channel.unary_unary(
+                '/nachbar.ai.v1.AIService/DropRescorer',
+                request_serializer=nachbar_dot_v1_dot_ai__pb2.DropRescorerRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_ai__pb2.DropRescorerResponse.FromString,
+                _registered_method=True)
 
 
 class AIServiceServicer:
@@ -150,7 +190,8 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSimN(self, request, context):
-        """Embed the query with the store's query model and search; optionally rerank.
+        """Embed the query with the store's query model and search; optionally rerank. Or search
+        like stored example entries; optionally diversified (MMR).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +249,61 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Ping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainAdapter(self, request, context):
+        """Learn a query adapter for a store from examples, in the background: a linear map of the
+        query vector, so the frozen stored vectors serve a task better (GetSimN's `adapter`).
+        ALREADY_EXISTS when the name is taken or training; GetAdapter shows progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropAdapter(self, request, context):
+        """Cancels a training in progress as well.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainRescorer(self, request, context):
+        """Learn a re-scorer for a store from examples, in the background: a small network over
+        (query vector, stored vector) pairs that reranks GetSimN's candidates (RerankOptions's
+        `rescorer`), for any modality.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRescorer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRescorers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropRescorer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +386,46 @@ def add_AIServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=nachbar_dot_v1_dot_ai__pb2.PingRequest.FromString,
                     response_serializer=nachbar_dot_v1_dot_ai__pb2.PingResponse.SerializeToString,
+            ),
+            'TrainAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainAdapter,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.TrainAdapterRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.TrainAdapterResponse.SerializeToString,
+            ),
+            'GetAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapter,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.GetAdapterRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.GetAdapterResponse.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'DropAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropAdapter,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.DropAdapterRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.DropAdapterResponse.SerializeToString,
+            ),
+            'TrainRescorer': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainRescorer,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.TrainRescorerRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.TrainRescorerResponse.SerializeToString,
+            ),
+            'GetRescorer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRescorer,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.GetRescorerRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.GetRescorerResponse.SerializeToString,
+            ),
+            'ListRescorers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRescorers,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.ListRescorersRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.ListRescorersResponse.SerializeToString,
+            ),
+            'DropRescorer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropRescorer,
+                    request_deserializer=nachbar_dot_v1_dot_ai__pb2.DropRescorerRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_ai__pb2.DropRescorerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -697,6 +833,222 @@ class AIService:
             '/nachbar.ai.v1.AIService/Ping',
             nachbar_dot_v1_dot_ai__pb2.PingRequest.SerializeToString,
             nachbar_dot_v1_dot_ai__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/TrainAdapter',
+            nachbar_dot_v1_dot_ai__pb2.TrainAdapterRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.TrainAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/GetAdapter',
+            nachbar_dot_v1_dot_ai__pb2.GetAdapterRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.GetAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/ListAdapters',
+            nachbar_dot_v1_dot_ai__pb2.ListAdaptersRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/DropAdapter',
+            nachbar_dot_v1_dot_ai__pb2.DropAdapterRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.DropAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainRescorer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/TrainRescorer',
+            nachbar_dot_v1_dot_ai__pb2.TrainRescorerRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.TrainRescorerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRescorer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/GetRescorer',
+            nachbar_dot_v1_dot_ai__pb2.GetRescorerRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.GetRescorerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRescorers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/ListRescorers',
+            nachbar_dot_v1_dot_ai__pb2.ListRescorersRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.ListRescorersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropRescorer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.ai.v1.AIService/DropRescorer',
+            nachbar_dot_v1_dot_ai__pb2.DropRescorerRequest.SerializeToString,
+            nachbar_dot_v1_dot_ai__pb2.DropRescorerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,7 +45,9 @@ class AIServiceStub:
     Upsert: _grpc.UnaryUnaryMultiCallable[_ai_pb2.UpsertRequest, _ai_pb2.UpsertResponse]
     """Embed inputs with the store's index model and upsert them."""
     GetSimN: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetSimNRequest, _ai_pb2.GetSimNResponse]
-    """Embed the query with the store's query model and search; optionally rerank."""
+    """Embed the query with the store's query model and search; optionally rerank. Or search
+    like stored example entries; optionally diversified (MMR).
+    """
     GetKey: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetKeyRequest, _ai_pb2.GetKeyResponse]
     GetByPredicate: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetByPredicateRequest, _ai_pb2.GetByPredicateResponse]
     DeleteKeys: _grpc.UnaryUnaryMultiCallable[_ai_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]
@@ -59,6 +61,23 @@ class AIServiceStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_ai_pb2.ListModelsRequest, _ai_pb2.ListModelsResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_ai_pb2.InfoRequest, _ai_pb2.InfoResponse]
     Ping: _grpc.UnaryUnaryMultiCallable[_ai_pb2.PingRequest, _ai_pb2.PingResponse]
+    TrainAdapter: _grpc.UnaryUnaryMultiCallable[_ai_pb2.TrainAdapterRequest, _ai_pb2.TrainAdapterResponse]
+    """Learn a query adapter for a store from examples, in the background: a linear map of the
+    query vector, so the frozen stored vectors serve a task better (GetSimN's `adapter`).
+    ALREADY_EXISTS when the name is taken or training; GetAdapter shows progress.
+    """
+    GetAdapter: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetAdapterRequest, _ai_pb2.GetAdapterResponse]
+    ListAdapters: _grpc.UnaryUnaryMultiCallable[_ai_pb2.ListAdaptersRequest, _ai_pb2.ListAdaptersResponse]
+    DropAdapter: _grpc.UnaryUnaryMultiCallable[_ai_pb2.DropAdapterRequest, _ai_pb2.DropAdapterResponse]
+    """Cancels a training in progress as well."""
+    TrainRescorer: _grpc.UnaryUnaryMultiCallable[_ai_pb2.TrainRescorerRequest, _ai_pb2.TrainRescorerResponse]
+    """Learn a re-scorer for a store from examples, in the background: a small network over
+    (query vector, stored vector) pairs that reranks GetSimN's candidates (RerankOptions's
+    `rescorer`), for any modality.
+    """
+    GetRescorer: _grpc.UnaryUnaryMultiCallable[_ai_pb2.GetRescorerRequest, _ai_pb2.GetRescorerResponse]
+    ListRescorers: _grpc.UnaryUnaryMultiCallable[_ai_pb2.ListRescorersRequest, _ai_pb2.ListRescorersResponse]
+    DropRescorer: _grpc.UnaryUnaryMultiCallable[_ai_pb2.DropRescorerRequest, _ai_pb2.DropRescorerResponse]
 
 @_typing.type_check_only
 class AIServiceAsyncStub(AIServiceStub):
@@ -73,7 +92,9 @@ class AIServiceAsyncStub(AIServiceStub):
     Upsert: _aio.UnaryUnaryMultiCallable[_ai_pb2.UpsertRequest, _ai_pb2.UpsertResponse]  # type: ignore[assignment]
     """Embed inputs with the store's index model and upsert them."""
     GetSimN: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetSimNRequest, _ai_pb2.GetSimNResponse]  # type: ignore[assignment]
-    """Embed the query with the store's query model and search; optionally rerank."""
+    """Embed the query with the store's query model and search; optionally rerank. Or search
+    like stored example entries; optionally diversified (MMR).
+    """
     GetKey: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetKeyRequest, _ai_pb2.GetKeyResponse]  # type: ignore[assignment]
     GetByPredicate: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetByPredicateRequest, _ai_pb2.GetByPredicateResponse]  # type: ignore[assignment]
     DeleteKeys: _aio.UnaryUnaryMultiCallable[_ai_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
@@ -87,6 +108,23 @@ class AIServiceAsyncStub(AIServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_ai_pb2.ListModelsRequest, _ai_pb2.ListModelsResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_ai_pb2.InfoRequest, _ai_pb2.InfoResponse]  # type: ignore[assignment]
     Ping: _aio.UnaryUnaryMultiCallable[_ai_pb2.PingRequest, _ai_pb2.PingResponse]  # type: ignore[assignment]
+    TrainAdapter: _aio.UnaryUnaryMultiCallable[_ai_pb2.TrainAdapterRequest, _ai_pb2.TrainAdapterResponse]  # type: ignore[assignment]
+    """Learn a query adapter for a store from examples, in the background: a linear map of the
+    query vector, so the frozen stored vectors serve a task better (GetSimN's `adapter`).
+    ALREADY_EXISTS when the name is taken or training; GetAdapter shows progress.
+    """
+    GetAdapter: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetAdapterRequest, _ai_pb2.GetAdapterResponse]  # type: ignore[assignment]
+    ListAdapters: _aio.UnaryUnaryMultiCallable[_ai_pb2.ListAdaptersRequest, _ai_pb2.ListAdaptersResponse]  # type: ignore[assignment]
+    DropAdapter: _aio.UnaryUnaryMultiCallable[_ai_pb2.DropAdapterRequest, _ai_pb2.DropAdapterResponse]  # type: ignore[assignment]
+    """Cancels a training in progress as well."""
+    TrainRescorer: _aio.UnaryUnaryMultiCallable[_ai_pb2.TrainRescorerRequest, _ai_pb2.TrainRescorerResponse]  # type: ignore[assignment]
+    """Learn a re-scorer for a store from examples, in the background: a small network over
+    (query vector, stored vector) pairs that reranks GetSimN's candidates (RerankOptions's
+    `rescorer`), for any modality.
+    """
+    GetRescorer: _aio.UnaryUnaryMultiCallable[_ai_pb2.GetRescorerRequest, _ai_pb2.GetRescorerResponse]  # type: ignore[assignment]
+    ListRescorers: _aio.UnaryUnaryMultiCallable[_ai_pb2.ListRescorersRequest, _ai_pb2.ListRescorersResponse]  # type: ignore[assignment]
+    DropRescorer: _aio.UnaryUnaryMultiCallable[_ai_pb2.DropRescorerRequest, _ai_pb2.DropRescorerResponse]  # type: ignore[assignment]
 
 class AIServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,7 +172,9 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_pb2.GetSimNRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ai_pb2.GetSimNResponse, _abc.Awaitable[_ai_pb2.GetSimNResponse]]:
-        """Embed the query with the store's query model and search; optionally rerank."""
+        """Embed the query with the store's query model and search; optionally rerank. Or search
+        like stored example entries; optionally diversified (MMR).
+        """
 
     @_abc_1.abstractmethod
     def GetKey(
@@ -202,5 +242,70 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_pb2.PingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ai_pb2.PingResponse, _abc.Awaitable[_ai_pb2.PingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def TrainAdapter(
+        self,
+        request: _ai_pb2.TrainAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.TrainAdapterResponse, _abc.Awaitable[_ai_pb2.TrainAdapterResponse]]:
+        """Learn a query adapter for a store from examples, in the background: a linear map of the
+        query vector, so the frozen stored vectors serve a task better (GetSimN's `adapter`).
+        ALREADY_EXISTS when the name is taken or training; GetAdapter shows progress.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAdapter(
+        self,
+        request: _ai_pb2.GetAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.GetAdapterResponse, _abc.Awaitable[_ai_pb2.GetAdapterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAdapters(
+        self,
+        request: _ai_pb2.ListAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.ListAdaptersResponse, _abc.Awaitable[_ai_pb2.ListAdaptersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DropAdapter(
+        self,
+        request: _ai_pb2.DropAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.DropAdapterResponse, _abc.Awaitable[_ai_pb2.DropAdapterResponse]]:
+        """Cancels a training in progress as well."""
+
+    @_abc_1.abstractmethod
+    def TrainRescorer(
+        self,
+        request: _ai_pb2.TrainRescorerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.TrainRescorerResponse, _abc.Awaitable[_ai_pb2.TrainRescorerResponse]]:
+        """Learn a re-scorer for a store from examples, in the background: a small network over
+        (query vector, stored vector) pairs that reranks GetSimN's candidates (RerankOptions's
+        `rescorer`), for any modality.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRescorer(
+        self,
+        request: _ai_pb2.GetRescorerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.GetRescorerResponse, _abc.Awaitable[_ai_pb2.GetRescorerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRescorers(
+        self,
+        request: _ai_pb2.ListRescorersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.ListRescorersResponse, _abc.Awaitable[_ai_pb2.ListRescorersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DropRescorer(
+        self,
+        request: _ai_pb2.DropRescorerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_pb2.DropRescorerResponse, _abc.Awaitable[_ai_pb2.DropRescorerResponse]]: ...
 
 def add_AIServiceServicer_to_server(servicer: AIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from nachbar.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,67 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RecommendStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecommendStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecommendStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMMEND_STRATEGY_UNSPECIFIED: _RecommendStrategy.ValueType  # 0
+    """RECOMMEND_STRATEGY_AVERAGE_VECTOR."""
+    RECOMMEND_STRATEGY_AVERAGE_VECTOR: _RecommendStrategy.ValueType  # 1
+    """One search for 2 x mean(positives) - mean(negatives) (the mean of the positives without
+    negatives; under cosine each example scaled to unit length first). Similarity is to that
+    vector. Combines with MMR.
+    """
+    RECOMMEND_STRATEGY_BEST_SCORE: _RecommendStrategy.ValueType  # 2
+    """The recommend_candidates nearest of each positive, ordered: those more similar to some
+    positive than to every negative first, by that best positive similarity; then the rest,
+    least similar to a negative first. Similarity is to the most similar positive.
+    """
+
+class RecommendStrategy(_RecommendStrategy, metaclass=_RecommendStrategyEnumTypeWrapper):
+    """How GetSimN uses positive and negative examples."""
+
+RECOMMEND_STRATEGY_UNSPECIFIED: RecommendStrategy.ValueType  # 0
+"""RECOMMEND_STRATEGY_AVERAGE_VECTOR."""
+RECOMMEND_STRATEGY_AVERAGE_VECTOR: RecommendStrategy.ValueType  # 1
+"""One search for 2 x mean(positives) - mean(negatives) (the mean of the positives without
+negatives; under cosine each example scaled to unit length first). Similarity is to that
+vector. Combines with MMR.
+"""
+RECOMMEND_STRATEGY_BEST_SCORE: RecommendStrategy.ValueType  # 2
+"""The recommend_candidates nearest of each positive, ordered: those more similar to some
+positive than to every negative first, by that best positive similarity; then the rest,
+least similar to a negative first. Similarity is to the most similar positive.
+"""
+Global___RecommendStrategy: _TypeAlias = RecommendStrategy  # noqa: Y015
+
+class _HybridFusion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HybridFusionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HybridFusion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HYBRID_FUSION_BLEND: _HybridFusion.ValueType  # 0
+    """The default (it beat RRF on both Debian evaluation sets, see bench/RESULTS.md): each side's
+    scores min-max normalized over its candidates, then
+    vector_weight * vector + (1 - vector_weight) * keyword (a missing side counts 0).
+    """
+    HYBRID_FUSION_RRF: _HybridFusion.ValueType  # 1
+    """Reciprocal rank fusion: the sum of 1 / (rrf_k + rank) over the sides that found the entry."""
+
+class HybridFusion(_HybridFusion, metaclass=_HybridFusionEnumTypeWrapper): ...
+
+HYBRID_FUSION_BLEND: HybridFusion.ValueType  # 0
+"""The default (it beat RRF on both Debian evaluation sets, see bench/RESULTS.md): each side's
+scores min-max normalized over its candidates, then
+vector_weight * vector + (1 - vector_weight) * keyword (a missing side counts 0).
+"""
+HYBRID_FUSION_RRF: HybridFusion.ValueType  # 1
+"""Reciprocal rank fusion: the sum of 1 / (rrf_k + rank) over the sides that found the entry."""
+Global___HybridFusion: _TypeAlias = HybridFusion  # noqa: Y015
 
 @_typing.final
 class Entry(_message.Message):
@@ -109,6 +171,7 @@ class StoreInfo(_message.Message):
     BYTES_USED_FIELD_NUMBER: _builtins.int
     STORE_METADATA_FIELD_NUMBER: _builtins.int
     STORE_ID_FIELD_NUMBER: _builtins.int
+    KEYWORD_INDEX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dimension: _builtins.int
     metric: _common_pb2.Metric.ValueType
@@ -129,6 +192,10 @@ class StoreInfo(_message.Message):
     def store_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Opaque string attributes set at creation (nachbar-ai keeps its model bindings here)."""
 
+    @_builtins.property
+    def keyword_index(self) -> Global___KeywordIndexConfig:
+        """Unset: the store has no keyword index."""
+
     def __init__(
         self,
         *,
@@ -141,10 +208,11 @@ class StoreInfo(_message.Message):
         bytes_used: _builtins.int = ...,
         store_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         store_id: _builtins.int = ...,
+        keyword_index: Global___KeywordIndexConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "keyword_index", b"keyword_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_id", b"store_id", "store_metadata", b"store_metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "count", b"count", "dimension", b"dimension", "index", b"index", "keyword_index", b"keyword_index", "metric", b"metric", "name", b"name", "predicate_indexes", b"predicate_indexes", "store_id", b"store_id", "store_metadata", b"store_metadata"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,6 +249,7 @@ class CreateStoreRequest(_message.Message):
     PREDICATE_INDEXES_FIELD_NUMBER: _builtins.int
     STORE_METADATA_FIELD_NUMBER: _builtins.int
     IF_NOT_EXISTS_FIELD_NUMBER: _builtins.int
+    KEYWORD_INDEX_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     dimension: _builtins.int
     metric: _common_pb2.Metric.ValueType
@@ -191,6 +260,10 @@ class CreateStoreRequest(_message.Message):
     def predicate_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def store_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def keyword_index(self) -> Global___KeywordIndexConfig:
+        """Set: create the store with a keyword index (see CreateKeywordIndex)."""
+
     def __init__(
         self,
         *,
@@ -201,10 +274,11 @@ class CreateStoreRequest(_message.Message):
         predicate_indexes: _abc.Iterable[_builtins.str] | None = ...,
         store_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         if_not_exists: _builtins.bool = ...,
+        keyword_index: Global___KeywordIndexConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "keyword_index", b"keyword_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "if_not_exists", b"if_not_exists", "index", b"index", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "store", b"store", "store_metadata", b"store_metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "if_not_exists", b"if_not_exists", "index", b"index", "keyword_index", b"keyword_index", "metric", b"metric", "predicate_indexes", b"predicate_indexes", "store", b"store", "store_metadata", b"store_metadata"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,7 +678,15 @@ class GetSimNRequest(_message.Message):
     EXCLUDE_METADATA_KEYS_FIELD_NUMBER: _builtins.int
     MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
+    HYBRID_FIELD_NUMBER: _builtins.int
     EXPECTED_STORE_ID_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
+    MMR_CANDIDATES_FIELD_NUMBER: _builtins.int
+    POSITIVE_IDS_FIELD_NUMBER: _builtins.int
+    NEGATIVE_IDS_FIELD_NUMBER: _builtins.int
+    RECOMMEND_STRATEGY_FIELD_NUMBER: _builtins.int
+    RECOMMEND_CANDIDATES_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     k: _builtins.int
     """How many results; must be >= 1."""
@@ -618,17 +700,60 @@ class GetSimNRequest(_message.Message):
     """
     max_metadata_value_bytes: _builtins.int
     max_response_bytes: _builtins.int
+    keywords: _builtins.str
+    """Keyword text for a hybrid search (the store needs a keyword index; FAILED_PRECONDITION
+    otherwise). Its words (runs of letters and digits, at most 32 distinct ones, 4096 bytes in
+    all) are searched with BM25 as an OR of quoted terms, so any punctuation is safe. With
+    keywords and a query vector the search is hybrid; with keywords and an empty query it is
+    keyword-only (BM25 order, exactly min(k, entries matching the filter and a word)).
+    Whitespace-only keywords are INVALID_ARGUMENT.
+    """
     expected_store_id: _builtins.int
     """When non-zero, the request applies only to the store with this StoreInfo.store_id:
     ABORTED if `store` now names another one (dropped and created again). Field 15 in every
     request that names a store.
     """
+    mmr_lambda: _builtins.float
+    """Maximal marginal relevance (MMR), to diversify the results: when set, k results are picked
+    from the mmr_candidates best, each the one maximizing
+    mmr_lambda x sim(query, d) - (1 - mmr_lambda) x max sim(d, results picked before), with
+    the store's metric. 0 to 1: 1 is a plain search, 0 the most diverse. The matches come in
+    the order picked and keep their similarity to the query (which then need not decrease).
+    """
+    mmr_candidates: _builtins.int
+    """The pool MMR picks from: 0 means max(4k, 20); at least k, at most 1000. Only with
+    mmr_lambda (INVALID_ARGUMENT otherwise).
+    """
+    recommend_strategy: Global___RecommendStrategy.ValueType
+    recommend_candidates: _builtins.int
+    """RECOMMEND_STRATEGY_BEST_SCORE's pool per positive (and the query): 0 means max(4k, 20);
+    at least k, at most 1000. This and BEST_SCORE need example ids (INVALID_ARGUMENT
+    otherwise).
+    """
     @_builtins.property
-    def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def query(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """May be empty when positive_ids are given."""
+
     @_builtins.property
     def filter(self) -> _common_pb2.Filter: ...
     @_builtins.property
     def exclude_metadata_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def hybrid(self) -> Global___HybridOptions:
+        """How the two sides are fused; unset: a blend with vector_weight 0.5 over max(k, 100)
+        candidates a side.
+        """
+
+    @_builtins.property
+    def positive_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Recommend by examples: ids of stored entries the results should resemble (positive) or
+        not (negative), instead of the query or with it (the query then counts as one more
+        positive). At most 64 ids in all; NOT_FOUND names ids the store does not have. The
+        examples themselves are never among the results.
+        """
+
+    @_builtins.property
+    def negative_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -643,15 +768,28 @@ class GetSimNRequest(_message.Message):
         exclude_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
         max_metadata_value_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
+        keywords: _builtins.str = ...,
+        hybrid: Global___HybridOptions | None = ...,
         expected_store_id: _builtins.int = ...,
+        mmr_lambda: _builtins.float | None = ...,
+        mmr_candidates: _builtins.int = ...,
+        positive_ids: _abc.Iterable[_builtins.str] | None = ...,
+        negative_ids: _abc.Iterable[_builtins.str] | None = ...,
+        recommend_strategy: Global___RecommendStrategy.ValueType = ...,
+        recommend_candidates: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "filter", b"filter", "include_metadata", b"include_metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "_mmr_lambda", b"_mmr_lambda", "filter", b"filter", "hybrid", b"hybrid", "include_metadata", b"include_metadata", "mmr_lambda", b"mmr_lambda"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mode", b"mode", "query", b"query", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata", "_mmr_lambda", b"_mmr_lambda", "ef", b"ef", "exclude_metadata_keys", b"exclude_metadata_keys", "expected_store_id", b"expected_store_id", "filter", b"filter", "hybrid", b"hybrid", "include_metadata", b"include_metadata", "include_vectors", b"include_vectors", "k", b"k", "keywords", b"keywords", "max_metadata_value_bytes", b"max_metadata_value_bytes", "max_response_bytes", b"max_response_bytes", "mmr_candidates", b"mmr_candidates", "mmr_lambda", b"mmr_lambda", "mode", b"mode", "negative_ids", b"negative_ids", "positive_ids", b"positive_ids", "query", b"query", "recommend_candidates", b"recommend_candidates", "recommend_strategy", b"recommend_strategy", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__include_metadata: _TypeAlias = _typing.Literal["include_metadata"]  # noqa: Y015
     _WhichOneofArgType__include_metadata: _TypeAlias = _typing.Literal["_include_metadata", b"_include_metadata"]  # noqa: Y015
+    _WhichOneofReturnType__mmr_lambda: _TypeAlias = _typing.Literal["mmr_lambda"]  # noqa: Y015
+    _WhichOneofArgType__mmr_lambda: _TypeAlias = _typing.Literal["_mmr_lambda", b"_mmr_lambda"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__include_metadata) -> _WhichOneofReturnType__include_metadata | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mmr_lambda) -> _WhichOneofReturnType__mmr_lambda | None: ...
 
 Global___GetSimNRequest: _TypeAlias = GetSimNRequest  # noqa: Y015
 
@@ -685,11 +823,23 @@ class Match(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     VECTOR_FIELD_NUMBER: _builtins.int
     OMITTED_METADATA_KEYS_FIELD_NUMBER: _builtins.int
+    VECTOR_SCORE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
+    HYBRID_SCORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     similarity: _builtins.float
     """Higher is more similar; its meaning per metric is documented on Metric. (Named `score`
     before; field 2 either way.)
     """
+    vector_score: _builtins.float
+    """Hybrid and keyword-only searches (unset in vector searches): each side's own score, unset
+    where that side did not find the entry among its candidates; `similarity` is then the
+    hybrid score (hybrid) or the keyword score (keyword-only). keyword_score is BM25 (higher
+    is better).
+    """
+    keyword_score: _builtins.float
+    hybrid_score: _builtins.float
+    """The fused score that ordered a hybrid search (equal to similarity)."""
     @_builtins.property
     def metadata(self) -> _containers.MessageMap[_builtins.str, _common_pb2.MetadataValue]: ...
     @_builtins.property
@@ -706,12 +856,26 @@ class Match(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _common_pb2.MetadataValue] | None = ...,
         vector: _abc.Iterable[_builtins.float] | None = ...,
         omitted_metadata_keys: _abc.Iterable[_builtins.str] | None = ...,
+        vector_score: _builtins.float | None = ...,
+        keyword_score: _builtins.float | None = ...,
+        hybrid_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_vector_score", b"_vector_score", "hybrid_score", b"hybrid_score", "keyword_score", b"keyword_score", "vector_score", b"vector_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "similarity", b"similarity", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hybrid_score", b"_hybrid_score", "_keyword_score", b"_keyword_score", "_vector_score", b"_vector_score", "hybrid_score", b"hybrid_score", "id", b"id", "keyword_score", b"keyword_score", "metadata", b"metadata", "omitted_metadata_keys", b"omitted_metadata_keys", "similarity", b"similarity", "vector", b"vector", "vector_score", b"vector_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__hybrid_score: _TypeAlias = _typing.Literal["hybrid_score"]  # noqa: Y015
+    _WhichOneofArgType__hybrid_score: _TypeAlias = _typing.Literal["_hybrid_score", b"_hybrid_score"]  # noqa: Y015
+    _WhichOneofReturnType__keyword_score: _TypeAlias = _typing.Literal["keyword_score"]  # noqa: Y015
+    _WhichOneofArgType__keyword_score: _TypeAlias = _typing.Literal["_keyword_score", b"_keyword_score"]  # noqa: Y015
+    _WhichOneofReturnType__vector_score: _TypeAlias = _typing.Literal["vector_score"]  # noqa: Y015
+    _WhichOneofArgType__vector_score: _TypeAlias = _typing.Literal["_vector_score", b"_vector_score"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hybrid_score) -> _WhichOneofReturnType__hybrid_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keyword_score) -> _WhichOneofReturnType__keyword_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vector_score) -> _WhichOneofReturnType__vector_score | None: ...
 
 Global___Match: _TypeAlias = Match  # noqa: Y015
 
@@ -725,7 +889,9 @@ class GetSimNResponse(_message.Message):
     """Which plan ran: "exact" or "hnsw"."""
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Match]:
-        """Exactly min(k, number of matching entries) results, best first."""
+        """Exactly min(k, number of matching entries, less the examples) results, best first (in
+        MMR's order with mmr_lambda; in the strategy's order with examples).
+        """
 
     def __init__(
         self,
@@ -910,6 +1076,156 @@ class DropPredIndexResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DropPredIndexResponse: _TypeAlias = DropPredIndexResponse  # noqa: Y015
+
+@_typing.final
+class KeywordIndexConfig(_message.Message):
+    """A keyword index: an SQLite FTS5 table (tokenizer unicode61, diacritics removed, no stemming)
+    over the string and string-list values of these metadata fields, joined into one text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordIndexConfig: _TypeAlias = KeywordIndexConfig  # noqa: Y015
+
+@_typing.final
+class HybridOptions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUSION_FIELD_NUMBER: _builtins.int
+    RRF_K_FIELD_NUMBER: _builtins.int
+    VECTOR_WEIGHT_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    fusion: Global___HybridFusion.ValueType
+    rrf_k: _builtins.int
+    """RRF's k; 0 means 60."""
+    vector_weight: _builtins.float
+    """BLEND: the vector side's share, 0 to 1; unset means 0.5."""
+    candidates: _builtins.int
+    """Candidates each side contributes before fusing; 0 means max(k, 100). At least k, at most
+    10000.
+    """
+    def __init__(
+        self,
+        *,
+        fusion: Global___HybridFusion.ValueType = ...,
+        rrf_k: _builtins.int = ...,
+        vector_weight: _builtins.float | None = ...,
+        candidates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_vector_weight", b"_vector_weight", "vector_weight", b"vector_weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_vector_weight", b"_vector_weight", "candidates", b"candidates", "fusion", b"fusion", "rrf_k", b"rrf_k", "vector_weight", b"vector_weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__vector_weight: _TypeAlias = _typing.Literal["vector_weight"]  # noqa: Y015
+    _WhichOneofArgType__vector_weight: _TypeAlias = _typing.Literal["_vector_weight", b"_vector_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vector_weight) -> _WhichOneofReturnType__vector_weight | None: ...
+
+Global___HybridOptions: _TypeAlias = HybridOptions  # noqa: Y015
+
+@_typing.final
+class KeywordIndexCreateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    @_builtins.property
+    def index(self) -> Global___KeywordIndexConfig: ...
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        index: Global___KeywordIndexConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordIndexCreateRequest: _TypeAlias = KeywordIndexCreateRequest  # noqa: Y015
+
+@_typing.final
+class KeywordIndexCreateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    INDEXED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False: the store had a keyword index on exactly these fields already
+    (FAILED_PRECONDITION if on other fields: drop it first).
+    """
+    indexed: _builtins.int
+    """Entries in the index (those with text in the fields)."""
+    def __init__(
+        self,
+        *,
+        created: _builtins.bool = ...,
+        indexed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "indexed", b"indexed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordIndexCreateResponse: _TypeAlias = KeywordIndexCreateResponse  # noqa: Y015
+
+@_typing.final
+class KeywordIndexDropRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    MISSING_OK_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    missing_ok: _builtins.bool
+    """NOT_FOUND for a store without a keyword index unless this is set."""
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        missing_ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_ok", b"missing_ok", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordIndexDropRequest: _TypeAlias = KeywordIndexDropRequest  # noqa: Y015
+
+@_typing.final
+class KeywordIndexDropResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dropped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeywordIndexDropResponse: _TypeAlias = KeywordIndexDropResponse  # noqa: Y015
 
 @_typing.final
 class InfoRequest(_message.Message):

@@ -104,6 +104,16 @@ class DBServiceStub:
                 request_serializer=nachbar_dot_v1_dot_db__pb2.PingRequest.SerializeToString,
                 response_deserializer=nachbar_dot_v1_dot_db__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.CreateKeywordIndex = channel.unary_unary(
+                '/nachbar.db.v1.DBService/CreateKeywordIndex',
+                request_serializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateResponse.FromString,
+                _registered_method=True)
+        self.DropKeywordIndex = channel.unary_unary(
+                '/nachbar.db.v1.DBService/DropKeywordIndex',
+                request_serializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexDropRequest.SerializeToString,
+                response_deserializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexDropResponse.FromString,
+                _registered_method=True)
 
 
 class DBServiceServicer:
@@ -165,7 +175,8 @@ class DBServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSimN(self, request, context):
-        """The k entries most similar to a query vector, optionally among those matching a filter.
+        """The k entries most similar to a query vector, optionally among those matching a filter;
+        or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +216,21 @@ class DBServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Ping(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKeywordIndex(self, request, context):
+        """Give a store a keyword (BM25) index over metadata text fields, filled from the entries
+        already there; kept in the same transaction as every later write. Embedded engine only
+        (UNIMPLEMENTED on Milvus).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropKeywordIndex(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +308,16 @@ def add_DBServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=nachbar_dot_v1_dot_db__pb2.PingRequest.FromString,
                     response_serializer=nachbar_dot_v1_dot_db__pb2.PingResponse.SerializeToString,
+            ),
+            'CreateKeywordIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKeywordIndex,
+                    request_deserializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateResponse.SerializeToString,
+            ),
+            'DropKeywordIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropKeywordIndex,
+                    request_deserializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexDropRequest.FromString,
+                    response_serializer=nachbar_dot_v1_dot_db__pb2.KeywordIndexDropResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +698,60 @@ class DBService:
             '/nachbar.db.v1.DBService/Ping',
             nachbar_dot_v1_dot_db__pb2.PingRequest.SerializeToString,
             nachbar_dot_v1_dot_db__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKeywordIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.db.v1.DBService/CreateKeywordIndex',
+            nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateRequest.SerializeToString,
+            nachbar_dot_v1_dot_db__pb2.KeywordIndexCreateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropKeywordIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nachbar.db.v1.DBService/DropKeywordIndex',
+            nachbar_dot_v1_dot_db__pb2.KeywordIndexDropRequest.SerializeToString,
+            nachbar_dot_v1_dot_db__pb2.KeywordIndexDropResponse.FromString,
             options,
             channel_credentials,
             insecure,

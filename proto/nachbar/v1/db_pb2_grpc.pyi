@@ -54,7 +54,9 @@ class DBServiceStub:
     GetByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _grpc.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]
-    """The k entries most similar to a query vector, optionally among those matching a filter."""
+    """The k entries most similar to a query vector, optionally among those matching a filter;
+    or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+    """
     DeleteKeys: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]
     DeleteByPredicate: _grpc.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]
     CreatePredIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]
@@ -65,6 +67,12 @@ class DBServiceStub:
     DropPredIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.DropPredIndexRequest, _db_pb2.DropPredIndexResponse]
     Info: _grpc.UnaryUnaryMultiCallable[_db_pb2.InfoRequest, _db_pb2.InfoResponse]
     Ping: _grpc.UnaryUnaryMultiCallable[_db_pb2.PingRequest, _db_pb2.PingResponse]
+    CreateKeywordIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.KeywordIndexCreateRequest, _db_pb2.KeywordIndexCreateResponse]
+    """Give a store a keyword (BM25) index over metadata text fields, filled from the entries
+    already there; kept in the same transaction as every later write. Embedded engine only
+    (UNIMPLEMENTED on Milvus).
+    """
+    DropKeywordIndex: _grpc.UnaryUnaryMultiCallable[_db_pb2.KeywordIndexDropRequest, _db_pb2.KeywordIndexDropResponse]
 
 @_typing.type_check_only
 class DBServiceAsyncStub(DBServiceStub):
@@ -92,7 +100,9 @@ class DBServiceAsyncStub(DBServiceStub):
     GetByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.GetByPredicateRequest, _db_pb2.GetByPredicateResponse]  # type: ignore[assignment]
     """Entries whose metadata matches a filter, in id order, paged."""
     GetSimN: _aio.UnaryUnaryMultiCallable[_db_pb2.GetSimNRequest, _db_pb2.GetSimNResponse]  # type: ignore[assignment]
-    """The k entries most similar to a query vector, optionally among those matching a filter."""
+    """The k entries most similar to a query vector, optionally among those matching a filter;
+    or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+    """
     DeleteKeys: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteKeysRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     DeleteByPredicate: _aio.UnaryUnaryMultiCallable[_db_pb2.DeleteByPredicateRequest, _db_pb2.DeleteResponse]  # type: ignore[assignment]
     CreatePredIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.CreatePredIndexRequest, _db_pb2.CreatePredIndexResponse]  # type: ignore[assignment]
@@ -103,6 +113,12 @@ class DBServiceAsyncStub(DBServiceStub):
     DropPredIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.DropPredIndexRequest, _db_pb2.DropPredIndexResponse]  # type: ignore[assignment]
     Info: _aio.UnaryUnaryMultiCallable[_db_pb2.InfoRequest, _db_pb2.InfoResponse]  # type: ignore[assignment]
     Ping: _aio.UnaryUnaryMultiCallable[_db_pb2.PingRequest, _db_pb2.PingResponse]  # type: ignore[assignment]
+    CreateKeywordIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.KeywordIndexCreateRequest, _db_pb2.KeywordIndexCreateResponse]  # type: ignore[assignment]
+    """Give a store a keyword (BM25) index over metadata text fields, filled from the entries
+    already there; kept in the same transaction as every later write. Embedded engine only
+    (UNIMPLEMENTED on Milvus).
+    """
+    DropKeywordIndex: _aio.UnaryUnaryMultiCallable[_db_pb2.KeywordIndexDropRequest, _db_pb2.KeywordIndexDropResponse]  # type: ignore[assignment]
 
 class DBServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -175,7 +191,9 @@ class DBServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _db_pb2.GetSimNRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_db_pb2.GetSimNResponse, _abc.Awaitable[_db_pb2.GetSimNResponse]]:
-        """The k entries most similar to a query vector, optionally among those matching a filter."""
+        """The k entries most similar to a query vector, optionally among those matching a filter;
+        or like stored example entries (positive_ids, negative_ids); optionally diversified (MMR).
+        """
 
     @_abc_1.abstractmethod
     def DeleteKeys(
@@ -222,5 +240,23 @@ class DBServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _db_pb2.PingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_db_pb2.PingResponse, _abc.Awaitable[_db_pb2.PingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateKeywordIndex(
+        self,
+        request: _db_pb2.KeywordIndexCreateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_db_pb2.KeywordIndexCreateResponse, _abc.Awaitable[_db_pb2.KeywordIndexCreateResponse]]:
+        """Give a store a keyword (BM25) index over metadata text fields, filled from the entries
+        already there; kept in the same transaction as every later write. Embedded engine only
+        (UNIMPLEMENTED on Milvus).
+        """
+
+    @_abc_1.abstractmethod
+    def DropKeywordIndex(
+        self,
+        request: _db_pb2.KeywordIndexDropRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_db_pb2.KeywordIndexDropResponse, _abc.Awaitable[_db_pb2.KeywordIndexDropResponse]]: ...
 
 def add_DBServiceServicer_to_server(servicer: DBServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

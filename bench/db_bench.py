@@ -21,12 +21,14 @@ With --engine milvus the systems are nachbar-db on the Milvus engine and the sam
 directly through pymilvus (a collection as a Milvus user would make it: the "bucket" metadata a
 typed scalar field), both on one Milvus: a milvus-lite server started here, or --milvus-uri
 (`bash scripts/milvus_server.sh bench` runs this on a fresh Milvus standalone server). What the
-ratio shows is the cost of nachbar's translation: typed JSON metadata and guarded filters, the
-planner's counts, the extra gRPC hop, the upsert's lookup of existing ids.
+ratio shows is the cost of nachbar's translation: typed JSON metadata (and typed columns for
+"bucket", declared as a predicate index at creation) and guarded filters, the planner's counts,
+the extra gRPC hop, the upsert's count of existing ids.
 Both read with consistency "bounded" (Milvus's default), so neither waits for time ticks.
 
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
      bench/.venv/bin/python bench/db_bench.py --engine milvus [--milvus-uri http://...]
+         [--baseline-rev REV]   # REV's nachbar-db as one more system, same run
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Config:
     pauses_ms: tuple[float, ...]
     engine: str = "embedded"
     milvus_uri: str = ""
+    # A git revision of this repo: its nachbar-db runs as one more system, in the same run.
+    baseline_rev: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,20 +242,26 @@ class NachbarSystem:
     name = "nachbar-db (gRPC)"
     durability = "fsync=full (SQLite)"
 
-    def __init__(self, config: Config, dim: int, workdir: Path) -> None:
+    def __init__(self, config: Config, dim: int, workdir: Path, *, baseline_rev: str = "") -> None:
         from nachbar.client import DBClient, Hnsw, Metric
 
         self._config = config
+        # The baseline's store has its own name (letters only, so its collection is
+        # nachbar_<name>): on Milvus both systems share one server.
+        self._store = STORE + ("base" if baseline_rev else "")
         args = ["--data-dir", str(workdir / "data"), "--fsync", "full"]
         if config.engine == "milvus":
             self.name = "nachbar-db on Milvus (gRPC)"
             self.durability = "Milvus's (consistency bounded)"
             args = ["--engine", "milvus", "--milvus-uri", config.milvus_uri]
             args += ["--milvus-consistency", "bounded"]
-        self.server: ChildServer = benchlib.start_nachbar("nachbar-db", args, workdir)
+        env = benchlib.baseline_tree(baseline_rev, workdir) if baseline_rev else None
+        if baseline_rev:
+            self.name = f"baseline {baseline_rev} {self.name}"
+        self.server: ChildServer = benchlib.start_nachbar("nachbar-db", args, workdir, env=env)
         self._client = DBClient(self.server.address, timeout=600)
         self._client.create_store(
-            STORE,
+            self._store,
             dim,
             metric=Metric.COSINE,
             index=Hnsw(m=config.m, ef_construction=config.ef_construction),
@@ -267,11 +277,11 @@ class NachbarSystem:
         entries = (
             (str(i), rows[i], {"bucket": int(data.buckets[i])}) for i in range(rows.shape[0])
         )
-        self._client.upsert(STORE, entries, batch_size=batch)
+        self._client.upsert(self._store, entries, batch_size=batch)
 
     def settle(self) -> float:
         if self._config.engine == "milvus":
-            return settle_milvus(self._config.milvus_uri, f"nachbar_{STORE}")
+            return settle_milvus(self._config.milvus_uri, f"nachbar_{self._store}")
         return benchlib.wait_idle(self.server)
 
     def set_ef(self, ef: int) -> None:
@@ -283,6 +293,7 @@ class NachbarSystem:
         client = DBClient(self.server.address, timeout=60)
         self._searcher_clients.append(client)
         k = self._config.k
+        store = self._store
 
         def search(query: FloatMatrix, spec: FilterSpec | None) -> list[int]:
             condition = None
@@ -291,7 +302,7 @@ class NachbarSystem:
                 condition = field_ == spec.value if spec.op == "eq" else field_ < spec.value
             # Unfiltered: HNSW, whose ef is what is tuned. Filtered: the planner's choice.
             mode = SearchMode.HNSW if spec is None else SearchMode.AUTO
-            result = client.get_sim_n(STORE, query[0], k, filter=condition, ef=self._ef, mode=mode)
+            result = client.get_sim_n(store, query[0], k, filter=condition, ef=self._ef, mode=mode)
             self.plans.add(f"{'unfiltered' if spec is None else spec.label}: {result.plan}")
             if len(result.matches) < k:
                 self.short_results += 1
@@ -611,6 +622,12 @@ def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
     for name in config.systems:
         if name == "nachbar":
             systems.append(NachbarSystem(config, dim, workdir / "nachbar"))
+            if config.baseline_rev:
+                systems.append(
+                    NachbarSystem(
+                        config, dim, workdir / "baseline", baseline_rev=config.baseline_rev
+                    )
+                )
         elif name == "hnswlib":
             systems.append(HnswlibSystem(config, dim))
         elif name == "chroma":
@@ -827,22 +844,27 @@ def render(result: dict[str, Any]) -> str:
     chroma = _by_name(reports, "chromadb")
     raw = _by_name(reports, "hnswlib")
     direct = _by_name(reports, "Milvus direct")
+    baseline = _by_name(reports, "baseline nachbar")
     if nachbar is not None and nachbar.latency is not None and direct is not None:
         assert direct.latency is not None
         cost = nachbar.latency.p50_ms / direct.latency.p50_ms
         lines.append("nachbar-db's translation cost over the same Milvus used directly:")
-        lines.append(
-            f"- p50 latency x{cost:.2f} at recall {nachbar.recall:.3f} vs {direct.recall:.3f}"
-            f" (ef {nachbar.ef} vs {direct.ef}), p99 "
-            f"x{nachbar.latency.p99_ms / direct.latency.p99_ms:.2f}, QPS "
-            f"x{direct.throughput / nachbar.throughput:.2f}, ingest time "
-            f"x{nachbar.ingest_seconds / direct.ingest_seconds:.2f}"
-            + "".join(
-                f", filtered {s.label} p50 x"
-                f"{nachbar.filtered[s.label][0].p50_ms / direct.filtered[s.label][0].p50_ms:.2f}"
-                for s in FILTERS
+        for which in (nachbar, baseline):
+            if which is None or which.latency is None:
+                continue
+            lines.append(
+                f"- {which.name}: p50 latency x{which.latency.p50_ms / direct.latency.p50_ms:.2f}"
+                f" at recall {which.recall:.3f} vs {direct.recall:.3f}"
+                f" (ef {which.ef} vs {direct.ef}), p99 "
+                f"x{which.latency.p99_ms / direct.latency.p99_ms:.2f}, QPS "
+                f"x{direct.throughput / which.throughput:.2f}, ingest time "
+                f"x{which.ingest_seconds / direct.ingest_seconds:.2f}"
+                + "".join(
+                    f", filtered {s.label} p50 x"
+                    f"{which.filtered[s.label][0].p50_ms / direct.filtered[s.label][0].p50_ms:.2f}"
+                    for s in FILTERS
+                )
             )
-        )
         lines.append(
             f"- target: p50 at equal recall <= 1.3x Milvus direct: x{cost:.2f} -> "
             f"{benchlib.verdict(cost <= 1.3)}"
@@ -984,6 +1006,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         default="",
         help="with --engine milvus: the Milvus to use; default: a milvus-lite server started here",
     )
+    parser.add_argument(
+        "--baseline-rev",
+        default="",
+        help="a git revision of this repo: its nachbar-db runs as one more system in the same "
+        "run (before/after a change)",
+    )
     ns = parser.parse_args(argv)
     default = "nachbar,milvus" if ns.engine == "milvus" else "hnswlib,nachbar,chroma"
     systems = tuple(s.strip() for s in (ns.systems or default).split(",") if s.strip())
@@ -1014,6 +1042,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         pauses_ms=tuple(float(p) for p in ns.pauses_ms.split(",") if p.strip()),
         engine=ns.engine,
         milvus_uri=ns.milvus_uri,
+        baseline_rev=ns.baseline_rev,
     )
 
 

@@ -10,27 +10,36 @@ Layout in Milvus (database `--milvus-db`):
         id      VARCHAR primary key (nachbar's string id, up to 1024 characters)
         vector  FLOAT_VECTOR(dimension), index HNSW(M, efConstruction) or FLAT, the store's metric
         meta    JSON: typed metadata (nachbar.db.milvus_filters has the layout)
+        p<n>_t, p<n>_i, p<n>_f, p<n>_s   INT8, INT64, DOUBLE, VARCHAR: typed columns of the
+                    fields the store was created with predicate indexes on (up to
+                    MAX_TYPED_FIELDS), which filters on them read instead of the JSON
         properties: "nachbar.store" (JSON: name, store_id, dimension, metric, index,
                     store_metadata),
-                    "nachbar.predicate_indexes" (JSON list of field names)
+                    "nachbar.predicate_indexes" (JSON list of field names),
+                    "nachbar.typed_fields" (JSON list: the fields of p0, p1, ...; absent on
+                    collections made before typed columns, which have none)
 
 Semantics are the embedded engine's (the tests under tests/db run over both):
 - Filters are translated by nachbar.db.milvus_filters, exact for every type and missing field.
 - Scores have nachbar's direction (cosine similarity, -squared L2, dot product), ties by id.
   Exact plans score in float64 from the vectors, as the embedded engine does; the HNSW plan keeps
   Milvus's float32 scores (what the wire carries anyway) and so fetches no vectors.
-- Planner: a filtered search counts its matches first; few matches are scored exactly here, more
-  go to Milvus's HNSW with ef >= k; a short answer falls back to the exact scan, so a search
-  returns exactly min(k, matches).
-- Upsert reports inserted/updated by looking the ids up first.
+- Planner: a filtered search counts its matches first (a count of the same filter from the last
+  COUNT_SECONDS is reused: the count only picks the plan); few matches are scored exactly here,
+  more go to Milvus's HNSW with ef >= k, widened by the filter's selectivity (against the
+  store's size, counted at most every STORE_SIZE_SECONDS); a short answer recounts and falls
+  back to the exact scan, so a search returns exactly min(k, matches).
+- Upsert reports inserted/updated by counting which of its ids exist first.
 
 What differs (README "Engines"): a batch is validated whole, then written by one Milvus upsert,
 which Milvus does not make atomic against readers or a crash half-way; metadata over
 MAX_METADATA_BYTES is refused (Milvus caps a JSON value at 64 KiB); durability and consistency
 are Milvus's (the consistency level is `--milvus-consistency`); counts, ListStores and
-GetByPredicate pages cost Milvus queries; predicate indexes are recorded but Milvus evaluates
-filters without them (the answers are the same); there is no keyword index, so hybrid and
-keyword-only search are refused with UnsupportedError (the embedded engine has them).
+GetByPredicate pages cost Milvus queries; a predicate index declared when the store is created
+gives its field typed columns (fast filters), one created later is recorded but its field is
+filtered through the JSON (Milvus 2.3 cannot add a field to a collection; the answers are the
+same); there is no keyword index, so hybrid and keyword-only search are refused with
+UnsupportedError (the embedded engine has them).
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -87,6 +97,18 @@ CONSISTENCY_LEVELS = ("strong", "bounded", "session", "eventually")
 COLLECTION_PREFIX = "nachbar_"
 STORE_PROPERTY = "nachbar.store"
 PRED_INDEX_PROPERTY = "nachbar.predicate_indexes"
+TYPED_FIELDS_PROPERTY = "nachbar.typed_fields"
+# Fields with typed columns per store: 4 Milvus fields each, under Milvus's default limit of 64
+# fields per collection.
+MAX_TYPED_FIELDS = 8
+# A VARCHAR column holds any metadata string: the whole JSON is at most MAX_METADATA_BYTES.
+MAX_VARCHAR_BYTES = 65535
+# The store's size sizes the filtered HNSW beam only, so a count this old is good enough.
+STORE_SIZE_SECONDS = 5.0
+# A filter's match count picks the search plan only (a short answer recounts), so one counted
+# this long ago is reused: searches repeating a filter skip the count query.
+COUNT_SECONDS = 5.0
+MAX_CACHED_COUNTS = 1024
 FORMAT = 1
 MAX_ID_BYTES = 4096  # 1024 characters of up to 4 UTF-8 bytes
 # Milvus refuses a JSON value over 64 KiB (measured on a 2.3 server); checked here first so the
@@ -139,6 +161,8 @@ class _Store:
     # Never reused for a name: the creation time in microseconds (below 2^53, so JavaScript
     # numbers hold it), later than any id the name had before.
     store_id: int
+    # Field name -> prefix of its typed columns (nachbar.db.milvus_filters.columns_of).
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 class MilvusEngine:
@@ -160,6 +184,12 @@ class MilvusEngine:
         self._client: Any = None
         self._lite = False
         self._stores: dict[str, _Store] = {}
+        # collection -> (entries, time.monotonic() when counted)
+        self._sizes: dict[str, tuple[int, float]] = {}
+        # (collection, filter expression) -> (matches, time.monotonic() when counted), oldest
+        # use first
+        self._counts: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._counts_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -255,7 +285,10 @@ class MilvusEngine:
             )
         existing = self._describe(name)
         if existing is None:
-            created = _Store(collection_name(name), spec, _new_store_id())
+            typed = list(spec.predicate_indexes)[:MAX_TYPED_FIELDS]
+            created = _Store(
+                collection_name(name), spec, _new_store_id(), mf.columns_of(sorted(typed))
+            )
             try:
                 self._create_collection(created)
             except StoreExistsError:
@@ -284,6 +317,11 @@ class MilvusEngine:
         schema.add_field(mf.ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dimension)
         schema.add_field(mf.META_FIELD, DataType.JSON)
+        for prefix in store.columns.values():
+            schema.add_field(f"{prefix}_t", DataType.INT8)
+            schema.add_field(f"{prefix}_i", DataType.INT64)
+            schema.add_field(f"{prefix}_f", DataType.DOUBLE)
+            schema.add_field(f"{prefix}_s", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
         index = MilvusClient.prepare_index_params()
         if isinstance(spec.index, HnswConfig):
             index.add_index(
@@ -297,6 +335,7 @@ class MilvusEngine:
         properties = {
             STORE_PROPERTY: _spec_json(spec, store.store_id),
             PRED_INDEX_PROPERTY: json.dumps(list(spec.predicate_indexes)),
+            TYPED_FIELDS_PROPERTY: json.dumps(list(store.columns)),
         }
         try:
             self._call(
@@ -321,6 +360,7 @@ class MilvusEngine:
         validation.store_name(name)
         collection = collection_name(name)
         self._stores.pop(name, None)
+        self._sizes.pop(collection, None)
         current = self._describe(name)
         if current is None:
             if missing_ok:
@@ -424,6 +464,7 @@ class MilvusEngine:
         spec = store.spec
         if count is None:
             count = self._count(store.collection, "", spec.name)
+        self._sizes[store.collection] = (count, time.monotonic())
         return StoreInfo(
             name=spec.name,
             dimension=spec.dimension,
@@ -455,10 +496,16 @@ class MilvusEngine:
                         "texts and images outside the store (for example store_original=false "
                         "and a reference in metadata)"
                     )
-                rows.append(
-                    {mf.ID_FIELD: entry_id, "vector": vector.tolist(), mf.META_FIELD: stored}
-                )
-            existing = self._existing(store, ids)
+                row = {mf.ID_FIELD: entry_id, "vector": vector, mf.META_FIELD: stored}
+                if store.columns:
+                    row.update(mf.encode_columns(meta, store.columns))
+                rows.append(row)
+            # The ids are distinct (validated), so counting them is enough; a count answers
+            # with one row, not with the ids.
+            existing = sum(
+                self._matching(store, mf.ids_in(ids[start : start + BATCH]))
+                for start in range(0, len(ids), BATCH)
+            )
             # A batch of new ids is inserted: Milvus's upsert is a delete plus an insert, and
             # the deletes would only cost (its compaction has to apply them).
             write = "upsert" if existing else "insert"
@@ -466,7 +513,8 @@ class MilvusEngine:
                 store,
                 lambda c: getattr(c, write)(store.collection, rows, timeout=self._timeout),
             )
-            return UpsertResult(inserted=len(ids) - len(existing), updated=len(existing))
+            self._forget_counts(store)
+            return UpsertResult(inserted=len(ids) - existing, updated=existing)
 
         return self._on_store(name, run, expected_store_id)
 
@@ -489,9 +537,9 @@ class MilvusEngine:
                 "the store"
             )
         filters.validate(filter, self.filter_limits)
-        expr = mf.to_query(mf.translate(filter))
 
         def run(store: _Store) -> int:
+            expr = mf.to_query(mf.translate(filter, store.columns))
             if expr is None:
                 return 0
             ids = [row[mf.ID_FIELD] for row in self._scan(store, expr, [mf.ID_FIELD])]
@@ -508,6 +556,7 @@ class MilvusEngine:
                 return client.delete(store.collection, filter=expr, timeout=self._timeout)
 
             self._data_call(store, delete)
+        self._forget_counts(store)
 
     def create_pred_index(self, name: str, fields: Sequence[str]) -> int:
         wanted = validation.field_names(fields, f"store {name!r}")
@@ -517,6 +566,15 @@ class MilvusEngine:
             new = [f for f in wanted if f not in current]
             if new:
                 self._set_pred_indexes(store, current | set(new))
+                untyped = [f for f in new if f not in store.columns]
+                if untyped:
+                    log.info(
+                        "store %r: %s filtered through the JSON metadata; Milvus cannot add "
+                        "typed columns to a collection, so declare predicate indexes when "
+                        "creating a store",
+                        name,
+                        ", ".join(repr(f) for f in untyped),
+                    )
             return len(new)
 
         return self._on_store(name, run)
@@ -595,15 +653,14 @@ class MilvusEngine:
         limit = validation.page_limit(name, limit)
         metadata = validation.metadata_selection(name, metadata)
         after = validation.decode_page_token(name, page_token)
-        expr: mf.Expr = True
         if filter is not None:
             filters.validate(filter, self.filter_limits)
-            expr = mf.translate(filter)
-        if after is not None:
-            expr = mf.all_of([expr, mf.id_after(after)])
-        query = mf.to_query(expr)
 
         def run(store: _Store) -> Page:
+            expr: mf.Expr = True if filter is None else mf.translate(filter, store.columns)
+            if after is not None:
+                expr = mf.all_of([expr, mf.id_after(after)])
+            query = mf.to_query(expr)
             if query is None:
                 return Page(entries=[], next_page_token="")
             fields = [mf.ID_FIELD, mf.META_FIELD] + (["vector"] if include_vectors else [])
@@ -655,16 +712,15 @@ class MilvusEngine:
             query = np.zeros(0, dtype=np.float32)  # refused below as a wrong dimension
         k, ef, mode = validation.search_args(name, k, ef, mode)
         metadata = validation.metadata_selection(name, metadata)
-        expr: mf.Expr = True
         if filter is not None:
             filters.validate(filter, self.filter_limits)
-            expr = mf.translate(filter)
 
         def run(store: _Store) -> SearchResult:
             spec = store.spec
             q = validation.vector(
                 query, store=name, dimension=spec.dimension, metric=spec.metric, what="the query"
             )
+            expr: mf.Expr = True if filter is None else mf.translate(filter, store.columns)
             condition = mf.to_query(expr)
             if condition is None:
                 return SearchResult(matches=[], plan="exact")
@@ -677,8 +733,11 @@ class MilvusEngine:
             if mode == SearchMode.EXACT:
                 return self._exact(store, q, k, condition, include_vectors)
             matching: int | None = None
+            fresh = True
             if filtered:
-                matching = self._count(store.collection, condition, name)
+                matching, fresh = self._filter_count(store, condition)
+                if matching == 0 and not fresh:
+                    matching, fresh = self._filter_count(store, condition, recount=True)
                 if matching == 0:
                     return SearchResult(matches=[], plan="exact")
                 if mode == SearchMode.AUTO and matching <= EXACT_SCAN_MAX_ENTRIES:
@@ -689,14 +748,14 @@ class MilvusEngine:
             if matching is not None:
                 # Milvus's filtered HNSW walks past the excluded entries: fewer matches near the
                 # query need a wider beam for the same recall (x2 at 25%, x3.2 at 10%).
-                total = max(matching, self._count(store.collection, "", name))
+                total = max(matching, self._store_size(store))
                 factor = min(MAX_FILTER_EF_FACTOR, math.sqrt(total / matching))
                 beam = min(MAX_MILVUS_EF, math.ceil(beam * factor))
             approximate = condition if filtered else ""
             found = self._search(store, q, want, approximate, beam, vectors=include_vectors)
             if len(found) < want:
-                if matching is None:
-                    matching = self._count(store.collection, condition, name)
+                if matching is None or not fresh:
+                    matching, fresh = self._filter_count(store, condition, recount=True)
                     want = min(k, matching)
                 if len(found) < want and beam < MAX_MILVUS_EF:
                     beam = min(MAX_MILVUS_EF, beam * RETRY_EF_FACTOR)
@@ -804,6 +863,56 @@ class MilvusEngine:
             raise StoreNotFoundError(name) from None
         return int(rows[0]["count(*)"])
 
+    def _matching(self, store: _Store, expr: str) -> int:
+        """How many rows match `expr` (a data call: a stale store or an unloaded collection is
+        handled as for queries)."""
+        rows: list[dict[str, Any]] = self._data_call(
+            store,
+            lambda c: c.query(
+                store.collection,
+                filter=expr,
+                output_fields=["count(*)"],
+                consistency_level=self._consistency,
+                timeout=self._timeout,
+            ),
+        )
+        return int(rows[0]["count(*)"])
+
+    def _filter_count(self, store: _Store, expr: str, *, recount: bool = False) -> tuple[int, bool]:
+        """How many entries match `expr`, and whether that was counted now: a count of the last
+        COUNT_SECONDS is reused unless `recount`. It only picks the plan and sizes the beam; the
+        answers come from Milvus at the read's consistency level, and a short answer recounts."""
+        key = (store.collection, expr)
+        if not recount:
+            with self._counts_lock:
+                cached = self._counts.get(key)
+            if cached is not None and time.monotonic() - cached[1] < COUNT_SECONDS:
+                return cached[0], False
+        count = self._matching(store, expr)
+        with self._counts_lock:
+            self._counts[key] = (count, time.monotonic())
+            self._counts.move_to_end(key)
+            while len(self._counts) > MAX_CACHED_COUNTS:
+                self._counts.popitem(last=False)
+        return count, True
+
+    def _forget_counts(self, store: _Store) -> None:
+        """After this process wrote to the store: its cached counts are off."""
+        with self._counts_lock:
+            for key in [key for key in self._counts if key[0] == store.collection]:
+                del self._counts[key]
+            self._sizes.pop(store.collection, None)
+
+    def _store_size(self, store: _Store) -> int:
+        """The store's entry count, counted at most every STORE_SIZE_SECONDS."""
+        now = time.monotonic()
+        cached = self._sizes.get(store.collection)
+        if cached is not None and now - cached[1] < STORE_SIZE_SECONDS:
+            return cached[0]
+        size = self._count(store.collection, "", store.spec.name)
+        self._sizes[store.collection] = (size, now)
+        return size
+
     def _existing(self, store: _Store, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), BATCH):
@@ -846,6 +955,8 @@ class MilvusEngine:
                 output_fields=fields,
                 consistency_level=self._consistency,
                 timeout=self._timeout,
+                # Vectors as views of one float32 array, not as lists of Python floats.
+                strict_float32=True,
                 **kwargs,
             ),
         )
@@ -1005,6 +1116,7 @@ def _store_from_properties(collection: str, properties: dict[str, str]) -> _Stor
                 ef_search=int(index_data["ef_search"]),
             )
         fields = json.loads(properties.get(PRED_INDEX_PROPERTY, "[]"))
+        typed = json.loads(properties.get(TYPED_FIELDS_PROPERTY, "[]"))
         spec = StoreSpec(
             name=str(data["name"]),
             dimension=int(data["dimension"]),
@@ -1013,7 +1125,9 @@ def _store_from_properties(collection: str, properties: dict[str, str]) -> _Stor
             predicate_indexes=tuple(sorted(str(f) for f in fields)),
             store_metadata={str(k): str(v) for k, v in data["store_metadata"].items()},
         )
-        return _Store(collection, spec, int(data["store_id"]))
+        return _Store(
+            collection, spec, int(data["store_id"]), mf.columns_of([str(f) for f in typed])
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{STORE_PROPERTY} is not what nachbar wrote ({error})") from None
 

@@ -20,6 +20,15 @@ so a field holds exactly one of them and every comparison meets only its own typ
 - Field names that are not plain identifiers are stored as "~" + hex of their UTF-8 bytes, so no
   field name ever needs escaping inside an expression.
 
+Typed columns. A field named in the store's predicate indexes when it was created also has
+scalar columns of its own (`columns_of`), written with every entry beside the JSON: a type tag
+(INT8: 0 missing, then COLUMN_TAGS), the value as INT64 (ints, and bools as 0/1), DOUBLE
+(floats) or VARCHAR (strings, bytes as hex, whole lists as canonical JSON). Milvus compares
+scalar columns far faster than JSON paths, and a tag test replaces every `exists`: the same
+guarded terms, read from the columns. Lists' items stay in the JSON ("l", for
+`json_contains`). Milvus 2.3 cannot add fields to a collection, so a field indexed later is
+filtered through the JSON, with the same answers.
+
 Expressions. Each condition's positive form (NE read as EQ, NOT_IN as IN) is built only from
 `(exists P) and (P op literal)` terms: two-valued on every Milvus, so `not` is exact. Constant
 parts (an operand no stored value can equal) are folded away, never sent: Milvus 2.3 refuses
@@ -33,7 +42,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from nachbar.db.filters import AllOf, AnyOf, Condition, Filter, Op
@@ -45,6 +55,16 @@ META_FIELD = "meta"
 ID_FIELD = "id"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEX_KEY_PREFIX = "~"
+
+# Type tags of the typed columns (0: the entry has no such field), and the column that holds
+# each stored type's value.
+COLUMN_TAGS = {"b": 1, "i": 2, "f": 3, "s": 4, "y": 5, "L": 6}
+_COLUMN_OF_TAG = {"b": "i", "i": "i", "f": "f", "s": "s", "y": "s", "L": "s"}
+COLUMN_SUFFIXES = ("t", "i", "f", "s")
+
+# Field name -> the prefix of its typed columns ("p0" names p0_t, p0_i, p0_f, p0_s).
+Columns: TypeAlias = Mapping[str, str]
+NO_COLUMNS: Columns = {}
 
 # An expression, or a constant that was folded: True matches every entry, False none.
 Expr: TypeAlias = str | bool
@@ -96,25 +116,68 @@ def encoded_size(stored: Mapping[str, Any]) -> int:
     return len(json.dumps(stored, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
+def column_prefix(slot: int) -> str:
+    return f"p{slot}"
+
+
+def columns_of(fields: Sequence[str]) -> dict[str, str]:
+    """The typed columns of `fields`, in slot order."""
+    return {name: column_prefix(slot) for slot, name in enumerate(fields)}
+
+
+def encode_columns(metadata: Mapping[str, MetadataValue], columns: Columns) -> dict[str, Any]:
+    """The typed column values of one entry (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for name, prefix in columns.items():
+        tag, number, real, text = 0, 0, 0.0, ""
+        value = metadata.get(name)
+        if value is None:
+            pass
+        elif isinstance(value, bool):
+            tag, number = COLUMN_TAGS["b"], int(value)
+        elif isinstance(value, int):
+            tag, number = COLUMN_TAGS["i"], value
+        elif isinstance(value, float):
+            tag, real = COLUMN_TAGS["f"], value
+        elif isinstance(value, str):
+            tag, text = COLUMN_TAGS["s"], value
+        elif isinstance(value, bytes):
+            tag, text = COLUMN_TAGS["y"], value.hex()
+        else:
+            tag, text = COLUMN_TAGS["L"], canonical_list(list(value))
+        out[f"{prefix}_t"] = tag
+        out[f"{prefix}_i"] = number
+        out[f"{prefix}_f"] = real
+        out[f"{prefix}_s"] = text
+    return out
+
+
+def _string_list(items: Any) -> list[str]:
+    return [str(item) for item in items]
+
+
+# Type tag -> its decoder, in the order a value's tags are tried ("L" always comes with "l").
+_DECODERS: dict[str, Any] = {
+    "b": bool,
+    "i": int,
+    "f": float,
+    "s": str,
+    "y": bytes.fromhex,
+    "l": _string_list,
+}
+
+
 def decode_metadata(stored: Mapping[str, Any]) -> Metadata:
     """Inverse of `encode_metadata`; ValueError for anything it did not write."""
     out: Metadata = {}
     for key, typed in stored.items():
-        if not isinstance(typed, Mapping):
+        if not isinstance(typed, dict | Mapping):
             raise ValueError(f"metadata key {key!r} does not hold a typed value")
-        name = _field_name(key)
-        if "b" in typed:
-            out[name] = bool(typed["b"])
-        elif "i" in typed:
-            out[name] = int(typed["i"])
-        elif "f" in typed:
-            out[name] = float(typed["f"])
-        elif "s" in typed:
-            out[name] = str(typed["s"])
-        elif "y" in typed:
-            out[name] = bytes.fromhex(typed["y"])
-        elif "l" in typed:
-            out[name] = [str(item) for item in typed["l"]]
+        name = _field_name(key) if key.startswith(_HEX_KEY_PREFIX) else key
+        for tag, decode in _DECODERS.items():
+            if tag in typed:
+                out[name] = decode(typed[tag])
+                break
         else:
             raise ValueError(f"metadata key {key!r} has no known type tag")
     return out
@@ -144,6 +207,26 @@ def _float_literal(value: float) -> str:
 
 def _path(field: str, tag: str) -> str:
     return f"{META_FIELD}[{string_literal(field_key(field))}][{string_literal(tag)}]"
+
+
+@dataclass(frozen=True)
+class _Access:
+    """Where a field's value of one stored type is read: `guard` holds exactly where the field
+    has a value of that type, `value` is that value."""
+
+    guard: str
+    value: str
+    column: bool
+
+
+def _access(field: str, tag: str, columns: Columns) -> _Access:
+    prefix = columns.get(field)
+    if prefix is None:
+        path = _path(field, tag)
+        return _Access(f"(exists {path})", path, column=False)
+    return _Access(
+        f"({prefix}_t == {COLUMN_TAGS[tag]})", f"{prefix}_{_COLUMN_OF_TAG[tag]}", column=True
+    )
 
 
 # ---- boolean algebra with folded constants ---------------------------------------------------
@@ -183,9 +266,10 @@ def _exists(path: str) -> str:
     return f"(exists {path})"
 
 
-def _guarded(path: str, comparison: str) -> str:
-    """True only where the key exists and the comparison holds: never NULL."""
-    return f"({_exists(path)} and ({path} {comparison}))"
+def _guarded(access: _Access, comparison: str) -> str:
+    """True only where the field holds a value of the type and the comparison holds: never
+    NULL."""
+    return f"({access.guard} and ({access.value} {comparison}))"
 
 
 # ---- filters -------------------------------------------------------------------------------
@@ -193,70 +277,88 @@ def _guarded(path: str, comparison: str) -> str:
 _SYMBOL = {Op.LT: "<", Op.LTE: "<=", Op.GT: ">", Op.GTE: ">=", Op.EQ: "=="}
 
 
-def translate(flt: Filter) -> Expr:
+def translate(flt: Filter, columns: Columns = NO_COLUMNS) -> Expr:
     """A Milvus boolean expression over the stored form with exactly `filters.matches`'s
-    meaning, or a constant. The filter must have passed `filters.validate`."""
+    meaning, or a constant; fields in `columns` are read from their typed columns. The filter
+    must have passed `filters.validate`."""
     if isinstance(flt, Condition):
-        positive = _positive(flt)
+        positive = _positive(flt, columns)
         return negate(positive) if flt.op in (Op.NE, Op.NOT_IN) else positive
     if isinstance(flt, AllOf):
-        return all_of([translate(child) for child in flt.filters])
+        return all_of([translate(child, columns) for child in flt.filters])
     if isinstance(flt, AnyOf):
-        return any_of([translate(child) for child in flt.filters])
-    return negate(translate(flt.filter))
+        return any_of([translate(child, columns) for child in flt.filters])
+    return negate(translate(flt.filter, columns))
 
 
-def _positive(cond: Condition) -> Expr:
+def _positive(cond: Condition, columns: Columns) -> Expr:
     field = cond.field
     if cond.op == Op.EXISTS:
+        prefix = columns.get(field)
+        if prefix is not None:
+            return f"({prefix}_t != 0)"
         return f"(exists {META_FIELD}[{string_literal(field_key(field))}])"
     if cond.op in (Op.EQ, Op.NE):
         assert cond.value is not None
-        return _equals(field, cond.value)
+        return _equals(field, cond.value, columns)
     if cond.op in (Op.IN, Op.NOT_IN):
-        return any_of([_equals(field, value) for value in cond.values])
+        return any_of([_equals(field, value, columns) for value in cond.values])
     assert cond.value is not None
-    return _ordered(field, Op(cond.op), cond.value)
+    return _ordered(field, Op(cond.op), cond.value, columns)
 
 
-def _equals(field: str, operand: MetadataValue) -> Expr:
+def _equals(field: str, operand: MetadataValue, columns: Columns) -> Expr:
     if isinstance(operand, bool):
-        return _guarded(_path(field, "b"), "== " + ("true" if operand else "false"))
+        access = _access(field, "b", columns)
+        if access.column:
+            return _guarded(access, "== " + ("1" if operand else "0"))
+        return _guarded(access, "== " + ("true" if operand else "false"))
     if isinstance(operand, int | float):
-        return any_of([_int_compare(field, Op.EQ, operand), _float_compare(field, Op.EQ, operand)])
+        return any_of(
+            [
+                _int_compare(field, Op.EQ, operand, columns),
+                _float_compare(field, Op.EQ, operand, columns),
+            ]
+        )
     if isinstance(operand, str):
         literal = string_literal(operand)
         lists = _path(field, "l")
         return any_of(
             [
-                _guarded(_path(field, "s"), "== " + literal),
+                _guarded(_access(field, "s", columns), "== " + literal),
                 f"({_exists(lists)} and json_contains({lists}, {literal}))",
             ]
         )
     if isinstance(operand, bytes):
-        return _guarded(_path(field, "y"), "== " + string_literal(operand.hex()))
-    return _guarded(_path(field, "L"), "== " + string_literal(canonical_list(list(operand))))
+        return _guarded(_access(field, "y", columns), "== " + string_literal(operand.hex()))
+    return _guarded(
+        _access(field, "L", columns), "== " + string_literal(canonical_list(list(operand)))
+    )
 
 
-def _ordered(field: str, op: Op, operand: MetadataValue) -> Expr:
+def _ordered(field: str, op: Op, operand: MetadataValue, columns: Columns) -> Expr:
     if isinstance(operand, bool | list):
         return False  # validation refuses these; no stored value has an order with them
     if isinstance(operand, int | float):
-        return any_of([_int_compare(field, op, operand), _float_compare(field, op, operand)])
+        return any_of(
+            [_int_compare(field, op, operand, columns), _float_compare(field, op, operand, columns)]
+        )
     if isinstance(operand, str):
-        return _guarded(_path(field, "s"), f"{_SYMBOL[op]} {string_literal(operand)}")
-    return _guarded(_path(field, "y"), f"{_SYMBOL[op]} {string_literal(operand.hex())}")
+        access = _access(field, "s", columns)
+        return _guarded(access, f"{_SYMBOL[op]} {string_literal(operand)}")
+    access = _access(field, "y", columns)
+    return _guarded(access, f"{_SYMBOL[op]} {string_literal(operand.hex())}")
 
 
-def _int_compare(field: str, op: Op, operand: int | float) -> Expr:
+def _int_compare(field: str, op: Op, operand: int | float, columns: Columns) -> Expr:
     """`stored int <op> operand`, exact for any operand, as int64 comparisons with literals in
     [INT64_MIN + 1, INT64_MAX] (the parser reads -9223372036854775808 as minus an overflow)."""
-    path = _path(field, "i")
+    path = _access(field, "i", columns)
     if isinstance(operand, float) and math.isinf(operand):
         below_all = operand < 0
         if op == Op.EQ:
             return False
-        return _exists(path) if (op in (Op.GT, Op.GTE)) == below_all else False
+        return path.guard if (op in (Op.GT, Op.GTE)) == below_all else False
     if op == Op.EQ:
         if isinstance(operand, float):
             if not operand.is_integer():
@@ -273,26 +375,26 @@ def _int_compare(field: str, op: Op, operand: int | float) -> Expr:
         if high < INT64_MIN:
             return False
         if high >= INT64_MAX:
-            return _exists(path)
+            return path.guard
         return _guarded(path, f"< {high + 1}")
     low = (math.floor(operand) + 1) if op == Op.GT else math.ceil(operand)
     if low > INT64_MAX:
         return False
     if low <= INT64_MIN:
-        return _exists(path)
+        return path.guard
     return _guarded(path, f">= {low}")
 
 
-def _float_compare(field: str, op: Op, operand: int | float) -> Expr:
+def _float_compare(field: str, op: Op, operand: int | float, columns: Columns) -> Expr:
     """`stored float <op> operand`, exact: an int operand that no double equals is replaced by
     its neighbouring doubles."""
-    path = _path(field, "f")
+    path = _access(field, "f", columns)
     if isinstance(operand, float):
         if math.isinf(operand):
             below_all = operand < 0
             if op == Op.EQ:
                 return False
-            return _exists(path) if (op in (Op.GT, Op.GTE)) == below_all else False
+            return path.guard if (op in (Op.GT, Op.GTE)) == below_all else False
         return _guarded(path, f"{_SYMBOL[op]} {_float_literal(operand)}")
     try:
         nearest = float(operand)
@@ -310,9 +412,9 @@ def _float_compare(field: str, op: Op, operand: int | float) -> Expr:
     return False if math.isinf(above) and above > 0 else _bounded(path, ">=", above)
 
 
-def _bounded(path: str, symbol: str, bound: float) -> Expr:
+def _bounded(path: _Access, symbol: str, bound: float) -> Expr:
     if math.isinf(bound):  # every finite double is on the bound's side
-        return _exists(path)
+        return path.guard
     return _guarded(path, f"{symbol} {_float_literal(bound)}")
 
 

@@ -25,8 +25,10 @@ from nachbar.db.filters import Condition, Op, matches
 from nachbar.db.milvus_engine import (
     MAX_COLLECTION_NAME,
     MAX_METADATA_BYTES,
+    TYPED_FIELDS_PROPERTY,
     MilvusEngine,
     MilvusSettings,
+    _store_from_properties,
     collection_name,
 )
 from nachbar.db.types import Entry, Metadata, MetadataValue, StoreSpec
@@ -151,9 +153,11 @@ OPERANDS: tuple[int | float, ...] = (
 )
 
 
-def test_number_edges_match_the_reference(milvus_db: MilvusEngine) -> None:
+@pytest.mark.parametrize("indexed", [(), ("x",)], ids=["json", "typed columns"])
+def test_number_edges_match_the_reference(milvus_db: MilvusEngine, indexed: tuple[str]) -> None:
     # Ints and floats compared exactly across kinds, at the limits of int64 and of doubles.
-    milvus_db.create_store(StoreSpec("s", DIM))
+    milvus_db.create_store(StoreSpec("s", DIM, predicate_indexes=indexed))
+    assert set(milvus_db._stores["s"].columns) == set(indexed)
     model: dict[str, Metadata] = {f"n{i}": {"x": value} for i, value in enumerate(NUMBERS)}
     model["none"] = {}
     model["text"] = {"x": "1"}
@@ -220,3 +224,75 @@ def test_dimension_beyond_milvus_is_refused_clearly(milvus_db: MilvusEngine) -> 
     with pytest.raises(InvalidArgumentError, match="more than Milvus holds .32768"):
         milvus_db.create_store(StoreSpec("wide", 40_000))
     assert milvus_db.list_stores() == []
+
+
+def test_fields_indexed_at_creation_get_typed_columns(
+    milvus_db: MilvusEngine, other: MilvusEngine
+) -> None:
+    milvus_db.create_store(StoreSpec("t", DIM, predicate_indexes=("s", "n")))
+    collection = collection_name("t")
+    fields = {f["name"] for f in milvus_db._describe_collection(collection)["fields"]}
+    assert {"p0_t", "p0_i", "p0_f", "p0_s", "p1_t", "p1_s"} <= fields
+    assert milvus_db._stores["t"].columns == {"n": "p0", "s": "p1"}
+    assert other._store("t").columns == {"n": "p0", "s": "p1"}  # read back from Milvus
+    model: dict[str, Metadata] = {
+        "a": {"n": 3, "s": "x", "late": 1},
+        "b": {"n": 3.0, "s": ["x", "y"], "late": 2},
+        "c": {"n": True, "s": b"x"},
+        "d": {},
+    }
+    milvus_db.upsert("t", [Entry(i, vec(1, 0, 0, 0), meta) for i, meta in model.items()])
+    # A predicate index created later is recorded; its field is filtered through the JSON.
+    assert milvus_db.create_pred_index("t", ["late"]) == 1
+    assert other.get_store("t").predicate_indexes == ("late", "n", "s")
+    assert other._store("t").columns == {"n": "p0", "s": "p1"}
+    for flt in (
+        Condition("n", Op.EQ, 3),
+        Condition("n", Op.NE, 3),
+        Condition("n", Op.EQ, True),
+        Condition("s", Op.EQ, "x"),
+        Condition("s", Op.EQ, b"x"),
+        Condition("s", Op.EQ, ["x", "y"]),
+        Condition("s", Op.EXISTS),
+        Condition("late", Op.GT, 1),
+    ):
+        expected = sorted(i for i, meta in model.items() if matches(flt, meta))
+        got = [e.id for e in other.get_by_predicate("t", flt, limit=100).entries]
+        assert got == expected, flt
+    # Collections made before typed columns have no such property, and no columns.
+    properties = dict(milvus_db._describe_collection(collection)["properties"])
+    del properties[TYPED_FIELDS_PROPERTY]
+    old = _store_from_properties(collection, properties)
+    assert old is not None and old.columns == {}
+
+
+def test_a_stale_cached_count_never_changes_the_answer(
+    milvus_db: MilvusEngine, other: MilvusEngine
+) -> None:
+    """A filter's count is reused for a few seconds to pick the plan; another nachbar-db's
+    writes make it wrong, and searches still return exactly min(k, matches)."""
+    milvus_db.create_store(StoreSpec("c", DIM, predicate_indexes=("kind",)))
+    rng = np.random.default_rng(3)
+
+    def entries(kind: str, count: int, first: int = 0) -> list[Entry]:
+        return [
+            Entry(f"{kind}{i:03d}", rng.standard_normal(DIM).astype(np.float32), {"kind": kind})
+            for i in range(first, first + count)
+        ]
+
+    milvus_db.upsert("c", entries("a", 3) + entries("b", 40))
+    query = vec(1, 1, 1, 1)
+    is_a, is_c = Condition("kind", Op.EQ, "a"), Condition("kind", Op.EQ, "c")
+    assert len(milvus_db.get_sim_n("c", query, 10, filter=is_a).matches) == 3
+    assert milvus_db.get_sim_n("c", query, 10, filter=is_c).matches == []
+    # Counted and cached by milvus_db: 3 and 0. The other engine adds matches.
+    other.upsert("c", entries("a", 20, first=3) + entries("c", 1))
+    assert len(milvus_db.get_sim_n("c", query, 10, filter=is_a).matches) == 10
+    assert [m.id for m in milvus_db.get_sim_n("c", query, 10, filter=is_c).matches] == ["c000"]
+    # A cached count above the exact scan's limit sends the search to HNSW; fewer matches now.
+    with milvus_db._counts_lock:
+        for key in milvus_db._counts:
+            milvus_db._counts[key] = (5000, time.monotonic())
+    other.delete_keys("c", [f"a{i:03d}" for i in range(2, 23)])
+    found = milvus_db.get_sim_n("c", query, 10, filter=is_a)
+    assert sorted(m.id for m in found.matches) == ["a000", "a001"]

@@ -33,7 +33,7 @@ from nachbar.db.hnsw import (
     HnswGraph,
     graph_settings,
 )
-from nachbar.db.predicates import FieldIndex, FilterEvaluator
+from nachbar.db.predicates import ColumnCache, FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
 from nachbar.db.storage import EntryColumns
 from nachbar.db.types import (
@@ -176,6 +176,8 @@ class StoreState:
         self.field_indexes: dict[str, FieldIndex] = {
             f: FieldIndex(f) for f in spec.predicate_indexes
         }
+        # Unindexed fields that broad filters test, held as columns (nachbar.db.predicates).
+        self.columns = ColumnCache()
         self._id_order: tuple[list[str], np.ndarray] | None = None
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -376,6 +378,7 @@ class StoreState:
         self._vectors = np.zeros((0, self.spec.dimension), dtype=np.float32)
         self.ids, self.metas, self.slot_of = [], [], {}
         self.field_indexes = {}
+        self.columns.clear()
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -444,6 +447,7 @@ class StoreState:
         self.slot_seqs[slot_array] = seq
         for index in self.field_indexes.values():
             index.touch(slots)
+        self.columns.touch(slots)
         if any(is_new):
             self._id_order = None
         pending: np.ndarray = slot_array[changed]
@@ -481,6 +485,7 @@ class StoreState:
         self.slot_seqs[slot_array] = -1
         for index in self.field_indexes.values():
             index.touch(slots)
+        self.columns.touch(slots)
         self.seq = seq
         self._count_changes(len(slots))
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
@@ -501,6 +506,8 @@ class StoreState:
 
     def add_field_indexes(self, fields: Sequence[str]) -> list[FieldIndex]:
         created = [FieldIndex(f) for f in fields]
+        for field_name in fields:
+            self.columns.discard(field_name)  # the predicate index takes over
         self.field_indexes.update((index.field, index) for index in created)
         self.spec = replace(self.spec, predicate_indexes=tuple(sorted(self.field_indexes)))
         return created
@@ -538,7 +545,7 @@ class StoreState:
         live = self._alive[: self.size].copy()
         if flt is None:
             return live
-        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes, self.columns)
         return evaluator.evaluate(compile_filter(flt), live)
 
     def page(
@@ -553,7 +560,7 @@ class StoreState:
         follow."""
         ids, slots = self._ordered_ids()
         position = bisect_right(ids, after) if after is not None else 0
-        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes, self.columns)
         compiled = compile_filter(flt) if flt is not None else None
         found: list[int] = []
         chunk = max(1024, 4 * (limit + 1))

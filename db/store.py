@@ -302,7 +302,8 @@ class StoreState:
 
     def load_saved_graph(self, capacity: int) -> tuple[HnswGraph, int]:
         """The graph saved on disk and the change sequence it reflects (GraphUnusableError if
-        there is none that fits). Needs no lock: it reads only files and settings."""
+        there is none that fits). Call without the lock: it reads files, and takes the read lock
+        only to copy the vectors the graph file leaves out."""
         config = self.hnsw_config
         assert config is not None
         return HnswGraph.load(
@@ -311,7 +312,17 @@ class StoreState:
             metric=self.spec.metric,
             settings=graph_settings(self.spec.dimension, self.spec.metric, config),
             capacity=capacity,
+            vectors=self.current_vectors,
         )
+
+    def current_vectors(self, slots: np.ndarray) -> np.ndarray:
+        """A copy of these slots' vectors, with a zero row for a free slot."""
+        with self.lock.read():
+            rows = np.zeros((len(slots), self.spec.dimension), dtype=np.float32)
+            inside = np.flatnonzero(slots < len(self._alive))
+            positions = inside[self._alive[slots[inside]]]
+            rows[positions] = self._vectors[slots[positions]]
+        return rows
 
     @property
     def capacity(self) -> int:

@@ -63,7 +63,7 @@ def source_of(vectors: np.ndarray, changed: frozenset[int] = frozenset()) -> Vec
     save)."""
 
     def rows(labels: np.ndarray) -> np.ndarray:
-        out = vectors[labels].copy()
+        out: np.ndarray = vectors[labels].copy()
         out[[i for i, label in enumerate(labels.tolist()) if label in changed]] *= -1
         return out
 

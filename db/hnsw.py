@@ -69,7 +69,7 @@ _WRITE_CHUNK = 1 << 23  # each file write releases the GIL; smaller ones let oth
 # label_offset, offsetData (size_t), maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M
 # (size_t), mult (double), ef_construction (size_t); native byte order, as hnswlib writes it.
 _HEADER = struct.Struct("=QQQQQQiIQQQdQ")
-_NORMALIZE_ROWS = 65_536  # rows normalized at a time while a graph loads (bounded temporaries)
+_NORMALIZE_ROWS = 4_096  # rows handled at a time while a graph saves or loads (small temporaries)
 
 FINGERPRINT_SEED = 20261207
 FINGERPRINT_TOLERANCE = 1e-5  # of the vector's L1 norm; rounding differs by ~1e-7 of it
@@ -86,7 +86,8 @@ def _fingerprint_directions(dimension: int) -> np.ndarray:
 
 
 def _fingerprints(rows: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    out: np.ndarray = rows.astype(np.float64) @ directions
+    # float32 products (BLAS): their rounding, ~1e-7 of the L1 norm, is far below the tolerance.
+    out: np.ndarray = (rows @ directions.astype(np.float32)).astype(np.float64)
     return out
 
 
@@ -463,12 +464,12 @@ def _assemble(
 
 
 def _normalized(rows: np.ndarray) -> np.ndarray:
-    """Unit rows as hnswlib stores them for cosine: a float32 sum of squares in order, then
-    rows * 1 / (sqrt + 1e-30)."""
-    squares = np.cumsum(rows * rows, axis=1, dtype=np.float32)[:, -1] if rows.shape[1] else 0
-    scale = np.float32(1.0) / (np.sqrt(squares, dtype=np.float32) + np.float32(1e-30))
-    out: np.ndarray = (rows * scale[:, None]).astype(np.float32)
-    return out
+    """Unit rows as hnswlib stores them for cosine (rows * 1 / (sqrt(sum of squares) + 1e-30)
+    in float32; the sum may round differently from hnswlib's in the last bit)."""
+    squares = np.einsum("ij,ij->i", rows, rows)
+    scale = np.float32(1.0) / (np.sqrt(squares) + np.float32(1e-30))
+    rows *= scale[:, None]
+    return rows
 
 
 def graph_settings(dimension: int, metric: Metric, config: HnswConfig) -> dict[str, object]:

@@ -318,9 +318,14 @@ class StoreState:
     def current_vectors(self, slots: np.ndarray) -> np.ndarray:
         """A copy of these slots' vectors, with a zero row for a free slot."""
         with self.lock.read():
+            inside = slots < len(self._alive)
+            if inside.all():
+                rows: np.ndarray = self._vectors[slots]
+                rows[~self._alive[slots]] = 0
+                return rows
             rows = np.zeros((len(slots), self.spec.dimension), dtype=np.float32)
-            inside = np.flatnonzero(slots < len(self._alive))
-            positions = inside[self._alive[slots[inside]]]
+            positions = np.flatnonzero(inside)
+            positions = positions[self._alive[slots[positions]]]
             rows[positions] = self._vectors[slots[positions]]
         return rows
 

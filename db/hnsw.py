@@ -19,8 +19,8 @@ matches it, so a kill during a checkpoint costs at most the checkpoint, never a 
 Links without vectors (sidecar format 2): hnswlib's own file holds every vector again, which
 SQLite already holds durably, so the graph file would double the vectors on disk (a 384-d node
 is 1,536 bytes of vector and 132 of links). A format-2 file holds hnswlib's header, each node's
-level-0 links (with the deletion mark), its label, its level, a fingerprint of its vector (two
-float64 projections on fixed random directions) and its upper-level links; loading puts the
+level-0 links (with the deletion mark), its label, its level, a fingerprint of its vector (its
+projections on two fixed random directions) and its upper-level links; loading puts the
 store's vectors back (`VectorSource`, normalized as hnswlib does for cosine) and hands hnswlib
 the assembled state (`__setstate__`, hnswlib's pickle format). A node whose store vector does
 not match its fingerprint (the entry got another vector after the save, or is gone) gets a zero
@@ -303,8 +303,9 @@ class GraphSnapshot:
         self.capacity = capacity
 
     def _parts(self) -> Iterator[memoryview]:
-        """The file: hnswlib's header, then per node its level-0 links, its label and its level
-        (three arrays), then the upper-level links of the nodes above level 0, in node order."""
+        """The file: hnswlib's header, then per node its level-0 links, its label, its level and
+        its vector's fingerprint (four arrays), then the upper-level links of the nodes above
+        level 0, in node order."""
         state = self._state
         count = int(state["cur_element_count"])
         yield memoryview(

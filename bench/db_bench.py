@@ -26,7 +26,22 @@ ratio shows is the cost of nachbar's translation: typed JSON metadata (and typed
 the extra gRPC hop, the upsert's count of existing ids.
 Both read with consistency "bounded" (Milvus's default), so neither waits for time ticks.
 
+Footprint and restarts (--footprint, on by default): after the searches, each server's resident
+set (VmRSS of its process) and the bytes its data directory takes on disk, against the raw
+vectors (n x 384 x 4 bytes) and hnswlib's index (vectors + graph links, `index_file_size`);
+then nachbar-db is stopped with SIGTERM and started again on its data, and killed with SIGKILL
+and started again: the seconds from the start of the new process to the first answered query,
+and to the first query answered from the HNSW graph (a server serves exact scans while its graph
+loads), and the resident set after the restart.
+
+Large runs: --data-cache DIR (default bench/data) keeps the generated vectors and the exact
+ground truth as .npy files, so a second run (or one after an interruption) skips generating
+them; progress is logged every 50,000 ingested vectors. At 1M x 384 (1.5 GB of vectors) run
+without chromadb (--systems hnswlib,nachbar) and measure chromadb at a smaller --n.
+
 Run: bench/.venv/bin/python bench/db_bench.py [--n 100000 --queries 1000]
+     bench/.venv/bin/python bench/db_bench.py --n 1000000 --systems hnswlib,nachbar \
+         --throughput-requests 2000 --pauses-ms ""
      bench/.venv/bin/python bench/db_bench.py --engine milvus [--milvus-uri http://...]
          [--baseline-rev REV]   # REV's nachbar-db as one more system, same run
 """
@@ -78,6 +93,8 @@ class Config:
     milvus_uri: str = ""
     # A git revision of this repo: its nachbar-db runs as one more system, in the same run.
     baseline_rev: str = ""
+    data_cache: str = ""
+    footprint: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,50 @@ def embedding_like(count: int, dim: int, clusters: int, rng: np.random.Generator
         out[members] = centers[cluster] + along + noise
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
+
+
+def cached_dataset(config: Config, dim: int = 384) -> Dataset:
+    """`make_dataset`, kept in --data-cache as .npy files (generating 1M vectors takes minutes)."""
+    if not config.data_cache:
+        return make_dataset(config, dim)
+    folder = Path(config.data_cache)
+    stem = (
+        f"embedding-like-n{config.n}-q{config.queries}-t{config.tuning_queries}-"
+        f"c{config.clusters}-s{config.seed}-d{dim}"
+    )
+    parts = ("base", "buckets", "queries", "tuning")
+    paths = {part: folder / f"{stem}-{part}.npy" for part in parts}
+    if all(path.exists() for path in paths.values()):
+        log(f"vectors from {folder}/{stem}-*.npy")
+        return Dataset(*(np.load(paths[part]) for part in parts))
+    data = make_dataset(config, dim)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        tmp = paths[part].with_suffix(".tmp.npy")
+        np.save(tmp, getattr(data, part))
+        os.replace(tmp, paths[part])  # a complete file or none: an interrupted run resumes
+    return data
+
+
+def cached_truth(
+    config: Config,
+    name: str,
+    compute: Callable[[], IdMatrix],
+) -> IdMatrix:
+    if not config.data_cache:
+        return compute()
+    path = Path(config.data_cache) / (
+        f"truth-n{config.n}-q{config.queries}-t{config.tuning_queries}-c{config.clusters}-"
+        f"s{config.seed}-k{config.k}-{name}.npy"
+    )
+    if path.exists():
+        cached: IdMatrix = np.load(path)
+        return cached
+    truth = compute()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, truth)
+    os.replace(tmp, path)
+    return truth
 
 
 def make_dataset(config: Config, dim: int = 384) -> Dataset:
@@ -209,6 +270,7 @@ class HnswlibSystem:
         for start in range(0, data.base.shape[0], batch):
             rows = data.base[start : start + batch]
             self._index.add_items(rows, np.arange(start, start + rows.shape[0]))
+            progress(self.name, start + rows.shape[0], data.base.shape[0], batch)
         self._masks = {f.label: f.mask(data.buckets) for f in FILTERS}
 
     def settle(self) -> float:
@@ -234,6 +296,10 @@ class HnswlibSystem:
     def round_trip(self) -> Callable[[], object] | None:
         return None
 
+    def index_bytes(self) -> int:
+        """hnswlib's index as it saves it: vectors, graph links and labels."""
+        return int(self._index.index_file_size())
+
     def close(self) -> None:
         pass
 
@@ -249,16 +315,21 @@ class NachbarSystem:
         # The baseline's store has its own name (letters only, so its collection is
         # nachbar_<name>): on Milvus both systems share one server.
         self._store = STORE + ("base" if baseline_rev else "")
-        args = ["--data-dir", str(workdir / "data"), "--fsync", "full"]
+        self.data_dir = workdir / "data"
+        self._workdir = workdir
+        args = ["--data-dir", str(self.data_dir), "--fsync", "full"]
         if config.engine == "milvus":
             self.name = "nachbar-db on Milvus (gRPC)"
             self.durability = "Milvus's (consistency bounded)"
             args = ["--engine", "milvus", "--milvus-uri", config.milvus_uri]
             args += ["--milvus-consistency", "bounded"]
-        env = benchlib.baseline_tree(baseline_rev, workdir) if baseline_rev else None
+        self._env = benchlib.baseline_tree(baseline_rev, workdir) if baseline_rev else None
         if baseline_rev:
             self.name = f"baseline {baseline_rev} {self.name}"
-        self.server: ChildServer = benchlib.start_nachbar("nachbar-db", args, workdir, env=env)
+        self._args = args
+        self.server: ChildServer = benchlib.start_nachbar(
+            "nachbar-db", args, workdir, env=self._env
+        )
         self._client = DBClient(self.server.address, timeout=600)
         self._client.create_store(
             self._store,
@@ -274,10 +345,14 @@ class NachbarSystem:
 
     def ingest(self, data: Dataset, batch: int) -> None:
         rows = data.base
-        entries = (
-            (str(i), rows[i], {"bucket": int(data.buckets[i])}) for i in range(rows.shape[0])
-        )
-        self._client.upsert(self._store, entries, batch_size=batch)
+        step = max(batch, PROGRESS_EVERY)
+        for start in range(0, rows.shape[0], step):
+            stop = min(start + step, rows.shape[0])
+            entries = (
+                (str(i), rows[i], {"bucket": int(data.buckets[i])}) for i in range(start, stop)
+            )
+            self._client.upsert(self._store, entries, batch_size=batch)
+            progress(self.name, stop, rows.shape[0], step)
 
     def settle(self) -> float:
         if self._config.engine == "milvus":
@@ -313,10 +388,45 @@ class NachbarSystem:
     def round_trip(self) -> Callable[[], object] | None:
         return self._client.ping
 
+    def restart(self, query: FloatMatrix, kill: bool) -> Restart:
+        """Stop the server (SIGTERM, or SIGKILL with `kill`), start it again on its data and
+        time how soon it answers `query`, and how soon from its HNSW graph."""
+        from nachbar.client import DBClient, SearchMode
+
+        for client in (*self._searcher_clients, self._client):
+            client.close()
+        self._searcher_clients = []
+        began = time.perf_counter()
+        if kill:
+            self.server.proc.kill()
+            self.server.proc.wait(30)
+        else:
+            self.server.stop(timeout=1800)
+        stopped = time.perf_counter() - began
+        began = time.perf_counter()
+        self.server = benchlib.start_nachbar(
+            "nachbar-db", self._args, self._workdir, env=self._env, timeout=3600
+        )
+        self._client = DBClient(self.server.address, timeout=600)
+        k = self._config.k
+        answered = graph = 0.0
+        while True:
+            result = self._client.get_sim_n(
+                self._store, query[0], k, mode=SearchMode.AUTO, ef=self._ef
+            )
+            now = time.perf_counter() - began
+            if len(result.matches) == k and not answered:
+                answered = now
+            if result.plan == "hnsw":
+                graph = now
+                break
+            time.sleep(0.1)
+        return Restart(stop_seconds=stopped, serve_seconds=answered, graph_seconds=graph)
+
     def close(self) -> None:
         for client in (*self._searcher_clients, self._client):
             client.close()
-        self.server.stop()
+        self.server.stop(timeout=1800)
 
 
 def settle_milvus(uri: str, collection: str, timeout: float = 600.0) -> float:
@@ -442,6 +552,7 @@ class ChromaSystem:
             },
         )
         self._ef = EF_LADDER[0]
+        self.data_dir = workdir
 
     def ingest(self, data: Dataset, batch: int) -> None:
         for start in range(0, data.base.shape[0], batch):
@@ -451,6 +562,7 @@ class ChromaSystem:
                 embeddings=data.base[start:stop],
                 metadatas=[{"bucket": int(b)} for b in data.buckets[start:stop]],
             )
+            progress(self.name, stop, data.base.shape[0], batch)
 
     def settle(self) -> float:
         return benchlib.wait_idle(self.server)
@@ -499,6 +611,39 @@ class ChromaSystem:
 
 # --- measurements -------------------------------------------------------------------------
 
+PROGRESS_EVERY = 50_000
+
+
+def progress(name: str, done: int, total: int, step: int) -> None:
+    if done == total or done // PROGRESS_EVERY != (done - step) // PROGRESS_EVERY:
+        log(f"{name}: {done:,} / {total:,} ingested")
+
+
+@dataclass(frozen=True)
+class Restart:
+    stop_seconds: float  # SIGTERM until the process exited (0 for SIGKILL)
+    serve_seconds: float  # new process started until the first query was answered
+    graph_seconds: float  # ... until the first query answered from the HNSW graph
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes the files under `path` take on disk (allocated blocks)."""
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue  # a temporary file that went away
+    return total
+
 
 @dataclass
 class SystemReport:
@@ -517,6 +662,11 @@ class SystemReport:
     # p50 with a pause of this many ms before each query (a client that does other work).
     paused: dict[float, LatencyStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rss_bytes: int = 0  # resident set of the server after the searches (0: in-process)
+    disk_bytes: int = 0
+    index_bytes: int = 0  # hnswlib only: vectors + links as index_file_size() reports
+    restarts: dict[str, Restart] = field(default_factory=dict)
+    rss_after_restart: int = 0
 
 
 def search_all(
@@ -617,6 +767,37 @@ def alternating_throughput(
     return [t.per_second for t in totals]
 
 
+def measure_footprint(
+    systems: Sequence[System], reports: Sequence[SystemReport], data: Dataset
+) -> None:
+    """Resident set and disk of each server; nachbar-db's restarts (see the module docstring)."""
+    for system, report in zip(systems, reports, strict=True):
+        if isinstance(system, HnswlibSystem):
+            report.index_bytes = system.index_bytes()
+            continue
+        server = getattr(system, "server", None)
+        folder = getattr(system, "data_dir", None)
+        if server is not None:
+            report.rss_bytes = resident_bytes(server.proc.pid)
+        if folder is not None:
+            report.disk_bytes = disk_bytes(folder)
+        if isinstance(system, NachbarSystem) and system.durability.startswith("fsync"):
+            for label, kill in (("SIGTERM", False), ("SIGKILL", True)):
+                log(f"{system.name}: restart after {label}")
+                restart = system.restart(data.queries[:1], kill)
+                report.restarts[label] = restart
+                log(
+                    f"{system.name}: after {label} answered in {restart.serve_seconds:.1f} s, "
+                    f"from the graph in {restart.graph_seconds:.1f} s"
+                )
+                if label == "SIGTERM":
+                    search = system.searcher()
+                    for i in range(WARMUP_QUERIES):
+                        search(data.queries[i % len(data.queries)][None, :], None)
+                    report.rss_after_restart = resident_bytes(system.server.proc.pid)
+            report.disk_bytes = max(report.disk_bytes, disk_bytes(system.data_dir))
+
+
 def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
     systems: list[System] = []
     for name in config.systems:
@@ -640,13 +821,20 @@ def build_systems(config: Config, dim: int, workdir: Path) -> list[System]:
 def run(config: Config) -> dict[str, Any]:
     facts = benchlib.machine_facts()
     log(f"generating {config.n} x 384 vectors in {config.clusters} clusters")
-    data = make_dataset(config)
+    data = cached_dataset(config)
     dim = data.base.shape[1]
-    truth = exact_top_k(data.base, data.queries, config.k)
-    truth_tuning = exact_top_k(data.base, data.tuning, config.k)
+    log("exact ground truth")
+    truth = cached_truth(config, "queries", lambda: exact_top_k(data.base, data.queries, config.k))
+    truth_tuning = cached_truth(
+        config, "tuning", lambda: exact_top_k(data.base, data.tuning, config.k)
+    )
     filtered_queries = data.queries[: config.filtered_queries]
     filtered_truth = {
-        f.label: exact_top_k(data.base, filtered_queries, config.k, f.mask(data.buckets))
+        f.label: cached_truth(
+            config,
+            f"filtered{config.filtered_queries}-{f.op}{f.value}",
+            lambda f=f: exact_top_k(data.base, filtered_queries, config.k, f.mask(data.buckets)),  # type: ignore[misc]
+        )
         for f in FILTERS
     }
     similarity = data.queries[:200] @ data.base[:2000].T
@@ -753,6 +941,8 @@ def run(config: Config) -> dict[str, Any]:
                     strict=True,
                 ):
                     report.filtered[spec.label] = result
+            if config.footprint:
+                measure_footprint(systems, reports, data)
             for system, report in zip(systems, reports, strict=True):
                 if isinstance(system, NachbarSystem):
                     report.notes.append(f"plans used: {sorted(system.plans)}")
@@ -902,6 +1092,7 @@ def render(result: dict[str, Any]) -> str:
             f"- filtered GetSimN at 10% selectivity < 2 ms (p50): {p50_10:.3f} ms -> "
             f"{benchlib.verdict(p50_10 < 2.0)}"
         )
+    lines.extend(render_footprint(config, reports))
     floors = [f"{r.name} {r.round_trip.p50_ms:.3f} ms" for r in reports if r.round_trip is not None]
     pauses = sorted({p for r in reports for p in r.paused})
     if pauses:
@@ -948,6 +1139,65 @@ def render(result: dict[str, Any]) -> str:
     )
     lines.append(f"- ef tuning (recall on {config.tuning_queries} tuning queries): {curves}")
     return "\n".join(lines)
+
+
+def render_footprint(config: Config, reports: Sequence[SystemReport]) -> list[str]:
+    if not config.footprint:
+        return []
+    mb = 1e6
+    raw_vectors = config.n * 384 * 4
+    raw = _by_name(reports, "hnswlib")
+    reference = raw.index_bytes if raw is not None and raw.index_bytes else 0
+    lines = [
+        "",
+        f"footprint: raw vectors {raw_vectors / mb:,.0f} MB"
+        + (f"; hnswlib's index (vectors + links) {reference / mb:,.0f} MB" if reference else ""),
+        "",
+    ]
+    rows = []
+    for r in reports:
+        if not (r.rss_bytes or r.disk_bytes):
+            continue
+        rows.append(
+            [
+                r.name,
+                f"{r.rss_bytes / mb:,.0f}",
+                f"{r.rss_after_restart / mb:,.0f}" if r.rss_after_restart else "-",
+                f"x{max(r.rss_bytes, r.rss_after_restart) / reference:.2f}" if reference else "-",
+                f"{r.disk_bytes / mb:,.0f}",
+                f"x{r.disk_bytes / raw_vectors:.2f}",
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "system",
+                "RSS MB",
+                "RSS after restart MB",
+                "RSS / hnswlib index",
+                "disk MB",
+                "disk / raw vectors",
+            ],
+            rows,
+        )
+    )
+    for r in reports:
+        for label, restart in r.restarts.items():
+            lines.append(
+                f"- {r.name} after {label}: stopped in {restart.stop_seconds:.1f} s; the new "
+                f"process answered in {restart.serve_seconds:.1f} s, from its HNSW graph in "
+                f"{restart.graph_seconds:.1f} s"
+            )
+    nachbar = _by_name(reports, "nachbar")
+    if nachbar is not None and nachbar.rss_bytes and reference:
+        rss = max(nachbar.rss_bytes, nachbar.rss_after_restart) / reference
+        disk = nachbar.disk_bytes / raw_vectors
+        lines.append(
+            f"- targets: RSS <= 1.5x (vectors + links): x{rss:.2f} -> "
+            f"{benchlib.verdict(rss <= 1.5)}; disk <= 2x raw vectors: x{disk:.2f} -> "
+            f"{benchlib.verdict(disk <= 2.0)}"
+        )
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -1012,6 +1262,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="a git revision of this repo: its nachbar-db runs as one more system in the same "
         "run (before/after a change)",
     )
+    parser.add_argument(
+        "--data-cache",
+        default=str(Path(__file__).resolve().parent / "data"),
+        help="folder that keeps generated vectors and ground truth as .npy ('' turns it off)",
+    )
+    parser.add_argument(
+        "--no-footprint",
+        action="store_true",
+        help="skip the resident set, disk and restart measurements",
+    )
     ns = parser.parse_args(argv)
     default = "nachbar,milvus" if ns.engine == "milvus" else "hnswlib,nachbar,chroma"
     systems = tuple(s.strip() for s in (ns.systems or default).split(",") if s.strip())
@@ -1043,6 +1303,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         engine=ns.engine,
         milvus_uri=ns.milvus_uri,
         baseline_rev=ns.baseline_rev,
+        data_cache=ns.data_cache,
+        footprint=not ns.no_footprint,
     )
 
 

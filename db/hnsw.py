@@ -5,7 +5,8 @@ Labels are the store's slot numbers (see nachbar.db.store); a deleted entry's la
 deleted and may later be reused, which hnswlib turns into an in-place update of that node.
 
 On disk a graph is two files in `<data_dir>/indexes/`:
-- `store-<store_id>.<seq>-<nonce>.hnsw`: hnswlib's own format (a new name for every save);
+- `store-<store_id>.<seq>-<nonce>.hnsw`: the graph's links without its vectors (a new name for
+  every save; see "Links without vectors" below);
 - `store-<store_id>.json`: the sidecar, written last: which graph file is current, which store
   and settings it was built for, the store's change sequence it reflects, and the CRC-32 and size
   of the graph file. A graph whose sidecar is missing, unreadable or does not match is not
@@ -15,11 +16,23 @@ the previous graph file: a crash at any point leaves a sidecar that names a comp
 matches it, so a kill during a checkpoint costs at most the checkpoint, never a rebuild.
 (Sidecars of format 1 without a `graph_file` name the graph `store-<store_id>.hnsw`.)
 
+Links without vectors (sidecar format 2): hnswlib's own file holds every vector again, which
+SQLite already holds durably, so the graph file would double the vectors on disk (a 384-d node
+is 1,536 bytes of vector and 132 of links). A format-2 file holds hnswlib's header, each node's
+level-0 links (with the deletion mark), its label, its level, a fingerprint of its vector (its
+projections on two fixed random directions) and its upper-level links; loading puts the
+store's vectors back (`VectorSource`, normalized as hnswlib does for cosine) and hands hnswlib
+the assembled state (`__setstate__`, hnswlib's pickle format). A node whose store vector does
+not match its fingerprint (the entry got another vector after the save, or is gone) gets a zero
+vector, so that the replay that follows (nachbar.db.recovery) sees it differ and re-inserts it,
+as it does with a graph that still holds the old vector; entries rewritten with the same vector
+need no replay. Graphs saved in format 1 (hnswlib's file) are still loaded.
+
 Saving without stopping the server: hnswlib's `save_index` holds Python's GIL while it writes
 (over a second for 200k x 384), stalling every request of every store. So a save takes a
 snapshot instead, hnswlib's in-memory copy of the index (`__getstate__`, a memcpy; the store's
-read lock keeps writers out meanwhile), and writes that copy in hnswlib's file format with
-Python file writes, which release the GIL. A test checks the bytes equal `save_index`'s.
+read lock keeps writers out meanwhile), and writes its links with Python file writes, which
+release the GIL.
 
 Per-query `ef`: hnswlib keeps `ef` on the index, and changing it while other threads search would
 race. hnswlib searches with max(ef, k), so the index's `ef` is pinned to 1 and a query asks for
@@ -47,7 +60,8 @@ from nachbar.db.types import HnswConfig, Metric
 
 log = logging.getLogger("nachbar.db")
 
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2  # links without vectors; 1 (hnswlib's own file) is still read
+READABLE_FORMATS = (1, 2)
 _SPACES = {Metric.COSINE: "cosine", Metric.L2: "l2", Metric.INNER_PRODUCT: "ip"}
 _CRC_CHUNK = 1 << 22
 _WRITE_CHUNK = 1 << 23  # each file write releases the GIL; smaller ones let other threads in
@@ -55,6 +69,28 @@ _WRITE_CHUNK = 1 << 23  # each file write releases the GIL; smaller ones let oth
 # label_offset, offsetData (size_t), maxlevel (int), enterpoint_node (uint32), maxM, maxM0, M
 # (size_t), mult (double), ef_construction (size_t); native byte order, as hnswlib writes it.
 _HEADER = struct.Struct("=QQQQQQiIQQQdQ")
+_NORMALIZE_ROWS = 4_096  # rows handled at a time while a graph saves or loads (small temporaries)
+
+FINGERPRINT_SEED = 20261207
+FINGERPRINT_TOLERANCE = 1e-5  # of the vector's L1 norm; rounding differs by ~1e-7 of it
+
+# The store's current vectors of the given labels (slots), a zero row for a free slot.
+VectorSource = Callable[[np.ndarray], np.ndarray]
+
+
+def _fingerprint_directions(dimension: int) -> np.ndarray:
+    directions: np.ndarray = np.random.default_rng(FINGERPRINT_SEED).uniform(
+        -1.0, 1.0, (dimension, 2)
+    )
+    return directions
+
+
+def _fingerprints(rows: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    # float32 products (BLAS): their rounding, ~1e-7 of the L1 norm, is far below the tolerance.
+    out: np.ndarray = (rows @ directions.astype(np.float32)).astype(np.float64)
+    return out
+
+
 SEED = 100  # fixed, so a rebuild from the same rows builds the same graph
 
 
@@ -83,7 +119,7 @@ class GraphFiles:
             sidecar = json.loads(self.sidecar.read_text())
         except (OSError, ValueError) as error:
             raise GraphUnusableError(f"{self.sidecar} is unreadable ({error})") from None
-        if not isinstance(sidecar, dict) or sidecar.get("format") != GRAPH_FORMAT:
+        if not isinstance(sidecar, dict) or sidecar.get("format") not in READABLE_FORMATS:
             raise GraphUnusableError(f"{self.sidecar} has an unknown format")
         return sidecar
 
@@ -221,8 +257,10 @@ class HnswGraph:
         metric: Metric,
         settings: dict[str, object],
         capacity: int,
+        vectors: VectorSource,
     ) -> tuple[HnswGraph, int]:
-        """The saved graph and the change sequence it reflects; GraphUnusableError otherwise."""
+        """The saved graph and the change sequence it reflects; GraphUnusableError otherwise.
+        `vectors` supplies the vectors a format-2 file leaves out."""
         sidecar = files.read_sidecar()
         if sidecar.get("store_id") != files.store_id:
             raise GraphUnusableError(f"{files.sidecar} belongs to another store")
@@ -243,9 +281,15 @@ class HnswGraph:
         if not isinstance(seq, int) or not isinstance(saved_capacity, int):
             raise GraphUnusableError(f"{files.sidecar} lacks seq or capacity")
         capacity = max(capacity, saved_capacity, 1)
-        index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
+        if sidecar.get("format") == 1:
+            index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
+            try:
+                index.load_index(str(graph), max_elements=capacity)
+            except (RuntimeError, MemoryError, ValueError) as error:
+                raise GraphUnusableError(f"hnswlib could not load {graph} ({error})") from None
+            return cls(index, capacity), seq
         try:
-            index.load_index(str(graph), max_elements=capacity)
+            index = _assemble(graph, dimension, metric, capacity, vectors)
         except (RuntimeError, MemoryError, ValueError) as error:
             raise GraphUnusableError(f"hnswlib could not load {graph} ({error})") from None
         return cls(index, capacity), seq
@@ -259,6 +303,9 @@ class GraphSnapshot:
         self.capacity = capacity
 
     def _parts(self) -> Iterator[memoryview]:
+        """The file: hnswlib's header, then per node its level-0 links, its label, its level and
+        its vector's fingerprint (four arrays), then the upper-level links of the nodes above
+        level 0, in node order."""
         state = self._state
         count = int(state["cur_element_count"])
         yield memoryview(
@@ -278,31 +325,26 @@ class GraphSnapshot:
                 state["ef_construction"],
             )
         )
-        level0 = np.ascontiguousarray(state["data_level0"]).view(np.uint8).data
-        for start in range(0, len(level0), _WRITE_CHUNK):
-            yield level0[start : start + _WRITE_CHUNK]
-        yield self._upper_levels(count).data
-
-    def _upper_levels(self, count: int) -> np.ndarray:
-        """Each element's upper-level links as hnswlib writes them: a uint32 byte count, then
-        the bytes (most elements live on level 0 only and have none)."""
-        state = self._state
-        levels = np.asarray(state["element_levels"][:count], dtype=np.int64)
-        sizes = np.where(levels > 0, levels * int(state["size_links_per_element"]), 0)
-        links = np.ascontiguousarray(state["link_lists"]).view(np.uint8)
-        starts = np.zeros(count, dtype=np.int64)  # where each element's record begins
-        np.cumsum(4 + sizes[:-1], out=starts[1:])
-        out = np.zeros(4 * count + int(sizes.sum()), dtype=np.uint8)
-        size_bytes = sizes.astype("=u4").view(np.uint8).reshape(count, 4)
-        for byte in range(4):
-            out[starts + byte] = size_bytes[:, byte]
-        source = 0
-        for element in np.flatnonzero(sizes).tolist():
-            size = int(sizes[element])
-            begin = int(starts[element]) + 4
-            out[begin : begin + size] = links[source : source + size]
-            source += size
-        return out
+        size = int(state["size_data_per_element"])
+        links = int(state["offset_data"])
+        label_offset = int(state["label_offset"])
+        level0 = np.ascontiguousarray(state["data_level0"]).view(np.uint8)
+        level0 = level0[: count * size].reshape(count, size)
+        rows = max(1, _WRITE_CHUNK // max(links, 1))
+        for start in range(0, count, rows):
+            yield np.ascontiguousarray(level0[start : start + rows, :links]).reshape(-1).data
+        yield np.ascontiguousarray(level0[:, label_offset : label_offset + 8]).reshape(-1).data
+        yield np.ascontiguousarray(state["element_levels"][:count], dtype="=i4").view(np.uint8).data
+        dimension = (label_offset - links) // 4
+        directions = _fingerprint_directions(dimension)
+        prints = np.empty((count, 2), dtype="=f8")
+        for start in range(0, count, _NORMALIZE_ROWS):
+            part = level0[start : start + _NORMALIZE_ROWS, links:label_offset]
+            prints[start : start + len(part)] = _fingerprints(
+                np.ascontiguousarray(part).view(np.float32), directions
+            )
+        yield prints.view(np.uint8).reshape(-1).data
+        yield np.ascontiguousarray(state["link_lists"]).view(np.uint8).reshape(-1).data
 
     def write(
         self, files: GraphFiles, *, seq: int, fsync: bool, settings: dict[str, object]
@@ -345,6 +387,90 @@ class GraphSnapshot:
             _fsync_dir(files.directory)
         files.remove_stale(keep=graph)
         return graph, size
+
+
+def _assemble(
+    path: Path,
+    dimension: int,
+    metric: Metric,
+    capacity: int,
+    vectors: VectorSource,
+) -> hnswlib.Index:
+    """An hnswlib index from a format-2 file and the store's vectors (see the module docstring);
+    ValueError if the file does not add up."""
+    data = path.read_bytes()
+    if len(data) < _HEADER.size:
+        raise ValueError("file shorter than its header")
+    (_, _, count, size, label_offset, links, max_level, entry, max_m, max_m0, m, _, efc) = (
+        _HEADER.unpack_from(data, 0)
+    )
+    if label_offset != links + 4 * dimension or size != label_offset + 8:
+        raise ValueError("node layout does not match the store's dimension")
+    upper_size = 4 + 4 * int(max_m)
+    position = _HEADER.size
+    level0_bytes = count * links
+    if position + level0_bytes + 28 * count > len(data):
+        raise ValueError("file shorter than its nodes")
+    level0_links = np.frombuffer(data, np.uint8, level0_bytes, position).reshape(count, links)
+    position += level0_bytes
+    labels = np.frombuffer(data, "=u8", count, position)
+    position += 8 * count
+    levels = np.frombuffer(data, "=i4", count, position)
+    position += 4 * count
+    prints = np.frombuffer(data, "=f8", 2 * count, position).reshape(count, 2)
+    position += 16 * count
+    upper = np.frombuffer(data, np.uint8, offset=position)
+    if len(upper) != int(np.where(levels > 0, levels, 0).sum()) * upper_size:
+        raise ValueError("upper-level links do not match the node levels")
+    if count > capacity or (count and int(labels.max()) >= capacity):
+        raise ValueError("more nodes or higher labels than the capacity")
+
+    index = hnswlib.Index(space=_SPACES[metric], dim=dimension)
+    index.init_index(max_elements=capacity, M=int(m), ef_construction=int(efc), random_seed=SEED)
+    (state,) = index.__getstate__()  # a fresh index's settings, filled in below
+    if (state["max_M"], state["max_M0"], state["offset_data"]) != (max_m, max_m0, links):
+        raise ValueError("links layout does not match hnswlib's for these settings")
+    level0 = np.empty((count, size), dtype=np.uint8)
+    level0[:, :links] = level0_links
+    level0[:, label_offset:] = labels.view(np.uint8).reshape(count, 8)
+    directions = _fingerprint_directions(dimension)
+    for start in range(0, count, _NORMALIZE_ROWS):
+        part = labels[start : start + _NORMALIZE_ROWS].astype(np.int64)
+        rows = np.ascontiguousarray(vectors(part), dtype=np.float32)
+        if metric == Metric.COSINE:
+            rows = _normalized(rows)
+        # A vector other than the one the links were built for: zero, so the replay re-inserts.
+        drift = np.abs(_fingerprints(rows, directions) - prints[start : start + len(part)])
+        limit = FINGERPRINT_TOLERANCE * np.abs(rows).sum(axis=1, dtype=np.float64)
+        rows[~np.all(drift <= limit[:, None], axis=1)] = 0
+        level0[start : start + len(part), links:label_offset] = rows.view(np.uint8)
+    del data, level0_links
+    element_levels = np.zeros(capacity, dtype=np.int32)
+    element_levels[:count] = levels
+    state.update(
+        cur_element_count=count,
+        max_level=max_level,
+        enterpoint_node=entry,
+        ep_added=count > 0,
+        has_deletions=True,  # hnswlib counts the deletion marks in the links
+        label_lookup_external=np.array(labels, dtype=np.uint64),
+        label_lookup_internal=np.arange(count, dtype=np.uint32),
+        element_levels=element_levels,
+        data_level0=level0.reshape(-1).view(np.int8),
+        link_lists=np.array(upper, dtype=np.int8),
+    )
+    loaded: hnswlib.Index = hnswlib.Index.__new__(hnswlib.Index)
+    loaded.__setstate__((state,))
+    return loaded
+
+
+def _normalized(rows: np.ndarray) -> np.ndarray:
+    """Unit rows as hnswlib stores them for cosine (rows * 1 / (sqrt(sum of squares) + 1e-30)
+    in float32; the sum may round differently from hnswlib's in the last bit)."""
+    squares = np.einsum("ij,ij->i", rows, rows)
+    scale = np.float32(1.0) / (np.sqrt(squares) + np.float32(1e-30))
+    rows *= scale[:, None]
+    return rows
 
 
 def graph_settings(dimension: int, metric: Metric, config: HnswConfig) -> dict[str, object]:

@@ -17,12 +17,19 @@ The snapshot holds, for the field:
   "contains", and the whole list, for list equality); used by EQ/NE/IN/NOT_IN.
 - numbers, strings and bytes each sorted with their slots; LT/LTE/GT/GTE bisect them.
 - `present`: every slot that has the field; used by EXISTS.
+
+Fields without a predicate index are not tested entry by entry in Python either once a request
+tests a sizeable share of the store on them: the store keeps a few such fields as cached columns
+(`ColumnCache`, the same snapshot + dirty slots, least recently used dropped first), built on
+first broad use and kept in sync with writes like predicate indexes. A filter on 25% of a store
+then costs a few numpy operations instead of one Python test per entry.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +56,13 @@ MIN_DIRTY_BEFORE_REBUILD = 512
 # snapshot of it for the rest of the request, so many conditions on one field cost at most about
 # twice the cheaper of the two ways.
 TRANSIENT_INDEX_TESTS_PER_SLOT = 16
+# A request that tests at least this share of the store's slots on an unindexed field builds
+# (or reuses) the store's cached column of that field: one pass over the store, paid back
+# within a few such requests, which then cost numpy operations only.
+COLUMN_BUILD_SHARE = 0.25
+# Cached columns per store (least recently used dropped first); each costs about what a
+# predicate index of the field costs.
+MAX_CACHED_COLUMNS = 8
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -186,6 +200,60 @@ class FieldIndex:
         return snapshot
 
 
+class ColumnCache:
+    """A store's cached columns of unindexed fields (see the module docstring).
+
+    Readers (holding the store's read lock, several at a time) get and add columns; writers
+    (holding its write lock) `touch` them, as they touch predicate indexes."""
+
+    def __init__(self, limit: int = MAX_CACHED_COLUMNS) -> None:
+        self._limit = limit
+        self._columns: OrderedDict[str, FieldIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def fields(self) -> list[str]:
+        with self._lock:
+            return list(self._columns)
+
+    def get(self, field_name: str) -> FieldIndex | None:
+        with self._lock:
+            column = self._columns.get(field_name)
+            if column is not None:
+                self._columns.move_to_end(field_name)
+            return column
+
+    def column(self, field_name: str, metas: Sequence[Metadata | None], size: int) -> FieldIndex:
+        """The field's column, built now if it is not cached."""
+        with self._lock:
+            column = self._columns.get(field_name)
+            if column is None:
+                column = FieldIndex(field_name)
+                self._columns[field_name] = column
+                while len(self._columns) > self._limit:
+                    self._columns.popitem(last=False)
+            self._columns.move_to_end(field_name)
+        column.warm(metas, size)  # builds outside the cache's lock (its own lock serializes)
+        return column
+
+    def touch(self, slots: Iterable[int]) -> None:
+        slot_list = list(slots)
+        with self._lock:
+            columns = list(self._columns.values())
+        for column in columns:
+            column.touch(slot_list)
+
+    def discard(self, field_name: str) -> None:
+        with self._lock:
+            self._columns.pop(field_name, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._columns.clear()
+
+
 class FilterEvaluator:
     """Evaluates a filter over a store's slots, using predicate indexes where they exist.
 
@@ -197,10 +265,12 @@ class FilterEvaluator:
         metas: Sequence[Metadata | None],
         size: int,
         indexes: Mapping[str, FieldIndex],
+        columns: ColumnCache | None = None,
     ) -> None:
         self._metas = metas
         self._size = size
         self._indexes = dict(indexes)
+        self._columns = columns
         self._tested: dict[str, int] = {}  # unindexed field -> candidates tested one by one
 
     def evaluate(self, flt: CompiledFilter, candidates: np.ndarray) -> np.ndarray:
@@ -231,11 +301,18 @@ class FilterEvaluator:
 
     def _cost(self, flt: CompiledFilter) -> int:
         if isinstance(flt, CompiledCondition):
-            return 0 if flt.field in self._indexes else 2
+            indexed = flt.field in self._indexes or (
+                self._columns is not None and self._columns.get(flt.field) is not None
+            )
+            return 0 if indexed else 2
         return 1
 
     def _test(self, test: CompiledCondition, candidates: np.ndarray) -> np.ndarray:
-        index = self._indexes.get(test.field) or self._transient_index(test.field, candidates)
+        index = (
+            self._indexes.get(test.field)
+            or self._cached_column(test.field, candidates)
+            or self._transient_index(test.field, candidates)
+        )
         if index is not None:
             positive = index.positive_mask(test, self._metas, self._size)
         else:
@@ -257,6 +334,17 @@ class FilterEvaluator:
             return kept
         matched: np.ndarray = np.logical_and(candidates, positive)
         return matched
+
+    def _cached_column(self, field_name: str, candidates: np.ndarray) -> FieldIndex | None:
+        columns = self._columns
+        if columns is None:
+            return None
+        column = columns.get(field_name)
+        if column is None and np.count_nonzero(candidates) >= COLUMN_BUILD_SHARE * self._size:
+            column = columns.column(field_name, self._metas, self._size)
+        if column is not None:
+            self._indexes[field_name] = column
+        return column
 
     def _transient_index(self, field_name: str, candidates: np.ndarray) -> FieldIndex | None:
         tested = self._tested.get(field_name, 0) + int(np.count_nonzero(candidates))

@@ -33,7 +33,7 @@ from nachbar.db.hnsw import (
     HnswGraph,
     graph_settings,
 )
-from nachbar.db.predicates import FieldIndex, FilterEvaluator
+from nachbar.db.predicates import ColumnCache, FieldIndex, FilterEvaluator
 from nachbar.db.rwlock import ReadWriteLock
 from nachbar.db.storage import EntryColumns
 from nachbar.db.types import (
@@ -178,6 +178,8 @@ class StoreState:
         }
         # Fields of the keyword index (its rows live in SQLite only); None: no keyword index.
         self.keyword_fields: tuple[str, ...] | None = spec.keyword_fields
+        # Unindexed fields that broad filters test, held as columns (nachbar.db.predicates).
+        self.columns = ColumnCache()
         self._id_order: tuple[list[str], np.ndarray] | None = None
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -302,7 +304,8 @@ class StoreState:
 
     def load_saved_graph(self, capacity: int) -> tuple[HnswGraph, int]:
         """The graph saved on disk and the change sequence it reflects (GraphUnusableError if
-        there is none that fits). Needs no lock: it reads only files and settings."""
+        there is none that fits). Call without the lock: it reads files, and takes the read lock
+        only to copy the vectors the graph file leaves out."""
         config = self.hnsw_config
         assert config is not None
         return HnswGraph.load(
@@ -311,7 +314,22 @@ class StoreState:
             metric=self.spec.metric,
             settings=graph_settings(self.spec.dimension, self.spec.metric, config),
             capacity=capacity,
+            vectors=self.current_vectors,
         )
+
+    def current_vectors(self, slots: np.ndarray) -> np.ndarray:
+        """A copy of these slots' vectors, with a zero row for a free slot."""
+        with self.lock.read():
+            inside = slots < len(self._alive)
+            if inside.all():
+                rows: np.ndarray = self._vectors[slots]
+                rows[~self._alive[slots]] = 0
+                return rows
+            rows = np.zeros((len(slots), self.spec.dimension), dtype=np.float32)
+            positions = np.flatnonzero(inside)
+            positions = positions[self._alive[slots[positions]]]
+            rows[positions] = self._vectors[slots[positions]]
+        return rows
 
     @property
     def capacity(self) -> int:
@@ -378,6 +396,7 @@ class StoreState:
         self._vectors = np.zeros((0, self.spec.dimension), dtype=np.float32)
         self.ids, self.metas, self.slot_of = [], [], {}
         self.field_indexes = {}
+        self.columns.clear()
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -446,6 +465,7 @@ class StoreState:
         self.slot_seqs[slot_array] = seq
         for index in self.field_indexes.values():
             index.touch(slots)
+        self.columns.touch(slots)
         if any(is_new):
             self._id_order = None
         pending: np.ndarray = slot_array[changed]
@@ -483,6 +503,7 @@ class StoreState:
         self.slot_seqs[slot_array] = -1
         for index in self.field_indexes.values():
             index.touch(slots)
+        self.columns.touch(slots)
         self.seq = seq
         self._count_changes(len(slots))
         self._update_graph(np.empty(0, dtype=np.int64), slot_array)
@@ -503,6 +524,8 @@ class StoreState:
 
     def add_field_indexes(self, fields: Sequence[str]) -> list[FieldIndex]:
         created = [FieldIndex(f) for f in fields]
+        for field_name in fields:
+            self.columns.discard(field_name)  # the predicate index takes over
         self.field_indexes.update((index.field, index) for index in created)
         self.spec = replace(self.spec, predicate_indexes=tuple(sorted(self.field_indexes)))
         return created
@@ -540,7 +563,7 @@ class StoreState:
         live = self._alive[: self.size].copy()
         if flt is None:
             return live
-        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes, self.columns)
         return evaluator.evaluate(compile_filter(flt), live)
 
     def page(
@@ -555,7 +578,7 @@ class StoreState:
         follow."""
         ids, slots = self._ordered_ids()
         position = bisect_right(ids, after) if after is not None else 0
-        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes)
+        evaluator = FilterEvaluator(self.metas, self.size, self.field_indexes, self.columns)
         compiled = compile_filter(flt) if flt is not None else None
         found: list[int] = []
         chunk = max(1024, 4 * (limit + 1))

@@ -279,6 +279,36 @@ def test_slots_of_deleted_entries_are_reused(database: Database) -> None:
     assert db.get_store("s").count == 100
 
 
+def test_churn_reuses_slots_and_replaces_vectors_without_growing(database: Database) -> None:
+    """Rounds of deletes + inserts and vector replacements: freed slots are all taken again,
+    the graph keeps one node per slot, and every entry is found with its latest vector."""
+    db = database
+    rng = np.random.default_rng(11)
+    db.create_store(StoreSpec("churn", 8))
+    current = {f"e{n}": rng.standard_normal(8).astype(np.float32) for n in range(120)}
+    db.upsert("churn", [Entry(i, v) for i, v in current.items()])
+    state = db._stores["churn"]
+    following = 120
+    for _ in range(5):
+        gone = sorted(rng.choice(sorted(current), 30, replace=False).tolist())
+        db.delete_keys("churn", gone)
+        for entry_id in gone:
+            del current[entry_id]
+        added = {f"e{following + n}": rng.standard_normal(8).astype(np.float32) for n in range(30)}
+        following += 30
+        moved = {i: rng.standard_normal(8).astype(np.float32) for i in sorted(current)[:20]}
+        db.upsert("churn", [Entry(i, v) for i, v in {**added, **moved}.items()])
+        current.update(added)
+        current.update(moved)
+        assert state.size == 120 and not state._free  # every freed slot taken again
+        assert state.graph is not None and len(state.graph.labels()) == 120
+    for entry_id, vector in current.items():
+        top = db.get_sim_n("churn", vector, 1, mode="hnsw")  # type: ignore[arg-type]
+        assert top.matches[0].id == entry_id
+        (entry,) = db.get_keys("churn", [entry_id], include_vectors=True)[0]
+        assert entry.vector is not None and np.array_equal(entry.vector, vector)
+
+
 def test_reads_return_the_metadata_they_select(db: Database) -> None:
     db.create_store(StoreSpec("sel", DIM))
     text = "Ö" * 60  # 60 characters, 120 UTF-8 bytes

@@ -25,7 +25,12 @@ from nachbar.db.filters import (
     matches_compiled,
     validate,
 )
-from nachbar.db.predicates import TRANSIENT_INDEX_TESTS_PER_SLOT, FilterEvaluator
+from nachbar.db.predicates import (
+    COLUMN_BUILD_SHARE,
+    TRANSIENT_INDEX_TESTS_PER_SLOT,
+    ColumnCache,
+    FilterEvaluator,
+)
 from nachbar.db.types import Metadata
 
 META: Metadata = {
@@ -282,3 +287,87 @@ def test_cost_per_entry_does_not_grow_with_the_number_of_operands() -> None:
     reads, mask = reads_to_evaluate(ranges, metas)
     assert not mask.any()
     assert reads <= TRANSIENT_INDEX_TESTS_PER_SLOT * 2000 < 128 * 2000
+
+
+def column_metas(count: int) -> list[Metadata | None]:
+    """Entries whose field "f" takes every kind of value (or is missing), some slots free."""
+    metas: list[Metadata | None] = []
+    for slot in range(count):
+        if slot % 17 == 5:
+            metas.append(None)  # a free slot
+        elif slot % (len(VALUES) + 1) == len(VALUES):
+            metas.append(CountingMetadata(other=1))  # "f" missing
+        else:
+            metas.append(CountingMetadata(f=VALUES[slot % (len(VALUES) + 1)]))
+    return metas
+
+
+def evaluate_with_columns(
+    flt: Filter, metas: Sequence[Metadata | None], columns: ColumnCache
+) -> tuple[int, np.ndarray]:
+    validate(flt)
+    CountingMetadata.reads = 0
+    live = np.array([m is not None for m in metas])
+    evaluator = FilterEvaluator(metas, len(metas), {}, columns)
+    return CountingMetadata.reads, evaluator.evaluate(compile_filter(flt), live)
+
+
+def reference_mask(flt: Filter, metas: Sequence[Metadata | None]) -> np.ndarray:
+    return np.array([m is not None and matches(flt, dict(m)) for m in metas])
+
+
+@pytest.mark.parametrize("op", list(Op))
+def test_unindexed_fields_are_evaluated_as_cached_columns_with_the_reference_semantics(
+    op: Op,
+) -> None:
+    metas = column_metas(600)
+    columns = ColumnCache()
+    ordered = op in (Op.LT, Op.LTE, Op.GT, Op.GTE)
+    for operand in [v for v in VALUES if not ordered or not isinstance(v, bool | list)]:
+        if op == Op.EXISTS:
+            cond = c("f", op)
+        elif op in (Op.IN, Op.NOT_IN):
+            cond = c("f", op, values=(operand, "other"))
+        else:
+            cond = c("f", op, operand)
+        reads, mask = evaluate_with_columns(cond, metas, columns)
+        assert (mask == reference_mask(cond, metas)).all(), cond
+        # A broad test built the column; it answered without reading entries one by one.
+        assert columns.fields() == ["f"] and reads == 0, cond
+    # A field no entry has: every op answers (ne / not_in match all, the rest none).
+    absent = c("absent", op) if op == Op.EXISTS else c("absent", op, values=("sea",))
+    if op not in (Op.EXISTS, Op.IN, Op.NOT_IN):
+        absent = c("absent", op, "sea")
+    _, mask = evaluate_with_columns(absent, metas, columns)
+    assert (mask == reference_mask(absent, metas)).all()
+
+
+def test_cached_columns_follow_writes_and_narrow_candidates_stay_entry_by_entry() -> None:
+    metas = column_metas(400)
+    columns = ColumnCache()
+    flt = c("f", Op.GTE, 1)
+    _, mask = evaluate_with_columns(flt, metas, columns)
+    assert (mask == reference_mask(flt, metas)).all()
+    # Writers touch the column: changed, freed and new values are re-checked.
+    metas[6] = CountingMetadata(f=7)
+    metas[7] = None
+    metas[22] = CountingMetadata(f="sea")
+    columns.touch([6, 7, 22])
+    _, mask = evaluate_with_columns(flt, metas, columns)
+    assert (mask == reference_mask(flt, metas)).all()
+    assert mask[6] and not mask[7] and not mask[22]
+
+    # A narrow candidate set on another field is tested entry by entry, no column built.
+    narrow = AllOf((c("f", Op.EQ, 7), c("other", Op.EQ, 1)))
+    _, mask = evaluate_with_columns(narrow, metas, columns)
+    assert not mask.any() and columns.fields() == ["f"]
+    assert COLUMN_BUILD_SHARE * len(metas) > 1
+
+
+def test_the_column_cache_keeps_the_most_recently_used_fields() -> None:
+    metas: list[Metadata | None] = [{f"k{j}": i for j in range(4)} for i in range(100)]
+    columns = ColumnCache(limit=2)
+    for field_name in ("k0", "k1", "k0", "k2"):
+        _, mask = evaluate_with_columns(c(field_name, Op.LT, 50), metas, columns)
+        assert int(mask.sum()) == 50
+    assert columns.fields() == ["k0", "k2"]

@@ -276,6 +276,33 @@ def test_fsync_policy_sets_sqlite_synchronous(data_dir: Path, policy: str, level
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_new_databases_use_pages_that_fit_vector_rows(data_dir: Path) -> None:
+    """8 KB pages: rows of 384-d vectors fill them, where 4 KB pages stay a quarter empty."""
+    rows = 2000
+    with Database.open(data_dir, fsync="off", checkpoint_seconds=0) as db:
+        assert db._storage._conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+        db.create_store(StoreSpec("wide", 384, index=ExactConfig()))
+        vectors = np.random.default_rng(3).standard_normal((rows, 384)).astype(np.float32)
+        db.upsert("wide", [Entry(f"w{n:05d}", vectors[n], {"n": n}) for n in range(rows)])
+        db._storage._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = (data_dir / engine.DB_FILE).stat().st_size
+    assert size < 1.15 * rows * 384 * 4
+    # An existing database keeps its page size.
+    legacy = data_dir.parent / "legacy"
+    legacy.mkdir()
+    conn = sqlite3.connect(legacy / engine.DB_FILE)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('format', '1')")
+    conn.commit()
+    conn.close()
+    storage = Storage.open(legacy / engine.DB_FILE, fsync="off", marker=legacy / "marker")
+    try:
+        assert storage._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    finally:
+        storage.close()
+
+
 def test_background_checkpoint_saves_graphs(data_dir: Path) -> None:
     with Database.open(data_dir, fsync="off", checkpoint_seconds=0.05) as db:
         db.create_store(StoreSpec("s", DIM))

@@ -1,9 +1,9 @@
 """Coming back quickly after a crash, and refusing a database that lost committed writes.
 
-Covers nachbar.db.recovery and the graph files of nachbar.db.hnsw: snapshots written in
-hnswlib's format, checkpoints by change count, a kill in the middle of a checkpoint, graphs
-restored in the background while the store serves, and the committed mark that catches a
-damaged or deleted SQLite WAL.
+Covers nachbar.db.recovery and the graph files of nachbar.db.hnsw: snapshots written as links
+without vectors (and hnswlib's own files, still read), checkpoints by change count, a kill in
+the middle of a checkpoint, graphs restored in the background while the store serves, and the
+committed mark that catches a damaged or deleted SQLite WAL.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import hnswlib
@@ -26,7 +27,7 @@ import pytest
 from nachbar.db import engine, recovery
 from nachbar.db.engine import Database
 from nachbar.db.errors import DataCorruptionError
-from nachbar.db.hnsw import GraphFiles, HnswGraph
+from nachbar.db.hnsw import GraphFiles, GraphUnusableError, HnswGraph, VectorSource
 from nachbar.db.store import StoreState
 from nachbar.db.types import Entry, HnswConfig, Metric, SearchMode, StoreSpec
 
@@ -57,33 +58,183 @@ def run_child(script: str, *args: str, timeout: float = 120) -> subprocess.Compl
 # ---- graph snapshots ----------------------------------------------------------------------------
 
 
-def test_snapshot_writes_the_bytes_hnswlib_saves(tmp_path: Path) -> None:
-    """The checkpoint writer re-implements hnswlib's file format (to write without holding the
-    GIL); it must produce exactly what hnswlib's own save_index does, deletions and upper
-    levels included, and hnswlib must load it back."""
+def source_of(vectors: np.ndarray, changed: frozenset[int] = frozenset()) -> VectorSource:
+    """A store's vectors as `HnswGraph.load` asks for them (`changed` ones changed after the
+    save)."""
+
+    def rows(labels: np.ndarray) -> np.ndarray:
+        out: np.ndarray = vectors[labels].copy()
+        out[[i for i, label in enumerate(labels.tolist()) if label in changed]] *= -1
+        return out
+
+    return rows
+
+
+@pytest.mark.parametrize("metric", [Metric.COSINE, Metric.L2, Metric.INNER_PRODUCT])
+def test_snapshot_holds_links_without_vectors_and_loads_into_the_same_graph(
+    tmp_path: Path, metric: Metric
+) -> None:
+    """The graph file leaves the vectors out (SQLite holds them); loading puts the store's
+    vectors back and gives hnswlib exactly the graph it had: links, levels, labels, deletions
+    and vectors (as hnswlib normalizes them for cosine)."""
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
-    # M=4 puts about a third of the nodes on upper levels.
-    graph = HnswGraph.create(DIM, Metric.COSINE, HnswConfig(m=4, ef_construction=40), 4000)
-    graph.add(vectors, np.arange(3000))
-    graph.mark_deleted(np.arange(0, 3000, 7))
+    # M=4 puts about a third of the nodes on upper levels; labels need not be 0..n-1.
+    labels = np.arange(3000) * 2
+    by_label = np.zeros((6000, DIM), dtype=np.float32)
+    by_label[labels] = vectors
+    graph = HnswGraph.create(DIM, metric, HnswConfig(m=4, ef_construction=40), 8000)
+    graph.add(vectors, labels)
+    graph.mark_deleted(labels[::7])
     reference = tmp_path / "reference.hnsw"
     graph._index.save_index(str(reference))
 
     files = GraphFiles(tmp_path / "indexes", 5)
     written, size = graph.snapshot().write(files, seq=9, fsync=False, settings={"m": 4})
-    assert written.read_bytes() == reference.read_bytes()
-    assert size == reference.stat().st_size
+    assert size == written.stat().st_size
+    vector_bytes, fingerprint_bytes = 3000 * DIM * 4, 3000 * 16
+    assert size == reference.stat().st_size - vector_bytes + fingerprint_bytes
     assert sidecar(tmp_path, 5)["graph_file"] == written.name
+    assert sidecar(tmp_path, 5)["format"] == 2
 
     loaded, seq = HnswGraph.load(
-        files, dimension=DIM, metric=Metric.COSINE, settings={"m": 4}, capacity=4000
+        files,
+        dimension=DIM,
+        metric=metric,
+        settings={"m": 4},
+        capacity=8000,
+        vectors=source_of(by_label),
     )
-    assert seq == 9
-    found = loaded.search(vectors[1], 20, None)
-    assert found is not None and found[0][0] == 1
+    assert seq == 9 and loaded.capacity == 8000
+    (before,) = graph._index.__getstate__()
+    (after,) = loaded._index.__getstate__()
+    for key in ("cur_element_count", "max_level", "enterpoint_node", "element_levels"):
+        assert np.array_equal(before[key], after[key]), key
+    assert np.array_equal(before["link_lists"], after["link_lists"])
+    assert np.array_equal(before["label_lookup_external"], after["label_lookup_external"])
+    nodes, node_size = before["cur_element_count"], before["size_data_per_element"]
+    old = before["data_level0"].view(np.uint8).reshape(nodes, node_size)
+    new = after["data_level0"].view(np.uint8).reshape(nodes, node_size)
+    links, label_offset = before["offset_data"], before["label_offset"]
+    assert np.array_equal(old[:, :links], new[:, :links])  # deletion marks included
+    assert np.array_equal(old[:, label_offset:], new[:, label_offset:])
+    old_vectors = old[:, links:label_offset].copy().view(np.float32)
+    new_vectors = new[:, links:label_offset].copy().view(np.float32)
+    assert np.allclose(old_vectors, new_vectors, rtol=0, atol=1e-6)
+    for query in vectors[:30]:  # the same answers as the graph it was saved from
+        found, expected = loaded.search(query, 20, None), graph.search(query, 20, None)
+        assert found is not None and expected is not None
+        assert np.array_equal(found[0], expected[0])
     found = loaded.search(vectors[7], 20, None)
-    assert found is not None and 7 not in found[0].tolist()  # still deleted
+    assert found is not None and labels[7] not in found[0].tolist()  # still deleted
+    # Loading again into more room, then adding: it is a working hnswlib index.
+    bigger, _ = HnswGraph.load(
+        files,
+        dimension=DIM,
+        metric=metric,
+        settings={"m": 4},
+        capacity=9000,
+        vectors=source_of(by_label),
+    )
+    bigger.add(vectors[:1] + 1, np.array([8500]))
+    assert 8500 in bigger.labels().tolist()
+    found = bigger.search(vectors[0] + 1, 2000, None)
+    assert found is not None and 8500 in found[0].tolist()
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+def test_nodes_whose_vector_changed_after_the_save_load_as_zero_for_the_replay(
+    tmp_path: Path, metric: Metric
+) -> None:
+    rng = np.random.default_rng(5)
+    vectors = 10 * rng.standard_normal((200, DIM)).astype(np.float32)
+    graph = HnswGraph.create(DIM, metric, HnswConfig(), 400)
+    graph.add(vectors, np.arange(200))
+    files = GraphFiles(tmp_path, 2)
+    graph.snapshot().write(files, seq=3, fsync=False, settings={})
+    now = vectors.copy()
+    now[4] *= -1  # another vector
+    now[9, 0] += 1e-2  # a slightly different one
+    now[11] = 0  # a free slot
+
+    loaded, _ = HnswGraph.load(
+        files,
+        dimension=DIM,
+        metric=metric,
+        settings={},
+        capacity=400,
+        vectors=lambda labels: now[labels],
+    )
+    held = loaded.holds(vectors, np.arange(200), np.arange(200))
+    assert held.sum() == 197 and not held[[4, 9, 11]].any()
+    stored = np.asarray(loaded._index.get_items([4, 9, 11]))
+    assert not stored.any()  # zero rows: the replay re-inserts them
+
+
+def test_graphs_saved_in_hnswlibs_own_format_still_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    graph = HnswGraph.create(DIM, Metric.COSINE, HnswConfig(), 400)
+    graph.add(vectors, np.arange(300))
+    files = GraphFiles(tmp_path, 3)
+    files.directory.mkdir(exist_ok=True)
+    graph._index.save_index(str(files.legacy_graph))
+    data = files.legacy_graph.read_bytes()
+    files.sidecar.write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "store_id": 3,
+                "seq": 4,
+                "graph_bytes": len(data),
+                "graph_crc32": zlib.crc32(data),
+                "capacity": 400,
+            }
+        )
+    )
+
+    def no_vectors(labels: np.ndarray) -> np.ndarray:
+        raise AssertionError("a format-1 file holds its vectors")
+
+    loaded, seq = HnswGraph.load(
+        files, dimension=DIM, metric=Metric.COSINE, settings={}, capacity=400, vectors=no_vectors
+    )
+    assert seq == 4
+    found = loaded.search(vectors[17], 5, None)
+    assert found is not None and found[0][0] == 17
+
+
+def test_damaged_link_files_are_refused(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(8).standard_normal((100, DIM)).astype(np.float32)
+    graph = HnswGraph.create(DIM, Metric.L2, HnswConfig(), 200)
+    graph.add(vectors, np.arange(100))
+    files = GraphFiles(tmp_path, 4)
+    written, _ = graph.snapshot().write(files, seq=1, fsync=False, settings={})
+    # A file cut short, with a sidecar that matches it: the layout check refuses it.
+    data = written.read_bytes()[:-40]
+    written.write_bytes(data)
+    record = json.loads(files.sidecar.read_text())
+    record.update(graph_bytes=len(data), graph_crc32=zlib.crc32(data))
+    files.sidecar.write_text(json.dumps(record))
+    with pytest.raises(GraphUnusableError, match="could not load"):
+        HnswGraph.load(
+            files,
+            dimension=DIM,
+            metric=Metric.L2,
+            settings={},
+            capacity=200,
+            vectors=source_of(vectors),
+        )
+    # Another dimension than the file's nodes.
+    with pytest.raises(GraphUnusableError):
+        HnswGraph.load(
+            files,
+            dimension=DIM * 2,
+            metric=Metric.L2,
+            settings={},
+            capacity=200,
+            vectors=source_of(vectors),
+        )
 
 
 def test_snapshot_is_not_changed_by_later_writes(tmp_path: Path) -> None:
@@ -95,7 +246,14 @@ def test_snapshot_is_not_changed_by_later_writes(tmp_path: Path) -> None:
     graph.add(vectors[300:], np.arange(300, 500))  # after the snapshot: not in the file
     files = GraphFiles(tmp_path, 1)
     snapshot.write(files, seq=1, fsync=False, settings={})
-    loaded, _ = HnswGraph.load(files, dimension=DIM, metric=Metric.L2, settings={}, capacity=1000)
+    loaded, _ = HnswGraph.load(
+        files,
+        dimension=DIM,
+        metric=Metric.L2,
+        settings={},
+        capacity=1000,
+        vectors=source_of(vectors),
+    )
     assert sorted(loaded.labels().tolist()) == list(range(300))
 
 
@@ -579,8 +737,8 @@ def test_a_new_database_ignores_a_leftover_mark(data_dir: Path) -> None:
 
 
 def test_hnswlib_is_the_pinned_format() -> None:
-    # The snapshot writer follows hnswlib 0.8's file layout; a new hnswlib must be re-checked
-    # by test_snapshot_writes_the_bytes_hnswlib_saves before the pin moves.
+    # Graph files follow hnswlib 0.8's node layout and pickle state; a new hnswlib must be
+    # re-checked by test_snapshot_holds_links_without_vectors_... before the pin moves.
     index = hnswlib.Index(space="l2", dim=2)
     index.init_index(max_elements=1)
     (state,) = index.__getstate__()

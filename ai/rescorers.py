@@ -59,6 +59,10 @@ class RescorerSettings:
     # candidates the held-out evaluation reranks.
     candidates: int = 50
     negatives: int = 15
+    # Of the negatives, how many are relevant entries of other training queries: without them
+    # the MLP can learn "was a training target" from the document vector alone, which ranks
+    # the training targets above an unseen query's own.
+    target_negatives: int = 4
     weight_decay: float = 1e-4
     held_out: float = 0.2
     patience: int = 8
@@ -151,6 +155,7 @@ def fit_rescorer(
     parts = split(len(queries), settings.held_out, settings.seed)
     top = _frozen_top(queries, corpus, settings.candidates)
     irrelevant = examples.irrelevant or [()] * len(queries)
+    targets = np.array(sorted({j for i in parts.train for j in examples.relevant[i]}), np.int64)
 
     def evaluate(mlp: Mlp | None) -> RankingMetrics:
         return rerank_metrics(mlp, queries, corpus, top, examples.relevant, parts.held_out)
@@ -173,7 +178,14 @@ def fit_rescorer(
             batch = order[start : start + settings.batch_size].tolist()
             lists = [
                 _training_list(
-                    i, examples.relevant[i], irrelevant[i], top[i], len(corpus), rng, settings
+                    i,
+                    examples.relevant[i],
+                    irrelevant[i],
+                    top[i],
+                    targets,
+                    len(corpus),
+                    rng,
+                    settings,
                 )
                 for i in batch
             ]
@@ -247,15 +259,29 @@ def _training_list(
     relevant: Sequence[int],
     irrelevant: Sequence[int],
     top: list[int],
+    targets: npt.NDArray[np.int64],
     corpus_size: int,
     rng: np.random.Generator,
     settings: RescorerSettings,
 ) -> list[int]:
-    """[a relevant entry, then negatives]: hard ones from the frozen top, then random ones."""
+    """[a relevant entry, then negatives]: hard ones from the frozen top, other training
+    queries' relevant entries, then random ones."""
     wanted = set(relevant)
     hard = [j for j in [*irrelevant, *top] if j not in wanted]
     picked = [hard[j] for j in rng.permutation(len(hard))[: settings.negatives // 2 + 1]]
     picked += list(irrelevant)[: settings.negatives // 4]
+    others = (
+        [
+            int(j)
+            for j in rng.choice(
+                targets, min(len(targets), 2 * settings.target_negatives), replace=False
+            )
+            if int(j) not in wanted
+        ]
+        if len(targets)
+        else []
+    )
+    picked += others[: settings.target_negatives]
     while len(picked) < settings.negatives:
         j = int(rng.integers(corpus_size))
         if j not in wanted:

@@ -166,3 +166,20 @@ def test_rescorer_that_cannot_improve_keeps_the_frozen_order() -> None:
     assert not fit.mlp.weights[-1].any()
     scores = rescorers.score(fit.mlp, corpus[0], corpus)
     assert np.argsort(-scores)[:10].tolist() == np.argsort(-(corpus @ corpus[0]))[:10].tolist()
+
+
+def test_rescorer_negatives_include_other_training_targets() -> None:
+    """Other queries' relevant entries are negatives too, so the MLP cannot score a document up
+    merely for having been a training target (which unseen queries' own targets never were)."""
+    rng = np.random.default_rng(0)
+    settings = RescorerSettings(negatives=15, target_negatives=4)
+    targets = np.arange(1000, 1100, dtype=np.int64)
+    top = list(range(50))
+    for _ in range(20):
+        row = rescorers._training_list(3, [1005], [], top, targets, 5000, rng, settings)
+        assert row[0] == 1005 and 1005 not in row[1:]
+        assert len(row) == 1 + settings.negatives
+        assert sum(1000 <= j < 1100 for j in row[1:]) >= settings.target_negatives
+    plain = RescorerSettings(negatives=15, target_negatives=0)
+    row = rescorers._training_list(3, [1005], [], top, targets, 5000, rng, plain)
+    assert sum(1000 <= j < 1100 for j in row[1:]) <= 2  # only what random picks happen to find

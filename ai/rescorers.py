@@ -151,7 +151,9 @@ def fit_rescorer(
 ) -> RescorerFit:
     """Train on the examples' training part; keep the epoch with the best held-out MRR of the
     reranked frozen top `candidates` (epoch 0 is the untrained re-scorer, which keeps the
-    frozen order), and compare it with the frozen order of those."""
+    frozen order), and compare it with the frozen order of those. Unless it beats the frozen
+    order by more than one standard error (per held-out query, paired), the untrained
+    re-scorer is kept and not marked improved."""
     queries = normalize(examples.queries) if renormalize else examples.queries
     corpus = examples.corpus
     rng = np.random.default_rng(settings.seed)
@@ -218,7 +220,52 @@ def fit_rescorer(
         if epoch - best[2] >= settings.patience:
             break
     after, kept, _ = best
-    return RescorerFit(kept, before, after, epochs_run, after.mrr > before.mrr)
+    if not _clear_gain(mlp, kept, queries, corpus, top, examples.relevant, parts.held_out):
+        # A gain within the noise of the held-out queries is no reason to leave the frozen
+        # order: keep the untrained re-scorer, which ranks exactly as the frozen vectors.
+        return RescorerFit(mlp, before, before, epochs_run, False)
+    return RescorerFit(kept, before, after, epochs_run, True)
+
+
+def _clear_gain(
+    untrained: Mlp,
+    trained: Mlp,
+    queries: FloatArray,
+    corpus: FloatArray,
+    top: list[list[int]],
+    relevant: Sequence[Sequence[int]],
+    which: Sequence[int],
+) -> bool:
+    """Whether `trained` beats the frozen order on the held-out queries by more than one
+    standard error of the per-query differences in reciprocal rank (paired)."""
+    if trained is untrained or len(which) < 2:
+        return False
+    gains = np.array(
+        [
+            _reciprocal_rank(trained, queries[i], corpus, top[i], relevant[i])
+            - _reciprocal_rank(None, queries[i], corpus, top[i], relevant[i])
+            for i in which
+        ]
+    )
+    return bool(gains.mean() > gains.std(ddof=1) / np.sqrt(len(gains)))
+
+
+def _reciprocal_rank(
+    mlp: Mlp | None,
+    query: FloatArray,
+    corpus: FloatArray,
+    top: list[int],
+    relevant: Sequence[int],
+) -> float:
+    ranked = top
+    if mlp is not None:
+        scores = score(mlp, query, corpus[ranked])
+        ranked = [ranked[j] for j in np.argsort(-scores, kind="stable")]
+    wanted = set(relevant)
+    for rank, index in enumerate(ranked[:METRIC_CUTOFF]):
+        if index in wanted:
+            return 1.0 / (rank + 1)
+    return 0.0
 
 
 def rerank_metrics(

@@ -184,3 +184,31 @@ def test_rescorer_negatives_include_other_training_targets() -> None:
     plain = RescorerSettings(negatives=15, target_negatives=0)
     row = rescorers._training_list(3, [1005], [], top, targets, 5000, rng, plain)
     assert sum(1000 <= j < 1100 for j in row[1:]) <= 2  # only what random picks happen to find
+
+
+def test_rescorer_gain_within_noise_is_not_a_gain() -> None:
+    """A network that only shuffles the candidates (random weights) moves some held-out
+    queries up and others down: not a clear gain. The trained one on the distorted task is."""
+    examples, _ = distorted_task(queries=200)
+    queries, corpus = examples.queries, examples.corpus
+    top = rescorers._frozen_top(queries, corpus, 50)
+    which = list(range(100, 200))
+    untrained = rescorers.initial(32, (32,), seed=0)
+    shuffler = rescorers.initial(32, (32,), seed=3, zero_last=False)
+    gains = [
+        rescorers._reciprocal_rank(shuffler, queries[i], corpus, top[i], examples.relevant[i])
+        - rescorers._reciprocal_rank(None, queries[i], corpus, top[i], examples.relevant[i])
+        for i in which
+    ]
+    assert any(g > 0 for g in gains) and any(g < 0 for g in gains)
+    assert not rescorers._clear_gain(
+        untrained, shuffler, queries, corpus, top, examples.relevant, which
+    )
+    assert not rescorers._clear_gain(
+        untrained, untrained, queries, corpus, top, examples.relevant, which
+    )
+    fit = rescorers.fit_rescorer(examples, RescorerSettings(epochs=12, learning_rate=1e-2))
+    held_out = adapters.split(len(queries), 0.2, 0).held_out  # the fit's own held-out queries
+    assert rescorers._clear_gain(
+        untrained, fit.mlp, queries, corpus, top, examples.relevant, held_out
+    )

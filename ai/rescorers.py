@@ -9,9 +9,10 @@ at zero, so an untrained re-scorer ranks exactly as the frozen vectors do and tr
 corrections to it.
 
 Trained with numpy (manual backprop, Adam) on listwise softmax cross-entropy: each training
-query's relevant entry against hard negatives from its frozen top candidates and random store
-vectors. Served as an ONNX graph written with the project's own GraphBuilder and run by
-onnxruntime, as every other model.
+query's relevant entry against hard negatives from its frozen top candidates, other training
+queries' relevant entries and random store vectors. Kept only when it beats the frozen order
+on held-out queries by more than the noise. Served as an ONNX graph written with the
+project's own GraphBuilder and run by onnxruntime, as every other model.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ spread calls round-robin and keep working when one replica of each stops."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -39,13 +40,12 @@ def milvus_uri(tmp_path: Path) -> Iterator[str]:
     lite.close()
 
 
-def start_times(db: DBClient) -> set[float]:
-    """Which processes answered: each reports its uptime, so now - uptime names it."""
-    seen = set()
-    for _ in range(CALLS):
-        info = db.info()
-        seen.add(round(time.time() - info.uptime_seconds, 1))
-    return seen
+def replicas_seen(db: DBClient) -> int:
+    """How many processes answered: each reports its uptime, so now - uptime is its start time.
+    The replicas start a second apart; answers within half a second are one process (the time
+    an answer takes to arrive blurs it on a busy machine)."""
+    starts = sorted(time.time() - db.info().uptime_seconds for _ in range(CALLS))
+    return 1 + sum(later - earlier > 0.5 for earlier, later in itertools.pairwise(starts))
 
 
 def test_clients_spread_calls_and_survive_a_stopped_replica(
@@ -62,7 +62,7 @@ def test_clients_spread_calls_and_survive_a_stopped_replica(
                     tmp_path,
                 )
             )
-            time.sleep(0.3)  # distinct start times tell the replicas apart
+            time.sleep(1.0)  # distinct start times tell the replicas apart
         db1, db2 = servers
         dbs = f"{db1.address},{db2.address}"
         ai_args = ["--model-dir", str(tmp_path / "models"), "--models", ""]
@@ -82,7 +82,7 @@ def test_clients_spread_calls_and_survive_a_stopped_replica(
             DBClient(dbs, timeout=20) as db,
             AIClient(f"{ai1.address},{ai2.address}", timeout=20) as ai,
         ):
-            assert len(start_times(db)) == 2  # both db replicas answered
+            assert replicas_seen(db) == 2  # both db replicas answered
             bound = {"nachbar.ai.query_model": "m", "nachbar.ai.index_model": "m"}
             db.create_store("s", 3, store_metadata=bound)
             db.upsert("s", [("a", [1, 0, 0], {"n": 1})])
@@ -97,7 +97,7 @@ def test_clients_spread_calls_and_survive_a_stopped_replica(
                 db.upsert("s", [(f"k{n}", [1, n, 0], {})])
                 assert db.get_store("s").count == n + 2
                 assert [s.name for s in ai.list_stores()] == ["s"]  # ai -> db balances too
-            assert len(start_times(db)) == 1
+            assert replicas_seen(db) == 1
 
             ai1.kill()
             for _ in range(CALLS):

@@ -348,17 +348,6 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
                 f"unknown recommend strategy {explore.strategy!r}; use "
                 f"{' or '.join(RECOMMEND_STRATEGIES)}"
             )
-        if explore.mmr_candidates and explore.mmr_lambda is None:
-            raise InvalidInputError(
-                "mmr_candidates is set without mmr_lambda; set mmr_lambda (0 to 1) to use MMR"
-            )
-        if not explore.has_examples and (
-            explore.recommend_candidates or explore.strategy != "average_vector"
-        ):
-            raise InvalidInputError(
-                "recommend_strategy best_score and recommend_candidates need example ids; "
-                "add positive_ids (or negative_ids with a query)"
-            )
         if request.query is None and not explore.positive_ids:
             raise InvalidInputError(
                 "give a query or positive example ids (or both); negative examples alone say "
@@ -392,11 +381,6 @@ class AIPipeline(Generic[FilterT, OptionsT, InfoT]):
             raise InvalidInputError(
                 "a keyword-only search has no query vector for an adapter or a re-scorer; drop "
                 "keyword_only (a hybrid search keeps the vector side) or the adapter/re-scorer"
-            )
-        if request.hybrid is not None and explore != NO_EXPLORE:
-            raise InvalidInputError(
-                "MMR and recommend by examples do not combine with keyword or hybrid search; "
-                "send them in separate GetSimN requests"
             )
         keywords = _keyword_search(request)
 

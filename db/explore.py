@@ -70,9 +70,16 @@ def get_sim_n(
     include_vectors: bool = False,
     metadata: MetadataSelection = ALL_METADATA,
     expected_store_id: int = 0,
+    keywords: bool = False,
 ) -> SearchResult:
     """GetSimN with MMR and/or examples: exactly min(k, matching entries that are not
-    examples) results. `query` may be None when `recommend` has positive examples."""
+    examples) results. `query` may be None when `recommend` has positive examples.
+    `keywords`: the request also asked for a keyword or hybrid search, which is refused."""
+    if keywords:
+        raise InvalidArgumentError(
+            f"store {name!r}: MMR and recommend by examples do not combine with keyword or "
+            "hybrid search; send them in separate GetSimN requests"
+        )
     k, ef, mode = validation.search_args(name, k, ef, mode)
     info = engine.get_store(name)
     if expected_store_id and info.store_id != expected_store_id:

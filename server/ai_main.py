@@ -47,6 +47,8 @@ AI_ADMISSION = ServicePolicy(
     },
 )
 HEALTH_POLL_SECONDS = 1.0
+# How long a stop waits for the health watcher's poll (or model load) in flight.
+HEALTH_STOP_WAIT_SECONDS = 5.0
 
 
 def _check_models_present(models: ModelManager, names: Sequence[str]) -> None:
@@ -143,28 +145,45 @@ def start_ai_server(config: AIConfig) -> RunningServer:
 
     def watch_health() -> None:
         for name in config.models:
+            if stopping.is_set():
+                return
             try:
                 models.load(name)
             except Exception:
-                log.exception("could not load model %s", name)
+                if not stopping.is_set():  # a load cut short by the stop is no failure
+                    log.exception("could not load model %s", name)
                 return
         log.info("models loaded: %s", ", ".join(config.models) or "(none; load on first use)")
         serving: bool | None = None
         while not stopping.is_set():
-            reachable = db.reachable()
-            if reachable != serving:
-                serving = reachable
-                running.set_serving(reachable)
-                if reachable:
-                    log.info("nachbar-db at %s reachable: SERVING", config.db_address)
-                else:
-                    log.warning("nachbar-db at %s unreachable: NOT_SERVING", config.db_address)
-                    _explain_refusal(db)
+            try:
+                serving = poll_db(serving)
+            except ValueError:
+                if stopping.is_set():  # the channel closed under a poll the stop did not wait for
+                    return
+                raise
             stopping.wait(HEALTH_POLL_SECONDS)
+
+    def poll_db(serving: bool | None) -> bool:
+        reachable = db.reachable()
+        if reachable != serving:
+            running.set_serving(reachable)
+            if reachable:
+                log.info("nachbar-db at %s reachable: SERVING", config.db_address)
+            else:
+                log.warning("nachbar-db at %s unreachable: NOT_SERVING", config.db_address)
+                _explain_refusal(db)
+        return reachable
 
     watcher = threading.Thread(target=watch_health, name="health", daemon=True)
     watcher.start()
-    running.on_stop.insert(0, stopping.set)
+
+    def stop_watching() -> None:
+        stopping.set()
+        # The client and the models close next: let a poll or a load in flight end first.
+        watcher.join(timeout=HEALTH_STOP_WAIT_SECONDS)
+
+    running.on_stop.insert(0, stop_watching)
     running.on_stop.append(tailoring.close)
     running.on_stop.append(db.close)
     running.on_stop.append(models.close)

@@ -212,12 +212,12 @@ class DBVectorStore:
             positive_ids=explore.positive_ids,
             negative_ids=explore.negative_ids,
             recommend_candidates=explore.recommend_candidates,
+            # Sent as asked, even when inconsistent: nachbar-db owns the rules of these options.
+            mmr_candidates=explore.mmr_candidates,
+            recommend_strategy=RECOMMEND_STRATEGIES[explore.strategy],
         )
         if explore.mmr_lambda is not None:
             request.mmr_lambda = explore.mmr_lambda
-            request.mmr_candidates = explore.mmr_candidates
-        if explore.has_examples:
-            request.recommend_strategy = RECOMMEND_STRATEGIES[explore.strategy]
         if filter is not None:
             request.filter.CopyFrom(filter)
         if keywords is not None:

@@ -131,11 +131,6 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
         mmr = conv.mmr_options(request)
         recommend = conv.recommend_options(request)
         if mmr is not None or recommend is not None:
-            if request.keywords or request.HasField("hybrid"):
-                raise RequestError(
-                    "MMR and recommend by examples do not combine with keyword or hybrid search; "
-                    "send them in separate GetSimN requests"
-                )
             # Above the engine: MMR and examples reach it as plain searches.
             query = np.asarray(request.query, dtype=np.float32)
             result = explore.get_sim_n(
@@ -151,6 +146,7 @@ class DBServicer(db_pb2_grpc.DBServiceServicer):
                 include_vectors=request.include_vectors,
                 metadata=conv.metadata_selection(request),
                 expected_store_id=request.expected_store_id,
+                keywords=bool(request.keywords) or request.HasField("hybrid"),
             )
             return responses.search(request.store, result, self._limit(request.max_response_bytes))
         result = self._db.get_sim_n(

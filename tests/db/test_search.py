@@ -186,6 +186,33 @@ def test_planner_scans_small_subsets_and_walks_the_graph_for_large_ones(
     assert corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.EXACT).plan == "exact"
 
 
+def test_planner_scans_a_narrow_filter_when_the_filtered_walk_costs_more(
+    corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over the scan budget, a 1% filter is too narrow for post-filtering (2,000 candidates for
+    # 10 results): the planner weighs the scan of its 200 entries against the filtered walk.
+    monkeypatch.setattr(store_module, "EXACT_SCAN_BUDGET", 10 * DIM)
+    flt, allowed = selection(corpus, 0.01)
+    query = corpus.queries[5]
+    result = corpus.db.get_sim_n("c", query, K, filter=flt)
+    assert result.plan == "exact"
+    assert [int(m.id[1:]) for m in result.matches] == corpus.truth(query, allowed)
+    # A 10% filter is post-filtered on the graph whatever a walk would cost.
+    broad, _ = selection(corpus, 0.1)
+    assert corpus.db.get_sim_n("c", query, K, filter=broad).plan == "hnsw"
+    # Were graph visits free, the walk would win.
+    monkeypatch.setattr(store_module, "WALK_VISIT_FLOATS", 0)
+    assert corpus.db.get_sim_n("c", query, K, filter=flt).plan == "hnsw"
+
+
+def test_exact_scans_gather_in_blocks(corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "SCAN_BLOCK_ROWS", 7)  # blocks that split the matches
+    flt, allowed = selection(corpus, 0.05)
+    for query in corpus.queries[:3]:
+        result = corpus.db.get_sim_n("c", query, K, filter=flt, mode=SearchMode.EXACT)
+        assert [int(m.id[1:]) for m in result.matches] == corpus.truth(query, allowed)
+
+
 def test_graph_shortfall_falls_back_to_an_exact_scan(
     corpus: Corpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -284,6 +286,27 @@ def test_db_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
     finally:
         ai.stop(grace=1)
         db.stop(grace=1)
+
+
+def test_stop_waits_for_a_health_poll_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop during a poll of a nachbar-db that does not answer: the health watcher ends
+    before the db client closes, instead of pinging a closed channel from its thread."""
+    failures: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    with socket.socket() as silent:  # accepts connections, never speaks gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        before = set(threading.enumerate())
+        ai = start_ai_server(
+            parse_ai_config(
+                ["--port", "0", "--db-port", str(silent.getsockname()[1]), "--models", ""]
+            )
+        )
+        (watcher,) = [t for t in threading.enumerate() if t.name == "health" and t not in before]
+        time.sleep(0.5)  # inside its first Ping, which waits for its 2 s deadline
+        ai.stop(grace=0)
+        assert not watcher.is_alive()
+    assert failures == []
 
 
 def test_restart_in_any_order_keeps_stores(tmp_path: Path) -> None:
